@@ -1,0 +1,70 @@
+"""Configuration: one pydantic-settings model per process, read from ``FIVESAFES_*`` variables.
+
+Defaults are the embedded development stack's; every one is safe (loopback, no public
+issuer trusted, nothing unauthenticated beyond service-info and health).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "fivesafes-tes"
+
+
+class GatewaySettings(BaseSettings):
+    """Settings of the gateway process (TES API, admin API, agent API, results)."""
+
+    model_config = SettingsConfigDict(env_prefix="FIVESAFES_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where the embedded defaults keep state.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: SQLite (WAL) at DATA_DIR/gateway.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    public_url: str = Field(default="http://127.0.0.1:8000", description="Base URL clients use to reach us.")
+
+    # Identity
+    oidc_issuer: str | None = Field(default=None, description="Expected `iss` of bearer tokens.")
+    oidc_audience: str = Field(default="fivesafes-tes", description="Expected `aud` of bearer tokens.")
+    oidc_jwks_url: str | None = Field(
+        default=None, description="JWKS URL; default is discovered from the issuer's openid-configuration."
+    )
+    oidc_algorithms: list[str] = Field(default=["RS256", "ES256"], description="Accepted JWS algorithms.")
+    roles_claim: str = Field(default="roles", description="Claim holding roles; dotted for nested (realm_access.roles).")
+    dev_issuer: bool = Field(default=False, description="Serve and trust the embedded development token issuer.")
+
+    # TES service-info
+    service_id: str = "org.fivesafes.tes"
+    service_name: str = "Five Safes TES"
+    organization_name: str = "Five Safes TES federation"
+    organization_url: str = "https://example.org/fivesafes-tes"
+    environment: str = "dev"
+    storage: list[str] = Field(default_factory=list, description="Storage locations listed in service-info.")
+    backend_parameters: list[str] = Field(
+        default=["tre", "project"],
+        description="tesResources.backend_parameters keys this gateway understands (case-insensitive).",
+    )
+
+    # Limits
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, description="Largest request body accepted.")
+    max_content_bytes: int = Field(default=1024 * 1024, description="Largest tesInput.content accepted.")
+
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Static bearer token Prometheus may use for /metrics instead of a JWT."
+    )
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'gateway.db'}"
+
+    @property
+    def dev_issuer_dir(self) -> Path:
+        return self.data_dir / "dev-issuer"
