@@ -1,0 +1,84 @@
+"""Shared fixtures: a fresh, migrated database per test on SQLite and on PostgreSQL.
+
+PostgreSQL comes from FIVESAFES_TEST_PG_URL (a server URL whose user may CREATE DATABASE),
+which `scripts/services.sh` sets up and `make test` exports. Under CI=true a missing server
+fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from fivesafes_tes.db import Database
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get("FIVESAFES_TEST_PG_URL", "")
+_TEMPLATE = "fivesafes_test_template"
+
+
+def need_service(name: str, available: bool, why: str = "") -> None:
+    """Skip locally, fail in CI, when a service a test needs is not there."""
+    if available:
+        return
+    message = f"{name} is not available{': ' + why if why else ''}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing service is a failure)")
+    pytest.skip(message)
+
+
+def _pg_server_url(database: str) -> str:
+    base, _, _ = PG_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+def _pg_template() -> Iterator[str]:
+    need_service("PostgreSQL", bool(PG_URL), "set FIVESAFES_TEST_PG_URL or run scripts/services.sh")
+    admin = create_engine(_pg_server_url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{_TEMPLATE}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{_TEMPLATE}"'))
+    template = Database(_pg_server_url(_TEMPLATE))
+    template.upgrade()
+    template.dispose()
+    yield _TEMPLATE
+    admin.dispose()
+
+
+def _fresh_pg_database(template: str) -> Iterator[str]:
+    name = f"fst_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(_pg_server_url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield _pg_server_url(name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """A URL of an empty, migrated database: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        db = Database(url)
+        db.upgrade()
+        db.dispose()
+        yield url
+    else:
+        template = request.getfixturevalue("_pg_template")
+        yield from _fresh_pg_database(template)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.dispose()
