@@ -71,6 +71,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA case_sensitive_like=ON")  # TES name_prefix is case-sensitive
         cursor.close()
 
     @event.listens_for(engine, "begin")

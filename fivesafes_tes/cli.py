@@ -1,0 +1,214 @@
+"""`fivesafes-tes`: serve the gateway, issue development tokens, and talk TES from a shell."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fivesafes_tes.client import ClientError, TesClient
+from fivesafes_tes.settings import GatewaySettings
+
+app = typer.Typer(help="Five Safes TES: a GA4GH TES 1.1 gateway for federated TREs.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+db_app = typer.Typer(help="The gateway database.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+
+Url = Annotated[str, typer.Option(envvar="FIVESAFES_TES_URL", help="Gateway base URL.")]
+Token = Annotated[str | None, typer.Option(envvar="FIVESAFES_TES_TOKEN", help="Bearer token.", show_default=False)]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _client(url: str, token: str | None) -> TesClient:
+    if not token:
+        err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN (dev: `fivesafes-tes token --user alice`).")
+        raise typer.Exit(2)
+    return TesClient(url, token)
+
+
+def _run(action):  # type: ignore[no-untyped-def]
+    try:
+        return action()
+    except ClientError as exc:
+        err.print(f"[red]Refused:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Serve the gateway (TES API, health, metrics), migrating the database first."""
+    import uvicorn
+
+    from fivesafes_tes.db import Database
+    from fivesafes_tes.gateway.app import ConfigurationError, create_app
+
+    settings = GatewaySettings()
+    Database(settings.effective_database_url).upgrade()
+    try:
+        create_app(settings)  # fail fast on unsafe settings, before forking workers
+    except ConfigurationError as exc:
+        err.print(f"[red]Cannot start:[/] {exc}")
+        raise typer.Exit(2) from None
+    uvicorn.run("fivesafes_tes.gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", proxy_headers=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations up to the newest."""
+    from fivesafes_tes.db import Database
+
+    settings = GatewaySettings()
+    Database(settings.effective_database_url).upgrade()
+    console.print("database is at the newest migration")
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Option(help="Username (the token's subject).")],
+    role: Annotated[list[str], typer.Option(help="Role; repeat for several.")] = ["researcher"],  # noqa: B006
+    tre: Annotated[str | None, typer.Option(help="TRE name, for agent tokens.")] = None,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 3600,
+) -> None:
+    """Print a token from the embedded development issuer (dev, demo and tests only)."""
+    from fivesafes_tes.auth import DevIssuer
+    from fivesafes_tes.gateway.app import dev_issuer_url
+
+    settings = GatewaySettings()
+    issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
+    typer.echo(issuer.issue(user, role, audience=settings.oidc_audience, ttl_s=ttl, tre=tre))
+
+
+@app.command()
+def submit(
+    task_file: Annotated[Path, typer.Argument(help="TES task JSON; '-' reads standard input.")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Make retries safe: same key, same task.")] = None,
+) -> None:
+    """Submit a TES task and print its id."""
+    text = sys.stdin.read() if str(task_file) == "-" else task_file.read_text()
+    try:
+        task = json.loads(text)
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]{task_file} is not JSON:[/] {exc}")
+        raise typer.Exit(2) from None
+    with _client(url, token) as client:
+        typer.echo(_run(lambda: client.create(task, idempotency_key=idempotency_key)))
+
+
+@app.command()
+def status(
+    task_id: str,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    view: Annotated[str, typer.Option(help="MINIMAL, BASIC or FULL.")] = "BASIC",
+) -> None:
+    """Show one task as JSON."""
+    with _client(url, token) as client:
+        typer.echo(json.dumps(_run(lambda: client.get(task_id, view.upper())), indent=2))
+
+
+@app.command("list")
+def list_(
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
+    name_prefix: Annotated[str | None, typer.Option(help="Only names starting with this.")] = None,
+    tag: Annotated[list[str], typer.Option(help="KEY or KEY=VALUE; repeat for several.")] = [],  # noqa: B006
+    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 50,
+) -> None:
+    """List your tasks, newest first, as a table."""
+    keys = [t.partition("=")[0] for t in tag]
+    values = [t.partition("=")[2] for t in tag]
+    table = Table("id", "state", "name", "created")
+    with _client(url, token) as client:
+        tasks = client.list(view="BASIC", page_size=min(limit, 2047), state=state, name_prefix=name_prefix,
+                            tag_key=keys, tag_value=values)
+        for task in _run(lambda: list(itertools.islice(tasks, limit))):
+            table.add_row(task["id"], task["state"], task.get("name", ""), task.get("creation_time", ""))
+    console.print(table)
+
+
+@app.command()
+def cancel(task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Cancel a task (a no-op if it has already ended)."""
+    with _client(url, token) as client:
+        _run(lambda: client.cancel(task_id))
+    console.print(f"{task_id}: cancel requested")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the whole audit chain; exit 1 if any record was edited, deleted, inserted or reordered."""
+    from fivesafes_tes import audit
+    from fivesafes_tes.db import Database
+
+    settings = GatewaySettings()
+    with Database(settings.effective_database_url).read() as session:
+        report = audit.verify(session)
+    if report.ok:
+        console.print(f"[green]audit chain intact[/]: {report.records} records")
+        return
+    table = Table("seq", "problem", "detail", title="audit chain broken")
+    for problem in report.problems:
+        table.add_row(str(problem.seq), problem.kind, problem.message)
+    console.print(table)
+    raise typer.Exit(1)
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option(help="State directory.")] = None,
+) -> None:
+    """Run the embedded development stack on loopback and print its URL and a token."""
+    from fivesafes_tes import devstack
+
+    settings = GatewaySettings()
+    stack = devstack.start(data_dir or settings.data_dir, port=port)
+    console.print(f"gateway   {stack.url}/ga4gh/tes/v1   (also {stack.url}/v1)")
+    console.print(f"issuer    {stack.url}/dev-issuer")
+    console.print("token     alice, researcher, 12 h:")
+    typer.echo(stack.token("alice", "researcher", ttl_s=12 * 3600))
+    console.print(f"\nexport FIVESAFES_TES_URL={stack.url} FIVESAFES_TES_TOKEN=<the token>   # then: fivesafes-tes list")
+    console.print("Ctrl-C stops it.")
+    try:
+        while stack.thread.is_alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path | None, typer.Option(help="State directory (default: a fresh temporary one).")] = None,
+) -> None:
+    """Start the embedded stack and walk an analysis through the TES API end to end."""
+    from fivesafes_tes.demo import run
+
+    raise typer.Exit(run(data_dir, console))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The gateway's FastAPI application: wiring only. Routes live in their own modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from fivesafes_tes import __version__
+from fivesafes_tes.auth import (
+    DevIssuer,
+    RemoteJwks,
+    StaticJwks,
+    TokenValidator,
+    UserCache,
+    discover_jwks_url,
+)
+from fivesafes_tes.db import Database
+from fivesafes_tes.gateway import errors, ops, tes_api
+from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
+from fivesafes_tes.gateway.limits import BodyLimit
+from fivesafes_tes.settings import GatewaySettings
+from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType
+
+TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
+
+
+class ConfigurationError(RuntimeError):
+    """The gateway cannot start safely with these settings; the message names the fix."""
+
+
+@dataclass
+class GatewayContext:
+    settings: GatewaySettings
+    db: Database
+    validator: TokenValidator
+    service_info: ServiceInfo
+    dev_issuer: DevIssuer | None = None
+    user_cache: UserCache = field(default_factory=UserCache)
+    metrics: ops.Metrics = field(default_factory=ops.Metrics)
+
+
+def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | None]:
+    if settings.dev_issuer:
+        issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
+        jwks = StaticJwks(issuer.jwks())
+        return TokenValidator(issuer.issuer_url, settings.oidc_audience, jwks, ["RS256"], settings.roles_claim), issuer
+    if not settings.oidc_issuer:
+        raise ConfigurationError(
+            "no token issuer configured: set FIVESAFES_OIDC_ISSUER (and FIVESAFES_OIDC_AUDIENCE) to your "
+            "OIDC provider, or FIVESAFES_DEV_ISSUER=true for local development only"
+        )
+    url = settings.oidc_jwks_url or discover_jwks_url(settings.oidc_issuer)
+    validator = TokenValidator(
+        settings.oidc_issuer, settings.oidc_audience, RemoteJwks(url), settings.oidc_algorithms, settings.roles_claim
+    )
+    return validator, None
+
+
+def dev_issuer_url(settings: GatewaySettings) -> str:
+    return settings.public_url.rstrip("/") + "/dev-issuer"
+
+
+def service_info(settings: GatewaySettings) -> ServiceInfo:
+    return ServiceInfo(
+        id=settings.service_id,
+        name=settings.service_name,
+        type=ServiceType(),
+        description="GA4GH TES 1.1 gateway to federated Trusted Research Environments under the Five Safes.",
+        organization=Organization(name=settings.organization_name, url=settings.organization_url),
+        environment=settings.environment,
+        version=__version__,
+        storage=list(settings.storage),
+        tesResources_backend_parameters=list(settings.backend_parameters),
+    )
+
+
+def create_app(settings: GatewaySettings | None = None, *, db: Database | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    validator, issuer = _validator(settings)
+    db = db or Database(settings.effective_database_url)
+    ctx = GatewayContext(settings=settings, db=db, validator=validator, service_info=service_info(settings),
+                         dev_issuer=issuer)
+
+    app = FastAPI(
+        title="Five Safes TES",
+        version=__version__,
+        description="GA4GH Task Execution Service 1.1 for federated Trusted Research Environments.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    ops.install_middleware(app, ctx.metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(tes_api.router, prefix=TES_PREFIXES[0])
+    for alias in TES_PREFIXES[1:]:
+        app.include_router(tes_api.router, prefix=alias, include_in_schema=False)
+    app.include_router(ops.router)
+    if issuer is not None:
+        app.include_router(dev_issuer_router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, minus the 422 it adds by default: we answer invalid input with 400."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    app.openapi_schema = schema
+    return schema

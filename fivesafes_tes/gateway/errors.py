@@ -1,0 +1,75 @@
+"""One error shape for every route, and the mapping from domain errors to HTTP."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fivesafes_tes.submission.ids import BadPageToken
+from fivesafes_tes.submission.tasks import IdempotencyConflict, InvalidTask, TaskNotFound
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = "5"
+
+
+class ErrorResponse(BaseModel):
+    """What every non-2xx answer carries: a message that says what to fix."""
+
+    detail: str
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorResponse, "description": "The request is invalid; `detail` names the field."},
+    401: {"model": ErrorResponse, "description": "No valid bearer token."},
+    413: {"model": ErrorResponse, "description": "The request body is too large."},
+    503: {"model": ErrorResponse, "description": "A dependency is unavailable; retry after Retry-After."},
+}
+
+
+def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "body"
+        message = err.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(400, describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(InvalidTask)
+    @app.exception_handler(BadPageToken)
+    async def _bad(_: Request, exc: Exception) -> JSONResponse:
+        return error(400, str(exc))
+
+    @app.exception_handler(TaskNotFound)
+    async def _missing(_: Request, exc: TaskNotFound) -> JSONResponse:
+        return error(404, f"no task {exc.args[0]!r} visible to you")
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return error(409, str(exc))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(request: Request, exc: OperationalError | InterfaceError) -> JSONResponse:
+        log.error("database error on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
+        return error(503, "the task database is unavailable; retry shortly", {"Retry-After": RETRY_AFTER_S})

@@ -1,0 +1,105 @@
+"""The GA4GH TES 1.1 routes. Thin: parse, authorise, call the submission layer, render."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+
+from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
+from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
+from fivesafes_tes.submission import tasks as submission
+from fivesafes_tes.tes import (
+    CancelTaskResponse,
+    CreateTaskResponse,
+    ListTasksResponse,
+    ServiceInfo,
+    State,
+    Task,
+    TaskRequest,
+    View,
+)
+
+router = APIRouter(tags=["TaskService"], responses={k: v for k, v in ERROR_RESPONSES.items() if k != 400})
+_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such task visible to you."}}
+_BAD = {400: ERROR_RESPONSES[400]}
+
+
+@router.get("/service-info", response_model=ServiceInfo, response_model_exclude_none=True, operation_id="GetServiceInfo")
+def get_service_info(request: Request) -> ServiceInfo:
+    return request.app.state.ctx.service_info
+
+
+# py-tes 0.4.x (pinned by the Snakemake and Toil TES plugins) looks for service-info here.
+@router.get("/tasks/service-info", response_model=ServiceInfo, response_model_exclude_none=True, include_in_schema=False)
+def get_service_info_legacy(request: Request) -> ServiceInfo:
+    return request.app.state.ctx.service_info
+
+
+@router.post(
+    "/tasks", response_model=CreateTaskResponse, operation_id="CreateTask",
+    responses={**_BAD, 409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."}},
+)
+def create_task(
+    request: Request,
+    body: TaskRequest,
+    principal: CurrentPrincipal,
+    idempotency_key: Annotated[str | None, Header(max_length=255, min_length=1)] = None,
+) -> CreateTaskResponse:
+    ctx = request.app.state.ctx
+    with ctx.db.write() as session:
+        task_id = submission.create_task(
+            session,
+            actor_of(principal),
+            body,
+            supported_backend_parameters=set(ctx.settings.backend_parameters),
+            idempotency_key=idempotency_key,
+        )
+    ctx.metrics.tasks_created.inc()
+    return CreateTaskResponse(id=task_id)
+
+
+@router.get(
+    "/tasks", response_model=ListTasksResponse, response_model_exclude_none=True, operation_id="ListTasks",
+    responses=_BAD,
+)
+def list_tasks(
+    request: Request,
+    principal: CurrentPrincipal,
+    name_prefix: Annotated[str | None, Query(max_length=1024)] = None,
+    state: State | None = None,
+    tag_key: Annotated[list[Annotated[str, Query(max_length=255)]] | None, Query()] = None,
+    tag_value: Annotated[list[Annotated[str, Query(max_length=1024)]] | None, Query()] = None,
+    page_size: Annotated[int, Query(ge=1, le=submission.MAX_PAGE_SIZE)] = submission.DEFAULT_PAGE_SIZE,
+    page_token: Annotated[str | None, Query(max_length=128)] = None,
+    view: View = View.MINIMAL,
+) -> dict:
+    keys, values = tag_key or [], tag_value or []
+    if len(values) > len(keys):
+        raise submission.InvalidTask("tag_value given without a matching tag_key; pass them in pairs, by position")
+    tags = [(k, values[i] if i < len(values) else "") for i, k in enumerate(keys)]
+    query = submission.ListQuery(
+        name_prefix=name_prefix, state=state, tags=tags, page_size=page_size, page_token=page_token, view=view
+    )
+    with request.app.state.ctx.db.read() as session:
+        page = submission.list_tasks(session, actor_of(principal), query)
+    result: dict = {"tasks": page.tasks}
+    if page.next_page_token:
+        result["next_page_token"] = page.next_page_token
+    return result
+
+
+@router.get(
+    "/tasks/{id}", response_model=Task, response_model_exclude_none=True, operation_id="GetTask",
+    responses={**_NOT_FOUND, **_BAD},
+)
+def get_task(request: Request, id: str, principal: CurrentPrincipal, view: View = View.MINIMAL) -> dict:  # noqa: A002
+    with request.app.state.ctx.db.read() as session:
+        return submission.get_task(session, actor_of(principal), id, view)
+
+
+@router.post("/tasks/{id}:cancel", response_model=CancelTaskResponse, operation_id="CancelTask", responses=_NOT_FOUND)
+def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict:  # noqa: A002
+    with request.app.state.ctx.db.write() as session:
+        submission.cancel_task(session, actor_of(principal), id)
+    return {}

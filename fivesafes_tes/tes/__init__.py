@@ -1,0 +1,47 @@
+"""The GA4GH TES 1.1 contract: models, states and views. No I/O."""
+
+from fivesafes_tes.tes.models import (
+    FINAL_STATES,
+    CancelTaskResponse,
+    CreateTaskResponse,
+    Executor,
+    ExecutorLog,
+    FileType,
+    Input,
+    ListTasksResponse,
+    Organization,
+    Output,
+    OutputFileLog,
+    Resources,
+    ServiceInfo,
+    ServiceType,
+    State,
+    Task,
+    TaskLog,
+    TaskRequest,
+    View,
+)
+from fivesafes_tes.tes.views import render
+
+__all__ = [
+    "FINAL_STATES",
+    "CancelTaskResponse",
+    "CreateTaskResponse",
+    "Executor",
+    "ExecutorLog",
+    "FileType",
+    "Input",
+    "ListTasksResponse",
+    "Organization",
+    "Output",
+    "OutputFileLog",
+    "Resources",
+    "ServiceInfo",
+    "ServiceType",
+    "State",
+    "Task",
+    "TaskLog",
+    "TaskRequest",
+    "View",
+    "render",
+]

@@ -1,0 +1,241 @@
+"""GA4GH TES 1.1 documents as pydantic models, field for field as the OpenAPI spec names them.
+
+Requests are validated strictly (no "5" for an integer, no 1 for a boolean) so that invalid
+input is refused rather than guessed at; responses are built from the same models and dumped
+without unset fields, so only spec fields ever leave the gateway.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+INT32_MAX = 2**31 - 1
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+class State(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    QUEUED = "QUEUED"
+    INITIALIZING = "INITIALIZING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    COMPLETE = "COMPLETE"
+    EXECUTOR_ERROR = "EXECUTOR_ERROR"
+    SYSTEM_ERROR = "SYSTEM_ERROR"
+    CANCELED = "CANCELED"
+    PREEMPTED = "PREEMPTED"
+    CANCELING = "CANCELING"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {State.COMPLETE, State.EXECUTOR_ERROR, State.SYSTEM_ERROR, State.CANCELED, State.PREEMPTED}
+)
+
+
+class FileType(StrEnum):
+    FILE = "FILE"
+    DIRECTORY = "DIRECTORY"
+
+
+class View(StrEnum):
+    MINIMAL = "MINIMAL"
+    BASIC = "BASIC"
+    FULL = "FULL"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", use_enum_values=False)
+
+
+def _absolute(value: str | None, what: str) -> str | None:
+    if value is not None and not value.startswith("/"):
+        raise ValueError(f"{what} must be an absolute path inside the container (start with '/'), got {value!r}")
+    return value
+
+
+Int32 = Annotated[int, Field(ge=0, le=INT32_MAX)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class Input(_Model):
+    name: str | None = None
+    description: str | None = None
+    url: str | None = None
+    path: str
+    type: FileType = Field(default=FileType.FILE, strict=False)
+    content: str | None = None
+    streamable: bool | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_absolute(cls, v: str) -> str:
+        return _absolute(v, "path")  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _url_or_content(self) -> Input:
+        if not self.content and not self.url:
+            raise ValueError("an input needs a 'url' (or a literal 'content')")
+        return self
+
+
+class Output(_Model):
+    name: str | None = None
+    description: str | None = None
+    url: str
+    path: str
+    path_prefix: str | None = None
+    type: FileType = Field(default=FileType.FILE, strict=False)
+
+    @field_validator("path")
+    @classmethod
+    def _path_absolute(cls, v: str) -> str:
+        return _absolute(v, "path")  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _prefix_for_wildcards(self) -> Output:
+        if _WILDCARD.search(self.path) and not self.path_prefix:
+            raise ValueError("an output whose path has wildcards needs 'path_prefix' (the part to strip)")
+        return self
+
+
+class Resources(_Model):
+    cpu_cores: Int32 | None = None
+    preemptible: bool | None = None
+    ram_gb: NonNegativeFloat | None = None
+    disk_gb: NonNegativeFloat | None = None
+    zones: list[str] | None = None
+    backend_parameters: dict[str, str] | None = None
+    backend_parameters_strict: bool | None = None
+
+    @field_validator("ram_gb", "disk_gb")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number of gigabytes")
+        return v
+
+
+class Executor(_Model):
+    image: Annotated[str, Field(min_length=1)]
+    command: Annotated[list[str], Field(min_length=1)]
+    workdir: str | None = None
+    stdin: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    env: dict[str, str] | None = None
+    ignore_error: bool | None = None
+
+    @field_validator("workdir", "stdin", "stdout", "stderr")
+    @classmethod
+    def _paths_absolute(cls, v: str | None) -> str | None:
+        return _absolute(v, "this path")
+
+
+class ExecutorLog(_Model):
+    start_time: str | None = None
+    end_time: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    exit_code: int
+
+
+class OutputFileLog(_Model):
+    url: str
+    path: str
+    size_bytes: str
+
+
+class TaskLog(_Model):
+    logs: list[ExecutorLog] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    outputs: list[OutputFileLog] = Field(default_factory=list)
+    system_logs: list[str] | None = None
+
+
+TagKey = Annotated[str, Field(max_length=255)]
+TagValue = Annotated[str, Field(max_length=1024)]
+
+
+class TaskRequest(_Model):
+    """The body of CreateTask: a tesTask without its read-only fields (id, state, logs, creation_time).
+
+    Name and tag lengths are this server's own maxima, published in its OpenAPI document.
+    """
+
+    name: Annotated[str, Field(max_length=1024)] | None = None
+    description: str | None = None
+    inputs: list[Input] | None = None
+    outputs: list[Output] | None = None
+    resources: Resources | None = None
+    executors: Annotated[list[Executor], Field(min_length=1)]
+    volumes: list[str] | None = None
+    tags: dict[TagKey, TagValue | None] | None = None
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes_absolute(cls, v: list[str] | None) -> list[str] | None:
+        for volume in v or []:
+            _absolute(volume, "a volume")
+        return v
+
+
+class Task(TaskRequest):
+    """A task as the gateway returns it."""
+
+    id: str | None = None
+    state: State | None = Field(default=None, strict=False)
+    tags: dict[str, str] | None = None  # type: ignore[assignment]  # null values come back as ""
+    logs: list[TaskLog] | None = None
+    creation_time: str | None = None
+    executors: list[Executor] | None = None  # type: ignore[assignment]  # absent in MINIMAL
+
+
+class CreateTaskResponse(_Model):
+    id: str
+
+
+class CancelTaskResponse(_Model):
+    pass
+
+
+class ListTasksResponse(_Model):
+    tasks: list[Task]
+    next_page_token: str | None = None
+
+
+class Organization(_Model):
+    name: str
+    url: str
+
+
+class ServiceType(_Model):
+    group: str = "org.ga4gh"
+    artifact: str = "tes"
+    version: str = "1.1.0"
+
+
+class ServiceInfo(_Model):
+    id: str
+    name: str
+    type: ServiceType
+    description: str | None = None
+    organization: Organization
+    contactUrl: str | None = None
+    documentationUrl: str | None = None
+    createdAt: str | None = None
+    updatedAt: str | None = None
+    environment: str | None = None
+    version: str
+    storage: list[str] = Field(default_factory=list)
+    tesResources_backend_parameters: list[str] = Field(default_factory=list)
