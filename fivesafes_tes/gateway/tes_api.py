@@ -1,10 +1,15 @@
-"""The GA4GH TES 1.1 routes. Thin: parse, authorise, call the submission layer, render."""
+"""The GA4GH TES 1.1 routes. Thin: parse, authorise, call the submission layer, render.
+
+Task documents are returned as built by `fivesafes_tes.tes.render` (spec fields only, by
+construction); the response models document them in OpenAPI without re-validating each one.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
 
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
@@ -73,7 +78,7 @@ def list_tasks(
     page_size: Annotated[int, Query(ge=1, le=submission.MAX_PAGE_SIZE)] = submission.DEFAULT_PAGE_SIZE,
     page_token: Annotated[str | None, Query(max_length=128)] = None,
     view: View = View.MINIMAL,
-) -> dict:
+) -> JSONResponse:
     keys, values = tag_key or [], tag_value or []
     if len(values) > len(keys):
         raise submission.InvalidTask("tag_value given without a matching tag_key; pass them in pairs, by position")
@@ -86,20 +91,20 @@ def list_tasks(
     result: dict = {"tasks": page.tasks}
     if page.next_page_token:
         result["next_page_token"] = page.next_page_token
-    return result
+    return JSONResponse(result)
 
 
 @router.get(
     "/tasks/{id}", response_model=Task, response_model_exclude_none=True, operation_id="GetTask",
     responses={**_NOT_FOUND, **_BAD},
 )
-def get_task(request: Request, id: str, principal: CurrentPrincipal, view: View = View.MINIMAL) -> dict:  # noqa: A002
+def get_task(request: Request, id: str, principal: CurrentPrincipal, view: View = View.MINIMAL) -> JSONResponse:
     with request.app.state.ctx.db.read() as session:
-        return submission.get_task(session, actor_of(principal), id, view)
+        return JSONResponse(submission.get_task(session, actor_of(principal), id, view))
 
 
 @router.post("/tasks/{id}:cancel", response_model=CancelTaskResponse, operation_id="CancelTask", responses=_NOT_FOUND)
-def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict:  # noqa: A002
+def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict:
     with request.app.state.ctx.db.write() as session:
         submission.cancel_task(session, actor_of(principal), id)
     return {}

@@ -125,6 +125,7 @@ def create_task(
                 )
             )
             session.add_all(TaskTag(task_id=task_id, key=k, value=v) for k, v in tags.items())
+            session.flush()  # the task row must exist before the key that points at it
             if idempotency_key is not None:
                 session.add(
                     IdempotencyKey(
