@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import uvicorn
 
@@ -45,7 +46,7 @@ class DevStack:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
-    def __enter__(self) -> DevStack:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
