@@ -18,7 +18,7 @@ from fivesafes_tes.db import Database
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("FIVESAFES_TEST_PG_URL", "")
-_TEMPLATE = "fivesafes_test_template"
+_TEMPLATE = f"fivesafes_test_template_{os.getpid()}"
 
 
 def need_service(name: str, available: bool, why: str = "") -> None:
@@ -82,3 +82,38 @@ def database(database_url: str) -> Iterator[Database]:
     db = Database(database_url)
     yield db
     db.dispose()
+
+
+class Gateway:
+    """An in-process gateway (embedded issuer) on the test's database, with token helpers."""
+
+    TES = "/ga4gh/tes/v1"
+
+    def __init__(self, database_url: str, data_dir, **overrides) -> None:  # type: ignore[no-untyped-def]
+        from fastapi.testclient import TestClient
+
+        from fivesafes_tes.gateway.app import create_app
+        from fivesafes_tes.settings import GatewaySettings
+
+        self.settings = GatewaySettings(data_dir=data_dir, database_url=database_url, dev_issuer=True, **overrides)
+        self.db = Database(database_url)
+        self.app = create_app(self.settings, db=self.db)
+        self.issuer = self.app.state.ctx.dev_issuer
+        self.client = TestClient(self.app)
+
+    def token(self, user: str = "alice", *roles: str, **kwargs) -> str:  # type: ignore[no-untyped-def]
+        return self.issuer.issue(user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs)
+
+    def headers(self, user: str = "alice", *roles: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user, *roles)}"}
+
+    def close(self) -> None:
+        self.client.close()
+        self.db.dispose()
+
+
+@pytest.fixture
+def gateway(database_url: str, tmp_path) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+    gw = Gateway(database_url, tmp_path / "data")
+    yield gw
+    gw.close()

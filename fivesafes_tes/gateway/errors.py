@@ -39,7 +39,9 @@ def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JS
 def describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path", "header")]
+        loc = [str(x) for x in err.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
         where = ".".join(loc) or "body"
         message = err.get("msg", "invalid").removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
