@@ -93,7 +93,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     )
     app.state.ctx = ctx
     errors.install(app)
-    ops.install_middleware(app, ctx.metrics)
+    app.add_middleware(ops.MeasureRequests, metrics=ctx.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(tes_api.router, prefix=TES_PREFIXES[0])
     for alias in TES_PREFIXES[1:]:

@@ -1,0 +1,178 @@
+"""RELIABILITY 1 (401 matrix over every route), 6 (concurrent idempotency), 26 (one audit record
+per security event), and the operational routes."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import hmac
+import json
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from fivesafes_tes import devstack
+from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.auth import DevIssuer
+
+TES = "/ga4gh/tes/v1"
+SOME_ID = "01a00000-0000-7000-8000-000000000000"
+PROTECTED = [
+    ("POST", f"{TES}/tasks"),
+    ("GET", f"{TES}/tasks"),
+    ("GET", f"{TES}/tasks/{SOME_ID}"),
+    ("POST", f"{TES}/tasks/{SOME_ID}:cancel"),
+    ("POST", "/v1/tasks"),
+    ("GET", "/v1/tasks"),
+    ("GET", f"/v1/tasks/{SOME_ID}"),
+    ("POST", f"/v1/tasks/{SOME_ID}:cancel"),
+    ("GET", "/metrics"),
+]
+PUBLIC = [f"{TES}/service-info", "/v1/service-info", f"{TES}/tasks/service-info", "/healthz", "/readyz"]
+TASK = {"executors": [{"image": "alpine", "command": ["true"]}]}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned(claims: dict) -> str:
+    return f"{_b64(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{_b64(json.dumps(claims).encode())}."
+
+
+def _hs256_with_public_key(issuer: DevIssuer, claims: dict) -> str:
+    """The classic key-confusion attack: HMAC-sign with the RSA public key as the shared secret."""
+    from cryptography.hazmat.primitives import serialization
+    from jwt.algorithms import RSAAlgorithm
+
+    public = RSAAlgorithm.from_jwk(json.dumps(issuer.jwks()["keys"][0]))
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": issuer.kid}).encode())
+    body = _b64(json.dumps(claims).encode())
+    signature = hmac.new(pem, f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{_b64(signature)}"
+
+
+def _bad_tokens(gateway, tmp_path) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+    aud = gateway.settings.oidc_audience
+    now = int(time.time())
+    valid_claims = {"iss": gateway.issuer.issuer_url, "sub": "alice", "aud": aud, "iat": now, "exp": now + 600,
+                    "roles": ["researcher"]}
+    other_key = DevIssuer(tmp_path / "other-key", gateway.issuer.issuer_url)
+    other_issuer = DevIssuer(gateway.settings.dev_issuer_dir, "https://evil.example/issuer")
+    return {
+        "none": None,
+        "empty": "",
+        "garbage": "not-a-jwt",
+        "truncated": gateway.token()[:-10],
+        "expired": gateway.issuer.issue("alice", ["researcher"], audience=aud, ttl_s=-120),
+        "wrong issuer": other_issuer.issue("alice", ["researcher"], audience=aud),
+        "wrong audience": gateway.issuer.issue("alice", ["researcher"], audience="someone-else"),
+        "wrong key": other_key.issue("alice", ["researcher"], audience=aud),
+        "alg none": _unsigned(valid_claims),
+        "hs256 with public key": _hs256_with_public_key(gateway.issuer, valid_claims),
+    }
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_every_protected_route_answers_401_to_every_bad_token(gateway, tmp_path, method, path):
+    for name, token in _bad_tokens(gateway, tmp_path).items():
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        response = gateway.client.request(method, path, headers=headers, json=TASK if method == "POST" else None)
+        assert response.status_code == 401, (name, response.text)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    # and the same route accepts a good token (so the 401s above are about the token, not the route)
+    ok = gateway.client.request(method, path, headers=gateway.headers(), json=TASK if method == "POST" else None)
+    assert ok.status_code in (200, 404), ok.text
+
+
+def test_basic_auth_scheme_is_refused(gateway):
+    response = gateway.client.get(f"{TES}/tasks", headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("path", PUBLIC)
+def test_service_info_and_health_need_no_token(gateway, path):
+    assert gateway.client.get(path).status_code == 200
+
+
+def _audit(gateway) -> list[AuditRecord]:  # type: ignore[no-untyped-def]
+    with gateway.db.read() as session:
+        return list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
+
+
+def test_each_security_event_writes_exactly_one_audit_record(gateway):
+    task_id = gateway.client.post(f"{TES}/tasks", json=TASK, headers=gateway.headers()).json()["id"]
+    gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers())  # a read is not an event
+    gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=gateway.headers())
+    gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=gateway.headers())  # no-op: no event
+    gateway.client.get(f"{TES}/tasks", headers={"Authorization": "Bearer junk"})
+    records = _audit(gateway)
+    assert [(r.action, r.object, r.outcome) for r in records] == [
+        ("task.create", f"task:{task_id}", "ok"),
+        ("task.cancel", f"task:{task_id}", "ok"),
+        ("auth.failure", f"route:GET {TES}/tasks", "denied"),
+    ]
+    assert records[0].actor == "alice" and records[2].actor == "anonymous"
+    assert all(r.at is not None for r in records)
+    assert "junk" not in json.dumps([r.detail for r in records])  # the token itself is never recorded
+
+
+def test_metrics_need_a_token_or_the_static_metrics_token(database_url, tmp_path):
+    from tests.conftest import Gateway
+
+    gw = Gateway(database_url, tmp_path / "d", metrics_token="scrape-secret-123")
+    try:
+        assert gw.client.get("/metrics").status_code == 401
+        assert gw.client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        scraped = gw.client.get("/metrics", headers={"Authorization": "Bearer scrape-secret-123"})
+        assert scraped.status_code == 200 and "fivesafes_http_requests_total" in scraped.text
+        gw.client.post(f"{TES}/tasks", json=TASK, headers=gw.headers())
+        after = gw.client.get("/metrics", headers=gw.headers()).text
+        assert "fivesafes_tasks_created_total 1.0" in after
+        assert 'route="/tasks"' in after  # the template, never a raw path with an id
+    finally:
+        gw.close()
+
+
+def test_database_outage_is_503_with_retry_after(tmp_path):
+    from tests.conftest import Gateway
+
+    gw = Gateway("postgresql+psycopg://nobody:nothing@127.0.0.1:1/none", tmp_path / "d")
+    try:
+        response = gw.client.post(f"{TES}/tasks", json=TASK, headers=gw.headers())
+        assert response.status_code == 503 and response.headers["retry-after"]
+        ready = gw.client.get("/readyz")
+        assert ready.status_code == 503
+        assert gw.client.get("/healthz").status_code == 200
+    finally:
+        gw.close()
+
+
+def test_twenty_concurrent_copies_with_one_idempotency_key_make_one_task(database_url, tmp_path):
+    with devstack.start(tmp_path / "live", database_url=database_url) as stack:
+        headers = {"Authorization": f"Bearer {stack.token('alice')}", "Idempotency-Key": "same-key"}
+
+        def submit(_: int) -> httpx.Response:
+            return httpx.post(f"{stack.url}{TES}/tasks", json=TASK, headers=headers, timeout=30)
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            responses = list(pool.map(submit, range(20)))
+        assert [r.status_code for r in responses] == [200] * 20
+        assert len({r.json()["id"] for r in responses}) == 1
+        listed = httpx.get(f"{stack.url}{TES}/tasks", headers=headers, timeout=30).json()["tasks"]
+        assert len(listed) == 1
+        with stack_db(stack) as session:
+            creates = session.scalar(
+                select(func.count()).select_from(AuditRecord).where(AuditRecord.action == "task.create")
+            )
+        assert creates == 1
+
+
+def stack_db(stack):  # type: ignore[no-untyped-def]
+    from fivesafes_tes.db import Database
+
+    return Database(stack.settings.effective_database_url).read()
