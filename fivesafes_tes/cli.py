@@ -153,16 +153,31 @@ def cancel(task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
+def audit_verify(
+    anchor: Annotated[
+        str | None,
+        typer.Option(help="SEQ:HASH printed by an earlier verify and kept outside the database; "
+                     "proves the chain up to it was not cut back or rewritten."),
+    ] = None,
+) -> None:
     """Check the whole audit chain; exit 1 if any record was edited, deleted, inserted or reordered."""
     from fivesafes_tes import audit
     from fivesafes_tes.db import Database
 
+    checkpoint = None
+    if anchor:
+        seq, _, digest = anchor.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            err.print("[red]--anchor must be SEQ:HASH[/], as printed by an earlier `fivesafes-tes audit verify`")
+            raise typer.Exit(2)
+        checkpoint = audit.Checkpoint(int(seq), digest)
     settings = GatewaySettings()
     with Database(settings.effective_database_url).read() as session:
-        report = audit.verify(session)
+        report = audit.verify(session, anchor=checkpoint)
     if report.ok:
         console.print(f"[green]audit chain intact[/]: {report.records} records")
+        if report.head:
+            console.print(f"anchor for next time (keep it outside this database): {report.head.seq}:{report.head.hash}")
         return
     table = Table("seq", "problem", "detail", title="audit chain broken")
     for problem in report.problems:

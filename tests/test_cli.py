@@ -1,0 +1,112 @@
+"""The `fivesafes-tes` commands a researcher and an operator type, against a live dev gateway."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fivesafes_tes import devstack
+from fivesafes_tes.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def stack(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    monkeypatch.setenv("FIVESAFES_DATA_DIR", str(data))
+    with devstack.start(data) as running:
+        monkeypatch.setenv("FIVESAFES_PUBLIC_URL", running.url)
+        monkeypatch.setenv("FIVESAFES_TES_URL", running.url)
+        yield running
+
+
+def invoke(*args: str, **env: str):  # type: ignore[no-untyped-def]
+    result = runner.invoke(app, list(args), env=env or None)
+    return result
+
+
+def test_token_submit_status_list_cancel_round_trip(stack, tmp_path):
+    token = invoke("token", "--user", "carol", "--role", "researcher").stdout.strip()
+    assert token.count(".") == 2
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps({"name": "cli-task", "executors": [{"image": "alpine", "command": ["true"]}]}))
+
+    submitted = invoke("submit", str(task_file), "--token", token, "--idempotency-key", "cli-1")
+    assert submitted.exit_code == 0, submitted.output
+    task_id = submitted.stdout.strip()
+    again = invoke("submit", str(task_file), "--token", token, "--idempotency-key", "cli-1")
+    assert again.stdout.strip() == task_id
+
+    status = invoke("status", task_id, "--token", token)
+    assert status.exit_code == 0 and json.loads(status.stdout)["name"] == "cli-task"
+
+    listed = invoke("list", "--token", token)
+    assert listed.exit_code == 0 and "cli-task" in listed.stdout and "QUEUED" in listed.stdout
+
+    assert invoke("cancel", task_id, "--token", token).exit_code == 0
+    assert json.loads(invoke("status", task_id, "--token", token, "--view", "MINIMAL").stdout)["state"] == "CANCELED"
+
+
+def test_refusals_are_explained_and_exit_non_zero(stack, tmp_path):
+    token = invoke("token", "--user", "carol").stdout.strip()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"executors": [{"image": "alpine"}]}))
+    result = invoke("submit", str(bad), "--token", token)
+    assert result.exit_code == 1
+    assert "executors.0.command" in result.output
+    not_json = tmp_path / "nope.json"
+    not_json.write_text("{")
+    assert invoke("submit", str(not_json), "--token", token).exit_code == 2
+    assert invoke("list").exit_code == 2  # no token: says how to get one
+    assert invoke("status", "01a00000-0000-7000-8000-000000000000", "--token", token).exit_code == 1
+
+
+def test_audit_verify_reports_an_intact_chain_and_a_tampered_one(stack, tmp_path, monkeypatch):
+    token = invoke("token", "--user", "carol").stdout.strip()
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps({"executors": [{"image": "alpine", "command": ["true"]}]}))
+    invoke("submit", str(task_file), "--token", token)
+    invoke("submit", str(task_file), "--token", token)
+    intact = invoke("audit", "verify")
+    assert intact.exit_code == 0 and "intact" in intact.stdout
+
+    from sqlalchemy import text
+
+    from fivesafes_tes.db import Database
+
+    db = Database(stack.settings.effective_database_url)
+    with db.write() as session:
+        session.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1"))
+    db.dispose()
+    broken = invoke("audit", "verify")
+    assert broken.exit_code == 1 and "hash_mismatch" in broken.stdout
+
+
+def test_audit_anchor_exposes_a_cut_back_tail(stack, tmp_path):
+    token = invoke("token", "--user", "carol").stdout.strip()
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps({"executors": [{"image": "alpine", "command": ["true"]}]}))
+    for _ in range(3):
+        invoke("submit", str(task_file), "--token", token)
+    first = invoke("audit", "verify")
+    anchor = first.stdout.strip().splitlines()[-1].split()[-1]
+    assert anchor.startswith("3:")
+
+    from sqlalchemy import text
+
+    from fivesafes_tes.db import Database
+
+    # A careful attacker removes the newest record and moves the head back to the one before.
+    db = Database(stack.settings.effective_database_url)
+    with db.write() as session:
+        previous = session.execute(text("SELECT hash FROM audit_log WHERE seq = 2")).scalar_one()
+        session.execute(text("DELETE FROM audit_log WHERE seq = 3"))
+        session.execute(text("UPDATE audit_head SET seq = 2, hash = :h"), {"h": previous})
+    db.dispose()
+    assert invoke("audit", "verify").exit_code == 0  # the chain alone cannot tell
+    caught = invoke("audit", "verify", "--anchor", anchor)
+    assert caught.exit_code == 1 and "anchor_mismatch" in caught.stdout
+    assert invoke("audit", "verify", "--anchor", "nonsense").exit_code == 2
