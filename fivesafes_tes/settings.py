@@ -40,11 +40,13 @@ class GatewaySettings(BaseSettings):
     dev_issuer: bool = Field(default=False, description="Serve and trust the embedded development token issuer.")
 
     # TES service-info
-    service_id: str = "org.fivesafes.tes"
-    service_name: str = "Five Safes TES"
-    organization_name: str = "Five Safes TES federation"
-    organization_url: str = "https://example.org/fivesafes-tes"
-    environment: str = "dev"
+    service_id: str = Field(default="org.fivesafes.tes", description="service-info `id` (reverse domain).")
+    service_name: str = Field(default="Five Safes TES", description="service-info `name`.")
+    organization_name: str = Field(default="Five Safes TES federation", description="service-info `organization.name`.")
+    organization_url: str = Field(
+        default="https://example.org/fivesafes-tes", description="service-info `organization.url`."
+    )
+    environment: str = Field(default="dev", description="service-info `environment` (dev, test, prod).")
     storage: list[str] = Field(default_factory=list, description="Storage locations listed in service-info.")
     backend_parameters: list[str] = Field(
         default=["tre", "project"],

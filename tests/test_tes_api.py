@@ -172,6 +172,15 @@ def test_read_only_fields_in_the_body_are_ignored(gateway):
     assert got["state"] == "QUEUED" and not got["creation_time"].startswith("1999")
 
 
+def test_content_over_the_limit_is_400_and_128_kib_is_accepted(gateway):
+    at_least = minimal_task(inputs=[{"path": "/x", "content": "a" * 128 * 1024}])
+    assert gateway.client.post(f"{TES}/tasks", json=at_least, headers=gateway.headers()).status_code == 200
+    limit = gateway.settings.max_content_bytes
+    over = minimal_task(inputs=[{"path": "/x", "content": "é" * (limit // 2 + 1)}])  # 2 bytes each in UTF-8
+    response = gateway.client.post(f"{TES}/tasks", json=over, headers=gateway.headers())
+    assert response.status_code == 400 and "inputs.0.content" in response.json()["detail"]
+
+
 def test_oversized_body_is_413_and_stores_nothing(gateway):
     big = minimal_task(inputs=[{"path": "/x", "content": "a" * (gateway.settings.max_body_bytes + 1)}])
     response = gateway.client.post(f"{TES}/tasks", json=big, headers=gateway.headers())

@@ -58,6 +58,7 @@ def create_task(
             actor_of(principal),
             body,
             supported_backend_parameters=set(ctx.settings.backend_parameters),
+            max_content_bytes=ctx.settings.max_content_bytes,
             idempotency_key=idempotency_key,
         )
     ctx.metrics.tasks_created.inc()

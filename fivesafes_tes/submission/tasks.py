@@ -100,9 +100,16 @@ def create_task(
     request: TaskRequest,
     *,
     supported_backend_parameters: set[str],
+    max_content_bytes: int,
     idempotency_key: str | None = None,
 ) -> str:
     """Store a new task and return its id; with an Idempotency-Key, a repeat returns the first id."""
+    for n, item in enumerate(request.inputs or []):
+        if item.content and len(item.content.encode()) > max_content_bytes:
+            raise InvalidTask(
+                f"inputs.{n}.content: over this server's {max_content_bytes}-byte limit for literal content; "
+                "stage the file in the project's input store and give its url instead"
+            )
     fingerprint = request_fingerprint(request)
     if idempotency_key is not None:
         existing = _replayed(session, actor, idempotency_key, fingerprint)
