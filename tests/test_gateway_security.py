@@ -176,3 +176,24 @@ def stack_db(stack):  # type: ignore[no-untyped-def]
     from fivesafes_tes.db import Database
 
     return Database(stack.settings.effective_database_url).read()
+
+
+def test_identity_provider_outage_is_503_not_401(database_url, tmp_path, monkeypatch):
+    """With a real OIDC configuration whose JWKS cannot be fetched, callers are told to retry."""
+    from fastapi.testclient import TestClient
+
+    from fivesafes_tes.db import Database
+    from fivesafes_tes.gateway.app import create_app
+    from fivesafes_tes.settings import GatewaySettings
+
+    issuer = DevIssuer(tmp_path / "idp", "http://127.0.0.1:1/realms/x")
+    settings = GatewaySettings(
+        data_dir=tmp_path / "d", database_url=database_url, oidc_issuer=issuer.issuer_url,
+        oidc_jwks_url="http://127.0.0.1:1/jwks.json",
+    )
+    db = Database(database_url)
+    client = TestClient(create_app(settings, db=db))
+    token = issuer.issue("alice", ["researcher"], audience=settings.oidc_audience)
+    response = client.get(f"{TES}/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503 and response.headers["retry-after"]
+    db.dispose()

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fivesafes_tes.auth import JwksUnavailable
 from fivesafes_tes.submission.ids import BadPageToken
 from fivesafes_tes.submission.tasks import IdempotencyConflict, InvalidTask, TaskNotFound
 
@@ -69,6 +70,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
         return error(409, str(exc))
+
+    @app.exception_handler(JwksUnavailable)
+    async def _issuer_down(request: Request, exc: JwksUnavailable) -> JSONResponse:
+        log.error("identity provider keys unavailable on %s %s", request.method, request.url.path)
+        return error(503, "the identity provider's keys cannot be fetched; retry shortly", {"Retry-After": RETRY_AFTER_S})
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
