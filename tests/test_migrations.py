@@ -17,3 +17,35 @@ def test_migrations_match_the_models(database):
 def test_upgrade_is_idempotent(database):
     database.upgrade()
     database.upgrade()
+
+
+def test_upgrading_keeps_every_stored_task_and_tag(database_url):
+    """Upgrading from the first schema to the newest loses nothing already stored."""
+    from sqlalchemy import create_engine, text
+
+    from fivesafes_tes.db import Database
+    from fivesafes_tes.db.migrate import upgrade
+
+    if database_url.startswith("postgresql"):  # the fixture's database is already at head: start over
+        engine = create_engine(database_url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()
+    else:
+        import pathlib
+
+        pathlib.Path(database_url.split("///", 1)[1]).unlink()
+    db = Database(database_url)
+    upgrade(db.engine, "0001")
+    with db.write() as session:
+        session.execute(text("INSERT INTO users (id, issuer, subject, username, roles, created_at, last_seen_at) "
+                             "VALUES (1, 'i', 's', 'alice', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        session.execute(text("INSERT INTO tasks (id, owner_id, name, state, created_at, updated_at, document, "
+                             "system_logs) VALUES ('t1', 1, 'kept', 'QUEUED', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
+                             "'{}', '[]')"))
+        session.execute(text("INSERT INTO task_tags (task_id, key, value) VALUES ('t1', 'k', 'v')"))
+    db.upgrade()
+    with db.read() as session:
+        assert session.execute(text("SELECT name FROM tasks")).scalars().all() == ["kept"]
+        assert session.execute(text("SELECT key || '=' || value FROM task_tags")).scalars().all() == ["k=v"]
+    db.dispose()

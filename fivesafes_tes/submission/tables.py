@@ -1,11 +1,12 @@
-"""Tables of the submission layer: tasks as submitted, their tags, and idempotency keys."""
+"""Tables of the submission layer: the federation (TREs, projects, members, TRE decisions), tasks as
+submitted with their tags and idempotency keys, and the per-TRE children with their stage events."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from fivesafes_tes.db.base import Base, utcnow
@@ -19,11 +20,14 @@ class Task(Base):
         Index("ix_tasks_owner_id_id", "owner_id", "id"),
         Index("ix_tasks_owner_id_state_id", "owner_id", "state", "id"),
         Index("ix_tasks_owner_id_name_id", "owner_id", "name", "id"),
+        Index("ix_tasks_project_id_id", "project_id", "id"),
+        Index("ix_tasks_project_id_state_id", "project_id", "state", "id"),
     )
 
     # Time-ordered (UUIDv7 text), so keyset pagination by id is newest-first by creation.
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), nullable=True)
     name: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -60,3 +64,98 @@ class IdempotencyKey(Base):
     body_sha256: Mapped[str] = mapped_column(String(64))
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Tre(Base):
+    """A Trusted Research Environment in the federation; its agent authenticates as this name."""
+
+    __tablename__ = "tres"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    title: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)  # lower-case slug; tag `project` matches it
+    title: Mapped[str] = mapped_column(String(255), default="")
+    starts_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    ends_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProjectTre(Base):
+    """Which TREs a project may run in (the federation's assignment; each TRE still decides)."""
+
+    __tablename__ = "project_tres"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    tre_id: Mapped[int] = mapped_column(ForeignKey("tres.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Membership(Base):
+    """A person in a project, by username (the token's preferred_username), so admins can add people
+    before their first login."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (Index("ix_memberships_username", "username"),)
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), primary_key=True)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TreDecision(Base):
+    """A TRE admin's decision on a project, or on a person within a project, as its agent reported it."""
+
+    __tablename__ = "tre_decisions"
+
+    tre_id: Mapped[int] = mapped_column(ForeignKey("tres.id", ondelete="CASCADE"), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), primary_key=True)  # "" for the project itself
+    decision: Mapped[str] = mapped_column(String(16))  # approved | rejected | pending
+    reason: Mapped[str] = mapped_column(Text, default="")
+    decided_by: Mapped[str] = mapped_column(String(255), default="")
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Child(Base):
+    """One task's life in one TRE: leased to that TRE's agent, which reports its stages."""
+
+    __tablename__ = "task_children"
+    __table_args__ = (
+        UniqueConstraint("task_id", "tre_id"),
+        Index("ix_task_children_tre_id_stage", "tre_id", "stage"),
+        Index("ix_task_children_tre_id_lease_expires_at", "tre_id", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    tre_id: Mapped[int] = mapped_column(ForeignKey("tres.id"))
+    stage: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancel_acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    system_logs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # What the agent reported about the run; shown to the researcher only once released.
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ChildEvent(Base):
+    """Each stage event an agent sent, keyed so a replayed message has no second effect."""
+
+    __tablename__ = "child_events"
+
+    child_id: Mapped[str] = mapped_column(ForeignKey("task_children.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
