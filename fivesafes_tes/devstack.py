@@ -20,6 +20,35 @@ from fivesafes_tes.gateway.app import create_app, dev_issuer_url
 from fivesafes_tes.settings import GatewaySettings
 
 
+# The embedded federation: two TREs and two projects. alice and carol share `diabetes-cancer`, which
+# runs in both TREs; bob alone is in `cardio`, in the UK TRE only. Each member's first project is
+# their default.
+DEV_FEDERATION: dict = {
+    "tres": {"uk-tre": "UK TRE (synthetic)", "sg-tre": "Singapore TRE (synthetic)"},
+    "projects": {
+        "diabetes-cancer": (["uk-tre", "sg-tre"], ["alice", "carol"]),
+        "cardio": (["uk-tre"], ["bob"]),
+    },
+}
+
+
+def seed_federation(db: Database, federation_spec: dict = DEV_FEDERATION) -> None:
+    """Create the embedded federation unless it is already there (restarts keep their state)."""
+    from fivesafes_tes.submission import federation
+
+    with db.write() as session:
+        if federation.list_tres(session):
+            return
+        for tre, title in federation_spec["tres"].items():
+            federation.add_tre(session, "devstack", tre, title)
+        defaults: set[str] = set()
+        for name, (tres, members) in federation_spec["projects"].items():
+            federation.add_project(session, "devstack", name, tres=tres)
+            for user in members:
+                federation.add_member(session, "devstack", name, user, default=user not in defaults)
+                defaults.add(user)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -63,6 +92,7 @@ def start(
 ) -> DevStack:
     """Migrate the database, then serve the gateway until `stop()`; returns once it answers."""
     port = port or free_port(host)
+    overrides.setdefault("allowed_images", ["*"])
     settings = GatewaySettings(
         data_dir=data_dir,
         database_url=database_url,
@@ -72,6 +102,7 @@ def start(
     )
     db = Database(settings.effective_database_url)
     db.upgrade()
+    seed_federation(db)
     app = create_app(settings, db=db)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)

@@ -53,6 +53,19 @@ class GatewaySettings(BaseSettings):
         description="tesResources.backend_parameters keys this gateway understands (case-insensitive).",
     )
 
+    # Submission policy
+    allowed_images: list[str] = Field(
+        default_factory=list,
+        description="Container images tasks may name (fnmatch patterns, e.g. `registry.tre.org/*`). "
+        "Empty refuses every task: set it. Each TRE applies its own list again.",
+    )
+    lease_ttl_s: int = Field(default=60, ge=5, description="How long an agent's lease lasts without a heartbeat.")
+    paused_for_review: bool = Field(
+        default=False,
+        description="Show children awaiting output review as TES PAUSED instead of RUNNING "
+        "(py-tes 0.4.x, used by the Snakemake and Toil plugins, breaks on PAUSED).",
+    )
+
     # Limits
     max_body_bytes: int = Field(default=4 * 1024 * 1024, description="Largest request body accepted.")
     max_content_bytes: int = Field(default=1024 * 1024, description="Largest tesInput.content accepted.")

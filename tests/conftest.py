@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from fivesafes_tes.db import Database
+from fivesafes_tes.devstack import seed_federation
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("FIVESAFES_TEST_PG_URL", "")
@@ -84,22 +85,35 @@ def database(database_url: str) -> Iterator[Database]:
     db.dispose()
 
 
+TEST_FEDERATION = {
+    "tres": {"uk-tre": "UK", "sg-tre": "Singapore"},
+    # alice and carol share `alpha` (both TREs); bob alone is in `beta` (UK only)
+    "projects": {
+        "alpha": (["uk-tre", "sg-tre"], ["alice", "carol"]),
+        "beta": (["uk-tre"], ["bob"]),
+    },
+}
+
+
 class Gateway:
     """An in-process gateway (embedded issuer) on the test's database, with token helpers."""
 
     TES = "/ga4gh/tes/v1"
 
-    def __init__(self, database_url: str, data_dir, **overrides) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, database_url: str, data_dir, *, seed: bool = True, **overrides) -> None:  # type: ignore[no-untyped-def]
         from fastapi.testclient import TestClient
 
         from fivesafes_tes.gateway.app import create_app
         from fivesafes_tes.settings import GatewaySettings
 
+        overrides.setdefault("allowed_images", ["*"])
         self.settings = GatewaySettings(data_dir=data_dir, database_url=database_url, dev_issuer=True, **overrides)
         self.db = Database(database_url)
         self.app = create_app(self.settings, db=self.db)
         self.issuer = self.app.state.ctx.dev_issuer
         self.client = TestClient(self.app)
+        if seed:
+            seed_federation(self.db, TEST_FEDERATION)
 
     def token(self, user: str = "alice", *roles: str, **kwargs) -> str:  # type: ignore[no-untyped-def]
         return self.issuer.issue(user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs)

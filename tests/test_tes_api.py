@@ -219,7 +219,10 @@ def test_cancel_is_immediate_returns_empty_and_is_a_no_op_once_ended(gateway):
     assert again.status_code == 200 and again.json() == {}
     assert audit_count(gateway, "task.cancel") == 1
     full = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()).json()
-    assert sum("canceled by alice" in line for log in full["logs"] for line in log["system_logs"]) == 1
+    assert [log["metadata"]["tre"] for log in full["logs"]] == ["sg-tre", "uk-tre"]  # one entry per TRE
+    for log in full["logs"]:
+        assert log["metadata"]["stage"] == "canceled"
+        assert sum("canceled by alice" in line for line in log["system_logs"]) == 1
 
 
 def test_cancel_unknown_is_404(gateway):

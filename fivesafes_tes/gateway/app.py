@@ -18,10 +18,12 @@ from fivesafes_tes.auth import (
     discover_jwks_url,
 )
 from fivesafes_tes.db import Database
-from fivesafes_tes.gateway import errors, ops, tes_api
+from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, tes_api
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit
+from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.settings import GatewaySettings
+from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
@@ -37,7 +39,9 @@ class GatewayContext:
     db: Database
     validator: TokenValidator
     service_info: ServiceInfo
+    policy: SubmissionPolicy
     dev_issuer: DevIssuer | None = None
+    signal: WorkSignal = field(default_factory=WorkSignal)
     user_cache: UserCache = field(default_factory=UserCache)
     metrics: ops.Metrics = field(default_factory=ops.Metrics)
 
@@ -81,8 +85,13 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     settings = settings or GatewaySettings()
     validator, issuer = _validator(settings)
     db = db or Database(settings.effective_database_url)
+    policy = SubmissionPolicy(
+        supported_backend_parameters=frozenset(settings.backend_parameters),
+        max_content_bytes=settings.max_content_bytes,
+        allowed_images=tuple(settings.allowed_images),
+    )
     ctx = GatewayContext(settings=settings, db=db, validator=validator, service_info=service_info(settings),
-                         dev_issuer=issuer)
+                         policy=policy, dev_issuer=issuer)
 
     app = FastAPI(
         title="Five Safes TES",
@@ -98,6 +107,8 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     app.include_router(tes_api.router, prefix=TES_PREFIXES[0])
     for alias in TES_PREFIXES[1:]:
         app.include_router(tes_api.router, prefix=alias, include_in_schema=False)
+    app.include_router(agent_api.router)
+    app.include_router(admin_api.router)
     app.include_router(ops.router)
     if issuer is not None:
         app.include_router(dev_issuer_router)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fivesafes_tes.auth import JwksUnavailable
+from fivesafes_tes.submission import federation, leases
 from fivesafes_tes.submission.ids import BadPageToken
 from fivesafes_tes.submission.tasks import IdempotencyConflict, InvalidTask, TaskNotFound
 
@@ -60,12 +61,28 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidTask)
     @app.exception_handler(BadPageToken)
+    @app.exception_handler(federation.InvalidRequest)
     async def _bad(_: Request, exc: Exception) -> JSONResponse:
         return error(400, str(exc))
 
     @app.exception_handler(TaskNotFound)
     async def _missing(_: Request, exc: TaskNotFound) -> JSONResponse:
         return error(404, f"no task {exc.args[0]!r} visible to you")
+
+    @app.exception_handler(federation.Forbidden)
+    async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
+        return error(403, str(exc))
+
+    @app.exception_handler(federation.NotFound)
+    @app.exception_handler(leases.UnknownChild)
+    async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+        return error(404, str(exc))
+
+    @app.exception_handler(federation.Conflict)
+    @app.exception_handler(leases.StaleAttempt)
+    @app.exception_handler(leases.IllegalTransition)
+    async def _conflicting(_: Request, exc: Exception) -> JSONResponse:
+        return error(409, str(exc))
 
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:

@@ -43,7 +43,11 @@ def get_service_info_legacy(request: Request) -> ServiceInfo:
 
 @router.post(
     "/tasks", response_model=CreateTaskResponse, operation_id="CreateTask",
-    responses={**_BAD, 409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."}},
+    responses={
+        **_BAD,
+        403: {"model": ErrorResponse, "description": "Not a member of the project, or the project is not active."},
+        409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
+    },
 )
 def create_task(
     request: Request,
@@ -53,16 +57,13 @@ def create_task(
 ) -> CreateTaskResponse:
     ctx = request.app.state.ctx
     with ctx.db.write() as session:
-        task_id = submission.create_task(
-            session,
-            actor_of(principal),
-            body,
-            supported_backend_parameters=set(ctx.settings.backend_parameters),
-            max_content_bytes=ctx.settings.max_content_bytes,
-            idempotency_key=idempotency_key,
+        created = submission.create_task(
+            session, actor_of(principal), body, ctx.policy, idempotency_key=idempotency_key
         )
-    ctx.metrics.tasks_created.inc()
-    return CreateTaskResponse(id=task_id)
+    ctx.signal.notify(created.tre_ids)
+    if created.tre_ids:
+        ctx.metrics.tasks_created.inc()
+    return CreateTaskResponse(id=created.task_id)
 
 
 @router.get(
@@ -106,6 +107,8 @@ def get_task(request: Request, id: str, principal: CurrentPrincipal, view: View 
 
 @router.post("/tasks/{id}:cancel", response_model=CancelTaskResponse, operation_id="CancelTask", responses=_NOT_FOUND)
 def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict:
-    with request.app.state.ctx.db.write() as session:
-        submission.cancel_task(session, actor_of(principal), id)
+    ctx = request.app.state.ctx
+    with ctx.db.write() as session:
+        tre_ids = submission.cancel_task(session, actor_of(principal), id)
+    ctx.signal.notify(tre_ids)
     return {}

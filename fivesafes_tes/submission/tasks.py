@@ -10,17 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.submission.federation import resolve_target, visible_project_ids
 from fivesafes_tes.submission.ids import decode_page_token, encode_page_token, new_task_id
-from fivesafes_tes.submission.tables import IdempotencyKey, Task, TaskTag
+from fivesafes_tes.submission.stages import Stage
+from fivesafes_tes.submission.tables import Child, IdempotencyKey, Task, TaskTag, Tre
 from fivesafes_tes.tes import State, TaskRequest, View, render
 
 MAX_PAGE_SIZE = 2047
@@ -45,6 +48,21 @@ class Actor:
 
     user_id: int
     name: str
+
+
+@dataclass(frozen=True)
+class SubmissionPolicy:
+    """What the gateway checks before it stores a task (each TRE checks again for itself)."""
+
+    supported_backend_parameters: frozenset[str]
+    max_content_bytes: int
+    allowed_images: tuple[str, ...]  # fnmatch patterns; a digest pin is part of the name it matches
+
+
+@dataclass(frozen=True)
+class Created:
+    task_id: str
+    tre_ids: list[int]  # whose agents have new work; empty for an idempotent replay
 
 
 @dataclass
@@ -98,24 +116,21 @@ def create_task(
     session: Session,
     actor: Actor,
     request: TaskRequest,
+    policy: SubmissionPolicy,
     *,
-    supported_backend_parameters: set[str],
-    max_content_bytes: int,
     idempotency_key: str | None = None,
-) -> str:
-    """Store a new task and return its id; with an Idempotency-Key, a repeat returns the first id."""
-    for n, item in enumerate(request.inputs or []):
-        if item.content and len(item.content.encode()) > max_content_bytes:
-            raise InvalidTask(
-                f"inputs.{n}.content: over this server's {max_content_bytes}-byte limit for literal content; "
-                "stage the file in the project's input store and give its url instead"
-            )
+    today: date | None = None,
+) -> Created:
+    """Store a new task with one child per target TRE; with an Idempotency-Key, a repeat returns the
+    first task."""
     fingerprint = request_fingerprint(request)
     if idempotency_key is not None:
         existing = _replayed(session, actor, idempotency_key, fingerprint)
         if existing:
-            return existing
-    warnings = apply_backend_parameters(request, supported_backend_parameters)
+            return Created(existing, [])
+    _check_policy(request, policy)
+    target = resolve_target(session, actor.name, request.tags or {}, today or utcnow().date())
+    warnings = apply_backend_parameters(request, set(policy.supported_backend_parameters))
     task_id = new_task_id()
     tags = {k: (v or "") for k, v in (request.tags or {}).items()}
     document = request.model_dump(mode="json", exclude_none=True, exclude={"tags"})
@@ -125,6 +140,7 @@ def create_task(
                 Task(
                     id=task_id,
                     owner_id=actor.user_id,
+                    project_id=target.project.id,
                     name=request.name,
                     state=State.QUEUED.value,
                     document=document,
@@ -132,7 +148,11 @@ def create_task(
                 )
             )
             session.add_all(TaskTag(task_id=task_id, key=k, value=v) for k, v in tags.items())
-            session.flush()  # the task row must exist before the key that points at it
+            session.flush()  # the task row must exist before the rows that point at it
+            session.add_all(
+                Child(id=new_task_id(), task_id=task_id, tre_id=tre.id, stage=Stage.RECEIVED.value)
+                for tre in target.tres
+            )
             if idempotency_key is not None:
                 session.add(
                     IdempotencyKey(
@@ -147,9 +167,27 @@ def create_task(
         existing = _replayed(session, actor, idempotency_key, fingerprint)
         if existing is None:
             raise
-        return existing
-    audit.record(session, actor=actor.name, action="task.create", object=f"task:{task_id}", outcome="ok")
-    return task_id
+        return Created(existing, [])
+    audit.record(
+        session, actor=actor.name, action="task.create", object=f"task:{task_id}", outcome="ok",
+        detail={"project": target.project.name, "tres": [t.name for t in target.tres]},
+    )
+    return Created(task_id, [t.id for t in target.tres])
+
+
+def _check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
+    for n, item in enumerate(request.inputs or []):
+        if item.content and len(item.content.encode()) > policy.max_content_bytes:
+            raise InvalidTask(
+                f"inputs.{n}.content: over this server's {policy.max_content_bytes}-byte limit for literal "
+                "content; stage the file in the project's input store and give its url instead"
+            )
+    for n, executor in enumerate(request.executors):
+        if not any(fnmatchcase(executor.image, pattern) for pattern in policy.allowed_images):
+            raise InvalidTask(
+                f"executors.{n}.image: {executor.image!r} is not on this federation's image allow-list "
+                f"({', '.join(policy.allowed_images) or 'empty: ask the federation admin to set FIVESAFES_ALLOWED_IMAGES'})"
+            )
 
 
 def _replayed(session: Session, actor: Actor, key: str, fingerprint: str) -> str | None:
@@ -163,8 +201,16 @@ def _replayed(session: Session, actor: Actor, key: str, fingerprint: str) -> str
     return row.task_id
 
 
+def _visible(actor: Actor):  # type: ignore[no-untyped-def]
+    """Tasks of the caller's projects (and, for tasks stored before projects existed, their own)."""
+    return or_(
+        Task.project_id.in_(visible_project_ids(actor.name)),
+        and_(Task.project_id.is_(None), Task.owner_id == actor.user_id),
+    )
+
+
 def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = False) -> Task:
-    query = select(Task).where(Task.id == task_id, Task.owner_id == actor.user_id)
+    query = select(Task).where(Task.id == task_id, _visible(actor))
     if for_update:
         query = query.with_for_update()
     task = session.scalars(query).one_or_none()
@@ -176,13 +222,14 @@ def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = F
 def get_task(session: Session, actor: Actor, task_id: str, view: View = View.MINIMAL) -> dict[str, Any]:
     if view is View.MINIMAL:
         row = session.execute(
-            select(Task.id, Task.state).where(Task.id == task_id, Task.owner_id == actor.user_id)
+            select(Task.id, Task.state).where(Task.id == task_id, _visible(actor))
         ).one_or_none()
         if row is None:
             raise TaskNotFound(task_id)
         return {"id": row.id, "state": row.state}
     task = _owned(session, actor, task_id)
-    return render(_full_document(task, _tags_of(session, [task.id]).get(task.id, {})), view)
+    ids = [task.id]
+    return render(_full_document(task, _tags_of(session, ids).get(task.id, {}), _children_of(session, ids).get(task.id, [])), view)
 
 
 def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
@@ -190,7 +237,7 @@ def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
         raise InvalidTask(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
     minimal = query.view is View.MINIMAL
     stmt = select(Task.id, Task.state) if minimal else select(Task)
-    stmt = stmt.where(Task.owner_id == actor.user_id)
+    stmt = stmt.where(_visible(actor))
     if query.name_prefix:
         stmt = stmt.where(Task.name.like(_like_prefix(query.name_prefix), escape="\\"))
     if query.state is not None:
@@ -213,21 +260,30 @@ def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
     if minimal:
         tasks = [{"id": r.id, "state": r.state} for r in rows]
     else:
-        tags = _tags_of(session, [r.id for r in rows])
-        tasks = [render(_full_document(r, tags.get(r.id, {})), query.view) for r in rows]
+        ids = [r.id for r in rows]
+        tags, children = _tags_of(session, ids), _children_of(session, ids)
+        tasks = [render(_full_document(r, tags.get(r.id, {}), children.get(r.id, [])), query.view) for r in rows]
     token = encode_page_token(rows[-1].id) if more else None
     return Page(tasks=tasks, next_page_token=token)
 
 
-def cancel_task(session: Session, actor: Actor, task_id: str) -> bool:
-    """Cancel at once; return False when the task had already ended (a no-op, as the spec says)."""
+def cancel_task(session: Session, actor: Actor, task_id: str) -> list[int]:
+    """Cancel at once: the task and every child still in progress. Returns the TREs whose agents must
+    stop something; an empty list when the task had already ended (a no-op, as the spec says)."""
     task = _owned(session, actor, task_id, for_update=True)
     if State(task.state).is_final:
-        return False
+        return []
+    now = utcnow()
     task.state = State.CANCELED.value
-    task.system_logs = [*task.system_logs, f"canceled by {actor.name} at {_rfc3339(utcnow())}"]
+    task.system_logs = [*task.system_logs, f"canceled by {actor.name} at {_rfc3339(now)}"]
+    tre_ids = []
+    for child in session.scalars(select(Child).where(Child.task_id == task_id).with_for_update()):
+        if not Stage(child.stage).is_final:
+            child.stage = Stage.CANCELED.value
+            child.ended_at = now
+            tre_ids.append(child.tre_id)
     audit.record(session, actor=actor.name, action="task.cancel", object=f"task:{task_id}", outcome="ok")
-    return True
+    return tre_ids
 
 
 def _like_prefix(prefix: str) -> str:
@@ -243,12 +299,43 @@ def _tags_of(session: Session, task_ids: list[str]) -> dict[str, dict[str, str]]
     return out
 
 
-def _full_document(task: Task, tags: dict[str, str]) -> dict[str, Any]:
+def _children_of(session: Session, task_ids: list[str]) -> dict[str, list[tuple[Child, str]]]:
+    out: dict[str, list[tuple[Child, str]]] = {}
+    if not task_ids:
+        return out
+    rows = session.execute(
+        select(Child, Tre.name).join(Tre, Tre.id == Child.tre_id).where(Child.task_id.in_(task_ids))
+        .order_by(Tre.name)
+    )
+    for child, tre in rows:
+        out.setdefault(child.task_id, []).append((child, tre))
+    return out
+
+
+def _full_document(task: Task, tags: dict[str, str], children: list[tuple[Child, str]]) -> dict[str, Any]:
     doc: dict[str, Any] = {"id": task.id, "state": task.state, **task.document}
     doc["tags"] = tags
     doc["creation_time"] = _rfc3339(task.created_at)
-    doc["logs"] = [{"logs": [], "outputs": [], "system_logs": list(task.system_logs)}] if task.system_logs else []
+    if children:
+        doc["logs"] = [_child_log(task, child, tre) for child, tre in children]
+    else:
+        doc["logs"] = [{"logs": [], "outputs": [], "system_logs": list(task.system_logs)}] if task.system_logs else []
     return doc
+
+
+def _child_log(task: Task, child: Child, tre: str) -> dict[str, Any]:
+    """One TES TaskLog per TRE: where it is, and what that TRE has said about it."""
+    log: dict[str, Any] = {
+        "logs": [],
+        "outputs": [],
+        "metadata": {"tre": tre, "stage": child.stage, "attempt": str(child.attempt)},
+        "system_logs": [*task.system_logs, *child.system_logs],
+    }
+    if child.started_at:
+        log["start_time"] = _rfc3339(child.started_at)
+    if child.ended_at:
+        log["end_time"] = _rfc3339(child.ended_at)
+    return log
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -1,0 +1,194 @@
+"""The agent API (`/agent/v1`): how a TRE's agent pulls work and reports on it. Outbound from the
+TRE only; each agent token is bound to one TRE by its `tre` claim and sees nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from fivesafes_tes.auth import Role
+from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
+from fivesafes_tes.gateway.security import CurrentPrincipal
+from fivesafes_tes.gateway.signals import RECHECK_S
+from fivesafes_tes.submission import leases
+from fivesafes_tes.submission.stages import Stage
+from fivesafes_tes.submission.tables import Tre
+
+router = APIRouter(
+    prefix="/agent/v1",
+    tags=["Agent"],
+    responses={**ERROR_RESPONSES, 403: {"model": ErrorResponse, "description": "Not an agent of a known TRE."}},
+)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def current_tre(request: Request, principal: CurrentPrincipal) -> Tre:
+    if not principal.has_role(Role.TRE_AGENT) or not principal.tre:
+        raise HTTPException(403, "this route is for TRE agents: the token needs role tre-agent and a tre claim")
+    with request.app.state.ctx.db.read() as session:
+        tre = session.scalar(select(Tre).where(Tre.name == principal.tre))
+    if tre is None:
+        raise HTTPException(403, f"TRE {principal.tre!r} is not registered with this gateway")
+    return tre
+
+
+CurrentTre = Annotated[Tre, Depends(current_tre)]
+
+
+class LeaseRequest(_Body):
+    wait_s: float = Field(default=20.0, ge=0, le=30, description="Long-poll: answer at once when work appears.")
+    max: int = Field(default=10, ge=1, le=100)
+
+
+class GrantOut(BaseModel):
+    child_id: str
+    task_id: str
+    attempt: int
+    stage: str
+    lease_expires_at: datetime
+    project: str
+    user: str
+    task: dict[str, Any]
+
+
+class CancellationOut(BaseModel):
+    child_id: str
+    attempt: int
+
+
+class LeaseResponse(BaseModel):
+    leases: list[GrantOut]
+    cancel: list[CancellationOut]
+
+
+@router.post("/leases", response_model=LeaseResponse)
+async def lease_work(request: Request, body: LeaseRequest, tre: CurrentTre) -> LeaseResponse:
+    ctx = request.app.state.ctx
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.wait_s
+
+    def attempt() -> tuple[list[leases.Grant], list[leases.Cancellation]]:
+        with ctx.db.write() as session:
+            grants = leases.lease(session, tre, limit=body.max, ttl_s=ctx.settings.lease_ttl_s)
+            return grants, leases.pending_cancellations(session, tre)
+
+    while True:
+        entry = ctx.signal.register(tre.id)
+        try:
+            grants, cancels = await run_in_threadpool(attempt)
+            remaining = deadline - loop.time()
+            if grants or cancels or remaining <= 0:
+                return LeaseResponse(
+                    leases=[GrantOut(**asdict(g)) for g in grants],
+                    cancel=[CancellationOut(**asdict(c)) for c in cancels],
+                )
+            await asyncio.wait({entry[1]}, timeout=min(RECHECK_S, remaining))
+        finally:
+            ctx.signal.unregister(tre.id, entry)
+
+
+class HeldLease(_Body):
+    child_id: str = Field(max_length=36)
+    attempt: int = Field(ge=1)
+
+
+class HeartbeatRequest(_Body):
+    children: list[HeldLease] = Field(max_length=1000)
+
+
+class HeartbeatResponse(BaseModel):
+    children: dict[str, str] = Field(description="child id -> ok | stale | canceled | ended | unknown")
+
+
+@router.post("/heartbeat", response_model=HeartbeatResponse)
+def heartbeat(request: Request, body: HeartbeatRequest, tre: CurrentTre) -> HeartbeatResponse:
+    ctx = request.app.state.ctx
+    with ctx.db.write() as session:
+        answer = leases.heartbeat(session, tre, [(c.child_id, c.attempt) for c in body.children],
+                                  ttl_s=ctx.settings.lease_ttl_s)
+    return HeartbeatResponse(children=answer)
+
+
+class EventRequest(_Body):
+    attempt: int = Field(ge=1)
+    seq: int = Field(ge=0, le=2**31 - 1)
+    stage: Stage = Field(strict=False)
+    message: str | None = Field(default=None, max_length=4096, description="A plain-language system_logs line.")
+    report: dict[str, Any] | None = Field(default=None, description="What the agent observed (exit codes...).")
+
+
+class EventResponse(BaseModel):
+    stage: str
+    applied: bool
+
+
+@router.post(
+    "/children/{child_id}/events", response_model=EventResponse,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
+def child_event(request: Request, child_id: str, body: EventRequest, tre: CurrentTre) -> EventResponse:
+    ctx = request.app.state.ctx
+    with ctx.db.write() as session:
+        result = leases.record_event(
+            session, tre, child_id, attempt=body.attempt, seq=body.seq, stage=body.stage,
+            message=body.message, report=body.report, ttl_s=ctx.settings.lease_ttl_s,
+            paused_for_review=ctx.settings.paused_for_review,
+        )
+    return EventResponse(stage=result.stage, applied=result.applied)
+
+
+@router.post("/children/{child_id}/cancel-ack", responses={404: {"model": ErrorResponse}})
+def cancel_ack(request: Request, child_id: str, tre: CurrentTre) -> dict:
+    with request.app.state.ctx.db.write() as session:
+        leases.acknowledge_cancel(session, tre, child_id)
+    return {}
+
+
+class ProjectOut(BaseModel):
+    name: str
+    title: str
+    starts_on: date | None
+    ends_on: date | None
+    members: list[str]
+
+
+class SyncResponse(BaseModel):
+    tre: str
+    projects: list[ProjectOut]
+
+
+@router.get("/sync", response_model=SyncResponse)
+def sync(request: Request, tre: CurrentTre) -> SyncResponse:
+    with request.app.state.ctx.db.read() as session:
+        projects = leases.sync(session, tre)
+    return SyncResponse(tre=tre.name, projects=[ProjectOut(**p) for p in projects])
+
+
+class DecisionIn(_Body):
+    project: str = Field(max_length=63)
+    username: str = Field(default="", max_length=255, description="Empty for a decision on the project itself.")
+    decision: str = Field(pattern="^(approved|rejected|pending)$")
+    reason: str = Field(default="", max_length=2000)
+    decided_by: str = Field(default="", max_length=255)
+    decided_at: datetime = Field(strict=False)
+
+
+class DecisionsRequest(_Body):
+    decisions: list[DecisionIn] = Field(max_length=10000)
+
+
+@router.post("/decisions")
+def decisions(request: Request, body: DecisionsRequest, tre: CurrentTre) -> dict:
+    with request.app.state.ctx.db.write() as session:
+        changed = leases.record_decisions(session, tre, [leases.Decision(**d.model_dump()) for d in body.decisions])
+    return {"changed": changed}

@@ -1,0 +1,272 @@
+"""The agent protocol's domain side: leases with attempts, heartbeats, idempotent stage events,
+cancellations, and what each TRE is told and tells back.
+
+Delivery is at-least-once; effects are exactly-once through keys: a lease bumps `attempt`, an event
+is keyed (child, attempt, seq), and a message from an older attempt is refused. Every function is
+scoped to one TRE, so an agent can never touch another TRE's work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from fivesafes_tes import audit
+from fivesafes_tes.auth.tables import User
+from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.submission.federation import describe_projects
+from fivesafes_tes.submission.stages import Stage, can_move, derive_parent_state
+from fivesafes_tes.submission.tables import (
+    Child,
+    ChildEvent,
+    Project,
+    ProjectTre,
+    Task,
+    Tre,
+    TreDecision,
+)
+
+
+class StaleAttempt(Exception):
+    """The message belongs to an attempt that has been superseded; the agent must drop that work."""
+
+
+class IllegalTransition(Exception):
+    """The stage cannot follow the child's current one (e.g. the child has ended)."""
+
+
+class UnknownChild(LookupError):
+    """No such child in this TRE."""
+
+
+@dataclass
+class Grant:
+    child_id: str
+    task_id: str
+    attempt: int
+    stage: str
+    lease_expires_at: datetime
+    project: str
+    user: str
+    task: dict[str, Any]
+
+
+@dataclass
+class Cancellation:
+    child_id: str
+    attempt: int
+
+
+@dataclass
+class EventResult:
+    stage: str
+    applied: bool  # False for a replay of an event already recorded
+
+
+@dataclass
+class Decision:
+    project: str
+    username: str  # "" for the project itself
+    decision: str  # approved | rejected | pending
+    reason: str = ""
+    decided_by: str = ""
+    decided_at: datetime = field(default_factory=utcnow)
+
+
+def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime | None = None) -> list[Grant]:
+    """Hand this TRE's new and abandoned children to its agent, each with a fresh attempt number.
+
+    New children (`received`) and in-progress children whose lease expired are eligible. Row locks
+    with SKIP LOCKED mean two gateway replicas never lease the same child twice.
+    """
+    now = now or utcnow()
+    expires = now + timedelta(seconds=ttl_s)
+    in_progress = [s.value for s in Stage if not s.is_final and s is not Stage.RECEIVED]
+    query = (
+        select(Child)
+        .where(
+            Child.tre_id == tre.id,
+            or_(
+                Child.stage == Stage.RECEIVED.value,
+                Child.stage.in_(in_progress) & (Child.lease_expires_at < now),
+            ),
+        )
+        .order_by(Child.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    grants = []
+    for child in session.scalars(query):
+        child.attempt += 1
+        child.lease_expires_at = expires
+        first = child.stage == Stage.RECEIVED.value
+        if first:
+            child.stage = Stage.LEASED.value
+        task, project, owner = session.execute(
+            select(Task, Project.name, User.username)
+            .join(Project, Project.id == Task.project_id)
+            .join(User, User.id == Task.owner_id)
+            .where(Task.id == child.task_id)
+        ).one()
+        if first:
+            refresh_parent(session, task)
+        audit.record(session, actor=f"agent:{tre.name}", action="child.lease", object=f"child:{child.id}",
+                     outcome="ok", detail={"attempt": child.attempt, "task": child.task_id})
+        grants.append(Grant(
+            child_id=child.id, task_id=child.task_id, attempt=child.attempt, stage=child.stage,
+            lease_expires_at=expires, project=project, user=owner, task=dict(task.document),
+        ))
+    return grants
+
+
+def pending_cancellations(session: Session, tre: Tre) -> list[Cancellation]:
+    """Children canceled at the gateway that this TRE's agent once leased and has not confirmed stopping."""
+    rows = session.execute(
+        select(Child.id, Child.attempt).where(
+            Child.tre_id == tre.id,
+            Child.stage == Stage.CANCELED.value,
+            Child.attempt > 0,
+            Child.cancel_acknowledged.is_(False),
+        )
+    )
+    return [Cancellation(child_id=r.id, attempt=r.attempt) for r in rows]
+
+
+def acknowledge_cancel(session: Session, tre: Tre, child_id: str) -> None:
+    child = _child(session, tre, child_id)
+    child.cancel_acknowledged = True
+
+
+def heartbeat(
+    session: Session, tre: Tre, items: list[tuple[str, int]], *, ttl_s: int, now: datetime | None = None
+) -> dict[str, str]:
+    """Extend the leases the agent still holds. Per child: ok, stale (a newer attempt exists),
+    canceled, ended, or unknown."""
+    now = now or utcnow()
+    ids = [child_id for child_id, _ in items]
+    children = {
+        c.id: c for c in session.scalars(select(Child).where(Child.tre_id == tre.id, Child.id.in_(ids)))
+    }
+    answer = {}
+    for child_id, attempt in items:
+        child = children.get(child_id)
+        if child is None:
+            answer[child_id] = "unknown"
+        elif child.stage == Stage.CANCELED.value:
+            answer[child_id] = "canceled"
+        elif Stage(child.stage).is_final:
+            answer[child_id] = "ended"
+        elif child.attempt != attempt:
+            answer[child_id] = "stale"
+        else:
+            child.lease_expires_at = now + timedelta(seconds=ttl_s)
+            answer[child_id] = "ok"
+    return answer
+
+
+def record_event(
+    session: Session,
+    tre: Tre,
+    child_id: str,
+    *,
+    attempt: int,
+    seq: int,
+    stage: Stage,
+    message: str | None = None,
+    report: dict[str, Any] | None = None,
+    ttl_s: int = 60,
+    paused_for_review: bool = False,
+) -> EventResult:
+    """Apply one stage event from the agent, exactly once."""
+    child = _child(session, tre, child_id, for_update=True)
+    if session.get(ChildEvent, (child_id, attempt, seq)) is not None:
+        return EventResult(stage=child.stage, applied=False)
+    if attempt != child.attempt:
+        raise StaleAttempt(f"attempt {attempt} of child {child_id} was superseded by attempt {child.attempt}")
+    current = Stage(child.stage)
+    if stage is not current and not can_move(current, stage):
+        raise IllegalTransition(f"child {child_id} is {current.value}; it cannot move to {stage.value}")
+    try:
+        with session.begin_nested():
+            session.add(ChildEvent(child_id=child_id, attempt=attempt, seq=seq, stage=stage.value))
+            session.flush()
+    except IntegrityError:  # the same event, racing in from a retry
+        return EventResult(stage=child.stage, applied=False)
+    now = utcnow()
+    if message:
+        child.system_logs = [*child.system_logs, message]
+    if report:
+        child.report = {**child.report, **report}
+    if stage is not current:
+        child.stage = stage.value
+        if stage is Stage.STAGING and child.started_at is None:
+            child.started_at = now
+        if stage.is_final:
+            child.ended_at = now
+            child.lease_expires_at = None
+        else:
+            child.lease_expires_at = now + timedelta(seconds=ttl_s)
+        refresh_parent(session, session.get(Task, child.task_id), paused_for_review=paused_for_review)  # type: ignore[arg-type]
+        audit.record(session, actor=f"agent:{tre.name}", action="child.stage", object=f"child:{child_id}",
+                     outcome=stage.value, detail={"from": current.value, "attempt": attempt, "seq": seq})
+    return EventResult(stage=child.stage, applied=True)
+
+
+def refresh_parent(session: Session, task: Task, *, paused_for_review: bool = False) -> None:
+    """Store the parent's derived state, so state filters stay one indexed SQL condition."""
+    if task.state == "CANCELED":
+        return
+    stages = [Stage(s) for s in session.scalars(select(Child.stage).where(Child.task_id == task.id))]
+    task.state = derive_parent_state(stages, paused_for_review=paused_for_review).value
+
+
+def _child(session: Session, tre: Tre, child_id: str, *, for_update: bool = False) -> Child:
+    query = select(Child).where(Child.id == child_id, Child.tre_id == tre.id)
+    if for_update:
+        query = query.with_for_update()
+    child = session.scalar(query)
+    if child is None:
+        raise UnknownChild(f"no child {child_id!r} in TRE {tre.name}")
+    return child
+
+
+def sync(session: Session, tre: Tre) -> list[dict[str, Any]]:
+    """The projects assigned to this TRE, with their dates and members: what its admins decide on."""
+    names = list(session.scalars(
+        select(Project.name).join(ProjectTre, ProjectTre.project_id == Project.id).where(ProjectTre.tre_id == tre.id)
+    ))
+    return [
+        {"name": p.name, "title": p.title, "starts_on": p.starts_on and p.starts_on.isoformat(),
+         "ends_on": p.ends_on and p.ends_on.isoformat(), "members": p.members}
+        for p in describe_projects(session, names)
+    ]
+
+
+def record_decisions(session: Session, tre: Tre, decisions: list[Decision]) -> int:
+    """Store what this TRE's admins decided, for display at the gateway. Returns how many changed."""
+    assigned = dict(session.execute(
+        select(Project.name, Project.id).join(ProjectTre, ProjectTre.project_id == Project.id)
+        .where(ProjectTre.tre_id == tre.id)
+    ).all())
+    changed = 0
+    for d in decisions:
+        project_id = assigned.get(d.project)
+        if project_id is None:
+            raise UnknownChild(f"project {d.project!r} is not assigned to TRE {tre.name}")
+        row = session.get(TreDecision, (tre.id, project_id, d.username))
+        if row is not None and (row.decision, row.reason, row.decided_by) == (d.decision, d.reason, d.decided_by):
+            continue
+        if row is None:
+            row = TreDecision(tre_id=tre.id, project_id=project_id, username=d.username)
+            session.add(row)
+        row.decision, row.reason, row.decided_by, row.decided_at = d.decision, d.reason, d.decided_by, d.decided_at
+        changed += 1
+        audit.record(session, actor=f"agent:{tre.name}", action="tre.decision",
+                     object=f"project:{d.project}" + (f"/user:{d.username}" if d.username else ""),
+                     outcome=d.decision, detail={"decided_by": d.decided_by})
+    return changed
