@@ -1,0 +1,304 @@
+"""The agent protocol: leases, attempts, events, cancellations, TRE isolation.
+RELIABILITY 7 (legal transitions only), 8 (lease expiry and attempts), 9 (replays), 30 (TRE isolation)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from fivesafes_tes import devstack
+from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.submission import leases
+from fivesafes_tes.submission.stages import TRANSITIONS, Stage, derive_parent_state
+from fivesafes_tes.submission.tables import Child, Tre
+from fivesafes_tes.tes import State
+
+TES = "/ga4gh/tes/v1"
+AGENT = "/agent/v1"
+
+
+def agent_headers(gateway, tre="uk-tre"):  # type: ignore[no-untyped-def]
+    return {"Authorization": f"Bearer {gateway.token(f'agent-{tre}', 'tre-agent', tre=tre)}"}
+
+
+def submit(gateway, user="alice", **tags) -> str:  # type: ignore[no-untyped-def]
+    body = {"executors": [{"image": "alpine", "command": ["true"]}], "tags": tags}
+    response = gateway.client.post(f"{TES}/tasks", json=body, headers=gateway.headers(user))
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def lease(gateway, tre="uk-tre", wait_s=0):  # type: ignore[no-untyped-def]
+    response = gateway.client.post(f"{AGENT}/leases", json={"wait_s": wait_s}, headers=agent_headers(gateway, tre))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def event(gateway, child_id, attempt, seq, stage, tre="uk-tre", **extra):  # type: ignore[no-untyped-def]
+    return gateway.client.post(
+        f"{AGENT}/children/{child_id}/events",
+        json={"attempt": attempt, "seq": seq, "stage": stage, **extra},
+        headers=agent_headers(gateway, tre),
+    )
+
+
+def state(gateway, task_id, user="alice"):  # type: ignore[no-untyped-def]
+    return gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers(user)).json()["state"]
+
+
+def stages(gateway, task_id):  # type: ignore[no-untyped-def]
+    doc = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "BASIC"}, headers=gateway.headers()).json()
+    return {log["metadata"]["tre"]: log["metadata"]["stage"] for log in doc["logs"]}
+
+
+def test_lease_hands_out_new_work_once_with_attempt_1(gateway):
+    task_id = submit(gateway, tres="uk-tre")
+    got = lease(gateway)
+    assert len(got["leases"]) == 1 and got["cancel"] == []
+    grant = got["leases"][0]
+    assert grant["task_id"] == task_id and grant["attempt"] == 1 and grant["stage"] == "leased"
+    assert grant["project"] == "alpha" and grant["user"] == "alice"
+    assert grant["task"]["executors"][0]["image"] == "alpine"
+    assert lease(gateway)["leases"] == []
+    assert stages(gateway, task_id) == {"uk-tre": "leased"} and state(gateway, task_id) == "QUEUED"
+
+
+def test_parent_state_follows_children_through_every_stage(gateway):
+    task_id = submit(gateway)  # both TREs
+    uk = lease(gateway, "uk-tre")["leases"][0]
+    walk = [("staging", "QUEUED"), ("running", "QUEUED"), ("checking", "QUEUED"), ("awaiting_review", "QUEUED")]
+    for seq, (stage, parent) in enumerate(walk, start=1):
+        assert event(gateway, uk["child_id"], 1, seq, stage).json() == {"stage": stage, "applied": True}
+        assert state(gateway, task_id) == parent  # sg-tre still `received`: the furthest behind
+    sg = lease(gateway, "sg-tre")["leases"][0]
+    for seq, (stage, parent) in enumerate(
+        [("staging", "INITIALIZING"), ("running", "RUNNING"), ("checking", "RUNNING"), ("awaiting_review", "RUNNING")],
+        start=1,
+    ):
+        event(gateway, sg["child_id"], 1, seq, stage, tre="sg-tre")
+        assert state(gateway, task_id) == parent
+    assert stages(gateway, task_id) == {"sg-tre": "awaiting_review", "uk-tre": "awaiting_review"}
+
+
+def test_rejection_by_a_tre_reads_as_system_error_with_a_plain_line(gateway):
+    task_id = submit(gateway, tres="uk-tre")
+    grant = lease(gateway)["leases"][0]
+    event(gateway, grant["child_id"], 1, 1, "awaiting_tre_approval", message="waiting for uk-tre to approve alice")
+    assert state(gateway, task_id) == "QUEUED"
+    line = "uk-tre rejected project alpha: ethics approval lapsed"
+    assert event(gateway, grant["child_id"], 1, 2, "rejected_by_tre", message=line).status_code == 200
+    doc = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()).json()
+    assert doc["state"] == "SYSTEM_ERROR"
+    assert line in doc["logs"][0]["system_logs"] and "end_time" in doc["logs"][0]
+
+
+def test_replayed_event_has_no_second_effect(gateway):
+    submit(gateway, tres="uk-tre")
+    grant = lease(gateway)["leases"][0]
+    first = event(gateway, grant["child_id"], 1, 1, "staging", message="staging inputs")
+    again = event(gateway, grant["child_id"], 1, 1, "staging", message="staging inputs")
+    assert first.json()["applied"] is True and again.json() == {"stage": "staging", "applied": False}
+    with gateway.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(AuditRecord).where(
+            AuditRecord.action == "child.stage")) == 1
+        child = session.get(Child, grant["child_id"])
+        assert child.system_logs.count("staging inputs") == 1
+
+
+def test_reordered_events_apply_once_each_in_a_legal_order(gateway):
+    submit(gateway, tres="uk-tre")
+    child = lease(gateway)["leases"][0]["child_id"]
+    early = event(gateway, child, 1, 2, "running")  # arrives before its predecessor
+    assert early.status_code == 409 and "leased" in early.json()["detail"]
+    assert event(gateway, child, 1, 1, "staging").json()["applied"] is True
+    assert event(gateway, child, 1, 2, "running").json()["applied"] is True  # the agent's retry
+    assert event(gateway, child, 1, 2, "running").json()["applied"] is False
+
+
+def test_expired_lease_is_reoffered_with_the_next_attempt_and_old_attempt_is_refused(gateway):
+    submit(gateway, tres="uk-tre")
+    grant = lease(gateway)["leases"][0]
+    event(gateway, grant["child_id"], 1, 1, "staging")
+    with gateway.db.write() as session:
+        tre = session.scalar(select(Tre).where(Tre.name == "uk-tre"))
+        later = utcnow() + timedelta(seconds=gateway.settings.lease_ttl_s + 1)
+        regrant = leases.lease(session, tre, limit=10, ttl_s=60, now=later)
+    assert [(g.child_id, g.attempt, g.stage) for g in regrant] == [(grant["child_id"], 2, "staging")]
+    late = event(gateway, grant["child_id"], 1, 2, "running")
+    assert late.status_code == 409 and "superseded" in late.json()["detail"]
+    assert event(gateway, grant["child_id"], 2, 1, "running").json()["applied"] is True
+    beats = gateway.client.post(f"{AGENT}/heartbeat", json={"children": [
+        {"child_id": grant["child_id"], "attempt": 1}]}, headers=agent_headers(gateway)).json()
+    assert beats == {"children": {grant["child_id"]: "stale"}}
+
+
+def test_heartbeat_keeps_a_lease_alive(gateway):
+    submit(gateway, tres="uk-tre")
+    grant = lease(gateway)["leases"][0]
+    with gateway.db.read() as session:
+        before = session.get(Child, grant["child_id"]).lease_expires_at
+    time.sleep(0.05)
+    beats = gateway.client.post(f"{AGENT}/heartbeat", json={"children": [
+        {"child_id": grant["child_id"], "attempt": 1}]}, headers=agent_headers(gateway)).json()
+    assert beats["children"][grant["child_id"]] == "ok"
+    with gateway.db.read() as session:
+        assert session.get(Child, grant["child_id"]).lease_expires_at > before
+
+
+def test_cancel_is_delivered_with_leases_until_acknowledged(gateway):
+    task_id = submit(gateway, tres="uk-tre")
+    grant = lease(gateway)["leases"][0]
+    event(gateway, grant["child_id"], 1, 1, "staging")
+    event(gateway, grant["child_id"], 1, 2, "running")
+    gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=gateway.headers())
+    assert state(gateway, task_id) == "CANCELED"
+    delivered = lease(gateway)
+    assert delivered["cancel"] == [{"child_id": grant["child_id"], "attempt": 1}]
+    assert lease(gateway)["cancel"] == delivered["cancel"]  # at least once, until acknowledged
+    late = event(gateway, grant["child_id"], 1, 3, "checking")
+    assert late.status_code == 409 and "canceled" in late.json()["detail"]
+    beats = gateway.client.post(f"{AGENT}/heartbeat", json={"children": [
+        {"child_id": grant["child_id"], "attempt": 1}]}, headers=agent_headers(gateway)).json()
+    assert beats["children"][grant["child_id"]] == "canceled"
+    gateway.client.post(f"{AGENT}/children/{grant['child_id']}/cancel-ack", headers=agent_headers(gateway))
+    assert lease(gateway)["cancel"] == []
+
+
+def test_a_child_never_leased_needs_no_cancel_delivery(gateway):
+    task_id = submit(gateway, tres="uk-tre")
+    gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=gateway.headers())
+    assert lease(gateway) == {"leases": [], "cancel": []}
+
+
+def test_an_agent_of_one_tre_cannot_see_or_touch_another_tres_work(gateway):
+    submit(gateway, tres="sg-tre")
+    sg = lease(gateway, "sg-tre")["leases"][0]
+    submit(gateway, tres="uk-tre")
+    assert all(g["child_id"] != sg["child_id"] for g in lease(gateway, "uk-tre")["leases"])
+    assert event(gateway, sg["child_id"], 1, 1, "staging", tre="uk-tre").status_code == 404
+    beats = gateway.client.post(f"{AGENT}/heartbeat", json={"children": [
+        {"child_id": sg["child_id"], "attempt": 1}]}, headers=agent_headers(gateway, "uk-tre")).json()
+    assert beats["children"][sg["child_id"]] == "unknown"
+    assert gateway.client.post(f"{AGENT}/children/{sg['child_id']}/cancel-ack",
+                               headers=agent_headers(gateway, "uk-tre")).status_code == 404
+    synced = gateway.client.get(f"{AGENT}/sync", headers=agent_headers(gateway, "sg-tre")).json()
+    assert [p["name"] for p in synced["projects"]] == ["alpha"]  # beta runs in uk-tre only
+
+
+AGENT_ROUTES = [("POST", f"{AGENT}/leases", {"wait_s": 0}), ("POST", f"{AGENT}/heartbeat", {"children": []}),
+                ("GET", f"{AGENT}/sync", None), ("POST", f"{AGENT}/decisions", {"decisions": []})]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), AGENT_ROUTES)
+def test_agent_routes_need_an_agent_token_of_a_registered_tre(gateway, method, path, body):
+    assert gateway.client.request(method, path, json=body).status_code == 401
+    for headers in (gateway.headers("alice"), gateway.headers("x", "tre-agent"),
+                    {"Authorization": f"Bearer {gateway.token('x', 'tre-agent', tre='mars-tre')}"}):
+        assert gateway.client.request(method, path, json=body, headers=headers).status_code == 403
+    assert gateway.client.request(method, path, json=body, headers=agent_headers(gateway)).status_code == 200
+
+
+def test_decisions_are_recorded_once_and_only_for_the_tres_own_projects(gateway):
+    body = {"decisions": [{"project": "alpha", "decision": "approved", "decided_by": "tre-admin-1",
+                           "decided_at": "2026-11-23T10:00:00Z"},
+                          {"project": "alpha", "username": "alice", "decision": "rejected", "reason": "no training",
+                           "decided_by": "tre-admin-1", "decided_at": "2026-11-23T10:00:00Z"}]}
+    first = gateway.client.post(f"{AGENT}/decisions", json=body, headers=agent_headers(gateway, "sg-tre"))
+    assert first.json() == {"changed": 2}
+    assert gateway.client.post(f"{AGENT}/decisions", json=body, headers=agent_headers(gateway, "sg-tre")).json() == {
+        "changed": 0}
+    foreign = {"decisions": [{"project": "beta", "decision": "approved", "decided_at": "2026-11-23T10:00:00Z"}]}
+    assert gateway.client.post(f"{AGENT}/decisions", json=foreign,
+                               headers=agent_headers(gateway, "sg-tre")).status_code == 404
+
+
+def test_long_poll_returns_as_soon_as_work_arrives(database_url, tmp_path):
+    with devstack.start(tmp_path / "live", database_url=database_url) as stack:
+        agent = {"Authorization": f"Bearer {stack.token('agent', 'tre-agent', tre='uk-tre')}"}
+        result: dict = {}
+
+        def poll() -> None:
+            started = time.monotonic()
+            response = httpx.post(f"{stack.url}{AGENT}/leases", json={"wait_s": 20}, headers=agent, timeout=30)
+            result["leases"], result["after"] = response.json()["leases"], time.monotonic() - started
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(0.5)
+        httpx.post(f"{stack.url}{TES}/tasks", json={"executors": [{"image": "a", "command": ["b"]}],
+                                                   "tags": {"tres": "uk-tre"}},
+                   headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+        poller.join(timeout=25)
+        assert len(result["leases"]) == 1
+        assert result["after"] < 5  # woke on the submission, not at the end of the 20 s wait
+
+
+# --- the transition table as a property ------------------------------------------------------
+
+
+def test_derive_parent_state_follows_the_design_table():
+    S = Stage
+    assert derive_parent_state([S.RECEIVED, S.RUNNING]) is State.QUEUED
+    assert derive_parent_state([S.STAGING, S.AWAITING_REVIEW]) is State.INITIALIZING
+    assert derive_parent_state([S.AWAITING_REVIEW, S.RELEASED]) is State.RUNNING
+    assert derive_parent_state([S.AWAITING_REVIEW], paused_for_review=True) is State.PAUSED
+    assert derive_parent_state([S.RELEASED, S.WITHHELD]) is State.COMPLETE
+    assert derive_parent_state([S.PARTIALLY_RELEASED, S.CANCELED]) is State.COMPLETE
+    assert derive_parent_state([S.CANCELED, S.CANCELED]) is State.CANCELED
+    assert derive_parent_state([S.EXECUTOR_FAILED, S.EXECUTOR_FAILED]) is State.EXECUTOR_ERROR
+    assert derive_parent_state([S.EXECUTOR_FAILED, S.CANCELED]) is State.SYSTEM_ERROR
+    assert derive_parent_state([S.REJECTED_BY_TRE, S.WITHHELD]) is State.SYSTEM_ERROR
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(moves=st.lists(st.tuples(st.sampled_from(list(Stage)), st.integers(1, 3), st.integers(0, 5)), max_size=25))
+def test_only_legal_transitions_are_ever_stored(database, moves):
+    """Whatever an agent sends, in whatever order, a child's stored stages form a legal path and an
+    ended child stays ended (RELIABILITY 7)."""
+    from fivesafes_tes.submission.ids import new_task_id
+    from fivesafes_tes.submission.tables import Task
+
+    with database.write() as session:
+        tre = session.scalar(select(Tre).where(Tre.name == "uk-tre"))
+        if tre is None:
+            tre = Tre(name="uk-tre")
+            session.add(tre)
+            session.flush()
+        task = Task(id=new_task_id(), owner_id=_user(session), state="QUEUED", document={})
+        session.add(task)
+        session.flush()
+        child = Child(id=new_task_id(), task_id=task.id, tre_id=tre.id, stage="received", attempt=1)
+        session.add(child)
+        child_id, tre_id = child.id, tre.id
+    path = [Stage.RECEIVED]
+    for seq, (stage, attempt, _) in enumerate(moves):
+        with database.write() as session:
+            tre = session.get(Tre, tre_id)
+            try:
+                leases.record_event(session, tre, child_id, attempt=attempt, seq=seq, stage=stage)
+            except (leases.StaleAttempt, leases.IllegalTransition):
+                pass
+            stored = Stage(session.get(Child, child_id).stage)
+        if stored is not path[-1]:
+            assert stored in TRANSITIONS[path[-1]], (path, stored)
+            path.append(stored)
+    assert all(not s.is_final for s in path[:-1])  # nothing ever left an ended stage
+
+
+def _user(session) -> int:  # type: ignore[no-untyped-def]
+    from fivesafes_tes.auth.tables import User
+
+    user = session.scalar(select(User).where(User.username == "prop"))
+    if user is None:
+        user = User(issuer="i", subject="prop", username="prop", roles=[])
+        session.add(user)
+        session.flush()
+    return user.id
