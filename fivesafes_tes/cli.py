@@ -19,8 +19,14 @@ from fivesafes_tes.settings import GatewaySettings
 app = typer.Typer(help="Five Safes TES: a GA4GH TES 1.1 gateway for federated TREs.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 db_app = typer.Typer(help="The gateway database.", no_args_is_help=True)
+tre_app = typer.Typer(help="TRE admin: this TRE's decisions on projects and people (run inside the TRE).",
+                      no_args_is_help=True)
+admin_app = typer.Typer(help="Federation admin: TREs, projects, members (talks to the gateway).",
+                        no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(tre_app, name="tre")
+app.add_typer(admin_app, name="admin")
 console = Console()
 err = Console(stderr=True)
 
@@ -184,6 +190,155 @@ def audit_verify(
         table.add_row(str(problem.seq), problem.kind, problem.message)
     console.print(table)
     raise typer.Exit(1)
+
+
+@app.command()
+def agent() -> None:
+    """Run this TRE's agent: pull work from the gateway, run it sandboxed, hold outputs in the airlock.
+
+    Configured by FIVESAFES_AGENT_* variables (docs/configuration.md). It opens no listening socket.
+    """
+    import logging
+    import signal
+
+    from fivesafes_tes.agent.loop import Agent
+    from fivesafes_tes.settings import AgentSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = AgentSettings()  # type: ignore[call-arg]
+    worker = Agent.from_settings(settings)
+    worker.start()
+    console.print(f"agent for {settings.tre} pulling from {settings.gateway_url} ({settings.executor} executor)")
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    try:
+        while not worker.stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    worker.shutdown()
+
+
+def _agent_db():  # type: ignore[no-untyped-def]
+    from fivesafes_tes.agent.loop import open_database
+    from fivesafes_tes.settings import AgentSettings
+
+    settings = AgentSettings()  # type: ignore[call-arg]
+    return settings, open_database(settings)
+
+
+@tre_app.command("projects")
+def tre_projects() -> None:
+    """Projects assigned to this TRE, their members, and this TRE's decisions."""
+    from sqlalchemy import select
+
+    from fivesafes_tes.agent.tables import LocalDecision, LocalProject
+
+    settings, db = _agent_db()
+    table = Table("project", "dates", "members", "decisions", title=f"projects in {settings.tre}")
+    with db.read() as session:
+        decisions = {(d.project, d.username): d for d in session.scalars(select(LocalDecision))}
+        for project in session.scalars(select(LocalProject).order_by(LocalProject.name)):
+            marks = [f"{'project' if not u else u}: {d.decision}" for (p, u), d in sorted(decisions.items())
+                     if p == project.name]
+            table.add_row(project.name, f"{project.starts_on or '-'} to {project.ends_on or '-'}",
+                          ", ".join(project.members), "; ".join(marks) or "none yet")
+    console.print(table)
+
+
+def _decide(project: str, user: str | None, decision: str, reason: str, by: str) -> None:
+    from fivesafes_tes.agent import approvals
+
+    _, db = _agent_db()
+    try:
+        with db.write() as session:
+            approvals.decide(session, by, project, decision, username=user or "", reason=reason)
+    except (ValueError, LookupError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"{decision}: {'user ' + user + ' in ' if user else ''}project {project} (sent to the gateway at the next sync)")
+
+
+By = Annotated[str, typer.Option("--by", envvar="USER", help="Who decides (recorded and audited).")]
+
+
+@tre_app.command("approve")
+def tre_approve(
+    project: str,
+    user: Annotated[str | None, typer.Option(help="Approve this person for the project, not the project.")] = None,
+    reason: Annotated[str, typer.Option(help="Why (optional for approvals).")] = "",
+    by: By = "tre-admin",
+) -> None:
+    """Approve a project, or one person within a project, to run work in this TRE."""
+    _decide(project, user, "approved", reason, by)
+
+
+@tre_app.command("reject")
+def tre_reject(
+    project: str,
+    reason: Annotated[str, typer.Option(help="Why; the researcher reads it.")],
+    user: Annotated[str | None, typer.Option(help="Reject this person for the project, not the project.")] = None,
+    by: By = "tre-admin",
+) -> None:
+    """Reject a project, or one person within it; their tasks end rejected_by_tre with your reason."""
+    _decide(project, user, "rejected", reason, by)
+
+
+def _admin_call(url: str, token: str | None, method: str, path: str, body: dict | None = None):  # type: ignore[no-untyped-def]
+    import httpx
+
+    if not token:
+        err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN (a federation-admin token).")
+        raise typer.Exit(2)
+    response = httpx.request(method, url.rstrip("/") + "/admin/v1" + path, json=body,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    if response.status_code >= 400:
+        err.print(f"[red]Refused:[/] {response.status_code}: {response.json().get('detail', response.text)}")
+        raise typer.Exit(1)
+    return response.json()
+
+
+@admin_app.command("add-tre")
+def admin_add_tre(name: str, title: str = "", url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Register a TRE; its agent's token must carry this name as its `tre` claim."""
+    _admin_call(url, token, "POST", "/tres", {"name": name, "title": title})
+    console.print(f"TRE {name} registered")
+
+
+@admin_app.command("add-project")
+def admin_add_project(
+    name: str,
+    tre: Annotated[list[str], typer.Option(help="A TRE the project runs in; repeat.")] = [],  # noqa: B006
+    title: str = "",
+    starts: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD).")] = None,
+    ends: Annotated[str | None, typer.Option(help="Last day (YYYY-MM-DD).")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Create a project and assign its TREs."""
+    body = {"name": name, "title": title, "tres": tre, "starts_on": starts, "ends_on": ends}
+    _admin_call(url, token, "POST", "/projects", {k: v for k, v in body.items() if v is not None})
+    console.print(f"project {name} created in {', '.join(tre) or 'no TRE yet'}")
+
+
+@admin_app.command("add-member")
+def admin_add_member(
+    project: str, username: str,
+    default: Annotated[bool, typer.Option(help="Make it the user's default project.")] = False,
+    url: Url = DEFAULT_URL, token: Token = None,
+) -> None:
+    """Add a person (by username) to a project."""
+    _admin_call(url, token, "POST", f"/projects/{project}/members", {"username": username, "default": default})
+    console.print(f"{username} added to {project}")
+
+
+@admin_app.command("projects")
+def admin_projects(url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """All projects with their TREs and members."""
+    table = Table("project", "TREs", "members", "dates")
+    for p in _admin_call(url, token, "GET", "/projects"):
+        table.add_row(p["name"], ", ".join(p["tres"]), ", ".join(p["members"]),
+                      f"{p['starts_on'] or '-'} to {p['ends_on'] or '-'}")
+    console.print(table)
 
 
 @app.command()

@@ -83,3 +83,37 @@ class GatewaySettings(BaseSettings):
     @property
     def dev_issuer_dir(self) -> Path:
         return self.data_dir / "dev-issuer"
+
+
+class AgentSettings(BaseSettings):
+    """Settings of one TRE's agent (`fivesafes-tes agent`). It only ever connects out: to the gateway,
+    to the TRE's own S3 airlock and to its container engine."""
+
+    model_config = SettingsConfigDict(env_prefix="FIVESAFES_AGENT_", env_nested_delimiter="__", extra="ignore")
+
+    tre: str = Field(description="This TRE's name, as registered at the gateway and named in the agent token.")
+    gateway_url: str = Field(default="http://127.0.0.1:8000", description="The gateway's base URL.")
+    token: SecretStr | None = Field(default=None, description="Agent bearer token (role tre-agent, claim tre).")
+    token_file: Path | None = Field(
+        default=None, description="File holding the token, re-read on every request (for rotated tokens)."
+    )
+    data_dir: Path = Field(default_factory=lambda: default_data_dir() / "agent", description="Local state and work.")
+    database_url: str | None = Field(default=None, description="Agent's own database; default SQLite in DATA_DIR.")
+    executor: str = Field(default="docker", description="docker, or local (development only: no sandbox).")
+    policy_file: Path | None = Field(
+        default=None, description="YAML/JSON TRE policy: allowed images, limits, datasets and grants."
+    )
+    airlock_endpoint_url: str | None = Field(default=None, description="S3 endpoint of the TRE's airlock.")
+    airlock_bucket: str = Field(default="airlock", description="Bucket holding outputs until they are released.")
+    airlock_access_key: str | None = None
+    airlock_secret_key: SecretStr | None = None
+    airlock_region: str = "us-east-1"
+    poll_wait_s: float = Field(default=20.0, ge=0, le=30, description="Long-poll wait for new work.")
+    heartbeat_s: float = Field(default=15.0, gt=0, description="Heartbeat interval for held leases.")
+    sync_s: float = Field(default=30.0, gt=0, description="How often projects and members are re-read.")
+    tick_s: float = Field(default=0.5, gt=0, description="How often running work is checked.")
+    run_as: str = Field(default="65534:65534", description="uid:gid tasks run as; never root.")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'agent.db'}"

@@ -1,0 +1,100 @@
+"""The agent's only connection to the gateway: outbound HTTPS, retried with backoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class Rejected(Exception):
+    """The gateway refused the message (4xx); retrying the same message will not help."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        url: str,
+        token: Callable[[], str],
+        *,
+        timeout_s: float = 10.0,
+        max_backoff_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._token = token
+        self._max_backoff_s = max_backoff_s
+        self._http = httpx.Client(base_url=url.rstrip("/") + "/agent/v1", timeout=timeout_s, transport=transport)
+
+    @staticmethod
+    def token_from(token: str | None, token_file: Path | None) -> Callable[[], str]:
+        if token_file is not None:
+            return lambda: token_file.read_text().strip()
+        if token:
+            return lambda: token
+        raise ValueError("the agent needs a token: set FIVESAFES_AGENT_TOKEN or FIVESAFES_AGENT_TOKEN_FILE")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
+        """Retry connection errors, 5xx and 429 with jittered backoff; raise Rejected on any other 4xx."""
+        delay = 0.2
+        while True:
+            try:
+                response = self._http.request(
+                    method, path, headers={"Authorization": f"Bearer {self._token()}"}, **kwargs
+                )
+                if response.status_code < 400:
+                    return response.json()
+                if response.status_code < 500 and response.status_code != 429:
+                    try:
+                        detail = response.json().get("detail", response.text)
+                    except ValueError:
+                        detail = response.text
+                    raise Rejected(response.status_code, str(detail))
+                problem = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                problem = type(exc).__name__
+            if not retry:
+                raise ConnectionError(f"gateway unavailable ({problem})")
+            log.warning("gateway %s %s: %s; retrying in %.1fs", method, path, problem, delay)
+            time.sleep(delay)
+            delay = min(self._max_backoff_s, delay * 2) * (0.8 + 0.4 * random.random())
+
+    def lease(self, wait_s: float, max_items: int = 10) -> dict[str, Any]:
+        return self._call("POST", "/leases", json={"wait_s": wait_s, "max": max_items},
+                          timeout=httpx.Timeout(wait_s + 15, connect=10))
+
+    def heartbeat(self, held: list[tuple[str, int]]) -> dict[str, str]:
+        body = {"children": [{"child_id": c, "attempt": a} for c, a in held]}
+        return self._call("POST", "/heartbeat", json=body)["children"]
+
+    def event(self, child_id: str, attempt: int, seq: int, stage: str, message: str | None,
+              report: dict[str, Any] | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"attempt": attempt, "seq": seq, "stage": stage}
+        if message:
+            body["message"] = message
+        if report:
+            body["report"] = report
+        return self._call("POST", f"/children/{child_id}/events", json=body)
+
+    def cancel_ack(self, child_id: str) -> None:
+        self._call("POST", f"/children/{child_id}/cancel-ack")
+
+    def sync(self) -> dict[str, Any]:
+        return self._call("GET", "/sync")
+
+    def push_decisions(self, decisions: list[dict[str, Any]]) -> None:
+        self._call("POST", "/decisions", json={"decisions": decisions})

@@ -1,0 +1,393 @@
+"""The TRE agent: pull work from the gateway, decide locally, run it sandboxed, hold its outputs.
+
+Like a Kopf operator, it keeps its state outside the process (its own database) and every handler
+is idempotent, so `kill -9` at any point followed by a restart resumes without losing or repeating
+work: events are written to an outbox before they are sent and re-sent with the same sequence
+number; containers are found again by their labels; held files are re-uploaded to the same keys.
+
+Three threads: the poller (long-polls the gateway and queues what it hears), the heartbeater (keeps
+leases alive), and the worker (the only one that changes state).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from fivesafes_tes import audit
+from fivesafes_tes.agent import approvals, staging
+from fivesafes_tes.agent.client import GatewayClient, Rejected
+from fivesafes_tes.agent.policy import TrePolicy
+from fivesafes_tes.agent.tables import AgentBase, LocalChild, LocalProject, OutgoingEvent
+from fivesafes_tes.audit.tables import AuditHead, AuditRecord
+from fivesafes_tes.db import Database
+from fivesafes_tes.egress import airlock
+from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
+from fivesafes_tes.executors import Executor, Mount, Outcome, RunResult, RunSpec
+from fivesafes_tes.executors import create as create_executor
+from fivesafes_tes.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STAGES = ("leased", "awaiting_tre_approval", "staging", "running", "checking")
+
+
+@dataclass
+class _Grant:
+    data: dict[str, Any]
+
+
+@dataclass
+class _Cancel:
+    child_id: str
+
+
+def open_database(settings: AgentSettings) -> Database:
+    """The agent's database, created on first start (its tables and its own audit chain)."""
+    db = Database(settings.effective_database_url, pool_size=5)
+    AgentBase.metadata.create_all(db.engine)
+    AuditRecord.metadata.create_all(db.engine, tables=[AuditRecord.__table__, AuditHead.__table__])
+    return db
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        client: GatewayClient,
+        executor: Executor,
+        store: ObjectStore,
+        policy: TrePolicy,
+        db: Database | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tre = settings.tre
+        self.client = client
+        self.executor = executor
+        self.store = store
+        self.policy = policy
+        self.db = db or open_database(settings)
+        self.inbox: queue.Queue[_Grant | _Cancel] = queue.Queue()
+        self.stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_sync = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> Agent:
+        from fivesafes_tes.egress.store import StoreSettings
+
+        client = GatewayClient(settings.gateway_url, GatewayClient.token_from(
+            settings.token.get_secret_value() if settings.token else None, settings.token_file))
+        store = ObjectStore.from_settings(StoreSettings(
+            endpoint_url=settings.airlock_endpoint_url, bucket=settings.airlock_bucket,
+            access_key=settings.airlock_access_key, secret_key=settings.airlock_secret_key,
+            region=settings.airlock_region,
+        ))
+        return cls(settings, client=client, executor=create_executor(settings.executor, tre=settings.tre),
+                   store=store, policy=TrePolicy.load(settings.policy_file))
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover, then run the three threads until `shutdown()`."""
+        self.store.ensure_bucket()
+        self.recover()
+        for name, target in (("poller", self._poll_forever), ("heartbeat", self._heartbeat_forever),
+                             ("worker", self._work_forever)):
+            thread = threading.Thread(target=target, name=f"agent-{self.tre}-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def recover(self) -> None:
+        """At start: sweep what no active child owns (audited), and re-send what was not confirmed sent."""
+        with self.db.read() as session:
+            keep = {c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))}
+        removed = self.executor.sweep(keep)
+        with self.db.write() as session:
+            audit.record(session, actor=f"agent:{self.tre}", action="agent.sweep", object=f"tre:{self.tre}",
+                         outcome="ok", detail={"removed": sorted(removed), "kept": len(keep)})
+        self._flush_outbox()
+
+    # --- threads --------------------------------------------------------------------------------
+
+    def _poll_forever(self) -> None:
+        while not self.stop.is_set():
+            try:
+                answer = self.client.lease(self.settings.poll_wait_s)
+            except Rejected as exc:
+                log.error("the gateway refused this agent's lease request: %s", exc)
+                self.stop.wait(5)
+                continue
+            for cancel in answer["cancel"]:
+                self.inbox.put(_Cancel(cancel["child_id"]))
+            for grant in answer["leases"]:
+                self.inbox.put(_Grant(grant))
+
+    def _heartbeat_forever(self) -> None:
+        while not self.stop.wait(self.settings.heartbeat_s):
+            with self.db.read() as session:
+                held = [(c.child_id, c.attempt) for c in session.scalars(
+                    select(LocalChild).where(LocalChild.active.is_(True)))]
+            if not held:
+                continue
+            try:
+                answers = self.client.heartbeat(held)
+            except Rejected as exc:
+                log.error("heartbeat refused: %s", exc)
+                continue
+            for child_id, status in answers.items():
+                if status in ("canceled", "ended", "unknown"):
+                    self.inbox.put(_Cancel(child_id))
+
+    def _work_forever(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.work_once()
+            except Exception:
+                log.exception("agent work loop error; continuing")
+                self.stop.wait(1)
+
+    def work_once(self) -> None:
+        """Handle everything queued, then move every active child one step if it can."""
+        deadline = time.monotonic() + self.settings.tick_s
+        while True:
+            try:
+                item = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if isinstance(item, _Grant):
+                self._accept(item.data)
+            else:
+                self._cancel(item.child_id)
+        if time.monotonic() - self._last_sync > self.settings.sync_s:
+            self.sync()
+        self._flush_outbox()
+        with self.db.read() as session:
+            active = [c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))]
+        for child_id in active:
+            self.advance(child_id)
+
+    # --- what the gateway tells us ------------------------------------------------------------
+
+    def _accept(self, grant: dict[str, Any]) -> None:
+        with self.db.write() as session:
+            child = session.get(LocalChild, grant["child_id"])
+            if child is None:
+                session.add(LocalChild(
+                    child_id=grant["child_id"], task_id=grant["task_id"], attempt=grant["attempt"],
+                    stage=grant["stage"], project=grant["project"], username=grant["user"], task=grant["task"],
+                ))
+            elif grant["attempt"] > child.attempt:
+                # Our lease lapsed (we were down or slow). Same child, new attempt: carry on from our own
+                # stage, re-attaching to anything already running; older unsent events are void.
+                for stale in session.scalars(select(OutgoingEvent).where(
+                        OutgoingEvent.child_id == child.child_id, OutgoingEvent.sent.is_(False))):
+                    session.delete(stale)
+                child.attempt, child.next_seq, child.active = grant["attempt"], 0, True
+
+    def _cancel(self, child_id: str) -> None:
+        self.executor.cancel(child_id)
+        airlock.discard(self.store, child_id)
+        self.executor.cleanup(child_id)
+        shutil.rmtree(self._workspace(child_id), ignore_errors=True)
+        with self.db.write() as session:
+            child = session.get(LocalChild, child_id)
+            if child is not None and child.active:
+                child.active, child.stage = False, "canceled"
+                for pending in session.scalars(select(OutgoingEvent).where(
+                        OutgoingEvent.child_id == child_id, OutgoingEvent.sent.is_(False))):
+                    pending.sent = True  # the gateway has ended this child; nothing more to say
+                audit.record(session, actor=f"agent:{self.tre}", action="child.cancel", object=f"child:{child_id}",
+                             outcome="stopped")
+        try:
+            self.client.cancel_ack(child_id)
+        except Rejected as exc:
+            log.info("cancel-ack for %s refused: %s", child_id, exc)
+
+    def sync(self) -> None:
+        """Refresh the projects assigned to this TRE and push this TRE's decisions to the gateway."""
+        self._last_sync = time.monotonic()
+        answer = self.client.sync()
+        with self.db.write() as session:
+            seen = set()
+            for project in answer["projects"]:
+                seen.add(project["name"])
+                row = session.get(LocalProject, project["name"]) or LocalProject(name=project["name"])
+                row.title, row.members = project["title"], project["members"]
+                row.starts_on, row.ends_on = project["starts_on"], project["ends_on"]
+                session.merge(row)
+            for gone in session.scalars(select(LocalProject).where(LocalProject.name.not_in(seen))):
+                session.delete(gone)
+            pending = approvals.unpushed(session)
+            body = [{"project": d.project, "username": d.username, "decision": d.decision, "reason": d.reason,
+                     "decided_by": d.decided_by, "decided_at": d.decided_at.isoformat()} for d in pending
+                    if d.project in seen]
+        if body:
+            self.client.push_decisions(body)
+            with self.db.write() as session:
+                for d in approvals.unpushed(session):
+                    d.pushed = True
+
+    # --- the state machine -----------------------------------------------------------------------
+
+    def advance(self, child_id: str) -> None:
+        with self.db.read() as session:
+            child = session.get(LocalChild, child_id)
+        if child is None or not child.active:
+            return
+        handler = {
+            "leased": self._approve_and_start,
+            "awaiting_tre_approval": self._approve_and_start,
+            "staging": self._approve_and_start,
+            "running": self._watch,
+            "checking": self._hold,
+        }.get(child.stage)
+        if handler is not None:
+            handler(child)
+
+    def _approve_and_start(self, child: LocalChild) -> None:
+        if child.child_id in self.executor.running():  # started before a crash: re-attach, never twice
+            self._emit(child, "running")
+            return
+        with self.db.read() as session:
+            verdict = approvals.clearance(session, self.tre, child.project, child.username)
+        if verdict.verdict is approvals.Verdict.UNDECIDED:
+            if child.stage != "awaiting_tre_approval":
+                self._emit(child, "awaiting_tre_approval", verdict.message)
+            return
+        if verdict.verdict is approvals.Verdict.REJECTED:
+            self._emit(child, "rejected_by_tre", verdict.message, final=True)
+            return
+        try:
+            spec = staging.prepare(
+                child.task, child_id=child.child_id, attempt=child.attempt, tre=self.tre, project=child.project,
+                policy=self.policy, root=self._workspace(child.child_id), run_as=self.settings.run_as,
+            )
+        except staging.StagingRefused as exc:
+            self._emit(child, "rejected_by_tre", f"{self.tre} refused the task: {exc}", final=True)
+            return
+        if child.stage != "staging":
+            self._emit(child, "staging", verdict.message)
+        with self.db.write() as session:
+            session.get(LocalChild, child.child_id).result = {"run": _spec_to_json(spec)}  # type: ignore[union-attr]
+        self.executor.start(spec)
+        self._emit(child, "running")
+
+    def _watch(self, child: LocalChild) -> None:
+        result = self.executor.poll(child.child_id)
+        if result is None:
+            return
+        with self.db.write() as session:
+            local = session.get(LocalChild, child.child_id)
+            assert local is not None
+            local.result = {**(local.result or {}), "outcome": _result_to_json(result)}
+        self._emit(child, "checking", _describe(result))
+
+    def _hold(self, child: LocalChild) -> None:
+        """Hold every output and log in the airlock; then the child waits for review."""
+        with self.db.read() as session:
+            local = session.get(LocalChild, child.child_id)
+            assert local is not None and local.result is not None
+            run, outcome = local.result["run"], local.result.get("outcome", {})
+        spec = _spec_from_json(run, child)
+        files = staging.collect(child.task, spec, len(outcome.get("steps", [])))
+        try:
+            manifest = airlock.hold_outputs(self.store, child.child_id, child.attempt, files)
+        except StoreUnavailable:
+            log.warning("airlock unavailable; holding %s later", child.child_id)
+            return
+        report = {
+            "outcome": outcome.get("outcome"),
+            "exit_codes": [s["exit_code"] for s in outcome.get("steps", [])],
+            "held_files": len(manifest.files),
+            "held_bytes": sum(f.size for f in manifest.files),
+        }
+        self._emit(child, "awaiting_review", f"{len(manifest.files)} file(s) held in {self.tre}'s airlock for review",
+                   report=report)
+        self.executor.cleanup(child.child_id)
+        shutil.rmtree(self._workspace(child.child_id), ignore_errors=True)
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def _emit(self, child: LocalChild, stage: str, message: str | None = None, *, report: dict | None = None,
+              final: bool = False) -> None:
+        """Write the event to the outbox (so a crash re-sends it with the same seq), then send it."""
+        with self.db.write() as session:
+            local = session.get(LocalChild, child.child_id)
+            assert local is not None
+            session.add(OutgoingEvent(child_id=local.child_id, attempt=local.attempt, seq=local.next_seq,
+                                      stage=stage, message=message, report=report))
+            local.next_seq += 1
+            local.stage = stage
+            if final:
+                local.active = False
+        child.stage = stage
+        self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        with self.db.read() as session:
+            pending = list(session.scalars(select(OutgoingEvent).where(OutgoingEvent.sent.is_(False))
+                                           .order_by(OutgoingEvent.child_id, OutgoingEvent.attempt, OutgoingEvent.seq)))
+        for event in pending:
+            try:
+                self.client.event(event.child_id, event.attempt, event.seq, event.stage, event.message, event.report)
+            except Rejected as exc:
+                log.warning("event %s/%s/%s (%s) refused: %s", event.child_id, event.attempt, event.seq,
+                            event.stage, exc.detail)
+                if exc.status == 409 and "canceled" in exc.detail:
+                    self.inbox.put(_Cancel(event.child_id))
+            with self.db.write() as session:
+                row = session.get(OutgoingEvent, (event.child_id, event.attempt, event.seq))
+                if row is not None:
+                    row.sent = True
+
+    def _workspace(self, child_id: str) -> Path:
+        return self.settings.data_dir / "work" / child_id
+
+
+def _spec_to_json(spec: RunSpec) -> dict[str, Any]:
+    return {"mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts], "logs_dir": str(spec.logs_dir)}
+
+
+def _spec_from_json(run: dict[str, Any], child: LocalChild) -> RunSpec:
+    from fivesafes_tes.executors import Limits
+
+    mounts = [Mount(source=Path(s), target=t, read_only=ro) for s, t, ro in run["mounts"]]
+    return RunSpec(child_id=child.child_id, attempt=child.attempt, tre="", steps=[], mounts=mounts,
+                   limits=Limits(), logs_dir=Path(run["logs_dir"]))
+
+
+def _result_to_json(result: RunResult) -> dict[str, Any]:
+    return {
+        "outcome": result.outcome.value,
+        "message": result.message,
+        "steps": [{"exit_code": s.exit_code, "start_time": s.start_time, "end_time": s.end_time}
+                  for s in result.steps],
+    }
+
+
+def _describe(result: RunResult) -> str:
+    codes = ", ".join(str(s.exit_code) for s in result.steps) or "none"
+    text = {
+        Outcome.SUCCEEDED: "the task ran to completion",
+        Outcome.FAILED: "a step of the task failed",
+        Outcome.TIMED_OUT: "the task hit this TRE's runtime limit and was stopped",
+        Outcome.OUT_OF_MEMORY: "the task ran out of memory and was stopped",
+        Outcome.CANCELED: "the task was stopped",
+        Outcome.LOST: "the task's container disappeared",
+    }[result.outcome]
+    return f"{text} (exit codes: {codes}){'; ' + result.message if result.message else ''}"

@@ -1,0 +1,69 @@
+"""A TRE's own policy: which images may run, how much they may use, which datasets each project
+sees. The agent applies it to every task, whatever the gateway already checked."""
+
+from __future__ import annotations
+
+import json
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from fivesafes_tes.executors import Limits
+
+GIB = 1 << 30
+
+
+class Dataset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="Host directory; mounted read-only at /data/<name> for granted projects.")
+    description: str = ""
+
+
+class TrePolicy(BaseModel):
+    """Safe defaults: no image allowed, modest limits, no dataset granted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_images: list[str] = Field(default_factory=list, description="fnmatch patterns; empty allows none.")
+    max_cpu_cores: float = Field(default=2.0, gt=0)
+    max_ram_gb: float = Field(default=4.0, gt=0)
+    max_disk_gb: float = Field(default=4.0, gt=0)
+    max_runtime_s: int = Field(default=3600, gt=0)
+    max_pids: int = Field(default=256, gt=0)
+    datasets: dict[str, Dataset] = Field(default_factory=dict)
+    grants: dict[str, list[str]] = Field(default_factory=dict, description="project -> dataset names")
+
+    @classmethod
+    def load(cls, path: Path | None) -> TrePolicy:
+        if path is None:
+            return cls()
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        policy = cls.model_validate(data or {})
+        unknown = {d for names in policy.grants.values() for d in names} - set(policy.datasets)
+        if unknown:
+            raise ValueError(f"{path}: grants name datasets that are not defined: {', '.join(sorted(unknown))}")
+        return policy
+
+    def image_allowed(self, image: str) -> bool:
+        return any(fnmatchcase(image, pattern) for pattern in self.allowed_images)
+
+    def limits_for(self, resources: dict | None) -> Limits:
+        """min(request, TRE maximum) for each resource; the maximum when nothing was asked."""
+        resources = resources or {}
+        cpu = min(float(resources.get("cpu_cores") or self.max_cpu_cores), self.max_cpu_cores)
+        ram = min(float(resources.get("ram_gb") or self.max_ram_gb), self.max_ram_gb)
+        disk = min(float(resources.get("disk_gb") or self.max_disk_gb), self.max_disk_gb)
+        return Limits(
+            cpu_cores=max(cpu, 0.1),
+            memory_bytes=max(int(ram * GIB), 16 << 20),
+            disk_bytes=max(int(disk * GIB), 16 << 20),
+            runtime_s=self.max_runtime_s,
+            pids=self.max_pids,
+        )
+
+    def datasets_for(self, project: str) -> dict[str, Dataset]:
+        return {name: self.datasets[name] for name in self.grants.get(project, [])}

@@ -1,0 +1,75 @@
+"""The agent's own small database: what it is doing, so a restart resumes instead of repeating, and
+what this TRE's admins decided. It lives inside the TRE; the gateway never sees it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from fivesafes_tes.db.base import NAMING, utcnow
+
+
+class AgentBase(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class LocalChild(AgentBase):
+    """One leased child as this agent knows it; `stage` is the last stage it reported."""
+
+    __tablename__ = "agent_children"
+
+    child_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(36))
+    attempt: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(32))
+    project: Mapped[str] = mapped_column(String(63))
+    username: Mapped[str] = mapped_column(String(255))
+    task: Mapped[dict[str, Any]] = mapped_column(JSON)
+    next_seq: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)  # False once nothing more is ours to do
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class OutgoingEvent(AgentBase):
+    """A stage event written before it is sent, so after a crash the same (attempt, seq) is re-sent."""
+
+    __tablename__ = "agent_outbox"
+
+    child_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    sent: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LocalDecision(AgentBase):
+    """This TRE's decision on a project (username "") or on a person within a project."""
+
+    __tablename__ = "agent_decisions"
+
+    project: Mapped[str] = mapped_column(String(63), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), primary_key=True)
+    decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
+    reason: Mapped[str] = mapped_column(Text, default="")
+    decided_by: Mapped[str] = mapped_column(String(255))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    pushed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LocalProject(AgentBase):
+    """A project assigned to this TRE, as last synced from the gateway (for admins to decide on)."""
+
+    __tablename__ = "agent_projects"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    title: Mapped[str] = mapped_column(String(255), default="")
+    starts_on: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    ends_on: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    members: Mapped[list[str]] = mapped_column(JSON, default=list)
