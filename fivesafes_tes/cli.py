@@ -205,6 +205,8 @@ def agent() -> None:
     from fivesafes_tes.settings import AgentSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3", "httpx"):  # at DEBUG botocore logs request signatures
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = AgentSettings()  # type: ignore[call-arg]
     worker = Agent.from_settings(settings)
     worker.start()

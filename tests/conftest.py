@@ -17,6 +17,8 @@ from sqlalchemy import create_engine, text
 from fivesafes_tes.db import Database
 from fivesafes_tes.devstack import seed_federation
 
+pytest_plugins = ["tests.s3"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("FIVESAFES_TEST_PG_URL", "")
 _TEMPLATE = f"fivesafes_test_template_{os.getpid()}"

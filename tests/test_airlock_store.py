@@ -40,7 +40,6 @@ from fivesafes_tes.egress import (
 if TYPE_CHECKING:
     from tests.s3 import S3Endpoint
 
-pytest_plugins = ["tests.s3"]
 
 MB = 1_000_000
 
