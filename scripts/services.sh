@@ -152,17 +152,32 @@ SQL
 # --- Docker (only with --with-docker) -----------------------------------------------------
 # For the executor tests. This kind of machine has the docker client but no running
 # engine, so we install Debian's docker.io and run dockerd ourselves, detached, so it
-# outlives this script (and make) for the rest of the run.
+# outlives this script (and make) for the rest of the run. The executor also needs a
+# static busybox on the host (bind-mounted into every container as its deadline wrapper).
 DOCKER_SOCK=/var/run/docker.sock
+DOCKER_LOG="$ENV_DIR/dockerd.log"
+
+docker_ready() { docker -H "unix://$DOCKER_SOCK" info >/dev/null 2>&1; }
 
 start_docker() {
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io
-  if ! docker -H "unix://$DOCKER_SOCK" info >/dev/null 2>&1; then
-    log "starting dockerd (log: /var/log/fivesafes-dockerd.log)"
-    as_root setsid dockerd >/var/log/fivesafes-dockerd.log 2>&1 </dev/null &
-    wait_for 60 docker -H "unix://$DOCKER_SOCK" info || {
+  [ -x /bin/busybox ] || apt_install busybox-static
+  if ! docker_ready; then
+    mkdir -p "$ENV_DIR"
+    # A dockerd that died uncleanly leaves its pid file; a live one we cannot reach is
+    # someone else's and must not be fought over.
+    local pid
+    pid="$(cat /var/run/docker.pid 2>/dev/null || true)"
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      log "dockerd (pid $pid) is running but not answering yet; waiting for it"
+    else
+      as_root rm -f /var/run/docker.pid
+      log "starting dockerd (log: $DOCKER_LOG)"
+      as_root setsid dockerd >>"$DOCKER_LOG" 2>&1 </dev/null &
+    fi
+    wait_for 60 docker_ready || {
       log "dockerd did not answer on $DOCKER_SOCK within 60 s; last log lines:"
-      tail -n 20 /var/log/fivesafes-dockerd.log >&2 || true
+      tail -n 20 "$DOCKER_LOG" >&2 || true
       return 1
     }
   fi

@@ -15,7 +15,7 @@ bash scripts/bootstrap.sh --with-pytes04
 
 # Assign first, then eval: `eval "$(cmd)"` alone would hide a failing services.sh
 # (eval of empty text succeeds), while a failing assignment stops the script here.
-service_env="$(bash scripts/services.sh)"
+service_env="$(bash scripts/services.sh --with-docker)"
 eval "$service_env"
 
 # Where the old-client tests find their interpreter (py-tes 0.4.x lives apart from .venv).

@@ -101,7 +101,10 @@ class Executor(Protocol):
     name: str
 
     def start(self, spec: RunSpec) -> None:
-        """Begin running spec's steps in the background; a no-op if this child+attempt already runs."""
+        """Begin running spec's steps in the background; a no-op if this child+attempt already runs.
+
+        Raises ValueError for a spec the sandbox refuses (the message names the fix) and
+        ExecutorError when the engine cannot run it. A newer attempt replaces an older one."""
 
     def poll(self, child_id: str) -> RunResult | None:
         """None while still running; the result once every step has ended (or the run was stopped)."""

@@ -1,0 +1,67 @@
+"""Executor backends behind one interface, and the registry the agent picks one from by name.
+
+Backends are imported on first use, so a TRE running one engine does not need another's SDK.
+Adding a backend is one module and one line in BACKENDS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import (
+    LABEL_ATTEMPT,
+    LABEL_CHILD,
+    LABEL_DEADLINE,
+    LABEL_STEP,
+    LABEL_TRE,
+    Executor,
+    ExecutorError,
+    Limits,
+    Mount,
+    Outcome,
+    RunResult,
+    RunSpec,
+    Step,
+    StepResult,
+)
+
+BACKENDS: dict[str, str] = {
+    "docker": "fivesafes_tes.executors.docker:DockerExecutor",
+    "local": "fivesafes_tes.executors.local:LocalExecutor",
+}
+
+
+def backend(name: str) -> type:
+    """The class of the backend called `name`."""
+    try:
+        module, _, cls = BACKENDS[name].partition(":")
+    except KeyError:
+        raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def create(name: str, **kwargs: Any) -> Executor:
+    """A ready backend, e.g. create("docker", tre="tre-a")."""
+    return backend(name)(**kwargs)
+
+
+__all__ = [
+    "BACKENDS",
+    "LABEL_ATTEMPT",
+    "LABEL_CHILD",
+    "LABEL_DEADLINE",
+    "LABEL_STEP",
+    "LABEL_TRE",
+    "Executor",
+    "ExecutorError",
+    "Limits",
+    "Mount",
+    "Outcome",
+    "RunResult",
+    "RunSpec",
+    "Step",
+    "StepResult",
+    "backend",
+    "create",
+]

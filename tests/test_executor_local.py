@@ -1,0 +1,151 @@
+"""The development-only local executor: same RunSpec semantics as far as plain processes allow,
+and loudly labelled as unsandboxed. Plus the executor registry."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fivesafes_tes import executors
+from fivesafes_tes.executors import Limits, Mount, Outcome, RunResult, RunSpec, Step
+from fivesafes_tes.executors.local import WARNING, LocalExecutor, mount_rewriter
+
+
+@pytest.fixture
+def local() -> Iterator[LocalExecutor]:
+    with pytest.warns(UserWarning, match="NOT SANDBOXED"):
+        ex = LocalExecutor("dev")
+    yield ex
+    ex.sweep(set())
+
+
+def spec(
+    tmp_path: Path, *steps: list[str] | Step, runtime_s: int = 30, mounts: list[Mount] | None = None
+) -> RunSpec:
+    child = uuid.uuid4().hex[:12]
+    return RunSpec(
+        child_id=child,
+        attempt=1,
+        tre="dev",
+        steps=[s if isinstance(s, Step) else Step(image="ignored", command=s) for s in steps],
+        mounts=mounts or [],
+        limits=Limits(runtime_s=runtime_s),
+        logs_dir=tmp_path / "logs" / child,
+    )
+
+
+def wait(ex: LocalExecutor, child: str, timeout: float = 20) -> RunResult:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (result := ex.poll(child)) is not None:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"run {child} did not end within {timeout} s")
+
+
+def test_steps_run_in_order_with_mount_targets_rewritten(local: LocalExecutor, tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    (data / "in.txt").write_text("a\nb\n")
+    s = spec(
+        tmp_path,
+        ["sh", "-c", "wc -l < /data/in.txt > /out/count; echo one; echo warn >&2"],
+        Step(image="x", command=["cat", "/out/count", "-"], stdin="/data/in.txt", stdout="/out/report"),
+        Step(image="x", command=["sh", "-c", 'echo "$WHERE"; pwd'], env={"WHERE": "/out/x"}, workdir="/out"),
+        mounts=[Mount(data, "/data"), Mount(out, "/out", read_only=False)],
+    )
+    local.start(s)
+    local.start(s)  # idempotent
+    result = wait(local, s.child_id)
+    assert result.outcome is Outcome.SUCCEEDED, result.message
+    assert result.message.startswith(WARNING)
+    assert [st.exit_code for st in result.steps] == [0, 0, 0]
+    assert (s.logs_dir / "step-0.stdout").read_text() == "one\n"
+    assert (s.logs_dir / "step-0.stderr").read_text() == "warn\n"
+    assert (s.logs_dir / "step-1.stdout").read_text().split() == ["2", "a", "b"]
+    assert (out / "report").read_text() == (s.logs_dir / "step-1.stdout").read_text()
+    assert (s.logs_dir / "step-2.stdout").read_text() == f"{out}/x\n{out}\n"
+
+
+def test_mount_rewriter_only_touches_whole_paths(tmp_path: Path) -> None:
+    rewrite = mount_rewriter([Mount(tmp_path / "d", "/data"), Mount(tmp_path / "r", "/data/raw")])
+    d, r = tmp_path / "d", tmp_path / "r"
+    assert rewrite("/data/raw/x") == f"{r}/x"
+    assert rewrite("cat /data/a >'/data'") == f"cat {d}/a >'{d}'"
+    assert rewrite("--in=/data") == f"--in={d}"
+    for untouched in ("/mnt/data", "/database", "/data.bak", "data/x"):
+        assert rewrite(untouched) == untouched
+
+
+def test_failure_stops_and_ignore_error_continues(local: LocalExecutor, tmp_path: Path) -> None:
+    s = spec(tmp_path, ["sh", "-c", "exit 3"], ["echo", "never"])
+    local.start(s)
+    result = wait(local, s.child_id)
+    assert result.outcome is Outcome.FAILED and [st.exit_code for st in result.steps] == [3]
+    assert "step 1 of 2 exited with code 3" in result.message and WARNING in result.message
+
+    s = spec(tmp_path, Step(image="x", command=["no-such-program-here"], ignore_error=True), ["true"])
+    local.start(s)
+    result = wait(local, s.child_id)
+    assert result.outcome is Outcome.SUCCEEDED and [st.exit_code for st in result.steps] == [127, 0]
+
+
+def test_the_deadline_kills_the_whole_process_group(local: LocalExecutor, tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    s = spec(
+        tmp_path, ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; sleep 60"], ["echo", "never"], runtime_s=1
+    )
+    t0 = time.monotonic()
+    local.start(s)
+    result = wait(local, s.child_id)
+    assert result.outcome is Outcome.TIMED_OUT and len(result.steps) == 1
+    assert time.monotonic() - t0 < 5
+    stray = Path(f"/proc/{int(pidfile.read_text())}/stat")
+    time.sleep(0.2)
+    # gone, or a zombie its new parent has not reaped yet
+    assert not stray.exists() or stray.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_cancel_running_sweep_cleanup(local: LocalExecutor, tmp_path: Path) -> None:
+    a, b = spec(tmp_path, ["sleep", "60"]), spec(tmp_path, ["sleep", "60"])
+    local.start(a)
+    local.start(b)
+    assert local.running() == {a.child_id: 1, b.child_id: 1}
+    t0 = time.monotonic()
+    local.cancel(a.child_id)
+    result = wait(local, a.child_id)
+    assert result.outcome is Outcome.CANCELED and time.monotonic() - t0 < 3
+    local.cancel(a.child_id)  # no-op
+    assert local.poll(a.child_id) == result
+    assert local.sweep({a.child_id}) == [b.child_id]
+    assert local.running() == {}
+    local.cleanup(a.child_id)
+    local.cleanup(a.child_id)
+    assert local.poll(a.child_id).outcome is Outcome.LOST
+
+
+def test_agent_environment_is_not_passed_on(
+    local: LocalExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = f"canary-{uuid.uuid4().hex}"
+    monkeypatch.setenv("FIVESAFES_AGENT_TOKEN", canary)
+    s = spec(tmp_path, Step(image="x", command=["env"], env={"MINE": "1"}))
+    local.start(s)
+    result = wait(local, s.child_id)
+    env = (s.logs_dir / "step-0.stdout").read_text()
+    assert result.outcome is Outcome.SUCCEEDED and "MINE=1" in env and canary not in env
+
+
+def test_registry(tmp_path: Path) -> None:
+    assert set(executors.BACKENDS) >= {"docker", "local"}
+    assert executors.backend("local") is LocalExecutor
+    assert executors.backend("docker").__name__ == "DockerExecutor"
+    with pytest.warns(UserWarning):
+        assert isinstance(executors.create("local", tre="dev"), LocalExecutor)
+    with pytest.raises(ValueError, match="unknown executor 'nope'"):
+        executors.create("nope")
