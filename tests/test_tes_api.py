@@ -57,7 +57,13 @@ def audit_count(gateway, action: str) -> int:  # type: ignore[no-untyped-def]
 # --- service-info -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [f"{p}/service-info" for p in PREFIXES] + [f"{TES}/tasks/service-info"])
+def test_legacy_service_info_has_the_shape_py_tes_0_4_reads(gateway):
+    response = gateway.client.get(f"{TES}/tasks/service-info")
+    assert response.status_code == 200
+    assert set(response.json()) == {"name", "doc", "storage"}
+
+
+@pytest.mark.parametrize("path", [f"{p}/service-info" for p in PREFIXES])
 def test_service_info_is_public_and_complete(gateway, path):
     response = gateway.client.get(path)
     assert response.status_code == 200

@@ -29,6 +29,7 @@ from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 
 
+
 class ConfigurationError(RuntimeError):
     """The gateway cannot start safely with these settings; the message names the fix."""
 
@@ -124,6 +125,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             operation.get("responses", {}).pop("422", None)
+            for parameter in operation.get("parameters", []):
+                # An absent query parameter is how TES says "no filter"; there is no null in a URL.
+                options = parameter.get("schema", {}).get("anyOf")
+                if options and {"type": "null"} in options and len(options) == 2:
+                    parameter["schema"] = {**next(o for o in options if o != {"type": "null"}),
+                                           **{k: v for k, v in parameter["schema"].items() if k != "anyOf"}}
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)
     app.openapi_schema = schema

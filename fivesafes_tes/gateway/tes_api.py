@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
@@ -25,7 +26,16 @@ from fivesafes_tes.tes import (
     View,
 )
 
+class _TaskIdConvertor(StringConvertor):
+    """A task id never holds ':' or '/', so `GET /tasks/x:cancel` is not mistaken for a task."""
+
+    regex = "[^/:]+"
+
+
+register_url_convertor("task_id", _TaskIdConvertor())
+
 router = APIRouter(tags=["TaskService"], responses={k: v for k, v in ERROR_RESPONSES.items() if k != 400})
+MAX_TAG_FILTERS = 16
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such task visible to you."}}
 _BAD = {400: ERROR_RESPONSES[400]}
 
@@ -35,10 +45,12 @@ def get_service_info(request: Request) -> ServiceInfo:
     return request.app.state.ctx.service_info
 
 
-# py-tes 0.4.x (pinned by the Snakemake and Toil TES plugins) looks for service-info here.
-@router.get("/tasks/service-info", response_model=ServiceInfo, response_model_exclude_none=True, include_in_schema=False)
-def get_service_info_legacy(request: Request) -> ServiceInfo:
-    return request.app.state.ctx.service_info
+# py-tes 0.4.x (pinned by the Snakemake and Toil TES plugins) asks here, and reads the TES 0.3
+# shape (name, doc, storage): it refuses any other field.
+@router.get("/tasks/service-info", include_in_schema=False)
+def get_service_info_legacy(request: Request) -> dict:
+    info: ServiceInfo = request.app.state.ctx.service_info
+    return {"name": info.name, "doc": info.description or "", "storage": info.storage}
 
 
 @router.post(
@@ -75,8 +87,8 @@ def list_tasks(
     principal: CurrentPrincipal,
     name_prefix: Annotated[str | None, Query(max_length=1024)] = None,
     state: State | None = None,
-    tag_key: Annotated[list[Annotated[str, Query(max_length=255)]] | None, Query()] = None,
-    tag_value: Annotated[list[Annotated[str, Query(max_length=1024)]] | None, Query()] = None,
+    tag_key: Annotated[list[Annotated[str, Query(max_length=255)]] | None, Query(max_length=MAX_TAG_FILTERS)] = None,
+    tag_value: Annotated[list[Annotated[str, Query(max_length=1024)]] | None, Query(max_length=MAX_TAG_FILTERS)] = None,
     page_size: Annotated[int, Query(ge=1, le=submission.MAX_PAGE_SIZE)] = submission.DEFAULT_PAGE_SIZE,
     page_token: Annotated[str | None, Query(max_length=128)] = None,
     view: View = View.MINIMAL,
@@ -97,7 +109,7 @@ def list_tasks(
 
 
 @router.get(
-    "/tasks/{id}", response_model=Task, response_model_exclude_none=True, operation_id="GetTask",
+    "/tasks/{id:task_id}", response_model=Task, response_model_exclude_none=True, operation_id="GetTask",
     responses={**_NOT_FOUND, **_BAD},
 )
 def get_task(request: Request, id: str, principal: CurrentPrincipal, view: View = View.MINIMAL) -> JSONResponse:
@@ -105,7 +117,7 @@ def get_task(request: Request, id: str, principal: CurrentPrincipal, view: View 
         return JSONResponse(submission.get_task(session, actor_of(principal), id, view))
 
 
-@router.post("/tasks/{id}:cancel", response_model=CancelTaskResponse, operation_id="CancelTask", responses=_NOT_FOUND)
+@router.post("/tasks/{id:task_id}:cancel", response_model=CancelTaskResponse, operation_id="CancelTask", responses=_NOT_FOUND)
 def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict:
     ctx = request.app.state.ctx
     with ctx.db.write() as session:

@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 INT32_MAX = 2**31 - 1
 _WILDCARD = re.compile(r"[*?\[]")
@@ -62,8 +62,19 @@ def _absolute(value: str | None, what: str) -> str | None:
     return value
 
 
-Int32 = Annotated[int, Field(ge=0, le=INT32_MAX)]
+def _whole_number(value: object) -> object:
+    """JSON has one number type: 135.0 is as much an integer as 135 (strings and booleans stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# The validator wraps the constrained type (rather than sitting beside Field) so the schema keeps
+# minimum/maximum.
+Int32 = Annotated[Annotated[int, Field(ge=0, le=INT32_MAX)], BeforeValidator(_whole_number)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+# The schema says what the validators check, so clients (and fuzzers) can know before they send.
+AbsolutePath = Annotated[str, Field(json_schema_extra={"pattern": "^/"})]
 
 
 class Input(_Model):
@@ -75,13 +86,28 @@ class Input(_Model):
     content: str | None = None
     streamable: bool | None = None
 
+
+class InputRequest(Input):
+    """An input as submitted: an absolute path, and a url or literal content."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["url"], "properties": {"url": {"type": "string", "minLength": 1}}},
+                {"required": ["content"], "properties": {"content": {"type": "string", "minLength": 1}}},
+            ]
+        }
+    )
+
+    path: AbsolutePath
+
     @field_validator("path")
     @classmethod
     def _path_absolute(cls, v: str) -> str:
         return _absolute(v, "path")  # type: ignore[return-value]
 
     @model_validator(mode="after")
-    def _url_or_content(self) -> Input:
+    def _url_or_content(self) -> InputRequest:
         if not self.content and not self.url:
             raise ValueError("an input needs a 'url' (or a literal 'content')")
         return self
@@ -95,13 +121,26 @@ class Output(_Model):
     path_prefix: str | None = None
     type: FileType = Field(default=FileType.FILE, strict=False)
 
+
+class OutputRequest(Output):
+    """An output as submitted: an absolute path; with wildcards, the prefix to strip."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"path": {"type": "string", "pattern": r"[*?\[]"}}, "required": ["path"]},
+            "then": {"required": ["path_prefix"], "properties": {"path_prefix": {"type": "string", "minLength": 1}}},
+        }
+    )
+
+    path: AbsolutePath
+
     @field_validator("path")
     @classmethod
     def _path_absolute(cls, v: str) -> str:
         return _absolute(v, "path")  # type: ignore[return-value]
 
     @model_validator(mode="after")
-    def _prefix_for_wildcards(self) -> Output:
+    def _prefix_for_wildcards(self) -> OutputRequest:
         if _WILDCARD.search(self.path) and not self.path_prefix:
             raise ValueError("an output whose path has wildcards needs 'path_prefix' (the part to strip)")
         return self
@@ -134,6 +173,13 @@ class Executor(_Model):
     env: dict[str, str] | None = None
     ignore_error: bool | None = None
 
+
+class ExecutorRequest(Executor):
+    workdir: AbsolutePath | None = None
+    stdin: AbsolutePath | None = None
+    stdout: AbsolutePath | None = None
+    stderr: AbsolutePath | None = None
+
     @field_validator("workdir", "stdin", "stdout", "stderr")
     @classmethod
     def _paths_absolute(cls, v: str | None) -> str | None:
@@ -165,6 +211,7 @@ class TaskLog(_Model):
 
 TagKey = Annotated[str, Field(max_length=255)]
 TagValue = Annotated[str, Field(max_length=1024)]
+Name = Annotated[str, Field(max_length=1024)]
 
 
 class TaskRequest(_Model):
@@ -173,13 +220,13 @@ class TaskRequest(_Model):
     Name and tag lengths are this server's own maxima, published in its OpenAPI document.
     """
 
-    name: Annotated[str, Field(max_length=1024)] | None = None
+    name: Name | None = None
     description: str | None = None
-    inputs: list[Input] | None = None
-    outputs: list[Output] | None = None
+    inputs: list[InputRequest] | None = None
+    outputs: list[OutputRequest] | None = None
     resources: Resources | None = None
-    executors: Annotated[list[Executor], Field(min_length=1)]
-    volumes: list[str] | None = None
+    executors: Annotated[list[ExecutorRequest], Field(min_length=1)]
+    volumes: list[AbsolutePath] | None = None
     tags: dict[TagKey, TagValue | None] | None = None
 
     @field_validator("volumes")
@@ -190,15 +237,21 @@ class TaskRequest(_Model):
         return v
 
 
-class Task(TaskRequest):
-    """A task as the gateway returns it."""
+class Task(_Model):
+    """A task as the gateway returns it (in MINIMAL view, only `id` and `state`)."""
 
     id: str | None = None
     state: State | None = Field(default=None, strict=False)
-    tags: dict[str, str] | None = None  # type: ignore[assignment]  # null values come back as ""
+    name: str | None = None
+    description: str | None = None
+    inputs: list[Input] | None = None
+    outputs: list[Output] | None = None
+    resources: Resources | None = None
+    executors: list[Executor] | None = None
+    volumes: list[str] | None = None
+    tags: dict[str, str] | None = None  # null values come back as ""
     logs: list[TaskLog] | None = None
     creation_time: str | None = None
-    executors: list[Executor] | None = None  # type: ignore[assignment]  # absent in MINIMAL
 
 
 class CreateTaskResponse(_Model):
