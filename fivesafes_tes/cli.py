@@ -69,10 +69,8 @@ def gateway(
     except ConfigurationError as exc:
         err.print(f"[red]Cannot start:[/] {exc}")
         raise typer.Exit(2) from None
-    from fivesafes_tes.devstack import MAX_REQUEST_HEAD_BYTES
-
     uvicorn.run("fivesafes_tes.gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", proxy_headers=True, h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
+                log_level="info", proxy_headers=True)
 
 
 @db_app.command("upgrade")

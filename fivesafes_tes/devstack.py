@@ -49,10 +49,6 @@ def seed_federation(db: Database, federation_spec: dict = DEV_FEDERATION) -> Non
                 defaults.add(user)
 
 
-# Room for the longest query the API documents (16 tag filters of the largest size, percent-encoded).
-MAX_REQUEST_HEAD_BYTES = 1 << 20
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -108,8 +104,7 @@ def start(
     db.upgrade()
     seed_federation(db)
     app = create_app(settings, db=db)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                            h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()

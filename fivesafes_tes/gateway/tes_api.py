@@ -35,7 +35,9 @@ class _TaskIdConvertor(StringConvertor):
 register_url_convertor("task_id", _TaskIdConvertor())
 
 router = APIRouter(tags=["TaskService"], responses={k: v for k, v in ERROR_RESPONSES.items() if k != 400})
-MAX_TAG_FILTERS = 16
+# Query maxima keep the longest valid URL, percent-encoded, inside the HTTP server's 64 KiB request head.
+MAX_TAG_FILTERS = 8
+MAX_FILTER_CHARS = 255
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such task visible to you."}}
 _BAD = {400: ERROR_RESPONSES[400]}
 
@@ -85,10 +87,14 @@ def create_task(
 def list_tasks(
     request: Request,
     principal: CurrentPrincipal,
-    name_prefix: Annotated[str | None, Query(max_length=1024)] = None,
+    name_prefix: Annotated[str | None, Query(max_length=2 * MAX_FILTER_CHARS)] = None,
     state: State | None = None,
-    tag_key: Annotated[list[Annotated[str, Query(max_length=255)]] | None, Query(max_length=MAX_TAG_FILTERS)] = None,
-    tag_value: Annotated[list[Annotated[str, Query(max_length=1024)]] | None, Query(max_length=MAX_TAG_FILTERS)] = None,
+    tag_key: Annotated[
+        list[Annotated[str, Query(max_length=MAX_FILTER_CHARS)]] | None, Query(max_length=MAX_TAG_FILTERS)
+    ] = None,
+    tag_value: Annotated[
+        list[Annotated[str, Query(max_length=MAX_FILTER_CHARS)]] | None, Query(max_length=MAX_TAG_FILTERS)
+    ] = None,
     page_size: Annotated[int, Query(ge=1, le=submission.MAX_PAGE_SIZE)] = submission.DEFAULT_PAGE_SIZE,
     page_token: Annotated[str | None, Query(max_length=128)] = None,
     view: View = View.MINIMAL,
