@@ -1,16 +1,20 @@
-"""The embedded default: a gateway and its token issuer on loopback, in one process.
+"""The embedded default: a gateway, its token issuer, an S3 endpoint and one agent per synthetic TRE,
+on loopback, in one process.
 
-`fivesafes-tes dev` and `fivesafes-tes demo` use it; so do the tests that need a live server.
+`fivesafes-tes dev` and `fivesafes-tes demo` use it; so do the tests that need a live federation.
+Each TRE gets its own synthetic OMOP dataset (different populations), its own airlock bucket and its
+own agent database; the agents reach the gateway only over HTTP, as they would from inside a TRE.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import uvicorn
 
@@ -18,7 +22,6 @@ from fivesafes_tes.auth import DevIssuer
 from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.app import create_app, dev_issuer_url
 from fivesafes_tes.settings import GatewaySettings
-
 
 # The embedded federation: two TREs and two projects. alice and carol share `diabetes-cancer`, which
 # runs in both TREs; bob alone is in `cardio`, in the UK TRE only. Each member's first project is
@@ -30,6 +33,10 @@ DEV_FEDERATION: dict = {
         "cardio": (["uk-tre"], ["bob"]),
     },
 }
+# What each TRE's admins have approved in the embedded stack: the demo project and its two people.
+# `cardio` and bob are left undecided, so their work waits for a decision (awaiting_tre_approval).
+DEV_APPROVALS: dict[str, list[str]] = {"diabetes-cancer": ["alice", "carol"]}
+DATASET_SEED = 20261123
 
 
 def seed_federation(db: Database, federation_spec: dict = DEV_FEDERATION) -> None:
@@ -63,6 +70,9 @@ class DevStack:
     server: uvicorn.Server
     thread: threading.Thread
     issuer: DevIssuer
+    s3: Any = None  # moto's ThreadedMotoServer when agents run
+    s3_url: str | None = None
+    agents: dict[str, Any] = field(default_factory=dict)  # TRE name -> fivesafes_tes.agent.loop.Agent
 
     @property
     def url(self) -> str:
@@ -72,8 +82,13 @@ class DevStack:
         return self.issuer.issue(user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs)
 
     def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.shutdown(timeout=2)
+        self.server.config.app.state.ctx.signal.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        if self.s3 is not None:
+            self.s3.stop()
 
     def __enter__(self) -> Self:
         return self
@@ -88,9 +103,14 @@ def start(
     host: str = "127.0.0.1",
     port: int = 0,
     database_url: str | None = None,
+    agents: bool = False,
+    executor: str = "docker",
     **overrides: object,
 ) -> DevStack:
-    """Migrate the database, then serve the gateway until `stop()`; returns once it answers."""
+    """Migrate the database, then serve the gateway until `stop()`; returns once it answers.
+
+    With `agents`, also serve S3 and run one agent per TRE of the embedded federation, with `executor`.
+    """
     port = port or free_port(host)
     overrides.setdefault("allowed_images", ["*"])
     settings = GatewaySettings(
@@ -104,7 +124,8 @@ def start(
     db.upgrade()
     seed_federation(db)
     app = create_app(settings, db=db)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()
@@ -114,4 +135,94 @@ def start(
             raise RuntimeError(f"the gateway did not start on {host}:{port}")
         time.sleep(0.02)
     issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
-    return DevStack(settings=settings, server=server, thread=thread, issuer=issuer)
+    stack = DevStack(settings=settings, server=server, thread=thread, issuer=issuer)
+    if agents:
+        try:
+            _start_tres(stack, data_dir, executor)
+        except BaseException:
+            stack.stop()
+            raise
+    return stack
+
+
+def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
+    """S3, then for each TRE: its dataset, policy, agent (synced, demo approvals made) and threads."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:  # pragma: no cover - the [dev] extra is missing
+        raise RuntimeError("the embedded S3 needs moto: pip install 'fivesafes-tes[dev]'") from None
+    from fivesafes_tes.agent import approvals
+    from fivesafes_tes.agent.loop import Agent
+    from fivesafes_tes.agent.policy import Dataset, TrePolicy
+    from fivesafes_tes.egress.store import ObjectStore
+    from fivesafes_tes.executors import create as create_executor
+    from fivesafes_tes.settings import AgentSettings
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request at INFO
+    stack.s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    stack.s3.start()
+    host, port = stack.s3.get_host_and_port()
+    stack.s3_url = f"http://{host}:{port}"
+    if executor == "docker":
+        _ensure_images()
+    for tre in DEV_FEDERATION["tres"]:
+        home = data_dir / "tres" / tre
+        dataset = _ensure_dataset(home / "datasets" / "omop", tre)
+        policy = TrePolicy(
+            allowed_images=["fivesafes/*"],
+            max_runtime_s=600,
+            datasets={"omop": Dataset(path=dataset, description=f"synthetic OMOP CDM extract of {tre}")},
+            grants={"diabetes-cancer": ["omop"]},
+        )
+        token = stack.issuer.issue(f"agent-{tre}", ["tre-agent"], audience=stack.settings.oidc_audience,
+                                   tre=tre, ttl_s=30 * 24 * 3600)
+        settings = AgentSettings(
+            tre=tre, gateway_url=stack.url, token=token, data_dir=home, executor=executor,
+            airlock_endpoint_url=stack.s3_url, airlock_bucket=f"{tre}-airlock", airlock_access_key="dev",
+            airlock_secret_key="dev-secret", poll_wait_s=10, heartbeat_s=5, sync_s=5, tick_s=0.2,
+        )
+        from fivesafes_tes.agent.client import GatewayClient
+
+        agent = Agent(
+            settings,
+            client=GatewayClient(stack.url, lambda token=token: token),
+            executor=create_executor(executor, tre=tre),
+            store=ObjectStore(stack.s3_url, settings.airlock_bucket, "dev", "dev-secret"),
+            policy=policy,
+        )
+        agent.sync()
+        with agent.db.write() as session:
+            for project, people in DEV_APPROVALS.items():
+                if approvals.clearance(session, tre, project, people[0]).verdict is approvals.Verdict.APPROVED:
+                    continue  # a restart keeps earlier decisions
+                approvals.decide(session, f"{tre}-admin", project, "approved", reason="demo project")
+                for person in people:
+                    approvals.decide(session, f"{tre}-admin", project, "approved", username=person,
+                                     reason="trained and accredited (demo)")
+        agent.start()
+        stack.agents[tre] = agent
+
+
+def _ensure_dataset(directory: Path, tre: str) -> Path:
+    from fivesafes_tes.synthetic import generate, verify_dataset
+
+    if not (directory / "dataset.json").exists() or verify_dataset(directory):
+        generate(directory, tre, DATASET_SEED)
+    return directory
+
+
+def _ensure_images() -> None:
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001  any failure means the engine is not there
+        raise RuntimeError(
+            f"the docker executor needs a running Docker engine ({exc}); start one "
+            "(scripts/services.sh --with-docker) or choose --executor local (development only, no sandbox)"
+        ) from None
+    from fivesafes_tes.devimages import ensure_busybox_image
+
+    ensure_busybox_image(client)
+    client.close()

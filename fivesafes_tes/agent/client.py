@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ class GatewayClient:
     ) -> None:
         self._token = token
         self._max_backoff_s = max_backoff_s
+        self._closed = threading.Event()
         self._http = httpx.Client(base_url=url.rstrip("/") + "/agent/v1", timeout=timeout_s, transport=transport)
 
     @staticmethod
@@ -46,6 +47,8 @@ class GatewayClient:
         raise ValueError("the agent needs a token: set FIVESAFES_AGENT_TOKEN or FIVESAFES_AGENT_TOKEN_FILE")
 
     def close(self) -> None:
+        """Stop retrying and end the connection; calls in progress give up with ConnectionError."""
+        self._closed.set()
         self._http.close()
 
     def _call(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
@@ -67,10 +70,11 @@ class GatewayClient:
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
                 problem = type(exc).__name__
-            if not retry:
+            if not retry or self._closed.is_set():
                 raise ConnectionError(f"gateway unavailable ({problem})")
             log.warning("gateway %s %s: %s; retrying in %.1fs", method, path, problem, delay)
-            time.sleep(delay)
+            if self._closed.wait(delay):
+                raise ConnectionError("the agent is shutting down")
             delay = min(self._max_backoff_s, delay * 2) * (0.8 + 0.4 * random.random())
 
     def lease(self, wait_s: float, max_items: int = 10) -> dict[str, Any]:

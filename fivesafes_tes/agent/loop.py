@@ -109,6 +109,7 @@ class Agent:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self.stop.set()
+        self.client.close()
         for thread in self._threads:
             thread.join(timeout)
 
@@ -128,6 +129,8 @@ class Agent:
         while not self.stop.is_set():
             try:
                 answer = self.client.lease(self.settings.poll_wait_s)
+            except ConnectionError:
+                continue  # only raised once the client is closed: the loop ends
             except Rejected as exc:
                 log.error("the gateway refused this agent's lease request: %s", exc)
                 self.stop.wait(5)
@@ -146,6 +149,8 @@ class Agent:
                 continue
             try:
                 answers = self.client.heartbeat(held)
+            except ConnectionError:
+                continue
             except Rejected as exc:
                 log.error("heartbeat refused: %s", exc)
                 continue
@@ -157,6 +162,8 @@ class Agent:
         while not self.stop.is_set():
             try:
                 self.work_once()
+            except ConnectionError:
+                continue
             except Exception:
                 log.exception("agent work loop error; continuing")
                 self.stop.wait(1)

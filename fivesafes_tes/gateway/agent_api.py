@@ -87,7 +87,7 @@ async def lease_work(request: Request, body: LeaseRequest, tre: CurrentTre) -> L
         try:
             grants, cancels = await run_in_threadpool(attempt)
             remaining = deadline - loop.time()
-            if grants or cancels or remaining <= 0:
+            if grants or cancels or remaining <= 0 or ctx.signal.closed:
                 return LeaseResponse(
                     leases=[GrantOut(**asdict(g)) for g in grants],
                     cancel=[CancellationOut(**asdict(c)) for c in cancels],

@@ -15,6 +15,7 @@ RECHECK_S = 0.5
 
 class WorkSignal:
     def __init__(self) -> None:
+        self.closed = False
         self._lock = threading.Lock()
         self._waiters: dict[int, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = defaultdict(set)
 
@@ -34,6 +35,15 @@ class WorkSignal:
         """Thread-safe: called from sync routes after their transaction commits."""
         with self._lock:
             entries = [e for tre_id in set(tre_ids) for e in self._waiters.get(tre_id, ())]
+        for loop, future in entries:
+            loop.call_soon_threadsafe(_resolve, future)
+
+
+    def close(self) -> None:
+        """Release every long-poll now (the server is stopping); later polls answer at once."""
+        self.closed = True
+        with self._lock:
+            entries = [e for waiters in self._waiters.values() for e in waiters]
         for loop, future in entries:
             loop.call_soon_threadsafe(_resolve, future)
 

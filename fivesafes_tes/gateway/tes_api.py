@@ -26,6 +26,7 @@ from fivesafes_tes.tes import (
     View,
 )
 
+
 class _TaskIdConvertor(StringConvertor):
     """A task id never holds ':' or '/', so `GET /tasks/x:cancel` is not mistaken for a task."""
 
