@@ -1,0 +1,370 @@
+"""One task, many TREs, through the real Docker engine and a real S3 endpoint (moto over HTTP).
+
+Issue 3's acceptance: a task submitted once runs in the UK and the Singapore TRE, each holding its
+outputs and logs in its own airlock with correct SHA-256s; parent and per-TRE states are right at
+every step; unapproved people and projects end `rejected_by_tre` with a clear line; cancel stops a
+`sleep 600` within seconds. Also RELIABILITY 10, 12, 19, 20, 29 at the level of the whole agent.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from fivesafes_tes import devstack
+from fivesafes_tes.agent import approvals
+from fivesafes_tes.devimages import BUSYBOX_IMAGE
+from fivesafes_tes.egress import airlock
+from fivesafes_tes.submission.stages import TRANSITIONS, Stage
+from tests import images
+
+docker_client = images.docker_client
+TES = "/ga4gh/tes/v1"
+
+PREVALENCE = """set -e
+persons=$(($(wc -l < /data/omop/person.csv) - 1))
+diabetes=$(awk -F, 'NR>1 && $3==201826 {print $2}' /data/omop/condition_occurrence.csv | sort -u | wc -l)
+echo "persons,diabetes" > /outputs/prevalence.csv
+echo "$persons,$diabetes" >> /outputs/prevalence.csv
+echo "counted $persons people"
+"""
+
+
+def analysis(script: str = PREVALENCE, **extra):  # type: ignore[no-untyped-def]
+    return {
+        "name": "prevalence",
+        "executors": [{"image": BUSYBOX_IMAGE, "command": ["sh", "/analysis/run.sh"]}],
+        "inputs": [{"path": "/analysis/run.sh", "content": script}],
+        "outputs": [{"path": "/outputs/prevalence.csv", "url": "s3://results/prevalence.csv"}],
+        **extra,
+    }
+
+
+@pytest.fixture
+def federation(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+    images.ensure_busybox_image(docker_client)
+    with devstack.start(tmp_path / "stack", agents=True, executor="docker") as stack:
+        yield stack
+
+
+class Researcher:
+    def __init__(self, stack: devstack.DevStack, user: str = "alice") -> None:
+        self.stack = stack
+        self.http = httpx.Client(base_url=stack.url + TES, headers={"Authorization": f"Bearer {stack.token(user)}"},
+                                 timeout=30)
+
+    def submit(self, task: dict) -> str:
+        response = self.http.post("/tasks", json=task)
+        assert response.status_code == 200, response.text
+        return response.json()["id"]
+
+    def full(self, task_id: str) -> dict:
+        return self.http.get(f"/tasks/{task_id}", params={"view": "FULL"}).json()
+
+    def stages(self, task_id: str) -> dict[str, str]:
+        return {log["metadata"]["tre"]: log["metadata"]["stage"] for log in self.full(task_id)["logs"]}
+
+    def wait(self, task_id: str, done, timeout: float = 60):  # type: ignore[no-untyped-def]
+        """Poll until done(doc); return every (state, stages) seen on the way, in order."""
+        seen: list[tuple[str, dict[str, str]]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            doc = self.full(task_id)
+            now = (doc["state"], {log["metadata"]["tre"]: log["metadata"]["stage"] for log in doc["logs"]})
+            if not seen or seen[-1] != now:
+                seen.append(now)
+            if done(doc):
+                return doc, seen
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; last seen {seen[-1] if seen else None}")
+
+
+def _held(doc: dict) -> bool:
+    return all(log["metadata"]["stage"] == "awaiting_review" for log in doc["logs"])
+
+
+def _ended(doc: dict) -> bool:
+    return all(Stage(log["metadata"]["stage"]).is_final for log in doc["logs"])
+
+
+def test_one_task_runs_in_both_tres_and_holds_outputs_with_checksums(federation):
+    alice = Researcher(federation)
+    task_id = alice.submit(analysis())
+    doc, seen = alice.wait(task_id, _held)
+
+    # Every per-TRE stage sequence observed is a legal path, and the parent state never goes back.
+    for tre in ("uk-tre", "sg-tre"):
+        path = [stages[tre] for _, stages in seen]
+        path = [s for i, s in enumerate(path) if i == 0 or s != path[i - 1]]
+        for before, after in zip(path, path[1:]):
+            assert Stage(after) in TRANSITIONS[Stage(before)], (tre, path)
+    order = ["QUEUED", "INITIALIZING", "RUNNING"]
+    states = [state for state, _ in seen]
+    assert states == sorted(states, key=order.index) and states[-1] == "RUNNING"
+    assert doc["state"] == "RUNNING"
+
+    counts = {}
+    for log in doc["logs"]:
+        tre = log["metadata"]["tre"]
+        assert any("held in" in line and tre in line for line in log["system_logs"])
+        assert not log["logs"] or all("stdout" not in e for e in log["logs"])  # logs stay in the TRE
+        agent = federation.agents[tre]
+        child_id = next(c for c in _children(agent))
+        manifest = airlock.read_manifest(agent.store, child_id)
+        assert manifest is not None
+        kinds = sorted((f.kind, f.container_path or f"step-{f.step}") for f in manifest.files)
+        assert kinds == [("output", "/outputs/prevalence.csv"), ("stderr", "step-0"), ("stdout", "step-0")]
+        for held in manifest.files:
+            body = agent.store.get_bytes(held.key)
+            assert hashlib.sha256(body).hexdigest() == held.sha256 and len(body) == held.size
+        table = agent.store.get_bytes(next(f.key for f in manifest.files if f.kind == "output")).decode()
+        stdout = agent.store.get_bytes(next(f.key for f in manifest.files if f.kind == "stdout")).decode()
+        row = next(csv.DictReader(io.StringIO(table)))
+        counts[tre] = row
+        assert stdout == f"counted {row['persons']} people\n"
+        assert int(row["persons"]) == _persons(federation, tre)
+    # Each TRE counted its own population, which differ by design.
+    assert counts["uk-tre"]["persons"] != counts["sg-tre"]["persons"]
+
+
+def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from fivesafes_tes.agent.tables import LocalChild
+
+    with agent.db.read() as session:
+        return [c.child_id for c in session.scalars(select(LocalChild).order_by(LocalChild.created_at.desc()))]
+
+
+def _persons(stack, tre: str) -> int:  # type: ignore[no-untyped-def]
+    dataset = stack.agents[tre].policy.datasets["omop"].path
+    return json.loads((dataset / "dataset.json").read_text())["tables"]["person"]["rows"]
+
+
+def test_unapproved_user_and_project_end_rejected_by_tre_with_a_clear_line(federation):
+    bob = Researcher(federation, "bob")  # project cardio: undecided in uk-tre
+    task_id = bob.submit(analysis())
+    doc, _ = bob.wait(task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "awaiting_tre_approval")
+    assert doc["state"] == "QUEUED"
+    assert any("waiting for uk-tre's admins to approve project cardio" in line for line in doc["logs"][0]["system_logs"])
+    uk = federation.agents["uk-tre"]
+    with uk.db.write() as session:
+        approvals.decide(session, "uk-admin", "cardio", "rejected", reason="no ethics approval on file")
+    doc, _ = bob.wait(task_id, _ended)
+    assert doc["state"] == "SYSTEM_ERROR"
+    assert "uk-tre rejected project cardio: no ethics approval on file" in doc["logs"][0]["system_logs"]
+
+    # A person the TRE rejected, in a project it approved: only that TRE refuses.
+    sg = federation.agents["sg-tre"]
+    with sg.db.write() as session:
+        approvals.decide(session, "sg-admin", "diabetes-cancer", "rejected", username="carol",
+                         reason="training expired")
+    carol = Researcher(federation, "carol")
+    task_id = carol.submit(analysis())
+    doc, _ = carol.wait(task_id, lambda d: carol.stages(task_id)["sg-tre"] == "rejected_by_tre"
+                        and carol.stages(task_id)["uk-tre"] == "awaiting_review")
+    sg_log = next(log for log in doc["logs"] if log["metadata"]["tre"] == "sg-tre")
+    assert "sg-tre rejected carol for project diabetes-cancer: training expired" in sg_log["system_logs"]
+    assert doc["state"] == "RUNNING"  # the UK child is still in progress (awaiting review)
+
+
+def test_cancel_stops_a_running_container_within_seconds(federation, docker_client):
+    alice = Researcher(federation)
+    task_id = alice.submit(analysis("sleep 600\n", tags={"tres": "uk-tre"}))
+    alice.wait(task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "running")
+    started = time.monotonic()
+    assert alice.http.post(f"/tasks/{task_id}:cancel").json() == {}
+    assert alice.full(task_id)["state"] == "CANCELED"
+    child = _children(federation.agents["uk-tre"])[0]
+    label = f"org.fivesafes.child={child}"
+    while time.monotonic() - started < 10:
+        running = docker_client.containers.list(filters={"label": label, "status": "running"})
+        if not running:
+            break
+        time.sleep(0.2)
+    assert not docker_client.containers.list(filters={"label": label, "status": "running"})
+    assert time.monotonic() - started < 10
+    assert airlock.read_manifest(federation.agents["uk-tre"].store, child) is None  # nothing held
+
+
+def test_each_tre_applies_its_own_image_policy_and_reserved_variables(federation):
+    alice = Researcher(federation)
+    # The gateway allows any image in the embedded stack; each TRE allows only fivesafes/*.
+    foreign = alice.submit({**analysis(), "executors": [{"image": "docker.io/library/alpine:3", "command": ["true"]}]})
+    doc, _ = alice.wait(foreign, _ended)
+    assert doc["state"] == "SYSTEM_ERROR"
+    assert all(any("does not allow image" in line for line in log["system_logs"]) for log in doc["logs"])
+    reserved = alice.submit({**analysis(), "executors": [
+        {"image": BUSYBOX_IMAGE, "command": ["true"], "env": {"FIVESAFES_AGENT_TOKEN": "x"}}]})
+    doc, _ = alice.wait(reserved, _ended)
+    assert all(any("reserved" in line for line in log["system_logs"]) for log in doc["logs"])
+
+
+def test_no_secret_of_the_gateway_or_agent_reaches_a_task(federation, monkeypatch):
+    canary = "canary-secret-" + os.urandom(6).hex()
+    monkeypatch.setenv("FIVESAFES_CANARY", canary)  # in the process that runs gateway and agents
+    agent = federation.agents["uk-tre"]
+    token = agent.client._token()  # the agent's own bearer token
+    script = "env; cat /proc/1/environ | tr '\\0' '\\n'; ls -la /data /outputs; id\n"
+    alice = Researcher(federation)
+    task_id = alice.submit(analysis(script + "echo x > /outputs/prevalence.csv\n", tags={"tres": "uk-tre"}))
+    alice.wait(task_id, _held)
+    child = _children(agent)[0]
+    manifest = airlock.read_manifest(agent.store, child)
+    everything = b"".join(agent.store.get_bytes(f.key) for f in manifest.files)
+    assert b"FIVESAFES_DEADLINE" in everything  # the dump ran
+    for secret in (canary, token, "dev-secret"):
+        assert secret.encode() not in everything
+
+
+# --- the agent as its own process: no listening socket, kill -9 and restart, orphan sweep -----------
+
+
+def _listening_sockets(pid: int) -> list[str]:
+    """TCP/TCP6 sockets in LISTEN state held by `pid` (from its fds and /proc/net)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    listening = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                listening.append(f"{table} {fields[1]}")
+    return listening
+
+
+@pytest.fixture
+def gateway_only(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+    images.ensure_busybox_image(docker_client)
+    from tests.s3 import start_moto
+
+    s3 = start_moto()
+    with devstack.start(tmp_path / "gw") as stack:
+        yield stack, s3
+    s3.stop()
+
+
+def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:  # type: ignore[no-untyped-def]
+    from fivesafes_tes.synthetic import generate
+
+    dataset = home / "omop"
+    generate(dataset, tre, 1, n_persons=50)
+    policy = home / "policy.yaml"
+    policy.write_text(yaml.safe_dump({
+        "allowed_images": ["fivesafes/*"],
+        "datasets": {"omop": {"path": str(dataset)}},
+        "grants": {"diabetes-cancer": ["omop"]},
+    }))
+    token = stack.issuer.issue(f"agent-{tre}", ["tre-agent"], audience=stack.settings.oidc_audience, tre=tre)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIVESAFES_")}
+    env.update({
+        "FIVESAFES_AGENT_TRE": tre, "FIVESAFES_AGENT_GATEWAY_URL": stack.url, "FIVESAFES_AGENT_TOKEN": token,
+        "FIVESAFES_AGENT_DATA_DIR": str(home), "FIVESAFES_AGENT_POLICY_FILE": str(policy),
+        "FIVESAFES_AGENT_AIRLOCK_ENDPOINT_URL": s3.url, "FIVESAFES_AGENT_AIRLOCK_ACCESS_KEY": s3.access_key,
+        "FIVESAFES_AGENT_AIRLOCK_SECRET_KEY": s3.secret_key, "FIVESAFES_AGENT_AIRLOCK_BUCKET": "uk-airlock",
+        "FIVESAFES_AGENT_POLL_WAIT_S": "5", "FIVESAFES_AGENT_SYNC_S": "1", "FIVESAFES_AGENT_HEARTBEAT_S": "2",
+        "FIVESAFES_AGENT_TICK_S": "0.2",
+    })
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fivesafes_tes.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def _start_agent(env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fivesafes_tes.cli", "agent"], env=env,
+                            stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+def _approve_all(env: dict[str, str]) -> None:
+    deadline = time.monotonic() + 30
+    while _cli(env, "tre", "approve", "diabetes-cancer").returncode != 0:  # until the first sync
+        assert time.monotonic() < deadline, "the agent never synced its projects"
+        time.sleep(0.3)
+    assert _cli(env, "tre", "approve", "diabetes-cancer", "--user", "alice").returncode == 0
+
+
+def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tmp_path, docker_client):
+    stack, s3 = gateway_only
+    env = _agent_env(stack, s3, tmp_path / "agent")
+    log = tmp_path / "agent.log"
+    agent = _start_agent(env, log)
+    try:
+        _approve_all(env)
+        assert _listening_sockets(agent.pid) == []  # RELIABILITY 29: every connection is outbound
+
+        alice = Researcher(stack)
+        script = "echo started >> /outputs/prevalence.csv; sleep 4; echo finished >> /outputs/prevalence.csv\n"
+        task_id = alice.submit(analysis(script, tags={"tres": "uk-tre"}))
+        alice.wait(task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "running")
+        agent.send_signal(signal.SIGKILL)  # RELIABILITY 10: kill -9 while the container runs
+        agent.wait()
+        agent = _start_agent(env, log)
+        doc, _ = alice.wait(task_id, _held, timeout=60)
+        assert doc["logs"][0]["metadata"]["stage"] == "awaiting_review"
+
+        from tests.s3 import S3Endpoint  # noqa: F401  (typing only)
+        store = s3.store("uk-airlock")
+        manifest_keys = [o.key for o in store.list("held/") if o.key.endswith("manifest.json")]
+        assert len(manifest_keys) == 1  # one child, held once
+        manifest = airlock.Manifest.model_validate_json(store.get_bytes(manifest_keys[0]))
+        output = next(f for f in manifest.files if f.kind == "output")
+        # Re-attached, not started twice: the container wrote "started" once and then finished.
+        assert store.get_bytes(output.key).decode() == "started\nfinished\n"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+
+
+def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker_client):
+    from fivesafes_tes.executors import Limits, RunSpec, Step, create
+
+    stack, s3 = gateway_only
+    orphan = "01a00000-0000-7000-8000-0000000000aa"
+    executor = create("docker", tre="uk-tre")
+    logs = tmp_path / "orphan-logs"
+    logs.mkdir()
+    executor.start(RunSpec(child_id=orphan, attempt=1, tre="uk-tre", steps=[Step(image=BUSYBOX_IMAGE,
+                           command=["sleep", "600"])], mounts=[], limits=Limits(runtime_s=600), logs_dir=logs))
+    assert orphan in executor.running()
+    env = _agent_env(stack, s3, tmp_path / "agent")
+    agent = _start_agent(env, tmp_path / "agent.log")
+    try:
+        deadline = time.monotonic() + 30
+        while orphan in executor.running():
+            assert time.monotonic() < deadline, "the orphan was not swept"
+            time.sleep(0.3)
+        assert not docker_client.containers.list(all=True, filters={"label": f"org.fivesafes.child={orphan}"})
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+    from sqlalchemy import select
+
+    from fivesafes_tes.audit.tables import AuditRecord
+    from fivesafes_tes.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'agent' / 'agent.db'}")
+    with db.read() as session:
+        sweeps = list(session.scalars(select(AuditRecord).where(AuditRecord.action == "agent.sweep")))
+    db.dispose()
+    assert sweeps and orphan in sweeps[0].detail["removed"]
