@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import signal
@@ -108,7 +109,7 @@ def test_one_task_runs_in_both_tres_and_holds_outputs_with_checksums(federation)
     for tre in ("uk-tre", "sg-tre"):
         path = [stages[tre] for _, stages in seen]
         path = [s for i, s in enumerate(path) if i == 0 or s != path[i - 1]]
-        for before, after in zip(path, path[1:]):
+        for before, after in itertools.pairwise(path):
             assert Stage(after) in TRANSITIONS[Stage(before)], (tre, path)
     order = ["QUEUED", "INITIALIZING", "RUNNING"]
     states = [state for state, _ in seen]
@@ -288,7 +289,7 @@ def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:  #
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fivesafes_tes.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
 
 
 def _start_agent(env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -323,7 +324,6 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
         doc, _ = alice.wait(task_id, _held, timeout=60)
         assert doc["logs"][0]["metadata"]["stage"] == "awaiting_review"
 
-        from tests.s3 import S3Endpoint  # noqa: F401  (typing only)
         store = s3.store("uk-airlock")
         manifest_keys = [o.key for o in store.list("held/") if o.key.endswith("manifest.json")]
         assert len(manifest_keys) == 1  # one child, held once
