@@ -16,8 +16,9 @@ help: ## list the targets
 	@echo "Targets:"
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  \1\t/' | expand -t 14
 
-demo: bootstrap ## run the end-to-end demo
-	$(VENV)/bin/fivesafes-tes demo $(ARGS)
+demo: bootstrap ## run the end-to-end demo (starts Docker if needed)
+	@service_env="$$(bash scripts/services.sh --with-docker)"; eval "$$service_env"; \
+	  $(VENV)/bin/fivesafes-tes demo $(ARGS)
 
 test: ## run the test suite as CI does (venvs, services, pytest)
 	bash scripts/test.sh $(ARGS)
@@ -30,8 +31,9 @@ lint: bootstrap ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
-dev: bootstrap ## run the gateway in development mode
-	$(VENV)/bin/fivesafes-tes dev $(ARGS)
+dev: bootstrap ## run the embedded federation and keep it up (starts Docker if needed)
+	@service_env="$$(bash scripts/services.sh --with-docker)"; eval "$$service_env"; \
+	  $(VENV)/bin/fivesafes-tes dev $(ARGS)
 
 bootstrap: ## create/refresh .venv (no-op when pyproject.toml is unchanged)
 	@bash scripts/bootstrap.sh

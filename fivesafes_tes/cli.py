@@ -347,15 +347,22 @@ def admin_projects(url: Url = DEFAULT_URL, token: Token = None) -> None:
 def dev(
     port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")] = 8000,
     data_dir: Annotated[Path | None, typer.Option(help="State directory.")] = None,
+    executor: Annotated[str, typer.Option(help="docker, or local (development only: no sandbox).")] = "docker",
 ) -> None:
-    """Run the embedded development stack on loopback and print its URL and a token."""
+    """Run the embedded federation on loopback (gateway, issuer, S3, two TRE agents); print URL and a token."""
     from fivesafes_tes import devstack
 
     settings = GatewaySettings()
-    stack = devstack.start(data_dir or settings.data_dir, port=port)
+    try:
+        stack = devstack.start(data_dir or settings.data_dir, port=port, agents=True, executor=executor)
+    except RuntimeError as exc:
+        err.print(f"[red]Cannot start:[/] {exc}")
+        raise typer.Exit(2) from None
     console.print(f"gateway   {stack.url}/ga4gh/tes/v1   (also {stack.url}/v1)")
     console.print(f"issuer    {stack.url}/dev-issuer")
-    console.print("token     alice, researcher, 12 h:")
+    console.print(f"S3        {stack.s3_url}")
+    console.print(f"TREs      {', '.join(stack.agents)} ({executor} executor; data under {stack.settings.data_dir}/tres)")
+    console.print("token     alice, researcher in project diabetes-cancer, 12 h:")
     typer.echo(stack.token("alice", "researcher", ttl_s=12 * 3600))
     console.print(f"\nexport FIVESAFES_TES_URL={stack.url} FIVESAFES_TES_TOKEN=<the token>   # then: fivesafes-tes list")
     console.print("Ctrl-C stops it.")
@@ -371,11 +378,17 @@ def dev(
 @app.command()
 def demo(
     data_dir: Annotated[Path | None, typer.Option(help="State directory (default: a fresh temporary one).")] = None,
+    executor: Annotated[str, typer.Option(help="docker, or local (development only: no sandbox).")] = "docker",
 ) -> None:
-    """Start the embedded stack and walk an analysis through the TES API end to end."""
+    """Start the embedded federation and walk an analysis through both TREs end to end."""
     from fivesafes_tes.demo import run
 
-    raise typer.Exit(run(data_dir, console))
+    try:
+        code = run(data_dir, console, executor)
+    except RuntimeError as exc:
+        err.print(f"[red]Demo stopped:[/] {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:

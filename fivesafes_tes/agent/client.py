@@ -55,6 +55,8 @@ class GatewayClient:
         """Retry connection errors, 5xx and 429 with jittered backoff; raise Rejected on any other 4xx."""
         delay = 0.2
         while True:
+            if self._closed.is_set():
+                raise ConnectionError("the agent is shutting down")
             try:
                 response = self._http.request(
                     method, path, headers={"Authorization": f"Bearer {self._token()}"}, **kwargs
@@ -70,6 +72,8 @@ class GatewayClient:
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
                 problem = type(exc).__name__
+            except RuntimeError:  # httpx: "the client has been closed", by close() in another thread
+                raise ConnectionError("the agent is shutting down") from None
             if not retry or self._closed.is_set():
                 raise ConnectionError(f"gateway unavailable ({problem})")
             log.warning("gateway %s %s: %s; retrying in %.1fs", method, path, problem, delay)
