@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fivesafes_tes.settings import GatewaySettings
+from fivesafes_tes.settings import AgentSettings, GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,6 +15,26 @@ def test_every_gateway_setting_is_documented_and_nothing_else():
     section = doc.split("## Gateway", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`FIVESAFES_([A-Z_]+)`", section))
     assert documented == {name.upper() for name in GatewaySettings.model_fields}
+
+
+def test_every_agent_setting_is_documented_and_nothing_else():
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    section = doc.split("## TRE agent", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`FIVESAFES_AGENT_([A-Z_]+)`", section))
+    assert documented == {name.upper() for name in AgentSettings.model_fields}
+
+
+def test_the_policy_example_in_the_docs_loads(tmp_path):
+    from fivesafes_tes.agent.policy import TrePolicy
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    example = doc.split("### TRE policy file", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    path = tmp_path / "policy.yaml"
+    path.write_text(example)
+    policy = TrePolicy.load(path)
+    assert policy.image_allowed("registry.tre.example/approved/stats:1")
+    assert not policy.image_allowed("docker.io/library/alpine")
+    assert list(policy.datasets_for("diabetes-cancer")) == ["omop"]
 
 
 def test_readme_starts_with_the_two_commands():
