@@ -1,0 +1,529 @@
+"""The orchestrator of `make bench`: databases, servers, load generators, report.
+
+Every server under test runs in its own process (``bench.server``: uvicorn, one worker) and
+every load generator in another (``bench.loadgen``: httpx async), so client and server never
+share an interpreter. See docs/benchmarks.md for what is measured and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from bench import dataset, report
+from bench.common import (
+    CREATOR,
+    OTHER_USERS,
+    RESULTS,
+    ROOT,
+    SCRATCH,
+    SPARSE_USER,
+    STATE,
+    TASK,
+    TES,
+    USER,
+    cpu_seconds,
+    free_port,
+    settings,
+)
+from bench.loadgen import summarise
+from fivesafes_tes.auth import DevIssuer
+from fivesafes_tes.gateway.app import dev_issuer_url
+from fivesafes_tes.submission.ids import decode_page_token
+
+PG_ENV = ("FIVESAFES_BENCH_PG_URL", "FIVESAFES_TEST_PG_URL")
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--concurrency", type=int, default=16, help="concurrent clients for create (default 16)")
+    p.add_argument("--create-requests", type=int, default=2000, help="timed creates per app (default 2000)")
+    p.add_argument("--create-warmup", type=int, default=200, help="untimed creates first (default 200)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating ceiling/gateway rounds (default 4)")
+    p.add_argument("--list-requests", type=int, default=200, help="timed GET /tasks per case (default 200)")
+    p.add_argument("--list-warmup", type=int, default=20)
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=10,
+        help="cap on the timed part of each read case (default 10 s; "
+        "a slow case then reports fewer requests, at least 5)",
+    )
+    p.add_argument("--get-requests", type=int, default=2000, help="timed GET /tasks/{id} (default 2000)")
+    p.add_argument("--get-warmup", type=int, default=200)
+    p.add_argument(
+        "--small", type=int, default=1_000, help="tasks of the user, small database (default 10^3)"
+    )
+    p.add_argument(
+        "--large", type=int, default=1_000_000, help="tasks of the user, large database (default 10^6)"
+    )
+    p.add_argument("--only", choices=("create", "read"), help="run one half only")
+    p.add_argument("--no-postgres", action="store_true", help="SQLite only, even if PostgreSQL is configured")
+    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    return p.parse_args(argv)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    base_url: str
+    log_path: str
+
+
+@contextlib.contextmanager
+def serve(kind: str, url: str, *extra: str) -> Iterator[Server]:
+    """Start ``bench.server`` in its own process and wait until it answers /healthz."""
+    port = free_port()
+    log_path = SCRATCH / f"server-{kind}-{port}.log"
+    env = {**os.environ, "BENCH_DATABASE_URL": url}  # not argv: the URL may hold a password
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.server", kind, "-", str(port), *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}", str(log_path))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(f"the {kind} server exited ({proc.returncode}):\n{_tail(log_path)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(server.base_url + "/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise BenchError(f"the {kind} server did not answer within 60 s:\n{_tail(log_path)}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _tail(path: Any, lines: int = 30) -> str:
+    with open(path) as handle:
+        return "".join(handle.readlines()[-lines:])
+
+
+def loadgen(
+    spec: dict[str, Any], server: Server, on_progress: Callable[[str, int, int], None]
+) -> dict[str, Any]:
+    """Run ``bench.loadgen`` on ``spec``; add the server's CPU time over the timed part."""
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(spec))
+        proc.stdin.close()
+        result: dict[str, Any] | None = None
+        failure = ""
+        cpu_started = 0.0
+        try:
+            for line in proc.stdout:
+                event = json.loads(line)
+                kind = event.pop("event")
+                if kind == "progress":
+                    on_progress(event["phase"], event["done"], event["total"])
+                elif kind == "measure_start":
+                    cpu_started = cpu_seconds(server.proc.pid)
+                elif kind == "result":
+                    event["server_cpu_s"] = cpu_seconds(server.proc.pid) - cpu_started
+                    result = event
+                elif kind == "error":
+                    failure = event["message"]
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if result is None:
+            errors.seek(0)
+            raise BenchError(
+                f"load generator failed: {failure or errors.read()[-2000:]}\n"
+                f"server log:\n{_tail(server.log_path)}"
+            )
+    result["server_cpu_pct"] = 100 * result["server_cpu_s"] / result["elapsed_s"]
+    result["server_cpu_ms_per_request"] = 1000 * result["server_cpu_s"] / result["requests"]
+    return result
+
+
+# --- the bench -------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, console: Console, progress: Progress) -> None:
+        self.args = args
+        self.console = console
+        self.progress = progress
+        self.overall = progress.add_task("[bold]make bench", total=None)
+        self.step = progress.add_task("", total=None, visible=False)
+        gateway = settings("sqlite://")
+        self.issuer = DevIssuer(gateway.dev_issuer_dir, dev_issuer_url(gateway))
+        self.audience = gateway.oidc_audience
+        self.caps = {
+            "max_seconds": args.max_seconds,
+            "min_requests": 5,
+            "warmup_max_seconds": args.max_seconds / 4,
+        }
+        self.results: dict[str, Any] = {"create": [], "list": [], "get": [], "datasets": [], "databases": {}}
+
+    def token(self, user: str) -> str:
+        return self.issuer.issue(user, ["researcher"], audience=self.audience, ttl_s=6 * 3600)
+
+    def log(self, message: str) -> None:
+        self.console.log(message)
+
+    def begin(self, description: str, total: int | None = None) -> None:
+        self.progress.update(self.step, description=description, total=total, completed=0, visible=True)
+
+    def advance_overall(self) -> None:
+        self.progress.advance(self.overall)
+
+    def on_progress(self, label: str) -> Callable[[str, int, int], None]:
+        def update(phase: str, done: int, total: int) -> None:
+            what = f"{label} [dim]({phase})" if phase == "warmup" else label
+            self.progress.update(self.step, description=what, completed=done, total=total)
+
+        return update
+
+    def run_load(
+        self, label: str, server: Server, spec: dict[str, Any], advance: bool = True
+    ) -> dict[str, Any]:
+        self.begin(label, spec["warmup"] + spec["requests"])
+        result = loadgen({"base_url": server.base_url, **spec}, server, self.on_progress(label))
+        if advance:
+            self.advance_overall()
+        return result
+
+    # -- 1. create ------------------------------------------------------------------------------
+
+    def create(self, backend: dataset.Backend) -> None:
+        """Ceiling and gateway served side by side on one fresh database, loaded in alternating
+        rounds, so that drifting background load on the machine affects both alike."""
+        a = self.args
+        url = backend.fresh("create")
+        rounds = max(1, a.rounds)
+        per_round = max(1, a.create_requests // rounds)
+        try:
+            owner_id, project_id = dataset.setup_federation(url, [CREATOR])[CREATOR]
+            tres = ",".join(str(t) for t in dataset.tre_ids(url))
+            headers = {"authorization": f"Bearer {self.token(CREATOR)}"}
+            with (
+                serve("ceiling", url, str(owner_id), str(project_id), tres) as ceiling,
+                serve("gateway", url) as gateway,
+            ):
+                apps = {"ceiling": (ceiling, "/tasks"), "gateway": (gateway, f"{TES}/tasks")}
+                parts: dict[str, list[dict[str, Any]]] = {"ceiling": [], "gateway": []}
+                for r in range(rounds):
+                    for app in ("ceiling", "gateway") if r % 2 == 0 else ("gateway", "ceiling"):
+                        server, path = apps[app]
+                        spec = {
+                            "headers": headers,
+                            "concurrency": a.concurrency,
+                            "warmup": a.create_warmup if r == 0 else 0,
+                            "requests": per_round,
+                            "max_seconds": 120,
+                            "raw": True,
+                            "items": [{"method": "POST", "path": path, "json": TASK}],
+                        }
+                        label = f"{backend.name}: create via {app}, round {r + 1} of {rounds}"
+                        parts[app].append(self.run_load(label, server, spec, advance=False))
+                    self.advance_overall()
+            for app, results in parts.items():
+                result = _merge(results)
+                self.results["create"].append(
+                    {"backend": backend.name, "app": app, "rounds": rounds, **result}
+                )
+                self.log(
+                    f"{backend.name} create via {app}: {result['throughput_rps']:.0f} req/s, "
+                    f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+                    f"server CPU {result['server_cpu_pct']:.0f}%"
+                )
+            tasks, children = _count_rows(url)
+            expected = 2 * (a.create_warmup + rounds * per_round)
+            if tasks != expected or children != 2 * expected:
+                raise BenchError(
+                    f"{backend.name}: {tasks} tasks and {children} children stored after the create bench, "
+                    f"expected {expected} and {2 * expected}"
+                )
+        finally:
+            backend.drop(url)
+
+    # -- 2. and 3. list and get -------------------------------------------------------------------
+
+    def read(self, backend: dataset.Backend) -> None:
+        a = self.args
+        counts = dataset.population(a.small, sparse=False)
+        self.begin(f"{backend.name}: loading the {a.small:,}-task database", sum(counts.values()))
+        small_url = backend.fresh(f"list-{a.small}")
+        try:
+            started = time.perf_counter()
+            dataset.load(small_url, counts, self._load_progress)
+            small = dataset.describe(small_url, counts, cached=False, load_s=time.perf_counter() - started)
+            self.advance_overall()
+            total = sum(dataset.population(a.large, sparse=True).values())
+            self.begin(
+                f"{backend.name}: the {a.large:,}-task database (cached while the schema holds)", total
+            )
+            large = backend.cached(a.large, self._load_progress)
+            self.advance_overall()
+            for loaded in (small, large):
+                self.results["datasets"].append(
+                    {
+                        "backend": backend.name,
+                        "all_tasks": loaded.all_tasks,
+                        "users": {s.username: s.tasks for s in loaded.users.values()},
+                        "cached": loaded.cached,
+                        "load_s": loaded.load_s,
+                        "file_bytes": dataset.file_size(loaded.url),
+                    }
+                )
+                how = "reused from cache" if loaded.cached else f"loaded in {loaded.load_s:.1f} s"
+                self.log(f"{backend.name}: database of {loaded.all_tasks:,} tasks {how}")
+            cases = [("small", small, USER), ("large", large, USER), ("sparse", large, SPARSE_USER)]
+            for case, loaded, username in cases:
+                self.read_one(backend, case, loaded, loaded.users[username])
+        finally:
+            backend.drop(small_url)
+
+    def _load_progress(self, done: int, total: int) -> None:
+        self.progress.update(self.step, completed=done, total=total)
+
+    def read_one(
+        self, backend: dataset.Backend, case: str, loaded: dataset.Loaded, scope: dataset.Scope
+    ) -> None:
+        a = self.args
+        dataset.prepare_queries(loaded.url, scope, a.get_requests)
+        auth = {"authorization": f"Bearer {self.token(scope.username)}"}
+        other = {"authorization": f"Bearer {self.token(OTHER_USERS[0])}"}
+        what = f"{scope.tasks:,} of {loaded.all_tasks:,} tasks"
+        common = {
+            "backend": backend.name,
+            "case": case,
+            "user_tasks": scope.tasks,
+            "all_tasks": loaded.all_tasks,
+        }
+        with serve("gateway", loaded.url) as server:
+            check_pages(server.base_url, auth, other, scope)
+            for view in ("MINIMAL", "BASIC"):
+                for page in ("first", "deep"):
+                    path = f"{TES}/tasks?view={view}"
+                    if page == "deep":
+                        path += f"&page_token={scope.deep_token}"
+                    spec = {
+                        "headers": auth,
+                        "concurrency": 1,
+                        "warmup": a.list_warmup,
+                        "requests": a.list_requests,
+                        **self.caps,
+                        "items": [{"method": "GET", "path": path}],
+                    }
+                    result = self.run_load(
+                        f"{backend.name}: GET /tasks {view} {page} page, {what}", server, spec
+                    )
+                    self.results["list"].append({**common, "view": view, "page": page, **result})
+            items = [
+                {"method": "GET", "path": f"{TES}/tasks/{task_id}?view=MINIMAL"}
+                for task_id in scope.sample_ids
+            ]
+            spec = {
+                "headers": auth,
+                "concurrency": 1,
+                "warmup": a.get_warmup,
+                "requests": a.get_requests,
+                **self.caps,
+                "items": items,
+            }
+            result = self.run_load(f"{backend.name}: GET /tasks/{{id}} MINIMAL, {what}", server, spec)
+            self.results["get"].append({**common, **result})
+        self.log(f"{backend.name}: reads done for {scope.username}, {what}")
+
+
+def check_pages(base_url: str, auth: dict[str, str], other: dict[str, str], scope: dataset.Scope) -> None:
+    """Before timing anything: the pages are what a client would get, and scoped to their owner."""
+    expected = min(256, scope.tasks)
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        first = _ok(client.get(f"{TES}/tasks", params={"view": "BASIC"}, headers=auth))
+        tasks = first["tasks"]
+        if len(tasks) != expected or (scope.tasks > 256) != ("next_page_token" in first):
+            raise BenchError(f"{scope.username}'s first page has {len(tasks)} tasks, expected {expected}")
+        if not all(t.get("tags", {}).get("project") and t.get("executors") for t in tasks):
+            raise BenchError("BASIC page lacks tags or executors")
+        deep = _ok(client.get(f"{TES}/tasks", params={"page_token": scope.deep_token}, headers=auth))["tasks"]
+        bound = decode_page_token(scope.deep_token)
+        if len(deep) != min(256, scope.tasks - scope.tasks // 2) or not all(t["id"] < bound for t in deep):
+            raise BenchError("the deep page is not the page after its token")
+        theirs = _ok(client.get(f"{TES}/tasks", headers=other))["tasks"]
+        if not theirs or {t["id"] for t in theirs} & {t["id"] for t in tasks}:
+            raise BenchError("another user's page is empty or shares tasks with the requesting user's")
+        one = _ok(client.get(f"{TES}/tasks/{scope.sample_ids[0]}", headers=auth))
+        if set(one) != {"id", "state"}:
+            raise BenchError(f"GET /tasks/{{id}} MINIMAL answered {one}")
+        if client.get(f"{TES}/tasks/{theirs[0]['id']}", headers=auth).status_code != 404:
+            raise BenchError("a user can read another user's task")
+
+
+def _ok(response: httpx.Response) -> Any:
+    if response.status_code != 200:
+        raise BenchError(
+            f"{response.request.method} {response.request.url} answered {response.status_code}: "
+            f"{response.text[:300]}"
+        )
+    return response.json()
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure from several rounds: all latencies, total requests over total time."""
+    latencies = [v for p in parts for v in p["latencies_s"]]
+    elapsed = sum(p["elapsed_s"] for p in parts)
+    server_cpu = sum(p["server_cpu_s"] for p in parts)
+    return {
+        **summarise(latencies, elapsed),
+        "concurrency": parts[0]["concurrency"],
+        "client_cpu_s": sum(p["client_cpu_s"] for p in parts),
+        "server_cpu_s": server_cpu,
+        "server_cpu_pct": 100 * server_cpu / elapsed,
+        "server_cpu_ms_per_request": 1000 * server_cpu / len(latencies),
+        "round_throughputs_rps": [p["throughput_rps"] for p in parts],
+    }
+
+
+def _count_rows(url: str) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from fivesafes_tes.db import Database
+    from fivesafes_tes.submission.tables import Child, Task
+
+    db = Database(url)
+    try:
+        with db.read() as session:
+            tasks = session.scalar(select(func.count()).select_from(Task)) or 0
+            children = session.scalar(select(func.count()).select_from(Child)) or 0
+            return tasks, children
+    finally:
+        db.dispose()
+
+
+def backends(args: argparse.Namespace, console: Console) -> list[dataset.Backend]:
+    out: list[dataset.Backend] = [dataset.SqliteBackend()]
+    pg_url = next((os.environ[name] for name in PG_ENV if os.environ.get(name)), "")
+    if args.no_postgres:
+        console.log("PostgreSQL skipped (--no-postgres)")
+    elif not pg_url:
+        console.log("PostgreSQL skipped: set FIVESAFES_TEST_PG_URL (scripts/services.sh does) to include it")
+    else:
+        out.append(dataset.PostgresBackend(pg_url))
+    return out
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # so that `finally` blocks stop our servers and drop our databases
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    console = Console()
+    if not console.is_terminal:  # make's output piped to a log: do not wrap the table at 80 columns
+        console = Console(width=150)
+    for directory in (RESULTS, SCRATCH, STATE):
+        directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    load_at_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    if float(load_at_start.split()[0]) > 0.5:
+        console.log(f"[yellow]load average {load_at_start}: other work on this machine will skew the figures")
+    chosen = backends(args, console)
+    steps = len(chosen) * (
+        (max(1, args.rounds) if args.only != "read" else 0) + (2 + 3 * 5 if args.only != "create" else 0)
+    )
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=console) as progress:
+            bench = Bench(args, console, progress)
+            progress.update(bench.overall, total=steps)
+            dataset.check_columns()
+            for backend in chosen:
+                bench.results["databases"][backend.name] = backend.version()
+            if args.only != "read":
+                for backend in chosen:
+                    bench.create(backend)
+            if args.only != "create":
+                for backend in chosen:
+                    bench.read(backend)
+            progress.update(bench.step, visible=False)
+    except (BenchError, dataset.SchemaChanged) as exc:
+        console.print(f"[red]bench failed:[/] {exc}")
+        return 1
+    finally:
+        for backend in chosen:
+            if isinstance(backend, dataset.PostgresBackend):
+                backend.close()
+    results = bench.results
+    results["config"] = vars(args)
+    results["machine"] = report.machine(started_at, load_at_start)
+    results["duration_s"] = time.perf_counter() - started
+    results["targets"] = report.targets(results)
+    paths = report.write_json(results)
+    console.print(report.table(results))
+    if not args.no_docs:
+        report.write_markdown(results)
+        console.print(
+            f"figures written to {report.DOCS.relative_to(ROOT)}; raw results in {paths[0].relative_to(ROOT)}"
+        )
+    missed = [t for t in results["targets"] if not t["pass"]]
+    console.print(
+        f"{len(results['targets']) - len(missed)} of {len(results['targets'])} targets met "
+        f"in {results['duration_s']:.0f} s"
+    )
+    return 0
