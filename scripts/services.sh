@@ -19,8 +19,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ENV_DIR="$ROOT/.fivesafes"
+# The services are the machine's, not this checkout's: keep their env (and the test role's password)
+# in one place per machine, so two checkouts on one machine never reset each other's password.
+ENV_DIR="${XDG_STATE_HOME:-$HOME/.local/state}/fivesafes-tes"
 ENV_FILE="$ENV_DIR/services.env"
+CHECKOUT_COPY="$ROOT/.fivesafes/services.env"
 IN_CI=0
 [ "${CI:-}" = "true" ] && IN_CI=1
 
@@ -213,6 +216,8 @@ chmod 600 "$tmp"
   printf '%s' "$exports"
 } >"$tmp"
 mv -f "$tmp" "$ENV_FILE"
+mkdir -p "$(dirname "$CHECKOUT_COPY")"
+install -m 600 "$ENV_FILE" "$CHECKOUT_COPY"  # for `. .fivesafes/services.env` in a shell here
 printf '%s' "$exports"
 
 if [ "${#failed[@]}" -gt 0 ]; then
