@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -81,9 +81,9 @@ def record(
     ``detail`` is stored and hashed as given: callers never put tokens, passwords, keys, presigned
     URLs or output contents in it (RELIABILITY 28). It must be JSON-serialisable without NaN.
     """
-    head = _lock_head(session)
+    seq, prev = _lock_head(session)
     entry = AuditRecord(
-        seq=head.seq + 1,
+        seq=seq + 1,
         at=utcnow(),
         actor=actor,
         action=action,
@@ -91,12 +91,16 @@ def record(
         outcome=outcome,
         # Round-trip so the object returned equals what a later read gives (tuples, non-str keys).
         detail=json.loads(json.dumps(detail or {}, allow_nan=False)),
-        prev_hash=head.hash,
+        prev_hash=prev,
     )
     entry.hash = _digest(entry)
-    session.add(entry)
-    head.seq, head.hash = entry.seq, entry.hash
-    session.flush()
+    # Core statements, not the ORM unit of work: this runs inside every audited transaction, and on
+    # PostgreSQL the head row stays locked until that transaction commits.
+    session.execute(insert(AuditRecord).values(
+        seq=entry.seq, at=entry.at, actor=actor, action=action, object=object, outcome=outcome,
+        detail=entry.detail, prev_hash=prev, hash=entry.hash,
+    ))
+    session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=entry.seq, hash=entry.hash))
     return entry
 
 
@@ -161,25 +165,22 @@ def verify(session: Session, *, anchor: Checkpoint | None = None) -> VerifyRepor
     return VerifyReport(ok=not problems, records=count, problems=problems, head=last)
 
 
-def _lock_head(session: Session) -> AuditHead:
-    """Lock the head row, creating it first if this is the chain's first append.
+def _lock_head(session: Session) -> tuple[int, str]:
+    """Lock the head row (creating it first if this is the chain's first append); its seq and hash.
 
     ``FOR UPDATE`` makes PostgreSQL appenders take turns; SQLite ignores it because ``BEGIN
     IMMEDIATE`` already lets one writer in. Two first appenders may both find no head: the loser's
     insert waits for the winner and then does nothing, and its second select sees the winner's row.
     """
-    locked = (
-        select(AuditHead)
-        .where(AuditHead.id == _HEAD_ID)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    head = session.scalars(locked).one_or_none()
+    locked = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID).with_for_update()
+    head = session.execute(locked).one_or_none()
     if head is None:
-        insert = _INSERT[session.get_bind().dialect.name]
-        session.execute(insert(AuditHead).values(id=_HEAD_ID, seq=0, hash=GENESIS).on_conflict_do_nothing())
-        head = session.scalars(locked).one()
-    return head
+        dialect_insert = _INSERT[session.get_bind().dialect.name]
+        session.execute(
+            dialect_insert(AuditHead).values(id=_HEAD_ID, seq=0, hash=GENESIS).on_conflict_do_nothing()
+        )
+        head = session.execute(locked).one()
+    return head.seq, head.hash
 
 
 def _digest(entry: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,9 @@ class Database:
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         writer = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
         self._write = sessionmaker(writer, expire_on_commit=False)
+        # SQLite admits one writer; queueing this process's writers here is fair and prompt, where
+        # SQLite's busy handler would have them sleep and retry with growing back-off.
+        self._writer_turn = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -49,7 +54,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A session whose work commits at the end of the block, or rolls back on error."""
-        with self._write() as session, session.begin():
+        with self._writer_turn, self._write() as session, session.begin():
             yield session
 
     def upgrade(self) -> None:

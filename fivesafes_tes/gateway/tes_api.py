@@ -71,10 +71,11 @@ def create_task(
     idempotency_key: Annotated[str | None, Header(max_length=255, min_length=1)] = None,
 ) -> CreateTaskResponse:
     ctx = request.app.state.ctx
+    actor = actor_of(principal)
+    with ctx.db.read() as session:
+        target = submission.plan_task(session, actor, body, ctx.policy)
     with ctx.db.write() as session:
-        created = submission.create_task(
-            session, actor_of(principal), body, ctx.policy, idempotency_key=idempotency_key
-        )
+        created = submission.create_task(session, actor, body, ctx.policy, target, idempotency_key=idempotency_key)
     ctx.signal.notify(created.tre_ids)
     if created.tre_ids:
         ctx.metrics.tasks_created.inc()

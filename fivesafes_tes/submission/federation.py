@@ -206,11 +206,6 @@ def remove_member(session: Session, actor: str, project_name: str, username: str
                  outcome="ok", detail={"username": username})
 
 
-def visible_project_ids(username: str):  # type: ignore[no-untyped-def]
-    """A subquery of the ids of projects `username` belongs to: the scope of everything they see."""
-    return select(Membership.project_id).where(Membership.username == username)
-
-
 # --- where a task goes ------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql import text
 
 from fivesafes_tes.db.base import Base, utcnow
 
@@ -33,6 +34,11 @@ class Task(Base):
         Index("ix_tasks_owner_id_name_id", "owner_id", "name", "id"),
         Index("ix_tasks_project_id_id", "project_id", "id"),
         Index("ix_tasks_project_id_state_id", "project_id", "state", "id"),
+        # Tasks stored before projects existed, visible to their owner only: a small partial index.
+        Index(
+            "ix_tasks_unprojected_owner_id_id", "owner_id", "id",
+            sqlite_where=text("project_id IS NULL"), postgresql_where=text("project_id IS NULL"),
+        ),
     )
 
     # Time-ordered (UUIDv7 text), so keyset pagination by id is newest-first by creation.

@@ -8,22 +8,24 @@ stored tasks.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.db.base import utcnow
-from fivesafes_tes.submission.federation import resolve_target, visible_project_ids
+from fivesafes_tes.submission.federation import Target, resolve_target
 from fivesafes_tes.submission.ids import decode_page_token, encode_page_token, new_task_id
 from fivesafes_tes.submission.stages import Stage
-from fivesafes_tes.submission.tables import Child, IdempotencyKey, Task, TaskTag, Tre
+from fivesafes_tes.submission.tables import Child, IdempotencyKey, Membership, Task, TaskTag, Tre
 from fivesafes_tes.tes import State, TaskRequest, View, render
 
 MAX_PAGE_SIZE = 2047
@@ -112,14 +114,26 @@ def apply_backend_parameters(request: TaskRequest, supported: set[str]) -> list[
     return [f"backend_parameters key {k!r} is not supported by this server and was ignored" for k in unsupported]
 
 
+def plan_task(
+    session: Session, actor: Actor, request: TaskRequest, policy: SubmissionPolicy, *, today: date | None = None
+) -> Target:
+    """Everything create_task needs to read first: policy checks and where the task goes.
+
+    Done in a read-only session before the write transaction, so the writer lock (SQLite) and the
+    audit chain's row lock (PostgreSQL) are held only for the inserts.
+    """
+    _check_policy(request, policy)
+    return resolve_target(session, actor.name, request.tags or {}, today or utcnow().date())
+
+
 def create_task(
     session: Session,
     actor: Actor,
     request: TaskRequest,
     policy: SubmissionPolicy,
+    target: Target,
     *,
     idempotency_key: str | None = None,
-    today: date | None = None,
 ) -> Created:
     """Store a new task with one child per target TRE; with an Idempotency-Key, a repeat returns the
     first task."""
@@ -128,51 +142,51 @@ def create_task(
         existing = _replayed(session, actor, idempotency_key, fingerprint)
         if existing:
             return Created(existing, [])
-    _check_policy(request, policy)
-    target = resolve_target(session, actor.name, request.tags or {}, today or utcnow().date())
     warnings = apply_backend_parameters(request, set(policy.supported_backend_parameters))
     task_id = new_task_id()
-    tags = {k: (v or "") for k, v in (request.tags or {}).items()}
-    document = request.model_dump(mode="json", exclude_none=True, exclude={"tags"})
-    try:
-        with session.begin_nested():
-            session.add(
-                Task(
-                    id=task_id,
-                    owner_id=actor.user_id,
-                    project_id=target.project.id,
-                    name=request.name,
-                    state=State.QUEUED.value,
-                    document=document,
-                    system_logs=warnings,
-                )
-            )
-            session.add_all(TaskTag(task_id=task_id, key=k, value=v) for k, v in tags.items())
-            session.flush()  # the task row must exist before the rows that point at it
-            session.add_all(
-                Child(id=new_task_id(), task_id=task_id, tre_id=tre.id, stage=Stage.RECEIVED.value)
-                for tre in target.tres
-            )
-            if idempotency_key is not None:
-                session.add(
-                    IdempotencyKey(
-                        owner_id=actor.user_id, key=idempotency_key, body_sha256=fingerprint, task_id=task_id
-                    )
-                )
-            session.flush()
-    except IntegrityError:
-        # Another request with the same Idempotency-Key committed first.
-        if idempotency_key is None:
-            raise
-        existing = _replayed(session, actor, idempotency_key, fingerprint)
-        if existing is None:
-            raise
-        return Created(existing, [])
+    now = utcnow()
+    rows = {
+        "task": {
+            "id": task_id, "owner_id": actor.user_id, "project_id": target.project.id, "name": request.name,
+            "state": State.QUEUED.value, "created_at": now, "updated_at": now, "system_logs": warnings,
+            "document": request.model_dump(mode="json", exclude_none=True, exclude={"tags"}),
+        },
+        "tags": [{"task_id": task_id, "key": k, "value": v or ""} for k, v in (request.tags or {}).items()],
+        "children": [
+            {"id": new_task_id(), "task_id": task_id, "tre_id": tre.id, "stage": Stage.RECEIVED.value,
+             "attempt": 0, "cancel_acknowledged": False, "updated_at": now, "system_logs": [], "report": {}}
+            for tre in target.tres
+        ],
+    }
+    if idempotency_key is None:
+        _insert(session, rows)
+    else:
+        try:
+            with session.begin_nested():
+                _insert(session, rows)
+                session.execute(insert(IdempotencyKey).values(
+                    owner_id=actor.user_id, key=idempotency_key, body_sha256=fingerprint, task_id=task_id,
+                    created_at=now,
+                ))
+        except IntegrityError:
+            # Another request with the same Idempotency-Key committed first.
+            existing = _replayed(session, actor, idempotency_key, fingerprint)
+            if existing is None:
+                raise
+            return Created(existing, [])
     audit.record(
         session, actor=actor.name, action="task.create", object=f"task:{task_id}", outcome="ok",
         detail={"project": target.project.name, "tres": [t.name for t in target.tres]},
     )
     return Created(task_id, [t.id for t in target.tres])
+
+
+def _insert(session: Session, rows: dict[str, Any]) -> None:
+    """Core inserts: one statement per table, no ORM unit of work on the hot path."""
+    session.execute(insert(Task).values(**rows["task"]))
+    if rows["tags"]:
+        session.execute(insert(TaskTag), rows["tags"])
+    session.execute(insert(Child), rows["children"])
 
 
 def _check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
@@ -201,16 +215,21 @@ def _replayed(session: Session, actor: Actor, key: str, fingerprint: str) -> str
     return row.task_id
 
 
-def _visible(actor: Actor):  # type: ignore[no-untyped-def]
-    """Tasks of the caller's projects (and, for tasks stored before projects existed, their own)."""
-    return or_(
-        Task.project_id.in_(visible_project_ids(actor.name)),
-        and_(Task.project_id.is_(None), Task.owner_id == actor.user_id),
-    )
+def _scopes(session: Session, actor: Actor) -> list[Any]:
+    """One condition per slice of what the caller may see: each of their projects, and their own tasks
+    stored before projects existed. Each slice is one index range (project_id, id) or (owner_id, id)."""
+    project_ids = session.scalars(select(Membership.project_id).where(Membership.username == actor.name))
+    return [Task.project_id == p for p in project_ids] + [
+        and_(Task.project_id.is_(None), Task.owner_id == actor.user_id)
+    ]
+
+
+def _visible(session: Session, actor: Actor):  # type: ignore[no-untyped-def]
+    return or_(*_scopes(session, actor))
 
 
 def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = False) -> Task:
-    query = select(Task).where(Task.id == task_id, _visible(actor))
+    query = select(Task).where(Task.id == task_id, _visible(session, actor))
     if for_update:
         query = query.with_for_update()
     task = session.scalars(query).one_or_none()
@@ -222,7 +241,7 @@ def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = F
 def get_task(session: Session, actor: Actor, task_id: str, view: View = View.MINIMAL) -> dict[str, Any]:
     if view is View.MINIMAL:
         row = session.execute(
-            select(Task.id, Task.state).where(Task.id == task_id, _visible(actor))
+            select(Task.id, Task.state).where(Task.id == task_id, _visible(session, actor))
         ).one_or_none()
         if row is None:
             raise TaskNotFound(task_id)
@@ -237,7 +256,6 @@ def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
         raise InvalidTask(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
     minimal = query.view is View.MINIMAL
     stmt = select(Task.id, Task.state) if minimal else select(Task)
-    stmt = stmt.where(_visible(actor))
     if query.name_prefix:
         stmt = stmt.where(Task.name.like(_like_prefix(query.name_prefix), escape="\\"))
     if query.state is not None:
@@ -251,10 +269,13 @@ def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
         stmt = stmt.where(Task.id < decode_page_token(query.page_token))
     stmt = stmt.order_by(Task.id.desc()).limit(query.page_size + 1)
 
-    if minimal:
-        rows: list[Any] = list(session.execute(stmt).all())
-    else:
-        rows = list(session.scalars(stmt).all())
+    # One query per scope, merged newest first: an OR across scopes would make the database read and
+    # sort every visible row; each scope alone is a backward walk of one index, stopping at the page.
+    fetch = session.execute if minimal else session.scalars
+    per_scope = [list(fetch(stmt.where(scope))) for scope in _scopes(session, actor)]  # type: ignore[operator]
+    rows: list[Any] = list(itertools.islice(
+        heapq.merge(*per_scope, key=lambda r: r.id, reverse=True), query.page_size + 1
+    ))
     more = len(rows) > query.page_size
     rows = rows[: query.page_size]
     if minimal:
