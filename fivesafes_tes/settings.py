@@ -113,6 +113,14 @@ class AgentSettings(BaseSettings):
     sync_s: float = Field(default=30.0, gt=0, description="How often projects and members are re-read.")
     tick_s: float = Field(default=0.5, gt=0, description="How often running work is checked.")
     run_as: str = Field(default="65534:65534", description="uid:gid tasks run as; never root.")
+    admin_listen: str | None = Field(
+        default=None,
+        description="host:port for the TRE-admin API (inside the TRE only). Unset: no listening socket at all.",
+    )
+    oidc_issuer: str | None = Field(default=None, description="Issuer of TRE admins' tokens (for the admin API).")
+    oidc_audience: str = Field(default="fivesafes-tre", description="Audience of TRE admins' tokens.")
+    oidc_jwks_url: str | None = Field(default=None, description="JWKS URL; default discovered from the issuer.")
+    roles_claim: str = Field(default="roles", description="Claim holding roles; dotted for nested.")
 
     @property
     def effective_database_url(self) -> str:

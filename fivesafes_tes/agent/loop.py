@@ -98,17 +98,36 @@ class Agent:
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Recover, then run the three threads until `shutdown()`."""
+        """Recover, then run the three threads until `shutdown()` (and the admin API, if configured)."""
         self.store.ensure_bucket()
         self.recover()
+        if self.settings.admin_listen:
+            self._serve_admin_api()
         for name, target in (("poller", self._poll_forever), ("heartbeat", self._heartbeat_forever),
                              ("worker", self._work_forever)):
             thread = threading.Thread(target=target, name=f"agent-{self.tre}-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
+    def _serve_admin_api(self) -> None:
+        import uvicorn
+
+        from fivesafes_tes.agent.admin_api import create_admin_app, validator_from
+
+        s = self.settings
+        host, _, port = (s.admin_listen or "").rpartition(":")
+        app = create_admin_app(self.db, self.tre, validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url,
+                                                                 s.roles_claim))
+        self._admin_server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
+                                                           log_level="warning", lifespan="off"))
+        thread = threading.Thread(target=self._admin_server.run, name=f"agent-{self.tre}-admin", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
     def shutdown(self, timeout: float = 10.0) -> None:
         self.stop.set()
+        if getattr(self, "_admin_server", None) is not None:
+            self._admin_server.should_exit = True
         self.client.close()
         for thread in self._threads:
             thread.join(timeout)
