@@ -63,16 +63,6 @@ class ProjectPatch(_Body):
     ends_on: date | None = Field(default=None, strict=False)
 
 
-class ProjectOut(BaseModel):
-    name: str
-    title: str
-    starts_on: date | None
-    ends_on: date | None
-    tres: list[str]
-    members: list[str]
-    default_for: list[str]
-
-
 class TresIn(_Body):
     tres: list[str] = Field(max_length=100)
 
@@ -95,52 +85,52 @@ def add_tre(request: Request, body: TreIn, admin: Admin) -> TreOut:
         return TreOut(name=tre.name, title=tre.title)
 
 
-@router.get("/projects", response_model=list[ProjectOut])
-def list_projects(request: Request, _: Admin) -> list[ProjectOut]:
+@router.get("/projects", response_model=list[federation.ProjectView])
+def list_projects(request: Request, _: Admin) -> list[federation.ProjectView]:
     with request.app.state.ctx.db.read() as session:
-        return [ProjectOut(**vars(p)) for p in federation.describe_projects(session)]
+        return [p for p in federation.describe_projects(session)]
 
 
-def _project(request: Request, name: str) -> ProjectOut:
+def _project(request: Request, name: str) -> federation.ProjectView:
     with request.app.state.ctx.db.read() as session:
         found = federation.describe_projects(session, [name])
     if not found:
         raise federation.NotFound(f"no project named {name!r}")
-    return ProjectOut(**vars(found[0]))
+    return found[0]
 
 
-@router.post("/projects", response_model=ProjectOut, status_code=201)
-def add_project(request: Request, body: ProjectIn, admin: Admin) -> ProjectOut:
+@router.post("/projects", response_model=federation.ProjectView, status_code=201)
+def add_project(request: Request, body: ProjectIn, admin: Admin) -> federation.ProjectView:
     with request.app.state.ctx.db.write() as session:
         federation.add_project(session, admin.username, body.name, title=body.title, starts_on=body.starts_on,
                                ends_on=body.ends_on, tres=body.tres)
     return _project(request, body.name)
 
 
-@router.patch("/projects/{name}", response_model=ProjectOut)
-def update_project(request: Request, name: str, body: ProjectPatch, admin: Admin) -> ProjectOut:
+@router.patch("/projects/{name}", response_model=federation.ProjectView)
+def update_project(request: Request, name: str, body: ProjectPatch, admin: Admin) -> federation.ProjectView:
     with request.app.state.ctx.db.write() as session:
         federation.update_project(session, admin.username, name, title=body.title, starts_on=body.starts_on,
                                   ends_on=body.ends_on)
     return _project(request, name)
 
 
-@router.put("/projects/{name}/tres", response_model=ProjectOut)
-def set_tres(request: Request, name: str, body: TresIn, admin: Admin) -> ProjectOut:
+@router.put("/projects/{name}/tres", response_model=federation.ProjectView)
+def set_tres(request: Request, name: str, body: TresIn, admin: Admin) -> federation.ProjectView:
     with request.app.state.ctx.db.write() as session:
         federation.set_project_tres(session, admin.username, name, body.tres)
     return _project(request, name)
 
 
-@router.post("/projects/{name}/members", response_model=ProjectOut)
-def add_member(request: Request, name: str, body: MemberIn, admin: Admin) -> ProjectOut:
+@router.post("/projects/{name}/members", response_model=federation.ProjectView)
+def add_member(request: Request, name: str, body: MemberIn, admin: Admin) -> federation.ProjectView:
     with request.app.state.ctx.db.write() as session:
         federation.add_member(session, admin.username, name, body.username, default=body.default)
     return _project(request, name)
 
 
-@router.delete("/projects/{name}/members/{username}", response_model=ProjectOut)
-def remove_member(request: Request, name: str, username: str, admin: Admin) -> ProjectOut:
+@router.delete("/projects/{name}/members/{username}", response_model=federation.ProjectView)
+def remove_member(request: Request, name: str, username: str, admin: Admin) -> federation.ProjectView:
     with request.app.state.ctx.db.write() as session:
         federation.remove_member(session, admin.username, name, username)
     return _project(request, name)

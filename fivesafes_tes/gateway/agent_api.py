@@ -4,7 +4,6 @@ TRE only; each agent token is bound to one TRE by its `tre` claim and sees nothi
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -50,25 +49,9 @@ class LeaseRequest(_Body):
     max: int = Field(default=10, ge=1, le=100)
 
 
-class GrantOut(BaseModel):
-    child_id: str
-    task_id: str
-    attempt: int
-    stage: str
-    lease_expires_at: datetime
-    project: str
-    user: str
-    task: dict[str, Any]
-
-
-class CancellationOut(BaseModel):
-    child_id: str
-    attempt: int
-
-
 class LeaseResponse(BaseModel):
-    leases: list[GrantOut]
-    cancel: list[CancellationOut]
+    leases: list[leases.Grant]
+    cancel: list[leases.Cancellation]
 
 
 @router.post("/leases", response_model=LeaseResponse)
@@ -88,10 +71,7 @@ async def lease_work(request: Request, body: LeaseRequest, tre: CurrentTre) -> L
             grants, cancels = await run_in_threadpool(attempt)
             remaining = deadline - loop.time()
             if grants or cancels or remaining <= 0 or ctx.signal.closed:
-                return LeaseResponse(
-                    leases=[GrantOut(**asdict(g)) for g in grants],
-                    cancel=[CancellationOut(**asdict(c)) for c in cancels],
-                )
+                return LeaseResponse(leases=grants, cancel=cancels)
             await asyncio.wait({entry[1]}, timeout=min(RECHECK_S, remaining))
         finally:
             ctx.signal.unregister(tre.id, entry)
