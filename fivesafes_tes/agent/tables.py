@@ -73,3 +73,31 @@ class LocalProject(AgentBase):
     starts_on: Mapped[str | None] = mapped_column(String(10), nullable=True)
     ends_on: Mapped[str | None] = mapped_column(String(10), nullable=True)
     members: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class HeldFileRecord(AgentBase):
+    """A file held in the airlock for a child, with what the automated rules found in it."""
+
+    __tablename__ = "agent_held_files"
+
+    child_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    name: Mapped[str] = mapped_column(String(1024))  # container path, or step-N.stdout / .stderr
+    kind: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16), default="review")  # worst rule verdict: pass | review | fail
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # each rule's result, versioned
+
+
+class ReviewDecision(AgentBase):
+    """One output checker's decision on one held file, with the reason the researcher will read."""
+
+    __tablename__ = "agent_review_decisions"
+
+    child_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    checker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
+    reason: Mapped[str] = mapped_column(Text, default="")
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

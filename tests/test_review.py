@@ -1,0 +1,120 @@
+"""The review policy (RELIABILITY 3): who may approve, how many must, and what each combination of
+decisions releases."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from fivesafes_tes.agent import review
+from fivesafes_tes.agent.loop import open_database
+from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild
+from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.settings import AgentSettings
+
+CHILD = "01a20000-0000-7000-8000-000000000001"
+FILES = {"held/c/outputs/table.csv": "pass", "held/c/outputs/plot.png": "review", "held/c/logs/step-0.stdout": "fail"}
+
+
+@pytest.fixture
+def db(tmp_path):  # type: ignore[no-untyped-def]
+    database = open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path))
+    with database.write() as session:
+        session.add(LocalChild(child_id=CHILD, task_id="t", attempt=1, stage="awaiting_review", project="alpha",
+                               username="alice", task={}))
+        for key, verdict in FILES.items():
+            session.add(HeldFileRecord(child_id=CHILD, key=key, name=key.rsplit("/", 1)[1], kind="output", size=1,
+                                       sha256="0" * 64, verdict=verdict))
+    yield database
+    database.dispose()
+
+
+def decide(db, key, checker, decision, reason=""):  # type: ignore[no-untyped-def]
+    with db.write() as session:
+        review.decide(session, CHILD, key, checker, decision, reason=reason)
+
+
+def settle(db, **policy):  # type: ignore[no-untyped-def]
+    with db.read() as session:
+        return review.settle(session, CHILD, review.ReviewPolicy(**policy))
+
+
+KEYS = list(FILES)
+
+
+def test_the_submitter_can_never_approve_their_own_outputs(db):
+    with pytest.raises(review.ReviewRefused, match="submitted this task"):
+        decide(db, KEYS[0], "alice", "approved")
+    assert settle(db) is None
+
+
+def test_every_file_approved_releases_everything(db):
+    decide(db, KEYS[0], "carol", "approved")
+    decide(db, KEYS[1], "carol", "approved")
+    assert settle(db) is None  # one file still open
+    decide(db, KEYS[2], "carol", "approved", reason="the flagged number is a run id, not an NHS number")
+    settled = settle(db)
+    assert settled.outcome is review.ChildOutcome.RELEASED
+    assert set(settled.files.values()) == {review.FileOutcome.APPROVED}
+
+
+def test_some_rejected_is_a_partial_release_and_all_rejected_is_withheld(db):
+    decide(db, KEYS[0], "carol", "approved")
+    decide(db, KEYS[1], "carol", "rejected", reason="cells under 10 in the legend")
+    decide(db, KEYS[2], "carol", "rejected", reason="record-level output")
+    settled = settle(db)
+    assert settled.outcome is review.ChildOutcome.PARTIALLY_RELEASED
+    assert settled.files[KEYS[0]] is review.FileOutcome.APPROVED
+    decide(db, KEYS[0], "carol", "rejected", reason="changed my mind: small counts")
+    assert settle(db).outcome is review.ChildOutcome.WITHHELD
+
+
+def test_two_person_review_needs_two_different_checkers(db):
+    for key in KEYS:
+        decide(db, key, "carol", "approved", reason="ok")
+        decide(db, key, "carol", "approved", reason="ok again")  # the same person twice is one approval
+    assert settle(db, required_approvals=2) is None
+    for key in KEYS:
+        decide(db, key, "dave", "approved", reason="ok")
+    assert settle(db, required_approvals=2).outcome is review.ChildOutcome.RELEASED
+
+
+def test_one_rejection_withholds_a_file_whatever_the_approvals(db):
+    for key in KEYS:
+        decide(db, key, "carol", "approved", reason="ok")
+        decide(db, key, "dave", "approved", reason="ok")
+    decide(db, KEYS[1], "erin", "rejected", reason="identifiable")
+    assert settle(db, required_approvals=2).files[KEYS[1]] is review.FileOutcome.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("key", "decision", "reason", "words"),
+    [
+        (KEYS[0], "rejected", "", "say why"),
+        (KEYS[2], "approved", "", "failed an automated check"),
+        (KEYS[0], "maybe", "", "'approved' or 'rejected'"),
+    ],
+)
+def test_decisions_without_what_the_researcher_needs_are_refused(db, key, decision, reason, words):
+    with pytest.raises(review.ReviewRefused, match=words):
+        decide(db, key, "carol", decision, reason)
+
+
+def test_auto_release_only_when_every_rule_passed(db):
+    assert settle(db, auto_release=True) is None  # plot.png needs review, stdout failed
+    with db.write() as session:
+        for record in session.scalars(select(HeldFileRecord)):
+            record.verdict = "pass"
+    assert settle(db, auto_release=True).outcome is review.ChildOutcome.RELEASED
+    assert settle(db, auto_release=False) is None
+
+
+def test_no_decision_once_the_child_has_moved_on_and_each_decision_is_audited(db):
+    decide(db, KEYS[0], "carol", "approved")
+    with db.write() as session:
+        session.get(LocalChild, CHILD).stage = "released"
+    with pytest.raises(review.ReviewRefused, match="not awaiting review"):
+        decide(db, KEYS[1], "carol", "approved")
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(AuditRecord).where(
+            AuditRecord.action == "review.decision")) == 1
