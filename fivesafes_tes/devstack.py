@@ -113,6 +113,10 @@ def start(
     """
     port = port or free_port(host)
     overrides.setdefault("allowed_images", ["*"])
+    s3 = s3_url = None
+    if agents:
+        s3, s3_url = _start_s3()
+        overrides.update(results_endpoint_url=s3_url, results_access_key="dev", results_secret_key="dev-secret")
     settings = GatewaySettings(
         data_dir=data_dir,
         database_url=database_url,
@@ -124,6 +128,8 @@ def start(
     db.upgrade()
     seed_federation(db)
     app = create_app(settings, db=db)
+    if app.state.ctx.results_store is not None:
+        app.state.ctx.results_store.ensure_bucket()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
@@ -135,7 +141,7 @@ def start(
             raise RuntimeError(f"the gateway did not start on {host}:{port}")
         time.sleep(0.02)
     issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
-    stack = DevStack(settings=settings, server=server, thread=thread, issuer=issuer)
+    stack = DevStack(settings=settings, server=server, thread=thread, issuer=issuer, s3=s3, s3_url=s3_url)
     if agents:
         try:
             _start_tres(stack, data_dir, executor)
@@ -146,11 +152,7 @@ def start(
 
 
 def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
-    """S3, then for each TRE: its dataset, policy, agent (synced, demo approvals made) and threads."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:  # pragma: no cover - the [dev] extra is missing
-        raise RuntimeError("the embedded S3 needs moto: pip install 'fivesafes-tes[dev]'") from None
+    """For each TRE: its dataset, policy, airlock bucket, agent (synced, demo approvals made) and threads."""
     from fivesafes_tes.agent import approvals
     from fivesafes_tes.agent.loop import Agent
     from fivesafes_tes.agent.policy import Dataset, TrePolicy
@@ -158,11 +160,6 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
     from fivesafes_tes.executors import create as create_executor
     from fivesafes_tes.settings import AgentSettings
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request at INFO
-    stack.s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    stack.s3.start()
-    host, port = stack.s3.get_host_and_port()
-    stack.s3_url = f"http://{host}:{port}"
     if executor == "docker":
         _ensure_images()
     for tre in DEV_FEDERATION["tres"]:
@@ -201,6 +198,19 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
                                      reason="trained and accredited (demo)")
         agent.start()
         stack.agents[tre] = agent
+
+
+def _start_s3() -> tuple[Any, str]:
+    """moto's S3 server on loopback: the embedded stand-in for each TRE's airlock and the results store."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:  # pragma: no cover - the [dev] extra is missing
+        raise RuntimeError("the embedded S3 needs moto: pip install 'fivesafes-tes[dev]'") from None
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request at INFO
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return server, f"http://{host}:{port}"
 
 
 def _ensure_dataset(directory: Path, tre: str) -> Path:

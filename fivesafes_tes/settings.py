@@ -70,6 +70,13 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, description="Largest request body accepted.")
     max_content_bytes: int = Field(default=1024 * 1024, description="Largest tesInput.content accepted.")
 
+    # Results: where released files are kept, for researchers to download
+    results_endpoint_url: str | None = Field(default=None, description="S3 endpoint of the results store.")
+    results_bucket: str = Field(default="results", description="Bucket of released files.")
+    results_access_key: str | None = Field(default=None, description="Access key of the results store.")
+    results_secret_key: SecretStr | None = Field(default=None, description="Secret key of the results store.")
+    results_region: str = Field(default="us-east-1", description="Region of the results store.")
+
     metrics_token: SecretStr | None = Field(
         default=None, description="Static bearer token Prometheus may use for /metrics instead of a JWT."
     )
@@ -105,9 +112,9 @@ class AgentSettings(BaseSettings):
     )
     airlock_endpoint_url: str | None = Field(default=None, description="S3 endpoint of the TRE's airlock.")
     airlock_bucket: str = Field(default="airlock", description="Bucket holding outputs until they are released.")
-    airlock_access_key: str | None = None
-    airlock_secret_key: SecretStr | None = None
-    airlock_region: str = "us-east-1"
+    airlock_access_key: str | None = Field(default=None, description="Access key of the airlock bucket.")
+    airlock_secret_key: SecretStr | None = Field(default=None, description="Secret key of the airlock bucket.")
+    airlock_region: str = Field(default="us-east-1", description="Region of the airlock bucket.")
     poll_wait_s: float = Field(default=20.0, ge=0, le=30, description="Long-poll wait for new work.")
     heartbeat_s: float = Field(default=15.0, gt=0, description="Heartbeat interval for held leases.")
     sync_s: float = Field(default=30.0, gt=0, description="How often projects and members are re-read.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from fivesafes_tes.auth import (
     discover_jwks_url,
 )
 from fivesafes_tes.db import Database
-from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, tes_api
+from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, results_api, tes_api
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit
 from fivesafes_tes.gateway.signals import WorkSignal
@@ -42,6 +43,7 @@ class GatewayContext:
     service_info: ServiceInfo
     policy: SubmissionPolicy
     dev_issuer: DevIssuer | None = None
+    results_store: Any = None  # fivesafes_tes.egress.store.ObjectStore, when configured
     signal: WorkSignal = field(default_factory=WorkSignal)
     user_cache: UserCache = field(default_factory=UserCache)
     metrics: ops.Metrics = field(default_factory=ops.Metrics)
@@ -62,6 +64,21 @@ def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | N
         settings.oidc_issuer, settings.oidc_audience, RemoteJwks(url), settings.oidc_algorithms, settings.roles_claim
     )
     return validator, None
+
+
+# Released files stream to disk with their SHA-256 checked; they are not held in memory.
+RELEASE_UPLOADS = re.compile(r"^/agent/v1/children/[^/]+/files$")
+
+
+def _results_store(settings: GatewaySettings):  # type: ignore[no-untyped-def]
+    if not settings.results_endpoint_url and not settings.results_access_key:
+        return None
+    from fivesafes_tes.egress.store import ObjectStore
+
+    secret = settings.results_secret_key.get_secret_value() if settings.results_secret_key else None
+    store = ObjectStore(settings.results_endpoint_url, settings.results_bucket, settings.results_access_key, secret,
+                        settings.results_region)
+    return store
 
 
 def dev_issuer_url(settings: GatewaySettings) -> str:
@@ -92,7 +109,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         allowed_images=tuple(settings.allowed_images),
     )
     ctx = GatewayContext(settings=settings, db=db, validator=validator, service_info=service_info(settings),
-                         policy=policy, dev_issuer=issuer)
+                         policy=policy, dev_issuer=issuer, results_store=_results_store(settings))
 
     app = FastAPI(
         title="Five Safes TES",
@@ -104,11 +121,13 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     app.state.ctx = ctx
     errors.install(app)
     app.add_middleware(ops.MeasureRequests, metrics=ctx.metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed_paths=RELEASE_UPLOADS)
     app.include_router(tes_api.router, prefix=TES_PREFIXES[0])
     for alias in TES_PREFIXES[1:]:
         app.include_router(tes_api.router, prefix=alias, include_in_schema=False)
     app.include_router(agent_api.router)
+    app.include_router(results_api.agent_router)
+    app.include_router(results_api.router)
     app.include_router(admin_api.router)
     app.include_router(ops.router)
     if issuer is not None:

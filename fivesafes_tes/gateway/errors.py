@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from fivesafes_tes.auth import JwksUnavailable
-from fivesafes_tes.submission import federation, leases
+from fivesafes_tes.submission import federation, leases, results
 from fivesafes_tes.submission.ids import BadPageToken
 from fivesafes_tes.submission.tasks import IdempotencyConflict, InvalidTask, TaskNotFound
 
@@ -97,6 +97,7 @@ def install(app: FastAPI) -> None:
     async def _not_found(_: Request, exc: Exception) -> JSONResponse:
         return error(404, str(exc))
 
+    @app.exception_handler(results.ReleaseConflict)
     @app.exception_handler(federation.Conflict)
     @app.exception_handler(leases.StaleAttempt)
     @app.exception_handler(leases.IllegalTransition)

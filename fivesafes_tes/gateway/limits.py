@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -10,12 +11,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 class BodyLimit:
     """Pure ASGI middleware: 413 on a Content-Length over the cap, and on a stream that grows past it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed_paths: re.Pattern[str] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed_paths = streamed_paths  # routes that stream their body to disk themselves
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.streamed_paths and self.streamed_paths.match(scope["path"])):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

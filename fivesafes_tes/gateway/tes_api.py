@@ -106,7 +106,8 @@ def list_tasks(
         raise submission.InvalidTask("tag_value given without a matching tag_key; pass them in pairs, by position")
     tags = [(k, values[i] if i < len(values) else "") for i, k in enumerate(keys)]
     query = submission.ListQuery(
-        name_prefix=name_prefix, state=state, tags=tags, page_size=page_size, page_token=page_token, view=view
+        name_prefix=name_prefix, state=state, tags=tags, page_size=page_size, page_token=page_token, view=view,
+        results_url=_results_url(request),
     )
     with request.app.state.ctx.db.read() as session:
         page = submission.list_tasks(session, actor_of(principal), query)
@@ -122,7 +123,12 @@ def list_tasks(
 )
 def get_task(request: Request, id: str, principal: CurrentPrincipal, view: View = View.MINIMAL) -> JSONResponse:
     with request.app.state.ctx.db.read() as session:
-        return JSONResponse(submission.get_task(session, actor_of(principal), id, view))
+        return JSONResponse(submission.get_task(session, actor_of(principal), id, view,
+                                                results_url=_results_url(request)))
+
+
+def _results_url(request: Request) -> str:
+    return request.app.state.ctx.settings.public_url.rstrip("/") + "/api/v1/results"
 
 
 @router.post("/tasks/{id:task_id}:cancel", response_model=CancelTaskResponse, operation_id="CancelTask", responses=_NOT_FOUND)

@@ -31,6 +31,9 @@ from fivesafes_tes.submission.tables import (
     TreDecision,
 )
 
+# The outcomes of review: each needs its disclosure record, and released files must have arrived.
+RELEASE_ENDINGS = frozenset({Stage.RELEASED, Stage.PARTIALLY_RELEASED, Stage.WITHHELD, Stage.EXECUTOR_FAILED})
+
 
 class StaleAttempt(Exception):
     """The message belongs to an attempt that has been superseded; the agent must drop that work."""
@@ -191,6 +194,12 @@ def record_event(
     current = Stage(child.stage)
     if stage is not current and not can_move(current, stage):
         raise IllegalTransition(f"child {child_id} is {current.value}; it cannot move to {stage.value}")
+    if stage in RELEASE_ENDINGS:
+        from fivesafes_tes.submission.results import check_disclosure
+
+        if not (report or {}).get("disclosure"):
+            raise IllegalTransition(f"ending {stage.value} needs the disclosure record in the report")
+        check_disclosure(session, child, report["disclosure"])  # type: ignore[index]
     try:
         with session.begin_nested():
             session.add(ChildEvent(child_id=child_id, attempt=attempt, seq=seq, stage=stage.value))

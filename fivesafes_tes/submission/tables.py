@@ -176,3 +176,21 @@ class ChildEvent(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     stage: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReleasedFile(Base):
+    """A file a TRE released: where the gateway keeps it, its SHA-256, and the decision behind it."""
+
+    __tablename__ = "released_files"
+    __table_args__ = (UniqueConstraint("child_id", "name"), Index("ix_released_files_task_id", "task_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    child_id: Mapped[str] = mapped_column(ForeignKey("task_children.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(1024))  # container path, or step-N.stdout / step-N.stderr
+    kind: Mapped[str] = mapped_column(String(16))  # output | stdout | stderr
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(1024))  # in the results store
+    released_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -75,6 +75,7 @@ class ListQuery:
     page_size: int = DEFAULT_PAGE_SIZE
     page_token: str | None = None
     view: View = View.MINIMAL
+    results_url: str = ""  # where released files are downloaded: {results_url}/{file id}
 
 
 @dataclass
@@ -238,7 +239,14 @@ def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = F
     return task
 
 
-def get_task(session: Session, actor: Actor, task_id: str, view: View = View.MINIMAL) -> dict[str, Any]:
+def visible_task(session: Session, actor: Actor, task_id: str) -> Task:
+    """The task, if the caller may see it; TaskNotFound otherwise (unknown and forbidden look the same)."""
+    return _owned(session, actor, task_id)
+
+
+def get_task(
+    session: Session, actor: Actor, task_id: str, view: View = View.MINIMAL, *, results_url: str = ""
+) -> dict[str, Any]:
     if view is View.MINIMAL:
         row = session.execute(
             select(Task.id, Task.state).where(Task.id == task_id, _visible(session, actor))
@@ -247,8 +255,7 @@ def get_task(session: Session, actor: Actor, task_id: str, view: View = View.MIN
             raise TaskNotFound(task_id)
         return {"id": row.id, "state": row.state}
     task = _owned(session, actor, task_id)
-    ids = [task.id]
-    return render(_full_document(task, _tags_of(session, ids).get(task.id, {}), _children_of(session, ids).get(task.id, [])), view)
+    return render(_documents(session, [task], results_url)[0], view)
 
 
 def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
@@ -281,9 +288,7 @@ def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
     if minimal:
         tasks = [{"id": r.id, "state": r.state} for r in rows]
     else:
-        ids = [r.id for r in rows]
-        tags, children = _tags_of(session, ids), _children_of(session, ids)
-        tasks = [render(_full_document(r, tags.get(r.id, {}), children.get(r.id, [])), query.view) for r in rows]
+        tasks = [render(doc, query.view) for doc in _documents(session, rows, query.results_url)]
     token = encode_page_token(rows[-1].id) if more else None
     return Page(tasks=tasks, next_page_token=token)
 
@@ -333,22 +338,50 @@ def _children_of(session: Session, task_ids: list[str]) -> dict[str, list[tuple[
     return out
 
 
-def _full_document(task: Task, tags: dict[str, str], children: list[tuple[Child, str]]) -> dict[str, Any]:
+def _documents(session: Session, tasks: list[Task], results_url: str) -> list[dict[str, Any]]:
+    """FULL documents for a page of tasks: tags, children and released files in one query each."""
+    from fivesafes_tes.submission.results import released_files
+
+    ids = [t.id for t in tasks]
+    tags, children, released = _tags_of(session, ids), _children_of(session, ids), released_files(session, ids)
+    return [_full_document(t, tags.get(t.id, {}), children.get(t.id, []), released.get(t.id, []), results_url)
+            for t in tasks]
+
+
+def _full_document(task: Task, tags: dict[str, str], children: list[tuple[Child, str]],
+                   released: list[Any], results_url: str) -> dict[str, Any]:
     doc: dict[str, Any] = {"id": task.id, "state": task.state, **task.document}
     doc["tags"] = tags
     doc["creation_time"] = _rfc3339(task.created_at)
     if children:
-        doc["logs"] = [_child_log(task, child, tre) for child, tre in children]
+        doc["logs"] = [_child_log(task, child, tre, [f for f, _ in released if f.child_id == child.id], results_url)
+                       for child, tre in children]
     else:
         doc["logs"] = [{"logs": [], "outputs": [], "system_logs": list(task.system_logs)}] if task.system_logs else []
     return doc
 
 
-def _child_log(task: Task, child: Child, tre: str) -> dict[str, Any]:
-    """One TES TaskLog per TRE: where it is, and what that TRE has said about it."""
+def _child_log(task: Task, child: Child, tre: str, released: list[Any], results_url: str) -> dict[str, Any]:
+    """One TES TaskLog per TRE: where it is, what that TRE said, and what it released.
+
+    Exit codes show once the run ends; stdout and stderr only once an output checker released them.
+    """
+    shown_logs = {(f.kind, f.step): f for f in released if f.kind in ("stdout", "stderr")}
+    released_text = child.report.get("released_logs", {})
+    executor_logs = []
+    for n, step in enumerate(child.report.get("steps", [])):
+        entry = {k: step[k] for k in ("exit_code", "start_time", "end_time") if step.get(k) is not None}
+        for kind in ("stdout", "stderr"):
+            if (kind, n) in shown_logs and f"{n}.{kind}" in released_text:
+                entry[kind] = released_text[f"{n}.{kind}"]
+        executor_logs.append(entry)
     log: dict[str, Any] = {
-        "logs": [],
-        "outputs": [],
+        "logs": executor_logs,
+        "outputs": [
+            {"url": child.report.get("delivered", {}).get(f.name, f"{results_url}/{f.id}"), "path": f.name,
+             "size_bytes": str(f.size)}
+            for f in released if f.kind == "output"
+        ],
         "metadata": {"tre": tre, "stage": child.stage, "attempt": str(child.attempt)},
         "system_logs": [*task.system_logs, *child.system_logs],
     }
