@@ -25,7 +25,10 @@ admin_app = typer.Typer(help="Federation admin: TREs, projects, members (talks t
                         no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+review_app = typer.Typer(help="Output checkers: review held outputs of this TRE (run inside the TRE).",
+                         no_args_is_help=True)
 app.add_typer(tre_app, name="tre")
+app.add_typer(review_app, name="review")
 app.add_typer(admin_app, name="admin")
 console = Console()
 err = Console(stderr=True)
@@ -283,6 +286,135 @@ def tre_reject(
 ) -> None:
     """Reject a project, or one person within it; their tasks end rejected_by_tre with your reason."""
     _decide(project, user, "rejected", reason, by)
+
+
+@review_app.command("list")
+def review_list() -> None:
+    """Children whose outputs wait for an output checker."""
+    from fivesafes_tes.agent import review
+
+    settings, db = _agent_db()
+    table = Table("child", "project", "submitter", "files", "checks", "decided", title=f"awaiting review in {settings.tre}")
+    with db.read() as session:
+        for child in review.pending(session):
+            verdicts = [f.verdict for f in child.files]
+            table.add_row(child.child_id, child.project, child.submitter, str(len(child.files)),
+                          ", ".join(f"{verdicts.count(v)} {v}" for v in ("fail", "review", "pass") if v in verdicts),
+                          str(sum(1 for f in child.files if f.decisions)))
+    console.print(table)
+
+
+@review_app.command("show")
+def review_show(child_id: str) -> None:
+    """Each held file of a child with its findings, decisions so far and a safe preview."""
+    from fivesafes_tes.agent import review
+    from fivesafes_tes.agent.loop import Agent
+
+    settings, db = _agent_db()
+    try:
+        with db.read() as session:
+            view = review.describe(session, child_id)
+    except LookupError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    store = Agent.store_from(settings)
+    console.rule(f"{view.child_id}: project {view.project}, submitted by {view.submitter}")
+    for file in view.files:
+        console.print(f"[bold]{file.name}[/]  {file.kind}, {file.size} bytes, sha256 {file.sha256[:16]}…, "
+                      f"automated checks: [bold]{file.verdict}[/]")
+        for finding in file.findings:
+            console.print(f"  - {finding}")
+        for checker, decision, reason in file.decisions:
+            console.print(f"  {checker}: {decision} {('(' + reason + ')') if reason else ''}")
+        body = store.get_bytes(file.key, expect_sha256=file.sha256, max_size=64 * 1024) if file.size <= 64 * 1024 else b""
+        console.print(review.preview(body) if body else "(larger than 64 KiB: no preview)", markup=False,
+                      highlight=False)
+
+
+def _review_decide(child_id: str, name: str, decision: str, reason: str, by: str) -> None:
+    from fivesafes_tes.agent import review
+
+    _, db = _agent_db()
+    try:
+        with db.write() as session:
+            names = [f.name for f in review.describe(session, child_id).files] if name == "all" else [name]
+            for each in names:
+                review.decide(session, child_id, review.key_for(session, child_id, each), by, decision, reason=reason)
+    except (review.ReviewRefused, LookupError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"{by}: {decision} {', '.join(names)}")
+
+
+@review_app.command("approve")
+def review_approve(
+    child_id: str,
+    name: Annotated[str, typer.Argument(help="The file (its container path, or step-N.stdout), or 'all'.")],
+    reason: Annotated[str, typer.Option(help="Why; required to approve a file that failed a check.")] = "",
+    by: By = "output-checker",
+) -> None:
+    """Approve a held file for release."""
+    _review_decide(child_id, name, "approved", reason, by)
+
+
+@review_app.command("reject")
+def review_reject(
+    child_id: str,
+    name: Annotated[str, typer.Argument(help="The file (its container path, or step-N.stdout), or 'all'.")],
+    reason: Annotated[str, typer.Option(help="Why; the researcher reads it.")],
+    by: By = "output-checker",
+) -> None:
+    """Reject a held file: it never leaves the TRE."""
+    _review_decide(child_id, name, "rejected", reason, by)
+
+
+@app.command()
+def results(
+    task_id: str,
+    out: Annotated[Path, typer.Option(help="Directory to download into (one folder per TRE).")] = Path("results"),
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Download the files each TRE released for a task, checking every SHA-256; print the decisions."""
+    import hashlib
+
+    import httpx
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    if not token:
+        err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN.")
+        raise typer.Exit(2)
+    http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    listing = http.get(f"/api/v1/tasks/{task_id}/results")
+    if listing.status_code >= 400:
+        err.print(f"[red]Refused:[/] {listing.status_code}: {listing.json().get('detail', listing.text)}")
+        raise typer.Exit(1)
+    decisions = Table("TRE", "file", "decision", "reason", title=f"disclosure decisions for {task_id}")
+    bad = 0
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console) as progress:
+        for tre in listing.json()["tres"]:
+            for entry in (tre.get("disclosure") or {}).get("files", []):
+                reasons = "; ".join(d["reason"] for d in entry["decisions"] if d["reason"])
+                decisions.add_row(tre["tre"], entry["name"], entry["decision"], reasons)
+            for file in tre["files"]:
+                target = out / tre["tre"] / (file["name"].lstrip("/") if file["kind"] == "output" else file["name"])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                job = progress.add_task(f"{tre['tre']} {file['name']}", total=file["size"])
+                digest = hashlib.sha256()
+                with http.stream("GET", f"/api/v1/results/{file['id']}") as response, target.open("wb") as handle:
+                    response.raise_for_status()
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        handle.write(chunk)
+                        progress.advance(job, len(chunk))
+                if digest.hexdigest() != file["sha256"]:
+                    bad += 1
+                    target.unlink()
+                    err.print(f"[red]{file['name']} from {tre['tre']} does not match its SHA-256; discarded[/]")
+    console.print(decisions)
+    console.print(f"files in {out}/ (one folder per TRE){'' if not bad else f'; {bad} failed verification'}")
+    raise typer.Exit(1 if bad else 0)
 
 
 def _admin_call(url: str, token: str | None, method: str, path: str, body: dict | None = None):  # type: ignore[no-untyped-def]

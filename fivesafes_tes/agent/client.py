@@ -51,13 +51,18 @@ class GatewayClient:
         self._closed.set()
         self._http.close()
 
-    def _call(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
+    def _call(
+        self, method: str, path: str, *, retry: bool = True, content_factory: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Retry connection errors, 5xx and 429 with jittered backoff; raise Rejected on any other 4xx."""
         delay = 0.2
         while True:
             if self._closed.is_set():
                 raise ConnectionError("the agent is shutting down")
             try:
+                if content_factory is not None:  # a fresh stream for every try
+                    kwargs["content"] = content_factory()
                 response = self._http.request(
                     method, path, headers={"Authorization": f"Bearer {self._token()}"}, **kwargs
                 )
@@ -97,6 +102,21 @@ class GatewayClient:
         if report:
             body["report"] = report
         return self._call("POST", f"/children/{child_id}/events", json=body)
+
+    def upload_file(self, child_id: str, path: Path, *, name: str, kind: str, step: int | None, sha256: str,
+                    size: int) -> dict[str, Any]:
+        """Stream one approved file to the gateway, which keeps it only if the SHA-256 matches."""
+        params: dict[str, Any] = {"name": name, "kind": kind, "sha256": sha256, "size": size}
+        if step is not None:
+            params["step"] = step
+
+        def body():  # type: ignore[no-untyped-def]
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    yield chunk
+
+        return self._call("PUT", f"/children/{child_id}/files", params=params, content_factory=body,
+                          timeout=httpx.Timeout(600, connect=10))
 
     def cancel_ack(self, child_id: str) -> None:
         self._call("POST", f"/children/{child_id}/cancel-ack")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -23,14 +24,14 @@ from typing import Any
 from sqlalchemy import select
 
 from fivesafes_tes import audit
-from fivesafes_tes.agent import approvals, staging
+from fivesafes_tes.agent import approvals, checks, review, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
 from fivesafes_tes.agent.policy import TrePolicy
-from fivesafes_tes.agent.tables import AgentBase, LocalChild, LocalProject, OutgoingEvent
+from fivesafes_tes.agent.tables import AgentBase, HeldFileRecord, LocalChild, LocalProject, OutgoingEvent
 from fivesafes_tes.audit.tables import AuditHead, AuditRecord
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
-from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
+from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
 from fivesafes_tes.executors import Executor, Mount, Outcome, RunResult, RunSpec
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
@@ -81,19 +82,22 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._last_sync = 0.0
 
-    @classmethod
-    def from_settings(cls, settings: AgentSettings) -> Agent:
+    @staticmethod
+    def store_from(settings: AgentSettings) -> ObjectStore:
         from fivesafes_tes.egress.store import StoreSettings
 
-        client = GatewayClient(settings.gateway_url, GatewayClient.token_from(
-            settings.token.get_secret_value() if settings.token else None, settings.token_file))
-        store = ObjectStore.from_settings(StoreSettings(
+        return ObjectStore.from_settings(StoreSettings(
             endpoint_url=settings.airlock_endpoint_url, bucket=settings.airlock_bucket,
             access_key=settings.airlock_access_key, secret_key=settings.airlock_secret_key,
             region=settings.airlock_region,
         ))
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> Agent:
+        client = GatewayClient(settings.gateway_url, GatewayClient.token_from(
+            settings.token.get_secret_value() if settings.token else None, settings.token_file))
         return cls(settings, client=client, executor=create_executor(settings.executor, tre=settings.tre),
-                   store=store, policy=TrePolicy.load(settings.policy_file))
+                   store=Agent.store_from(settings), policy=TrePolicy.load(settings.policy_file))
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -281,6 +285,7 @@ class Agent:
             "staging": self._approve_and_start,
             "running": self._watch,
             "checking": self._hold,
+            "awaiting_review": self._settle,
         }.get(child.stage)
         if handler is not None:
             handler(child)
@@ -324,7 +329,7 @@ class Agent:
         self._emit(child, "checking", _describe(result))
 
     def _hold(self, child: LocalChild) -> None:
-        """Hold every output and log in the airlock; then the child waits for review."""
+        """Hold every output and log in the airlock, run the automated rules on them, then wait for review."""
         with self.db.read() as session:
             local = session.get(LocalChild, child.child_id)
             assert local is not None and local.result is not None
@@ -336,16 +341,84 @@ class Agent:
         except StoreUnavailable:
             log.warning("airlock unavailable; holding %s later", child.child_id)
             return
+        local_paths = {(f.kind, f.container_path, f.step): f.host_path for f in files}
+        verdicts = checks.run(manifest, local_paths, self.policy.checks, child.project)
+        with self.db.write() as session:
+            for held in manifest.files:
+                verdict, results = verdicts[held.key]
+                session.merge(HeldFileRecord(
+                    child_id=child.child_id, key=held.key, name=held.container_path or f"step-{held.step}.{held.kind}",
+                    kind=held.kind, size=held.size, sha256=held.sha256, verdict=verdict, results=results,
+                ))
+        counts = {v: sum(1 for verdict, _ in verdicts.values() if verdict == v) for v in ("pass", "review", "fail")}
         report = {
             "outcome": outcome.get("outcome"),
-            "exit_codes": [s["exit_code"] for s in outcome.get("steps", [])],
+            "steps": outcome.get("steps", []),
             "held_files": len(manifest.files),
             "held_bytes": sum(f.size for f in manifest.files),
+            "checks": counts,
         }
-        self._emit(child, "awaiting_review", f"{len(manifest.files)} file(s) held in {self.tre}'s airlock for review",
+        self._emit(child, "awaiting_review",
+                   f"{len(manifest.files)} file(s) held in {self.tre}'s airlock for review "
+                   f"(automated checks: {counts['pass']} pass, {counts['review']} review, {counts['fail']} fail)",
                    report=report)
         self.executor.cleanup(child.child_id)
         shutil.rmtree(self._workspace(child.child_id), ignore_errors=True)
+
+    def _settle(self, child: LocalChild) -> None:
+        """Once every held file is decided: copy the approved ones to the gateway, verified at both
+        ends, then end the child with its disclosure record, then empty the airlock."""
+        with self.db.read() as session:
+            local = session.get(LocalChild, child.child_id)
+            if local is None or (local.result or {}).get("blocked"):
+                return
+            settled = review.settle(session, child.child_id, self.policy.review)
+            if settled is None:
+                return
+            record = review.disclosure_record(session, local, self.tre, settled, self.policy.review)
+            held = {h.key: h for h in session.scalars(
+                select(HeldFileRecord).where(HeldFileRecord.child_id == child.child_id))}
+        released_logs: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="release-") as scratch:
+            # Every approved file is copied out and verified before any of them leaves: one changed
+            # file blocks the whole release.
+            copies: list[tuple[HeldFileRecord, Path]] = []
+            for n, (key, decision) in enumerate(sorted(settled.files.items())):
+                if decision is not review.FileOutcome.APPROVED:
+                    continue
+                copy = Path(scratch) / str(n)
+                try:
+                    self.store.get_to_file(key, copy, expect_sha256=held[key].sha256)
+                except ChecksumMismatch:
+                    self._block(child, held[key])
+                    return
+                except StoreUnavailable:
+                    return  # try again on the next tick
+                copies.append((held[key], copy))
+            for file, copy in copies:
+                step = int(file.name.split("-")[1].split(".")[0]) if file.kind != "output" else None
+                self.client.upload_file(child.child_id, copy, name=file.name, kind=file.kind, step=step,
+                                        sha256=file.sha256, size=file.size)
+                if file.kind != "output":
+                    released_logs[f"{step}.{file.kind}"] = _tail(copy)
+        run_failed = (local.result or {}).get("outcome", {}).get("outcome") not in (None, "succeeded")
+        ending = "executor_failed" if run_failed else settled.outcome.value
+        approved = sum(d is review.FileOutcome.APPROVED for d in settled.files.values())
+        self._emit(child, ending, f"{self.tre}'s output checkers released {approved} of {len(settled.files)} file(s)",
+                   report={"disclosure": record, "released_logs": released_logs}, final=True)
+        airlock.discard(self.store, child.child_id)
+
+    def _block(self, child: LocalChild, file: HeldFileRecord) -> None:
+        """A held file no longer matches its SHA-256: nothing of this child is released, and it is audited."""
+        with self.db.write() as session:
+            local = session.get(LocalChild, child.child_id)
+            assert local is not None
+            local.result = {**(local.result or {}), "blocked": True}
+            audit.record(session, actor=f"agent:{self.tre}", action="release.integrity", object=f"child:{child.child_id}",
+                         outcome="alert", detail={"name": file.name, "expected_sha256": file.sha256})
+        log.error("held file %s of %s changed in the airlock; release blocked", file.name, child.child_id)
+        self._emit(child, "awaiting_review", f"release blocked: {file.name} changed in {self.tre}'s airlock "
+                   "after it was checked; the TRE's admins have been alerted")
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -383,6 +456,14 @@ class Agent:
 
     def _workspace(self, child_id: str) -> Path:
         return self.settings.data_dir / "work" / child_id
+
+
+def _tail(path: Path, limit: int = 64 * 1024) -> str:
+    """The end of a released log, for the TES view (the whole file is downloadable)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        handle.seek(max(0, size - limit))
+        return handle.read().decode("utf-8", errors="replace")
 
 
 def _spec_to_json(spec: RunSpec) -> dict[str, Any]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from fivesafes_tes.agent.review import ReviewPolicy
 from fivesafes_tes.executors import Limits
 
 GIB = 1 << 30
@@ -35,6 +37,8 @@ class TrePolicy(BaseModel):
     max_pids: int = Field(default=256, gt=0)
     datasets: dict[str, Dataset] = Field(default_factory=dict)
     grants: dict[str, list[str]] = Field(default_factory=dict, description="project -> dataset names")
+    review: ReviewPolicy = Field(default_factory=ReviewPolicy)
+    checks: dict[str, Any] = Field(default_factory=dict, description="Automated rule settings (egress.checks).")
 
     @classmethod
     def load(cls, path: Path | None) -> TrePolicy:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -104,3 +105,105 @@ def settle(session: Session, child_id: str, policy: ReviewPolicy) -> Settled | N
     else:
         outcome = ChildOutcome.WITHHELD
     return Settled(outcome, files)
+
+
+def disclosure_record(
+    session: Session, child: LocalChild, tre: str, settled: Settled, policy: ReviewPolicy
+) -> dict[str, Any]:
+    """The machine-readable account of one release (RELIABILITY 25): every held file with its SHA-256,
+    each rule's version and findings, who decided what and why, and what was released."""
+    held = list(session.scalars(select(HeldFileRecord).where(HeldFileRecord.child_id == child.child_id)
+                                .order_by(HeldFileRecord.key)))
+    decisions = list(session.scalars(select(ReviewDecision).where(ReviewDecision.child_id == child.child_id)
+                                     .order_by(ReviewDecision.decided_at)))
+    return {
+        "profile": "fivesafes-tes/disclosure/1",
+        "tre": tre,
+        "task_id": child.task_id,
+        "child_id": child.child_id,
+        "attempt": child.attempt,
+        "project": child.project,
+        "submitter": child.username,
+        "outcome": settled.outcome.value,
+        "settled_at": utcnow().isoformat(),
+        "policy": policy.model_dump(),
+        "files": [
+            {
+                "name": h.name,
+                "kind": h.kind,
+                "size": h.size,
+                "sha256": h.sha256,
+                "checks": {"verdict": h.verdict, "rules": h.results},
+                "decision": settled.files[h.key].value,
+                "decisions": [
+                    {"checker": d.checker, "decision": d.decision, "reason": d.reason, "at": d.decided_at.isoformat()}
+                    for d in decisions if d.key == h.key
+                ],
+            }
+            for h in held
+        ],
+    }
+
+
+@dataclass
+class FileView:
+    key: str
+    name: str
+    kind: str
+    size: int
+    sha256: str
+    verdict: str
+    findings: list[str]
+    decisions: list[tuple[str, str, str]]  # checker, decision, reason
+
+
+@dataclass
+class ChildView:
+    child_id: str
+    task_id: str
+    project: str
+    submitter: str
+    files: list[FileView]
+
+
+def pending(session: Session) -> list[ChildView]:
+    """Every child waiting for an output checker, oldest first."""
+    children = session.scalars(select(LocalChild).where(LocalChild.stage == "awaiting_review", LocalChild.active)
+                               .order_by(LocalChild.created_at))
+    return [describe(session, c.child_id) for c in children]
+
+
+def describe(session: Session, child_id: str) -> ChildView:
+    child = session.get(LocalChild, child_id)
+    if child is None:
+        raise LookupError(f"no child {child_id} in this TRE")
+    held = session.scalars(select(HeldFileRecord).where(HeldFileRecord.child_id == child_id).order_by(HeldFileRecord.key))
+    decisions = list(session.scalars(select(ReviewDecision).where(ReviewDecision.child_id == child_id)))
+    return ChildView(
+        child_id=child.child_id, task_id=child.task_id, project=child.project, submitter=child.username,
+        files=[
+            FileView(
+                key=h.key, name=h.name, kind=h.kind, size=h.size, sha256=h.sha256, verdict=h.verdict,
+                findings=[f"{r['rule']} v{r['version']}: {f['message']}" for r in h.results for f in r.get("findings", [])],
+                decisions=[(d.checker, d.decision, d.reason) for d in decisions if d.key == h.key],
+            )
+            for h in held
+        ],
+    )
+
+
+def key_for(session: Session, child_id: str, name: str) -> str:
+    """The held key of the file a checker names (its container path, or step-N.stdout)."""
+    key = session.scalar(select(HeldFileRecord.key).where(HeldFileRecord.child_id == child_id,
+                                                          HeldFileRecord.name == name))
+    if key is None:
+        raise LookupError(f"child {child_id} holds no file named {name!r}")
+    return key
+
+
+def preview(data: bytes, *, lines: int = 20, width: int = 200) -> str:
+    """A safe look at a held file: the first lines of text, each cut short; nothing of binary files."""
+    if b"\x00" in data[:8192]:
+        return "(binary file: no preview)"
+    text = data.decode("utf-8", errors="replace").splitlines()[:lines]
+    return "\n".join(line if len(line) <= width else line[:width] + "…" for line in text)

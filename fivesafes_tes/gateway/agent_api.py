@@ -20,11 +20,10 @@ from fivesafes_tes.submission import leases
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Tre
 
-router = APIRouter(
-    prefix="/agent/v1",
-    tags=["Agent"],
-    responses={**ERROR_RESPONSES, 403: {"model": ErrorResponse, "description": "Not an agent of a known TRE."}},
-)
+AGENT_RESPONSES: dict[int | str, dict] = {
+    **ERROR_RESPONSES, 403: {"model": ErrorResponse, "description": "Not an agent of a known TRE."}
+}
+router = APIRouter(prefix="/agent/v1", tags=["Agent"], responses=AGENT_RESPONSES)
 
 
 class _Body(BaseModel):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
@@ -18,15 +19,16 @@ from starlette.background import BackgroundTask
 
 from fivesafes_tes import audit
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, safe_key
-from fivesafes_tes.gateway.agent_api import CurrentTre
+from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
 from fivesafes_tes.submission import results
+from fivesafes_tes.submission.federation import NotFound
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
 from fivesafes_tes.submission.tasks import TaskNotFound, visible_task
 
 log = logging.getLogger(__name__)
-agent_router = APIRouter(prefix="/agent/v1", tags=["Agent"], responses=ERROR_RESPONSES)
+agent_router = APIRouter(prefix="/agent/v1", tags=["Agent"], responses=AGENT_RESPONSES)
 router = APIRouter(prefix="/api/v1", tags=["Results"], responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse}})
 _CHUNK = 1 << 20
 
@@ -39,7 +41,11 @@ def _store(request: Request):  # type: ignore[no-untyped-def]
     return store
 
 
-@agent_router.put("/children/{child_id}/files", responses={409: {"model": ErrorResponse}})
+@agent_router.put(
+    "/children/{child_id}/files",
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+               422: {"model": ErrorResponse, "description": "The bytes do not match the SHA-256 or size given."}},
+)
 async def upload_released_file(
     request: Request,
     child_id: str,
@@ -134,16 +140,21 @@ def list_results(request: Request, task_id: str, principal: CurrentPrincipal) ->
 
 @router.get("/results/{file_id}", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "The released file."}})
-def download(request: Request, file_id: int, principal: CurrentPrincipal) -> FileResponse:
+def download(
+    request: Request, file_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], principal: CurrentPrincipal
+) -> FileResponse:
     """A released file, checked against its SHA-256 before a byte is sent."""
     ctx = request.app.state.ctx
-    store = _store(request)
     actor = actor_of(principal)
     with ctx.db.read() as session:
         released = session.get(ReleasedFile, file_id)
-        if released is None:
-            raise TaskNotFound(str(file_id))
-        visible_task(session, actor, released.task_id)
+        try:
+            if released is None or session.get(Child, released.child_id).stage not in results.VISIBLE_AFTER:
+                raise TaskNotFound(str(file_id))
+            visible_task(session, actor, released.task_id)
+        except TaskNotFound:
+            raise NotFound(f"no released file {file_id} visible to you") from None
+    store = _store(request)
     tmp = Path(tempfile.mkstemp(prefix="download-")[1])
     try:
         store.get_to_file(released.key, tmp, expect_sha256=released.sha256)

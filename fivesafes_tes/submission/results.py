@@ -65,14 +65,19 @@ def check_disclosure(session: Session, child: Child, disclosure: dict[str, Any])
             raise IllegalTransition(f"{entry.get('name')} is approved but has not arrived intact; upload it first")
 
 
+# A file is the researcher's only once its child has ended with a release; before that the TRE's
+# agent may still be sending the others, or may stop (a changed file blocks the whole release).
+VISIBLE_AFTER = (Stage.RELEASED.value, Stage.PARTIALLY_RELEASED.value, Stage.EXECUTOR_FAILED.value)
+
+
 def released_files(session: Session, task_ids: list[str]) -> dict[str, list[tuple[ReleasedFile, str]]]:
-    """Released files per task, each with its TRE's name."""
+    """Released files per task, each with its TRE's name: only of children that ended with a release."""
     out: dict[str, list[tuple[ReleasedFile, str]]] = {}
     if not task_ids:
         return out
     rows = session.execute(
         select(ReleasedFile, Tre.name).join(Child, Child.id == ReleasedFile.child_id).join(Tre, Tre.id == Child.tre_id)
-        .where(ReleasedFile.task_id.in_(task_ids)).order_by(Tre.name, ReleasedFile.id)
+        .where(ReleasedFile.task_id.in_(task_ids), Child.stage.in_(VISIBLE_AFTER)).order_by(Tre.name, ReleasedFile.id)
     )
     for released, tre in rows:
         out.setdefault(released.task_id, []).append((released, tre))

@@ -1,0 +1,386 @@
+"""Running the rules on held files so that nothing is released while a check cannot run.
+
+Each rule runs in a separate check process (forkserver where available, so a process costs a fork,
+not an interpreter start) with a hard wall-clock limit. A worker checks one file at a time, rule
+after rule; when a rule hangs the worker is killed and a fresh one carries on with the rest. A rule
+that raises, exits, is killed, runs out of memory or returns something that is not a proper
+`RuleResult` gets a FAIL result with `error` set.
+
+Results cross back as JSON, never pickle, and errors carry the exception's type and where it was
+raised, never its message: messages and tracebacks may quote file contents, which must not reach
+logs (RELIABILITY 28). For the same reason a check process's stdout and stderr go to /dev/null and
+it dumps no core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, RuleResult, Verdict
+from fivesafes_tes.egress.checks.config import ChecksConfig
+
+log = logging.getLogger(__name__)
+
+MAX_FINDINGS = 500  # per rule and file: enough for a person, bounded for the disclosure record
+_STOP = b""
+_JOIN_S = 5.0
+_context_lock = threading.Lock()
+_mp_context: multiprocessing.context.BaseContext | None = None
+
+
+@dataclass
+class FileReport:
+    file: HeldFile
+    results: list[RuleResult]
+    verdict: Verdict  # the worst of the results; REVIEW when no rule is enabled
+
+
+@dataclass(frozen=True)
+class _Planned:
+    name: str
+    spec: str  # "module:Class", resolved in the parent so the worker needs no registry
+    config: dict[str, Any]
+    timeout_s: float
+
+
+def run_checks(files: list[HeldFile], config: ChecksConfig, project: str) -> list[FileReport]:
+    """Every enabled rule on every file (one report per file, in order), under `project`'s config."""
+    if not files:
+        return []
+    effective = config.for_project(project)
+    plan = tuple(_plan(name, effective) for name in effective.enabled)
+    if not plan:
+        return [FileReport(file, [], Verdict.REVIEW) for file in files]
+    context = CheckContext(files=tuple(files), project=project)
+    reports: list[FileReport | None] = [None] * len(files)
+    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(files)):
+        pending.put(index)
+
+    def slot() -> None:
+        worker = _Worker(context, plan, effective.worker_memory_bytes)
+        try:
+            while True:
+                try:
+                    index = pending.get_nowait()
+                except queue.Empty:
+                    return
+                results = [worker.run(index, step) for step in range(len(plan))]
+                reports[index] = FileReport(
+                    files[index], results, Verdict.worst([r.verdict for r in results])
+                )
+        except Exception:
+            log.exception("check runner slot failed; its files fail closed")
+        finally:
+            worker.close()
+
+    threads = [
+        threading.Thread(target=slot, name=f"checks-{n}", daemon=True)
+        for n in range(min(effective.workers, len(files)))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [
+        report or _failed_report(files[index], plan, "the check runner stopped before this file was checked")
+        for index, report in enumerate(reports)
+    ]
+
+
+def _plan(name: str, config: ChecksConfig) -> _Planned:
+    from fivesafes_tes.egress.checks import RULES
+
+    return _Planned(name, RULES.get(name, ""), config.rule_config(name), config.timeout_for(name))
+
+
+def _failed_report(file: HeldFile, plan: tuple[_Planned, ...], why: str) -> FileReport:
+    return FileReport(file, [_failed(p.name, why, file) for p in plan], Verdict.FAIL)
+
+
+def _failed(
+    rule: str, why: str, file: HeldFile, version: str = "unknown", seconds: float = 0.0
+) -> RuleResult:
+    message = f"rule {rule} could not judge {file.name}: {why}; the file is held until the check can run"
+    return RuleResult(
+        rule=rule,
+        version=version,
+        verdict=Verdict.FAIL,
+        findings=[Finding(Verdict.FAIL, message)],
+        error=why,
+        seconds=seconds,
+    )
+
+
+def _mp() -> multiprocessing.context.BaseContext:
+    global _mp_context
+    with _context_lock:
+        if _mp_context is None:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload([__name__])
+            else:
+                ctx = multiprocessing.get_context("spawn")
+            _mp_context = ctx
+        return _mp_context
+
+
+class _Worker:
+    """One check process, restarted whenever it had to be killed or died."""
+
+    def __init__(self, context: CheckContext, plan: tuple[_Planned, ...], memory_bytes: int | None) -> None:
+        self._context = context
+        self._plan = plan
+        self._memory_bytes = memory_bytes
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def run(self, file_index: int, step: int) -> RuleResult:
+        planned = self._plan[step]
+        file = self._context.files[file_index]
+        started = time.monotonic()
+        try:
+            conn = self._ensure_started()
+            conn.send_bytes(json.dumps({"file": file_index, "step": step}).encode())
+            if not conn.poll(planned.timeout_s):
+                self._kill()
+                why = f"timed out: no verdict within timeout_s={planned.timeout_s:g}"
+                return self._log_failure(planned, file, why, time.monotonic() - started)
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            why = f"the check process died ({self._exit_description()})"
+            return self._log_failure(planned, file, why, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        try:
+            reply = json.loads(raw)
+            if "error" in reply:
+                return self._log_failure(
+                    planned, file, str(reply["error"]), seconds, str(reply.get("version"))
+                )
+            result = _parse_result(planned.name, reply["result"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._log_failure(planned, file, f"returned nonsense: {exc}", seconds)
+        result.seconds = seconds
+        log.info(
+            "rule %s v%s on %s: %s (%.2fs)", result.rule, result.version, file.name, result.verdict, seconds
+        )
+        return result
+
+    def close(self) -> None:
+        if self._conn is not None and self._process is not None and self._process.is_alive():
+            try:
+                self._conn.send_bytes(_STOP)
+            except OSError:
+                pass
+            self._process.join(_JOIN_S)
+        self._kill()
+
+    def _ensure_started(self) -> Connection:
+        if self._process is not None and self._process.is_alive() and self._conn is not None:
+            return self._conn
+        self._kill()
+        ctx = _mp()
+        parent, child = ctx.Pipe(duplex=True)
+        specs = [(p.spec, p.config) for p in self._plan]
+        process = ctx.Process(
+            target=_worker_main,
+            args=(child, self._context, specs, self._memory_bytes),
+            name="fivesafes-check",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        self._process, self._conn = process, parent
+        return parent
+
+    def _kill(self) -> None:
+        process, conn = self._process, self._conn
+        if process is not None:
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)  # the rule's own children too
+                except OSError:
+                    process.kill()
+            process.join(_JOIN_S)
+        if conn is not None:
+            conn.close()
+        self._process = self._conn = None
+
+    def _exit_description(self) -> str:
+        process = self._process
+        if process is not None:
+            process.join(_JOIN_S)
+        code = process.exitcode if process is not None else None
+        self._kill()
+        if code is None:
+            return "no exit status"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    @staticmethod
+    def _log_failure(
+        planned: _Planned, file: HeldFile, why: str, seconds: float, version: str | None = None
+    ) -> RuleResult:
+        log.warning("rule %s failed closed on %s: %s", planned.name, file.name, why)
+        return _failed(planned.name, why, file, version=version or "unknown", seconds=seconds)
+
+
+def _parse_result(expected_rule: str, data: dict[str, Any]) -> RuleResult:
+    """A RuleResult from the worker's JSON, refusing anything that is not one (ValueError says why)."""
+    if data.get("rule") != expected_rule:
+        raise ValueError(f"result names rule {data.get('rule')!r}, not {expected_rule!r}")
+    version = data.get("version")
+    if not isinstance(version, str) or not version:
+        raise ValueError("result has no version")
+    verdict = _verdict(data.get("verdict"))
+    raw_findings = data.get("findings")
+    if not isinstance(raw_findings, list):
+        raise TypeError("findings is not a list")
+    findings = [_finding(item) for item in raw_findings]
+    error = data.get("error")
+    if error is not None and not isinstance(error, str):
+        raise ValueError("error is not text")
+    if error is not None:
+        verdict = Verdict.FAIL  # a rule reporting its own error has not judged the file
+    verdict = Verdict.worst([verdict, *(f.verdict for f in findings)])
+    if len(findings) > MAX_FINDINGS:
+        rest = findings[MAX_FINDINGS:]
+        findings = findings[:MAX_FINDINGS] + [
+            Finding(
+                Verdict.worst([f.verdict for f in rest]),
+                f"rule {expected_rule}: {len(rest)} more findings not shown",
+            )
+        ]
+    return RuleResult(rule=expected_rule, version=version, verdict=verdict, findings=findings, error=error)
+
+
+def _verdict(value: Any) -> Verdict:
+    try:
+        return Verdict(value)
+    except ValueError:
+        raise ValueError(f"unknown verdict {str(value)[:20]!r}") from None
+
+
+def _finding(item: Any) -> Finding:
+    if not isinstance(item, dict):
+        raise TypeError("a finding is not a Finding")
+    message = item.get("message")
+    if not isinstance(message, str) or not message:
+        raise ValueError("a finding has no message")
+    row = item.get("row")
+    if row is not None and (not isinstance(row, int) or isinstance(row, bool)):
+        raise ValueError("a finding's row is not a number")
+    texts = {key: item.get(key) for key in ("column", "excerpt", "threshold")}
+    for key, value in texts.items():
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"a finding's {key} is not text")
+    return Finding(_verdict(item.get("verdict")), message, row=row, **texts)
+
+
+# --- inside the check process -------------------------------------------------------------------
+
+
+def _worker_main(
+    conn: Connection, context: CheckContext, specs: list[tuple[str, dict[str, Any]]], memory_bytes: int | None
+) -> None:
+    _isolate(memory_bytes)
+    rules: dict[int, Any] = {}
+    while True:
+        try:
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if raw == _STOP:
+            return
+        job = json.loads(raw)
+        reply = _run_one(context, specs, rules, job["file"], job["step"])
+        try:
+            encoded = json.dumps(reply).encode()
+        except (TypeError, ValueError) as exc:
+            encoded = json.dumps(
+                {"error": f"returned nonsense: {type(exc).__name__} encoding the result"}
+            ).encode()
+        conn.send_bytes(encoded)
+
+
+def _run_one(
+    context: CheckContext,
+    specs: list[tuple[str, dict[str, Any]]],
+    rules: dict[int, Any],
+    file_index: int,
+    step: int,
+) -> dict[str, Any]:
+    from fivesafes_tes.egress.checks import load_rule
+
+    spec, config = specs[step]
+    version = None
+    try:
+        if step not in rules:
+            rules[step] = load_rule(spec)
+        rule = rules[step]
+        version = getattr(rule, "version", None)
+        result = rule.check(context.files[file_index], json.loads(json.dumps(config)), context)
+    except BaseException as exc:  # noqa: BLE001 - whatever a rule does, the file fails closed
+        return {"error": _describe(exc), "version": version}
+    if not isinstance(result, RuleResult):
+        return {
+            "error": f"returned nonsense: a {type(result).__name__}, not a RuleResult",
+            "version": version,
+        }
+    return {"result": _to_json(result)}
+
+
+def _to_json(result: RuleResult) -> dict[str, Any]:
+    data = dataclasses.asdict(result)
+    data["verdict"] = str(result.verdict)
+    for finding in data["findings"]:
+        finding["verdict"] = str(finding["verdict"])
+    return data
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's type and where it was raised; never its message (it may quote the file)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return f"raised {type(exc).__name__}"
+    last = frames[-1]
+    return f"raised {type(exc).__name__} at {os.path.basename(last.filename)}:{last.lineno} in {last.name}"
+
+
+def _isolate(memory_bytes: int | None) -> None:
+    """Own process group (so a timeout kills the rule's children too), no core dumps, bounded memory,
+    output to /dev/null, and death with the parent."""
+    import resource
+
+    os.setpgrp()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if memory_bytes is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    if sys.platform == "linux":
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass

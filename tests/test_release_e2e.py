@@ -1,0 +1,146 @@
+"""Held outputs to the researcher, through Docker and S3: a checker's decisions release exactly the
+approved files, with SHA-256s verified at the TRE, at the gateway and at download (RELIABILITY 21, 22,
+25); the submitter never approves (3)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from fivesafes_tes import devstack
+from fivesafes_tes.agent import review
+from fivesafes_tes.agent.tables import LocalChild
+from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.devimages import BUSYBOX_IMAGE
+from fivesafes_tes.egress import airlock
+from tests import images
+
+docker_client = images.docker_client
+TES = "/ga4gh/tes/v1"
+
+SCRIPT = """set -e
+persons=$(($(wc -l < /data/omop/person.csv) - 1))
+echo "persons" > /outputs/summary.csv
+echo "$persons" >> /outputs/summary.csv
+head -3 /data/omop/person.csv > /outputs/detail.csv
+echo "summarised $persons people"
+"""
+TASK = {
+    "name": "release-me",
+    "executors": [{"image": BUSYBOX_IMAGE, "command": ["sh", "/analysis/run.sh"]}],
+    "inputs": [{"path": "/analysis/run.sh", "content": SCRIPT}],
+    "outputs": [{"path": "/outputs/summary.csv", "url": "s3://results/summary.csv"},
+                {"path": "/outputs/detail.csv", "url": "s3://results/detail.csv"}],
+}
+
+
+@pytest.fixture
+def stack(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+    images.ensure_busybox_image(docker_client)
+    with devstack.start(tmp_path / "stack", agents=True, executor="docker") as running:
+        yield running
+
+
+def _wait(http: httpx.Client, task_id: str, done, timeout: float = 60) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = http.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}).json()
+        if done(doc):
+            return doc
+        time.sleep(0.1)
+    raise AssertionError(f"timed out: {[(l['metadata']['tre'], l['metadata']['stage']) for l in doc['logs']]}")
+
+
+def _child(agent) -> str:  # type: ignore[no-untyped-def]
+    with agent.db.read() as session:
+        return session.scalars(select(LocalChild.child_id).order_by(LocalChild.created_at.desc())).first()
+
+
+def _decide(agent, child, name, checker, decision, reason="") -> None:  # type: ignore[no-untyped-def]
+    with agent.db.write() as session:
+        review.decide(session, child, review.key_for(session, child, name), checker, decision, reason=reason)
+
+
+def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
+    alice = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+    task_id = alice.post(f"{TES}/tasks", json=TASK).json()["id"]
+    _wait(alice, task_id, lambda d: all(l["metadata"]["stage"] == "awaiting_review" for l in d["logs"]))
+    uk, sg = stack.agents["uk-tre"], stack.agents["sg-tre"]
+    uk_child, sg_child = _child(uk), _child(sg)
+    held_before = {f.name: f.sha256 for f in uk_held(uk, uk_child)}
+
+    # Nothing is downloadable while held, and nothing shows in the TES view.
+    listing = alice.get(f"/api/v1/tasks/{task_id}/results").json()
+    assert all(t["files"] == [] for t in listing["tres"])
+    with pytest.raises(review.ReviewRefused, match="cannot review"):
+        _decide(uk, uk_child, "/outputs/summary.csv", "alice", "approved")
+
+    _decide(uk, uk_child, "/outputs/summary.csv", "uk-checker", "approved", "aggregate count")
+    _decide(uk, uk_child, "step-0.stdout", "uk-checker", "approved", "a count only")
+    _decide(uk, uk_child, "step-0.stderr", "uk-checker", "approved", "empty")
+    _decide(uk, uk_child, "/outputs/detail.csv", "uk-checker", "rejected", "person-level rows")
+    for name in ("/outputs/summary.csv", "/outputs/detail.csv", "step-0.stdout", "step-0.stderr"):
+        _decide(sg, sg_child, name, "sg-checker", "rejected", "not needed")
+
+    doc = _wait(alice, task_id, lambda d: all(l["metadata"]["stage"] in ("partially_released", "withheld")
+                                              for l in d["logs"]))
+    assert doc["state"] == "COMPLETE"
+    stages = {l["metadata"]["tre"]: l["metadata"]["stage"] for l in doc["logs"]}
+    assert stages == {"uk-tre": "partially_released", "sg-tre": "withheld"}
+    uk_log = next(l for l in doc["logs"] if l["metadata"]["tre"] == "uk-tre")
+    sg_log = next(l for l in doc["logs"] if l["metadata"]["tre"] == "sg-tre")
+    assert [o["path"] for o in uk_log["outputs"]] == ["/outputs/summary.csv"]
+    assert uk_log["logs"][0]["stdout"].startswith("summarised ") and uk_log["logs"][0]["exit_code"] == 0
+    assert sg_log["outputs"] == [] and "stdout" not in sg_log["logs"][0]  # withheld logs stay hidden
+
+    listing = alice.get(f"/api/v1/tasks/{task_id}/results").json()
+    released = {t["tre"]: t for t in listing["tres"]}
+    assert sorted(f["name"] for f in released["uk-tre"]["files"]) == ["/outputs/summary.csv", "step-0.stderr",
+                                                                       "step-0.stdout"]
+    assert released["sg-tre"]["files"] == []
+    for file in released["uk-tre"]["files"]:
+        body = alice.get(f"/api/v1/results/{file['id']}").content
+        assert hashlib.sha256(body).hexdigest() == file["sha256"] == held_before[file["name"]]
+    disclosure = released["uk-tre"]["disclosure"]
+    detail = next(f for f in disclosure["files"] if f["name"] == "/outputs/detail.csv")
+    assert detail["decision"] == "rejected" and detail["decisions"][0] == {
+        "checker": "uk-checker", "decision": "rejected", "reason": "person-level rows", "at": detail["decisions"][0]["at"]}
+    assert all(len(f["sha256"]) == 64 and f["checks"]["rules"] for f in disclosure["files"])
+
+    # bob (another project) can see none of it; the airlocks are empty once released
+    bob = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('bob')}"}, timeout=30)
+    assert bob.get(f"/api/v1/tasks/{task_id}/results").status_code == 404
+    assert bob.get(f"/api/v1/results/{released['uk-tre']['files'][0]['id']}").status_code == 404
+    assert airlock.read_manifest(uk.store, uk_child) is None and airlock.read_manifest(sg.store, sg_child) is None
+
+
+def uk_held(agent, child):  # type: ignore[no-untyped-def]
+    from fivesafes_tes.agent.tables import HeldFileRecord
+
+    with agent.db.read() as session:
+        return list(session.scalars(select(HeldFileRecord).where(HeldFileRecord.child_id == child)))
+
+
+def test_a_held_file_changed_behind_the_systems_back_blocks_the_release(stack):
+    alice = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+    task_id = alice.post(f"{TES}/tasks", json={**TASK, "tags": {"tres": "uk-tre"}}).json()["id"]
+    _wait(alice, task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "awaiting_review")
+    uk = stack.agents["uk-tre"]
+    child = _child(uk)
+    key = next(f.key for f in uk_held(uk, child) if f.name == "/outputs/summary.csv")
+    import boto3
+
+    boto3.client("s3", endpoint_url=stack.s3_url, aws_access_key_id="dev", aws_secret_access_key="dev-secret",
+                 region_name="us-east-1").put_object(Bucket="uk-tre-airlock", Key=key, Body=b"persons\n3\n")
+    for f in uk_held(uk, child):
+        _decide(uk, child, f.name, "uk-checker", "approved", "fine")
+    doc = _wait(alice, task_id, lambda d: any("release blocked" in line for line in d["logs"][0]["system_logs"]))
+    assert doc["logs"][0]["metadata"]["stage"] == "awaiting_review"
+    assert alice.get(f"/api/v1/tasks/{task_id}/results").json()["tres"][0]["files"] == []
+    with uk.db.read() as session:
+        alerts = list(session.scalars(select(AuditRecord).where(AuditRecord.action == "release.integrity")))
+    assert len(alerts) == 1 and alerts[0].detail["name"] == "/outputs/summary.csv"
