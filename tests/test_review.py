@@ -118,3 +118,42 @@ def test_no_decision_once_the_child_has_moved_on_and_each_decision_is_audited(db
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(AuditRecord).where(
             AuditRecord.action == "review.decision")) == 1
+
+
+# --- the review API served inside the TRE ----------------------------------------------------------
+
+
+@pytest.fixture
+def api(db, tmp_path):  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from fivesafes_tes.agent.admin_api import create_admin_app
+    from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
+
+    issuer = DevIssuer(tmp_path / "idp", "https://idp.tre.example")
+    validator = TokenValidator(issuer.issuer_url, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
+    client = TestClient(create_admin_app(db, "uk-tre", validator))
+
+    def as_(user: str, *roles: str, tre: str = "uk-tre") -> dict[str, str]:
+        return {"Authorization": f"Bearer {issuer.issue(user, list(roles), audience='fivesafes-tre', tre=tre)}"}
+
+    return client, as_
+
+
+def test_only_output_checkers_of_this_tre_use_the_review_api(api):
+    client, as_ = api
+    body = {"name": "table.csv", "decision": "approved"}
+    url = f"/review/v1/children/{CHILD}/decisions"
+    assert client.post(url, json=body).status_code == 401
+    for headers in (as_("agent-uk", "tre-agent"), as_("dora", "tre-admin"), as_("carol", "researcher"),
+                    as_("carol", "output-checker", tre="sg-tre")):
+        assert client.post(url, json=body, headers=headers).status_code == 403
+        assert client.get("/review/v1/children", headers=headers).status_code == 403
+    assert client.post(url, json=body, headers=as_("alice", "output-checker")).status_code == 403  # the submitter
+    ok = client.post(url, json=body, headers=as_("carol", "output-checker"))
+    assert ok.status_code == 200 and ok.json()["checker"] == "carol"
+    pending = client.get("/review/v1/children", headers=as_("carol", "output-checker")).json()
+    shown = {f["name"]: f for f in pending[0]["files"]}
+    assert shown["table.csv"]["decisions"] == [["carol", "approved", ""]]
+    missing = client.post(url, json={"name": "nope.csv", "decision": "approved"}, headers=as_("carol", "output-checker"))
+    assert missing.status_code == 404

@@ -1,9 +1,11 @@
-"""The TRE-admin API (`/tre/v1`), served by the agent inside the TRE only when an address is
-configured: which projects and people may run work here. The CLI (`fivesafes-tes tre ...`) does the
+"""The TRE's own API, served by the agent inside the TRE only when an address is configured:
+`/tre/v1` for its admins (which projects and people may run work here) and `/review/v1` for its
+output checkers (decisions on held files). The CLI (`fivesafes-tes tre ...`, `review ...`) does the
 same on the agent's database directly."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -14,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fivesafes_tes import audit
-from fivesafes_tes.agent import approvals
+from fivesafes_tes.agent import approvals, review
 from fivesafes_tes.agent.tables import LocalDecision, LocalProject
 from fivesafes_tes.auth import AuthError, Role, TokenValidator
 from fivesafes_tes.db import Database
@@ -45,10 +47,8 @@ class ProjectOut(BaseModel):
     decisions: list[DecisionOut]
 
 
-def tre_admin(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
-    """The calling admin's username; 401 (audited) without a valid token, 403 for anyone else."""
+def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, role: Role) -> str:
+    """The caller's username if their token is valid, for this TRE, with `role`; 401 (audited) or 403."""
     db, tre, validator = request.app.state.db, request.app.state.tre, request.app.state.validator
     reason = "no bearer token"
     if credentials is not None:
@@ -57,8 +57,8 @@ def tre_admin(
         except AuthError as exc:
             reason = exc.reason
         else:
-            if Role.TRE_ADMIN not in claims.roles:
-                raise HTTPException(403, "this API is for this TRE's admins (role tre-admin)")
+            if role not in claims.roles:
+                raise HTTPException(403, f"this route is for this TRE's {role.value}s (role {role.value})")
             if claims.tre and claims.tre != tre:
                 raise HTTPException(403, f"this token is for TRE {claims.tre!r}, not {tre!r}")
             return claims.username
@@ -68,7 +68,28 @@ def tre_admin(
     raise HTTPException(401, f"authentication required: {reason}", headers={"WWW-Authenticate": "Bearer"})
 
 
+def tre_admin(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    return _caller(request, credentials, Role.TRE_ADMIN)
+
+
+def output_checker(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    return _caller(request, credentials, Role.OUTPUT_CHECKER)
+
+
 Admin = Annotated[str, Depends(tre_admin)]
+Checker = Annotated[str, Depends(output_checker)]
+
+
+class FileDecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=1024, description="The file: its container path, or step-N.stdout / .stderr.")
+    decision: Literal["approved", "rejected"]
+    reason: str = Field(default="", max_length=2000)
 
 
 def create_admin_app(db: Database, tre: str, validator: TokenValidator) -> FastAPI:
@@ -110,6 +131,31 @@ def create_admin_app(db: Database, tre: str, validator: TokenValidator) -> FastA
     @app.put("/tre/v1/projects/{project}/members/{username}/decision")
     def decide_member(project: str, username: str, body: DecisionIn, admin: Admin) -> dict:
         return _decide(admin, project, body, username)
+
+    @app.get("/review/v1/children")
+    def pending(_: Checker) -> list[dict]:
+        with db.read() as session:
+            return [asdict(child) for child in review.pending(session)]
+
+    @app.get("/review/v1/children/{child_id}")
+    def show(child_id: str, _: Checker) -> dict:
+        try:
+            with db.read() as session:
+                return asdict(review.describe(session, child_id))
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @app.post("/review/v1/children/{child_id}/decisions")
+    def decide_file(child_id: str, body: FileDecisionIn, checker: Checker) -> dict:
+        try:
+            with db.write() as session:
+                review.decide(session, child_id, review.key_for(session, child_id, body.name), checker,
+                              body.decision, reason=body.reason)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except review.ReviewRefused as exc:
+            raise HTTPException(403 if "cannot review" in str(exc) else 400, str(exc)) from None
+        return {"child_id": child_id, "name": body.name, "decision": body.decision, "checker": checker}
 
     return app
 
