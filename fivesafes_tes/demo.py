@@ -1,8 +1,10 @@
 """`make demo`: the embedded federation, and one analysis walked through it as the people involved would.
 
 A researcher submits one TES task; it runs in the UK and in the Singapore TRE next to each TRE's own
-synthetic data; each TRE holds the outputs in its airlock. Along the way: a project a TRE has not
-approved waits and is then rejected with a reason, and a long task is canceled.
+synthetic data; each TRE holds the outputs in its airlock, runs the automated disclosure checks, and
+its output checker decides; the approved files reach the researcher, who combines the two TREs'
+counts. Along the way: a project a TRE has not approved waits and is then rejected with a reason,
+and a long task is canceled.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fivesafes_tes import audit, devstack
-from fivesafes_tes.agent import approvals
+from fivesafes_tes.agent import approvals, review
 from fivesafes_tes.client import TesClient
 from fivesafes_tes.db import Database
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
-from fivesafes_tes.egress import airlock
 
 PREVALENCE = """set -e
 persons=$(($(wc -l < /data/omop/person.csv) - 1))
@@ -29,6 +30,7 @@ echo "persons,diabetes" > /outputs/prevalence.csv
 echo "$persons,$diabetes" >> /outputs/prevalence.csv
 echo "counted $persons people"
 """
+CHECKER = "demo-checker"
 
 
 def analysis(script: str, name: str, **tags: str) -> dict:
@@ -76,7 +78,8 @@ def _follow(console: Console, client: TesClient, task_id: str, until, timeout: f
 
 def _walk(stack: devstack.DevStack, console: Console) -> int:
     problems: list[str] = []
-    with TesClient(stack.url, stack.token("alice")) as alice, TesClient(stack.url, stack.token("bob")) as bob:
+    alice_token = stack.token("alice")
+    with TesClient(stack.url, alice_token) as alice, TesClient(stack.url, stack.token("bob")) as bob:
         info = alice.service_info()
         console.print(f"gateway {stack.url}: {info['name']} {info['version']} (TES {info['type']['version']})")
 
@@ -87,20 +90,33 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
             problems.append("a retried submission made a second task")
         console.print(f"task {task_id} (a retry with the same Idempotency-Key returned the same id)")
         _follow(console, alice, task_id, lambda s: all(v == "awaiting_review" for v in s.values()))
-        table = Table("TRE", "held file", "bytes", "SHA-256", title="held in each TRE's airlock, awaiting review")
+        table = Table("TRE", "held file", "bytes", "automated checks", title="held in each TRE's airlock, awaiting review")
         for tre, agent in sorted(stack.agents.items()):
-            child = next(c for c in _children(agent))
-            manifest = airlock.read_manifest(agent.store, child)
-            if manifest is None:
-                problems.append(f"{tre} holds no manifest")
-                continue
-            for held in manifest.files:
-                table.add_row(tre, held.container_path or f"step {held.step} {held.kind}", str(held.size),
-                              held.sha256[:16] + "…")
+            with agent.db.read() as session:
+                for file in review.describe(session, _children(agent)[0]).files:
+                    table.add_row(tre, file.name, str(file.size), file.verdict)
         console.print(table)
-        console.print("nothing has left either TRE: the files wait for automated checks and an output checker")
+        console.print("nothing has left either TRE yet: each TRE's output checker decides on every file")
 
-        console.rule("2. bob's project has not been approved by uk-tre")
+        console.rule("2. each TRE's output checker decides; the approved files are released")
+        for tre, agent in sorted(stack.agents.items()):
+            child = _children(agent)[0]
+            with agent.db.write() as session:
+                for file in review.describe(session, child).files:
+                    if file.verdict == "fail":
+                        review.decide(session, child, file.key, CHECKER, "rejected",
+                                      reason="failed an automated disclosure check")
+                    else:
+                        review.decide(session, child, file.key, CHECKER, "approved",
+                                      reason="aggregate counts above the threshold")
+        state, _, _ = _follow(console, alice, task_id,
+                                   lambda s: all(v in ("released", "partially_released", "withheld") for v in s.values()))
+        if state != "COMPLETE":
+            problems.append(f"the released task is {state}, not COMPLETE")
+        combined = _download_and_combine(stack, alice_token, task_id, console, problems)
+        console.print(combined)
+
+        console.rule("3. bob's project has not been approved by uk-tre")
         bob_task = bob.create(analysis(PREVALENCE, "cardio-prevalence"))
         _follow(console, bob, bob_task, lambda s: s.get("uk-tre") == "awaiting_tre_approval")
         uk = stack.agents["uk-tre"]
@@ -112,7 +128,7 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         if state != "SYSTEM_ERROR":
             problems.append("a rejected task did not end SYSTEM_ERROR")
 
-        console.rule("3. alice cancels a long task")
+        console.rule("4. alice cancels a long task")
         long_task = alice.create(analysis("sleep 600\n", "long-running", tres="uk-tre"))
         _follow(console, alice, long_task, lambda s: s.get("uk-tre") == "running")
         started = time.monotonic()
@@ -130,6 +146,42 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         problems.append("the audit chain is broken")
     console.rule("demo finished" if not problems else "demo found problems: " + "; ".join(problems))
     return 0 if not problems else 1
+
+
+def _download_and_combine(stack: devstack.DevStack, token: str, task_id: str, console: Console,
+                          problems: list[str]) -> Table:
+    """What the researcher gets: each TRE's released files (SHA-256 checked) and one combined table."""
+    import csv
+    import hashlib
+    import io
+
+    import httpx
+
+    http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    listing = http.get(f"/api/v1/tasks/{task_id}/results").json()
+    decisions = Table("TRE", "file", "decision", "reason", title="the output checkers' decisions")
+    combined = Table("TRE", "persons", "with type 2 diabetes", "prevalence",
+                     title="released results, combined across the TREs")
+    total_persons = total_diabetes = 0
+    for tre in listing["tres"]:
+        for entry in (tre["disclosure"] or {}).get("files", []):
+            decisions.add_row(tre["tre"], entry["name"], entry["decision"],
+                              "; ".join(d["reason"] for d in entry["decisions"]))
+        for file in tre["files"]:
+            body = http.get(f"/api/v1/results/{file['id']}").content
+            if hashlib.sha256(body).hexdigest() != file["sha256"]:
+                problems.append(f"{file['name']} from {tre['tre']} failed its SHA-256 check")
+            if file["name"] == "/outputs/prevalence.csv":
+                row = next(csv.DictReader(io.StringIO(body.decode())))
+                persons, diabetes = int(row["persons"]), int(row["diabetes"])
+                total_persons, total_diabetes = total_persons + persons, total_diabetes + diabetes
+                combined.add_row(tre["tre"], str(persons), str(diabetes), f"{100 * diabetes / persons:.1f}%")
+    combined.add_row("all TREs", str(total_persons), str(total_diabetes),
+                     f"{100 * total_diabetes / max(total_persons, 1):.1f}%", style="bold")
+    console.print(decisions)
+    if not total_persons:
+        problems.append("no prevalence table was released")
+    return combined
 
 
 def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
