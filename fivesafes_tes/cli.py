@@ -204,12 +204,11 @@ def agent() -> None:
     import logging
     import signal
 
+    from fivesafes_tes import logs
     from fivesafes_tes.agent.loop import Agent
     from fivesafes_tes.settings import AgentSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("botocore", "boto3", "urllib3", "httpx"):  # at DEBUG botocore logs request signatures
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(logging.INFO)
     settings = AgentSettings()  # type: ignore[call-arg]
     worker = Agent.from_settings(settings)
     worker.start()
@@ -482,8 +481,11 @@ def dev(
     executor: Annotated[str, typer.Option(help="docker, or local (development only: no sandbox).")] = "docker",
 ) -> None:
     """Run the embedded federation on loopback (gateway, issuer, S3, two TRE agents); print URL and a token."""
-    from fivesafes_tes import devstack
+    import logging
 
+    from fivesafes_tes import devstack, logs
+
+    logs.configure(logging.WARNING)
     settings = GatewaySettings()
     try:
         stack = devstack.start(data_dir or settings.data_dir, port=port, agents=True, executor=executor)

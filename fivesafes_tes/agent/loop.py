@@ -38,7 +38,7 @@ from fivesafes_tes.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STAGES = ("leased", "awaiting_tre_approval", "staging", "running", "checking")
+ENDED_WITH_HELD_FILES = ("released", "partially_released", "withheld", "executor_failed", "canceled")
 
 
 @dataclass
@@ -141,6 +141,12 @@ class Agent:
         with self.db.read() as session:
             keep = {c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))}
         removed = self.executor.sweep(keep)
+        with self.db.read() as session:
+            ended = [c.child_id for c in session.scalars(select(LocalChild).where(
+                LocalChild.active.is_(False), LocalChild.stage.in_(ENDED_WITH_HELD_FILES)))
+                if not (c.result or {}).get("airlock_emptied")]
+        for child_id in ended:  # a crash came between the final event and emptying the airlock
+            self._empty_airlock(child_id)
         with self.db.write() as session:
             audit.record(session, actor=f"agent:{self.tre}", action="agent.sweep", object=f"tre:{self.tre}",
                          outcome="ok", detail={"removed": sorted(removed), "kept": len(keep)})
@@ -231,7 +237,7 @@ class Agent:
 
     def _cancel(self, child_id: str) -> None:
         self.executor.cancel(child_id)
-        airlock.discard(self.store, child_id)
+        self._empty_airlock(child_id)
         self.executor.cleanup(child_id)
         shutil.rmtree(self._workspace(child_id), ignore_errors=True)
         with self.db.write() as session:
@@ -406,7 +412,15 @@ class Agent:
         approved = sum(d is review.FileOutcome.APPROVED for d in settled.files.values())
         self._emit(child, ending, f"{self.tre}'s output checkers released {approved} of {len(settled.files)} file(s)",
                    report={"disclosure": record, "released_logs": released_logs}, final=True)
-        airlock.discard(self.store, child.child_id)
+        self._empty_airlock(child.child_id)
+
+    def _empty_airlock(self, child_id: str) -> None:
+        """Delete what the airlock holds for an ended child, once; recover() retries it after a crash."""
+        airlock.discard(self.store, child_id)
+        with self.db.write() as session:
+            local = session.get(LocalChild, child_id)
+            if local is not None:
+                local.result = {**(local.result or {}), "airlock_emptied": True}
 
     def _block(self, child: LocalChild, file: HeldFileRecord) -> None:
         """A held file no longer matches its SHA-256: nothing of this child is released, and it is audited."""
