@@ -71,7 +71,10 @@ class AcroRule:
     version: ClassVar[str] = "1"
 
     def __init__(self) -> None:
-        self._folders: dict[tuple[Any, ...], _Folder | None] = {}
+        # A check process serves one CheckContext: index it once, not once per file.
+        self._context: CheckContext | None = None
+        self._held: dict[str, HeldFile] = {}
+        self._folders: dict[PurePosixPath, _Folder | None] = {}
 
     def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
         label = f"{self.name} v{self.version}: {file.name}"
@@ -80,20 +83,26 @@ class AcroRule:
         marker = _marked(file.name, markers)
         if marker:
             findings.append(Finding(Verdict.FAIL, f"{label} is named {marker!r}: never released"))
-        located = _locate(file, context)
+        held = self._index(context)
+        located = _locate(file, held)
         if located is not None:
-            folder = self._folder(*located, context)
+            folder = self._folder(*located, held)
             if folder is not None:
-                findings += _judge(file, folder, config, label, markers, context)
+                findings += _judge(file, folder, config, label, markers, held)
         verdict = Verdict.worst([f.verdict for f in findings])
         return RuleResult(rule=self.name, version=self.version, verdict=verdict, findings=findings)
 
-    def _folder(self, root: PurePosixPath, results: HeldFile, context: CheckContext) -> _Folder | None:
-        own = [f for f in context.files if _is_metadata(_relative(f, root))]
-        key = (root, tuple(sorted((f.name, f.sha256) for f in own)))
-        if key not in self._folders:
-            self._folders[key] = _read_folder(root, results, own)
-        return self._folders[key]
+    def _index(self, context: CheckContext) -> dict[str, HeldFile]:
+        if context is not self._context:
+            self._context, self._folders = context, {}
+            self._held = {f.name: f for f in context.files if f.kind == "output"}
+        return self._held
+
+    def _folder(self, root: PurePosixPath, results: HeldFile, held: dict[str, HeldFile]) -> _Folder | None:
+        if root not in self._folders:
+            own = [f for f in held.values() if _is_metadata(_relative(f, root))]
+            self._folders[root] = _read_folder(root, results, own)
+        return self._folders[root]
 
 
 def _judge(
@@ -102,7 +111,7 @@ def _judge(
     config: dict[str, Any],
     label: str,
     markers: list[str],
-    context: CheckContext,
+    held: dict[str, HeldFile],
 ) -> list[Finding]:
     where = f"ACRO output folder {folder.root}"
     if folder.problem is not None:
@@ -116,7 +125,9 @@ def _judge(
     rel = _relative(file, folder.root)
     findings: list[Finding] = []
     if rel == RESULTS:
-        findings += _summarise(folder, config, label, context)
+        findings += _summarise(folder, config, label, held)
+    elif rel.startswith(f"{CHECKSUMS}/"):
+        findings.append(_judge_checksum(rel, folder, config, label, held))
     elif _is_metadata(rel):
         findings.append(
             Finding(Verdict(config["metadata"]), f"{label} is ACRO's own record-keeping in {where}")
@@ -144,10 +155,25 @@ def _judge(
     return findings
 
 
+def _judge_checksum(
+    rel: str, folder: _Folder, config: dict[str, Any], label: str, held: dict[str, HeldFile]
+) -> Finding:
+    """A checksum that is exactly the SHA-256 of a held sibling says nothing new, so it may pass;
+    any other text in checksums/ could carry anything."""
+    target = rel.removeprefix(f"{CHECKSUMS}/").removesuffix(".txt")
+    sibling = held.get((folder.root / target).as_posix())
+    if sibling is not None and folder.checksums.get(target) == sibling.sha256.lower():
+        return Finding(Verdict.PASS, f"{label} is ACRO's SHA-256 of {target}, matching it")
+    return Finding(
+        Verdict(config["metadata"]),
+        f"{label} is in ACRO's checksums/ but is not the SHA-256 of a held file of this folder",
+    )
+
+
 def _judge_output(
     rel: str, output: _Output, folder: _Folder, config: dict[str, Any], label: str, markers: list[str]
 ) -> list[Finding]:
-    what = f"ACRO output {output.uid!r} ({output.kind})"
+    what = f"output {output.uid!r} ({output.kind})"
     summary = f": {output.summary}" if output.summary else ""
     findings: list[Finding] = []
     marked = _marked(output.uid, markers) or next(
@@ -252,7 +278,9 @@ def _threshold(check: str, settings: dict[str, Any] | None) -> str | None:
     return ", ".join(parts) or None
 
 
-def _summarise(folder: _Folder, config: dict[str, Any], label: str, context: CheckContext) -> list[Finding]:
+def _summarise(
+    folder: _Folder, config: dict[str, Any], label: str, held: dict[str, HeldFile]
+) -> list[Finding]:
     counts: dict[str, int] = {}
     for status in folder.statuses.values():
         counts[status] = counts.get(status, 0) + 1
@@ -261,12 +289,11 @@ def _summarise(folder: _Folder, config: dict[str, Any], label: str, context: Che
         Finding(
             Verdict(config["metadata"]),
             f"{label} is ACRO's record of {len(folder.statuses)} outputs "
-            f"({tally}; {folder.exceptions} exception requests)",
+            f"({tally}; exceptions requested for {folder.exceptions})",
         )
     ]
-    held = {_relative(f, folder.root) for f in context.files}
     for rel, output in sorted(folder.outputs.items()):
-        if rel not in held:
+        if (folder.root / rel).as_posix() not in held:
             findings.append(
                 Finding(
                     Verdict.REVIEW, f"{label}: ACRO lists {rel} (output {output.uid!r}) but it was not held"
@@ -388,11 +415,10 @@ def _load_json(file: HeldFile) -> Any:
         raise _Malformed("it could not be read") from None
 
 
-def _locate(file: HeldFile, context: CheckContext) -> tuple[PurePosixPath, HeldFile] | None:
+def _locate(file: HeldFile, held: dict[str, HeldFile]) -> tuple[PurePosixPath, HeldFile] | None:
     """The nearest folder above `file` holding a results.json, and that results.json."""
     if file.kind != "output":
         return None
-    held = {f.name: f for f in context.files if f.kind == "output"}
     for parent in PurePosixPath(file.name).parents:
         results = held.get((parent / RESULTS).as_posix())
         if results is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -105,7 +105,10 @@ class AcroConfig(RuleConfig):
 
 
 class _TabularConfig(RuleConfig):
-    # The tabular rules may read keys of their own beyond the documented ones.
+    """Sections of rules that validate their own settings: only what the TRE wrote (and `timeout_s`)
+    is handed on, so each rule's own defaults apply and its own model may add keys. The defaults
+    declared here document those of the rules."""
+
     model_config = ConfigDict(extra="allow")
 
 
@@ -133,8 +136,14 @@ class IdentifiersConfig(_TabularConfig):
     kinds: dict[str, bool] = Field(
         default_factory=lambda: dict.fromkeys(IDENTIFIER_KINDS, True),
         description="Direct-identifier detectors, each on or off: NHS numbers (check digit), Singapore "
-        "NRIC/FIN (check letter), emails, full postcodes, full dates of birth.",
+        "NRIC/FIN (check letter), emails, full postcodes, full dates of birth. Kinds not named keep "
+        "their default.",
     )
+
+    @field_validator("kinds")
+    @classmethod
+    def _defaults_for_unnamed_kinds(cls, kinds: dict[str, bool]) -> dict[str, bool]:
+        return {**dict.fromkeys(IDENTIFIER_KINDS, True), **kinds}
 
 
 class ChecksConfig(BaseModel):
@@ -186,7 +195,7 @@ class ChecksConfig(BaseModel):
         return self
 
     def _merged(self, override: dict[str, Any]) -> ChecksConfig:
-        base = self.model_dump(exclude={"projects"})
+        base = self.model_dump(exclude={"projects"}, exclude_unset=True)
         return ChecksConfig.model_validate(_deep_merge(base, override))
 
     def for_project(self, project: str) -> ChecksConfig:
@@ -203,14 +212,18 @@ class ChecksConfig(BaseModel):
             section = (self.__pydantic_extra__ or {}).get(name)
         if section is None:
             return RuleConfig().model_dump()
+        if isinstance(section, _TabularConfig):
+            return copy.deepcopy({**section.model_dump(exclude_unset=True), "timeout_s": section.timeout_s})
         return copy.deepcopy(section.model_dump())
 
     def timeout_for(self, name: str) -> float:
         return float(self.rule_config(name)["timeout_s"])
 
     def fingerprint(self) -> str:
-        """SHA-256 of this configuration, for the disclosure record: which settings judged a file."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the settings that judge (`projects` aside: use `for_project` first), for the
+        disclosure record."""
+        settings = self.model_dump(mode="json", exclude={"projects"})
+        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @classmethod

@@ -91,14 +91,27 @@ def run_checks(files: list[HeldFile], config: ChecksConfig, project: str) -> lis
         threading.Thread(target=slot, name=f"checks-{n}", daemon=True)
         for n in range(min(effective.workers, len(files)))
     ]
+    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return [
+    done = [
         report or _failed_report(files[index], plan, "the check runner stopped before this file was checked")
         for index, report in enumerate(reports)
     ]
+    tally = {v: sum(1 for r in done if r.verdict is v) for v in Verdict}
+    log.info(
+        "checked %d files of project %s with %s in %.1fs: %d pass, %d review, %d fail",
+        len(done),
+        project,
+        ", ".join(p.name for p in plan),
+        time.monotonic() - started,
+        tally[Verdict.PASS],
+        tally[Verdict.REVIEW],
+        tally[Verdict.FAIL],
+    )
+    return done
 
 
 def _plan(name: str, config: ChecksConfig) -> _Planned:
@@ -154,6 +167,10 @@ class _Worker:
         started = time.monotonic()
         try:
             conn = self._ensure_started()
+        except Exception as exc:  # noqa: BLE001 - cannot start a check process: fail closed, say why
+            why = f"no check process could be started ({type(exc).__name__})"
+            return self._log_failure(planned, file, why, 0.0)
+        try:
             conn.send_bytes(json.dumps({"file": file_index, "step": step}).encode())
             if not conn.poll(planned.timeout_s):
                 self._kill()
@@ -167,14 +184,15 @@ class _Worker:
         try:
             reply = json.loads(raw)
             if "error" in reply:
+                version = reply.get("version")
                 return self._log_failure(
-                    planned, file, str(reply["error"]), seconds, str(reply.get("version"))
+                    planned, file, str(reply["error"]), seconds, version if isinstance(version, str) else None
                 )
             result = _parse_result(planned.name, reply["result"])
         except (ValueError, KeyError, TypeError) as exc:
             return self._log_failure(planned, file, f"returned nonsense: {exc}", seconds)
         result.seconds = seconds
-        log.info(
+        log.debug(
             "rule %s v%s on %s: %s (%.2fs)", result.rule, result.version, file.name, result.verdict, seconds
         )
         return result
