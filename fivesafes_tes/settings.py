@@ -76,6 +76,11 @@ class GatewaySettings(BaseSettings):
     results_access_key: str | None = Field(default=None, description="Access key of the results store.")
     results_secret_key: SecretStr | None = Field(default=None, description="Secret key of the results store.")
     results_region: str = Field(default="us-east-1", description="Region of the results store.")
+    delivery_buckets: list[str] = Field(
+        default_factory=list,
+        description="Buckets on the results store's endpoint that released outputs may be delivered to, when a "
+        "TES output url names them (s3://BUCKET/key). Others are not written to.",
+    )
 
     metrics_token: SecretStr | None = Field(
         default=None, description="Static bearer token Prometheus may use for /metrics instead of a JWT."

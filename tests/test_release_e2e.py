@@ -144,3 +144,34 @@ def test_a_held_file_changed_behind_the_systems_back_blocks_the_release(stack):
     with uk.db.read() as session:
         alerts = list(session.scalars(select(AuditRecord).where(AuditRecord.action == "release.integrity")))
     assert len(alerts) == 1 and alerts[0].detail["name"] == "/outputs/summary.csv"
+
+
+def test_released_outputs_are_delivered_where_the_task_asked_if_the_gateway_may_write_there(tmp_path, docker_client):
+    import boto3
+
+    images.ensure_busybox_image(docker_client)
+    with devstack.start(tmp_path / "stack", agents=True, executor="docker",
+                        delivery_buckets=["project-outputs"]) as stack:
+        s3 = boto3.client("s3", endpoint_url=stack.s3_url, aws_access_key_id="dev", aws_secret_access_key="dev-secret",
+                          region_name="us-east-1")
+        for bucket in ("project-outputs", "elsewhere"):
+            s3.create_bucket(Bucket=bucket)
+        task = {**TASK, "tags": {"tres": "uk-tre"}, "outputs": [
+            {"path": "/outputs/summary.csv", "url": "s3://project-outputs/study-1/summary.csv"},
+            {"path": "/outputs/detail.csv", "url": "s3://elsewhere/detail.csv"}]}
+        alice = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+        task_id = alice.post(f"{TES}/tasks", json=task).json()["id"]
+        _wait(alice, task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "awaiting_review")
+        uk = stack.agents["uk-tre"]
+        child = _child(uk)
+        for file in uk_held(uk, child):
+            _decide(uk, child, file.name, "uk-checker", "approved", "fine")
+        doc = _wait(alice, task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "released"
+                    and any(o["url"].startswith("s3://") for o in d["logs"][0]["outputs"]))
+        outputs = {o["path"]: o["url"] for o in doc["logs"][0]["outputs"]}
+        assert outputs["/outputs/summary.csv"] == "s3://project-outputs/study-1/summary.csv"
+        assert outputs["/outputs/detail.csv"].startswith(f"{stack.url}/api/v1/results/")  # not a permitted bucket
+        delivered = s3.get_object(Bucket="project-outputs", Key="study-1/summary.csv")["Body"].read()
+        held = {f.name: f.sha256 for f in uk_held(uk, child)}
+        assert hashlib.sha256(delivered).hexdigest() == held["/outputs/summary.csv"]
+        assert s3.list_objects_v2(Bucket="elsewhere").get("KeyCount", 0) == 0

@@ -14,6 +14,7 @@ send `If-None-Match` on CompleteMultipartUpload nor hold back completion until a
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import logging
 import os
@@ -295,6 +296,12 @@ class ObjectStore:
             config=config,
         )
         self._lock = threading.Lock()
+
+    def with_bucket(self, bucket: str) -> ObjectStore:
+        """Another bucket on the same endpoint, with the same credentials and client."""
+        other = copy.copy(self)
+        other.bucket = bucket
+        return other
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> ObjectStore:

@@ -123,6 +123,10 @@ def child_event(request: Request, child_id: str, body: EventRequest, tre: Curren
             message=body.message, report=body.report, ttl_s=ctx.settings.lease_ttl_s,
             paused_for_review=ctx.settings.paused_for_review,
         )
+    if result.applied and body.stage in leases.RELEASE_ENDINGS and ctx.settings.delivery_buckets:
+        from fivesafes_tes.gateway.results_api import deliver
+
+        deliver(ctx, tre, child_id)
     return EventResponse(stage=result.stage, applied=result.applied)
 
 

@@ -171,3 +171,38 @@ def download(
     return FileResponse(tmp, filename=Path(released.name).name, media_type="application/octet-stream",
                         headers={"X-Content-SHA256": released.sha256},
                         background=BackgroundTask(tmp.unlink, missing_ok=True))
+
+
+def deliver(ctx, tre: Tre, child_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Copy a child's released outputs to the destinations their TES output urls name, where this
+    gateway may write; each copy verified; what went where recorded for the TES view and audited."""
+    from fivesafes_tes.egress.store import StoreError
+    from fivesafes_tes.submission.tables import Task
+
+    store = ctx.results_store
+    if store is None:
+        return
+    with ctx.db.read() as session:
+        child = session.get(Child, child_id)
+        task = session.get(Task, child.task_id)
+        files = list(session.scalars(select(ReleasedFile).where(ReleasedFile.child_id == child_id)))
+        targets = results.destinations(task.document, files, set(ctx.settings.delivery_buckets))
+    delivered, failed = {}, []
+    for file in files:
+        url = targets.get(file.name)
+        if url is None:
+            continue
+        bucket, _, key = url[5:].partition("/")
+        destination = store.with_bucket(bucket)
+        try:
+            destination.copy_verified(store, file.key, safe_key(key), file.sha256)
+            delivered[file.name] = url
+        except (StoreError, ValueError) as exc:
+            failed.append(f"could not deliver {file.name} to {url}: {type(exc).__name__}")
+    with ctx.db.write() as session:
+        child = session.get(Child, child_id)
+        child.report = {**child.report, "delivered": {**child.report.get("delivered", {}), **delivered}}
+        child.system_logs = [*child.system_logs, *failed]
+        for name, url in delivered.items():
+            audit.record(session, actor=f"agent:{tre.name}", action="release.deliver", object=f"child:{child_id}",
+                         outcome="ok", detail={"name": name, "url": url})

@@ -82,3 +82,29 @@ def released_files(session: Session, task_ids: list[str]) -> dict[str, list[tupl
     for released, tre in rows:
         out.setdefault(released.task_id, []).append((released, tre))
     return out
+
+
+def destinations(task_document: dict[str, Any], released: list[ReleasedFile], buckets: set[str]) -> dict[str, str]:
+    """Where each released output goes besides the results store: name -> s3:// url, for outputs whose
+    TES `url` names a bucket this gateway may write to. Wildcard outputs keep their path under
+    `path_prefix`, appended to the output's url."""
+    import fnmatch
+    import posixpath
+
+    out: dict[str, str] = {}
+    for file in released:
+        if file.kind != "output":
+            continue
+        for spec in task_document.get("outputs", []):
+            url = spec.get("url", "")
+            if not url.startswith("s3://") or url[5:].split("/", 1)[0] not in buckets:
+                continue
+            path = spec["path"]
+            if any(c in path for c in "*?[") and fnmatch.fnmatchcase(file.name, path):
+                prefix = spec.get("path_prefix") or posixpath.dirname(path)
+                out[file.name] = url.rstrip("/") + "/" + posixpath.relpath(file.name, prefix)
+                break
+            if file.name == path or (spec.get("type") == "DIRECTORY" and file.name.startswith(path.rstrip("/") + "/")):
+                out[file.name] = url if file.name == path else url.rstrip("/") + file.name[len(path.rstrip("/")):]
+                break
+    return out
