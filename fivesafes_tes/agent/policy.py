@@ -50,6 +50,9 @@ class TrePolicy(BaseModel):
         unknown = {d for names in policy.grants.values() for d in names} - set(policy.datasets)
         if unknown:
             raise ValueError(f"{path}: grants name datasets that are not defined: {', '.join(sorted(unknown))}")
+        from fivesafes_tes.egress.checks.config import ChecksConfig
+
+        ChecksConfig.model_validate(policy.checks)  # a mistake in the rules' settings stops the agent at start
         return policy
 
     def image_allowed(self, image: str) -> bool:
