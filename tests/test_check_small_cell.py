@@ -1,0 +1,227 @@
+"""The small-cell rule on real tables made here: CSV, TSV, Parquet, JSON; counts at and around the
+threshold, zeros under each policy, suppression markers, and tables larger than one read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fivesafes_tes.egress.checks import ChecksConfig, HeldFile, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, RuleResult
+from fivesafes_tes.egress.checks.small_cell import SmallCellRule
+
+
+def held(path: Path, name: str | None = None, kind: str = "output") -> HeldFile:
+    data = path.read_bytes()
+    return HeldFile(path, name or f"/outputs/{path.name}", kind, len(data), hashlib.sha256(data).hexdigest())
+
+
+def judge(path: Path, name: str | None = None, kind: str = "output", **settings: object) -> RuleResult:
+    config = ChecksConfig.model_validate({"small_cell": settings}).rule_config("small_cell")
+    file = held(path, name, kind)
+    result = SmallCellRule().check(file, config, CheckContext(files=(file,)))
+    assert result.rule == "small_cell" and result.version == "1"
+    return result
+
+
+def listed(result: RuleResult, verdict: Verdict) -> list[tuple[str | None, int | None]]:
+    return [(f.column, f.row) for f in result.findings if f.verdict is verdict and f.row is not None]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+AGGREGATE = "region,age_band,n_patients,rate\nNorth,0-17,120,1.5\nNorth,18-64,45,2.25\nSouth,0-17,10,0.5\n"
+
+
+def test_an_aggregate_table_with_every_count_at_or_above_the_threshold_passes(tmp_path: Path) -> None:
+    result = judge(write(tmp_path, "table.csv", AGGREGATE))
+    assert result.verdict is Verdict.PASS
+    assert "n_patients" in result.findings[-1].message and "3 rows" in result.findings[-1].message
+
+
+@pytest.mark.parametrize(("value", "verdict"), [(9, Verdict.FAIL), (10, Verdict.PASS), (3, Verdict.FAIL)])
+def test_the_threshold_is_exclusive(tmp_path: Path, value: int, verdict: Verdict) -> None:
+    path = write(tmp_path, "t.csv", f"group,count\na,50\nb,{value}\n")
+    result = judge(path)
+    assert result.verdict is verdict
+    if verdict is Verdict.FAIL:
+        (finding,) = [f for f in result.findings if f.verdict is Verdict.FAIL]
+        assert (finding.column, finding.row, finding.excerpt, finding.threshold) == ("count", 2, "<10", "10")
+        assert str(value) not in finding.message  # the value itself is never shown
+
+
+def test_the_threshold_comes_from_the_tre_or_project(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "group,n\na,15\nb,25\n")
+    assert judge(path).verdict is Verdict.PASS
+    result = judge(path, threshold=20)
+    assert listed(result, Verdict.FAIL) == [("n", 1)]
+    assert result.findings[0].excerpt == "<20"
+
+
+@pytest.mark.parametrize(
+    ("zeros", "verdict"), [("pass", Verdict.PASS), ("review", Verdict.REVIEW), ("fail", Verdict.FAIL)]
+)
+def test_zeros_follow_the_policy(tmp_path: Path, zeros: str, verdict: Verdict) -> None:
+    path = write(tmp_path, "t.csv", "group,cases\na,0\nb,30\n")
+    result = judge(path, zeros=zeros)
+    assert result.verdict is verdict
+    assert listed(result, verdict) == ([] if zeros == "pass" else [("cases", 1)])
+
+
+def test_zeros_default_to_review(tmp_path: Path) -> None:
+    assert judge(write(tmp_path, "t.csv", "group,cases\na,0\n")).verdict is Verdict.REVIEW
+
+
+def test_only_count_like_columns_are_judged(tmp_path: Path) -> None:
+    text = "age,year,num_cases,mean_count,total_deaths\n3,2019,40,2.5,12\n5,2020,41,3.5,14\n"
+    result = judge(write(tmp_path, "t.csv", text))
+    assert result.verdict is Verdict.PASS  # ages 3 and 5, and 2.5 "counts", are not counts
+    assert "num_cases, total_deaths" in result.findings[-1].message
+
+
+def test_a_fractional_value_makes_a_count_named_column_a_measure(tmp_path: Path) -> None:
+    result = judge(write(tmp_path, "t.csv", "group,n\na,3\nb,4.5\n"))
+    assert result.verdict is Verdict.PASS
+    assert "no count-like columns" in result.findings[0].message
+
+
+def test_suppression_markers_are_not_counts_but_the_rest_still_are(tmp_path: Path) -> None:
+    text = "group,n\na,<10\nb,*\nc,\nd, 12 \ne,3\nf,NA\n"
+    assert listed(judge(write(tmp_path, "t.csv", text)), Verdict.FAIL) == [("n", 5)]
+
+
+def test_named_count_columns_and_all_integer_columns(tmp_path: Path) -> None:
+    text = "sex,2019,2020,age\nF,14,3,40\nM,22,31,41\n"
+    path = write(tmp_path, "wide.csv", text)
+    assert judge(path).verdict is Verdict.PASS
+    assert listed(judge(path, count_columns=["2020"]), Verdict.FAIL) == [("2020", 1)]
+    result = judge(path, all_integer_columns=True)
+    assert listed(result, Verdict.FAIL) == [("2020", 1)]  # "age" stays excluded
+
+
+def test_a_tsv_is_read_with_its_delimiter(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.tsv", "region\tcount\nNorth, East\t4\nSouth\t40\n")
+    assert listed(judge(path), Verdict.FAIL) == [("count", 1)]
+
+
+def test_a_semicolon_csv_is_sniffed(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "region;count\nNorth;4\nSouth;40\n")
+    assert listed(judge(path), Verdict.FAIL) == [("count", 1)]
+
+
+def test_quoted_line_breaks_do_not_shift_rows(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", 'label,n\n"two\nlines",20\nb,2\n')
+    assert listed(judge(path), Verdict.FAIL) == [("n", 2)]
+
+
+def test_parquet_with_typed_columns(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    table = pa.table(
+        {"region": ["a", "b", "c"], "count": pa.array([12, 7, 0], pa.int32()), "rate": [0.1, 2.0, 3.0]}
+    )
+    pq.write_table(table, path)
+    result = judge(path)
+    assert listed(result, Verdict.FAIL) == [("count", 2)]
+    assert listed(result, Verdict.REVIEW) == [("count", 3)]
+
+
+def test_parquet_floats_holding_whole_numbers_are_counts(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"n": [12.0, 3.0]}), path)
+    assert listed(judge(path), Verdict.FAIL) == [("n", 2)]
+
+
+def test_json_array_of_objects(tmp_path: Path) -> None:
+    records = [
+        {"group": "a", "patients": 25},
+        {"group": "b", "patients": 4},
+        {"group": "c", "patients": "<10"},
+    ]
+    path = write(tmp_path, "t.json", json.dumps(records, indent=2))
+    assert listed(judge(path), Verdict.FAIL) == [("patients", 2)]
+
+
+def test_json_lines(tmp_path: Path) -> None:
+    lines = [{"group": "a", "count": 11}, {"group": "b"}, {"group": "c", "count": 2}]
+    path = write(tmp_path, "t.jsonl", "\n".join(json.dumps(r) for r in lines) + "\n")
+    assert listed(judge(path), Verdict.FAIL) == [("count", 3)]
+
+
+def test_json_that_is_not_records_is_not_a_table(tmp_path: Path) -> None:
+    path = write(tmp_path, "summary.json", json.dumps({"counts": {"a": 3}}, indent=2))
+    result = judge(path)
+    assert result.verdict is Verdict.PASS and "not a table" in result.findings[0].message
+
+
+def test_text_and_logs_are_not_tables(tmp_path: Path) -> None:
+    path = write(tmp_path, "step-1.stdout", "count,n\na,3\n")
+    result = judge(path, name="step-1.stdout", kind="stdout")
+    assert result.verdict is Verdict.PASS and "not a table" in result.findings[0].message
+
+
+def test_a_ragged_table_fails_without_quoting_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "group,n\nsecret-value,40\nonly-one-field\n")
+    result = judge(path)
+    assert result.verdict is Verdict.FAIL
+    (finding,) = result.findings
+    assert "1 field(s) where the header has 2" in finding.message
+    assert "secret" not in finding.message and "only-one" not in finding.message
+
+
+def test_damaged_parquet_fails(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    path.write_bytes(b"PAR1 not really")
+    result = judge(path)
+    assert result.verdict is Verdict.FAIL and "Parquet" in result.findings[0].message
+
+
+def test_an_empty_table_passes(tmp_path: Path) -> None:
+    assert judge(write(tmp_path, "t.csv", "")).verdict is Verdict.PASS
+    assert judge(write(tmp_path, "h.csv", "group,n\n")).verdict is Verdict.PASS
+
+
+def test_findings_are_capped_and_the_rest_counted(tmp_path: Path) -> None:
+    text = "group,n\n" + "".join(f"g{i},3\n" for i in range(30))
+    result = judge(write(tmp_path, "t.csv", text), max_findings=5)
+    assert len(listed(result, Verdict.FAIL)) == 5
+    assert any("30 counts below 10 in all, 25 not listed" in f.message for f in result.findings)
+
+
+def test_a_large_table_is_streamed_and_types_may_change_far_down(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    with path.open("w") as out:
+        out.write("region,n\n")
+        out.writelines(f"r{i % 50},{100 + i % 900}\n" for i in range(400_000))
+        out.write("late,<10\nlater,4\n")
+    result = judge(path)
+    assert listed(result, Verdict.FAIL) == [("n", 400_002)]
+
+
+def test_invalid_settings_fail_with_the_key_named(tmp_path: Path) -> None:
+    file = held(write(tmp_path, "t.csv", AGGREGATE))
+    result = SmallCellRule().check(file, {"treshold": 5}, CheckContext(files=(file,)))
+    assert result.verdict is Verdict.FAIL and "treshold" in result.findings[0].message
+
+
+def test_the_three_tabular_rules_run_through_the_registry_and_runner(tmp_path: Path) -> None:
+    from fivesafes_tes.egress.checks import run_checks
+
+    rows = "".join(f"{i},{i},x\n" for i in range(1, 201))
+    path = write(tmp_path, "cohort.csv", f"person_id,n,note\n{rows}201,50,NHS 943 476 5919\n")
+    config = ChecksConfig.model_validate({"enabled": ["small_cell", "record_level", "identifiers"]})
+    (report,) = run_checks([held(path)], config, "diabetes-cancer")
+    verdicts = {r.rule: (r.verdict, r.error) for r in report.results}
+    assert verdicts == {
+        "small_cell": (Verdict.FAIL, None),
+        "record_level": (Verdict.FAIL, None),
+        "identifiers": (Verdict.FAIL, None),
+    }
