@@ -111,6 +111,19 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
         "checker": "uk-checker", "decision": "rejected", "reason": "person-level rows", "at": detail["decisions"][0]["at"]}
     assert all(len(f["sha256"]) == 64 and f["checks"]["rules"] for f in disclosure["files"])
 
+    # The researcher's command downloads exactly the released files, checking each SHA-256.
+    from typer.testing import CliRunner
+
+    from fivesafes_tes.cli import app
+
+    out = stack.settings.data_dir / "downloaded"
+    result = CliRunner().invoke(app, ["results", task_id, "--out", str(out), "--url", stack.url,
+                                      "--token", stack.token("alice")])
+    assert result.exit_code == 0, result.output
+    got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert got == ["uk-tre/outputs/summary.csv", "uk-tre/step-0.stderr", "uk-tre/step-0.stdout"]
+    assert "person-level rows" in result.output  # the decisions and reasons are shown
+
     # bob (another project) can see none of it; the airlocks are empty once released
     bob = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('bob')}"}, timeout=30)
     assert bob.get(f"/api/v1/tasks/{task_id}/results").status_code == 404

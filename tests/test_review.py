@@ -157,3 +157,14 @@ def test_only_output_checkers_of_this_tre_use_the_review_api(api):
     assert shown["table.csv"]["decisions"] == [["carol", "approved", ""]]
     missing = client.post(url, json={"name": "nope.csv", "decision": "approved"}, headers=as_("carol", "output-checker"))
     assert missing.status_code == 404
+
+
+def test_a_file_whose_checks_could_not_run_can_be_rejected_but_never_approved(db):
+    with db.write() as session:
+        record = session.get(HeldFileRecord, (CHILD, KEYS[0]))
+        record.verdict = "fail"
+        record.results = [{"rule": "small_cell", "version": "1", "verdict": "fail", "error": "timed out after 60 s",
+                           "findings": []}]
+    with pytest.raises(review.ReviewRefused, match="could not run"):
+        decide(db, KEYS[0], "carol", "approved", reason="looks fine to me")
+    decide(db, KEYS[0], "carol", "rejected", reason="checks could not run")

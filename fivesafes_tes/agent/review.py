@@ -72,8 +72,15 @@ def decide(
         raise ReviewRefused(f"{checker} submitted this task and cannot review its outputs")
     if decision == "rejected" and not reason.strip():
         raise ReviewRefused("say why: the researcher reads the reason for a rejection")
-    if decision == "approved" and held.verdict == "fail" and not reason.strip():
-        raise ReviewRefused(f"{held.name} failed an automated check: approving it needs a reason")
+    if decision == "approved":
+        broken = [r["rule"] for r in held.results if r.get("error")]
+        if broken:
+            raise ReviewRefused(
+                f"the automated check(s) {', '.join(broken)} could not run on {held.name}; it cannot be approved "
+                "until they have run (reject it, or ask the TRE's admins to fix the checks and re-run them)"
+            )
+        if held.verdict == "fail" and not reason.strip():
+            raise ReviewRefused(f"{held.name} failed an automated check: approving it needs a reason")
     row = session.get(ReviewDecision, (child_id, key, checker))
     if row is None:
         row = ReviewDecision(child_id=child_id, key=key, checker=checker)
