@@ -28,6 +28,8 @@ persons=$(($(wc -l < /data/omop/person.csv) - 1))
 diabetes=$(awk -F, 'NR>1 && $3==201826 {print $2}' /data/omop/condition_occurrence.csv | sort -u | wc -l)
 echo "persons,diabetes" > /outputs/prevalence.csv
 echo "$persons,$diabetes" >> /outputs/prevalence.csv
+awk -F, 'NR>1 {c[$2","int($3/10)*10]++} END {print "gender_concept_id,birth_decade,count"; for (k in c) print k","c[k]}' \
+  /data/omop/person.csv > /outputs/by_decade.csv
 echo "counted $persons people"
 """
 CHECKER = "demo-checker"
@@ -39,7 +41,8 @@ def analysis(script: str, name: str, **tags: str) -> dict:
         "description": "People with type 2 diabetes (OMOP concept 201826) among everyone in the TRE.",
         "executors": [{"image": BUSYBOX_IMAGE, "command": ["sh", "/analysis/run.sh"]}],
         "inputs": [{"path": "/analysis/run.sh", "content": script}],
-        "outputs": [{"path": "/outputs/prevalence.csv", "url": "s3://results/prevalence.csv"}],
+        "outputs": [{"path": "/outputs/prevalence.csv", "url": "s3://results/prevalence.csv"},
+                    {"path": "/outputs/by_decade.csv", "url": "s3://results/by_decade.csv"}],
         "resources": {"cpu_cores": 1, "ram_gb": 0.5},
         "tags": tags,
     }
@@ -90,11 +93,12 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
             problems.append("a retried submission made a second task")
         console.print(f"task {task_id} (a retry with the same Idempotency-Key returned the same id)")
         _follow(console, alice, task_id, lambda s: all(v == "awaiting_review" for v in s.values()))
-        table = Table("TRE", "held file", "bytes", "automated checks", title="held in each TRE's airlock, awaiting review")
+        table = Table("TRE", "held file", "bytes", "automated checks", "first finding",
+                      title="held in each TRE's airlock, awaiting review")
         for tre, agent in sorted(stack.agents.items()):
             with agent.db.read() as session:
                 for file in review.describe(session, _children(agent)[0]).files:
-                    table.add_row(tre, file.name, str(file.size), file.verdict)
+                    table.add_row(tre, file.name, str(file.size), file.verdict, file.findings[0] if file.findings else "")
         console.print(table)
         console.print("nothing has left either TRE yet: each TRE's output checker decides on every file")
 
@@ -110,7 +114,7 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
                         review.decide(session, child, file.key, CHECKER, "approved",
                                       reason="aggregate counts above the threshold")
         state, _, _ = _follow(console, alice, task_id,
-                                   lambda s: all(v in ("released", "partially_released", "withheld") for v in s.values()))
+                              lambda s: all(v in ("released", "partially_released", "withheld") for v in s.values()))
         if state != "COMPLETE":
             problems.append(f"the released task is {state}, not COMPLETE")
         combined = _download_and_combine(stack, alice_token, task_id, console, problems)

@@ -191,12 +191,26 @@ def describe(session: Session, child_id: str) -> ChildView:
         files=[
             FileView(
                 key=h.key, name=h.name, kind=h.kind, size=h.size, sha256=h.sha256, verdict=h.verdict,
-                findings=[f"{r['rule']} v{r['version']}: {f['message']}" for r in h.results for f in r.get("findings", [])],
+                findings=_findings(h.results),
                 decisions=[(d.checker, d.decision, d.reason) for d in decisions if d.key == h.key],
             )
             for h in held
         ],
     )
+
+
+def _findings(results: list[dict[str, Any]]) -> list[str]:
+    """Every finding as one line, the most severe first (each message already names its rule)."""
+    order = {"fail": 0, "review": 1, "pass": 2}
+    found = [(f.get("verdict", "review"), f["message"] + _where(f)) for r in results for f in r.get("findings", [])]
+    found += [("fail", f"{r['rule']} could not run: {r['error']}") for r in results if r.get("error")]
+    return [f"{verdict}: {message}" for verdict, message in sorted(found, key=lambda x: order.get(x[0], 1))]
+
+
+def _where(finding: dict[str, Any]) -> str:
+    parts = [f"{label} {finding[key]}" for key, label in (("column", "column"), ("row", "row"),
+                                                            ("threshold", "threshold")) if finding.get(key) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def key_for(session: Session, child_id: str, name: str) -> str:
