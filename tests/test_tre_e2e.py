@@ -105,12 +105,13 @@ def test_one_task_runs_in_both_tres_and_holds_outputs_with_checksums(federation)
     task_id = alice.submit(analysis())
     doc, seen = alice.wait(task_id, _held)
 
-    # Every per-TRE stage sequence observed is a legal path, and the parent state never goes back.
+    # Every per-TRE stage sequence observed (polling may miss a quick stage) moves forward along legal
+    # transitions, and the parent state never goes back.
     for tre in ("uk-tre", "sg-tre"):
         path = [stages[tre] for _, stages in seen]
         path = [s for i, s in enumerate(path) if i == 0 or s != path[i - 1]]
         for before, after in itertools.pairwise(path):
-            assert Stage(after) in TRANSITIONS[Stage(before)], (tre, path)
+            assert Stage(after) in _reachable(Stage(before)), (tre, path)
     order = ["QUEUED", "INITIALIZING", "RUNNING"]
     states = [state for state, _ in seen]
     assert states == sorted(states, key=order.index) and states[-1] == "RUNNING"
@@ -138,6 +139,18 @@ def test_one_task_runs_in_both_tres_and_holds_outputs_with_checksums(federation)
         assert int(row["persons"]) == _persons(federation, tre)
     # Each TRE counted its own population, which differ by design.
     assert counts["uk-tre"]["persons"] != counts["sg-tre"]["persons"]
+
+
+def _reachable(stage: Stage) -> set[Stage]:
+    """Every stage some chain of legal transitions leads to from `stage`."""
+    seen: set[Stage] = set()
+    frontier = [stage]
+    while frontier:
+        for nxt in TRANSITIONS.get(frontier.pop(), frozenset()):
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return seen
 
 
 def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
