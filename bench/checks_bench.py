@@ -120,7 +120,9 @@ def _child(conn: Any, kind: str, path: Path, name: str, trace: bool) -> None:
         import pyarrow as pa
 
         check, extra["first_call_seconds"] = _rule_runner(name, path.parent)
-        work = partial(lambda: extra.update(check(path)))
+
+        def work() -> None:
+            extra.update(check(path))
     else:
         work = partial(_plain_chunks if kind == "chunks" else _plain_lines, path)
     if trace:

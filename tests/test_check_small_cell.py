@@ -225,3 +225,10 @@ def test_the_three_tabular_rules_run_through_the_registry_and_runner(tmp_path: P
         "record_level": (Verdict.FAIL, None),
         "identifiers": (Verdict.FAIL, None),
     }
+
+
+def test_a_row_longer_than_a_read_block_fails_with_the_fix_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "note,n\n" + "a,20\n" * 10 + "x" * (3 << 20) + ",5\n")
+    result = judge(path)
+    assert result.verdict is Verdict.FAIL
+    assert "longer than 1 MiB; split long values" in result.findings[0].message

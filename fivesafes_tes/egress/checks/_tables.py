@@ -41,7 +41,7 @@ _SUFFIXES = {
 _DELIMITERS = (",", "\t", ";", "|")
 _SAMPLE_BYTES = 64 * 1024
 _MAX_HEADER_BYTES = 1 << 20
-_CSV_BLOCK_BYTES = 4 << 20  # one block is parsed at a time: the bound on a row's length, too
+_CSV_BLOCK_BYTES = 1 << 20  # the parse unit and longest row; Arrow holds ~36 in read-ahead
 _PARQUET_BATCH_ROWS = 65_536
 _JSON_BATCH_ROWS = 8_192
 _JSON_MAX_RECORD_CHARS = 16 << 20
@@ -68,13 +68,12 @@ class Table:
 
     format: str
     columns: tuple[str, ...]
-    delimiter: str | None = None
-    _reader: Callable[[Select | None], Iterator[pa.RecordBatch]] = field(repr=False, default=None)  # type: ignore[assignment]
+    read: Callable[[Select | None], Iterator[pa.RecordBatch]] = field(repr=False)
 
     def batches(self, select: Select | None = None) -> Iterator[pa.RecordBatch]:
         """Record batches of the columns `select` accepts (all when None), in file order. Raises
         `UnreadableTable` at the first row that cannot be read."""
-        return self._reader(select)
+        return self.read(select)
 
 
 def table_format(file: HeldFile) -> str | None:
@@ -195,7 +194,7 @@ def _open_delimited(path: Path, fmt: str) -> Table:
             rows += batch.num_rows
             yield pa.RecordBatch.from_arrays(batch.columns, names=names)
 
-    return Table(fmt, tuple(header), delimiter, reader)
+    return Table(fmt, tuple(header), reader)
 
 
 def _csv_problem(exc: Exception, rows_read: int, fmt: str) -> str:
@@ -240,7 +239,7 @@ def _open_parquet(path: Path) -> Table:
                 raise UnreadableTable("the Parquet file cannot be read to its end: it is damaged") from None
             yield batch
 
-    return Table(PARQUET, names, None, reader)
+    return Table(PARQUET, names, reader)
 
 
 # JSON ------------------------------------------------------------------------------------------------
@@ -251,7 +250,7 @@ def _open_json(path: Path) -> Table | None:
         head = stream.read(_SAMPLE_BYTES)
     text = head.decode("utf-8", errors="replace").removeprefix("\ufeff").lstrip()
     if text.startswith("["):
-        if not text[1:].lstrip()[:1] in ("{", "]"):
+        if text[1:].lstrip()[:1] not in ("{", "]"):
             return None
         records = _json_array
     elif text.startswith("{"):
@@ -275,18 +274,18 @@ def _open_json(path: Path) -> Table | None:
         if chunk:
             yield _records_batch(chunk, select)
 
-    return Table(JSON, (), None, reader)
+    return Table(JSON, (), reader)
 
 
 def _text_chunks(path: Path) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     with path.open("rb") as stream:
-        while data := stream.read(_READ_BYTES):
-            try:
+        try:
+            while data := stream.read(_READ_BYTES):
                 yield decoder.decode(data)
-            except UnicodeDecodeError:
-                raise UnreadableTable("the JSON table is not UTF-8 text; save it as UTF-8") from None
-        yield decoder.decode(b"", final=True)
+            yield decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise UnreadableTable("the JSON table is not UTF-8 text; save it as UTF-8") from None
 
 
 def _json_lines(path: Path) -> Iterator[dict[str, object]]:

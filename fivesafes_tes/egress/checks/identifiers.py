@@ -421,60 +421,93 @@ def _scan_piece(
     offsets = pa.array(bounds, pa.int32()).buffers()[1]
     subs = pa.Array.from_buffers(pa.binary(), len(bounds) - 1, [None, offsets, pa.py_buffer(piece)])
     flagged = pc.match_substring_regex(subs, detector.prefilter).to_pylist()
+    rows = _Rows(piece, table) if table is not None and not table.lost else None
     ends = 0
-    for start, end, candidate in zip(bounds, bounds[1:], flagged, strict=False):
-        newlines = piece.count(b"\n", start, end)
-        quoted = table is not None and (table.in_quote or piece.find(b'"', start, end) >= 0)
-        if candidate or quoted:
-            _scan_lines(piece, start, end, lo, hi, lines + ends, detector, report, table, candidate)
-        elif table is not None:
-            table.records += newlines + (piece[end - 1 : end] != b"\n")
-        ends += newlines
+    for index, candidate in enumerate(flagged):
+        start, end = bounds[index], bounds[index + 1]
+        if candidate:
+            part = _Part(piece, start, end, lo, hi, lines, ends)
+            _scan_lines(part, subs.slice(index, 1), detector, report, table, rows)
+        ends += piece.count(b"\n", start, end)
     return ends
 
 
+class _Rows:
+    """Which data row each line of a piece of a CSV or TSV table belongs to, and whether the row
+    starts on it. A line continues a row when the quotes before it leave a value open; without
+    quotes every line is a row."""
+
+    def __init__(self, piece: bytes, table: Delimited) -> None:
+        self.before = table.records
+        self.starts: pa.Array | None = None
+        self.numbers: pa.Array | None = None
+        if table.in_quote or b'"' in piece:
+            lines = _lines(pa.array([piece], pa.binary()), piece)
+            odd = pc.bit_wise_and(pc.count_substring(lines, b'"'), 1)
+            flips = pc.cumulative_sum(odd)
+            open_before = pc.bit_wise_and(pc.add(pc.subtract(flips, odd), int(table.in_quote)), 1)
+            self.starts = pc.equal(open_before, 0)
+            self.numbers = pc.add(pc.cumulative_sum(pc.cast(self.starts, pa.int64())), self.before)
+            if len(lines):
+                table.records = self.numbers[-1].as_py()
+                table.in_quote = bool((flips[-1].as_py() + table.in_quote) & 1)
+        else:
+            table.records += piece.count(b"\n") + (not piece.endswith(b"\n"))
+
+    def record(self, line: int) -> tuple[int, bool]:
+        """(record number, the header's being 1; whether it starts here) of the piece's `line`."""
+        if self.numbers is None or self.starts is None:
+            return self.before + line + 1, True
+        return self.numbers[line].as_py(), self.starts[line].as_py()
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A run of whole lines of a piece: the piece, the run's span, the span of the piece whose hits
+    count here, the lines before the piece and the lines of the piece before the run."""
+
+    piece: bytes
+    start: int
+    end: int
+    lo: int
+    hi: int
+    lines_before: int
+    lines_into: int
+
+
+def _lines(array: pa.Array, text: bytes) -> pa.Array:
+    lines = pc.list_flatten(pc.split_pattern(array, b"\n"))
+    return lines.slice(0, len(lines) - 1) if text.endswith(b"\n") else lines
+
+
 def _scan_lines(
-    piece: bytes,
-    start: int,
-    end: int,
-    lo: int,
-    hi: int,
-    lines_before: int,
+    part: _Part,
+    sub: pa.Array,
     detector: Detector,
     report: Report,
     table: Delimited | None,
-    candidate: bool,
+    rows: _Rows | None,
 ) -> None:
-    lines = piece[start:end].split(b"\n")
-    if piece[end - 1 : end] == b"\n":
-        lines.pop()
-    array = pa.array(lines, pa.binary())
-    starts: list[bool] = []  # per line: whether a record (row) starts on it
-    numbers: list[int] = []  # per line: the number of the record it belongs to, the header's being 1
-    if table is not None:
-        for quotes in pc.count_substring(array, b'"').to_pylist():
-            starts.append(not table.in_quote)
-            table.records += not table.in_quote
-            numbers.append(table.records)
-            table.in_quote ^= quotes % 2 == 1
-    if not candidate:
-        return
-    cut = lo > 0 or hi < len(piece)  # some hits belong to the piece before or after
-    for index in row_indices(pc.match_substring_regex(array, detector.prefilter)):
-        line = lines[index]
-        at = start + sum(len(earlier) + 1 for earlier in lines[:index]) if cut else 0
+    lines = _lines(sub, part.piece[part.start : part.end])
+    cut = part.lo > 0 or part.hi < len(part.piece)  # some hits belong to the piece before or after
+    for index in row_indices(pc.match_substring_regex(lines, detector.prefilter)):
+        line = lines[index].as_py()
+        at = part.start  # the line's offset in the piece, needed only where hits may belong elsewhere
+        if cut and index:
+            at += pc.sum(pc.binary_length(lines.slice(0, index))).as_py() + index
         for hit in detector.find(line):
-            if cut and not lo <= at + hit.start < hi:
+            if cut and not part.lo <= at + hit.start < part.hi:
                 continue
             if table is None:
-                report.add(hit, lines_before + index + 1, _json_key(line, hit.start))
-            elif table.lost:
+                report.add(hit, part.lines_before + part.lines_into + index + 1, _json_key(line, hit.start))
+            elif rows is None:
                 report.add(hit, None, None, " (row unknown: the table has a line longer than 4 MiB)")
-            elif numbers[index] == 1:
-                report.add(hit, None, None, " in the header")
             else:
-                column = _csv_column(line, hit.start, table) if starts[index] else None
-                report.add(hit, numbers[index] - 1, column)
+                number, starts = rows.record(part.lines_into + index)
+                if number == 1:
+                    report.add(hit, None, None, " in the header")
+                else:
+                    report.add(hit, number - 1, _csv_column(line, hit.start, table) if starts else None)
 
 
 def _csv_column(line: bytes, offset: int, table: Delimited) -> str | None:

@@ -21,7 +21,7 @@ max_unique_fraction        0.9       a key-named column at least this distinct i
 min_distinct_ids           100       ...as is one with at least this many distinct values
 min_rows                   100       fewer rows than this say nothing about distinctness
 high_cardinality_fraction  0.5       a text column at least this distinct, beside dates: event data
-window_rows                65536     rows per distinctness window
+window_rows                65536     rows per distinctness window (fewer when they pass 64 MiB)
 person_words, id_words     see below what makes a column name a key's name
 id_column                  "fail"    verdict for a per-person key ("review" or "fail")
 row_shape                  "review"  verdict for the event-data shape ("pass", "review" or "fail")
@@ -57,6 +57,7 @@ PERSON_WORDS = [
 ID_WORDS = ["id", "ids", "identifier", "no", "num", "number", "key", "ref", "uuid", "guid"]
 _SAMPLE = 4_096  # values per window that tell dates, numbers, text and categories apart
 _DATE_SHARE = 0.9
+_WINDOW_BYTES = 64 << 20  # a window of wide rows ends sooner: memory stays bounded by bytes too
 
 
 class RecordLevelSettings(BaseModel):
@@ -123,15 +124,16 @@ class RecordLevelRule:
         ids = {w.lower() for w in settings.id_words}
         columns: dict[str, _Column] = {}
         window: list[pa.RecordBatch] = []
-        window_rows = rows = 0
+        window_rows = window_bytes = rows = 0
         for batch in table.batches():
             rows += batch.num_rows
             window.append(batch)
             window_rows += batch.num_rows
-            if window_rows >= settings.window_rows:
+            window_bytes += batch.nbytes
+            if window_rows >= settings.window_rows or window_bytes >= _WINDOW_BYTES:
                 self._measure(window, columns, person, ids, settings)
-                window, window_rows = [], 0
-        if window and (window_rows >= settings.min_rows or rows == window_rows):
+                window, window_rows, window_bytes = [], 0, 0
+        if window:
             self._measure(window, columns, person, ids, settings)
         return columns, rows
 

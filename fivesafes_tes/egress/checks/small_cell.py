@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fivesafes_tes.egress.checks._tables import (
     NUMBER_RE,
+    Table,
     UnreadableTable,
     name_words,
     open_table,
@@ -104,7 +105,7 @@ class SmallCellRule:
             return self._result(Verdict.FAIL, [Finding(Verdict.FAIL, str(exc))])
         return self._result(None, self._findings(columns, rows, settings))
 
-    def _scan(self, table: Any, settings: SmallCellSettings) -> tuple[dict[str, _Column], int]:
+    def _scan(self, table: Table, settings: SmallCellSettings) -> tuple[dict[str, _Column], int]:
         count_words = {w.lower() for w in settings.count_words}
         exclude_words = {w.lower() for w in settings.exclude_words}
         named = set(settings.count_columns)
