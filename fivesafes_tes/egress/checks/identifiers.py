@@ -421,14 +421,16 @@ def _scan_piece(
     offsets = pa.array(bounds, pa.int32()).buffers()[1]
     subs = pa.Array.from_buffers(pa.binary(), len(bounds) - 1, [None, offsets, pa.py_buffer(piece)])
     flagged = pc.match_substring_regex(subs, detector.prefilter).to_pylist()
-    rows = _Rows(piece, table) if table is not None and not table.lost else None
-    ends = 0
+    ends = piece.count(b"\n")
+    rows = _Rows(piece, ends, table) if table is not None and not table.lost else None
+    counted = lines_into = 0
     for index, candidate in enumerate(flagged):
-        start, end = bounds[index], bounds[index + 1]
         if candidate:
-            part = _Part(piece, start, end, lo, hi, lines, ends)
+            start, end = bounds[index], bounds[index + 1]
+            lines_into += piece.count(b"\n", counted, start)
+            counted = start
+            part = _Part(piece, start, end, lo, hi, lines, lines_into)
             _scan_lines(part, subs.slice(index, 1), detector, report, table, rows)
-        ends += piece.count(b"\n", start, end)
     return ends
 
 
@@ -437,7 +439,7 @@ class _Rows:
     starts on it. A line continues a row when the quotes before it leave a value open; without
     quotes every line is a row."""
 
-    def __init__(self, piece: bytes, table: Delimited) -> None:
+    def __init__(self, piece: bytes, ends: int, table: Delimited) -> None:
         self.before = table.records
         self.starts: pa.Array | None = None
         self.numbers: pa.Array | None = None
@@ -452,7 +454,7 @@ class _Rows:
                 table.records = self.numbers[-1].as_py()
                 table.in_quote = bool((flips[-1].as_py() + table.in_quote) & 1)
         else:
-            table.records += piece.count(b"\n") + (not piece.endswith(b"\n"))
+            table.records += ends + (not piece.endswith(b"\n"))
 
     def record(self, line: int) -> tuple[int, bool]:
         """(record number, the header's being 1; whether it starts here) of the piece's `line`."""
