@@ -188,12 +188,36 @@ def test_the_review_verdict(tmp_path: Path) -> None:
     assert judge_text(tmp_path, f"{NHS}\n", verdict="review").verdict is Verdict.REVIEW
 
 
-def test_findings_are_capped_and_counted(tmp_path: Path) -> None:
-    result = judge_text(tmp_path, f"{NHS}\n" * 30 + "a@example.org\n", max_findings=10)
-    assert len(hits(result)) == 12
+def test_findings_are_capped_and_the_rest_counted(tmp_path: Path) -> None:
+    result = judge_text(tmp_path, f"{NHS} {NHS}\n" * 30 + "a@example.org\n", max_findings=9)
+    assert len(hits(result)) == 11
     messages = [f.message for f in result.findings]
-    assert "20 more of kind NHS number (valid check digit) not listed" in messages
-    assert "1 more of kind email address not listed" in messages
+    assert "1 more of kind NHS number (valid check digit) not listed" in messages  # the 10th, on line 5
+    assert (
+        "26 more lines or values may hold identifiers; once 9 were listed the rest were only counted"
+        in messages
+    )
+
+
+def test_a_parquet_column_of_nhs_numbers_is_checked_at_arrow_speed(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    numbers = [int(n) for n in (nhs_number(f"{rng.randrange(10**8, 10**9)}") for _ in range(5_000)) if n]
+    wrong = [n + 1 if n % 10 != 9 else n - 1 for n in numbers[:100]]
+    assert not any(nhs_number_valid(str(n)) for n in wrong)
+    path = tmp_path / "ids.parquet"
+    pq.write_table(
+        pa.table({"nhs": pa.array(wrong + numbers + [1111111111, 12, -9434765919], pa.int64())}), path
+    )
+    result = judge(path, max_findings=3)
+    assert [(f.row, f.excerpt) for f in result.findings[:3]] == [
+        (101, f"{str(numbers[0])[:3]}*******"),
+        (102, f"{str(numbers[1])[:3]}*******"),
+        (103, f"{str(numbers[2])[:3]}*******"),
+    ]
+    assert (
+        result.findings[3].message
+        == f"{len(numbers) - 3:,} more of kind NHS number (valid check digit) not listed"
+    )
 
 
 # Read boundaries ----------------------------------------------------------------------------------------
