@@ -398,3 +398,15 @@ def test_csv_rows_stay_exact_across_pieces_and_quoted_line_breaks(tmp_path: Path
     found = [(f.row, f.column or "-", f.excerpt) for f in report.findings]
     assert sorted(found) == sorted(expected)
     assert table.records == 41
+
+
+@pytest.mark.parametrize("at", [0, 4090, 4096, 4100, 8187, 20_000, 39_960])
+def test_a_long_line_is_searched_in_overlapping_windows(at: int) -> None:
+    line = bytearray(b"x" * 40_000)
+    token = f" {NHS} DOB 12/03/1980 ".encode()
+    line[at : at + len(token)] = token
+    found = scan(bytes(line) + b"\n", 1 << 20)
+    assert [(message, row) for message, row, _ in found] == [
+        ("NHS number (valid check digit)", 1),
+        ("full date of birth", 1),
+    ]
