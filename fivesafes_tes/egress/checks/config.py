@@ -39,7 +39,7 @@ TEXT_TYPES = [
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 OPAQUE_TYPES = ["image/png", "image/jpeg", "image/gif", "application/pdf", XLSX, DOCX]
-IDENTIFIER_KINDS = ["nhs_number", "nric_fin", "email", "postcode", "date_of_birth"]
+IDENTIFIER_KINDS = ["nhs_number", "nric_fin", "email", "phone", "postcode", "date_of_birth"]
 
 
 class RuleConfig(BaseModel):
