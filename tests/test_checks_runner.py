@@ -276,6 +276,7 @@ checks:
             "nhs_number": True,
             "nric_fin": True,
             "email": False,
+            "phone": True,
             "postcode": True,
             "date_of_birth": True,
         },
