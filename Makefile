@@ -25,7 +25,7 @@ test: ## run the test suite as CI does (venvs, services, pytest)
 
 bench: bootstrap ## run the benchmarks against the local services
 	@service_env="$$(bash scripts/services.sh)"; eval "$$service_env"; \
-	  $(VENV)/bin/python -m bench $(ARGS)
+	  $(VENV)/bin/python -m bench $(ARGS) && $(VENV)/bin/python -m bench.checks_bench
 
 lint: bootstrap ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check $(LINT_PATHS)
