@@ -13,7 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from bench.common import DOCS, RESULTS, ROOT
-from bench.federation import E2E_COMMAND, POLL_S, STUCK_S
+from bench.federation import E2E_COMMAND, E2E_STAGES, POLL_S, STUCK_S
 from bench.loadgen import percentile
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
 
@@ -469,7 +469,11 @@ def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     for run in e2e["runs"]:
         for stage, at in run["seen"].items():
             seen.setdefault(stage, []).append(at)
-    polled = [[stage, f"{percentile(sorted(v), 50) * 1000:.0f}", len(v)] for stage, v in seen.items()]
+    order = {stage: n for n, stage in enumerate(E2E_STAGES)}
+    polled = [
+        [stage, f"{percentile(sorted(v), 50) * 1000:.0f}", len(v)]
+        for stage, v in sorted(seen.items(), key=lambda kv: order.get(kv[0], len(order)))
+    ]
     return [
         "## End to end: submit until the outputs are held",
         "",
