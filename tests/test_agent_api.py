@@ -302,3 +302,38 @@ def _user(session) -> int:  # type: ignore[no-untyped-def]
         session.add(user)
         session.flush()
     return user.id
+
+
+def test_siblings_reporting_at_once_leave_the_parent_in_the_right_state(database_url, tmp_path):
+    """Eight TREs report `running` for one task at the same moment: the parent must read RUNNING
+    (each event derives it under a lock on the parent; without it the last writer stores a stale state)."""
+    import concurrent.futures
+
+    from fivesafes_tes.db import Database
+    from fivesafes_tes.submission import federation
+
+    tres = [f"tre-{n}" for n in range(8)]
+    with devstack.start(tmp_path / "live", database_url=database_url) as stack:
+        db = Database(database_url)
+        with db.write() as session:
+            for tre in tres:
+                federation.add_tre(session, "test", tre)
+            federation.add_project(session, "test", "wide", tres=tres)
+            federation.add_member(session, "test", "wide", "alice")
+        db.dispose()
+        alice = {"Authorization": f"Bearer {stack.token('alice')}"}
+        task_id = httpx.post(f"{stack.url}{TES}/tasks", headers=alice, timeout=30, json={
+            "executors": [{"image": "a", "command": ["b"]}], "tags": {"project": "wide"}}).json()["id"]
+        agents = {tre: {"Authorization": f"Bearer {stack.token('agent-' + tre, 'tre-agent', tre=tre)}"} for tre in tres}
+        grants = {tre: httpx.post(f"{stack.url}{AGENT}/leases", json={"wait_s": 0}, headers=agents[tre],
+                                  timeout=30).json()["leases"][0] for tre in tres}
+
+        def report(tre: str, seq: int, stage: str) -> int:
+            return httpx.post(f"{stack.url}{AGENT}/children/{grants[tre]['child_id']}/events", headers=agents[tre],
+                              json={"attempt": 1, "seq": seq, "stage": stage}, timeout=30).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(lambda t: report(t, 1, "staging"), tres)) == {200}
+            assert set(pool.map(lambda t: report(t, 2, "running"), tres)) == {200}
+        state = httpx.get(f"{stack.url}{TES}/tasks/{task_id}", headers=alice, timeout=30).json()["state"]
+        assert state == "RUNNING"

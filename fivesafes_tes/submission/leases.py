@@ -107,17 +107,14 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
     for child in session.scalars(query):
         child.attempt += 1
         child.lease_expires_at = expires
-        first = child.stage == Stage.RECEIVED.value
-        if first:
-            child.stage = Stage.LEASED.value
+        if child.stage == Stage.RECEIVED.value:
+            child.stage = Stage.LEASED.value  # received and leased both read QUEUED: the parent is unchanged
         task, project, owner = session.execute(
             select(Task, Project.name, User.username)
             .join(Project, Project.id == Task.project_id)
             .join(User, User.id == Task.owner_id)
             .where(Task.id == child.task_id)
         ).one()
-        if first:
-            refresh_parent(session, task)
         audit.record(session, actor=f"agent:{tre.name}", action="child.lease", object=f"child:{child.id}",
                      outcome="ok", detail={"attempt": child.attempt, "task": child.task_id})
         grants.append(Grant(
@@ -185,8 +182,16 @@ def record_event(
     ttl_s: int = 60,
     paused_for_review: bool = False,
 ) -> EventResult:
-    """Apply one stage event from the agent, exactly once."""
+    """Apply one stage event from the agent, exactly once.
+
+    The parent task's row is locked first, then the child's (the order cancel uses too), so events
+    of sibling children take turns and each derives the parent's state from its siblings' latest
+    stages: without the lock, under READ COMMITTED the last writer could store a stale state.
+    """
+    task_id = _child(session, tre, child_id).task_id
+    task = session.scalars(select(Task).where(Task.id == task_id).with_for_update()).one()
     child = _child(session, tre, child_id, for_update=True)
+    session.refresh(child)  # what was committed before we held the lock
     if session.get(ChildEvent, (child_id, attempt, seq)) is not None:
         return EventResult(stage=child.stage, applied=False)
     if attempt != child.attempt:
@@ -220,7 +225,7 @@ def record_event(
             child.lease_expires_at = None
         else:
             child.lease_expires_at = now + timedelta(seconds=ttl_s)
-        refresh_parent(session, session.get(Task, child.task_id), paused_for_review=paused_for_review)  # type: ignore[arg-type]
+        refresh_parent(session, task, paused_for_review=paused_for_review)
         audit.record(session, actor=f"agent:{tre.name}", action="child.stage", object=f"child:{child_id}",
                      outcome=stage.value, detail={"from": current.value, "attempt": attempt, "seq": seq})
     return EventResult(stage=child.stage, applied=True)
