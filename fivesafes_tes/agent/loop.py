@@ -81,6 +81,7 @@ class Agent:
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_sync = 0.0
+        self._progressed = False  # set by _emit: a child moved, so look again without waiting
 
     @staticmethod
     def store_from(settings: AgentSettings) -> ObjectStore:
@@ -198,8 +199,13 @@ class Agent:
                 self.stop.wait(1)
 
     def work_once(self) -> None:
-        """Handle everything queued, then move every active child one step if it can."""
-        deadline = time.monotonic() + self.settings.tick_s
+        """Handle everything queued, then move every active child one step if it can.
+
+        The wait for the queue is skipped while children are moving, so a task goes from stage to
+        stage without a tick's pause between each; an idle agent waits a tick.
+        """
+        deadline = time.monotonic() + (0.0 if self._progressed else self.settings.tick_s)
+        self._progressed = False
         while True:
             try:
                 item = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -449,6 +455,7 @@ class Agent:
             if final:
                 local.active = False
         child.stage = stage
+        self._progressed = True
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
