@@ -24,7 +24,7 @@ test: ## run the test suite as CI does (venvs, services, pytest)
 	bash scripts/test.sh $(ARGS)
 
 bench: bootstrap ## run the benchmarks against the local services
-	@service_env="$$(bash scripts/services.sh)"; eval "$$service_env"; \
+	@service_env="$$(bash scripts/services.sh --with-docker)"; eval "$$service_env"; \
 	  $(VENV)/bin/python -m bench $(ARGS) && $(VENV)/bin/python -m bench.checks_bench
 
 lint: bootstrap ## ruff check and ruff format --check
