@@ -177,3 +177,11 @@ def test_no_allow_list_refuses_every_image(database_url, tmp_path):
         assert refused.status_code == 400 and "FIVESAFES_ALLOWED_IMAGES" in refused.json()["detail"]
     finally:
         gw.close()
+
+
+def test_an_admin_change_applies_to_the_next_submission_at_once(gateway):
+    assert submit(gateway).status_code == 200  # where alice's tasks go is now cached for a few seconds
+    admin = gateway.headers("fed", "federation-admin")
+    assert gateway.client.delete(f"{ADMIN}/projects/alpha/members/alice", headers=admin).status_code == 200
+    refused = submit(gateway)
+    assert refused.status_code == 400 and "your projects: none" in refused.json()["detail"]

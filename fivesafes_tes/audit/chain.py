@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -31,6 +31,9 @@ GENESIS = "0" * 64
 _HEAD_ID = 1
 _BATCH = 1000
 _INSERT = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
+# Plain tables for the append path, which runs inside every audited transaction.
+_RECORDS = AuditRecord.__table__
+_HEAD = AuditHead.__table__
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,11 @@ def record(
     entry.hash = _digest(entry)
     # Core statements, not the ORM unit of work: this runs inside every audited transaction, and on
     # PostgreSQL the head row stays locked until that transaction commits.
-    session.execute(insert(AuditRecord).values(
+    session.execute(_RECORDS.insert().values(
         seq=entry.seq, at=entry.at, actor=actor, action=action, object=object, outcome=outcome,
         detail=entry.detail, prev_hash=prev, hash=entry.hash,
     ))
-    session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=entry.seq, hash=entry.hash))
+    session.execute(_HEAD.update().where(_HEAD.c.id == _HEAD_ID).values(seq=entry.seq, hash=entry.hash))
     return entry
 
 
@@ -172,7 +175,7 @@ def _lock_head(session: Session) -> tuple[int, str]:
     IMMEDIATE`` already lets one writer in. Two first appenders may both find no head: the loser's
     insert waits for the winner and then does nothing, and its second select sees the winner's row.
     """
-    locked = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID).with_for_update()
+    locked = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == _HEAD_ID).with_for_update()
     head = session.execute(locked).one_or_none()
     if head is None:
         dialect_insert = _INSERT[session.get_bind().dialect.name]

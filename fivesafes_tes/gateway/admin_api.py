@@ -3,6 +3,7 @@ audited by the submission layer; only the `federation-admin` role may call it.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from typing import Annotated
 
@@ -26,10 +27,12 @@ router = APIRouter(
 )
 
 
-def federation_admin(principal: CurrentPrincipal) -> Principal:
+def federation_admin(request: Request, principal: CurrentPrincipal) -> Iterator[Principal]:
     if not principal.has_role(Role.FEDERATION_ADMIN):
         raise HTTPException(403, "this route needs the federation-admin role")
-    return principal
+    yield principal
+    if request.method != "GET":  # after the change committed: this replica sees it at once, others within seconds
+        request.app.state.ctx.targets.clear()
 
 
 Admin = Annotated[Principal, Depends(federation_admin)]

@@ -23,11 +23,13 @@ from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, results_api
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit
 from fivesafes_tes.gateway.signals import WorkSignal
+from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
+TARGET_TTL_S = 5.0
 
 
 
@@ -45,6 +47,8 @@ class GatewayContext:
     dev_issuer: DevIssuer | None = None
     results_store: Any = None  # fivesafes_tes.egress.store.ObjectStore, when configured
     signal: WorkSignal = field(default_factory=WorkSignal)
+    # Where each user's tasks go (project, TREs): seen by other replicas within TARGET_TTL_S of a change.
+    targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
     user_cache: UserCache = field(default_factory=UserCache)
     metrics: ops.Metrics = field(default_factory=ops.Metrics)
 

@@ -12,9 +12,11 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
+from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
 from fivesafes_tes.submission import tasks as submission
+from fivesafes_tes.submission.federation import resolve_target
 from fivesafes_tes.tes import (
     CancelTaskResponse,
     CreateTaskResponse,
@@ -72,8 +74,13 @@ def create_task(
 ) -> CreateTaskResponse:
     ctx = request.app.state.ctx
     actor = actor_of(principal)
-    with ctx.db.read() as session:
-        target = submission.plan_task(session, actor, body, ctx.policy)
+    submission.check_policy(body, ctx.policy)
+    key = submission.target_key(actor, body, utcnow().date())
+    target = ctx.targets.get(key)
+    if target is None:
+        with ctx.db.read() as session:
+            target = resolve_target(session, actor.name, body.tags or {}, key[3])
+        ctx.targets.put(key, target)
     with ctx.db.write() as session:
         created = submission.create_task(session, actor, body, ctx.policy, target, idempotency_key=idempotency_key)
     ctx.signal.notify(created.tre_ids)

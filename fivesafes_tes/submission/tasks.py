@@ -16,13 +16,13 @@ from datetime import UTC, date, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.db.base import utcnow
-from fivesafes_tes.submission.federation import Target, resolve_target
+from fivesafes_tes.submission.federation import Target
 from fivesafes_tes.submission.ids import decode_page_token, encode_page_token, new_task_id
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, IdempotencyKey, Membership, Task, TaskTag, Tre
@@ -115,16 +115,10 @@ def apply_backend_parameters(request: TaskRequest, supported: set[str]) -> list[
     return [f"backend_parameters key {k!r} is not supported by this server and was ignored" for k in unsupported]
 
 
-def plan_task(
-    session: Session, actor: Actor, request: TaskRequest, policy: SubmissionPolicy, *, today: date | None = None
-) -> Target:
-    """Everything create_task needs to read first: policy checks and where the task goes.
-
-    Done in a read-only session before the write transaction, so the writer lock (SQLite) and the
-    audit chain's row lock (PostgreSQL) are held only for the inserts.
-    """
-    _check_policy(request, policy)
-    return resolve_target(session, actor.name, request.tags or {}, today or utcnow().date())
+def target_key(actor: Actor, request: TaskRequest, today: date) -> tuple[str, str, str, date]:
+    """What resolve_target depends on, for caching its answer briefly."""
+    tags = {k.lower(): (v or "") for k, v in (request.tags or {}).items()}
+    return actor.name, tags.get("project", ""), tags.get("tres", ""), today
 
 
 def create_task(
@@ -165,7 +159,7 @@ def create_task(
         try:
             with session.begin_nested():
                 _insert(session, rows)
-                session.execute(insert(IdempotencyKey).values(
+                session.execute(IdempotencyKey.__table__.insert().values(
                     owner_id=actor.user_id, key=idempotency_key, body_sha256=fingerprint, task_id=task_id,
                     created_at=now,
                 ))
@@ -184,13 +178,14 @@ def create_task(
 
 def _insert(session: Session, rows: dict[str, Any]) -> None:
     """Core inserts: one statement per table, no ORM unit of work on the hot path."""
-    session.execute(insert(Task).values(**rows["task"]))
+    # The tables, not the mapped classes: an ORM-enabled insert costs more per call on this hot path.
+    session.execute(Task.__table__.insert().values(**rows["task"]))
     if rows["tags"]:
-        session.execute(insert(TaskTag), rows["tags"])
-    session.execute(insert(Child), rows["children"])
+        session.execute(TaskTag.__table__.insert(), rows["tags"])
+    session.execute(Child.__table__.insert(), rows["children"])
 
 
-def _check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
+def check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
     for n, item in enumerate(request.inputs or []):
         if item.content and len(item.content.encode()) > policy.max_content_bytes:
             raise InvalidTask(
