@@ -7,6 +7,7 @@ import logging
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fivesafes_tes import audit
@@ -57,6 +58,19 @@ def metrics_reader(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def bearer_present(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> HTTPAuthorizationCredentials:
+    """For routes that validate the token themselves, in the same worker thread as their database work
+    (one thread hop instead of two on the hottest write path): a missing token is refused here."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise await run_in_threadpool(_fail, request, "no bearer token")
+    return credentials
+
+
+BearerToken = Annotated[HTTPAuthorizationCredentials, Depends(bearer_present)]
 
 
 def actor_of(principal: Principal) -> Actor:

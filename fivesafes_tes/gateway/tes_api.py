@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
-from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
+from fivesafes_tes.gateway.security import BearerToken, CurrentPrincipal, actor_of, current_principal
 from fivesafes_tes.submission import tasks as submission
 from fivesafes_tes.submission.federation import resolve_target
 from fivesafes_tes.tes import (
@@ -66,14 +67,18 @@ def get_service_info_legacy(request: Request) -> dict:
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
     },
 )
-def create_task(
+async def create_task(
     request: Request,
     body: TaskRequest,
-    principal: CurrentPrincipal,
+    credentials: BearerToken,
     idempotency_key: Annotated[str | None, Header(max_length=255, min_length=1)] = None,
 ) -> CreateTaskResponse:
+    return await run_in_threadpool(_create, request, body, credentials, idempotency_key)
+
+
+def _create(request: Request, body: TaskRequest, credentials, idempotency_key: str | None) -> CreateTaskResponse:  # type: ignore[no-untyped-def]
     ctx = request.app.state.ctx
-    actor = actor_of(principal)
+    actor = actor_of(current_principal(request, credentials))
     submission.check_policy(body, ctx.policy)
     key = submission.target_key(actor, body, utcnow().date())
     target = ctx.targets.get(key)
