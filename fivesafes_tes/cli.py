@@ -19,14 +19,17 @@ from fivesafes_tes.settings import GatewaySettings
 app = typer.Typer(help="Five Safes TES: a GA4GH TES 1.1 gateway for federated TREs.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 db_app = typer.Typer(help="The gateway database.", no_args_is_help=True)
-tre_app = typer.Typer(help="TRE admin: this TRE's decisions on projects and people (run inside the TRE).",
-                      no_args_is_help=True)
-admin_app = typer.Typer(help="Federation admin: TREs, projects, members (talks to the gateway).",
-                        no_args_is_help=True)
+tre_app = typer.Typer(
+    help="TRE admin: this TRE's decisions on projects and people (run inside the TRE).", no_args_is_help=True
+)
+admin_app = typer.Typer(
+    help="Federation admin: TREs, projects, members (talks to the gateway).", no_args_is_help=True
+)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
-review_app = typer.Typer(help="Output checkers: review held outputs of this TRE (run inside the TRE).",
-                         no_args_is_help=True)
+review_app = typer.Typer(
+    help="Output checkers: review held outputs of this TRE (run inside the TRE).", no_args_is_help=True
+)
 app.add_typer(tre_app, name="tre")
 app.add_typer(review_app, name="review")
 app.add_typer(admin_app, name="admin")
@@ -34,13 +37,17 @@ console = Console()
 err = Console(stderr=True)
 
 Url = Annotated[str, typer.Option(envvar="FIVESAFES_TES_URL", help="Gateway base URL.")]
-Token = Annotated[str | None, typer.Option(envvar="FIVESAFES_TES_TOKEN", help="Bearer token.", show_default=False)]
+Token = Annotated[
+    str | None, typer.Option(envvar="FIVESAFES_TES_TOKEN", help="Bearer token.", show_default=False)
+]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _client(url: str, token: str | None) -> TesClient:
     if not token:
-        err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN (dev: `fivesafes-tes token --user alice`).")
+        err.print(
+            "[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN (dev: `fivesafes-tes token --user alice`)."
+        )
         raise typer.Exit(2)
     return TesClient(url, token)
 
@@ -72,8 +79,15 @@ def gateway(
     except ConfigurationError as exc:
         err.print(f"[red]Cannot start:[/] {exc}")
         raise typer.Exit(2) from None
-    uvicorn.run("fivesafes_tes.gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", proxy_headers=True)
+    uvicorn.run(
+        "fivesafes_tes.gateway.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        proxy_headers=True,
+    )
 
 
 @db_app.command("upgrade")
@@ -107,7 +121,9 @@ def submit(
     task_file: Annotated[Path, typer.Argument(help="TES task JSON; '-' reads standard input.")],
     url: Url = DEFAULT_URL,
     token: Token = None,
-    idempotency_key: Annotated[str | None, typer.Option(help="Make retries safe: same key, same task.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Make retries safe: same key, same task.")
+    ] = None,
 ) -> None:
     """Submit a TES task and print its id."""
     text = sys.stdin.read() if str(task_file) == "-" else task_file.read_text()
@@ -146,8 +162,14 @@ def list_(
     values = [t.partition("=")[2] for t in tag]
     table = Table("id", "state", "name", "created")
     with _client(url, token) as client:
-        tasks = client.list(view="BASIC", page_size=min(limit, 2047), state=state, name_prefix=name_prefix,
-                            tag_key=keys, tag_value=values)
+        tasks = client.list(
+            view="BASIC",
+            page_size=min(limit, 2047),
+            state=state,
+            name_prefix=name_prefix,
+            tag_key=keys,
+            tag_value=values,
+        )
         for task in _run(lambda: list(itertools.islice(tasks, limit))):
             table.add_row(task["id"], task["state"], task.get("name", ""), task.get("creation_time", ""))
     console.print(table)
@@ -165,8 +187,10 @@ def cancel(task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
 def audit_verify(
     anchor: Annotated[
         str | None,
-        typer.Option(help="SEQ:HASH printed by an earlier verify and kept outside the database; "
-                     "proves the chain up to it was not cut back or rewritten."),
+        typer.Option(
+            help="SEQ:HASH printed by an earlier verify and kept outside the database; "
+            "proves the chain up to it was not cut back or rewritten."
+        ),
     ] = None,
 ) -> None:
     """Check the whole audit chain; exit 1 if any record was edited, deleted, inserted or reordered."""
@@ -177,7 +201,9 @@ def audit_verify(
     if anchor:
         seq, _, digest = anchor.partition(":")
         if not seq.isdigit() or len(digest) != 64:
-            err.print("[red]--anchor must be SEQ:HASH[/], as printed by an earlier `fivesafes-tes audit verify`")
+            err.print(
+                "[red]--anchor must be SEQ:HASH[/], as printed by an earlier `fivesafes-tes audit verify`"
+            )
             raise typer.Exit(2)
         checkpoint = audit.Checkpoint(int(seq), digest)
     settings = GatewaySettings()
@@ -186,7 +212,9 @@ def audit_verify(
     if report.ok:
         console.print(f"[green]audit chain intact[/]: {report.records} records")
         if report.head:
-            console.print(f"anchor for next time (keep it outside this database): {report.head.seq}:{report.head.hash}")
+            console.print(
+                f"anchor for next time (keep it outside this database): {report.head.seq}:{report.head.hash}"
+            )
         return
     table = Table("seq", "problem", "detail", title="audit chain broken")
     for problem in report.problems:
@@ -212,7 +240,9 @@ def agent() -> None:
     settings = AgentSettings()  # type: ignore[call-arg]
     worker = Agent.from_settings(settings)
     worker.start()
-    console.print(f"agent for {settings.tre} pulling from {settings.gateway_url} ({settings.executor} executor)")
+    console.print(
+        f"agent for {settings.tre} pulling from {settings.gateway_url} ({settings.executor} executor)"
+    )
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     try:
         while not worker.stop.wait(1):
@@ -242,10 +272,17 @@ def tre_projects() -> None:
     with db.read() as session:
         decisions = {(d.project, d.username): d for d in session.scalars(select(LocalDecision))}
         for project in session.scalars(select(LocalProject).order_by(LocalProject.name)):
-            marks = [f"{'project' if not u else u}: {d.decision}" for (p, u), d in sorted(decisions.items())
-                     if p == project.name]
-            table.add_row(project.name, f"{project.starts_on or '-'} to {project.ends_on or '-'}",
-                          ", ".join(project.members), "; ".join(marks) or "none yet")
+            marks = [
+                f"{'project' if not u else u}: {d.decision}"
+                for (p, u), d in sorted(decisions.items())
+                if p == project.name
+            ]
+            table.add_row(
+                project.name,
+                f"{project.starts_on or '-'} to {project.ends_on or '-'}",
+                ", ".join(project.members),
+                "; ".join(marks) or "none yet",
+            )
     console.print(table)
 
 
@@ -259,7 +296,9 @@ def _decide(project: str, user: str | None, decision: str, reason: str, by: str)
     except (ValueError, LookupError) as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
-    console.print(f"{decision}: {'user ' + user + ' in ' if user else ''}project {project} (sent to the gateway at the next sync)")
+    console.print(
+        f"{decision}: {'user ' + user + ' in ' if user else ''}project {project} (sent to the gateway at the next sync)"
+    )
 
 
 By = Annotated[str, typer.Option("--by", envvar="USER", help="Who decides (recorded and audited).")]
@@ -268,7 +307,9 @@ By = Annotated[str, typer.Option("--by", envvar="USER", help="Who decides (recor
 @tre_app.command("approve")
 def tre_approve(
     project: str,
-    user: Annotated[str | None, typer.Option(help="Approve this person for the project, not the project.")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="Approve this person for the project, not the project.")
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why (optional for approvals).")] = "",
     by: By = "tre-admin",
 ) -> None:
@@ -280,7 +321,9 @@ def tre_approve(
 def tre_reject(
     project: str,
     reason: Annotated[str, typer.Option(help="Why; the researcher reads it.")],
-    user: Annotated[str | None, typer.Option(help="Reject this person for the project, not the project.")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="Reject this person for the project, not the project.")
+    ] = None,
     by: By = "tre-admin",
 ) -> None:
     """Reject a project, or one person within it; their tasks end rejected_by_tre with your reason."""
@@ -293,13 +336,26 @@ def review_list() -> None:
     from fivesafes_tes.agent import review
 
     settings, db = _agent_db()
-    table = Table("child", "project", "submitter", "files", "checks", "decided", title=f"awaiting review in {settings.tre}")
+    table = Table(
+        "child",
+        "project",
+        "submitter",
+        "files",
+        "checks",
+        "decided",
+        title=f"awaiting review in {settings.tre}",
+    )
     with db.read() as session:
         for child in review.pending(session):
             verdicts = [f.verdict for f in child.files]
-            table.add_row(child.child_id, child.project, child.submitter, str(len(child.files)),
-                          ", ".join(f"{verdicts.count(v)} {v}" for v in ("fail", "review", "pass") if v in verdicts),
-                          str(sum(1 for f in child.files if f.decisions)))
+            table.add_row(
+                child.child_id,
+                child.project,
+                child.submitter,
+                str(len(child.files)),
+                ", ".join(f"{verdicts.count(v)} {v}" for v in ("fail", "review", "pass") if v in verdicts),
+                str(sum(1 for f in child.files if f.decisions)),
+            )
     console.print(table)
 
 
@@ -319,15 +375,24 @@ def review_show(child_id: str) -> None:
     store = Agent.store_from(settings)
     console.rule(f"{view.child_id}: project {view.project}, submitted by {view.submitter}")
     for file in view.files:
-        console.print(f"[bold]{file.name}[/]  {file.kind}, {file.size} bytes, sha256 {file.sha256[:16]}…, "
-                      f"automated checks: [bold]{file.verdict}[/]")
+        console.print(
+            f"[bold]{file.name}[/]  {file.kind}, {file.size} bytes, sha256 {file.sha256[:16]}…, "
+            f"automated checks: [bold]{file.verdict}[/]"
+        )
         for finding in file.findings:
             console.print(f"  - {finding}")
         for checker, decision, reason in file.decisions:
             console.print(f"  {checker}: {decision} {('(' + reason + ')') if reason else ''}")
-        body = store.get_bytes(file.key, expect_sha256=file.sha256, max_size=64 * 1024) if file.size <= 64 * 1024 else b""
-        console.print(review.preview(body) if body else "(larger than 64 KiB: no preview)", markup=False,
-                      highlight=False)
+        body = (
+            store.get_bytes(file.key, expect_sha256=file.sha256, max_size=64 * 1024)
+            if file.size <= 64 * 1024
+            else b""
+        )
+        console.print(
+            review.preview(body) if body else "(larger than 64 KiB: no preview)",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _review_decide(child_id: str, name: str, decision: str, reason: str, by: str) -> None:
@@ -338,7 +403,9 @@ def _review_decide(child_id: str, name: str, decision: str, reason: str, by: str
         with db.write() as session:
             names = [f.name for f in review.describe(session, child_id).files] if name == "all" else [name]
             for each in names:
-                review.decide(session, child_id, review.key_for(session, child_id, each), by, decision, reason=reason)
+                review.decide(
+                    session, child_id, review.key_for(session, child_id, each), by, decision, reason=reason
+                )
     except (review.ReviewRefused, LookupError) as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
@@ -370,7 +437,9 @@ def review_reject(
 @app.command()
 def results(
     task_id: str,
-    out: Annotated[Path, typer.Option(help="Directory to download into (one folder per TRE).")] = Path("results"),
+    out: Annotated[Path, typer.Option(help="Directory to download into (one folder per TRE).")] = Path(
+        "results"
+    ),
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
@@ -390,18 +459,30 @@ def results(
         raise typer.Exit(1)
     decisions = Table("TRE", "file", "decision", "reason", title=f"disclosure decisions for {task_id}")
     bad = 0
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console) as progress:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+    ) as progress:
         for tre in listing.json()["tres"]:
             for entry in (tre.get("disclosure") or {}).get("files", []):
                 reasons = "; ".join(d["reason"] for d in entry["decisions"] if d["reason"])
                 decisions.add_row(tre["tre"], entry["name"], entry["decision"], reasons)
             for file in tre["files"]:
-                target = out / tre["tre"] / (file["name"].lstrip("/") if file["kind"] == "output" else file["name"])
+                target = (
+                    out
+                    / tre["tre"]
+                    / (file["name"].lstrip("/") if file["kind"] == "output" else file["name"])
+                )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 job = progress.add_task(f"{tre['tre']} {file['name']}", total=file["size"])
                 digest = hashlib.sha256()
-                with http.stream("GET", f"/api/v1/results/{file['id']}") as response, target.open("wb") as handle:
+                with (
+                    http.stream("GET", f"/api/v1/results/{file['id']}") as response,
+                    target.open("wb") as handle,
+                ):
                     response.raise_for_status()
                     for chunk in response.iter_bytes():
                         digest.update(chunk)
@@ -410,7 +491,9 @@ def results(
                 if digest.hexdigest() != file["sha256"]:
                     bad += 1
                     target.unlink()
-                    err.print(f"[red]{file['name']} from {tre['tre']} does not match its SHA-256; discarded[/]")
+                    err.print(
+                        f"[red]{file['name']} from {tre['tre']} does not match its SHA-256; discarded[/]"
+                    )
     console.print(decisions)
     console.print(f"files in {out}/ (one folder per TRE){'' if not bad else f'; {bad} failed verification'}")
     raise typer.Exit(1 if bad else 0)
@@ -422,8 +505,13 @@ def _admin_call(url: str, token: str | None, method: str, path: str, body: dict 
     if not token:
         err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN (a federation-admin token).")
         raise typer.Exit(2)
-    response = httpx.request(method, url.rstrip("/") + "/admin/v1" + path, json=body,
-                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    response = httpx.request(
+        method,
+        url.rstrip("/") + "/admin/v1" + path,
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
     if response.status_code >= 400:
         err.print(f"[red]Refused:[/] {response.status_code}: {response.json().get('detail', response.text)}")
         raise typer.Exit(1)
@@ -455,12 +543,16 @@ def admin_add_project(
 
 @admin_app.command("add-member")
 def admin_add_member(
-    project: str, username: str,
+    project: str,
+    username: str,
     default: Annotated[bool, typer.Option(help="Make it the user's default project.")] = False,
-    url: Url = DEFAULT_URL, token: Token = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
 ) -> None:
     """Add a person (by username) to a project."""
-    _admin_call(url, token, "POST", f"/projects/{project}/members", {"username": username, "default": default})
+    _admin_call(
+        url, token, "POST", f"/projects/{project}/members", {"username": username, "default": default}
+    )
     console.print(f"{username} added to {project}")
 
 
@@ -469,8 +561,12 @@ def admin_projects(url: Url = DEFAULT_URL, token: Token = None) -> None:
     """All projects with their TREs and members."""
     table = Table("project", "TREs", "members", "dates")
     for p in _admin_call(url, token, "GET", "/projects"):
-        table.add_row(p["name"], ", ".join(p["tres"]), ", ".join(p["members"]),
-                      f"{p['starts_on'] or '-'} to {p['ends_on'] or '-'}")
+        table.add_row(
+            p["name"],
+            ", ".join(p["tres"]),
+            ", ".join(p["members"]),
+            f"{p['starts_on'] or '-'} to {p['ends_on'] or '-'}",
+        )
     console.print(table)
 
 
@@ -478,7 +574,9 @@ def admin_projects(url: Url = DEFAULT_URL, token: Token = None) -> None:
 def dev(
     port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")] = 8000,
     data_dir: Annotated[Path | None, typer.Option(help="State directory.")] = None,
-    executor: Annotated[str, typer.Option(help="docker, or local (development only: no sandbox).")] = "docker",
+    executor: Annotated[
+        str, typer.Option(help="docker, or local (development only: no sandbox).")
+    ] = "docker",
 ) -> None:
     """Run the embedded federation on loopback (gateway, issuer, S3, two TRE agents); print URL and a token."""
     import logging
@@ -495,10 +593,14 @@ def dev(
     console.print(f"gateway   {stack.url}/ga4gh/tes/v1   (also {stack.url}/v1)")
     console.print(f"issuer    {stack.url}/dev-issuer")
     console.print(f"S3        {stack.s3_url}")
-    console.print(f"TREs      {', '.join(stack.agents)} ({executor} executor; data under {stack.settings.data_dir}/tres)")
+    console.print(
+        f"TREs      {', '.join(stack.agents)} ({executor} executor; data under {stack.settings.data_dir}/tres)"
+    )
     console.print("token     alice, researcher in project diabetes-cancer, 12 h:")
     typer.echo(stack.token("alice", "researcher", ttl_s=12 * 3600))
-    console.print(f"\nexport FIVESAFES_TES_URL={stack.url} FIVESAFES_TES_TOKEN=<the token>   # then: fivesafes-tes list")
+    console.print(
+        f"\nexport FIVESAFES_TES_URL={stack.url} FIVESAFES_TES_TOKEN=<the token>   # then: fivesafes-tes list"
+    )
     console.print("Ctrl-C stops it.")
     try:
         while stack.thread.is_alive():
@@ -511,8 +613,12 @@ def dev(
 
 @app.command()
 def demo(
-    data_dir: Annotated[Path | None, typer.Option(help="State directory (default: a fresh temporary one).")] = None,
-    executor: Annotated[str, typer.Option(help="docker, or local (development only: no sandbox).")] = "docker",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="State directory (default: a fresh temporary one).")
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="docker, or local (development only: no sandbox).")
+    ] = "docker",
 ) -> None:
     """Start the embedded federation and walk an analysis through both TREs end to end."""
     from fivesafes_tes.demo import run

@@ -51,7 +51,9 @@ class TesClient:
     def cancel(self, task_id: str) -> None:
         self._call("POST", f"/tasks/{task_id}:cancel")
 
-    def list(self, *, view: str = "MINIMAL", page_size: int = 256, **filters: Any) -> Iterator[dict[str, Any]]:
+    def list(
+        self, *, view: str = "MINIMAL", page_size: int = 256, **filters: Any
+    ) -> Iterator[dict[str, Any]]:
         """Every matching task, following next_page_token to the end."""
         params: dict[str, Any] = {"view": view, "page_size": page_size}
         params.update({k: v for k, v in filters.items() if v not in (None, [], "")})

@@ -41,8 +41,10 @@ def analysis(script: str, name: str, **tags: str) -> dict:
         "description": "People with type 2 diabetes (OMOP concept 201826) among everyone in the TRE.",
         "executors": [{"image": BUSYBOX_IMAGE, "command": ["sh", "/analysis/run.sh"]}],
         "inputs": [{"path": "/analysis/run.sh", "content": script}],
-        "outputs": [{"path": "/outputs/prevalence.csv", "url": "s3://results/prevalence.csv"},
-                    {"path": "/outputs/by_decade.csv", "url": "s3://results/by_decade.csv"}],
+        "outputs": [
+            {"path": "/outputs/prevalence.csv", "url": "s3://results/prevalence.csv"},
+            {"path": "/outputs/by_decade.csv", "url": "s3://results/by_decade.csv"},
+        ],
         "resources": {"cpu_cores": 1, "ram_gb": 0.5},
         "tags": tags,
     }
@@ -51,7 +53,9 @@ def analysis(script: str, name: str, **tags: str) -> dict:
 def run(data_dir: Path | None, console: Console, executor: str = "docker") -> int:
     with tempfile.TemporaryDirectory(prefix="fivesafes-demo-") as scratch:
         console.rule("Five Safes TES demo")
-        console.print("starting the embedded federation: gateway, token issuer, S3, agents for uk-tre and sg-tre")
+        console.print(
+            "starting the embedded federation: gateway, token issuer, S3, agents for uk-tre and sg-tre"
+        )
         stack = devstack.start(data_dir or Path(scratch), agents=True, executor=executor)
         try:
             return _walk(stack, console)
@@ -61,8 +65,11 @@ def run(data_dir: Path | None, console: Console, executor: str = "docker") -> in
 
 def _stages(client: TesClient, task_id: str) -> tuple[str, dict[str, str], dict[str, list[str]]]:
     doc = client.get(task_id, "FULL")
-    return (doc["state"], {log["metadata"]["tre"]: log["metadata"]["stage"] for log in doc["logs"]},
-            {log["metadata"]["tre"]: log.get("system_logs", []) for log in doc["logs"]})
+    return (
+        doc["state"],
+        {log["metadata"]["tre"]: log["metadata"]["stage"] for log in doc["logs"]},
+        {log["metadata"]["tre"]: log.get("system_logs", []) for log in doc["logs"]},
+    )
 
 
 def _follow(console: Console, client: TesClient, task_id: str, until, timeout: float = 120):  # type: ignore[no-untyped-def]
@@ -71,7 +78,9 @@ def _follow(console: Console, client: TesClient, task_id: str, until, timeout: f
     while time.monotonic() < deadline:
         state, stages, logs = _stages(client, task_id)
         if (state, stages) != last:
-            console.print(f"  {state:<13} " + "  ".join(f"{tre}: {stage}" for tre, stage in sorted(stages.items())))
+            console.print(
+                f"  {state:<13} " + "  ".join(f"{tre}: {stage}" for tre, stage in sorted(stages.items()))
+            )
             last = (state, stages)
         if until(stages):
             return state, stages, logs
@@ -84,7 +93,9 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
     alice_token = stack.token("alice")
     with TesClient(stack.url, alice_token) as alice, TesClient(stack.url, stack.token("bob")) as bob:
         info = alice.service_info()
-        console.print(f"gateway {stack.url}: {info['name']} {info['version']} (TES {info['type']['version']})")
+        console.print(
+            f"gateway {stack.url}: {info['name']} {info['version']} (TES {info['type']['version']})"
+        )
 
         console.rule("1. alice runs one analysis in both TREs")
         key = str(uuid.uuid4())
@@ -93,12 +104,24 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
             problems.append("a retried submission made a second task")
         console.print(f"task {task_id} (a retry with the same Idempotency-Key returned the same id)")
         _follow(console, alice, task_id, lambda s: all(v == "awaiting_review" for v in s.values()))
-        table = Table("TRE", "held file", "bytes", "automated checks", "first finding",
-                      title="held in each TRE's airlock, awaiting review")
+        table = Table(
+            "TRE",
+            "held file",
+            "bytes",
+            "automated checks",
+            "first finding",
+            title="held in each TRE's airlock, awaiting review",
+        )
         for tre, agent in sorted(stack.agents.items()):
             with agent.db.read() as session:
                 for file in review.describe(session, _children(agent)[0]).files:
-                    table.add_row(tre, file.name, str(file.size), file.verdict, file.findings[0] if file.findings else "")
+                    table.add_row(
+                        tre,
+                        file.name,
+                        str(file.size),
+                        file.verdict,
+                        file.findings[0] if file.findings else "",
+                    )
         console.print(table)
         console.print("nothing has left either TRE yet: each TRE's output checker decides on every file")
 
@@ -108,13 +131,29 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
             with agent.db.write() as session:
                 for file in review.describe(session, child).files:
                     if file.verdict == "fail":
-                        review.decide(session, child, file.key, CHECKER, "rejected",
-                                      reason="failed an automated disclosure check")
+                        review.decide(
+                            session,
+                            child,
+                            file.key,
+                            CHECKER,
+                            "rejected",
+                            reason="failed an automated disclosure check",
+                        )
                     else:
-                        review.decide(session, child, file.key, CHECKER, "approved",
-                                      reason="aggregate counts above the threshold")
-        state, _, _ = _follow(console, alice, task_id,
-                              lambda s: all(v in ("released", "partially_released", "withheld") for v in s.values()))
+                        review.decide(
+                            session,
+                            child,
+                            file.key,
+                            CHECKER,
+                            "approved",
+                            reason="aggregate counts above the threshold",
+                        )
+        state, _, _ = _follow(
+            console,
+            alice,
+            task_id,
+            lambda s: all(v in ("released", "partially_released", "withheld") for v in s.values()),
+        )
         if state != "COMPLETE":
             problems.append(f"the released task is {state}, not COMPLETE")
         combined = _download_and_combine(stack, alice_token, task_id, console, problems)
@@ -125,7 +164,9 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         _follow(console, bob, bob_task, lambda s: s.get("uk-tre") == "awaiting_tre_approval")
         uk = stack.agents["uk-tre"]
         with uk.db.write() as session:
-            approvals.decide(session, "uk-tre-admin", "cardio", "rejected", reason="no ethics approval on file")
+            approvals.decide(
+                session, "uk-tre-admin", "cardio", "rejected", reason="no ethics approval on file"
+            )
         console.print("uk-tre's admin rejects project cardio: `fivesafes-tes tre reject cardio --reason ...`")
         state, _, logs = _follow(console, bob, bob_task, lambda s: s.get("uk-tre") == "rejected_by_tre")
         console.print(f"bob sees {state}: {logs['uk-tre'][-1]}")
@@ -139,7 +180,9 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         alice.cancel(long_task)
         while uk.executor.running().get(_children(uk)[0]) is not None and time.monotonic() - started < 15:
             time.sleep(0.1)
-        console.print(f"canceled: {alice.get(long_task)['state']}, container stopped in {time.monotonic() - started:.1f} s")
+        console.print(
+            f"canceled: {alice.get(long_task)['state']}, container stopped in {time.monotonic() - started:.1f} s"
+        )
 
     db = Database(stack.settings.effective_database_url)
     with db.read() as session:
@@ -152,8 +195,9 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
     return 0 if not problems else 1
 
 
-def _download_and_combine(stack: devstack.DevStack, token: str, task_id: str, console: Console,
-                          problems: list[str]) -> Table:
+def _download_and_combine(
+    stack: devstack.DevStack, token: str, task_id: str, console: Console, problems: list[str]
+) -> Table:
     """What the researcher gets: each TRE's released files (SHA-256 checked) and one combined table."""
     import csv
     import hashlib
@@ -164,13 +208,22 @@ def _download_and_combine(stack: devstack.DevStack, token: str, task_id: str, co
     http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
     listing = http.get(f"/api/v1/tasks/{task_id}/results").json()
     decisions = Table("TRE", "file", "decision", "reason", title="the output checkers' decisions")
-    combined = Table("TRE", "persons", "with type 2 diabetes", "prevalence",
-                     title="released results, combined across the TREs")
+    combined = Table(
+        "TRE",
+        "persons",
+        "with type 2 diabetes",
+        "prevalence",
+        title="released results, combined across the TREs",
+    )
     total_persons = total_diabetes = 0
     for tre in listing["tres"]:
         for entry in (tre["disclosure"] or {}).get("files", []):
-            decisions.add_row(tre["tre"], entry["name"], entry["decision"],
-                              "; ".join(d["reason"] for d in entry["decisions"]))
+            decisions.add_row(
+                tre["tre"],
+                entry["name"],
+                entry["decision"],
+                "; ".join(d["reason"] for d in entry["decisions"]),
+            )
         for file in tre["files"]:
             body = http.get(f"/api/v1/results/{file['id']}").content
             if hashlib.sha256(body).hexdigest() != file["sha256"]:
@@ -180,8 +233,13 @@ def _download_and_combine(stack: devstack.DevStack, token: str, task_id: str, co
                 persons, diabetes = int(row["persons"]), int(row["diabetes"])
                 total_persons, total_diabetes = total_persons + persons, total_diabetes + diabetes
                 combined.add_row(tre["tre"], str(persons), str(diabetes), f"{100 * diabetes / persons:.1f}%")
-    combined.add_row("all TREs", str(total_persons), str(total_diabetes),
-                     f"{100 * total_diabetes / max(total_persons, 1):.1f}%", style="bold")
+    combined.add_row(
+        "all TREs",
+        str(total_persons),
+        str(total_diabetes),
+        f"{100 * total_diabetes / max(total_persons, 1):.1f}%",
+        style="bold",
+    )
     console.print(decisions)
     if not total_persons:
         problems.append("no prevalence table was released")
@@ -194,4 +252,6 @@ def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
     from fivesafes_tes.agent.tables import LocalChild
 
     with agent.db.read() as session:
-        return [c.child_id for c in session.scalars(select(LocalChild).order_by(LocalChild.created_at.desc()))]
+        return [
+            c.child_id for c in session.scalars(select(LocalChild).order_by(LocalChild.created_at.desc()))
+        ]

@@ -79,7 +79,9 @@ class DevStack:
         return self.settings.public_url
 
     def token(self, user: str, *roles: str, **kwargs) -> str:  # type: ignore[no-untyped-def]
-        return self.issuer.issue(user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs)
+        return self.issuer.issue(
+            user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs
+        )
 
     def stop(self) -> None:
         for agent in self.agents.values():
@@ -116,7 +118,9 @@ def start(
     s3 = s3_url = None
     if agents:
         s3, s3_url = _start_s3()
-        overrides.update(results_endpoint_url=s3_url, results_access_key="dev", results_secret_key="dev-secret")
+        overrides.update(
+            results_endpoint_url=s3_url, results_access_key="dev", results_secret_key="dev-secret"
+        )
     settings = GatewaySettings(
         data_dir=data_dir,
         database_url=database_url,
@@ -130,8 +134,15 @@ def start(
     app = create_app(settings, db=db)
     if app.state.ctx.results_store is not None:
         app.state.ctx.results_store.ensure_bucket()
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()
@@ -171,12 +182,27 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
             datasets={"omop": Dataset(path=dataset, description=f"synthetic OMOP CDM extract of {tre}")},
             grants={"diabetes-cancer": ["omop"]},
         )
-        token = stack.issuer.issue(f"agent-{tre}", ["tre-agent"], audience=stack.settings.oidc_audience,
-                                   tre=tre, ttl_s=30 * 24 * 3600)
+        token = stack.issuer.issue(
+            f"agent-{tre}",
+            ["tre-agent"],
+            audience=stack.settings.oidc_audience,
+            tre=tre,
+            ttl_s=30 * 24 * 3600,
+        )
         settings = AgentSettings(
-            tre=tre, gateway_url=stack.url, token=token, data_dir=home, executor=executor,
-            airlock_endpoint_url=stack.s3_url, airlock_bucket=f"{tre}-airlock", airlock_access_key="dev",
-            airlock_secret_key="dev-secret", poll_wait_s=10, heartbeat_s=5, sync_s=5, tick_s=0.2,
+            tre=tre,
+            gateway_url=stack.url,
+            token=token,
+            data_dir=home,
+            executor=executor,
+            airlock_endpoint_url=stack.s3_url,
+            airlock_bucket=f"{tre}-airlock",
+            airlock_access_key="dev",
+            airlock_secret_key="dev-secret",
+            poll_wait_s=10,
+            heartbeat_s=5,
+            sync_s=5,
+            tick_s=0.2,
         )
         from fivesafes_tes.agent.client import GatewayClient
 
@@ -190,12 +216,21 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
         agent.sync()
         with agent.db.write() as session:
             for project, people in DEV_APPROVALS.items():
-                if approvals.clearance(session, tre, project, people[0]).verdict is approvals.Verdict.APPROVED:
+                if (
+                    approvals.clearance(session, tre, project, people[0]).verdict
+                    is approvals.Verdict.APPROVED
+                ):
                     continue  # a restart keeps earlier decisions
                 approvals.decide(session, f"{tre}-admin", project, "approved", reason="demo project")
                 for person in people:
-                    approvals.decide(session, f"{tre}-admin", project, "approved", username=person,
-                                     reason="trained and accredited (demo)")
+                    approvals.decide(
+                        session,
+                        f"{tre}-admin",
+                        project,
+                        "approved",
+                        username=person,
+                        reason="trained and accredited (demo)",
+                    )
         agent.start()
         stack.agents[tre] = agent
 

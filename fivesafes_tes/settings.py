@@ -21,7 +21,9 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FIVESAFES_", env_nested_delimiter="__", extra="ignore")
 
-    data_dir: Path = Field(default_factory=default_data_dir, description="Where the embedded defaults keep state.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="Where the embedded defaults keep state."
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL. Default: SQLite (WAL) at DATA_DIR/gateway.db. "
@@ -36,13 +38,19 @@ class GatewaySettings(BaseSettings):
         default=None, description="JWKS URL; default is discovered from the issuer's openid-configuration."
     )
     oidc_algorithms: list[str] = Field(default=["RS256", "ES256"], description="Accepted JWS algorithms.")
-    roles_claim: str = Field(default="roles", description="Claim holding roles; dotted for nested (realm_access.roles).")
-    dev_issuer: bool = Field(default=False, description="Serve and trust the embedded development token issuer.")
+    roles_claim: str = Field(
+        default="roles", description="Claim holding roles; dotted for nested (realm_access.roles)."
+    )
+    dev_issuer: bool = Field(
+        default=False, description="Serve and trust the embedded development token issuer."
+    )
 
     # TES service-info
     service_id: str = Field(default="org.fivesafes.tes", description="service-info `id` (reverse domain).")
     service_name: str = Field(default="Five Safes TES", description="service-info `name`.")
-    organization_name: str = Field(default="Five Safes TES federation", description="service-info `organization.name`.")
+    organization_name: str = Field(
+        default="Five Safes TES federation", description="service-info `organization.name`."
+    )
     organization_url: str = Field(
         default="https://example.org/fivesafes-tes", description="service-info `organization.url`."
     )
@@ -59,7 +67,9 @@ class GatewaySettings(BaseSettings):
         description="Container images tasks may name (fnmatch patterns, e.g. `registry.tre.org/*`). "
         "Empty refuses every task: set it. Each TRE applies its own list again.",
     )
-    lease_ttl_s: int = Field(default=60, ge=5, description="How long an agent's lease lasts without a heartbeat.")
+    lease_ttl_s: int = Field(
+        default=60, ge=5, description="How long an agent's lease lasts without a heartbeat."
+    )
     paused_for_review: bool = Field(
         default=False,
         description="Show children awaiting output review as TES PAUSED instead of RUNNING "
@@ -101,24 +111,38 @@ class AgentSettings(BaseSettings):
     """Settings of one TRE's agent (`fivesafes-tes agent`). It only ever connects out: to the gateway,
     to the TRE's own S3 airlock and to its container engine."""
 
-    model_config = SettingsConfigDict(env_prefix="FIVESAFES_AGENT_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FIVESAFES_AGENT_", env_nested_delimiter="__", extra="ignore"
+    )
 
-    tre: str = Field(description="This TRE's name, as registered at the gateway and named in the agent token.")
+    tre: str = Field(
+        description="This TRE's name, as registered at the gateway and named in the agent token."
+    )
     gateway_url: str = Field(default="http://127.0.0.1:8000", description="The gateway's base URL.")
-    token: SecretStr | None = Field(default=None, description="Agent bearer token (role tre-agent, claim tre).")
+    token: SecretStr | None = Field(
+        default=None, description="Agent bearer token (role tre-agent, claim tre)."
+    )
     token_file: Path | None = Field(
         default=None, description="File holding the token, re-read on every request (for rotated tokens)."
     )
-    data_dir: Path = Field(default_factory=lambda: default_data_dir() / "agent", description="Local state and work.")
-    database_url: str | None = Field(default=None, description="Agent's own database; default SQLite in DATA_DIR.")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir() / "agent", description="Local state and work."
+    )
+    database_url: str | None = Field(
+        default=None, description="Agent's own database; default SQLite in DATA_DIR."
+    )
     executor: str = Field(default="docker", description="docker, or local (development only: no sandbox).")
     policy_file: Path | None = Field(
         default=None, description="YAML/JSON TRE policy: allowed images, limits, datasets and grants."
     )
     airlock_endpoint_url: str | None = Field(default=None, description="S3 endpoint of the TRE's airlock.")
-    airlock_bucket: str = Field(default="airlock", description="Bucket holding outputs until they are released.")
+    airlock_bucket: str = Field(
+        default="airlock", description="Bucket holding outputs until they are released."
+    )
     airlock_access_key: str | None = Field(default=None, description="Access key of the airlock bucket.")
-    airlock_secret_key: SecretStr | None = Field(default=None, description="Secret key of the airlock bucket.")
+    airlock_secret_key: SecretStr | None = Field(
+        default=None, description="Secret key of the airlock bucket."
+    )
     airlock_region: str = Field(default="us-east-1", description="Region of the airlock bucket.")
     poll_wait_s: float = Field(default=20.0, ge=0, le=30, description="Long-poll wait for new work.")
     heartbeat_s: float = Field(default=15.0, gt=0, description="Heartbeat interval for held leases.")
@@ -129,9 +153,13 @@ class AgentSettings(BaseSettings):
         default=None,
         description="host:port for the TRE-admin API (inside the TRE only). Unset: no listening socket at all.",
     )
-    oidc_issuer: str | None = Field(default=None, description="Issuer of TRE admins' tokens (for the admin API).")
+    oidc_issuer: str | None = Field(
+        default=None, description="Issuer of TRE admins' tokens (for the admin API)."
+    )
     oidc_audience: str = Field(default="fivesafes-tre", description="Audience of TRE admins' tokens.")
-    oidc_jwks_url: str | None = Field(default=None, description="JWKS URL; default discovered from the issuer.")
+    oidc_jwks_url: str | None = Field(
+        default=None, description="JWKS URL; default discovered from the issuer."
+    )
     roles_claim: str = Field(default="roles", description="Claim holding roles; dotted for nested.")
 
     @property

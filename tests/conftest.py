@@ -109,7 +109,9 @@ class Gateway:
         from fivesafes_tes.settings import GatewaySettings
 
         overrides.setdefault("allowed_images", ["*"])
-        self.settings = GatewaySettings(data_dir=data_dir, database_url=database_url, dev_issuer=True, **overrides)
+        self.settings = GatewaySettings(
+            data_dir=data_dir, database_url=database_url, dev_issuer=True, **overrides
+        )
         self.db = Database(database_url)
         self.app = create_app(self.settings, db=self.db)
         self.issuer = self.app.state.ctx.dev_issuer
@@ -118,7 +120,9 @@ class Gateway:
             seed_federation(self.db, TEST_FEDERATION)
 
     def token(self, user: str = "alice", *roles: str, **kwargs) -> str:  # type: ignore[no-untyped-def]
-        return self.issuer.issue(user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs)
+        return self.issuer.issue(
+            user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs
+        )
 
     def headers(self, user: str = "alice", *roles: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(user, *roles)}"}

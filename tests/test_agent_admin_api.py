@@ -27,7 +27,9 @@ def admin(tmp_path):  # type: ignore[no-untyped-def]
     client = TestClient(create_admin_app(db, "uk-tre", validator))
 
     def token(*roles: str, tre: str | None = "uk-tre", user: str = "dora") -> dict[str, str]:
-        return {"Authorization": f"Bearer {issuer.issue(user, list(roles), audience='fivesafes-tre', tre=tre)}"}
+        return {
+            "Authorization": f"Bearer {issuer.issue(user, list(roles), audience='fivesafes-tre', tre=tre)}"
+        }
 
     yield client, db, token
     db.dispose()
@@ -35,13 +37,25 @@ def admin(tmp_path):  # type: ignore[no-untyped-def]
 
 def test_a_tre_admin_approves_a_project_and_a_person_and_it_takes_effect(admin):
     client, db, token = admin
-    assert client.put("/tre/v1/projects/alpha/decision", json={"decision": "approved"},
-                      headers=token("tre-admin")).status_code == 200
-    assert client.put("/tre/v1/projects/alpha/members/alice/decision", json={"decision": "approved"},
-                      headers=token("tre-admin")).status_code == 200
+    assert (
+        client.put(
+            "/tre/v1/projects/alpha/decision", json={"decision": "approved"}, headers=token("tre-admin")
+        ).status_code
+        == 200
+    )
+    assert (
+        client.put(
+            "/tre/v1/projects/alpha/members/alice/decision",
+            json={"decision": "approved"},
+            headers=token("tre-admin"),
+        ).status_code
+        == 200
+    )
     listed = client.get("/tre/v1/projects", headers=token("tre-admin")).json()
     assert [(d["username"], d["decision"], d["decided_by"]) for d in listed[0]["decisions"]] == [
-        ("", "approved", "dora"), ("alice", "approved", "dora")]
+        ("", "approved", "dora"),
+        ("alice", "approved", "dora"),
+    ]
     with db.read() as session:
         assert approvals.clearance(session, "uk-tre", "alpha", "alice").verdict is approvals.Verdict.APPROVED
         assert approvals.clearance(session, "uk-tre", "alpha", "carol").verdict is approvals.Verdict.UNDECIDED
@@ -53,10 +67,22 @@ def test_only_this_tres_admins_may_decide(admin):
     client, db, token = admin
     body = {"decision": "approved"}
     assert client.put("/tre/v1/projects/alpha/decision", json=body).status_code == 401
-    assert client.put("/tre/v1/projects/alpha/decision", json=body,
-                      headers={"Authorization": "Bearer junk"}).status_code == 401
-    assert client.put("/tre/v1/projects/alpha/decision", json=body, headers=token("researcher")).status_code == 403
-    assert client.put("/tre/v1/projects/alpha/decision", json=body, headers=token("tre-admin", tre="sg-tre")).status_code == 403
+    assert (
+        client.put(
+            "/tre/v1/projects/alpha/decision", json=body, headers={"Authorization": "Bearer junk"}
+        ).status_code
+        == 401
+    )
+    assert (
+        client.put("/tre/v1/projects/alpha/decision", json=body, headers=token("researcher")).status_code
+        == 403
+    )
+    assert (
+        client.put(
+            "/tre/v1/projects/alpha/decision", json=body, headers=token("tre-admin", tre="sg-tre")
+        ).status_code
+        == 403
+    )
     assert client.get("/tre/v1/projects", headers=token("output-checker")).status_code == 403
     with db.read() as session:
         assert approvals.clearance(session, "uk-tre", "alpha", "alice").verdict is approvals.Verdict.UNDECIDED

@@ -37,7 +37,9 @@ def submit(gateway, user="alice", **tags) -> str:  # type: ignore[no-untyped-def
 
 
 def lease(gateway, tre="uk-tre", wait_s=0):  # type: ignore[no-untyped-def]
-    response = gateway.client.post(f"{AGENT}/leases", json={"wait_s": wait_s}, headers=agent_headers(gateway, tre))
+    response = gateway.client.post(
+        f"{AGENT}/leases", json={"wait_s": wait_s}, headers=agent_headers(gateway, tre)
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -55,7 +57,9 @@ def state(gateway, task_id, user="alice"):  # type: ignore[no-untyped-def]
 
 
 def stages(gateway, task_id):  # type: ignore[no-untyped-def]
-    doc = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "BASIC"}, headers=gateway.headers()).json()
+    doc = gateway.client.get(
+        f"{TES}/tasks/{task_id}", params={"view": "BASIC"}, headers=gateway.headers()
+    ).json()
     return {log["metadata"]["tre"]: log["metadata"]["stage"] for log in doc["logs"]}
 
 
@@ -74,13 +78,23 @@ def test_lease_hands_out_new_work_once_with_attempt_1(gateway):
 def test_parent_state_follows_children_through_every_stage(gateway):
     task_id = submit(gateway)  # both TREs
     uk = lease(gateway, "uk-tre")["leases"][0]
-    walk = [("staging", "QUEUED"), ("running", "QUEUED"), ("checking", "QUEUED"), ("awaiting_review", "QUEUED")]
+    walk = [
+        ("staging", "QUEUED"),
+        ("running", "QUEUED"),
+        ("checking", "QUEUED"),
+        ("awaiting_review", "QUEUED"),
+    ]
     for seq, (stage, parent) in enumerate(walk, start=1):
         assert event(gateway, uk["child_id"], 1, seq, stage).json() == {"stage": stage, "applied": True}
         assert state(gateway, task_id) == parent  # sg-tre still `received`: the furthest behind
     sg = lease(gateway, "sg-tre")["leases"][0]
     for seq, (stage, parent) in enumerate(
-        [("staging", "INITIALIZING"), ("running", "RUNNING"), ("checking", "RUNNING"), ("awaiting_review", "RUNNING")],
+        [
+            ("staging", "INITIALIZING"),
+            ("running", "RUNNING"),
+            ("checking", "RUNNING"),
+            ("awaiting_review", "RUNNING"),
+        ],
         start=1,
     ):
         event(gateway, sg["child_id"], 1, seq, stage, tre="sg-tre")
@@ -91,11 +105,20 @@ def test_parent_state_follows_children_through_every_stage(gateway):
 def test_rejection_by_a_tre_reads_as_system_error_with_a_plain_line(gateway):
     task_id = submit(gateway, tres="uk-tre")
     grant = lease(gateway)["leases"][0]
-    event(gateway, grant["child_id"], 1, 1, "awaiting_tre_approval", message="waiting for uk-tre to approve alice")
+    event(
+        gateway,
+        grant["child_id"],
+        1,
+        1,
+        "awaiting_tre_approval",
+        message="waiting for uk-tre to approve alice",
+    )
     assert state(gateway, task_id) == "QUEUED"
     line = "uk-tre rejected project alpha: ethics approval lapsed"
     assert event(gateway, grant["child_id"], 1, 2, "rejected_by_tre", message=line).status_code == 200
-    doc = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()).json()
+    doc = gateway.client.get(
+        f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
+    ).json()
     assert doc["state"] == "SYSTEM_ERROR"
     assert line in doc["logs"][0]["system_logs"] and "end_time" in doc["logs"][0]
 
@@ -107,8 +130,12 @@ def test_replayed_event_has_no_second_effect(gateway):
     again = event(gateway, grant["child_id"], 1, 1, "staging", message="staging inputs")
     assert first.json()["applied"] is True and again.json() == {"stage": "staging", "applied": False}
     with gateway.db.read() as session:
-        assert session.scalar(select(func.count()).select_from(AuditRecord).where(
-            AuditRecord.action == "child.stage")) == 1
+        assert (
+            session.scalar(
+                select(func.count()).select_from(AuditRecord).where(AuditRecord.action == "child.stage")
+            )
+            == 1
+        )
         child = session.get(Child, grant["child_id"])
         assert child.system_logs.count("staging inputs") == 1
 
@@ -135,8 +162,11 @@ def test_expired_lease_is_reoffered_with_the_next_attempt_and_old_attempt_is_ref
     late = event(gateway, grant["child_id"], 1, 2, "running")
     assert late.status_code == 409 and "superseded" in late.json()["detail"]
     assert event(gateway, grant["child_id"], 2, 1, "running").json()["applied"] is True
-    beats = gateway.client.post(f"{AGENT}/heartbeat", json={"children": [
-        {"child_id": grant["child_id"], "attempt": 1}]}, headers=agent_headers(gateway)).json()
+    beats = gateway.client.post(
+        f"{AGENT}/heartbeat",
+        json={"children": [{"child_id": grant["child_id"], "attempt": 1}]},
+        headers=agent_headers(gateway),
+    ).json()
     assert beats == {"children": {grant["child_id"]: "stale"}}
 
 
@@ -146,8 +176,11 @@ def test_heartbeat_keeps_a_lease_alive(gateway):
     with gateway.db.read() as session:
         before = session.get(Child, grant["child_id"]).lease_expires_at
     time.sleep(0.05)
-    beats = gateway.client.post(f"{AGENT}/heartbeat", json={"children": [
-        {"child_id": grant["child_id"], "attempt": 1}]}, headers=agent_headers(gateway)).json()
+    beats = gateway.client.post(
+        f"{AGENT}/heartbeat",
+        json={"children": [{"child_id": grant["child_id"], "attempt": 1}]},
+        headers=agent_headers(gateway),
+    ).json()
     assert beats["children"][grant["child_id"]] == "ok"
     with gateway.db.read() as session:
         assert session.get(Child, grant["child_id"]).lease_expires_at > before
@@ -165,8 +198,11 @@ def test_cancel_is_delivered_with_leases_until_acknowledged(gateway):
     assert lease(gateway)["cancel"] == delivered["cancel"]  # at least once, until acknowledged
     late = event(gateway, grant["child_id"], 1, 3, "checking")
     assert late.status_code == 409 and "canceled" in late.json()["detail"]
-    beats = gateway.client.post(f"{AGENT}/heartbeat", json={"children": [
-        {"child_id": grant["child_id"], "attempt": 1}]}, headers=agent_headers(gateway)).json()
+    beats = gateway.client.post(
+        f"{AGENT}/heartbeat",
+        json={"children": [{"child_id": grant["child_id"], "attempt": 1}]},
+        headers=agent_headers(gateway),
+    ).json()
     assert beats["children"][grant["child_id"]] == "canceled"
     gateway.client.post(f"{AGENT}/children/{grant['child_id']}/cancel-ack", headers=agent_headers(gateway))
     assert lease(gateway)["cancel"] == []
@@ -184,40 +220,75 @@ def test_an_agent_of_one_tre_cannot_see_or_touch_another_tres_work(gateway):
     submit(gateway, tres="uk-tre")
     assert all(g["child_id"] != sg["child_id"] for g in lease(gateway, "uk-tre")["leases"])
     assert event(gateway, sg["child_id"], 1, 1, "staging", tre="uk-tre").status_code == 404
-    beats = gateway.client.post(f"{AGENT}/heartbeat", json={"children": [
-        {"child_id": sg["child_id"], "attempt": 1}]}, headers=agent_headers(gateway, "uk-tre")).json()
+    beats = gateway.client.post(
+        f"{AGENT}/heartbeat",
+        json={"children": [{"child_id": sg["child_id"], "attempt": 1}]},
+        headers=agent_headers(gateway, "uk-tre"),
+    ).json()
     assert beats["children"][sg["child_id"]] == "unknown"
-    assert gateway.client.post(f"{AGENT}/children/{sg['child_id']}/cancel-ack",
-                               headers=agent_headers(gateway, "uk-tre")).status_code == 404
+    assert (
+        gateway.client.post(
+            f"{AGENT}/children/{sg['child_id']}/cancel-ack", headers=agent_headers(gateway, "uk-tre")
+        ).status_code
+        == 404
+    )
     synced = gateway.client.get(f"{AGENT}/sync", headers=agent_headers(gateway, "sg-tre")).json()
     assert [p["name"] for p in synced["projects"]] == ["alpha"]  # beta runs in uk-tre only
 
 
-AGENT_ROUTES = [("POST", f"{AGENT}/leases", {"wait_s": 0}), ("POST", f"{AGENT}/heartbeat", {"children": []}),
-                ("GET", f"{AGENT}/sync", None), ("POST", f"{AGENT}/decisions", {"decisions": []})]
+AGENT_ROUTES = [
+    ("POST", f"{AGENT}/leases", {"wait_s": 0}),
+    ("POST", f"{AGENT}/heartbeat", {"children": []}),
+    ("GET", f"{AGENT}/sync", None),
+    ("POST", f"{AGENT}/decisions", {"decisions": []}),
+]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), AGENT_ROUTES)
 def test_agent_routes_need_an_agent_token_of_a_registered_tre(gateway, method, path, body):
     assert gateway.client.request(method, path, json=body).status_code == 401
-    for headers in (gateway.headers("alice"), gateway.headers("x", "tre-agent"),
-                    {"Authorization": f"Bearer {gateway.token('x', 'tre-agent', tre='mars-tre')}"}):
+    for headers in (
+        gateway.headers("alice"),
+        gateway.headers("x", "tre-agent"),
+        {"Authorization": f"Bearer {gateway.token('x', 'tre-agent', tre='mars-tre')}"},
+    ):
         assert gateway.client.request(method, path, json=body, headers=headers).status_code == 403
     assert gateway.client.request(method, path, json=body, headers=agent_headers(gateway)).status_code == 200
 
 
 def test_decisions_are_recorded_once_and_only_for_the_tres_own_projects(gateway):
-    body = {"decisions": [{"project": "alpha", "decision": "approved", "decided_by": "tre-admin-1",
-                           "decided_at": "2026-11-23T10:00:00Z"},
-                          {"project": "alpha", "username": "alice", "decision": "rejected", "reason": "no training",
-                           "decided_by": "tre-admin-1", "decided_at": "2026-11-23T10:00:00Z"}]}
+    body = {
+        "decisions": [
+            {
+                "project": "alpha",
+                "decision": "approved",
+                "decided_by": "tre-admin-1",
+                "decided_at": "2026-11-23T10:00:00Z",
+            },
+            {
+                "project": "alpha",
+                "username": "alice",
+                "decision": "rejected",
+                "reason": "no training",
+                "decided_by": "tre-admin-1",
+                "decided_at": "2026-11-23T10:00:00Z",
+            },
+        ]
+    }
     first = gateway.client.post(f"{AGENT}/decisions", json=body, headers=agent_headers(gateway, "sg-tre"))
     assert first.json() == {"changed": 2}
-    assert gateway.client.post(f"{AGENT}/decisions", json=body, headers=agent_headers(gateway, "sg-tre")).json() == {
-        "changed": 0}
-    foreign = {"decisions": [{"project": "beta", "decision": "approved", "decided_at": "2026-11-23T10:00:00Z"}]}
-    assert gateway.client.post(f"{AGENT}/decisions", json=foreign,
-                               headers=agent_headers(gateway, "sg-tre")).status_code == 404
+    assert gateway.client.post(
+        f"{AGENT}/decisions", json=body, headers=agent_headers(gateway, "sg-tre")
+    ).json() == {"changed": 0}
+    foreign = {
+        "decisions": [{"project": "beta", "decision": "approved", "decided_at": "2026-11-23T10:00:00Z"}]
+    }
+    assert (
+        gateway.client.post(
+            f"{AGENT}/decisions", json=foreign, headers=agent_headers(gateway, "sg-tre")
+        ).status_code
+        == 404
+    )
 
 
 def test_long_poll_returns_as_soon_as_work_arrives(database_url, tmp_path):
@@ -227,15 +298,20 @@ def test_long_poll_returns_as_soon_as_work_arrives(database_url, tmp_path):
 
         def poll() -> None:
             started = time.monotonic()
-            response = httpx.post(f"{stack.url}{AGENT}/leases", json={"wait_s": 20}, headers=agent, timeout=30)
+            response = httpx.post(
+                f"{stack.url}{AGENT}/leases", json={"wait_s": 20}, headers=agent, timeout=30
+            )
             result["leases"], result["after"] = response.json()["leases"], time.monotonic() - started
 
         poller = threading.Thread(target=poll)
         poller.start()
         time.sleep(0.5)
-        httpx.post(f"{stack.url}{TES}/tasks", json={"executors": [{"image": "a", "command": ["b"]}],
-                                                   "tags": {"tres": "uk-tre"}},
-                   headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+        httpx.post(
+            f"{stack.url}{TES}/tasks",
+            json={"executors": [{"image": "a", "command": ["b"]}], "tags": {"tres": "uk-tre"}},
+            headers={"Authorization": f"Bearer {stack.token('alice')}"},
+            timeout=30,
+        )
         poller.join(timeout=25)
         assert len(result["leases"]) == 1
         assert result["after"] < 5  # woke on the submission, not at the end of the 20 s wait
@@ -259,7 +335,9 @@ def test_derive_parent_state_follows_the_design_table():
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(moves=st.lists(st.tuples(st.sampled_from(list(Stage)), st.integers(1, 3), st.integers(0, 5)), max_size=25))
+@given(
+    moves=st.lists(st.tuples(st.sampled_from(list(Stage)), st.integers(1, 3), st.integers(0, 5)), max_size=25)
+)
 def test_only_legal_transitions_are_ever_stored(database, moves):
     """Whatever an agent sends, in whatever order, a child's stored stages form a legal path and an
     ended child stays ended (RELIABILITY 7)."""
@@ -322,15 +400,30 @@ def test_siblings_reporting_at_once_leave_the_parent_in_the_right_state(database
             federation.add_member(session, "test", "wide", "alice")
         db.dispose()
         alice = {"Authorization": f"Bearer {stack.token('alice')}"}
-        task_id = httpx.post(f"{stack.url}{TES}/tasks", headers=alice, timeout=30, json={
-            "executors": [{"image": "a", "command": ["b"]}], "tags": {"project": "wide"}}).json()["id"]
-        agents = {tre: {"Authorization": f"Bearer {stack.token('agent-' + tre, 'tre-agent', tre=tre)}"} for tre in tres}
-        grants = {tre: httpx.post(f"{stack.url}{AGENT}/leases", json={"wait_s": 0}, headers=agents[tre],
-                                  timeout=30).json()["leases"][0] for tre in tres}
+        task_id = httpx.post(
+            f"{stack.url}{TES}/tasks",
+            headers=alice,
+            timeout=30,
+            json={"executors": [{"image": "a", "command": ["b"]}], "tags": {"project": "wide"}},
+        ).json()["id"]
+        agents = {
+            tre: {"Authorization": f"Bearer {stack.token('agent-' + tre, 'tre-agent', tre=tre)}"}
+            for tre in tres
+        }
+        grants = {
+            tre: httpx.post(
+                f"{stack.url}{AGENT}/leases", json={"wait_s": 0}, headers=agents[tre], timeout=30
+            ).json()["leases"][0]
+            for tre in tres
+        }
 
         def report(tre: str, seq: int, stage: str) -> int:
-            return httpx.post(f"{stack.url}{AGENT}/children/{grants[tre]['child_id']}/events", headers=agents[tre],
-                              json={"attempt": 1, "seq": seq, "stage": stage}, timeout=30).status_code
+            return httpx.post(
+                f"{stack.url}{AGENT}/children/{grants[tre]['child_id']}/events",
+                headers=agents[tre],
+                json={"attempt": 1, "seq": seq, "stage": stage},
+                timeout=30,
+            ).status_code
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             assert set(pool.map(lambda t: report(t, 1, "staging"), tres)) == {200}

@@ -32,7 +32,9 @@ def test_token_submit_status_list_cancel_round_trip(stack, tmp_path):
     token = invoke("token", "--user", "carol", "--role", "researcher").stdout.strip()
     assert token.count(".") == 2
     task_file = tmp_path / "task.json"
-    task_file.write_text(json.dumps({"name": "cli-task", "executors": [{"image": "alpine", "command": ["true"]}]}))
+    task_file.write_text(
+        json.dumps({"name": "cli-task", "executors": [{"image": "alpine", "command": ["true"]}]})
+    )
 
     submitted = invoke("submit", str(task_file), "--token", token, "--idempotency-key", "cli-1")
     assert submitted.exit_code == 0, submitted.output
@@ -47,7 +49,10 @@ def test_token_submit_status_list_cancel_round_trip(stack, tmp_path):
     assert listed.exit_code == 0 and "cli-task" in listed.stdout and "QUEUED" in listed.stdout
 
     assert invoke("cancel", task_id, "--token", token).exit_code == 0
-    assert json.loads(invoke("status", task_id, "--token", token, "--view", "MINIMAL").stdout)["state"] == "CANCELED"
+    assert (
+        json.loads(invoke("status", task_id, "--token", token, "--view", "MINIMAL").stdout)["state"]
+        == "CANCELED"
+    )
 
 
 def test_refusals_are_explained_and_exit_non_zero(stack, tmp_path):
@@ -103,7 +108,9 @@ def test_audit_anchor_exposes_a_cut_back_tail(stack, tmp_path):
     # A careful attacker removes the newest record and moves the head back to the one before.
     db = Database(stack.settings.effective_database_url)
     with db.write() as session:
-        previous = session.execute(text("SELECT hash FROM audit_log WHERE seq = :s"), {"s": newest - 1}).scalar_one()
+        previous = session.execute(
+            text("SELECT hash FROM audit_log WHERE seq = :s"), {"s": newest - 1}
+        ).scalar_one()
         session.execute(text("DELETE FROM audit_log WHERE seq = :s"), {"s": newest})
         session.execute(text("UPDATE audit_head SET seq = :s, hash = :h"), {"s": newest - 1, "h": previous})
     db.dispose()

@@ -19,7 +19,9 @@ def submit(gateway, user="alice", **tags):  # type: ignore[no-untyped-def]
 
 
 def full(gateway, task_id, user="alice"):  # type: ignore[no-untyped-def]
-    return gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers(user)).json()
+    return gateway.client.get(
+        f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers(user)
+    ).json()
 
 
 def test_default_project_fans_out_to_all_its_tres(gateway):
@@ -28,18 +30,28 @@ def test_default_project_fans_out_to_all_its_tres(gateway):
     got = full(gateway, response.json()["id"])
     assert got["state"] == "QUEUED"
     assert [(log["metadata"]["tre"], log["metadata"]["stage"]) for log in got["logs"]] == [
-        ("sg-tre", "received"), ("uk-tre", "received")
+        ("sg-tre", "received"),
+        ("uk-tre", "received"),
     ]
 
 
 @pytest.mark.parametrize("key", ["project", "Project", "PROJECT"])
 def test_project_tag_key_in_any_case(gateway, key):
-    response = gateway.client.post(f"{TES}/tasks", json=task(**{key: "Alpha"}), headers=gateway.headers("carol"))
+    response = gateway.client.post(
+        f"{TES}/tasks", json=task(**{key: "Alpha"}), headers=gateway.headers("carol")
+    )
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize(("tres", "expected"), [("uk-tre", ["uk-tre"]), ("sg-tre|uk-tre", ["sg-tre", "uk-tre"]),
-                                                  ("sg-tre, uk-tre", ["sg-tre", "uk-tre"]), ("sg-tre,sg-tre", ["sg-tre"])])
+@pytest.mark.parametrize(
+    ("tres", "expected"),
+    [
+        ("uk-tre", ["uk-tre"]),
+        ("sg-tre|uk-tre", ["sg-tre", "uk-tre"]),
+        ("sg-tre, uk-tre", ["sg-tre", "uk-tre"]),
+        ("sg-tre,sg-tre", ["sg-tre"]),
+    ],
+)
 def test_tres_tag_picks_a_subset(gateway, tres, expected):
     response = submit(gateway, tres=tres)
     assert response.status_code == 200, response.text
@@ -69,8 +81,9 @@ def test_project_dates_are_enforced(gateway):
     gateway.client.patch(f"{ADMIN}/projects/alpha", json={"starts_on": tomorrow}, headers=admin)
     response = submit(gateway)
     assert response.status_code == 403 and "starts on" in response.json()["detail"]
-    gateway.client.patch(f"{ADMIN}/projects/alpha", json={"starts_on": "2020-01-01", "ends_on": yesterday},
-                         headers=admin)
+    gateway.client.patch(
+        f"{ADMIN}/projects/alpha", json={"starts_on": "2020-01-01", "ends_on": yesterday}, headers=admin
+    )
     response = submit(gateway)
     assert response.status_code == 403 and "ended" in response.json()["detail"]
 
@@ -83,18 +96,30 @@ def test_members_of_a_project_see_its_tasks_others_never(gateway):
     bob = gateway.client.get(f"{TES}/tasks", headers=gateway.headers("bob")).json()["tasks"]
     assert [t["id"] for t in bob] == [bob_task]
     for view in ("MINIMAL", "BASIC", "FULL"):
-        assert gateway.client.get(f"{TES}/tasks/{alice_task}", params={"view": view},
-                                  headers=gateway.headers("bob")).status_code == 404
-    assert gateway.client.post(f"{TES}/tasks/{alice_task}:cancel", headers=gateway.headers("bob")).status_code == 404
+        assert (
+            gateway.client.get(
+                f"{TES}/tasks/{alice_task}", params={"view": view}, headers=gateway.headers("bob")
+            ).status_code
+            == 404
+        )
+    assert (
+        gateway.client.post(f"{TES}/tasks/{alice_task}:cancel", headers=gateway.headers("bob")).status_code
+        == 404
+    )
     # carol, in the same project, may cancel alice's task
-    assert gateway.client.post(f"{TES}/tasks/{alice_task}:cancel", headers=gateway.headers("carol")).status_code == 200
+    assert (
+        gateway.client.post(f"{TES}/tasks/{alice_task}:cancel", headers=gateway.headers("carol")).status_code
+        == 200
+    )
 
 
 def test_leaving_a_project_hides_its_tasks(gateway):
     alice_task = submit(gateway).json()["id"]
     admin = gateway.headers("fed", "federation-admin")
     assert gateway.client.delete(f"{ADMIN}/projects/alpha/members/carol", headers=admin).status_code == 200
-    assert gateway.client.get(f"{TES}/tasks/{alice_task}", headers=gateway.headers("carol")).status_code == 404
+    assert (
+        gateway.client.get(f"{TES}/tasks/{alice_task}", headers=gateway.headers("carol")).status_code == 404
+    )
 
 
 # --- the admin API ----------------------------------------------------------------------------
@@ -124,17 +149,28 @@ def test_admin_routes_need_the_federation_admin_role(gateway, method, path, body
 
 def test_admin_builds_a_project_and_its_member_can_submit(gateway):
     admin = gateway.headers("fed", "federation-admin")
-    assert gateway.client.post(f"{ADMIN}/tres", json={"name": "fr-tre", "title": "France"}, headers=admin).status_code == 201
+    assert (
+        gateway.client.post(
+            f"{ADMIN}/tres", json={"name": "fr-tre", "title": "France"}, headers=admin
+        ).status_code
+        == 201
+    )
     created = gateway.client.post(
-        f"{ADMIN}/projects", json={"name": "gamma", "tres": ["fr-tre", "uk-tre"], "ends_on": "2099-12-31"}, headers=admin
+        f"{ADMIN}/projects",
+        json={"name": "gamma", "tres": ["fr-tre", "uk-tre"], "ends_on": "2099-12-31"},
+        headers=admin,
     )
     assert created.status_code == 201 and created.json()["tres"] == ["fr-tre", "uk-tre"]
-    member = gateway.client.post(f"{ADMIN}/projects/gamma/members", json={"username": "dave", "default": True},
-                                 headers=admin)
+    member = gateway.client.post(
+        f"{ADMIN}/projects/gamma/members", json={"username": "dave", "default": True}, headers=admin
+    )
     assert member.json()["members"] == ["dave"] and member.json()["default_for"] == ["dave"]
     response = submit(gateway, user="dave")
     assert response.status_code == 200
-    assert [log["metadata"]["tre"] for log in full(gateway, response.json()["id"], "dave")["logs"]] == ["fr-tre", "uk-tre"]
+    assert [log["metadata"]["tre"] for log in full(gateway, response.json()["id"], "dave")["logs"]] == [
+        "fr-tre",
+        "uk-tre",
+    ]
 
 
 @pytest.mark.parametrize(

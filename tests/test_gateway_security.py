@@ -59,8 +59,14 @@ def _hs256_with_public_key(issuer: DevIssuer, claims: dict) -> str:
 def _bad_tokens(gateway, tmp_path) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
     aud = gateway.settings.oidc_audience
     now = int(time.time())
-    valid_claims = {"iss": gateway.issuer.issuer_url, "sub": "alice", "aud": aud, "iat": now, "exp": now + 600,
-                    "roles": ["researcher"]}
+    valid_claims = {
+        "iss": gateway.issuer.issuer_url,
+        "sub": "alice",
+        "aud": aud,
+        "iat": now,
+        "exp": now + 600,
+        "roles": ["researcher"],
+    }
     other_key = DevIssuer(tmp_path / "other-key", gateway.issuer.issuer_url)
     other_issuer = DevIssuer(gateway.settings.dev_issuer_dir, "https://evil.example/issuer")
     return {
@@ -81,11 +87,15 @@ def _bad_tokens(gateway, tmp_path) -> dict[str, str | None]:  # type: ignore[no-
 def test_every_protected_route_answers_401_to_every_bad_token(gateway, tmp_path, method, path):
     for name, token in _bad_tokens(gateway, tmp_path).items():
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        response = gateway.client.request(method, path, headers=headers, json=TASK if method == "POST" else None)
+        response = gateway.client.request(
+            method, path, headers=headers, json=TASK if method == "POST" else None
+        )
         assert response.status_code == 401, (name, response.text)
         assert response.headers["www-authenticate"].startswith("Bearer")
     # and the same route accepts a good token (so the 401s above are about the token, not the route)
-    ok = gateway.client.request(method, path, headers=gateway.headers(), json=TASK if method == "POST" else None)
+    ok = gateway.client.request(
+        method, path, headers=gateway.headers(), json=TASK if method == "POST" else None
+    )
     assert ok.status_code in (200, 404), ok.text
 
 
@@ -190,7 +200,9 @@ def test_identity_provider_outage_is_503_not_401(database_url, tmp_path, monkeyp
 
     issuer = DevIssuer(tmp_path / "idp", "http://127.0.0.1:1/realms/x")
     settings = GatewaySettings(
-        data_dir=tmp_path / "d", database_url=database_url, oidc_issuer=issuer.issuer_url,
+        data_dir=tmp_path / "d",
+        database_url=database_url,
+        oidc_issuer=issuer.issuer_url,
         oidc_jwks_url="http://127.0.0.1:1/jwks.json",
     )
     db = Database(database_url)

@@ -38,11 +38,19 @@ def test_upgrading_keeps_every_stored_task_and_tag(database_url):
     db = Database(database_url)
     upgrade(db.engine, "0001")
     with db.write() as session:
-        session.execute(text("INSERT INTO users (id, issuer, subject, username, roles, created_at, last_seen_at) "
-                             "VALUES (1, 'i', 's', 'alice', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-        session.execute(text("INSERT INTO tasks (id, owner_id, name, state, created_at, updated_at, document, "
-                             "system_logs) VALUES ('t1', 1, 'kept', 'QUEUED', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
-                             "'{}', '[]')"))
+        session.execute(
+            text(
+                "INSERT INTO users (id, issuer, subject, username, roles, created_at, last_seen_at) "
+                "VALUES (1, 'i', 's', 'alice', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        session.execute(
+            text(
+                "INSERT INTO tasks (id, owner_id, name, state, created_at, updated_at, document, "
+                "system_logs) VALUES ('t1', 1, 'kept', 'QUEUED', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
+                "'{}', '[]')"
+            )
+        )
         session.execute(text("INSERT INTO task_tags (task_id, key, value) VALUES ('t1', 'k', 'v')"))
     db.upgrade()
     with db.read() as session:

@@ -33,8 +33,10 @@ TASK = {
     "name": "release-me",
     "executors": [{"image": BUSYBOX_IMAGE, "command": ["sh", "/analysis/run.sh"]}],
     "inputs": [{"path": "/analysis/run.sh", "content": SCRIPT}],
-    "outputs": [{"path": "/outputs/summary.csv", "url": "s3://results/summary.csv"},
-                {"path": "/outputs/detail.csv", "url": "s3://results/detail.csv"}],
+    "outputs": [
+        {"path": "/outputs/summary.csv", "url": "s3://results/summary.csv"},
+        {"path": "/outputs/detail.csv", "url": "s3://results/detail.csv"},
+    ],
 }
 
 
@@ -52,7 +54,9 @@ def _wait(http: httpx.Client, task_id: str, done, timeout: float = 60) -> dict: 
         if done(doc):
             return doc
         time.sleep(0.1)
-    raise AssertionError(f"timed out: {[(l['metadata']['tre'], l['metadata']['stage']) for l in doc['logs']]}")
+    raise AssertionError(
+        f"timed out: {[(l['metadata']['tre'], l['metadata']['stage']) for l in doc['logs']]}"
+    )
 
 
 def _child(agent) -> str:  # type: ignore[no-untyped-def]
@@ -66,7 +70,9 @@ def _decide(agent, child, name, checker, decision, reason="") -> None:  # type: 
 
 
 def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
-    alice = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+    alice = httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
+    )
     task_id = alice.post(f"{TES}/tasks", json=TASK).json()["id"]
     _wait(alice, task_id, lambda d: all(l["metadata"]["stage"] == "awaiting_review" for l in d["logs"]))
     uk, sg = stack.agents["uk-tre"], stack.agents["sg-tre"]
@@ -86,8 +92,11 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     for name in ("/outputs/summary.csv", "/outputs/detail.csv", "step-0.stdout", "step-0.stderr"):
         _decide(sg, sg_child, name, "sg-checker", "rejected", "not needed")
 
-    doc = _wait(alice, task_id, lambda d: all(l["metadata"]["stage"] in ("partially_released", "withheld")
-                                              for l in d["logs"]))
+    doc = _wait(
+        alice,
+        task_id,
+        lambda d: all(l["metadata"]["stage"] in ("partially_released", "withheld") for l in d["logs"]),
+    )
     assert doc["state"] == "COMPLETE"
     stages = {l["metadata"]["tre"]: l["metadata"]["stage"] for l in doc["logs"]}
     assert stages == {"uk-tre": "partially_released", "sg-tre": "withheld"}
@@ -99,8 +108,11 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
 
     listing = alice.get(f"/api/v1/tasks/{task_id}/results").json()
     released = {t["tre"]: t for t in listing["tres"]}
-    assert sorted(f["name"] for f in released["uk-tre"]["files"]) == ["/outputs/summary.csv", "step-0.stderr",
-                                                                       "step-0.stdout"]
+    assert sorted(f["name"] for f in released["uk-tre"]["files"]) == [
+        "/outputs/summary.csv",
+        "step-0.stderr",
+        "step-0.stdout",
+    ]
     assert released["sg-tre"]["files"] == []
     for file in released["uk-tre"]["files"]:
         body = alice.get(f"/api/v1/results/{file['id']}").content
@@ -108,7 +120,11 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     disclosure = released["uk-tre"]["disclosure"]
     detail = next(f for f in disclosure["files"] if f["name"] == "/outputs/detail.csv")
     assert detail["decision"] == "rejected" and detail["decisions"][0] == {
-        "checker": "uk-checker", "decision": "rejected", "reason": "person-level rows", "at": detail["decisions"][0]["at"]}
+        "checker": "uk-checker",
+        "decision": "rejected",
+        "reason": "person-level rows",
+        "at": detail["decisions"][0]["at"],
+    }
     assert all(len(f["sha256"]) == 64 and f["checks"]["rules"] for f in disclosure["files"])
 
     # The researcher's command downloads exactly the released files, checking each SHA-256.
@@ -117,18 +133,24 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     from fivesafes_tes.cli import app
 
     out = stack.settings.data_dir / "downloaded"
-    result = CliRunner().invoke(app, ["results", task_id, "--out", str(out), "--url", stack.url,
-                                      "--token", stack.token("alice")])
+    result = CliRunner().invoke(
+        app, ["results", task_id, "--out", str(out), "--url", stack.url, "--token", stack.token("alice")]
+    )
     assert result.exit_code == 0, result.output
     got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert got == ["uk-tre/outputs/summary.csv", "uk-tre/step-0.stderr", "uk-tre/step-0.stdout"]
     assert "person-level rows" in result.output  # the decisions and reasons are shown
 
     # bob (another project) can see none of it; the airlocks are empty once released
-    bob = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('bob')}"}, timeout=30)
+    bob = httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('bob')}"}, timeout=30
+    )
     assert bob.get(f"/api/v1/tasks/{task_id}/results").status_code == 404
     assert bob.get(f"/api/v1/results/{released['uk-tre']['files'][0]['id']}").status_code == 404
-    assert airlock.read_manifest(uk.store, uk_child) is None and airlock.read_manifest(sg.store, sg_child) is None
+    assert (
+        airlock.read_manifest(uk.store, uk_child) is None
+        and airlock.read_manifest(sg.store, sg_child) is None
+    )
 
 
 def uk_held(agent, child):  # type: ignore[no-untyped-def]
@@ -139,7 +161,9 @@ def uk_held(agent, child):  # type: ignore[no-untyped-def]
 
 
 def test_a_held_file_changed_behind_the_systems_back_blocks_the_release(stack):
-    alice = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+    alice = httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
+    )
     task_id = alice.post(f"{TES}/tasks", json={**TASK, "tags": {"tres": "uk-tre"}}).json()["id"]
     _wait(alice, task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "awaiting_review")
     uk = stack.agents["uk-tre"]
@@ -147,11 +171,18 @@ def test_a_held_file_changed_behind_the_systems_back_blocks_the_release(stack):
     key = next(f.key for f in uk_held(uk, child) if f.name == "/outputs/summary.csv")
     import boto3
 
-    boto3.client("s3", endpoint_url=stack.s3_url, aws_access_key_id="dev", aws_secret_access_key="dev-secret",
-                 region_name="us-east-1").put_object(Bucket="uk-tre-airlock", Key=key, Body=b"persons\n3\n")
+    boto3.client(
+        "s3",
+        endpoint_url=stack.s3_url,
+        aws_access_key_id="dev",
+        aws_secret_access_key="dev-secret",
+        region_name="us-east-1",
+    ).put_object(Bucket="uk-tre-airlock", Key=key, Body=b"persons\n3\n")
     for f in uk_held(uk, child):
         _decide(uk, child, f.name, "uk-checker", "approved", "fine")
-    doc = _wait(alice, task_id, lambda d: any("release blocked" in line for line in d["logs"][0]["system_logs"]))
+    doc = _wait(
+        alice, task_id, lambda d: any("release blocked" in line for line in d["logs"][0]["system_logs"])
+    )
     assert doc["logs"][0]["metadata"]["stage"] == "awaiting_review"
     assert alice.get(f"/api/v1/tasks/{task_id}/results").json()["tres"][0]["files"] == []
     with uk.db.read() as session:
@@ -159,31 +190,54 @@ def test_a_held_file_changed_behind_the_systems_back_blocks_the_release(stack):
     assert len(alerts) == 1 and alerts[0].detail["name"] == "/outputs/summary.csv"
 
 
-def test_released_outputs_are_delivered_where_the_task_asked_if_the_gateway_may_write_there(tmp_path, docker_client):
+def test_released_outputs_are_delivered_where_the_task_asked_if_the_gateway_may_write_there(
+    tmp_path, docker_client
+):
     import boto3
 
     images.ensure_busybox_image(docker_client)
-    with devstack.start(tmp_path / "stack", agents=True, executor="docker",
-                        delivery_buckets=["project-outputs"]) as stack:
-        s3 = boto3.client("s3", endpoint_url=stack.s3_url, aws_access_key_id="dev", aws_secret_access_key="dev-secret",
-                          region_name="us-east-1")
+    with devstack.start(
+        tmp_path / "stack", agents=True, executor="docker", delivery_buckets=["project-outputs"]
+    ) as stack:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=stack.s3_url,
+            aws_access_key_id="dev",
+            aws_secret_access_key="dev-secret",
+            region_name="us-east-1",
+        )
         for bucket in ("project-outputs", "elsewhere"):
             s3.create_bucket(Bucket=bucket)
-        task = {**TASK, "tags": {"tres": "uk-tre"}, "outputs": [
-            {"path": "/outputs/summary.csv", "url": "s3://project-outputs/study-1/summary.csv"},
-            {"path": "/outputs/detail.csv", "url": "s3://elsewhere/detail.csv"}]}
-        alice = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+        task = {
+            **TASK,
+            "tags": {"tres": "uk-tre"},
+            "outputs": [
+                {"path": "/outputs/summary.csv", "url": "s3://project-outputs/study-1/summary.csv"},
+                {"path": "/outputs/detail.csv", "url": "s3://elsewhere/detail.csv"},
+            ],
+        }
+        alice = httpx.Client(
+            base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
+        )
         task_id = alice.post(f"{TES}/tasks", json=task).json()["id"]
         _wait(alice, task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "awaiting_review")
         uk = stack.agents["uk-tre"]
         child = _child(uk)
         for file in uk_held(uk, child):
             _decide(uk, child, file.name, "uk-checker", "approved", "fine")
-        doc = _wait(alice, task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "released"
-                    and any(o["url"].startswith("s3://") for o in d["logs"][0]["outputs"]))
+        doc = _wait(
+            alice,
+            task_id,
+            lambda d: (
+                d["logs"][0]["metadata"]["stage"] == "released"
+                and any(o["url"].startswith("s3://") for o in d["logs"][0]["outputs"])
+            ),
+        )
         outputs = {o["path"]: o["url"] for o in doc["logs"][0]["outputs"]}
         assert outputs["/outputs/summary.csv"] == "s3://project-outputs/study-1/summary.csv"
-        assert outputs["/outputs/detail.csv"].startswith(f"{stack.url}/api/v1/results/")  # not a permitted bucket
+        assert outputs["/outputs/detail.csv"].startswith(
+            f"{stack.url}/api/v1/results/"
+        )  # not a permitted bucket
         delivered = s3.get_object(Bucket="project-outputs", Key="study-1/summary.csv")["Body"].read()
         held = {f.name: f.sha256 for f in uk_held(uk, child)}
         assert hashlib.sha256(delivered).hexdigest() == held["/outputs/summary.csv"]

@@ -28,8 +28,10 @@ def task(script: str) -> dict:
     return {
         "executors": [{"image": BUSYBOX_IMAGE, "command": ["sh", "/analysis/run.sh"]}],
         "inputs": [{"path": "/analysis/run.sh", "content": script}],
-        "outputs": [{"path": "/outputs/a.txt", "url": "s3://results/a.txt"},
-                    {"path": "/outputs/b.txt", "url": "s3://results/b.txt"}],
+        "outputs": [
+            {"path": "/outputs/a.txt", "url": "s3://results/a.txt"},
+            {"path": "/outputs/b.txt", "url": "s3://results/b.txt"},
+        ],
         "tags": {"tres": "uk-tre"},
     }
 
@@ -67,7 +69,9 @@ def _child(agent) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_an_airlock_outage_holds_back_and_resumes(stack):
-    http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+    http = httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
+    )
     uk = stack.agents["uk-tre"]
     stack.s3.stop()  # the TRE's S3 goes away before the task's outputs can be held
     try:
@@ -82,7 +86,9 @@ def test_an_airlock_outage_holds_back_and_resumes(stack):
 
 
 def test_a_crash_during_the_copy_loses_and_doubles_nothing(stack, monkeypatch):
-    http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30)
+    http = httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
+    )
     uk = stack.agents["uk-tre"]
     task_id = http.post(f"{TES}/tasks", json=task(SCRIPT)).json()["id"]
     _wait(http, task_id, "awaiting_review")
@@ -102,10 +108,14 @@ def test_a_crash_during_the_copy_loses_and_doubles_nothing(stack, monkeypatch):
     assert len(calls) > 4  # the interrupted release was retried from the start
     with devstack.Database(stack.settings.effective_database_url).read() as session:
         names = list(session.scalars(select(ReleasedFile.name).where(ReleasedFile.child_id == child)))
-        assert sorted(names) == sorted(set(names)) and len(names) == 4  # 2 outputs + stdout + stderr, once each
+        assert (
+            sorted(names) == sorted(set(names)) and len(names) == 4
+        )  # 2 outputs + stdout + stderr, once each
         assert session.scalar(select(func.count()).select_from(ReleasedFile)) == 4
     held = airlock.held_prefix(child)  # (moto keeps one S3 per process: other tests' buckets are here too)
-    deadline = time.monotonic() + 15  # the agent empties the airlock right after the gateway recorded the release
+    deadline = (
+        time.monotonic() + 15
+    )  # the agent empties the airlock right after the gateway recorded the release
     while list(uk.store.list(held)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert list(uk.store.list(held)) == []
@@ -126,7 +136,9 @@ def test_no_token_key_or_output_content_reaches_the_logs(stack, caplog):
     _wait(http, task_id, "released")
     for file in http.get(f"/api/v1/tasks/{task_id}/results").json()["tres"][0]["files"]:
         http.get(f"/api/v1/results/{file['id']}")
-    http.get(f"{TES}/tasks", headers={"Authorization": "Bearer " + token[:-4] + "AAAA"})  # a forged token, refused
+    http.get(
+        f"{TES}/tasks", headers={"Authorization": "Bearer " + token[:-4] + "AAAA"}
+    )  # a forged token, refused
     text = caplog.text
     assert any(r.name.startswith("fivesafes_tes") for r in caplog.records)  # our own logging was captured
     for secret in (token, token.split(".")[2], uk.client._token(), "dev-secret", CANARY, "Signature="):

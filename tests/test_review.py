@@ -13,18 +13,40 @@ from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.settings import AgentSettings
 
 CHILD = "01a20000-0000-7000-8000-000000000001"
-FILES = {"held/c/outputs/table.csv": "pass", "held/c/outputs/plot.png": "review", "held/c/logs/step-0.stdout": "fail"}
+FILES = {
+    "held/c/outputs/table.csv": "pass",
+    "held/c/outputs/plot.png": "review",
+    "held/c/logs/step-0.stdout": "fail",
+}
 
 
 @pytest.fixture
 def db(tmp_path):  # type: ignore[no-untyped-def]
     database = open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path))
     with database.write() as session:
-        session.add(LocalChild(child_id=CHILD, task_id="t", attempt=1, stage="awaiting_review", project="alpha",
-                               username="alice", task={}))
+        session.add(
+            LocalChild(
+                child_id=CHILD,
+                task_id="t",
+                attempt=1,
+                stage="awaiting_review",
+                project="alpha",
+                username="alice",
+                task={},
+            )
+        )
         for key, verdict in FILES.items():
-            session.add(HeldFileRecord(child_id=CHILD, key=key, name=key.rsplit("/", 1)[1], kind="output", size=1,
-                                       sha256="0" * 64, verdict=verdict))
+            session.add(
+                HeldFileRecord(
+                    child_id=CHILD,
+                    key=key,
+                    name=key.rsplit("/", 1)[1],
+                    kind="output",
+                    size=1,
+                    sha256="0" * 64,
+                    verdict=verdict,
+                )
+            )
     yield database
     database.dispose()
 
@@ -116,8 +138,12 @@ def test_no_decision_once_the_child_has_moved_on_and_each_decision_is_audited(db
     with pytest.raises(review.ReviewRefused, match="not awaiting review"):
         decide(db, KEYS[1], "carol", "approved")
     with db.read() as session:
-        assert session.scalar(select(func.count()).select_from(AuditRecord).where(
-            AuditRecord.action == "review.decision")) == 1
+        assert (
+            session.scalar(
+                select(func.count()).select_from(AuditRecord).where(AuditRecord.action == "review.decision")
+            )
+            == 1
+        )
 
 
 # --- the review API served inside the TRE ----------------------------------------------------------
@@ -135,7 +161,9 @@ def api(db, tmp_path):  # type: ignore[no-untyped-def]
     client = TestClient(create_admin_app(db, "uk-tre", validator))
 
     def as_(user: str, *roles: str, tre: str = "uk-tre") -> dict[str, str]:
-        return {"Authorization": f"Bearer {issuer.issue(user, list(roles), audience='fivesafes-tre', tre=tre)}"}
+        return {
+            "Authorization": f"Bearer {issuer.issue(user, list(roles), audience='fivesafes-tre', tre=tre)}"
+        }
 
     return client, as_
 
@@ -145,17 +173,25 @@ def test_only_output_checkers_of_this_tre_use_the_review_api(api):
     body = {"name": "table.csv", "decision": "approved"}
     url = f"/review/v1/children/{CHILD}/decisions"
     assert client.post(url, json=body).status_code == 401
-    for headers in (as_("agent-uk", "tre-agent"), as_("dora", "tre-admin"), as_("carol", "researcher"),
-                    as_("carol", "output-checker", tre="sg-tre")):
+    for headers in (
+        as_("agent-uk", "tre-agent"),
+        as_("dora", "tre-admin"),
+        as_("carol", "researcher"),
+        as_("carol", "output-checker", tre="sg-tre"),
+    ):
         assert client.post(url, json=body, headers=headers).status_code == 403
         assert client.get("/review/v1/children", headers=headers).status_code == 403
-    assert client.post(url, json=body, headers=as_("alice", "output-checker")).status_code == 403  # the submitter
+    assert (
+        client.post(url, json=body, headers=as_("alice", "output-checker")).status_code == 403
+    )  # the submitter
     ok = client.post(url, json=body, headers=as_("carol", "output-checker"))
     assert ok.status_code == 200 and ok.json()["checker"] == "carol"
     pending = client.get("/review/v1/children", headers=as_("carol", "output-checker")).json()
     shown = {f["name"]: f for f in pending[0]["files"]}
     assert shown["table.csv"]["decisions"] == [["carol", "approved", ""]]
-    missing = client.post(url, json={"name": "nope.csv", "decision": "approved"}, headers=as_("carol", "output-checker"))
+    missing = client.post(
+        url, json={"name": "nope.csv", "decision": "approved"}, headers=as_("carol", "output-checker")
+    )
     assert missing.status_code == 404
 
 
@@ -163,8 +199,15 @@ def test_a_file_whose_checks_could_not_run_can_be_rejected_but_never_approved(db
     with db.write() as session:
         record = session.get(HeldFileRecord, (CHILD, KEYS[0]))
         record.verdict = "fail"
-        record.results = [{"rule": "small_cell", "version": "1", "verdict": "fail", "error": "timed out after 60 s",
-                           "findings": []}]
+        record.results = [
+            {
+                "rule": "small_cell",
+                "version": "1",
+                "verdict": "fail",
+                "error": "timed out after 60 s",
+                "findings": [],
+            }
+        ]
     with pytest.raises(review.ReviewRefused, match="could not run"):
         decide(db, KEYS[0], "carol", "approved", reason="looks fine to me")
     decide(db, KEYS[0], "carol", "rejected", reason="checks could not run")

@@ -31,12 +31,25 @@ FULL_TASK = {
         {"name": "out", "path": "/out/result.csv", "url": "s3://results/result.csv"},
         {"path": "/out/*.png", "path_prefix": "/out/", "url": "s3://results/plots/"},
     ],
-    "resources": {"cpu_cores": 2, "ram_gb": 4.5, "disk_gb": 10, "preemptible": False, "zones": ["uk"],
-                  "backend_parameters": {"TRE": "uk-tre", "VmSize": "big"}},
+    "resources": {
+        "cpu_cores": 2,
+        "ram_gb": 4.5,
+        "disk_gb": 10,
+        "preemptible": False,
+        "zones": ["uk"],
+        "backend_parameters": {"TRE": "uk-tre", "VmSize": "big"},
+    },
     "executors": [
-        {"image": "python:3.12", "command": ["python", "-c", "print(1)"], "workdir": "/work",
-         "stdin": "/in/data.csv", "stdout": "/out/stdout.txt", "stderr": "/out/stderr.txt",
-         "env": {"MODE": "test"}, "ignore_error": True},
+        {
+            "image": "python:3.12",
+            "command": ["python", "-c", "print(1)"],
+            "workdir": "/work",
+            "stdin": "/in/data.csv",
+            "stdout": "/out/stdout.txt",
+            "stderr": "/out/stderr.txt",
+            "env": {"MODE": "test"},
+            "ignore_error": True,
+        },
     ],
     "volumes": ["/vol/a"],
     "tags": {"study": "x", "empty": None},
@@ -44,14 +57,18 @@ FULL_TASK = {
 
 
 def create(gateway, task=None, user="alice", **headers) -> str:  # type: ignore[no-untyped-def]
-    response = gateway.client.post(f"{TES}/tasks", json=task or minimal_task(), headers={**gateway.headers(user), **headers})
+    response = gateway.client.post(
+        f"{TES}/tasks", json=task or minimal_task(), headers={**gateway.headers(user), **headers}
+    )
     assert response.status_code == 200, response.text
     return response.json()["id"]
 
 
 def audit_count(gateway, action: str) -> int:  # type: ignore[no-untyped-def]
     with gateway.db.read() as session:
-        return session.scalar(select(func.count()).select_from(AuditRecord).where(AuditRecord.action == action))
+        return session.scalar(
+            select(func.count()).select_from(AuditRecord).where(AuditRecord.action == action)
+        )
 
 
 # --- service-info -----------------------------------------------------------------------------
@@ -69,7 +86,9 @@ def test_service_info_is_public_and_complete(gateway, path):
     assert response.status_code == 200
     info = response.json()
     assert info["type"] == {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"}
-    assert {"id", "name", "organization", "version", "storage", "tesResources_backend_parameters"} <= set(info)
+    assert {"id", "name", "organization", "version", "storage", "tesResources_backend_parameters"} <= set(
+        info
+    )
     assert info["organization"]["name"] and info["organization"]["url"]
     assert sorted(info["tesResources_backend_parameters"]) == sorted(gateway.settings.backend_parameters)
 
@@ -89,7 +108,9 @@ def test_create_returns_id_and_default_view_is_minimal(gateway, prefix):
 
 def test_full_view_returns_the_task_as_submitted(gateway):
     task_id = create(gateway, FULL_TASK)
-    full = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()).json()
+    full = gateway.client.get(
+        f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
+    ).json()
     assert full["id"] == task_id and full["state"] == "QUEUED"
     for key in ("name", "description", "outputs", "executors", "volumes"):
         expected = FULL_TASK[key]
@@ -100,7 +121,9 @@ def test_full_view_returns_the_task_as_submitted(gateway):
     assert [i["type"] for i in full["inputs"]] == ["FILE", "FILE", "FILE", "DIRECTORY"]
     assert full["inputs"][2]["url"] == "/projects/p1/bare.txt"
     assert full["tags"] == {"study": "x", "empty": ""}
-    assert full["resources"]["backend_parameters"] == {"TRE": "uk-tre"}  # VmSize unsupported: dropped, not stored
+    assert full["resources"]["backend_parameters"] == {
+        "TRE": "uk-tre"
+    }  # VmSize unsupported: dropped, not stored
     assert full["resources"]["ram_gb"] == 4.5 and full["resources"]["cpu_cores"] == 2
     assert full["creation_time"].endswith("Z")
     assert any("VmSize" in line for log in full["logs"] for line in log["system_logs"])
@@ -108,7 +131,9 @@ def test_full_view_returns_the_task_as_submitted(gateway):
 
 def test_basic_view_hides_content_system_logs_and_executor_output(gateway):
     task_id = create(gateway, FULL_TASK)
-    basic = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "BASIC"}, headers=gateway.headers()).json()
+    basic = gateway.client.get(
+        f"{TES}/tasks/{task_id}", params={"view": "BASIC"}, headers=gateway.headers()
+    ).json()
     assert all("content" not in i for i in basic["inputs"])
     assert basic["inputs"][1]["url"] == "s3://bucket/data.csv"
     assert all("system_logs" not in log for log in basic["logs"])
@@ -157,7 +182,9 @@ def test_invalid_task_is_400_naming_the_field(gateway, task, field):
 
 def test_body_that_is_not_json_is_400(gateway):
     response = gateway.client.post(
-        f"{TES}/tasks", content=b"{not json", headers={**gateway.headers(), "Content-Type": "application/json"}
+        f"{TES}/tasks",
+        content=b"{not json",
+        headers={**gateway.headers(), "Content-Type": "application/json"},
     )
     assert response.status_code == 400
 
@@ -167,14 +194,18 @@ def test_strict_backend_parameters_refuse_unknown_keys(gateway):
     response = gateway.client.post(f"{TES}/tasks", json=task, headers=gateway.headers())
     assert response.status_code == 400
     assert "VmSize" in response.json()["detail"]
-    supported = minimal_task(resources={"backend_parameters": {"tre": "uk-tre"}, "backend_parameters_strict": True})
+    supported = minimal_task(
+        resources={"backend_parameters": {"tre": "uk-tre"}, "backend_parameters_strict": True}
+    )
     assert gateway.client.post(f"{TES}/tasks", json=supported, headers=gateway.headers()).status_code == 200
 
 
 def test_read_only_fields_in_the_body_are_ignored(gateway):
     task_id = create(gateway, minimal_task(id="mine", state="COMPLETE", logs=[], creation_time="1999"))
     assert task_id != "mine"
-    got = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()).json()
+    got = gateway.client.get(
+        f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
+    ).json()
     assert got["state"] == "QUEUED" and not got["creation_time"].startswith("1999")
 
 
@@ -201,16 +232,32 @@ def test_oversized_body_is_413_and_stores_nothing(gateway):
 def test_unknown_and_foreign_tasks_are_404(gateway, view):
     task_id = create(gateway, user="alice")
     for tid, user in (("01a00000-0000-7000-8000-000000000000", "alice"), (task_id, "bob")):
-        response = gateway.client.get(f"{TES}/tasks/{tid}", params={"view": view}, headers=gateway.headers(user))
+        response = gateway.client.get(
+            f"{TES}/tasks/{tid}", params={"view": view}, headers=gateway.headers(user)
+        )
         assert response.status_code == 404
-    assert gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=gateway.headers("bob")).status_code == 404
-    assert gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers("alice")).json()["state"] == "QUEUED"
+    assert (
+        gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=gateway.headers("bob")).status_code
+        == 404
+    )
+    assert (
+        gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers("alice")).json()["state"]
+        == "QUEUED"
+    )
 
 
 def test_invalid_view_is_400(gateway):
     task_id = create(gateway)
-    assert gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "ALL"}, headers=gateway.headers()).status_code == 400
-    assert gateway.client.get(f"{TES}/tasks", params={"view": "ALL"}, headers=gateway.headers()).status_code == 400
+    assert (
+        gateway.client.get(
+            f"{TES}/tasks/{task_id}", params={"view": "ALL"}, headers=gateway.headers()
+        ).status_code
+        == 400
+    )
+    assert (
+        gateway.client.get(f"{TES}/tasks", params={"view": "ALL"}, headers=gateway.headers()).status_code
+        == 400
+    )
 
 
 # --- cancel -----------------------------------------------------------------------------------
@@ -220,11 +267,15 @@ def test_cancel_is_immediate_returns_empty_and_is_a_no_op_once_ended(gateway):
     task_id = create(gateway)
     first = gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=gateway.headers())
     assert first.status_code == 200 and first.json() == {}
-    assert gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers()).json()["state"] == "CANCELED"
+    assert (
+        gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers()).json()["state"] == "CANCELED"
+    )
     again = gateway.client.post(f"/v1/tasks/{task_id}:cancel", headers=gateway.headers())
     assert again.status_code == 200 and again.json() == {}
     assert audit_count(gateway, "task.cancel") == 1
-    full = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()).json()
+    full = gateway.client.get(
+        f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
+    ).json()
     assert [log["metadata"]["tre"] for log in full["logs"]] == ["sg-tre", "uk-tre"]  # one entry per TRE
     for log in full["logs"]:
         assert log["metadata"]["stage"] == "canceled"
@@ -232,7 +283,9 @@ def test_cancel_is_immediate_returns_empty_and_is_a_no_op_once_ended(gateway):
 
 
 def test_cancel_unknown_is_404(gateway):
-    response = gateway.client.post(f"{TES}/tasks/01a00000-0000-7000-8000-000000000000:cancel", headers=gateway.headers())
+    response = gateway.client.post(
+        f"{TES}/tasks/01a00000-0000-7000-8000-000000000000:cancel", headers=gateway.headers()
+    )
     assert response.status_code == 404
 
 
@@ -333,7 +386,9 @@ def test_tag_key_without_value_matches_any_value_and_missing_key_does_not(gatewa
     without = create(gateway, minimal_task(tags={"baz": "bat"}))
     got = gateway.client.get(f"{TES}/tasks", params={"tag_key": "foo"}, headers=gateway.headers()).json()
     assert [t["id"] for t in got["tasks"]] == [with_empty, with_value]
-    got = gateway.client.get(f"{TES}/tasks", params={"tag_key": "foo", "tag_value": "bar"}, headers=gateway.headers())
+    got = gateway.client.get(
+        f"{TES}/tasks", params={"tag_key": "foo", "tag_value": "bar"}, headers=gateway.headers()
+    )
     assert [t["id"] for t in got.json()["tasks"]] == [with_value]
     assert without not in [t["id"] for t in got.json()["tasks"]]
 
@@ -377,8 +432,12 @@ def test_invalid_state_filter_is_400(gateway):
 
 def test_full_list_view_includes_content_basic_does_not(gateway):
     create(gateway, FULL_TASK)
-    full = gateway.client.get(f"{TES}/tasks", params={"view": "FULL"}, headers=gateway.headers()).json()["tasks"][0]
-    basic = gateway.client.get(f"{TES}/tasks", params={"view": "BASIC"}, headers=gateway.headers()).json()["tasks"][0]
+    full = gateway.client.get(f"{TES}/tasks", params={"view": "FULL"}, headers=gateway.headers()).json()[
+        "tasks"
+    ][0]
+    basic = gateway.client.get(f"{TES}/tasks", params={"view": "BASIC"}, headers=gateway.headers()).json()[
+        "tasks"
+    ][0]
     assert full["inputs"][0]["content"] == "echo secret-content"
     assert "content" not in basic["inputs"][0]
     assert any(log.get("system_logs") for log in full["logs"])

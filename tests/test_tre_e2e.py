@@ -63,8 +63,9 @@ def federation(tmp_path, docker_client):  # type: ignore[no-untyped-def]
 class Researcher:
     def __init__(self, stack: devstack.DevStack, user: str = "alice") -> None:
         self.stack = stack
-        self.http = httpx.Client(base_url=stack.url + TES, headers={"Authorization": f"Bearer {stack.token(user)}"},
-                                 timeout=30)
+        self.http = httpx.Client(
+            base_url=stack.url + TES, headers={"Authorization": f"Bearer {stack.token(user)}"}, timeout=30
+        )
 
     def submit(self, task: dict) -> str:
         response = self.http.post("/tasks", json=task)
@@ -159,7 +160,9 @@ def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
     from fivesafes_tes.agent.tables import LocalChild
 
     with agent.db.read() as session:
-        return [c.child_id for c in session.scalars(select(LocalChild).order_by(LocalChild.created_at.desc()))]
+        return [
+            c.child_id for c in session.scalars(select(LocalChild).order_by(LocalChild.created_at.desc()))
+        ]
 
 
 def _persons(stack, tre: str) -> int:  # type: ignore[no-untyped-def]
@@ -172,7 +175,10 @@ def test_unapproved_user_and_project_end_rejected_by_tre_with_a_clear_line(feder
     task_id = bob.submit(analysis())
     doc, _ = bob.wait(task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "awaiting_tre_approval")
     assert doc["state"] == "QUEUED"
-    assert any("waiting for uk-tre's admins to approve project cardio" in line for line in doc["logs"][0]["system_logs"])
+    assert any(
+        "waiting for uk-tre's admins to approve project cardio" in line
+        for line in doc["logs"][0]["system_logs"]
+    )
     uk = federation.agents["uk-tre"]
     with uk.db.write() as session:
         approvals.decide(session, "uk-admin", "cardio", "rejected", reason="no ethics approval on file")
@@ -183,12 +189,18 @@ def test_unapproved_user_and_project_end_rejected_by_tre_with_a_clear_line(feder
     # A person the TRE rejected, in a project it approved: only that TRE refuses.
     sg = federation.agents["sg-tre"]
     with sg.db.write() as session:
-        approvals.decide(session, "sg-admin", "diabetes-cancer", "rejected", username="carol",
-                         reason="training expired")
+        approvals.decide(
+            session, "sg-admin", "diabetes-cancer", "rejected", username="carol", reason="training expired"
+        )
     carol = Researcher(federation, "carol")
     task_id = carol.submit(analysis())
-    doc, _ = carol.wait(task_id, lambda d: carol.stages(task_id)["sg-tre"] == "rejected_by_tre"
-                        and carol.stages(task_id)["uk-tre"] == "awaiting_review")
+    doc, _ = carol.wait(
+        task_id,
+        lambda d: (
+            carol.stages(task_id)["sg-tre"] == "rejected_by_tre"
+            and carol.stages(task_id)["uk-tre"] == "awaiting_review"
+        ),
+    )
     sg_log = next(log for log in doc["logs"] if log["metadata"]["tre"] == "sg-tre")
     assert "sg-tre rejected carol for project diabetes-cancer: training expired" in sg_log["system_logs"]
     assert doc["state"] == "RUNNING"  # the UK child is still in progress (awaiting review)
@@ -216,12 +228,20 @@ def test_cancel_stops_a_running_container_within_seconds(federation, docker_clie
 def test_each_tre_applies_its_own_image_policy_and_reserved_variables(federation):
     alice = Researcher(federation)
     # The gateway allows any image in the embedded stack; each TRE allows only fivesafes/*.
-    foreign = alice.submit({**analysis(), "executors": [{"image": "docker.io/library/alpine:3", "command": ["true"]}]})
+    foreign = alice.submit(
+        {**analysis(), "executors": [{"image": "docker.io/library/alpine:3", "command": ["true"]}]}
+    )
     doc, _ = alice.wait(foreign, _ended)
     assert doc["state"] == "SYSTEM_ERROR"
     assert all(any("does not allow image" in line for line in log["system_logs"]) for log in doc["logs"])
-    reserved = alice.submit({**analysis(), "executors": [
-        {"image": BUSYBOX_IMAGE, "command": ["true"], "env": {"FIVESAFES_AGENT_TOKEN": "x"}}]})
+    reserved = alice.submit(
+        {
+            **analysis(),
+            "executors": [
+                {"image": BUSYBOX_IMAGE, "command": ["true"], "env": {"FIVESAFES_AGENT_TOKEN": "x"}}
+            ],
+        }
+    )
     doc, _ = alice.wait(reserved, _ended)
     assert all(any("reserved" in line for line in log["system_logs"]) for log in doc["logs"])
 
@@ -282,32 +302,55 @@ def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:  #
     dataset = home / "omop"
     generate(dataset, tre, 1, n_persons=50)
     policy = home / "policy.yaml"
-    policy.write_text(yaml.safe_dump({
-        "allowed_images": ["fivesafes/*"],
-        "datasets": {"omop": {"path": str(dataset)}},
-        "grants": {"diabetes-cancer": ["omop"]},
-    }))
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "allowed_images": ["fivesafes/*"],
+                "datasets": {"omop": {"path": str(dataset)}},
+                "grants": {"diabetes-cancer": ["omop"]},
+            }
+        )
+    )
     token = stack.issuer.issue(f"agent-{tre}", ["tre-agent"], audience=stack.settings.oidc_audience, tre=tre)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIVESAFES_")}
-    env.update({
-        "FIVESAFES_AGENT_TRE": tre, "FIVESAFES_AGENT_GATEWAY_URL": stack.url, "FIVESAFES_AGENT_TOKEN": token,
-        "FIVESAFES_AGENT_DATA_DIR": str(home), "FIVESAFES_AGENT_POLICY_FILE": str(policy),
-        "FIVESAFES_AGENT_AIRLOCK_ENDPOINT_URL": s3.url, "FIVESAFES_AGENT_AIRLOCK_ACCESS_KEY": s3.access_key,
-        "FIVESAFES_AGENT_AIRLOCK_SECRET_KEY": s3.secret_key, "FIVESAFES_AGENT_AIRLOCK_BUCKET": "uk-airlock",
-        "FIVESAFES_AGENT_POLL_WAIT_S": "5", "FIVESAFES_AGENT_SYNC_S": "1", "FIVESAFES_AGENT_HEARTBEAT_S": "2",
-        "FIVESAFES_AGENT_TICK_S": "0.2",
-    })
+    env.update(
+        {
+            "FIVESAFES_AGENT_TRE": tre,
+            "FIVESAFES_AGENT_GATEWAY_URL": stack.url,
+            "FIVESAFES_AGENT_TOKEN": token,
+            "FIVESAFES_AGENT_DATA_DIR": str(home),
+            "FIVESAFES_AGENT_POLICY_FILE": str(policy),
+            "FIVESAFES_AGENT_AIRLOCK_ENDPOINT_URL": s3.url,
+            "FIVESAFES_AGENT_AIRLOCK_ACCESS_KEY": s3.access_key,
+            "FIVESAFES_AGENT_AIRLOCK_SECRET_KEY": s3.secret_key,
+            "FIVESAFES_AGENT_AIRLOCK_BUCKET": "uk-airlock",
+            "FIVESAFES_AGENT_POLL_WAIT_S": "5",
+            "FIVESAFES_AGENT_SYNC_S": "1",
+            "FIVESAFES_AGENT_HEARTBEAT_S": "2",
+            "FIVESAFES_AGENT_TICK_S": "0.2",
+        }
+    )
     return env
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fivesafes_tes.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fivesafes_tes.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def _start_agent(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fivesafes_tes.cli", "agent"], env=env,
-                            stdout=log.open("a"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fivesafes_tes.cli", "agent"],
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _approve_all(env: dict[str, str]) -> None:
@@ -328,7 +371,9 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
         assert _listening_sockets(agent.pid) == []  # RELIABILITY 29: every connection is outbound
 
         alice = Researcher(stack)
-        script = "echo started >> /outputs/prevalence.csv; sleep 4; echo finished >> /outputs/prevalence.csv\n"
+        script = (
+            "echo started >> /outputs/prevalence.csv; sleep 4; echo finished >> /outputs/prevalence.csv\n"
+        )
         task_id = alice.submit(analysis(script, tags={"tres": "uk-tre"}))
         alice.wait(task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "running")
         agent.send_signal(signal.SIGKILL)  # RELIABILITY 10: kill -9 while the container runs
@@ -357,8 +402,17 @@ def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker
     executor = create("docker", tre="uk-tre")
     logs = tmp_path / "orphan-logs"
     logs.mkdir()
-    executor.start(RunSpec(child_id=orphan, attempt=1, tre="uk-tre", steps=[Step(image=BUSYBOX_IMAGE,
-                           command=["sleep", "600"])], mounts=[], limits=Limits(runtime_s=600), logs_dir=logs))
+    executor.start(
+        RunSpec(
+            child_id=orphan,
+            attempt=1,
+            tre="uk-tre",
+            steps=[Step(image=BUSYBOX_IMAGE, command=["sleep", "600"])],
+            mounts=[],
+            limits=Limits(runtime_s=600),
+            logs_dir=logs,
+        )
+    )
     assert orphan in executor.running()
     env = _agent_env(stack, s3, tmp_path / "agent")
     agent = _start_agent(env, tmp_path / "agent.log")

@@ -63,8 +63,14 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, 
                 raise HTTPException(403, f"this token is for TRE {claims.tre!r}, not {tre!r}")
             return claims.username
     with db.write() as session:
-        audit.record(session, actor="anonymous", action="auth.failure", object=f"route:{request.url.path}",
-                     outcome="denied", detail={"reason": reason})
+        audit.record(
+            session,
+            actor="anonymous",
+            action="auth.failure",
+            object=f"route:{request.url.path}",
+            outcome="denied",
+            detail={"reason": reason},
+        )
     raise HTTPException(401, f"authentication required: {reason}", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -87,7 +93,9 @@ Checker = Annotated[str, Depends(output_checker)]
 class FileDecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=1024, description="The file: its container path, or step-N.stdout / .stderr.")
+    name: str = Field(
+        max_length=1024, description="The file: its container path, or step-N.stdout / .stderr."
+    )
     decision: Literal["approved", "rejected"]
     reason: str = Field(default="", max_length=2000)
 
@@ -107,9 +115,18 @@ def create_admin_app(db: Database, tre: str, validator: TokenValidator) -> FastA
             decisions = list(session.scalars(select(LocalDecision)))
             return [
                 ProjectOut(
-                    name=p.name, title=p.title, starts_on=p.starts_on, ends_on=p.ends_on, members=p.members,
-                    decisions=[DecisionOut(username=d.username, decision=d.decision, reason=d.reason,
-                                           decided_by=d.decided_by) for d in decisions if d.project == p.name],
+                    name=p.name,
+                    title=p.title,
+                    starts_on=p.starts_on,
+                    ends_on=p.ends_on,
+                    members=p.members,
+                    decisions=[
+                        DecisionOut(
+                            username=d.username, decision=d.decision, reason=d.reason, decided_by=d.decided_by
+                        )
+                        for d in decisions
+                        if d.project == p.name
+                    ],
                 )
                 for p in session.scalars(select(LocalProject).order_by(LocalProject.name))
             ]
@@ -117,7 +134,9 @@ def create_admin_app(db: Database, tre: str, validator: TokenValidator) -> FastA
     def _decide(admin: str, project: str, body: DecisionIn, username: str = "") -> dict:
         try:
             with db.write() as session:
-                approvals.decide(session, admin, project, body.decision, username=username, reason=body.reason)
+                approvals.decide(
+                    session, admin, project, body.decision, username=username, reason=body.reason
+                )
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
@@ -149,8 +168,14 @@ def create_admin_app(db: Database, tre: str, validator: TokenValidator) -> FastA
     def decide_file(child_id: str, body: FileDecisionIn, checker: Checker) -> dict:
         try:
             with db.write() as session:
-                review.decide(session, child_id, review.key_for(session, child_id, body.name), checker,
-                              body.decision, reason=body.reason)
+                review.decide(
+                    session,
+                    child_id,
+                    review.key_for(session, child_id, body.name),
+                    checker,
+                    body.decision,
+                    reason=body.reason,
+                )
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
         except review.ReviewRefused as exc:
@@ -160,11 +185,14 @@ def create_admin_app(db: Database, tre: str, validator: TokenValidator) -> FastA
     return app
 
 
-def validator_from(issuer: str | None, audience: str, jwks_url: str | None, roles_claim: str) -> TokenValidator:
+def validator_from(
+    issuer: str | None, audience: str, jwks_url: str | None, roles_claim: str
+) -> TokenValidator:
     """The admins' token validator; an admin API without an issuer to trust is refused outright."""
     from fivesafes_tes.auth import RemoteJwks, discover_jwks_url
 
     if not issuer:
         raise ValueError("the TRE-admin API needs FIVESAFES_AGENT_OIDC_ISSUER (whose tokens to trust)")
-    return TokenValidator(issuer, audience, RemoteJwks(jwks_url or discover_jwks_url(issuer)), ["RS256", "ES256"],
-                          roles_claim)
+    return TokenValidator(
+        issuer, audience, RemoteJwks(jwks_url or discover_jwks_url(issuer)), ["RS256", "ES256"], roles_claim
+    )

@@ -42,10 +42,22 @@ def decide(
     if row is None:
         row = LocalDecision(project=project, username=username)
         session.add(row)
-    row.decision, row.reason, row.decided_by, row.decided_at, row.pushed = decision, reason, actor, utcnow(), False
+    row.decision, row.reason, row.decided_by, row.decided_at, row.pushed = (
+        decision,
+        reason,
+        actor,
+        utcnow(),
+        False,
+    )
     subject = f"project:{project}" + (f"/user:{username}" if username else "")
-    audit.record(session, actor=actor, action="tre.decision", object=subject, outcome=decision,
-                 detail={"reason": reason})
+    audit.record(
+        session,
+        actor=actor,
+        action="tre.decision",
+        object=subject,
+        outcome=decision,
+        detail={"reason": reason},
+    )
     return row
 
 
@@ -56,7 +68,9 @@ def clearance(session: Session, tre: str, project: str, username: str) -> Cleara
     if project_decision and project_decision.decision == "rejected":
         return Clearance(Verdict.REJECTED, f"{tre} rejected project {project}: {project_decision.reason}")
     if user_decision and user_decision.decision == "rejected":
-        return Clearance(Verdict.REJECTED, f"{tre} rejected {username} for project {project}: {user_decision.reason}")
+        return Clearance(
+            Verdict.REJECTED, f"{tre} rejected {username} for project {project}: {user_decision.reason}"
+        )
     missing = []
     if not (project_decision and project_decision.decision == "approved"):
         missing.append(f"project {project}")

@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def run(
-    manifest: Manifest, local_paths: dict[tuple[str, str | None, int | None], Path], config: dict[str, Any],
+    manifest: Manifest,
+    local_paths: dict[tuple[str, str | None, int | None], Path],
+    config: dict[str, Any],
     project: str,
 ) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """held key -> (worst verdict, each rule's result as data)."""
@@ -23,7 +25,9 @@ def run(
         held.key: HeldFile(
             path=local_paths[(held.kind, held.container_path, held.step)],
             name=held.container_path or f"step-{held.step}.{held.kind}",
-            kind=held.kind, size=held.size, sha256=held.sha256,
+            kind=held.kind,
+            size=held.size,
+            sha256=held.sha256,
         )
         for held in manifest.files
     }
@@ -33,10 +37,22 @@ def run(
 
         reports = run_checks(list(files.values()), ChecksConfig.model_validate(config), project)
     except Exception as exc:  # noqa: BLE001  no rule may be skipped silently: fail safe to human review
-        log.error("automated checks could not run (%s); every file goes to an output checker", type(exc).__name__)
-        note = {"rule": "runner", "version": "0", "verdict": Verdict.FAIL.value, "error": type(exc).__name__,
-                "findings": [{"verdict": "fail", "message": "the automated checks could not run on this file; "
-                              "an output checker must examine it in full"}]}
+        log.error(
+            "automated checks could not run (%s); every file goes to an output checker", type(exc).__name__
+        )
+        note = {
+            "rule": "runner",
+            "version": "0",
+            "verdict": Verdict.FAIL.value,
+            "error": type(exc).__name__,
+            "findings": [
+                {
+                    "verdict": "fail",
+                    "message": "the automated checks could not run on this file; "
+                    "an output checker must examine it in full",
+                }
+            ],
+        }
         return {key: (Verdict.FAIL.value, [note]) for key in files}
     by_name = {report.file.name: report for report in reports}
     return {

@@ -36,7 +36,9 @@ class GatewayClient:
         self._token = token
         self._max_backoff_s = max_backoff_s
         self._closed = threading.Event()
-        self._http = httpx.Client(base_url=url.rstrip("/") + "/agent/v1", timeout=timeout_s, transport=transport)
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + "/agent/v1", timeout=timeout_s, transport=transport
+        )
 
     @staticmethod
     def token_from(token: str | None, token_file: Path | None) -> Callable[[], str]:
@@ -52,7 +54,12 @@ class GatewayClient:
         self._http.close()
 
     def _call(
-        self, method: str, path: str, *, retry: bool = True, content_factory: Callable[[], Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: bool = True,
+        content_factory: Callable[[], Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Retry connection errors, 5xx and 429 with jittered backoff; raise Rejected on any other 4xx."""
@@ -87,15 +94,26 @@ class GatewayClient:
             delay = min(self._max_backoff_s, delay * 2) * (0.8 + 0.4 * random.random())
 
     def lease(self, wait_s: float, max_items: int = 10) -> dict[str, Any]:
-        return self._call("POST", "/leases", json={"wait_s": wait_s, "max": max_items},
-                          timeout=httpx.Timeout(wait_s + 15, connect=10))
+        return self._call(
+            "POST",
+            "/leases",
+            json={"wait_s": wait_s, "max": max_items},
+            timeout=httpx.Timeout(wait_s + 15, connect=10),
+        )
 
     def heartbeat(self, held: list[tuple[str, int]]) -> dict[str, str]:
         body = {"children": [{"child_id": c, "attempt": a} for c, a in held]}
         return self._call("POST", "/heartbeat", json=body)["children"]
 
-    def event(self, child_id: str, attempt: int, seq: int, stage: str, message: str | None,
-              report: dict[str, Any] | None) -> dict[str, Any]:
+    def event(
+        self,
+        child_id: str,
+        attempt: int,
+        seq: int,
+        stage: str,
+        message: str | None,
+        report: dict[str, Any] | None,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"attempt": attempt, "seq": seq, "stage": stage}
         if message:
             body["message"] = message
@@ -103,8 +121,9 @@ class GatewayClient:
             body["report"] = report
         return self._call("POST", f"/children/{child_id}/events", json=body)
 
-    def upload_file(self, child_id: str, path: Path, *, name: str, kind: str, step: int | None, sha256: str,
-                    size: int) -> dict[str, Any]:
+    def upload_file(
+        self, child_id: str, path: Path, *, name: str, kind: str, step: int | None, sha256: str, size: int
+    ) -> dict[str, Any]:
         """Stream one approved file to the gateway, which keeps it only if the SHA-256 matches."""
         params: dict[str, Any] = {"name": name, "kind": kind, "sha256": sha256, "size": size}
         if step is not None:
@@ -115,8 +134,13 @@ class GatewayClient:
                 while chunk := handle.read(1 << 20):
                     yield chunk
 
-        return self._call("PUT", f"/children/{child_id}/files", params=params, content_factory=body,
-                          timeout=httpx.Timeout(600, connect=10))
+        return self._call(
+            "PUT",
+            f"/children/{child_id}/files",
+            params=params,
+            content_factory=body,
+            timeout=httpx.Timeout(600, connect=10),
+        )
 
     def cancel_ack(self, child_id: str) -> None:
         self._call("POST", f"/children/{child_id}/cancel-ack")

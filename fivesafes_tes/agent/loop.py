@@ -87,18 +87,31 @@ class Agent:
     def store_from(settings: AgentSettings) -> ObjectStore:
         from fivesafes_tes.egress.store import StoreSettings
 
-        return ObjectStore.from_settings(StoreSettings(
-            endpoint_url=settings.airlock_endpoint_url, bucket=settings.airlock_bucket,
-            access_key=settings.airlock_access_key, secret_key=settings.airlock_secret_key,
-            region=settings.airlock_region,
-        ))
+        return ObjectStore.from_settings(
+            StoreSettings(
+                endpoint_url=settings.airlock_endpoint_url,
+                bucket=settings.airlock_bucket,
+                access_key=settings.airlock_access_key,
+                secret_key=settings.airlock_secret_key,
+                region=settings.airlock_region,
+            )
+        )
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
-        client = GatewayClient(settings.gateway_url, GatewayClient.token_from(
-            settings.token.get_secret_value() if settings.token else None, settings.token_file))
-        return cls(settings, client=client, executor=create_executor(settings.executor, tre=settings.tre),
-                   store=Agent.store_from(settings), policy=TrePolicy.load(settings.policy_file))
+        client = GatewayClient(
+            settings.gateway_url,
+            GatewayClient.token_from(
+                settings.token.get_secret_value() if settings.token else None, settings.token_file
+            ),
+        )
+        return cls(
+            settings,
+            client=client,
+            executor=create_executor(settings.executor, tre=settings.tre),
+            store=Agent.store_from(settings),
+            policy=TrePolicy.load(settings.policy_file),
+        )
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -108,8 +121,11 @@ class Agent:
         self.recover()
         if self.settings.admin_listen:
             self._serve_admin_api()
-        for name, target in (("poller", self._poll_forever), ("heartbeat", self._heartbeat_forever),
-                             ("worker", self._work_forever)):
+        for name, target in (
+            ("poller", self._poll_forever),
+            ("heartbeat", self._heartbeat_forever),
+            ("worker", self._work_forever),
+        ):
             thread = threading.Thread(target=target, name=f"agent-{self.tre}-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -121,10 +137,12 @@ class Agent:
 
         s = self.settings
         host, _, port = (s.admin_listen or "").rpartition(":")
-        app = create_admin_app(self.db, self.tre, validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url,
-                                                                 s.roles_claim))
-        self._admin_server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
-                                                           log_level="warning", lifespan="off"))
+        app = create_admin_app(
+            self.db, self.tre, validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim)
+        )
+        self._admin_server = uvicorn.Server(
+            uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", lifespan="off")
+        )
         thread = threading.Thread(target=self._admin_server.run, name=f"agent-{self.tre}-admin", daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -140,17 +158,31 @@ class Agent:
     def recover(self) -> None:
         """At start: sweep what no active child owns (audited), and re-send what was not confirmed sent."""
         with self.db.read() as session:
-            keep = {c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))}
+            keep = {
+                c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))
+            }
         removed = self.executor.sweep(keep)
         with self.db.read() as session:
-            ended = [c.child_id for c in session.scalars(select(LocalChild).where(
-                LocalChild.active.is_(False), LocalChild.stage.in_(ENDED_WITH_HELD_FILES)))
-                if not (c.result or {}).get("airlock_emptied")]
+            ended = [
+                c.child_id
+                for c in session.scalars(
+                    select(LocalChild).where(
+                        LocalChild.active.is_(False), LocalChild.stage.in_(ENDED_WITH_HELD_FILES)
+                    )
+                )
+                if not (c.result or {}).get("airlock_emptied")
+            ]
         for child_id in ended:  # a crash came between the final event and emptying the airlock
             self._empty_airlock(child_id)
         with self.db.write() as session:
-            audit.record(session, actor=f"agent:{self.tre}", action="agent.sweep", object=f"tre:{self.tre}",
-                         outcome="ok", detail={"removed": sorted(removed), "kept": len(keep)})
+            audit.record(
+                session,
+                actor=f"agent:{self.tre}",
+                action="agent.sweep",
+                object=f"tre:{self.tre}",
+                outcome="ok",
+                detail={"removed": sorted(removed), "kept": len(keep)},
+            )
         self._flush_outbox()
 
     # --- threads --------------------------------------------------------------------------------
@@ -173,8 +205,10 @@ class Agent:
     def _heartbeat_forever(self) -> None:
         while not self.stop.wait(self.settings.heartbeat_s):
             with self.db.read() as session:
-                held = [(c.child_id, c.attempt) for c in session.scalars(
-                    select(LocalChild).where(LocalChild.active.is_(True)))]
+                held = [
+                    (c.child_id, c.attempt)
+                    for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))
+                ]
             if not held:
                 continue
             try:
@@ -219,7 +253,9 @@ class Agent:
             self.sync()
         self._flush_outbox()
         with self.db.read() as session:
-            active = [c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))]
+            active = [
+                c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))
+            ]
         for child_id in active:
             self.advance(child_id)
 
@@ -229,15 +265,25 @@ class Agent:
         with self.db.write() as session:
             child = session.get(LocalChild, grant["child_id"])
             if child is None:
-                session.add(LocalChild(
-                    child_id=grant["child_id"], task_id=grant["task_id"], attempt=grant["attempt"],
-                    stage=grant["stage"], project=grant["project"], username=grant["user"], task=grant["task"],
-                ))
+                session.add(
+                    LocalChild(
+                        child_id=grant["child_id"],
+                        task_id=grant["task_id"],
+                        attempt=grant["attempt"],
+                        stage=grant["stage"],
+                        project=grant["project"],
+                        username=grant["user"],
+                        task=grant["task"],
+                    )
+                )
             elif grant["attempt"] > child.attempt:
                 # Our lease lapsed (we were down or slow). Same child, new attempt: carry on from our own
                 # stage, re-attaching to anything already running; older unsent events are void.
-                for stale in session.scalars(select(OutgoingEvent).where(
-                        OutgoingEvent.child_id == child.child_id, OutgoingEvent.sent.is_(False))):
+                for stale in session.scalars(
+                    select(OutgoingEvent).where(
+                        OutgoingEvent.child_id == child.child_id, OutgoingEvent.sent.is_(False)
+                    )
+                ):
                     session.delete(stale)
                 child.attempt, child.next_seq, child.active = grant["attempt"], 0, True
 
@@ -250,11 +296,19 @@ class Agent:
             child = session.get(LocalChild, child_id)
             if child is not None and child.active:
                 child.active, child.stage = False, "canceled"
-                for pending in session.scalars(select(OutgoingEvent).where(
-                        OutgoingEvent.child_id == child_id, OutgoingEvent.sent.is_(False))):
+                for pending in session.scalars(
+                    select(OutgoingEvent).where(
+                        OutgoingEvent.child_id == child_id, OutgoingEvent.sent.is_(False)
+                    )
+                ):
                     pending.sent = True  # the gateway has ended this child; nothing more to say
-                audit.record(session, actor=f"agent:{self.tre}", action="child.cancel", object=f"child:{child_id}",
-                             outcome="stopped")
+                audit.record(
+                    session,
+                    actor=f"agent:{self.tre}",
+                    action="child.cancel",
+                    object=f"child:{child_id}",
+                    outcome="stopped",
+                )
         try:
             self.client.cancel_ack(child_id)
         except Rejected as exc:
@@ -275,9 +329,18 @@ class Agent:
             for gone in session.scalars(select(LocalProject).where(LocalProject.name.not_in(seen))):
                 session.delete(gone)
             pending = approvals.unpushed(session)
-            body = [{"project": d.project, "username": d.username, "decision": d.decision, "reason": d.reason,
-                     "decided_by": d.decided_by, "decided_at": d.decided_at.isoformat()} for d in pending
-                    if d.project in seen]
+            body = [
+                {
+                    "project": d.project,
+                    "username": d.username,
+                    "decision": d.decision,
+                    "reason": d.reason,
+                    "decided_by": d.decided_by,
+                    "decided_at": d.decided_at.isoformat(),
+                }
+                for d in pending
+                if d.project in seen
+            ]
         if body:
             self.client.push_decisions(body)
             with self.db.write() as session:
@@ -317,8 +380,14 @@ class Agent:
             return
         try:
             spec = staging.prepare(
-                child.task, child_id=child.child_id, attempt=child.attempt, tre=self.tre, project=child.project,
-                policy=self.policy, root=self._workspace(child.child_id), run_as=self.settings.run_as,
+                child.task,
+                child_id=child.child_id,
+                attempt=child.attempt,
+                tre=self.tre,
+                project=child.project,
+                policy=self.policy,
+                root=self._workspace(child.child_id),
+                run_as=self.settings.run_as,
             )
         except staging.StagingRefused as exc:
             self._emit(child, "rejected_by_tre", f"{self.tre} refused the task: {exc}", final=True)
@@ -358,11 +427,21 @@ class Agent:
         with self.db.write() as session:
             for held in manifest.files:
                 verdict, results = verdicts[held.key]
-                session.merge(HeldFileRecord(
-                    child_id=child.child_id, key=held.key, name=held.container_path or f"step-{held.step}.{held.kind}",
-                    kind=held.kind, size=held.size, sha256=held.sha256, verdict=verdict, results=results,
-                ))
-        counts = {v: sum(1 for verdict, _ in verdicts.values() if verdict == v) for v in ("pass", "review", "fail")}
+                session.merge(
+                    HeldFileRecord(
+                        child_id=child.child_id,
+                        key=held.key,
+                        name=held.container_path or f"step-{held.step}.{held.kind}",
+                        kind=held.kind,
+                        size=held.size,
+                        sha256=held.sha256,
+                        verdict=verdict,
+                        results=results,
+                    )
+                )
+        counts = {
+            v: sum(1 for verdict, _ in verdicts.values() if verdict == v) for v in ("pass", "review", "fail")
+        }
         report = {
             "outcome": outcome.get("outcome"),
             "steps": outcome.get("steps", []),
@@ -370,10 +449,13 @@ class Agent:
             "held_bytes": sum(f.size for f in manifest.files),
             "checks": counts,
         }
-        self._emit(child, "awaiting_review",
-                   f"{len(manifest.files)} file(s) held in {self.tre}'s airlock for review "
-                   f"(automated checks: {counts['pass']} pass, {counts['review']} review, {counts['fail']} fail)",
-                   report=report)
+        self._emit(
+            child,
+            "awaiting_review",
+            f"{len(manifest.files)} file(s) held in {self.tre}'s airlock for review "
+            f"(automated checks: {counts['pass']} pass, {counts['review']} review, {counts['fail']} fail)",
+            report=report,
+        )
         self.executor.cleanup(child.child_id)
         shutil.rmtree(self._workspace(child.child_id), ignore_errors=True)
 
@@ -388,8 +470,12 @@ class Agent:
             if settled is None:
                 return
             record = review.disclosure_record(session, local, self.tre, settled, self.policy.review)
-            held = {h.key: h for h in session.scalars(
-                select(HeldFileRecord).where(HeldFileRecord.child_id == child.child_id))}
+            held = {
+                h.key: h
+                for h in session.scalars(
+                    select(HeldFileRecord).where(HeldFileRecord.child_id == child.child_id)
+                )
+            }
         released_logs: dict[str, str] = {}
         with tempfile.TemporaryDirectory(prefix="release-") as scratch:
             # Every approved file is copied out and verified before any of them leaves: one changed
@@ -409,15 +495,27 @@ class Agent:
                 copies.append((held[key], copy))
             for file, copy in copies:
                 step = int(file.name.split("-")[1].split(".")[0]) if file.kind != "output" else None
-                self.client.upload_file(child.child_id, copy, name=file.name, kind=file.kind, step=step,
-                                        sha256=file.sha256, size=file.size)
+                self.client.upload_file(
+                    child.child_id,
+                    copy,
+                    name=file.name,
+                    kind=file.kind,
+                    step=step,
+                    sha256=file.sha256,
+                    size=file.size,
+                )
                 if file.kind != "output":
                     released_logs[f"{step}.{file.kind}"] = _tail(copy)
         run_failed = (local.result or {}).get("outcome", {}).get("outcome") not in (None, "succeeded")
         ending = "executor_failed" if run_failed else settled.outcome.value
         approved = sum(d is review.FileOutcome.APPROVED for d in settled.files.values())
-        self._emit(child, ending, f"{self.tre}'s output checkers released {approved} of {len(settled.files)} file(s)",
-                   report={"disclosure": record, "released_logs": released_logs}, final=True)
+        self._emit(
+            child,
+            ending,
+            f"{self.tre}'s output checkers released {approved} of {len(settled.files)} file(s)",
+            report={"disclosure": record, "released_logs": released_logs},
+            final=True,
+        )
         self._empty_airlock(child.child_id)
 
     def _empty_airlock(self, child_id: str) -> None:
@@ -434,22 +532,47 @@ class Agent:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
             local.result = {**(local.result or {}), "blocked": True}
-            audit.record(session, actor=f"agent:{self.tre}", action="release.integrity", object=f"child:{child.child_id}",
-                         outcome="alert", detail={"name": file.name, "expected_sha256": file.sha256})
+            audit.record(
+                session,
+                actor=f"agent:{self.tre}",
+                action="release.integrity",
+                object=f"child:{child.child_id}",
+                outcome="alert",
+                detail={"name": file.name, "expected_sha256": file.sha256},
+            )
         log.error("held file %s of %s changed in the airlock; release blocked", file.name, child.child_id)
-        self._emit(child, "awaiting_review", f"release blocked: {file.name} changed in {self.tre}'s airlock "
-                   "after it was checked; the TRE's admins have been alerted")
+        self._emit(
+            child,
+            "awaiting_review",
+            f"release blocked: {file.name} changed in {self.tre}'s airlock "
+            "after it was checked; the TRE's admins have been alerted",
+        )
 
     # --- events -----------------------------------------------------------------------------------
 
-    def _emit(self, child: LocalChild, stage: str, message: str | None = None, *, report: dict | None = None,
-              final: bool = False) -> None:
+    def _emit(
+        self,
+        child: LocalChild,
+        stage: str,
+        message: str | None = None,
+        *,
+        report: dict | None = None,
+        final: bool = False,
+    ) -> None:
         """Write the event to the outbox (so a crash re-sends it with the same seq), then send it."""
         with self.db.write() as session:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
-            session.add(OutgoingEvent(child_id=local.child_id, attempt=local.attempt, seq=local.next_seq,
-                                      stage=stage, message=message, report=report))
+            session.add(
+                OutgoingEvent(
+                    child_id=local.child_id,
+                    attempt=local.attempt,
+                    seq=local.next_seq,
+                    stage=stage,
+                    message=message,
+                    report=report,
+                )
+            )
             local.next_seq += 1
             local.stage = stage
             if final:
@@ -460,14 +583,27 @@ class Agent:
 
     def _flush_outbox(self) -> None:
         with self.db.read() as session:
-            pending = list(session.scalars(select(OutgoingEvent).where(OutgoingEvent.sent.is_(False))
-                                           .order_by(OutgoingEvent.child_id, OutgoingEvent.attempt, OutgoingEvent.seq)))
+            pending = list(
+                session.scalars(
+                    select(OutgoingEvent)
+                    .where(OutgoingEvent.sent.is_(False))
+                    .order_by(OutgoingEvent.child_id, OutgoingEvent.attempt, OutgoingEvent.seq)
+                )
+            )
         for event in pending:
             try:
-                self.client.event(event.child_id, event.attempt, event.seq, event.stage, event.message, event.report)
+                self.client.event(
+                    event.child_id, event.attempt, event.seq, event.stage, event.message, event.report
+                )
             except Rejected as exc:
-                log.warning("event %s/%s/%s (%s) refused: %s", event.child_id, event.attempt, event.seq,
-                            event.stage, exc.detail)
+                log.warning(
+                    "event %s/%s/%s (%s) refused: %s",
+                    event.child_id,
+                    event.attempt,
+                    event.seq,
+                    event.stage,
+                    exc.detail,
+                )
                 if exc.status == 409 and "canceled" in exc.detail:
                     self.inbox.put(_Cancel(event.child_id))
             with self.db.write() as session:
@@ -488,23 +624,35 @@ def _tail(path: Path, limit: int = 64 * 1024) -> str:
 
 
 def _spec_to_json(spec: RunSpec) -> dict[str, Any]:
-    return {"mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts], "logs_dir": str(spec.logs_dir)}
+    return {
+        "mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts],
+        "logs_dir": str(spec.logs_dir),
+    }
 
 
 def _spec_from_json(run: dict[str, Any], child: LocalChild) -> RunSpec:
     from fivesafes_tes.executors import Limits
 
     mounts = [Mount(source=Path(s), target=t, read_only=ro) for s, t, ro in run["mounts"]]
-    return RunSpec(child_id=child.child_id, attempt=child.attempt, tre="", steps=[], mounts=mounts,
-                   limits=Limits(), logs_dir=Path(run["logs_dir"]))
+    return RunSpec(
+        child_id=child.child_id,
+        attempt=child.attempt,
+        tre="",
+        steps=[],
+        mounts=mounts,
+        limits=Limits(),
+        logs_dir=Path(run["logs_dir"]),
+    )
 
 
 def _result_to_json(result: RunResult) -> dict[str, Any]:
     return {
         "outcome": result.outcome.value,
         "message": result.message,
-        "steps": [{"exit_code": s.exit_code, "start_time": s.start_time, "end_time": s.end_time}
-                  for s in result.steps],
+        "steps": [
+            {"exit_code": s.exit_code, "start_time": s.start_time, "end_time": s.end_time}
+            for s in result.steps
+        ],
     }
 
 

@@ -29,7 +29,9 @@ class TrePolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    allowed_images: list[str] = Field(default_factory=list, description="fnmatch patterns; empty allows none.")
+    allowed_images: list[str] = Field(
+        default_factory=list, description="fnmatch patterns; empty allows none."
+    )
     max_cpu_cores: float = Field(default=2.0, gt=0)
     max_ram_gb: float = Field(default=4.0, gt=0)
     max_disk_gb: float = Field(default=4.0, gt=0)
@@ -38,7 +40,9 @@ class TrePolicy(BaseModel):
     datasets: dict[str, Dataset] = Field(default_factory=dict)
     grants: dict[str, list[str]] = Field(default_factory=dict, description="project -> dataset names")
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
-    checks: dict[str, Any] = Field(default_factory=dict, description="Automated rule settings (egress.checks).")
+    checks: dict[str, Any] = Field(
+        default_factory=dict, description="Automated rule settings (egress.checks)."
+    )
 
     @classmethod
     def load(cls, path: Path | None) -> TrePolicy:
@@ -49,10 +53,14 @@ class TrePolicy(BaseModel):
         policy = cls.model_validate(data or {})
         unknown = {d for names in policy.grants.values() for d in names} - set(policy.datasets)
         if unknown:
-            raise ValueError(f"{path}: grants name datasets that are not defined: {', '.join(sorted(unknown))}")
+            raise ValueError(
+                f"{path}: grants name datasets that are not defined: {', '.join(sorted(unknown))}"
+            )
         from fivesafes_tes.egress.checks.config import ChecksConfig
 
-        ChecksConfig.model_validate(policy.checks)  # a mistake in the rules' settings stops the agent at start
+        ChecksConfig.model_validate(
+            policy.checks
+        )  # a mistake in the rules' settings stops the agent at start
         return policy
 
     def image_allowed(self, image: str) -> bool:

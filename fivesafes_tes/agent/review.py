@@ -24,7 +24,9 @@ from fivesafes_tes.db.base import utcnow
 class ReviewPolicy(BaseModel):
     """Per TRE, in the policy file's `review:` section."""
 
-    required_approvals: int = Field(default=1, ge=1, le=5, description="Distinct checkers who must approve a file.")
+    required_approvals: int = Field(
+        default=1, ge=1, le=5, description="Distinct checkers who must approve a file."
+    )
     auto_release: bool = Field(default=False, description="Release without a person when every rule passes.")
 
 
@@ -86,8 +88,14 @@ def decide(
         row = ReviewDecision(child_id=child_id, key=key, checker=checker)
         session.add(row)
     row.decision, row.reason, row.decided_at = decision, reason, utcnow()
-    audit.record(session, actor=checker, action="review.decision", object=f"child:{child_id}/{held.name}",
-                 outcome=decision, detail={"reason": reason, "sha256": held.sha256})
+    audit.record(
+        session,
+        actor=checker,
+        action="review.decision",
+        object=f"child:{child_id}/{held.name}",
+        outcome=decision,
+        detail={"reason": reason, "sha256": held.sha256},
+    )
     return row
 
 
@@ -100,7 +108,11 @@ def settle(session: Session, child_id: str, policy: ReviewPolicy) -> Settled | N
         mine = [d for d in decisions if d.key == record.key]
         if any(d.decision == "rejected" for d in mine):
             files[record.key] = FileOutcome.REJECTED
-        elif len({d.checker for d in mine if d.decision == "approved"}) >= policy.required_approvals or policy.auto_release and all(r.verdict == "pass" for r in held):
+        elif (
+            len({d.checker for d in mine if d.decision == "approved"}) >= policy.required_approvals
+            or policy.auto_release
+            and all(r.verdict == "pass" for r in held)
+        ):
             files[record.key] = FileOutcome.APPROVED
         else:
             return None
@@ -119,10 +131,20 @@ def disclosure_record(
 ) -> dict[str, Any]:
     """The machine-readable account of one release (RELIABILITY 25): every held file with its SHA-256,
     each rule's version and findings, who decided what and why, and what was released."""
-    held = list(session.scalars(select(HeldFileRecord).where(HeldFileRecord.child_id == child.child_id)
-                                .order_by(HeldFileRecord.key)))
-    decisions = list(session.scalars(select(ReviewDecision).where(ReviewDecision.child_id == child.child_id)
-                                     .order_by(ReviewDecision.decided_at)))
+    held = list(
+        session.scalars(
+            select(HeldFileRecord)
+            .where(HeldFileRecord.child_id == child.child_id)
+            .order_by(HeldFileRecord.key)
+        )
+    )
+    decisions = list(
+        session.scalars(
+            select(ReviewDecision)
+            .where(ReviewDecision.child_id == child.child_id)
+            .order_by(ReviewDecision.decided_at)
+        )
+    )
     return {
         "profile": "fivesafes-tes/disclosure/1",
         "tre": tre,
@@ -143,8 +165,14 @@ def disclosure_record(
                 "checks": {"verdict": h.verdict, "rules": h.results},
                 "decision": settled.files[h.key].value,
                 "decisions": [
-                    {"checker": d.checker, "decision": d.decision, "reason": d.reason, "at": d.decided_at.isoformat()}
-                    for d in decisions if d.key == h.key
+                    {
+                        "checker": d.checker,
+                        "decision": d.decision,
+                        "reason": d.reason,
+                        "at": d.decided_at.isoformat(),
+                    }
+                    for d in decisions
+                    if d.key == h.key
                 ],
             }
             for h in held
@@ -175,8 +203,11 @@ class ChildView:
 
 def pending(session: Session) -> list[ChildView]:
     """Every child waiting for an output checker, oldest first."""
-    children = session.scalars(select(LocalChild).where(LocalChild.stage == "awaiting_review", LocalChild.active)
-                               .order_by(LocalChild.created_at))
+    children = session.scalars(
+        select(LocalChild)
+        .where(LocalChild.stage == "awaiting_review", LocalChild.active)
+        .order_by(LocalChild.created_at)
+    )
     return [describe(session, c.child_id) for c in children]
 
 
@@ -184,13 +215,23 @@ def describe(session: Session, child_id: str) -> ChildView:
     child = session.get(LocalChild, child_id)
     if child is None:
         raise LookupError(f"no child {child_id} in this TRE")
-    held = session.scalars(select(HeldFileRecord).where(HeldFileRecord.child_id == child_id).order_by(HeldFileRecord.key))
+    held = session.scalars(
+        select(HeldFileRecord).where(HeldFileRecord.child_id == child_id).order_by(HeldFileRecord.key)
+    )
     decisions = list(session.scalars(select(ReviewDecision).where(ReviewDecision.child_id == child_id)))
     return ChildView(
-        child_id=child.child_id, task_id=child.task_id, project=child.project, submitter=child.username,
+        child_id=child.child_id,
+        task_id=child.task_id,
+        project=child.project,
+        submitter=child.username,
         files=[
             FileView(
-                key=h.key, name=h.name, kind=h.kind, size=h.size, sha256=h.sha256, verdict=h.verdict,
+                key=h.key,
+                name=h.name,
+                kind=h.kind,
+                size=h.size,
+                sha256=h.sha256,
+                verdict=h.verdict,
                 findings=_findings(h.results),
                 decisions=[(d.checker, d.decision, d.reason) for d in decisions if d.key == h.key],
             )
@@ -202,21 +243,27 @@ def describe(session: Session, child_id: str) -> ChildView:
 def _findings(results: list[dict[str, Any]]) -> list[str]:
     """Every finding as one line, the most severe first (each message already names its rule)."""
     order = {"fail": 0, "review": 1, "pass": 2}
-    found = [(f.get("verdict", "review"), f["message"] + _where(f)) for r in results for f in r.get("findings", [])]
+    found = [
+        (f.get("verdict", "review"), f["message"] + _where(f)) for r in results for f in r.get("findings", [])
+    ]
     found += [("fail", f"{r['rule']} could not run: {r['error']}") for r in results if r.get("error")]
     return [f"{verdict}: {message}" for verdict, message in sorted(found, key=lambda x: order.get(x[0], 1))]
 
 
 def _where(finding: dict[str, Any]) -> str:
-    parts = [f"{label} {finding[key]}" for key, label in (("column", "column"), ("row", "row"),
-                                                            ("threshold", "threshold")) if finding.get(key) is not None]
+    parts = [
+        f"{label} {finding[key]}"
+        for key, label in (("column", "column"), ("row", "row"), ("threshold", "threshold"))
+        if finding.get(key) is not None
+    ]
     return f" ({', '.join(parts)})" if parts else ""
 
 
 def key_for(session: Session, child_id: str, name: str) -> str:
     """The held key of the file a checker names (its container path, or step-N.stdout)."""
-    key = session.scalar(select(HeldFileRecord.key).where(HeldFileRecord.child_id == child_id,
-                                                          HeldFileRecord.name == name))
+    key = session.scalar(
+        select(HeldFileRecord.key).where(HeldFileRecord.child_id == child_id, HeldFileRecord.name == name)
+    )
     if key is None:
         raise LookupError(f"child {child_id} holds no file named {name!r}")
     return key

@@ -48,15 +48,25 @@ def _normal(path: str, what: str) -> str:
 def _output_dir(output: dict[str, Any]) -> str:
     path = _normal(output["path"], "output path")
     if any(c in path for c in "*?["):
-        return _normal(output.get("path_prefix") or posixpath.dirname(path), "output path_prefix").rstrip("/") or "/"
+        return (
+            _normal(output.get("path_prefix") or posixpath.dirname(path), "output path_prefix").rstrip("/")
+            or "/"
+        )
     if output.get("type") == "DIRECTORY":
         return path
     return posixpath.dirname(path)
 
 
 def prepare(
-    task: dict[str, Any], *, child_id: str, attempt: int, tre: str, project: str, policy: TrePolicy,
-    root: Path, run_as: str,
+    task: dict[str, Any],
+    *,
+    child_id: str,
+    attempt: int,
+    tre: str,
+    project: str,
+    policy: TrePolicy,
+    root: Path,
+    run_as: str,
 ) -> RunSpec:
     """Check the task against this TRE's policy, lay out its workspace, and describe the run."""
     for n, executor in enumerate(task.get("executors", [])):
@@ -101,15 +111,28 @@ def prepare(
     _open_for(run_as, [workspace.root, *writable.values()])
     steps = [
         Step(
-            image=e["image"], command=list(e["command"]), workdir=e.get("workdir"), stdin=e.get("stdin"),
-            stdout=e.get("stdout"), stderr=e.get("stderr"), env=dict(e.get("env") or {}),
+            image=e["image"],
+            command=list(e["command"]),
+            workdir=e.get("workdir"),
+            stdin=e.get("stdin"),
+            stdout=e.get("stdout"),
+            stderr=e.get("stderr"),
+            env=dict(e.get("env") or {}),
             ignore_error=bool(e.get("ignore_error")),
         )
         for e in task["executors"]
     ]
     limits: Limits = policy.limits_for(task.get("resources"))
-    return RunSpec(child_id=child_id, attempt=attempt, tre=tre, steps=steps, mounts=mounts, limits=limits,
-                   logs_dir=workspace.logs, user=run_as)
+    return RunSpec(
+        child_id=child_id,
+        attempt=attempt,
+        tre=tre,
+        steps=steps,
+        mounts=mounts,
+        limits=limits,
+        logs_dir=workspace.logs,
+        user=run_as,
+    )
 
 
 def _open_for(run_as: str, paths: list[Path]) -> None:
@@ -139,7 +162,11 @@ def collect(task: dict[str, Any], spec: RunSpec, steps_run: int) -> list[HeldFil
             for host in sorted(p for p in host_base.rglob("*") if p.is_file() and not p.is_symlink()):
                 rel = host.relative_to(host_base).as_posix()
                 if fnmatch.fnmatchcase(rel, pattern):
-                    files.append(HeldFileSpec(container_path=f"{base.rstrip('/')}/{rel}", host_path=host, kind="output"))
+                    files.append(
+                        HeldFileSpec(
+                            container_path=f"{base.rstrip('/')}/{rel}", host_path=host, kind="output"
+                        )
+                    )
         elif output.get("type") == "DIRECTORY":
             for host in sorted(p for p in host_base.rglob("*") if p.is_file() and not p.is_symlink()):
                 rel = host.relative_to(host_base).as_posix()

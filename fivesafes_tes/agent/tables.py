@@ -86,7 +86,9 @@ class HeldFileRecord(AgentBase):
     kind: Mapped[str] = mapped_column(String(16))
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
-    verdict: Mapped[str] = mapped_column(String(16), default="review")  # worst rule verdict: pass | review | fail
+    verdict: Mapped[str] = mapped_column(
+        String(16), default="review"
+    )  # worst rule verdict: pass | review | fail
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # each rule's result, versioned
 
 

@@ -99,10 +99,19 @@ def record(
     entry.hash = _digest(entry)
     # Core statements, not the ORM unit of work: this runs inside every audited transaction, and on
     # PostgreSQL the head row stays locked until that transaction commits.
-    session.execute(_RECORDS.insert().values(
-        seq=entry.seq, at=entry.at, actor=actor, action=action, object=object, outcome=outcome,
-        detail=entry.detail, prev_hash=prev, hash=entry.hash,
-    ))
+    session.execute(
+        _RECORDS.insert().values(
+            seq=entry.seq,
+            at=entry.at,
+            actor=actor,
+            action=action,
+            object=object,
+            outcome=outcome,
+            detail=entry.detail,
+            prev_hash=prev,
+            hash=entry.hash,
+        )
+    )
     session.execute(_HEAD.update().where(_HEAD.c.id == _HEAD_ID).values(seq=entry.seq, hash=entry.hash))
     return entry
 

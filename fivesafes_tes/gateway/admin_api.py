@@ -31,7 +31,9 @@ def federation_admin(request: Request, principal: CurrentPrincipal) -> Iterator[
     if not principal.has_role(Role.FEDERATION_ADMIN):
         raise HTTPException(403, "this route needs the federation-admin role")
     yield principal
-    if request.method != "GET":  # after the change committed: this replica sees it at once, others within seconds
+    if (
+        request.method != "GET"
+    ):  # after the change committed: this replica sees it at once, others within seconds
         request.app.state.ctx.targets.clear()
 
 
@@ -105,16 +107,24 @@ def _project(request: Request, name: str) -> federation.ProjectView:
 @router.post("/projects", response_model=federation.ProjectView, status_code=201)
 def add_project(request: Request, body: ProjectIn, admin: Admin) -> federation.ProjectView:
     with request.app.state.ctx.db.write() as session:
-        federation.add_project(session, admin.username, body.name, title=body.title, starts_on=body.starts_on,
-                               ends_on=body.ends_on, tres=body.tres)
+        federation.add_project(
+            session,
+            admin.username,
+            body.name,
+            title=body.title,
+            starts_on=body.starts_on,
+            ends_on=body.ends_on,
+            tres=body.tres,
+        )
     return _project(request, body.name)
 
 
 @router.patch("/projects/{name}", response_model=federation.ProjectView)
 def update_project(request: Request, name: str, body: ProjectPatch, admin: Admin) -> federation.ProjectView:
     with request.app.state.ctx.db.write() as session:
-        federation.update_project(session, admin.username, name, title=body.title, starts_on=body.starts_on,
-                                  ends_on=body.ends_on)
+        federation.update_project(
+            session, admin.username, name, title=body.title, starts_on=body.starts_on, ends_on=body.ends_on
+        )
     return _project(request, name)
 
 

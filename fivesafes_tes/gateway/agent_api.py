@@ -21,7 +21,8 @@ from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Tre
 
 AGENT_RESPONSES: dict[int | str, dict] = {
-    **ERROR_RESPONSES, 403: {"model": ErrorResponse, "description": "Not an agent of a known TRE."}
+    **ERROR_RESPONSES,
+    403: {"model": ErrorResponse, "description": "Not an agent of a known TRE."},
 }
 router = APIRouter(prefix="/agent/v1", tags=["Agent"], responses=AGENT_RESPONSES)
 
@@ -32,7 +33,9 @@ class _Body(BaseModel):
 
 def current_tre(request: Request, principal: CurrentPrincipal) -> Tre:
     if not principal.has_role(Role.TRE_AGENT) or not principal.tre:
-        raise HTTPException(403, "this route is for TRE agents: the token needs role tre-agent and a tre claim")
+        raise HTTPException(
+            403, "this route is for TRE agents: the token needs role tre-agent and a tre claim"
+        )
     with request.app.state.ctx.db.read() as session:
         tre = session.scalar(select(Tre).where(Tre.name == principal.tre))
     if tre is None:
@@ -44,7 +47,9 @@ CurrentTre = Annotated[Tre, Depends(current_tre)]
 
 
 class LeaseRequest(_Body):
-    wait_s: float = Field(default=20.0, ge=0, le=30, description="Long-poll: answer at once when work appears.")
+    wait_s: float = Field(
+        default=20.0, ge=0, le=30, description="Long-poll: answer at once when work appears."
+    )
     max: int = Field(default=10, ge=1, le=100)
 
 
@@ -93,8 +98,9 @@ class HeartbeatResponse(BaseModel):
 def heartbeat(request: Request, body: HeartbeatRequest, tre: CurrentTre) -> HeartbeatResponse:
     ctx = request.app.state.ctx
     with ctx.db.write() as session:
-        answer = leases.heartbeat(session, tre, [(c.child_id, c.attempt) for c in body.children],
-                                  ttl_s=ctx.settings.lease_ttl_s)
+        answer = leases.heartbeat(
+            session, tre, [(c.child_id, c.attempt) for c in body.children], ttl_s=ctx.settings.lease_ttl_s
+        )
     return HeartbeatResponse(children=answer)
 
 
@@ -102,8 +108,12 @@ class EventRequest(_Body):
     attempt: int = Field(ge=1)
     seq: int = Field(ge=0, le=2**31 - 1)
     stage: Stage = Field(strict=False)
-    message: str | None = Field(default=None, max_length=4096, description="A plain-language system_logs line.")
-    report: dict[str, Any] | None = Field(default=None, description="What the agent observed (exit codes...).")
+    message: str | None = Field(
+        default=None, max_length=4096, description="A plain-language system_logs line."
+    )
+    report: dict[str, Any] | None = Field(
+        default=None, description="What the agent observed (exit codes...)."
+    )
 
 
 class EventResponse(BaseModel):
@@ -112,15 +122,23 @@ class EventResponse(BaseModel):
 
 
 @router.post(
-    "/children/{child_id}/events", response_model=EventResponse,
+    "/children/{child_id}/events",
+    response_model=EventResponse,
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
 def child_event(request: Request, child_id: str, body: EventRequest, tre: CurrentTre) -> EventResponse:
     ctx = request.app.state.ctx
     with ctx.db.write() as session:
         result = leases.record_event(
-            session, tre, child_id, attempt=body.attempt, seq=body.seq, stage=body.stage,
-            message=body.message, report=body.report, ttl_s=ctx.settings.lease_ttl_s,
+            session,
+            tre,
+            child_id,
+            attempt=body.attempt,
+            seq=body.seq,
+            stage=body.stage,
+            message=body.message,
+            report=body.report,
+            ttl_s=ctx.settings.lease_ttl_s,
             paused_for_review=ctx.settings.paused_for_review,
         )
     if result.applied and body.stage in leases.RELEASE_ENDINGS and ctx.settings.delivery_buckets:
@@ -159,7 +177,9 @@ def sync(request: Request, tre: CurrentTre) -> SyncResponse:
 
 class DecisionIn(_Body):
     project: str = Field(max_length=63)
-    username: str = Field(default="", max_length=255, description="Empty for a decision on the project itself.")
+    username: str = Field(
+        default="", max_length=255, description="Empty for a decision on the project itself."
+    )
     decision: str = Field(pattern="^(approved|rejected|pending)$")
     reason: str = Field(default="", max_length=2000)
     decided_by: str = Field(default="", max_length=255)
@@ -173,5 +193,7 @@ class DecisionsRequest(_Body):
 @router.post("/decisions")
 def decisions(request: Request, body: DecisionsRequest, tre: CurrentTre) -> dict:
     with request.app.state.ctx.db.write() as session:
-        changed = leases.record_decisions(session, tre, [leases.Decision(**d.model_dump()) for d in body.decisions])
+        changed = leases.record_decisions(
+            session, tre, [leases.Decision(**d.model_dump()) for d in body.decisions]
+        )
     return {"changed": changed}

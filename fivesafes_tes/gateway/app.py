@@ -32,7 +32,6 @@ TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 TARGET_TTL_S = 5.0
 
 
-
 class ConfigurationError(RuntimeError):
     """The gateway cannot start safely with these settings; the message names the fix."""
 
@@ -57,7 +56,9 @@ def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | N
     if settings.dev_issuer:
         issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
         jwks = StaticJwks(issuer.jwks())
-        return TokenValidator(issuer.issuer_url, settings.oidc_audience, jwks, ["RS256"], settings.roles_claim), issuer
+        return TokenValidator(
+            issuer.issuer_url, settings.oidc_audience, jwks, ["RS256"], settings.roles_claim
+        ), issuer
     if not settings.oidc_issuer:
         raise ConfigurationError(
             "no token issuer configured: set FIVESAFES_OIDC_ISSUER (and FIVESAFES_OIDC_AUDIENCE) to your "
@@ -65,7 +66,11 @@ def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | N
         )
     url = settings.oidc_jwks_url or discover_jwks_url(settings.oidc_issuer)
     validator = TokenValidator(
-        settings.oidc_issuer, settings.oidc_audience, RemoteJwks(url), settings.oidc_algorithms, settings.roles_claim
+        settings.oidc_issuer,
+        settings.oidc_audience,
+        RemoteJwks(url),
+        settings.oidc_algorithms,
+        settings.roles_claim,
     )
     return validator, None
 
@@ -80,8 +85,13 @@ def _results_store(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     from fivesafes_tes.egress.store import ObjectStore
 
     secret = settings.results_secret_key.get_secret_value() if settings.results_secret_key else None
-    store = ObjectStore(settings.results_endpoint_url, settings.results_bucket, settings.results_access_key, secret,
-                        settings.results_region)
+    store = ObjectStore(
+        settings.results_endpoint_url,
+        settings.results_bucket,
+        settings.results_access_key,
+        secret,
+        settings.results_region,
+    )
     return store
 
 
@@ -112,8 +122,15 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         max_content_bytes=settings.max_content_bytes,
         allowed_images=tuple(settings.allowed_images),
     )
-    ctx = GatewayContext(settings=settings, db=db, validator=validator, service_info=service_info(settings),
-                         policy=policy, dev_issuer=issuer, results_store=_results_store(settings))
+    ctx = GatewayContext(
+        settings=settings,
+        db=db,
+        validator=validator,
+        service_info=service_info(settings),
+        policy=policy,
+        dev_issuer=issuer,
+        results_store=_results_store(settings),
+    )
 
     app = FastAPI(
         title="Five Safes TES",
@@ -152,8 +169,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 # An absent query parameter is how TES says "no filter"; there is no null in a URL.
                 options = parameter.get("schema", {}).get("anyOf")
                 if options and {"type": "null"} in options and len(options) == 2:
-                    parameter["schema"] = {**next(o for o in options if o != {"type": "null"}),
-                                           **{k: v for k, v in parameter["schema"].items() if k != "anyOf"}}
+                    parameter["schema"] = {
+                        **next(o for o in options if o != {"type": "null"}),
+                        **{k: v for k, v in parameter["schema"].items() if k != "anyOf"},
+                    }
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)
     app.openapi_schema = schema

@@ -111,7 +111,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(JwksUnavailable)
     async def _issuer_down(request: Request, exc: JwksUnavailable) -> JSONResponse:
         log.error("identity provider keys unavailable on %s %s", request.method, request.url.path)
-        return error(503, "the identity provider's keys cannot be fetched; retry shortly", {"Retry-After": RETRY_AFTER_S})
+        return error(
+            503,
+            "the identity provider's keys cannot be fetched; retry shortly",
+            {"Retry-After": RETRY_AFTER_S},
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

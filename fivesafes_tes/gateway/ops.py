@@ -20,11 +20,17 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "fivesafes_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
+            "fivesafes_http_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "fivesafes_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-            registry=self.registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            "fivesafes_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.tasks_created = Counter("fivesafes_tasks_created_total", "Tasks created", registry=self.registry)
 

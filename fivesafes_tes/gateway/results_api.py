@@ -29,22 +29,30 @@ from fivesafes_tes.submission.tasks import TaskNotFound, visible_task
 
 log = logging.getLogger(__name__)
 agent_router = APIRouter(prefix="/agent/v1", tags=["Agent"], responses=AGENT_RESPONSES)
-router = APIRouter(prefix="/api/v1", tags=["Results"], responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse}})
+router = APIRouter(
+    prefix="/api/v1", tags=["Results"], responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse}}
+)
 _CHUNK = 1 << 20
 
 
 def _store(request: Request):  # type: ignore[no-untyped-def]
     store = request.app.state.ctx.results_store
     if store is None:
-        raise HTTPException(503, "this gateway has no results store configured (FIVESAFES_RESULTS_*)",
-                            headers={"Retry-After": "60"})
+        raise HTTPException(
+            503,
+            "this gateway has no results store configured (FIVESAFES_RESULTS_*)",
+            headers={"Retry-After": "60"},
+        )
     return store
 
 
 @agent_router.put(
     "/children/{child_id}/files",
-    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-               422: {"model": ErrorResponse, "description": "The bytes do not match the SHA-256 or size given."}},
+    responses={
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+        422: {"model": ErrorResponse, "description": "The bytes do not match the SHA-256 or size given."},
+    },
 )
 async def upload_released_file(
     request: Request,
@@ -65,7 +73,9 @@ async def upload_released_file(
             return results.expect_upload(session, tre, child_id).task_id
 
     task_id = await run_in_threadpool(expect)
-    key = safe_key("released", task_id, tre.name, kind, name.lstrip("/") if kind == "output" else f"step-{step}.{kind}")
+    key = safe_key(
+        "released", task_id, tre.name, kind, name.lstrip("/") if kind == "output" else f"step-{step}.{kind}"
+    )
     incoming = results.Incoming(name=name, kind=kind, step=step, size=size, sha256=sha256)
     with tempfile.NamedTemporaryFile(prefix="release-", delete=True) as tmp:
         digest, received = hashlib.sha256(), 0
@@ -75,13 +85,24 @@ async def upload_released_file(
             tmp.write(chunk)
         tmp.flush()
         if digest.hexdigest() != sha256 or received != size:
+
             def alert() -> None:
                 with ctx.db.write() as session:
-                    audit.record(session, actor=f"agent:{tre.name}", action="release.integrity", object=f"child:{child_id}",
-                                 outcome="alert", detail={"name": name, "expected": sha256, "received_bytes": received})
+                    audit.record(
+                        session,
+                        actor=f"agent:{tre.name}",
+                        action="release.integrity",
+                        object=f"child:{child_id}",
+                        outcome="alert",
+                        detail={"name": name, "expected": sha256, "received_bytes": received},
+                    )
+
             await run_in_threadpool(alert)
-            raise HTTPException(422, f"{name} arrived damaged: its SHA-256 or size differs from the TRE's record; "
-                                     "nothing was stored")
+            raise HTTPException(
+                422,
+                f"{name} arrived damaged: its SHA-256 or size differs from the TRE's record; "
+                "nothing was stored",
+            )
         try:
             await run_in_threadpool(lambda: store.put_file(key, tmp.name, sha256=sha256, if_absent=True))
         except ObjectExists:
@@ -128,18 +149,37 @@ def list_results(request: Request, task_id: str, principal: CurrentPrincipal) ->
         visible_task(session, actor_of(principal), task_id)
         released = results.released_files(session, [task_id]).get(task_id, [])
         children = session.execute(
-            select(Child, Tre.name).join(Tre, Tre.id == Child.tre_id).where(Child.task_id == task_id).order_by(Tre.name)
+            select(Child, Tre.name)
+            .join(Tre, Tre.id == Child.tre_id)
+            .where(Child.task_id == task_id)
+            .order_by(Tre.name)
         ).all()
     tres = []
     for child, tre in children:
-        files = [ReleasedFileOut(id=f.id, name=f.name, kind=f.kind, step=f.step, size=f.size, sha256=f.sha256,
-                                 url=f"{base}/api/v1/results/{f.id}") for f, t in released if t == tre]
-        tres.append(TreResults(tre=tre, stage=child.stage, files=files, disclosure=child.report.get("disclosure")))
+        files = [
+            ReleasedFileOut(
+                id=f.id,
+                name=f.name,
+                kind=f.kind,
+                step=f.step,
+                size=f.size,
+                sha256=f.sha256,
+                url=f"{base}/api/v1/results/{f.id}",
+            )
+            for f, t in released
+            if t == tre
+        ]
+        tres.append(
+            TreResults(tre=tre, stage=child.stage, files=files, disclosure=child.report.get("disclosure"))
+        )
     return ResultsOut(task_id=task_id, tres=tres)
 
 
-@router.get("/results/{file_id}", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "The released file."}})
+@router.get(
+    "/results/{file_id}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The released file."}},
+)
 def download(
     request: Request, file_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], principal: CurrentPrincipal
 ) -> FileResponse:
@@ -161,16 +201,34 @@ def download(
     except ChecksumMismatch:
         tmp.unlink(missing_ok=True)
         with ctx.db.write() as session:
-            audit.record(session, actor=actor.name, action="download", object=f"released:{file_id}",
-                         outcome="integrity_alert", detail={"name": released.name})
+            audit.record(
+                session,
+                actor=actor.name,
+                action="download",
+                object=f"released:{file_id}",
+                outcome="integrity_alert",
+                detail={"name": released.name},
+            )
         log.error("released file %s no longer matches its SHA-256; download refused", file_id)
-        raise HTTPException(503, "this file failed its integrity check and was not sent; the TRE has been alerted") from None
+        raise HTTPException(
+            503, "this file failed its integrity check and was not sent; the TRE has been alerted"
+        ) from None
     with ctx.db.write() as session:
-        audit.record(session, actor=actor.name, action="download", object=f"released:{file_id}", outcome="ok",
-                     detail={"name": released.name, "sha256": released.sha256})
-    return FileResponse(tmp, filename=Path(released.name).name, media_type="application/octet-stream",
-                        headers={"X-Content-SHA256": released.sha256},
-                        background=BackgroundTask(tmp.unlink, missing_ok=True))
+        audit.record(
+            session,
+            actor=actor.name,
+            action="download",
+            object=f"released:{file_id}",
+            outcome="ok",
+            detail={"name": released.name, "sha256": released.sha256},
+        )
+    return FileResponse(
+        tmp,
+        filename=Path(released.name).name,
+        media_type="application/octet-stream",
+        headers={"X-Content-SHA256": released.sha256},
+        background=BackgroundTask(tmp.unlink, missing_ok=True),
+    )
 
 
 def deliver(ctx, tre: Tre, child_id: str) -> None:  # type: ignore[no-untyped-def]
@@ -204,5 +262,11 @@ def deliver(ctx, tre: Tre, child_id: str) -> None:  # type: ignore[no-untyped-de
         child.report = {**child.report, "delivered": {**child.report.get("delivered", {}), **delivered}}
         child.system_logs = [*child.system_logs, *failed]
         for name, url in delivered.items():
-            audit.record(session, actor=f"agent:{tre.name}", action="release.deliver", object=f"child:{child_id}",
-                         outcome="ok", detail={"name": name, "url": url})
+            audit.record(
+                session,
+                actor=f"agent:{tre.name}",
+                action="release.deliver",
+                object=f"child:{child_id}",
+                outcome="ok",
+                detail={"name": name, "url": url},
+            )

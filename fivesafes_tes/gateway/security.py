@@ -52,7 +52,11 @@ def metrics_reader(
 ) -> None:
     """Prometheus may present the static metrics token; anyone else needs a valid JWT."""
     static = request.app.state.ctx.settings.metrics_token
-    if static and credentials and hmac.compare_digest(credentials.credentials.encode(), static.get_secret_value().encode()):
+    if (
+        static
+        and credentials
+        and hmac.compare_digest(credentials.credentials.encode(), static.get_secret_value().encode())
+    ):
         return
     current_principal(request, credentials)
 

@@ -17,7 +17,9 @@ class WorkSignal:
     def __init__(self) -> None:
         self.closed = False
         self._lock = threading.Lock()
-        self._waiters: dict[int, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = defaultdict(set)
+        self._waiters: dict[int, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = defaultdict(
+            set
+        )
 
     def register(self, tre_id: int) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]:
         """Register before looking for work, so a notify in between is not lost."""
@@ -37,7 +39,6 @@ class WorkSignal:
             entries = [e for tre_id in set(tre_ids) for e in self._waiters.get(tre_id, ())]
         for loop, future in entries:
             loop.call_soon_threadsafe(_resolve, future)
-
 
     def close(self) -> None:
         """Release every long-poll now (the server is stopping); later polls answer at once."""

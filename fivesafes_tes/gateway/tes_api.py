@@ -46,7 +46,12 @@ _NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such task visible
 _BAD = {400: ERROR_RESPONSES[400]}
 
 
-@router.get("/service-info", response_model=ServiceInfo, response_model_exclude_none=True, operation_id="GetServiceInfo")
+@router.get(
+    "/service-info",
+    response_model=ServiceInfo,
+    response_model_exclude_none=True,
+    operation_id="GetServiceInfo",
+)
 def get_service_info(request: Request) -> ServiceInfo:
     return request.app.state.ctx.service_info
 
@@ -60,10 +65,15 @@ def get_service_info_legacy(request: Request) -> dict:
 
 
 @router.post(
-    "/tasks", response_model=CreateTaskResponse, operation_id="CreateTask",
+    "/tasks",
+    response_model=CreateTaskResponse,
+    operation_id="CreateTask",
     responses={
         **_BAD,
-        403: {"model": ErrorResponse, "description": "Not a member of the project, or the project is not active."},
+        403: {
+            "model": ErrorResponse,
+            "description": "Not a member of the project, or the project is not active.",
+        },
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
     },
 )
@@ -76,7 +86,9 @@ async def create_task(
     return await run_in_threadpool(_create, request, body, credentials, idempotency_key)
 
 
-def _create(request: Request, body: TaskRequest, credentials, idempotency_key: str | None) -> CreateTaskResponse:  # type: ignore[no-untyped-def]
+def _create(
+    request: Request, body: TaskRequest, credentials, idempotency_key: str | None
+) -> CreateTaskResponse:  # type: ignore[no-untyped-def]
     ctx = request.app.state.ctx
     actor = actor_of(current_principal(request, credentials))
     submission.check_policy(body, ctx.policy)
@@ -87,7 +99,9 @@ def _create(request: Request, body: TaskRequest, credentials, idempotency_key: s
             target = resolve_target(session, actor.name, body.tags or {}, key[3])
         ctx.targets.put(key, target)
     with ctx.db.write() as session:
-        created = submission.create_task(session, actor, body, ctx.policy, target, idempotency_key=idempotency_key)
+        created = submission.create_task(
+            session, actor, body, ctx.policy, target, idempotency_key=idempotency_key
+        )
     ctx.signal.notify(created.tre_ids)
     if created.tre_ids:
         ctx.metrics.tasks_created.inc()
@@ -95,7 +109,10 @@ def _create(request: Request, body: TaskRequest, credentials, idempotency_key: s
 
 
 @router.get(
-    "/tasks", response_model=ListTasksResponse, response_model_exclude_none=True, operation_id="ListTasks",
+    "/tasks",
+    response_model=ListTasksResponse,
+    response_model_exclude_none=True,
+    operation_id="ListTasks",
     responses=_BAD,
 )
 def list_tasks(
@@ -115,10 +132,17 @@ def list_tasks(
 ) -> JSONResponse:
     keys, values = tag_key or [], tag_value or []
     if len(values) > len(keys):
-        raise submission.InvalidTask("tag_value given without a matching tag_key; pass them in pairs, by position")
+        raise submission.InvalidTask(
+            "tag_value given without a matching tag_key; pass them in pairs, by position"
+        )
     tags = [(k, values[i] if i < len(values) else "") for i, k in enumerate(keys)]
     query = submission.ListQuery(
-        name_prefix=name_prefix, state=state, tags=tags, page_size=page_size, page_token=page_token, view=view,
+        name_prefix=name_prefix,
+        state=state,
+        tags=tags,
+        page_size=page_size,
+        page_token=page_token,
+        view=view,
         results_url=_results_url(request),
     )
     with request.app.state.ctx.db.read() as session:
@@ -130,20 +154,31 @@ def list_tasks(
 
 
 @router.get(
-    "/tasks/{id:task_id}", response_model=Task, response_model_exclude_none=True, operation_id="GetTask",
+    "/tasks/{id:task_id}",
+    response_model=Task,
+    response_model_exclude_none=True,
+    operation_id="GetTask",
     responses={**_NOT_FOUND, **_BAD},
 )
-def get_task(request: Request, id: str, principal: CurrentPrincipal, view: View = View.MINIMAL) -> JSONResponse:
+def get_task(
+    request: Request, id: str, principal: CurrentPrincipal, view: View = View.MINIMAL
+) -> JSONResponse:
     with request.app.state.ctx.db.read() as session:
-        return JSONResponse(submission.get_task(session, actor_of(principal), id, view,
-                                                results_url=_results_url(request)))
+        return JSONResponse(
+            submission.get_task(session, actor_of(principal), id, view, results_url=_results_url(request))
+        )
 
 
 def _results_url(request: Request) -> str:
     return request.app.state.ctx.settings.public_url.rstrip("/") + "/api/v1/results"
 
 
-@router.post("/tasks/{id:task_id}:cancel", response_model=CancelTaskResponse, operation_id="CancelTask", responses=_NOT_FOUND)
+@router.post(
+    "/tasks/{id:task_id}:cancel",
+    response_model=CancelTaskResponse,
+    operation_id="CancelTask",
+    responses=_NOT_FOUND,
+)
 def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict:
     ctx = request.app.state.ctx
     with ctx.db.write() as session:

@@ -13,7 +13,9 @@ V = TypeVar("V")
 
 
 class TtlCache(Generic[V]):
-    def __init__(self, ttl_s: float, maxsize: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl_s: float, maxsize: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._ttl_s = ttl_s
         self._maxsize = maxsize
         self._clock = clock

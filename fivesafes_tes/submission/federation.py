@@ -100,8 +100,14 @@ def add_project(
     project = Project(name=name, title=title, starts_on=starts_on, ends_on=ends_on)
     session.add(project)
     session.flush()
-    audit.record(session, actor=actor, action="admin.project.add", object=f"project:{name}", outcome="ok",
-                 detail={"starts_on": str(starts_on or ""), "ends_on": str(ends_on or "")})
+    audit.record(
+        session,
+        actor=actor,
+        action="admin.project.add",
+        object=f"project:{name}",
+        outcome="ok",
+        detail={"starts_on": str(starts_on or ""), "ends_on": str(ends_on or "")},
+    )
     if tres:
         set_project_tres(session, actor, name, tres)
     return project
@@ -124,8 +130,14 @@ def update_project(
     if ends_on is not None:
         project.ends_on = ends_on
     _check_dates(project.starts_on, project.ends_on)
-    audit.record(session, actor=actor, action="admin.project.update", object=f"project:{name}", outcome="ok",
-                 detail={"starts_on": str(project.starts_on or ""), "ends_on": str(project.ends_on or "")})
+    audit.record(
+        session,
+        actor=actor,
+        action="admin.project.update",
+        object=f"project:{name}",
+        outcome="ok",
+        detail={"starts_on": str(project.starts_on or ""), "ends_on": str(project.ends_on or "")},
+    )
     return project
 
 
@@ -147,14 +159,22 @@ def set_project_tres(session: Session, actor: str, project_name: str, tre_names:
     session.execute(delete(ProjectTre).where(ProjectTre.project_id == project.id))
     session.add_all(ProjectTre(project_id=project.id, tre_id=t.id) for t in tres)
     session.flush()
-    audit.record(session, actor=actor, action="admin.project.tres", object=f"project:{project.name}",
-                 outcome="ok", detail={"tres": [t.name for t in tres]})
+    audit.record(
+        session,
+        actor=actor,
+        action="admin.project.tres",
+        object=f"project:{project.name}",
+        outcome="ok",
+        detail={"tres": [t.name for t in tres]},
+    )
 
 
 def project_tres(session: Session, project_id: int) -> list[Tre]:
     return list(
         session.scalars(
-            select(Tre).join(ProjectTre, ProjectTre.tre_id == Tre.id).where(ProjectTre.project_id == project_id)
+            select(Tre)
+            .join(ProjectTre, ProjectTre.tre_id == Tre.id)
+            .where(ProjectTre.project_id == project_id)
             .order_by(Tre.name)
         )
     )
@@ -166,20 +186,31 @@ def describe_projects(session: Session, names: list[str] | None = None) -> list[
         query = query.where(Project.name.in_(names))
     out = []
     for project in session.scalars(query):
-        members = list(session.scalars(select(Membership).where(Membership.project_id == project.id)
-                                       .order_by(Membership.username)))
-        out.append(ProjectView(
-            name=project.name, title=project.title, starts_on=project.starts_on, ends_on=project.ends_on,
-            tres=[t.name for t in project_tres(session, project.id)],
-            members=[m.username for m in members], default_for=[m.username for m in members if m.is_default],
-        ))
+        members = list(
+            session.scalars(
+                select(Membership).where(Membership.project_id == project.id).order_by(Membership.username)
+            )
+        )
+        out.append(
+            ProjectView(
+                name=project.name,
+                title=project.title,
+                starts_on=project.starts_on,
+                ends_on=project.ends_on,
+                tres=[t.name for t in project_tres(session, project.id)],
+                members=[m.username for m in members],
+                default_for=[m.username for m in members if m.is_default],
+            )
+        )
     return out
 
 
 # --- members ----------------------------------------------------------------------------------
 
 
-def add_member(session: Session, actor: str, project_name: str, username: str, *, default: bool = False) -> None:
+def add_member(
+    session: Session, actor: str, project_name: str, username: str, *, default: bool = False
+) -> None:
     project = project_by_name(session, project_name)
     if not username or len(username) > 255:
         raise InvalidRequest("username must be 1-255 characters (the token's preferred_username)")
@@ -192,8 +223,14 @@ def add_member(session: Session, actor: str, project_name: str, username: str, *
             other.is_default = False
         member.is_default = True
     session.flush()
-    audit.record(session, actor=actor, action="admin.member.add", object=f"project:{project.name}",
-                 outcome="ok", detail={"username": username, "default": default})
+    audit.record(
+        session,
+        actor=actor,
+        action="admin.member.add",
+        object=f"project:{project.name}",
+        outcome="ok",
+        detail={"username": username, "default": default},
+    )
 
 
 def remove_member(session: Session, actor: str, project_name: str, username: str) -> None:
@@ -202,8 +239,14 @@ def remove_member(session: Session, actor: str, project_name: str, username: str
     if member is None:
         raise NotFound(f"{username!r} is not a member of project {project.name!r}")
     session.delete(member)
-    audit.record(session, actor=actor, action="admin.member.remove", object=f"project:{project.name}",
-                 outcome="ok", detail={"username": username})
+    audit.record(
+        session,
+        actor=actor,
+        action="admin.member.remove",
+        object=f"project:{project.name}",
+        outcome="ok",
+        detail={"username": username},
+    )
 
 
 # --- where a task goes ------------------------------------------------------------------------
@@ -243,7 +286,9 @@ def resolve_target(session: Session, username: str, tags: dict[str, str | None],
     if project.starts_on and today < project.starts_on:
         raise Forbidden(f"project {project.name!r} starts on {project.starts_on}; submit from then on")
     if project.ends_on and today > project.ends_on:
-        raise Forbidden(f"project {project.name!r} ended on {project.ends_on}; ask a federation admin to extend it")
+        raise Forbidden(
+            f"project {project.name!r} ended on {project.ends_on}; ask a federation admin to extend it"
+        )
     available = project_tres(session, project.id)
     if not available:
         raise InvalidRequest(f"project {project.name!r} has no TREs assigned yet; ask a federation admin")
@@ -263,7 +308,9 @@ def resolve_target(session: Session, username: str, tags: dict[str, str | None],
 def _names(session: Session, memberships: dict[int, Membership]) -> str:
     if not memberships:
         return ""
-    return ", ".join(session.scalars(select(Project.name).where(Project.id.in_(memberships)).order_by(Project.name)))
+    return ", ".join(
+        session.scalars(select(Project.name).where(Project.id.in_(memberships)).order_by(Project.name))
+    )
 
 
 # --- decisions reported by TREs ---------------------------------------------------------------

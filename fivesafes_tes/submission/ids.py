@@ -53,7 +53,9 @@ def decode_page_token(token: str) -> str:
     try:
         value = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadPageToken("page_token is not one this server issued; pass next_page_token unchanged") from None
+        raise BadPageToken(
+            "page_token is not one this server issued; pass next_page_token unchanged"
+        ) from None
     if not is_task_id(value):
         raise BadPageToken("page_token is not one this server issued; pass next_page_token unchanged")
     return value

@@ -115,12 +115,26 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
             .join(User, User.id == Task.owner_id)
             .where(Task.id == child.task_id)
         ).one()
-        audit.record(session, actor=f"agent:{tre.name}", action="child.lease", object=f"child:{child.id}",
-                     outcome="ok", detail={"attempt": child.attempt, "task": child.task_id})
-        grants.append(Grant(
-            child_id=child.id, task_id=child.task_id, attempt=child.attempt, stage=child.stage,
-            lease_expires_at=expires, project=project, user=owner, task=dict(task.document),
-        ))
+        audit.record(
+            session,
+            actor=f"agent:{tre.name}",
+            action="child.lease",
+            object=f"child:{child.id}",
+            outcome="ok",
+            detail={"attempt": child.attempt, "task": child.task_id},
+        )
+        grants.append(
+            Grant(
+                child_id=child.id,
+                task_id=child.task_id,
+                attempt=child.attempt,
+                stage=child.stage,
+                lease_expires_at=expires,
+                project=project,
+                user=owner,
+                task=dict(task.document),
+            )
+        )
     return grants
 
 
@@ -226,8 +240,14 @@ def record_event(
         else:
             child.lease_expires_at = now + timedelta(seconds=ttl_s)
         refresh_parent(session, task, paused_for_review=paused_for_review)
-        audit.record(session, actor=f"agent:{tre.name}", action="child.stage", object=f"child:{child_id}",
-                     outcome=stage.value, detail={"from": current.value, "attempt": attempt, "seq": seq})
+        audit.record(
+            session,
+            actor=f"agent:{tre.name}",
+            action="child.stage",
+            object=f"child:{child_id}",
+            outcome=stage.value,
+            detail={"from": current.value, "attempt": attempt, "seq": seq},
+        )
     return EventResult(stage=child.stage, applied=True)
 
 
@@ -251,36 +271,62 @@ def _child(session: Session, tre: Tre, child_id: str, *, for_update: bool = Fals
 
 def sync(session: Session, tre: Tre) -> list[dict[str, Any]]:
     """The projects assigned to this TRE, with their dates and members: what its admins decide on."""
-    names = list(session.scalars(
-        select(Project.name).join(ProjectTre, ProjectTre.project_id == Project.id).where(ProjectTre.tre_id == tre.id)
-    ))
+    names = list(
+        session.scalars(
+            select(Project.name)
+            .join(ProjectTre, ProjectTre.project_id == Project.id)
+            .where(ProjectTre.tre_id == tre.id)
+        )
+    )
     return [
-        {"name": p.name, "title": p.title, "starts_on": p.starts_on and p.starts_on.isoformat(),
-         "ends_on": p.ends_on and p.ends_on.isoformat(), "members": p.members}
+        {
+            "name": p.name,
+            "title": p.title,
+            "starts_on": p.starts_on and p.starts_on.isoformat(),
+            "ends_on": p.ends_on and p.ends_on.isoformat(),
+            "members": p.members,
+        }
         for p in describe_projects(session, names)
     ]
 
 
 def record_decisions(session: Session, tre: Tre, decisions: list[Decision]) -> int:
     """Store what this TRE's admins decided, for display at the gateway. Returns how many changed."""
-    assigned = dict(session.execute(
-        select(Project.name, Project.id).join(ProjectTre, ProjectTre.project_id == Project.id)
-        .where(ProjectTre.tre_id == tre.id)
-    ).all())
+    assigned = dict(
+        session.execute(
+            select(Project.name, Project.id)
+            .join(ProjectTre, ProjectTre.project_id == Project.id)
+            .where(ProjectTre.tre_id == tre.id)
+        ).all()
+    )
     changed = 0
     for d in decisions:
         project_id = assigned.get(d.project)
         if project_id is None:
             raise UnknownChild(f"project {d.project!r} is not assigned to TRE {tre.name}")
         row = session.get(TreDecision, (tre.id, project_id, d.username))
-        if row is not None and (row.decision, row.reason, row.decided_by) == (d.decision, d.reason, d.decided_by):
+        if row is not None and (row.decision, row.reason, row.decided_by) == (
+            d.decision,
+            d.reason,
+            d.decided_by,
+        ):
             continue
         if row is None:
             row = TreDecision(tre_id=tre.id, project_id=project_id, username=d.username)
             session.add(row)
-        row.decision, row.reason, row.decided_by, row.decided_at = d.decision, d.reason, d.decided_by, d.decided_at
+        row.decision, row.reason, row.decided_by, row.decided_at = (
+            d.decision,
+            d.reason,
+            d.decided_by,
+            d.decided_at,
+        )
         changed += 1
-        audit.record(session, actor=f"agent:{tre.name}", action="tre.decision",
-                     object=f"project:{d.project}" + (f"/user:{d.username}" if d.username else ""),
-                     outcome=d.decision, detail={"decided_by": d.decided_by})
+        audit.record(
+            session,
+            actor=f"agent:{tre.name}",
+            action="tre.decision",
+            object=f"project:{d.project}" + (f"/user:{d.username}" if d.username else ""),
+            outcome=d.decision,
+            detail={"decided_by": d.decided_by},
+        )
     return changed

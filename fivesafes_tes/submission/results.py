@@ -34,35 +34,59 @@ def expect_upload(session: Session, tre: Tre, child_id: str) -> Child:
     """The child a TRE wants to release into: its own, and still waiting for review."""
     child = _child(session, tre, child_id)
     if child.stage != Stage.AWAITING_REVIEW.value:
-        raise IllegalTransition(f"child {child_id} is {child.stage}; only outputs awaiting review are released")
+        raise IllegalTransition(
+            f"child {child_id} is {child.stage}; only outputs awaiting review are released"
+        )
     return child
 
 
-def accept(session: Session, tre: Tre, child: Child, incoming: Incoming, key: str) -> tuple[ReleasedFile, bool]:
+def accept(
+    session: Session, tre: Tre, child: Child, incoming: Incoming, key: str
+) -> tuple[ReleasedFile, bool]:
     """Record a verified, stored file; a repeat of the same file is a no-op (returns created=False)."""
-    existing = session.scalar(select(ReleasedFile).where(ReleasedFile.child_id == child.id,
-                                                         ReleasedFile.name == incoming.name))
+    existing = session.scalar(
+        select(ReleasedFile).where(ReleasedFile.child_id == child.id, ReleasedFile.name == incoming.name)
+    )
     if existing is not None:
         if existing.sha256 != incoming.sha256:
             raise ReleaseConflict(f"{incoming.name} was already released with different content")
         return existing, False
-    row = ReleasedFile(task_id=child.task_id, child_id=child.id, name=incoming.name, kind=incoming.kind,
-                       step=incoming.step, size=incoming.size, sha256=incoming.sha256, key=key)
+    row = ReleasedFile(
+        task_id=child.task_id,
+        child_id=child.id,
+        name=incoming.name,
+        kind=incoming.kind,
+        step=incoming.step,
+        size=incoming.size,
+        sha256=incoming.sha256,
+        key=key,
+    )
     session.add(row)
     session.flush()
-    audit.record(session, actor=f"agent:{tre.name}", action="release.file", object=f"child:{child.id}",
-                 outcome="stored", detail={"name": incoming.name, "sha256": incoming.sha256, "size": incoming.size})
+    audit.record(
+        session,
+        actor=f"agent:{tre.name}",
+        action="release.file",
+        object=f"child:{child.id}",
+        outcome="stored",
+        detail={"name": incoming.name, "sha256": incoming.sha256, "size": incoming.size},
+    )
     return row, True
 
 
 def check_disclosure(session: Session, child: Child, disclosure: dict[str, Any]) -> None:
     """Before a child may end released: every file its disclosure record approves has arrived, intact."""
-    stored = {f.name: f.sha256 for f in session.scalars(select(ReleasedFile).where(ReleasedFile.child_id == child.id))}
+    stored = {
+        f.name: f.sha256
+        for f in session.scalars(select(ReleasedFile).where(ReleasedFile.child_id == child.id))
+    }
     for entry in disclosure.get("files", []):
         if entry.get("decision") != "approved":
             continue
         if stored.get(entry.get("name")) != entry.get("sha256"):
-            raise IllegalTransition(f"{entry.get('name')} is approved but has not arrived intact; upload it first")
+            raise IllegalTransition(
+                f"{entry.get('name')} is approved but has not arrived intact; upload it first"
+            )
 
 
 # A file is the researcher's only once its child has ended with a release; before that the TRE's
@@ -76,15 +100,20 @@ def released_files(session: Session, task_ids: list[str]) -> dict[str, list[tupl
     if not task_ids:
         return out
     rows = session.execute(
-        select(ReleasedFile, Tre.name).join(Child, Child.id == ReleasedFile.child_id).join(Tre, Tre.id == Child.tre_id)
-        .where(ReleasedFile.task_id.in_(task_ids), Child.stage.in_(VISIBLE_AFTER)).order_by(Tre.name, ReleasedFile.id)
+        select(ReleasedFile, Tre.name)
+        .join(Child, Child.id == ReleasedFile.child_id)
+        .join(Tre, Tre.id == Child.tre_id)
+        .where(ReleasedFile.task_id.in_(task_ids), Child.stage.in_(VISIBLE_AFTER))
+        .order_by(Tre.name, ReleasedFile.id)
     )
     for released, tre in rows:
         out.setdefault(released.task_id, []).append((released, tre))
     return out
 
 
-def destinations(task_document: dict[str, Any], released: list[ReleasedFile], buckets: set[str]) -> dict[str, str]:
+def destinations(
+    task_document: dict[str, Any], released: list[ReleasedFile], buckets: set[str]
+) -> dict[str, str]:
     """Where each released output goes besides the results store: name -> s3:// url, for outputs whose
     TES `url` names a bucket this gateway may write to. Wildcard outputs keep their path under
     `path_prefix`, appended to the output's url."""
@@ -104,7 +133,11 @@ def destinations(task_document: dict[str, Any], released: list[ReleasedFile], bu
                 prefix = spec.get("path_prefix") or posixpath.dirname(path)
                 out[file.name] = url.rstrip("/") + "/" + posixpath.relpath(file.name, prefix)
                 break
-            if file.name == path or (spec.get("type") == "DIRECTORY" and file.name.startswith(path.rstrip("/") + "/")):
-                out[file.name] = url if file.name == path else url.rstrip("/") + file.name[len(path.rstrip("/")):]
+            if file.name == path or (
+                spec.get("type") == "DIRECTORY" and file.name.startswith(path.rstrip("/") + "/")
+            ):
+                out[file.name] = (
+                    url if file.name == path else url.rstrip("/") + file.name[len(path.rstrip("/")) :]
+                )
                 break
     return out

@@ -36,8 +36,11 @@ class Task(Base):
         Index("ix_tasks_project_id_state_id", "project_id", "state", "id"),
         # Tasks stored before projects existed, visible to their owner only: a small partial index.
         Index(
-            "ix_tasks_unprojected_owner_id_id", "owner_id", "id",
-            sqlite_where=text("project_id IS NULL"), postgresql_where=text("project_id IS NULL"),
+            "ix_tasks_unprojected_owner_id_id",
+            "owner_id",
+            "id",
+            sqlite_where=text("project_id IS NULL"),
+            postgresql_where=text("project_id IS NULL"),
         ),
     )
 
@@ -171,7 +174,9 @@ class ChildEvent(Base):
 
     __tablename__ = "child_events"
 
-    child_id: Mapped[str] = mapped_column(ForeignKey("task_children.id", ondelete="CASCADE"), primary_key=True)
+    child_id: Mapped[str] = mapped_column(
+        ForeignKey("task_children.id", ondelete="CASCADE"), primary_key=True
+    )
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     stage: Mapped[str] = mapped_column(String(32))

@@ -86,7 +86,9 @@ class Page:
 
 def request_fingerprint(request: TaskRequest) -> str:
     """SHA-256 of the task's canonical JSON: the same task sent twice hashes the same."""
-    canonical = json.dumps(request.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        request.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -112,7 +114,9 @@ def apply_backend_parameters(request: TaskRequest, supported: set[str]) -> list[
     resources.backend_parameters = {
         k: v for k, v in resources.backend_parameters.items() if k.lower() in lowered
     }
-    return [f"backend_parameters key {k!r} is not supported by this server and was ignored" for k in unsupported]
+    return [
+        f"backend_parameters key {k!r} is not supported by this server and was ignored" for k in unsupported
+    ]
 
 
 def target_key(actor: Actor, request: TaskRequest, today: date) -> tuple[str, str, str, date]:
@@ -142,14 +146,29 @@ def create_task(
     now = utcnow()
     rows = {
         "task": {
-            "id": task_id, "owner_id": actor.user_id, "project_id": target.project.id, "name": request.name,
-            "state": State.QUEUED.value, "created_at": now, "updated_at": now, "system_logs": warnings,
+            "id": task_id,
+            "owner_id": actor.user_id,
+            "project_id": target.project.id,
+            "name": request.name,
+            "state": State.QUEUED.value,
+            "created_at": now,
+            "updated_at": now,
+            "system_logs": warnings,
             "document": request.model_dump(mode="json", exclude_none=True, exclude={"tags"}),
         },
         "tags": [{"task_id": task_id, "key": k, "value": v or ""} for k, v in (request.tags or {}).items()],
         "children": [
-            {"id": new_task_id(), "task_id": task_id, "tre_id": tre.id, "stage": Stage.RECEIVED.value,
-             "attempt": 0, "cancel_acknowledged": False, "updated_at": now, "system_logs": [], "report": {}}
+            {
+                "id": new_task_id(),
+                "task_id": task_id,
+                "tre_id": tre.id,
+                "stage": Stage.RECEIVED.value,
+                "attempt": 0,
+                "cancel_acknowledged": False,
+                "updated_at": now,
+                "system_logs": [],
+                "report": {},
+            }
             for tre in target.tres
         ],
     }
@@ -159,10 +178,15 @@ def create_task(
         try:
             with session.begin_nested():
                 _insert(session, rows)
-                session.execute(IdempotencyKey.__table__.insert().values(
-                    owner_id=actor.user_id, key=idempotency_key, body_sha256=fingerprint, task_id=task_id,
-                    created_at=now,
-                ))
+                session.execute(
+                    IdempotencyKey.__table__.insert().values(
+                        owner_id=actor.user_id,
+                        key=idempotency_key,
+                        body_sha256=fingerprint,
+                        task_id=task_id,
+                        created_at=now,
+                    )
+                )
         except IntegrityError:
             # Another request with the same Idempotency-Key committed first.
             existing = _replayed(session, actor, idempotency_key, fingerprint)
@@ -170,7 +194,11 @@ def create_task(
                 raise
             return Created(existing, [])
     audit.record(
-        session, actor=actor.name, action="task.create", object=f"task:{task_id}", outcome="ok",
+        session,
+        actor=actor.name,
+        action="task.create",
+        object=f"task:{task_id}",
+        outcome="ok",
         detail={"project": target.project.name, "tres": [t.name for t in target.tres]},
     )
     return Created(task_id, [t.id for t in target.tres])
@@ -275,9 +303,9 @@ def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
     # sort every visible row; each scope alone is a backward walk of one index, stopping at the page.
     fetch = session.execute if minimal else session.scalars
     per_scope = [list(fetch(stmt.where(scope))) for scope in _scopes(session, actor)]  # type: ignore[operator]
-    rows: list[Any] = list(itertools.islice(
-        heapq.merge(*per_scope, key=lambda r: r.id, reverse=True), query.page_size + 1
-    ))
+    rows: list[Any] = list(
+        itertools.islice(heapq.merge(*per_scope, key=lambda r: r.id, reverse=True), query.page_size + 1)
+    )
     more = len(rows) > query.page_size
     rows = rows[: query.page_size]
     if minimal:
@@ -325,7 +353,9 @@ def _children_of(session: Session, task_ids: list[str]) -> dict[str, list[tuple[
     if not task_ids:
         return out
     rows = session.execute(
-        select(Child, Tre.name).join(Tre, Tre.id == Child.tre_id).where(Child.task_id.in_(task_ids))
+        select(Child, Tre.name)
+        .join(Tre, Tre.id == Child.tre_id)
+        .where(Child.task_id.in_(task_ids))
         .order_by(Tre.name)
     )
     for child, tre in rows:
@@ -338,21 +368,32 @@ def _documents(session: Session, tasks: list[Task], results_url: str) -> list[di
     from fivesafes_tes.submission.results import released_files
 
     ids = [t.id for t in tasks]
-    tags, children, released = _tags_of(session, ids), _children_of(session, ids), released_files(session, ids)
-    return [_full_document(t, tags.get(t.id, {}), children.get(t.id, []), released.get(t.id, []), results_url)
-            for t in tasks]
+    tags, children, released = (
+        _tags_of(session, ids),
+        _children_of(session, ids),
+        released_files(session, ids),
+    )
+    return [
+        _full_document(t, tags.get(t.id, {}), children.get(t.id, []), released.get(t.id, []), results_url)
+        for t in tasks
+    ]
 
 
-def _full_document(task: Task, tags: dict[str, str], children: list[tuple[Child, str]],
-                   released: list[Any], results_url: str) -> dict[str, Any]:
+def _full_document(
+    task: Task, tags: dict[str, str], children: list[tuple[Child, str]], released: list[Any], results_url: str
+) -> dict[str, Any]:
     doc: dict[str, Any] = {"id": task.id, "state": task.state, **task.document}
     doc["tags"] = tags
     doc["creation_time"] = _rfc3339(task.created_at)
     if children:
-        doc["logs"] = [_child_log(task, child, tre, [f for f, _ in released if f.child_id == child.id], results_url)
-                       for child, tre in children]
+        doc["logs"] = [
+            _child_log(task, child, tre, [f for f, _ in released if f.child_id == child.id], results_url)
+            for child, tre in children
+        ]
     else:
-        doc["logs"] = [{"logs": [], "outputs": [], "system_logs": list(task.system_logs)}] if task.system_logs else []
+        doc["logs"] = (
+            [{"logs": [], "outputs": [], "system_logs": list(task.system_logs)}] if task.system_logs else []
+        )
     return doc
 
 
@@ -373,9 +414,13 @@ def _child_log(task: Task, child: Child, tre: str, released: list[Any], results_
     log: dict[str, Any] = {
         "logs": executor_logs,
         "outputs": [
-            {"url": child.report.get("delivered", {}).get(f.name, f"{results_url}/{f.id}"), "path": f.name,
-             "size_bytes": str(f.size)}
-            for f in released if f.kind == "output"
+            {
+                "url": child.report.get("delivered", {}).get(f.name, f"{results_url}/{f.id}"),
+                "path": f.name,
+                "size_bytes": str(f.size),
+            }
+            for f in released
+            if f.kind == "output"
         ],
         "metadata": {"tre": tre, "stage": child.stage, "attempt": str(child.attempt)},
         "system_logs": [*task.system_logs, *child.system_logs],

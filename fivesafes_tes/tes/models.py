@@ -58,7 +58,9 @@ class _Model(BaseModel):
 
 def _absolute(value: str | None, what: str) -> str | None:
     if value is not None and not value.startswith("/"):
-        raise ValueError(f"{what} must be an absolute path inside the container (start with '/'), got {value!r}")
+        raise ValueError(
+            f"{what} must be an absolute path inside the container (start with '/'), got {value!r}"
+        )
     return value
 
 
@@ -128,7 +130,10 @@ class OutputRequest(Output):
     model_config = ConfigDict(
         json_schema_extra={
             "if": {"properties": {"path": {"type": "string", "pattern": r"[*?\[]"}}, "required": ["path"]},
-            "then": {"required": ["path_prefix"], "properties": {"path_prefix": {"type": "string", "minLength": 1}}},
+            "then": {
+                "required": ["path_prefix"],
+                "properties": {"path_prefix": {"type": "string", "minLength": 1}},
+            },
         }
     )
 

@@ -15,8 +15,12 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index(
-        "ix_tasks_unprojected_owner_id_id", "tasks", ["owner_id", "id"], unique=False,
-        sqlite_where=sa.text("project_id IS NULL"), postgresql_where=sa.text("project_id IS NULL"),
+        "ix_tasks_unprojected_owner_id_id",
+        "tasks",
+        ["owner_id", "id"],
+        unique=False,
+        sqlite_where=sa.text("project_id IS NULL"),
+        postgresql_where=sa.text("project_id IS NULL"),
     )
 
 
