@@ -1,0 +1,111 @@
+"""Staging at the TRE: what a task may ask for, the mounts it gets, and which files are collected as
+its outputs (plain, directory and wildcard outputs with path_prefix)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fivesafes_tes.agent.policy import Dataset, TrePolicy
+from fivesafes_tes.agent.staging import StagingRefused, collect, prepare
+
+IMAGE = "registry.tre.example/stats:1"
+
+
+def policy(tmp_path) -> TrePolicy:  # type: ignore[no-untyped-def]
+    data = tmp_path / "omop"
+    data.mkdir()
+    return TrePolicy(
+        allowed_images=["registry.tre.example/*"],
+        datasets={"omop": Dataset(path=data)},
+        grants={"alpha": ["omop"]},
+        max_cpu_cores=2,
+        max_ram_gb=1,
+    )
+
+
+def task(**extra):  # type: ignore[no-untyped-def]
+    return {"executors": [{"image": IMAGE, "command": ["run"]}], **extra}
+
+
+def stage(tmp_path, t, project="alpha"):  # type: ignore[no-untyped-def]
+    return prepare(
+        t,
+        child_id="c1",
+        attempt=1,
+        tre="uk-tre",
+        project=project,
+        policy=policy(tmp_path),
+        root=tmp_path / "work",
+        run_as="65534:65534",
+    )
+
+
+def test_outputs_of_every_kind_are_collected_by_their_container_paths(tmp_path):
+    spec = stage(
+        tmp_path,
+        task(
+            inputs=[{"path": "/in/script.R", "content": "print(1)"}],
+            outputs=[
+                {"path": "/out/table.csv", "url": "s3://r/table.csv"},
+                {"path": "/out/plots/*.png", "path_prefix": "/out/plots", "url": "s3://r/plots/"},
+                {"path": "/out/report", "type": "DIRECTORY", "url": "s3://r/report/"},
+            ],
+            resources={"cpu_cores": 8, "ram_gb": 0.5},
+        ),
+    )
+    rw = {m.target: m.source for m in spec.mounts if not m.read_only}
+    ro = {m.target: m.source for m in spec.mounts if m.read_only}
+    assert set(rw) == {"/out", "/out/plots", "/out/report"}
+    assert set(ro) == {"/data/omop", "/in/script.R"} and ro["/in/script.R"].read_text() == "print(1)"
+    assert spec.limits.cpu_cores == 2 and spec.limits.memory_bytes == 1 << 29  # min(request, TRE maximum)
+    (rw["/out"] / "table.csv").write_text("n\n12\n")
+    (rw["/out"] / "scratch.tmp").write_text("not an output")
+    (rw["/out/plots"] / "a.png").write_bytes(b"png")
+    (rw["/out/plots"] / "notes.txt").write_text("not matched")
+    (rw["/out/report"] / "sub").mkdir()
+    (rw["/out/report"] / "sub" / "index.html").write_text("<p>")
+    (rw["/out/report"] / "link").symlink_to("/etc/passwd")  # never followed, never held
+    (spec.logs_dir / "step-0.stdout").write_text("ok")
+    held = {
+        (f.kind, f.container_path or f"step-{f.step}")
+        for f in collect(
+            task(
+                outputs=[
+                    {"path": "/out/table.csv", "url": "s3://r/table.csv"},
+                    {"path": "/out/plots/*.png", "path_prefix": "/out/plots", "url": "s3://r/plots/"},
+                    {"path": "/out/report", "type": "DIRECTORY", "url": "s3://r/report/"},
+                ]
+            ),
+            spec,
+            steps_run=1,
+        )
+    }
+    assert held == {
+        ("output", "/out/table.csv"),
+        ("output", "/out/plots/a.png"),
+        ("output", "/out/report/sub/index.html"),
+        ("stdout", "step-0"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("t", "words"),
+    [
+        (task(executors=[{"image": "docker.io/evil:1", "command": ["x"]}]), "does not allow image"),
+        (task(inputs=[{"path": "/in/x", "url": "https://example.org/x"}]), "stages only literal content"),
+        (
+            task(executors=[{"image": IMAGE, "command": ["x"], "env": {"AWS_SECRET_ACCESS_KEY": "x"}}]),
+            "reserved",
+        ),
+        (task(outputs=[{"path": "/data/omop/x.csv", "url": "s3://r/x"}]), "mounts datasets"),
+        (task(outputs=[{"path": "/out/../etc/x", "url": "s3://r/x"}]), "without '..'"),
+    ],
+)
+def test_what_the_tre_does_not_allow_is_refused_with_a_reason(tmp_path, t, words):
+    with pytest.raises(StagingRefused, match=words):
+        stage(tmp_path, t)
+
+
+def test_a_project_without_a_grant_sees_no_dataset(tmp_path):
+    spec = stage(tmp_path, task(), project="beta")
+    assert all(not m.target.startswith("/data") for m in spec.mounts)
