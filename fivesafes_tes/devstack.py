@@ -165,6 +165,7 @@ def start(
 def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
     """For each TRE: its dataset, policy, airlock bucket, agent (synced, demo approvals made) and threads."""
     from fivesafes_tes.agent import approvals
+    from fivesafes_tes.agent.client import GatewayClient
     from fivesafes_tes.agent.loop import Agent
     from fivesafes_tes.agent.policy import Dataset, TrePolicy
     from fivesafes_tes.egress.store import ObjectStore
@@ -204,8 +205,6 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
             sync_s=5,
             tick_s=0.2,
         )
-        from fivesafes_tes.agent.client import GatewayClient
-
         agent = Agent(
             settings,
             client=GatewayClient(stack.url, lambda token=token: token),

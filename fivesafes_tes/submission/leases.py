@@ -103,18 +103,26 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+    children = list(session.scalars(query))
+    if not children:
+        return []
+    # What each grant carries, for the whole batch in one query (not one per child).
+    about = {
+        row.id: row
+        for row in session.execute(
+            select(Task.id, Task.document, Project.name.label("project"), User.username)
+            .join(Project, Project.id == Task.project_id)
+            .join(User, User.id == Task.owner_id)
+            .where(Task.id.in_({c.task_id for c in children}))
+        )
+    }
     grants = []
-    for child in session.scalars(query):
+    for child in children:
         child.attempt += 1
         child.lease_expires_at = expires
         if child.stage == Stage.RECEIVED.value:
             child.stage = Stage.LEASED.value  # received and leased both read QUEUED: the parent is unchanged
-        task, project, owner = session.execute(
-            select(Task, Project.name, User.username)
-            .join(Project, Project.id == Task.project_id)
-            .join(User, User.id == Task.owner_id)
-            .where(Task.id == child.task_id)
-        ).one()
+        task = about[child.task_id]
         audit.record(
             session,
             actor=f"agent:{tre.name}",
@@ -130,8 +138,8 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
                 attempt=child.attempt,
                 stage=child.stage,
                 lease_expires_at=expires,
-                project=project,
-                user=owner,
+                project=task.project,
+                user=task.username,
                 task=dict(task.document),
             )
         )
@@ -152,7 +160,7 @@ def pending_cancellations(session: Session, tre: Tre) -> list[Cancellation]:
 
 
 def acknowledge_cancel(session: Session, tre: Tre, child_id: str) -> None:
-    child = _child(session, tre, child_id)
+    child = child_in_tre(session, tre, child_id)
     child.cancel_acknowledged = True
 
 
@@ -202,9 +210,9 @@ def record_event(
     of sibling children take turns and each derives the parent's state from its siblings' latest
     stages: without the lock, under READ COMMITTED the last writer could store a stale state.
     """
-    task_id = _child(session, tre, child_id).task_id
+    task_id = child_in_tre(session, tre, child_id).task_id
     task = session.scalars(select(Task).where(Task.id == task_id).with_for_update()).one()
-    child = _child(session, tre, child_id, for_update=True)
+    child = child_in_tre(session, tre, child_id, for_update=True)
     session.refresh(child)  # what was committed before we held the lock
     if session.get(ChildEvent, (child_id, attempt, seq)) is not None:
         return EventResult(stage=child.stage, applied=False)
@@ -259,7 +267,7 @@ def refresh_parent(session: Session, task: Task, *, paused_for_review: bool = Fa
     task.state = derive_parent_state(stages, paused_for_review=paused_for_review).value
 
 
-def _child(session: Session, tre: Tre, child_id: str, *, for_update: bool = False) -> Child:
+def child_in_tre(session: Session, tre: Tre, child_id: str, *, for_update: bool = False) -> Child:
     query = select(Child).where(Child.id == child_id, Child.tre_id == tre.id)
     if for_update:
         query = query.with_for_update()

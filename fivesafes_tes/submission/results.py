@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
-from fivesafes_tes.submission.leases import IllegalTransition, _child
+from fivesafes_tes.submission.leases import IllegalTransition, child_in_tre
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
 
@@ -32,7 +32,7 @@ class Incoming:
 
 def expect_upload(session: Session, tre: Tre, child_id: str) -> Child:
     """The child a TRE wants to release into: its own, and still waiting for review."""
-    child = _child(session, tre, child_id)
+    child = child_in_tre(session, tre, child_id)
     if child.stage != Stage.AWAITING_REVIEW.value:
         raise IllegalTransition(
             f"child {child_id} is {child.stage}; only outputs awaiting review are released"

@@ -248,12 +248,17 @@ def _scopes(session: Session, actor: Actor) -> list[Any]:
     ]
 
 
-def _visible(session: Session, actor: Actor):  # type: ignore[no-untyped-def]
-    return or_(*_scopes(session, actor))
+def _visible(actor: Actor):  # type: ignore[no-untyped-def]
+    """The same scopes as one condition with a membership subquery: a single round trip for looking up
+    one task by id, which every TES status poll does."""
+    return or_(
+        Task.project_id.in_(select(Membership.project_id).where(Membership.username == actor.name)),
+        and_(Task.project_id.is_(None), Task.owner_id == actor.user_id),
+    )
 
 
 def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = False) -> Task:
-    query = select(Task).where(Task.id == task_id, _visible(session, actor))
+    query = select(Task).where(Task.id == task_id, _visible(actor))
     if for_update:
         query = query.with_for_update()
     task = session.scalars(query).one_or_none()
@@ -272,7 +277,7 @@ def get_task(
 ) -> dict[str, Any]:
     if view is View.MINIMAL:
         row = session.execute(
-            select(Task.id, Task.state).where(Task.id == task_id, _visible(session, actor))
+            select(Task.id, Task.state).where(Task.id == task_id, _visible(actor))
         ).one_or_none()
         if row is None:
             raise TaskNotFound(task_id)
