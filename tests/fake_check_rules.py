@@ -134,3 +134,14 @@ class ReadsParquet(_Fake):
 
         table = pq.read_table(file.path)
         return self.result(Verdict.PASS, Finding(Verdict.PASS, f"{self.name}: {table.num_rows} rows"))
+
+
+class Threads(_Fake):
+    """Passes, saying how many threads a rule may use in its check process."""
+
+    name = "fake_threads"
+
+    def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
+        from fivesafes_tes.egress.checks._parallel import threads
+
+        return self.result(Verdict.PASS, Finding(Verdict.PASS, f"threads={threads()}"))

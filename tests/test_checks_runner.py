@@ -29,6 +29,7 @@ FAKES = {
     "fake_sys_exit": "SysExit",
     "fake_memory": "MemoryHog",
     "fake_parquet": "ReadsParquet",
+    "fake_threads": "Threads",
 }
 
 
@@ -321,3 +322,11 @@ def test_rule_and_load_rule():
         checks.rule("nosuch")
     with pytest.raises(ValueError, match="not 'module:Class'"):
         checks.load_rule("no-colon")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_check_process_uses_the_threads_the_tre_allows(tmp_path: Path, threads: int) -> None:
+    [report] = run_checks(
+        [text_file(tmp_path, "a.txt", "x")], config("fake_threads", threads=threads), "alpha"
+    )
+    assert [f.message for f in report.results[0].findings] == [f"threads={threads}"]

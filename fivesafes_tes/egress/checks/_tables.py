@@ -25,6 +25,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from fivesafes_tes.egress.checks._parallel import ordered, threads
 from fivesafes_tes.egress.checks.base import Finding, HeldFile, Verdict
 
 CSV, TSV, PARQUET, JSON = "csv", "tsv", "parquet", "json"
@@ -42,6 +43,7 @@ _DELIMITERS = (",", "\t", ";", "|")
 _SAMPLE_BYTES = 64 * 1024
 _MAX_HEADER_BYTES = 1 << 20
 _CSV_BLOCK_BYTES = 1 << 20  # the parse unit and longest row; Arrow holds ~36 in read-ahead
+_SEGMENT_BYTES = 8 << 20  # what one thread parses at a time, quote-free text only
 _PARQUET_BATCH_ROWS = 65_536
 _JSON_BATCH_ROWS = 8_192
 _JSON_MAX_RECORD_CHARS = 16 << 20
@@ -164,29 +166,12 @@ def _open_delimited(path: Path, fmt: str) -> Table:
         wanted = [i for i, name in enumerate(header) if select is None or select(name)]
         if not wanted:
             return
-        try:
-            stream = pa_csv.open_csv(
-                path,
-                read_options=pa_csv.ReadOptions(
-                    column_names=internal, skip_rows=1, block_size=_CSV_BLOCK_BYTES
-                ),
-                parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                convert_options=pa_csv.ConvertOptions(
-                    column_types=dict.fromkeys(internal, pa.string()),
-                    include_columns=[internal[i] for i in wanted],
-                    strings_can_be_null=True,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
-        except pa.ArrowInvalid as exc:
-            if "Empty CSV file" in str(exc):
-                return
-            raise UnreadableTable(_csv_problem(exc, 0, fmt)) from None
         names = [header[i] for i in wanted]
+        batches = _delimited_batches(path, delimiter, internal, [internal[i] for i in wanted])
         rows = 0
         while True:
             try:
-                batch = stream.read_next_batch()
+                batch = next(batches)
             except StopIteration:
                 return
             except pa.ArrowInvalid as exc:
@@ -195,6 +180,91 @@ def _open_delimited(path: Path, fmt: str) -> Table:
             yield pa.RecordBatch.from_arrays(batch.columns, names=names)
 
     return Table(fmt, tuple(header), reader)
+
+
+def _delimited_batches(
+    path: Path, delimiter: str, internal: list[str], include: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """The data rows of a delimited file as string batches, in file order.
+
+    While the text holds no quote character every line end ends a row, so the file is cut into
+    segments at line ends and the segments are parsed on several threads. From the first segment
+    holding a quote on (a quoted value may span lines, and only a parse from the start of a row
+    tells which line ends end rows), Arrow's streaming reader goes on alone from that segment's
+    first row. Both parse with the same options, so a file reads the same either way."""
+    parse = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    convert = pa_csv.ConvertOptions(
+        column_types=dict.fromkeys(internal, pa.string()),
+        include_columns=include,
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+    read = pa_csv.ReadOptions(column_names=internal, block_size=_CSV_BLOCK_BYTES, use_threads=False)
+    serial_from: int | None = 0
+
+    def segments() -> Iterator[memoryview]:
+        nonlocal serial_from
+        # A ring of buffers, each reused once the segment in it is parsed: fresh 8 MiB buffers
+        # would cost a page fault every 4 KiB. `ordered` holds at most threads() + 1 in flight.
+        ring = [bytearray(_SEGMENT_BYTES + _CSV_BLOCK_BYTES) for _ in range(threads() + 2)]
+        with path.open("rb") as stream:
+            first = stream.readline(_MAX_HEADER_BYTES)
+            if not first.endswith(b"\n") or b'"' in first or b"\r" in first[:-2]:
+                return  # the header may not end where a line does: read it all serially
+            offset, carry, turn = len(first), b"", 0
+            while True:
+                buffer = ring[turn % len(ring)]
+                turn += 1
+                buffer[: len(carry)] = carry
+                view = memoryview(buffer)
+                end = len(carry) + stream.readinto(view[len(carry) : len(carry) + _SEGMENT_BYTES])
+                if end == len(carry):
+                    break
+                if buffer.find(b'"', len(carry), end) >= 0:
+                    serial_from = offset
+                    return
+                cut = buffer.rfind(b"\n", 0, end) + 1
+                carry = bytes(buffer[cut:end])
+                if cut:
+                    yield view[:cut]
+                    offset += cut
+                if len(carry) > _CSV_BLOCK_BYTES:
+                    serial_from = offset  # a row longer than Arrow reads: let the serial reader say so
+                    return
+        if carry:
+            yield memoryview(carry)
+        serial_from = None
+
+    def parse_segment(data: memoryview) -> list[pa.RecordBatch]:
+        source = pa.BufferReader(pa.py_buffer(data))
+        return pa_csv.read_csv(
+            source, read_options=read, parse_options=parse, convert_options=convert
+        ).to_batches()
+
+    for batches in ordered(parse_segment, segments()):
+        yield from batches
+    if serial_from is None:
+        return
+    with pa.OSFile(str(path)) as source:
+        source.seek(serial_from)
+        options = pa_csv.ReadOptions(
+            column_names=internal, skip_rows=1 if serial_from == 0 else 0, block_size=_CSV_BLOCK_BYTES
+        )
+        try:
+            stream = pa_csv.open_csv(
+                source, read_options=options, parse_options=parse, convert_options=convert
+            )
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                return
+            if "Could not skip initial" in str(exc) and path.stat().st_size <= _CSV_BLOCK_BYTES:
+                return  # a header and nothing after it, not even a line end
+            raise
+        while True:
+            try:
+                yield stream.read_next_batch()
+            except StopIteration:
+                return
 
 
 def _csv_problem(exc: Exception, rows_read: int, fmt: str) -> str:

@@ -157,6 +157,13 @@ class ChecksConfig(BaseModel):
         description="Rules run on every held file, in this order. With none, every file needs review.",
     )
     workers: int = Field(default=2, ge=1, le=64, description="Files checked at once, one process each.")
+    threads: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Threads each check process may use on one file (CSV parsing, identifier "
+        "pre-filtering). 1: every rule works serially.",
+    )
     worker_memory_bytes: int | None = Field(
         default=4 * GIB,
         ge=256 * MIB,

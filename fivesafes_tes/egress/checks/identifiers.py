@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fivesafes_tes.egress.checks._parallel import ordered
 from fivesafes_tes.egress.checks._tables import (
     CSV,
     PARQUET,
@@ -399,60 +400,84 @@ def scan_text(
     context = detector.window + 32  # what a hit looks back at: a birth word, the byte before a number
     lines = 0
     with path.open("rb") as stream:
-        for piece, lo, hi in _pieces(stream, piece_bytes, context):
+        for screened in ordered(partial(_screen, detector.prefilter), _pieces(stream, piece_bytes, context)):
+            piece, lo, hi = screened.piece, screened.lo, screened.hi
             if table is not None and (lo > 0 or hi < len(piece)):
                 table.lost = True
-            lines += _scan_piece(piece, lo, hi, lines, detector, report, table)
+            lines += _scan_piece(screened, lines, detector, report, table)
             lines += hi == len(piece) and not piece.endswith(b"\n")  # the last line, unterminated
     return lines
 
 
-def _pieces(stream: Any, piece_bytes: int, context: int) -> Iterator[tuple[bytes, int, int]]:
+def _pieces(stream: Any, piece_bytes: int, context: int) -> Iterator[tuple[bytearray, int, int]]:
     """(piece, lo, hi): pieces ending at a line end, whose hits count when they start in [lo, hi).
     A line longer than a piece is cut; the next piece repeats the last `_OVERLAP + context` bytes so
-    that an identifier across the cut is found there, whole, and only there."""
+    that an identifier across the cut is found there, whole, and only there. Each piece is read
+    into its own buffer once and never copied."""
     carry, lo = b"", 0
     while True:
-        data = stream.read(piece_bytes)
-        if not data:
+        buffer = bytearray(len(carry) + piece_bytes)
+        buffer[: len(carry)] = carry
+        read = stream.readinto(memoryview(buffer)[len(carry) :])
+        if not read:
             if carry:
-                yield carry, lo, len(carry)
+                yield bytearray(carry), lo, len(carry)
             return
-        buffer = carry + data
+        del buffer[len(carry) + read :]
         cut = buffer.rfind(b"\n")
         if cut >= 0:
-            yield buffer[: cut + 1], lo, cut + 1
-            carry, lo = buffer[cut + 1 :], 0
+            piece_lo, carry, lo = lo, bytes(buffer[cut + 1 :]), 0
+            del buffer[cut + 1 :]
+            yield buffer, piece_lo, cut + 1
         elif len(buffer) >= piece_bytes + _OVERLAP + context:
             hi = len(buffer) - _OVERLAP
-            yield buffer, lo, hi
-            carry, lo = buffer[hi - context :], context
+            piece_lo, carry, lo = lo, bytes(buffer[hi - context :]), context
+            yield buffer, piece_lo, hi
         else:
-            carry = buffer
+            carry = bytes(buffer)
 
 
-def _scan_piece(
-    piece: bytes, lo: int, hi: int, lines: int, detector: Detector, report: Report, table: Delimited | None
-) -> int:
-    """Scan one piece; returns the line ends in it."""
+@dataclass(frozen=True)
+class _Screened:
+    """A piece cut into sub-pieces of whole lines, each with whether the pre-filter flagged it, and
+    the piece's line ends: the part of a piece's scan that can run on another thread."""
+
+    piece: bytearray
+    lo: int
+    hi: int
+    bounds: list[int]
+    subs: pa.Array
+    flagged: list[bool]
+    ends: int
+
+
+def _screen(prefilter: str, item: tuple[bytearray, int, int]) -> _Screened:
+    piece, lo, hi = item
     bounds = [0]
     while bounds[-1] < len(piece):
         end = piece.find(b"\n", bounds[-1] + _SUB_BYTES)
         bounds.append(len(piece) if end < 0 else end + 1)
     offsets = pa.array(bounds, pa.int32()).buffers()[1]
     subs = pa.Array.from_buffers(pa.binary(), len(bounds) - 1, [None, offsets, pa.py_buffer(piece)])
-    flagged = pc.match_substring_regex(subs, detector.prefilter).to_pylist()
-    ends = piece.count(b"\n")
-    rows = _Rows(piece, ends, table) if table is not None and not table.lost else None
+    flagged = pc.match_substring_regex(subs, prefilter).to_pylist()
+    return _Screened(piece, lo, hi, bounds, subs, flagged, piece.count(b"\n"))
+
+
+def _scan_piece(
+    screened: _Screened, lines: int, detector: Detector, report: Report, table: Delimited | None
+) -> int:
+    """Scan one screened piece; returns the line ends in it."""
+    piece, bounds, subs = screened.piece, screened.bounds, screened.subs
+    rows = _Rows(piece, screened.ends, table) if table is not None and not table.lost else None
     counted = lines_into = 0
-    for index, candidate in enumerate(flagged):
+    for index, candidate in enumerate(screened.flagged):
         if candidate:
             start, end = bounds[index], bounds[index + 1]
             lines_into += piece.count(b"\n", counted, start)
             counted = start
-            part = _Part(piece, start, end, lo, hi, lines, lines_into)
+            part = _Part(piece, start, end, screened.lo, screened.hi, lines, lines_into)
             _scan_lines(part, subs.slice(index, 1), detector, report, table, rows)
-    return ends
+    return screened.ends
 
 
 class _Rows:
@@ -460,7 +485,7 @@ class _Rows:
     starts on it. A line continues a row when the quotes before it leave a value open; without
     quotes every line is a row."""
 
-    def __init__(self, piece: bytes, ends: int, table: Delimited) -> None:
+    def __init__(self, piece: bytearray, ends: int, table: Delimited) -> None:
         self.before = table.records
         self.starts: pa.Array | None = None
         self.numbers: pa.Array | None = None
@@ -489,7 +514,7 @@ class _Part:
     """A run of whole lines of a piece: the piece, the run's span, the span of the piece whose hits
     count here, the lines before the piece and the lines of the piece before the run."""
 
-    piece: bytes
+    piece: bytearray
     start: int
     end: int
     lo: int

@@ -55,7 +55,8 @@ PERSON_WORDS = [
     "eid", "pid", "uid", "hadm",
 ]  # fmt: skip
 ID_WORDS = ["id", "ids", "identifier", "no", "num", "number", "key", "ref", "uuid", "guid"]
-_SAMPLE = 4_096  # values per window that tell dates, numbers, text and categories apart
+_SAMPLE = 4_096  # values per window that tell categories from mostly distinct text
+_KIND_SAMPLE = 1_024  # values per window that tell dates, numbers and text apart
 _DATE_SHARE = 0.9
 _WINDOW_BYTES = 64 << 20  # a window of wide rows ends sooner: memory stays bounded by bytes too
 
@@ -146,6 +147,7 @@ class RecordLevelRule:
         settings: RecordLevelSettings,
     ) -> None:
         names = list(dict.fromkeys(name for batch in window for name in batch.schema.names))
+        open_columns: dict[str, pa.ChunkedArray] = {}
         for name in names:
             column = columns.get(name)
             if column is None:
@@ -153,8 +155,12 @@ class RecordLevelRule:
             if column.settled:
                 continue
             parts = [batch.column(name) for batch in window if name in batch.schema.names]
-            values = pa.chunked_array(parts) if len({p.type for p in parts}) == 1 else _as_text(parts)
-            kind = _kind(values)
+            open_columns[name] = (
+                pa.chunked_array(parts) if len({p.type for p in parts}) == 1 else _as_text(parts)
+            )
+        kinds = _kinds(open_columns)
+        for name, values in open_columns.items():
+            column, kind = columns[name], kinds[name]
             column.dates = column.dates or kind == "dates"
             column.text = column.text or kind == "text"
             present = len(values) - values.null_count
@@ -226,37 +232,51 @@ def _is_key_name(name: str, person: set[str], ids: set[str]) -> bool:
     return any(w in person for w in words) and all(w in person or w in ids for w in words)
 
 
-def _kind(values: pa.ChunkedArray) -> str:
-    """dates | numbers | fractions | text | other, from the type or from a sample of string values."""
-    kind = values.type
-    if pa.types.is_date(kind) or pa.types.is_timestamp(kind):
-        return "dates"
-    if pa.types.is_integer(kind):
-        return "numbers"
-    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-        return "fractions"
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        return "other"
-    sample = values.drop_null().slice(0, _SAMPLE)
-    if len(sample) == 0:
-        return "other"
-    if _share(sample, DATE_RE) >= _DATE_SHARE:
-        return "dates"
-    if _share(sample, NUMBER_RE) >= 0.5:
-        is_number = pc.match_substring_regex(sample, NUMBER_RE)
-        numbers = pc.cast(pc.if_else(is_number, pc.utf8_trim_whitespace(sample), None), pa.float64())
-        whole = pc.all(pc.equal(numbers, pc.floor(numbers))).as_py()
-        return "numbers" if whole in (True, None) else "fractions"
-    return "text"
+def _kinds(columns: dict[str, pa.ChunkedArray]) -> dict[str, str]:
+    """dates | numbers | fractions | text | other for each column, from its type or from a sample of
+    its string values. The samples of all string columns are matched together: two pattern
+    matches a window, not two a column."""
+    kinds: dict[str, str] = {}
+    samples: dict[str, pa.Array] = {}
+    for name, values in columns.items():
+        kind = values.type
+        if pa.types.is_date(kind) or pa.types.is_timestamp(kind):
+            kinds[name] = "dates"
+        elif pa.types.is_integer(kind):
+            kinds[name] = "numbers"
+        elif pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            kinds[name] = "fractions"
+        elif (
+            not (pa.types.is_string(kind) or pa.types.is_large_string(kind))
+            or len(sample := values.drop_null().slice(0, _KIND_SAMPLE)) == 0
+        ):
+            kinds[name] = "other"
+        else:
+            samples[name] = pc.cast(sample, pa.large_string()).combine_chunks()
+    if not samples:
+        return kinds
+    together = pa.concat_arrays(list(samples.values()))
+    dates = pc.match_substring_regex(together, DATE_RE)
+    numbers = pc.match_substring_regex(together, NUMBER_RE)
+    start = 0
+    for name, sample in samples.items():
+        size = len(sample)
+        is_number = numbers.slice(start, size)
+        if (pc.sum(dates.slice(start, size)).as_py() or 0) >= _DATE_SHARE * size:
+            kinds[name] = "dates"
+        elif (pc.sum(is_number).as_py() or 0) >= 0.5 * size:
+            values = pc.cast(pc.if_else(is_number, pc.utf8_trim_whitespace(sample), None), pa.float64())
+            whole = pc.all(pc.equal(values, pc.floor(values))).as_py()
+            kinds[name] = "numbers" if whole in (True, None) else "fractions"
+        else:
+            kinds[name] = "text"
+        start += size
+    return kinds
 
 
 def _distinct_share(values: pa.ChunkedArray) -> float:
     present = len(values) - values.null_count
     return pc.count_distinct(values).as_py() / present if present else 0.0
-
-
-def _share(values: pa.ChunkedArray, pattern: str) -> float:
-    return (pc.sum(pc.match_substring_regex(values, pattern)).as_py() or 0) / len(values)
 
 
 def _as_text(parts: list[pa.Array]) -> pa.ChunkedArray:

@@ -71,7 +71,7 @@ def run_checks(files: list[HeldFile], config: ChecksConfig, project: str) -> lis
         pending.put(index)
 
     def slot() -> None:
-        worker = _Worker(context, plan, effective.worker_memory_bytes)
+        worker = _Worker(context, plan, effective.worker_memory_bytes, effective.threads)
         try:
             while True:
                 try:
@@ -154,10 +154,13 @@ def _mp() -> multiprocessing.context.BaseContext:
 class _Worker:
     """One check process, restarted whenever it had to be killed or died."""
 
-    def __init__(self, context: CheckContext, plan: tuple[_Planned, ...], memory_bytes: int | None) -> None:
+    def __init__(
+        self, context: CheckContext, plan: tuple[_Planned, ...], memory_bytes: int | None, threads: int = 1
+    ) -> None:
         self._context = context
         self._plan = plan
         self._memory_bytes = memory_bytes
+        self._threads = threads
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
@@ -215,7 +218,7 @@ class _Worker:
         specs = [(p.spec, p.config) for p in self._plan]
         process = ctx.Process(
             target=_worker_main,
-            args=(child, self._context, specs, self._memory_bytes),
+            args=(child, self._context, specs, self._memory_bytes, self._threads),
             name="fivesafes-check",
             daemon=True,
         )
@@ -316,9 +319,16 @@ def _finding(item: Any) -> Finding:
 
 
 def _worker_main(
-    conn: Connection, context: CheckContext, specs: list[tuple[str, dict[str, Any]]], memory_bytes: int | None
+    conn: Connection,
+    context: CheckContext,
+    specs: list[tuple[str, dict[str, Any]]],
+    memory_bytes: int | None,
+    threads: int,
 ) -> None:
+    from fivesafes_tes.egress.checks._parallel import set_threads
+
     _isolate(memory_bytes)
+    set_threads(threads)
     rules: dict[int, Any] = {}
     while True:
         try:
