@@ -3,11 +3,15 @@
 Generates synthetic aggregate-style CSV tables (100 MB and 1 GB by default) in a temporary folder,
 then times, each in a fresh process so that peak RSS belongs to it alone: a plain streaming read
 in 1 MiB chunks, a plain line-by-line read, and each rule (`small_cell`, `record_level`,
-`identifiers`) with its default settings. Each rule's figure is also given as a share of both plain
-reads. A second run of each rule under tracemalloc gives the peak of Python's own allocations;
-Arrow's memory pool reports its own peak. Files are read from a warm page cache.
+`identifiers`) with its default settings and the default `checks.threads`. Each is timed twice:
+warm (the file in the page cache) and cold (the file's pages dropped from the cache first with
+posix_fadvise, so it comes from the disk as a file just written and evicted would). A rule's figure
+is given as a share of the plain reads: warm against warm, cold against cold. A second warm run of
+each rule under tracemalloc gives the peak of Python's own allocations; Arrow's memory pool reports
+its own peak.
 
     python -m bench.checks_bench [--sizes 100,1000] [--out bench/results/checks.json]
+    python -m bench.checks_bench --code ../before --out before.json   # another checkout's rules
 """
 
 from __future__ import annotations
@@ -92,6 +96,16 @@ def _plain_lines(path: Path) -> None:
             pass
 
 
+def _evict(path: Path) -> None:
+    """Drop the file's pages from the page cache (written back first), so the next read is from disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def _rule_runner(name: str, folder: Path) -> tuple[Callable[[Path], dict[str, Any]], float]:
     """The rule's check as a function of a path, after one call on a small table: imports and
     Arrow's first-call set-up (about a third of a second, once per check process) are not timed."""
@@ -114,17 +128,22 @@ def _rule_runner(name: str, folder: Path) -> tuple[Callable[[Path], dict[str, An
     return check, time.perf_counter() - started
 
 
-def _child(conn: Any, kind: str, path: Path, name: str, trace: bool) -> None:
+def _child(conn: Any, kind: str, path: Path, name: str, trace: bool, cold: bool, code: str | None) -> None:
+    if code:
+        sys.path.insert(0, code)  # the rules of another checkout, for before/after figures
     extra: dict[str, Any] = {}
     if kind == "rule":
         import pyarrow as pa
 
         check, extra["first_call_seconds"] = _rule_runner(name, path.parent)
+        extra["package"] = str(Path(sys.modules["fivesafes_tes"].__file__ or "").parent.parent)
 
         def work() -> None:
             extra.update(check(path))
     else:
         work = partial(_plain_chunks if kind == "chunks" else _plain_lines, path)
+    if cold:
+        _evict(path)
     if trace:
         tracemalloc.start()
     started = time.perf_counter()
@@ -140,10 +159,12 @@ def _child(conn: Any, kind: str, path: Path, name: str, trace: bool) -> None:
     conn.close()
 
 
-def measure(kind: str, path: Path, name: str = "", trace: bool = False) -> dict[str, Any]:
+def measure(
+    kind: str, path: Path, name: str = "", trace: bool = False, cold: bool = False, code: str | None = None
+) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: its peak RSS is this run's
     parent, child = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(child, kind, path, name, trace))
+    process = context.Process(target=_child, args=(child, kind, path, name, trace, cold, code))
     process.start()
     child.close()
     result = parent.recv()
@@ -151,7 +172,7 @@ def measure(kind: str, path: Path, name: str = "", trace: bool = False) -> dict[
     return result
 
 
-def run(sizes_mb: list[int]) -> dict[str, Any]:
+def run(sizes_mb: list[int], code: str | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -159,6 +180,7 @@ def run(sizes_mb: list[int]) -> dict[str, Any]:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
         },
+        "code": code or str(ROOT),
         "files": [],
     }
     with tempfile.TemporaryDirectory(prefix="checks-bench-") as folder:
@@ -170,35 +192,54 @@ def run(sizes_mb: list[int]) -> dict[str, Any]:
             entry: dict[str, Any] = {"size_bytes": size, "rows": rows, "runs": {}}
             for kind in ("chunks", "lines"):
                 entry["runs"][f"plain_{kind}"] = measure(kind, path)
+            entry["runs"]["plain_chunks"]["cold"] = measure("chunks", path, cold=True)
             for name in RULES:
-                run_ = measure("rule", path, name)
-                run_["python_peak_bytes"] = measure("rule", path, name, trace=True)["python_peak_bytes"]
+                print(f"  {size_mb} MB: {name}", file=sys.stderr, flush=True)
+                run_ = measure("rule", path, name, code=code)
+                run_["python_peak_bytes"] = measure("rule", path, name, trace=True, code=code)[
+                    "python_peak_bytes"
+                ]
+                run_["cold"] = measure("rule", path, name, cold=True, code=code)
                 entry["runs"][name] = run_
             for run_ in entry["runs"].values():
                 run_["mb_per_s"] = size / MB / run_["seconds"]
+                if "cold" in run_:
+                    run_["cold"]["mb_per_s"] = size / MB / run_["cold"]["seconds"]
+            plain = entry["runs"]
             for name in RULES:
                 run_ = entry["runs"][name]
-                run_["share_of_chunks"] = run_["mb_per_s"] / entry["runs"]["plain_chunks"]["mb_per_s"]
-                run_["share_of_lines"] = run_["mb_per_s"] / entry["runs"]["plain_lines"]["mb_per_s"]
+                run_["share_of_chunks"] = run_["mb_per_s"] / plain["plain_chunks"]["mb_per_s"]
+                run_["share_of_lines"] = run_["mb_per_s"] / plain["plain_lines"]["mb_per_s"]
+                run_["cold_share_of_chunks"] = (
+                    run_["cold"]["mb_per_s"] / plain["plain_chunks"]["cold"]["mb_per_s"]
+                )
             results["files"].append(entry)
             path.unlink()
     return results
 
 
 def table(results: dict[str, Any]) -> str:
-    header = ("file", "run", "MB/s", "vs 1MiB", "vs lines", "RSS MiB", "arrow MiB", "py MiB", "verdict")
+    header = (
+        "file", "run", "warm MB/s", "vs 1MiB", "vs lines", "cold MB/s", "vs cold read",
+        "RSS MiB", "arrow MiB", "py MiB", "verdict",
+    )  # fmt: skip
     rows = [header]
     for entry in results["files"]:
         label = f"{entry['size_bytes'] / MB:,.0f} MB"
         for name, run_ in entry["runs"].items():
-            shares = [
-                f"{run_[key]:.0%}" if key in run_ else "" for key in ("share_of_chunks", "share_of_lines")
+            cold = run_.get("cold", {})
+            cells = [
+                f"{run_['mb_per_s']:,.0f}",
+                *(f"{run_[key]:.0%}" if key in run_ else "" for key in ("share_of_chunks", "share_of_lines")),
+                f"{cold['mb_per_s']:,.0f}" if cold else "",
+                f"{run_['cold_share_of_chunks']:.0%}" if "cold_share_of_chunks" in run_ else "",
+                *(
+                    f"{run_[key] / (1 << 20):,.0f}" if key in run_ else ""
+                    for key in ("peak_rss_bytes", "arrow_peak_bytes", "python_peak_bytes")
+                ),
+                run_.get("verdict", ""),
             ]
-            mib = [
-                f"{run_[key] / (1 << 20):,.0f}" if key in run_ else ""
-                for key in ("peak_rss_bytes", "arrow_peak_bytes", "python_peak_bytes")
-            ]
-            rows.append((label, name, f"{run_['mb_per_s']:,.0f}", *shares, *mib, run_.get("verdict", "")))
+            rows.append((label, name, *cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) if i == 1 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
@@ -210,8 +251,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,1000", help="file sizes in MB, comma-separated")
     parser.add_argument("--out", type=Path, default=OUT, help="where the JSON results go")
+    parser.add_argument("--code", help="a checkout whose rules to measure instead (before/after figures)")
     args = parser.parse_args()
-    results = run([int(s) for s in args.sizes.split(",")])
+    code = str(Path(args.code).resolve()) if args.code else None
+    results = run([int(s) for s in args.sizes.split(",")], code)
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

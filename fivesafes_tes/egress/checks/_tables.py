@@ -204,6 +204,8 @@ def _delimited_batches(
 
     def segments() -> Iterator[memoryview]:
         nonlocal serial_from
+        if threads() == 1:
+            return  # no threads to share the work: the streaming reader alone is quicker
         # A ring of buffers, each reused once the segment in it is parsed: fresh 8 MiB buffers
         # would cost a page fault every 4 KiB. `ordered` holds at most threads() + 1 in flight.
         ring = [bytearray(_SEGMENT_BYTES + _CSV_BLOCK_BYTES) for _ in range(threads() + 2)]
