@@ -10,14 +10,9 @@ attempt is refused.
 from __future__ import annotations
 
 import collections
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,76 +24,12 @@ from fivesafes_tes.db import Database
 from fivesafes_tes.devstack import free_port, seed_federation
 from fivesafes_tes.submission.tables import Child
 from tests.conftest import _fresh_pg_database
+from tests.processes import GatewayProcess
 
 TES = "/ga4gh/tes/v1"
 AGENT = "/agent/v1"
 AUDIENCE = "fivesafes-tes"
 LEASE_TTL_S = 5
-
-
-class GatewayProcess:
-    """`fivesafes-tes gateway` as a child process; start() returns once /readyz answers 200."""
-
-    def __init__(
-        self, *, database_url: str, data_dir: Path, port: int, public_url: str, log: Path, lease_ttl_s: int
-    ) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.port = port
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FIVESAFES_")}
-        self.env.update(
-            {
-                "FIVESAFES_DATABASE_URL": database_url,
-                "FIVESAFES_DEV_ISSUER": "true",
-                "FIVESAFES_DATA_DIR": str(data_dir),
-                "FIVESAFES_PUBLIC_URL": public_url,
-                "FIVESAFES_ALLOWED_IMAGES": '["*"]',
-                "FIVESAFES_LEASE_TTL_S": str(lease_ttl_s),
-            }
-        )
-
-    def spawn(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        with self.log.open("a") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fivesafes_tes.cli", "gateway", "--port", str(self.port)],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gateway on {self.url} not ready after {timeout}s:\n{self.tail()}")
-            time.sleep(0.05)
-
-    def start(self) -> None:
-        self.spawn()
-        self.wait_ready()
-
-    def kill9(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None, "the gateway died before the kill"
-        self.proc.send_signal(signal.SIGKILL)
-        assert self.proc.wait(timeout=10) == -signal.SIGKILL
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log.exists() else ""
 
 
 def _bearer(issuer: DevIssuer, user: str, role: str, **claims: str) -> dict[str, str]:

@@ -15,14 +15,11 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from fivesafes_tes import devstack
 from fivesafes_tes.agent import approvals
@@ -30,6 +27,7 @@ from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.submission.stages import TRANSITIONS, Stage
 from tests import images
+from tests.processes import agent_env, approve_all, start_agent
 
 docker_client = images.docker_client
 TES = "/ga4gh/tes/v1"
@@ -297,77 +295,17 @@ def gateway_only(tmp_path, docker_client):  # type: ignore[no-untyped-def]
 
 
 def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from fivesafes_tes.synthetic import generate
-
-    dataset = home / "omop"
-    generate(dataset, tre, 1, n_persons=50)
-    policy = home / "policy.yaml"
-    policy.write_text(
-        yaml.safe_dump(
-            {
-                "allowed_images": ["fivesafes/*"],
-                "datasets": {"omop": {"path": str(dataset)}},
-                "grants": {"diabetes-cancer": ["omop"]},
-            }
-        )
-    )
     token = stack.issuer.issue(f"agent-{tre}", ["tre-agent"], audience=stack.settings.oidc_audience, tre=tre)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIVESAFES_")}
-    env.update(
-        {
-            "FIVESAFES_AGENT_TRE": tre,
-            "FIVESAFES_AGENT_GATEWAY_URL": stack.url,
-            "FIVESAFES_AGENT_TOKEN": token,
-            "FIVESAFES_AGENT_DATA_DIR": str(home),
-            "FIVESAFES_AGENT_POLICY_FILE": str(policy),
-            "FIVESAFES_AGENT_AIRLOCK_ENDPOINT_URL": s3.url,
-            "FIVESAFES_AGENT_AIRLOCK_ACCESS_KEY": s3.access_key,
-            "FIVESAFES_AGENT_AIRLOCK_SECRET_KEY": s3.secret_key,
-            "FIVESAFES_AGENT_AIRLOCK_BUCKET": "uk-airlock",
-            "FIVESAFES_AGENT_POLL_WAIT_S": "5",
-            "FIVESAFES_AGENT_SYNC_S": "1",
-            "FIVESAFES_AGENT_HEARTBEAT_S": "2",
-            "FIVESAFES_AGENT_TICK_S": "0.2",
-        }
-    )
-    return env
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fivesafes_tes.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def _start_agent(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fivesafes_tes.cli", "agent"],
-        env=env,
-        stdout=log.open("a"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _approve_all(env: dict[str, str]) -> None:
-    deadline = time.monotonic() + 30
-    while _cli(env, "tre", "approve", "diabetes-cancer").returncode != 0:  # until the first sync
-        assert time.monotonic() < deadline, "the agent never synced its projects"
-        time.sleep(0.3)
-    assert _cli(env, "tre", "approve", "diabetes-cancer", "--user", "alice").returncode == 0
+    return agent_env(stack.url, token, s3, home, tre)
 
 
 def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tmp_path, docker_client):
     stack, s3 = gateway_only
     env = _agent_env(stack, s3, tmp_path / "agent")
     log = tmp_path / "agent.log"
-    agent = _start_agent(env, log)
+    agent = start_agent(env, log)
     try:
-        _approve_all(env)
+        approve_all(env)
         assert _listening_sockets(agent.pid) == []  # RELIABILITY 29: every connection is outbound
 
         alice = Researcher(stack)
@@ -378,7 +316,7 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
         alice.wait(task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "running")
         agent.send_signal(signal.SIGKILL)  # RELIABILITY 10: kill -9 while the container runs
         agent.wait()
-        agent = _start_agent(env, log)
+        agent = start_agent(env, log)
         doc, _ = alice.wait(task_id, _held, timeout=60)
         assert doc["logs"][0]["metadata"]["stage"] == "awaiting_review"
 
@@ -415,7 +353,7 @@ def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker
     )
     assert orphan in executor.running()
     env = _agent_env(stack, s3, tmp_path / "agent")
-    agent = _start_agent(env, tmp_path / "agent.log")
+    agent = start_agent(env, tmp_path / "agent.log")
     try:
         deadline = time.monotonic() + 30
         while orphan in executor.running():

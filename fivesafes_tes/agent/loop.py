@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from fivesafes_tes import audit
+from fivesafes_tes import audit, failpoints
 from fivesafes_tes.agent import approvals, checks, review, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
 from fivesafes_tes.agent.policy import TrePolicy
@@ -493,6 +493,7 @@ class Agent:
                 except StoreUnavailable:
                     return  # try again on the next tick
                 copies.append((held[key], copy))
+            failpoints.reach("release.copied")
             for file, copy in copies:
                 step = int(file.name.split("-")[1].split(".")[0]) if file.kind != "output" else None
                 self.client.upload_file(
@@ -504,6 +505,7 @@ class Agent:
                     sha256=file.sha256,
                     size=file.size,
                 )
+                failpoints.reach("release.uploaded")
                 if file.kind != "output":
                     released_logs[f"{step}.{file.kind}"] = _tail(copy)
         run_failed = (local.result or {}).get("outcome", {}).get("outcome") not in (None, "succeeded")
@@ -516,6 +518,7 @@ class Agent:
             report={"disclosure": record, "released_logs": released_logs},
             final=True,
         )
+        failpoints.reach("release.final_sent")
         self._empty_airlock(child.child_id)
 
     def _empty_airlock(self, child_id: str) -> None:

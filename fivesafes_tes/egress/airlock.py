@@ -23,6 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
+from fivesafes_tes import failpoints
 from fivesafes_tes.egress.store import ObjectExists, ObjectMissing, ObjectStore, UnsafeKey, safe_key
 
 log = logging.getLogger(__name__)
@@ -224,4 +225,5 @@ def discard(store: ObjectStore, child_id: str) -> int:
     The manifest goes first, so a reader never sees a complete hold with files missing.
     """
     store.delete(manifest_key(child_id))
+    failpoints.reach("airlock.discarded")
     return store.delete_prefix(held_prefix(child_id))

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from fivesafes_tes import failpoints
 from fivesafes_tes.auth import Role
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
@@ -141,10 +142,14 @@ def child_event(request: Request, child_id: str, body: EventRequest, tre: Curren
             ttl_s=ctx.settings.lease_ttl_s,
             paused_for_review=ctx.settings.paused_for_review,
         )
-    if result.applied and body.stage in leases.RELEASE_ENDINGS and ctx.settings.delivery_buckets:
-        from fivesafes_tes.gateway.results_api import deliver
+    if Stage(result.stage) in leases.RELEASE_ENDINGS:
+        failpoints.reach("release.ended")
+        if ctx.settings.delivery_buckets:
+            from fivesafes_tes.gateway.results_api import deliver
 
-        deliver(ctx, tre, child_id)
+            # Also on a replayed final event: when this gateway died before delivering, the
+            # agent's resend is what completes the delivery (copies are idempotent).
+            deliver(ctx, tre, child_id)
     return EventResponse(stage=result.stage, applied=result.applied)
 
 

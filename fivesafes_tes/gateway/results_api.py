@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.background import BackgroundTask
 
-from fivesafes_tes import audit
+from fivesafes_tes import audit, failpoints
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, safe_key
 from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
@@ -105,6 +105,7 @@ async def upload_released_file(
             )
         try:
             await run_in_threadpool(lambda: store.put_file(key, tmp.name, sha256=sha256, if_absent=True))
+            failpoints.reach("release.stored")
         except ObjectExists:
             held = await run_in_threadpool(store.head, key)
             if held is None or held.sha256 != sha256:
@@ -115,7 +116,9 @@ async def upload_released_file(
             child = results.expect_upload(session, tre, child_id)
             return results.accept(session, tre, child, incoming, key)[1]
 
-    return {"name": name, "stored": await run_in_threadpool(record)}
+    stored = await run_in_threadpool(record)
+    failpoints.reach("release.recorded")
+    return {"name": name, "stored": stored}
 
 
 class ReleasedFileOut(BaseModel):
@@ -242,6 +245,8 @@ def deliver(ctx, tre: Tre, child_id: str) -> None:  # type: ignore[no-untyped-de
         return
     with ctx.db.read() as session:
         child = session.get(Child, child_id)
+        if child.report.get("delivery_complete"):
+            return  # a replayed final event: delivered already
         task = session.get(Task, child.task_id)
         files = list(session.scalars(select(ReleasedFile).where(ReleasedFile.child_id == child_id)))
         targets = results.destinations(task.document, files, set(ctx.settings.delivery_buckets))
@@ -255,11 +260,16 @@ def deliver(ctx, tre: Tre, child_id: str) -> None:  # type: ignore[no-untyped-de
         try:
             destination.copy_verified(store, file.key, safe_key(key), file.sha256)
             delivered[file.name] = url
+            failpoints.reach("release.delivered")
         except (StoreError, ValueError) as exc:
             failed.append(f"could not deliver {file.name} to {url}: {type(exc).__name__}")
     with ctx.db.write() as session:
         child = session.get(Child, child_id)
-        child.report = {**child.report, "delivered": {**child.report.get("delivered", {}), **delivered}}
+        child.report = {
+            **child.report,
+            "delivered": {**child.report.get("delivered", {}), **delivered},
+            "delivery_complete": True,
+        }
         child.system_logs = [*child.system_logs, *failed]
         for name, url in delivered.items():
             audit.record(
