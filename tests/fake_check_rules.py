@@ -145,3 +145,13 @@ class Threads(_Fake):
         from fivesafes_tes.egress.checks._parallel import threads
 
         return self.result(Verdict.PASS, Finding(Verdict.PASS, f"threads={threads()}"))
+
+
+class Preloaded(_Fake):
+    """Passes, saying whether the built-in rules were already imported when its process started."""
+
+    name = "fake_preloaded"
+
+    def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
+        ready = all(f"fivesafes_tes.egress.checks.{m}" in sys.modules for m in ("identifiers", "_warm"))
+        return self.result(Verdict.PASS, Finding(Verdict.PASS, f"preloaded={ready}"))

@@ -117,6 +117,9 @@ class Agent:
 
     def start(self) -> None:
         """Recover, then run the three threads until `shutdown()` (and the admin API, if configured)."""
+        from fivesafes_tes.egress.checks.runner import prewarm
+
+        prewarm()
         self.store.ensure_bucket()
         self.recover()
         if self.settings.admin_listen:

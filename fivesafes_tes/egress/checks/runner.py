@@ -138,13 +138,38 @@ def _failed(
     )
 
 
+def prewarm() -> None:
+    """Start the fork server now (it imports the rules while the agent starts), so that the first
+    hold's check processes start as warm as every later one's."""
+    ctx = _mp()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _preload() -> list[str]:
+    """What the fork server imports once, so that a check process forked from it starts warm: the
+    runner, the built-in rules (with pyarrow), Arrow's first-call set-up (`_warm`), and the main
+    module when it is ours (`python -m fivesafes_tes.cli agent`): each child re-runs its main
+    module, which then costs no imports."""
+    from fivesafes_tes.egress.checks import RULES
+
+    rules = dict.fromkeys(spec.partition(":")[0] for spec in RULES.values())
+    modules = [__name__, *rules, "fivesafes_tes.egress.checks._warm"]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.startswith("fivesafes_tes."):
+        modules.append(spec.name)
+    return modules
+
+
 def _mp() -> multiprocessing.context.BaseContext:
     global _mp_context
     with _context_lock:
         if _mp_context is None:
             if "forkserver" in multiprocessing.get_all_start_methods():
                 ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload([__name__])
+                ctx.set_forkserver_preload(_preload())
             else:
                 ctx = multiprocessing.get_context("spawn")
             _mp_context = ctx
