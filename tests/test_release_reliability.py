@@ -1,6 +1,7 @@
 """The held-to-released path under failure: an S3 outage holds nothing back silently and releases nothing
-unchecked (RELIABILITY 14); a crash at any point of the copy loses and doubles nothing (24); and no
-log line carries a token, a key or an output's contents (28)."""
+unchecked (RELIABILITY 14); an error between two uploads loses and doubles nothing (24; the real
+`kill -9` at every step is in test_release_kill9.py); and no log line carries a token, a key or an
+output's contents (28)."""
 
 from __future__ import annotations
 
