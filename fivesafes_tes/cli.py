@@ -234,10 +234,11 @@ def agent() -> None:
 
     from fivesafes_tes import logs
     from fivesafes_tes.agent.loop import Agent
-    from fivesafes_tes.settings import AgentSettings
+    from fivesafes_tes.settings import AgentSettings, drop_secrets_from_environment
 
     logs.configure(logging.INFO)
     settings = AgentSettings()  # type: ignore[call-arg]
+    drop_secrets_from_environment(settings)  # nothing the agent starts (check processes...) inherits them
     worker = Agent.from_settings(settings)
     worker.start()
     console.print(

@@ -6,6 +6,7 @@ issuer trusted, nothing unauthenticated beyond service-info and health).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -165,3 +166,17 @@ class AgentSettings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'agent.db'}"
+
+
+def drop_secrets_from_environment(settings: BaseSettings) -> list[str]:
+    """Remove the variables of `settings`' secret fields from this process's environment once they
+    are read, so that no process it starts (the check processes and their fork server, the
+    container engine's helpers) inherits a token or key. Returns the names removed."""
+    prefix = settings.model_config.get("env_prefix", "")
+    removed = []
+    for name, field in type(settings).model_fields.items():
+        if field.annotation in (SecretStr, SecretStr | None):
+            variable = f"{prefix}{name}".upper()
+            if os.environ.pop(variable, None) is not None:
+                removed.append(variable)
+    return removed

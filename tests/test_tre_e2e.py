@@ -283,6 +283,14 @@ def _listening_sockets(pid: int) -> list[str]:
     return listening
 
 
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
 @pytest.fixture
 def gateway_only(tmp_path, docker_client):  # type: ignore[no-untyped-def]
     images.ensure_busybox_image(docker_client)
@@ -307,6 +315,14 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
     try:
         approve_all(env)
         assert _listening_sockets(agent.pid) == []  # RELIABILITY 29: every connection is outbound
+        # Processes the agent starts (the check processes' fork server) inherit neither its token
+        # nor its airlock key: rules parse untrusted files.
+        children = _descendants(agent.pid)
+        assert children, "the agent started no fork server for its checks"
+        for pid in children:
+            environment = Path(f"/proc/{pid}/environ").read_bytes()
+            for secret in (env["FIVESAFES_AGENT_TOKEN"], env["FIVESAFES_AGENT_AIRLOCK_SECRET_KEY"]):
+                assert secret.encode() not in environment
 
         alice = Researcher(stack)
         script = (
