@@ -10,8 +10,8 @@ for identifiers: a 10-digit number with a wrong check digit is not an NHS number
 
 Text is read in large pieces that end at a line end (a line longer than a piece is cut with an
 overlap, so an identifier across the cut is still found exactly once). A fast vectorised pre-filter
-(RE2 through Arrow) finds the few lines that could hold an identifier; only those are matched
-precisely and validated. CSV and TSV are read the same way, with each hit placed in its data row
+(RE2 through Arrow, on `checks.threads` threads, one piece each) finds the few lines that could
+hold an identifier; only those are matched precisely and validated, in file order. CSV and TSV are read the same way, with each hit placed in its data row
 (quoted line breaks accounted for) and column. Parquet is read column by column. Once
 `max_findings` hits are listed, what the pre-filter lets through is only counted, so a file full
 of identifiers costs no more time than a clean one.

@@ -9,7 +9,8 @@ Three signs, each with its own verdict:
 * length: far more rows than an aggregate table has.
 
 Distinctness is measured in windows of consecutive rows (`window_rows`), so memory stays flat however
-long the file is; a table is judged by its most distinct window.
+long the file is; a table is judged by its most distinct window. Each window tells its text columns'
+kinds (dates, numbers, text) from their first 1,024 values.
 
 Settings (the rule's `config`, per TRE and per project):
 
