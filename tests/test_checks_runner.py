@@ -338,3 +338,27 @@ def test_check_processes_start_with_the_rules_already_imported(tmp_path: Path) -
     milliseconds, not the ~0.4 s of imports a fresh process would pay on every hold."""
     [report] = run_checks([text_file(tmp_path, "a.txt", "x")], config("fake_preloaded"), "alpha")
     assert [f.message for f in report.results[0].findings] == ["preloaded=True"]
+
+
+def test_the_tabular_rules_run_within_a_one_gib_address_space(tmp_path: Path) -> None:
+    """Check processes inherit the fork server's memory: nothing reserved there may eat the limit."""
+    rows = "".join(f"r{i % 7},{20 + i}\n" for i in range(2000))
+    file = text_file(tmp_path, "counts.csv", f"region,n_patients\n{rows}east,4\n")
+    enabled = ("small_cell", "record_level", "identifiers")
+    [report] = run_checks([file], config(*enabled, worker_memory_bytes=1 << 30), "alpha")
+    assert [(r.rule, r.error) for r in report.results] == [(rule, None) for rule in enabled]
+    assert report.results[0].verdict is Verdict.FAIL  # the count of 4 was read and judged
+
+
+def test_a_memory_limit_too_tight_for_threads_never_hangs_a_rule(tmp_path: Path) -> None:
+    """Under a limit that leaves no room for threads, rules work serially or fail with their error,
+    never by waiting out a timeout (a thread that cannot get memory leaves `Thread.start()` waiting
+    forever)."""
+    rows = "".join(f"r{i % 7},{20 + i}\n" for i in range(2000))
+    file = text_file(tmp_path, "counts.csv", f"region,n_patients\n{rows}")
+    enabled = ("small_cell", "record_level", "identifiers")
+    sections = {rule: {"timeout_s": 20} for rule in enabled}
+    tight = config(*enabled, worker_memory_bytes=384 << 20, threads=2, **sections)
+    [report] = run_checks([file], tight, "alpha")
+    for result in report.results:  # judged (the file is small) or failed closed with the reason
+        assert "timed out" not in (result.error or ""), result

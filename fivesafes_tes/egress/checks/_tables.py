@@ -201,14 +201,15 @@ def _delimited_batches(
     )
     read = pa_csv.ReadOptions(column_names=internal, block_size=_CSV_BLOCK_BYTES, use_threads=False)
     serial_from: int | None = 0
+    count = threads()  # once: the ring below must outnumber what `ordered` keeps in flight
 
     def segments() -> Iterator[memoryview]:
         nonlocal serial_from
-        if threads() == 1:
+        if count == 1:
             return  # no threads to share the work: the streaming reader alone is quicker
         # A ring of buffers, each reused once the segment in it is parsed: fresh 8 MiB buffers
-        # would cost a page fault every 4 KiB. `ordered` holds at most threads() + 1 in flight.
-        ring = [bytearray(_SEGMENT_BYTES + _CSV_BLOCK_BYTES) for _ in range(threads() + 2)]
+        # would cost a page fault every 4 KiB. `ordered` holds at most count + 1 in flight.
+        ring = [bytearray(_SEGMENT_BYTES + _CSV_BLOCK_BYTES) for _ in range(count + 2)]
         with path.open("rb") as stream:
             first = stream.readline(_MAX_HEADER_BYTES)
             if not first.endswith(b"\n") or b'"' in first or b"\r" in first[:-2]:
@@ -243,7 +244,7 @@ def _delimited_batches(
             source, read_options=read, parse_options=parse, convert_options=convert
         ).to_batches()
 
-    for batches in ordered(parse_segment, segments()):
+    for batches in ordered(parse_segment, segments(), count):
         yield from batches
     if serial_from is None:
         return
