@@ -155,3 +155,20 @@ class Preloaded(_Fake):
     def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
         ready = all(f"fivesafes_tes.egress.checks.{m}" in sys.modules for m in ("identifiers", "_warm"))
         return self.result(Verdict.PASS, Finding(Verdict.PASS, f"preloaded={ready}"))
+
+
+class Phones(_Fake):
+    """Passes, saying whether it could connect to the address in its config (a parser exploit's
+    way out)."""
+
+    name = "fake_phones"
+
+    def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
+        import socket
+
+        try:
+            with socket.create_connection((config["host"], config["port"]), timeout=5):
+                outcome = "connected"
+        except OSError as exc:
+            outcome = f"refused errno={exc.errno}"
+        return self.result(Verdict.PASS, Finding(Verdict.PASS, outcome))

@@ -31,6 +31,7 @@ FAKES = {
     "fake_parquet": "ReadsParquet",
     "fake_threads": "Threads",
     "fake_preloaded": "Preloaded",
+    "fake_phones": "Phones",
 }
 
 
@@ -362,3 +363,18 @@ def test_a_memory_limit_too_tight_for_threads_never_hangs_a_rule(tmp_path: Path)
     [report] = run_checks([file], tight, "alpha")
     for result in report.results:  # judged (the file is small) or failed closed with the reason
         assert "timed out" not in (result.error or ""), result
+
+
+@pytest.mark.parametrize("deny", [True, False])
+def test_a_check_process_can_open_no_connection(tmp_path: Path, deny: bool) -> None:
+    """A file that exploited a parser could not send what it read anywhere: socket() is refused."""
+    import errno
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        host, port = server.getsockname()
+        section = {"fake_phones": {"host": host, "port": port}}
+        checks_config = config("fake_phones", deny_network=deny, **section)
+        [report] = run_checks([text_file(tmp_path, "a.txt", "x")], checks_config, "alpha")
+    [finding] = report.results[0].findings
+    assert finding.message == (f"refused errno={errno.EPERM}" if deny else "connected")

@@ -164,6 +164,11 @@ class ChecksConfig(BaseModel):
         description="Threads each check process may use on one file (CSV parsing, identifier "
         "pre-filtering). 1: every rule works serially.",
     )
+    deny_network: bool = Field(
+        default=True,
+        description="Check processes may open no socket (a seccomp filter; Linux x86_64 and aarch64): "
+        "a file that exploits a parser cannot send what it reads. false only where seccomp is missing.",
+    )
     worker_memory_bytes: int | None = Field(
         default=4 * GIB,
         ge=256 * MIB,

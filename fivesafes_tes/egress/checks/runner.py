@@ -49,6 +49,15 @@ class FileReport:
 
 
 @dataclass(frozen=True)
+class _Sandbox:
+    """What a check process is held to: its address space, its threads, and no network."""
+
+    memory_bytes: int | None = None
+    threads: int = 1
+    deny_network: bool = True
+
+
+@dataclass(frozen=True)
 class _Planned:
     name: str
     spec: str  # "module:Class", resolved in the parent so the worker needs no registry
@@ -71,7 +80,9 @@ def run_checks(files: list[HeldFile], config: ChecksConfig, project: str) -> lis
         pending.put(index)
 
     def slot() -> None:
-        worker = _Worker(context, plan, effective.worker_memory_bytes, effective.threads)
+        worker = _Worker(
+            context, plan, _Sandbox(effective.worker_memory_bytes, effective.threads, effective.deny_network)
+        )
         try:
             while True:
                 try:
@@ -179,13 +190,10 @@ def _mp() -> multiprocessing.context.BaseContext:
 class _Worker:
     """One check process, restarted whenever it had to be killed or died."""
 
-    def __init__(
-        self, context: CheckContext, plan: tuple[_Planned, ...], memory_bytes: int | None, threads: int = 1
-    ) -> None:
+    def __init__(self, context: CheckContext, plan: tuple[_Planned, ...], sandbox: _Sandbox) -> None:
         self._context = context
         self._plan = plan
-        self._memory_bytes = memory_bytes
-        self._threads = threads
+        self._sandbox = sandbox
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
@@ -243,7 +251,7 @@ class _Worker:
         specs = [(p.spec, p.config) for p in self._plan]
         process = ctx.Process(
             target=_worker_main,
-            args=(child, self._context, specs, self._memory_bytes, self._threads),
+            args=(child, self._context, specs, self._sandbox),
             name="fivesafes-check",
             daemon=True,
         )
@@ -344,16 +352,23 @@ def _finding(item: Any) -> Finding:
 
 
 def _worker_main(
-    conn: Connection,
-    context: CheckContext,
-    specs: list[tuple[str, dict[str, Any]]],
-    memory_bytes: int | None,
-    threads: int,
+    conn: Connection, context: CheckContext, specs: list[tuple[str, dict[str, Any]]], sandbox: _Sandbox
 ) -> None:
     from fivesafes_tes.egress.checks._parallel import set_threads
 
-    _isolate(memory_bytes)
-    set_threads(threads)
+    _isolate(sandbox.memory_bytes)
+    set_threads(sandbox.threads)
+    refused = None  # why this process may judge nothing
+    if sandbox.deny_network:
+        from fivesafes_tes.egress.checks._seccomp import deny_network
+
+        try:
+            deny_network()
+        except (OSError, NotImplementedError) as exc:
+            refused = (
+                f"the check process could not be denied the network ({type(exc).__name__}); set "
+                "checks.deny_network: false only where seccomp is unavailable"
+            )
     rules: dict[int, Any] = {}
     while True:
         try:
@@ -363,7 +378,7 @@ def _worker_main(
         if raw == _STOP:
             return
         job = json.loads(raw)
-        reply = _run_one(context, specs, rules, job["file"], job["step"])
+        reply = {"error": refused} if refused else _run_one(context, specs, rules, job["file"], job["step"])
         try:
             encoded = json.dumps(reply).encode()
         except (TypeError, ValueError) as exc:
