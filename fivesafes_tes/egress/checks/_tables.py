@@ -216,8 +216,7 @@ def _delimited_batches(
                 return  # the header may not end where a line does: read it all serially
             offset, carry, turn = len(first), b"", 0
             while True:
-                buffer = ring[turn % len(ring)]
-                turn += 1
+                buffer = ring[turn % len(ring)]  # the next slot only once this one was handed out
                 buffer[: len(carry)] = carry
                 view = memoryview(buffer)
                 end = len(carry) + stream.readinto(view[len(carry) : len(carry) + _SEGMENT_BYTES])
@@ -229,6 +228,7 @@ def _delimited_batches(
                 cut = buffer.rfind(b"\n", 0, end) + 1
                 carry = bytes(buffer[cut:end])
                 if cut:
+                    turn += 1
                     yield view[:cut]
                     offset += cut
                 if len(carry) > _CSV_BLOCK_BYTES:
