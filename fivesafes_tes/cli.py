@@ -227,7 +227,8 @@ def audit_verify(
 def agent() -> None:
     """Run this TRE's agent: pull work from the gateway, run it sandboxed, hold outputs in the airlock.
 
-    Configured by FIVESAFES_AGENT_* variables (docs/configuration.md). It opens no listening socket.
+    Configured by FIVESAFES_AGENT_* variables (docs/configuration.md). It opens no listening socket
+    unless FIVESAFES_AGENT_ADMIN_LISTEN is set (the in-TRE admin and review APIs).
     """
     import logging
     import signal

@@ -59,7 +59,8 @@ class GatewaySettings(BaseSettings):
     storage: list[str] = Field(default_factory=list, description="Storage locations listed in service-info.")
     backend_parameters: list[str] = Field(
         default=["tre", "project"],
-        description="tesResources.backend_parameters keys this gateway understands (case-insensitive).",
+        description="tesResources.backend_parameters keys accepted and kept (case-insensitive); they do not route "
+        "tasks: tags `project` and `tres` do.",
     )
 
     # Submission policy
@@ -152,10 +153,11 @@ class AgentSettings(BaseSettings):
     run_as: str = Field(default="65534:65534", description="uid:gid tasks run as; never root.")
     admin_listen: str | None = Field(
         default=None,
-        description="host:port for the TRE-admin API (inside the TRE only). Unset: no listening socket at all.",
+        description="host:port for the TRE-admin and review APIs (inside the TRE only). Unset: no listening "
+        "socket at all.",
     )
     oidc_issuer: str | None = Field(
-        default=None, description="Issuer of TRE admins' tokens (for the admin API)."
+        default=None, description="Issuer of TRE admins' and output checkers' tokens (for those APIs)."
     )
     oidc_audience: str = Field(default="fivesafes-tre", description="Audience of TRE admins' tokens.")
     oidc_jwks_url: str | None = Field(
