@@ -325,13 +325,16 @@ class Agent:
             seen = set()
             for project in answer["projects"]:
                 seen.add(project["name"])
-                row = session.get(LocalProject, project["name"]) or LocalProject(name=project["name"])
+                row = session.get(LocalProject, project["name"])
+                if row is None:
+                    row = LocalProject(name=project["name"])
+                    session.add(row)
                 row.title, row.members = project["title"], project["members"]
                 row.starts_on, row.ends_on = project["starts_on"], project["ends_on"]
-                session.merge(row)
             for gone in session.scalars(select(LocalProject).where(LocalProject.name.not_in(seen))):
                 session.delete(gone)
-            pending = approvals.unpushed(session)
+            pending = [d for d in approvals.unpushed(session) if d.project in seen]
+            sent = {(d.project, d.username): d.decided_at for d in pending}
             body = [
                 {
                     "project": d.project,
@@ -342,13 +345,14 @@ class Agent:
                     "decided_at": d.decided_at.isoformat(),
                 }
                 for d in pending
-                if d.project in seen
             ]
         if body:
             self.client.push_decisions(body)
             with self.db.write() as session:
                 for d in approvals.unpushed(session):
-                    d.pushed = True
+                    # Only what was sent: a decision made (or changed) meanwhile goes at the next sync.
+                    if sent.get((d.project, d.username)) == d.decided_at:
+                        d.pushed = True
 
     # --- the state machine -----------------------------------------------------------------------
 
@@ -369,7 +373,9 @@ class Agent:
             handler(child)
 
     def _approve_and_start(self, child: LocalChild) -> None:
-        if child.child_id in self.executor.running():  # started before a crash: re-attach, never twice
+        # Started before a crash: re-attach, never twice. A container exists only once `staging` was
+        # recorded (just before the start), so a child still waiting on approval costs no listing.
+        if child.stage == "staging" and child.child_id in self.executor.running():
             self._emit(child, "running")
             return
         with self.db.read() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,7 +23,7 @@ from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, safe_key
 from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
-from fivesafes_tes.submission import results
+from fivesafes_tes.submission import results, tasks
 from fivesafes_tes.submission.federation import NotFound
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
 from fivesafes_tes.submission.tasks import TaskNotFound, visible_task
@@ -151,12 +152,7 @@ def list_results(request: Request, task_id: str, principal: CurrentPrincipal) ->
     with ctx.db.read() as session:
         visible_task(session, actor_of(principal), task_id)
         released = results.released_files(session, [task_id]).get(task_id, [])
-        children = session.execute(
-            select(Child, Tre.name)
-            .join(Tre, Tre.id == Child.tre_id)
-            .where(Child.task_id == task_id)
-            .order_by(Tre.name)
-        ).all()
+        children = tasks.children_of(session, [task_id]).get(task_id, [])
     tres = []
     for child, tre in children:
         files = [
@@ -198,7 +194,9 @@ def download(
         except TaskNotFound:
             raise NotFound(f"no released file {file_id} visible to you") from None
     store = _store(request)
-    tmp = Path(tempfile.mkstemp(prefix="download-")[1])
+    handle, name = tempfile.mkstemp(prefix="download-")
+    os.close(handle)  # get_to_file writes beside it and renames over it
+    tmp = Path(name)
     try:
         store.get_to_file(released.key, tmp, expect_sha256=released.sha256)
     except ChecksumMismatch:

@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
-from fivesafes_tes.submission.tables import Membership, Project, ProjectTre, Tre, TreDecision
+from fivesafes_tes.submission.tables import Membership, Project, ProjectTre, Tre
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -311,11 +311,3 @@ def _names(session: Session, memberships: dict[int, Membership]) -> str:
     return ", ".join(
         session.scalars(select(Project.name).where(Project.id.in_(memberships)).order_by(Project.name))
     )
-
-
-# --- decisions reported by TREs ---------------------------------------------------------------
-
-
-def decisions_for(session: Session, project_id: int) -> dict[tuple[int, str], TreDecision]:
-    rows = session.scalars(select(TreDecision).where(TreDecision.project_id == project_id))
-    return {(d.tre_id, d.username): d for d in rows}

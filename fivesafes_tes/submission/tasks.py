@@ -136,7 +136,7 @@ def create_task(
 ) -> Created:
     """Store a new task with one child per target TRE; with an Idempotency-Key, a repeat returns the
     first task."""
-    fingerprint = request_fingerprint(request)
+    fingerprint = request_fingerprint(request) if idempotency_key is not None else ""  # of the body as sent
     if idempotency_key is not None:
         existing = _replayed(session, actor, idempotency_key, fingerprint)
         if existing:
@@ -353,7 +353,8 @@ def _tags_of(session: Session, task_ids: list[str]) -> dict[str, dict[str, str]]
     return out
 
 
-def _children_of(session: Session, task_ids: list[str]) -> dict[str, list[tuple[Child, str]]]:
+def children_of(session: Session, task_ids: list[str]) -> dict[str, list[tuple[Child, str]]]:
+    """Each task's children with their TRE's name, in TRE-name order."""
     out: dict[str, list[tuple[Child, str]]] = {}
     if not task_ids:
         return out
@@ -375,7 +376,7 @@ def _documents(session: Session, tasks: list[Task], results_url: str) -> list[di
     ids = [t.id for t in tasks]
     tags, children, released = (
         _tags_of(session, ids),
-        _children_of(session, ids),
+        children_of(session, ids),
         released_files(session, ids),
     )
     return [
