@@ -41,6 +41,9 @@ def test_project_tag_key_in_any_case(gateway, key):
         f"{TES}/tasks", json=task(**{key: "Alpha"}), headers=gateway.headers("carol")
     )
     assert response.status_code == 200, response.text
+    # bob's only project is beta: the tag is read (not his default), and alpha is not his
+    refused = submit(gateway, "bob", **{key: "Alpha"})
+    assert refused.status_code == 403 and "beta" in refused.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -115,11 +118,14 @@ def test_members_of_a_project_see_its_tasks_others_never(gateway):
 
 def test_leaving_a_project_hides_its_tasks(gateway):
     alice_task = submit(gateway).json()["id"]
+    carol = gateway.headers("carol")
+    assert gateway.client.get(f"{TES}/tasks/{alice_task}", headers=carol).status_code == 200
     admin = gateway.headers("fed", "federation-admin")
     assert gateway.client.delete(f"{ADMIN}/projects/alpha/members/carol", headers=admin).status_code == 200
-    assert (
-        gateway.client.get(f"{TES}/tasks/{alice_task}", headers=gateway.headers("carol")).status_code == 404
-    )
+    assert gateway.client.get(f"{TES}/tasks/{alice_task}", headers=carol).status_code == 404
+    listed = gateway.client.get(f"{TES}/tasks", headers=carol).json().get("tasks", [])
+    assert alice_task not in [t["id"] for t in listed]
+    assert gateway.client.post(f"{TES}/tasks/{alice_task}:cancel", headers=carol).status_code == 404
 
 
 # --- the admin API ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ output's contents (28)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -121,8 +122,10 @@ def test_a_crash_during_the_copy_loses_and_doubles_nothing(stack, monkeypatch):
         time.sleep(0.1)
     assert list(uk.store.list(held)) == []
     listing = http.get(f"/api/v1/tasks/{task_id}/results").json()["tres"][0]["files"]
+    assert sorted(f["name"] for f in listing) == sorted(names)
     for file in listing:
-        assert http.get(f"/api/v1/results/{file['id']}").status_code == 200
+        body = http.get(f"/api/v1/results/{file['id']}")
+        assert body.status_code == 200 and hashlib.sha256(body.content).hexdigest() == file["sha256"]
 
 
 def test_no_token_key_or_output_content_reaches_the_logs(stack, caplog):
