@@ -510,3 +510,20 @@ def test_the_gateway_keeps_a_released_file_only_from_its_tre_in_review_and_intac
     [stored] = list(bucket.list(""))
     assert bucket.get_bytes(stored.key) == data
     assert stages(gateway, task_id) == {"uk-tre": "awaiting_review"}
+
+
+def test_an_idle_long_poll_opens_no_write_transaction(gateway, monkeypatch):
+    """An idle agent rechecks every 0.5 s; on SQLite a write would queue with every task creation."""
+    lease(gateway)  # the agent's first call (nothing to hand out either way)
+    db = gateway.app.state.ctx.db
+    real, writes = db.write, []
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        writes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(db, "write", counted)
+    assert lease(gateway, wait_s=1.2) == {"leases": [], "cancel": []}
+    assert writes == []
+    task_id = submit(gateway, tres="uk-tre")  # and work still goes out when it comes
+    assert [g["task_id"] for g in lease(gateway)["leases"]] == [task_id]

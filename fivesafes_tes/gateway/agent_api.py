@@ -66,6 +66,9 @@ async def lease_work(request: Request, body: LeaseRequest, tre: CurrentTre) -> L
     deadline = loop.time() + body.wait_s
 
     def attempt() -> tuple[list[leases.Grant], list[leases.Cancellation]]:
+        with ctx.db.read() as session:
+            if not leases.work_waiting(session, tre):
+                return [], leases.pending_cancellations(session, tre)
         with ctx.db.write() as session:
             grants = leases.lease(session, tre, limit=body.max, ttl_s=ctx.settings.lease_ttl_s)
             return grants, leases.pending_cancellations(session, tre)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -81,6 +81,26 @@ class Decision:
     decided_at: datetime = field(default_factory=utcnow)
 
 
+_IN_PROGRESS = tuple(s.value for s in Stage if not s.is_final and s is not Stage.RECEIVED)
+
+
+def _leasable(tre: Tre, now: datetime):  # type: ignore[no-untyped-def]
+    """This TRE's new children, and its in-progress ones whose lease expired."""
+    return and_(
+        Child.tre_id == tre.id,
+        or_(
+            Child.stage == Stage.RECEIVED.value,
+            Child.stage.in_(_IN_PROGRESS) & (Child.lease_expires_at < now),
+        ),
+    )
+
+
+def work_waiting(session: Session, tre: Tre) -> bool:
+    """Whether `lease` would hand anything out now: a read, so that an idle agent's long poll never
+    opens a write transaction (on SQLite, one that queues behind and ahead of task creation)."""
+    return session.scalar(select(Child.id).where(_leasable(tre, utcnow())).limit(1)) is not None
+
+
 def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime | None = None) -> list[Grant]:
     """Hand this TRE's new and abandoned children to its agent, each with a fresh attempt number.
 
@@ -89,16 +109,9 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
     """
     now = now or utcnow()
     expires = now + timedelta(seconds=ttl_s)
-    in_progress = [s.value for s in Stage if not s.is_final and s is not Stage.RECEIVED]
     query = (
         select(Child)
-        .where(
-            Child.tre_id == tre.id,
-            or_(
-                Child.stage == Stage.RECEIVED.value,
-                Child.stage.in_(in_progress) & (Child.lease_expires_at < now),
-            ),
-        )
+        .where(_leasable(tre, now))
         .order_by(Child.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
