@@ -178,8 +178,10 @@ def create_admin_app(db: Database, tre: str, validator: TokenValidator) -> FastA
                 )
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
+        except review.ReviewForbidden as exc:
+            raise HTTPException(403, str(exc)) from None
         except review.ReviewRefused as exc:
-            raise HTTPException(403 if "cannot review" in str(exc) else 400, str(exc)) from None
+            raise HTTPException(400, str(exc)) from None
         return {"child_id": child_id, "name": body.name, "decision": body.decision, "checker": checker}
 
     return app

@@ -34,6 +34,10 @@ class ReviewRefused(Exception):
     """The decision cannot be taken; the message says why in the checker's terms."""
 
 
+class ReviewForbidden(ReviewRefused):
+    """This person may not review this child's outputs at all (they submitted the task)."""
+
+
 class FileOutcome(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
@@ -71,7 +75,7 @@ def decide(
     if child.stage != "awaiting_review":
         raise ReviewRefused(f"child {child_id} is {child.stage}, not awaiting review")
     if checker == child.username:
-        raise ReviewRefused(f"{checker} submitted this task and cannot review its outputs")
+        raise ReviewForbidden(f"{checker} submitted this task and cannot review its outputs")
     if decision == "rejected" and not reason.strip():
         raise ReviewRefused("say why: the researcher reads the reason for a rejection")
     if decision == "approved":

@@ -82,17 +82,17 @@ RELEASE_UPLOADS = re.compile(r"^/agent/v1/children/[^/]+/files$")
 def _results_store(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     if not settings.results_endpoint_url and not settings.results_access_key:
         return None
-    from fivesafes_tes.egress.store import ObjectStore
+    from fivesafes_tes.egress.store import ObjectStore, StoreSettings
 
-    secret = settings.results_secret_key.get_secret_value() if settings.results_secret_key else None
-    store = ObjectStore(
-        settings.results_endpoint_url,
-        settings.results_bucket,
-        settings.results_access_key,
-        secret,
-        settings.results_region,
+    return ObjectStore.from_settings(  # built as the agent builds its airlock's
+        StoreSettings(
+            endpoint_url=settings.results_endpoint_url,
+            bucket=settings.results_bucket,
+            access_key=settings.results_access_key,
+            secret_key=settings.results_secret_key,
+            region=settings.results_region,
+        )
     )
-    return store
 
 
 def dev_issuer_url(settings: GatewaySettings) -> str:
