@@ -223,10 +223,11 @@ def record_event(
     of sibling children take turns and each derives the parent's state from its siblings' latest
     stages: without the lock, under READ COMMITTED the last writer could store a stale state.
     """
-    task_id = child_in_tre(session, tre, child_id).task_id
-    task = session.scalars(select(Task).where(Task.id == task_id).with_for_update()).one()
+    of_child = select(Child.task_id).where(Child.id == child_id, Child.tre_id == tre.id).scalar_subquery()
+    task = session.scalars(select(Task).where(Task.id == of_child).with_for_update()).first()
+    if task is None:
+        raise UnknownChild(f"no child {child_id!r} in TRE {tre.name}")
     child = child_in_tre(session, tre, child_id, for_update=True)
-    session.refresh(child)  # what was committed before we held the lock
     if session.get(ChildEvent, (child_id, attempt, seq)) is not None:
         return EventResult(stage=child.stage, applied=False)
     if attempt != child.attempt:
@@ -282,8 +283,8 @@ def refresh_parent(session: Session, task: Task, *, paused_for_review: bool = Fa
 
 def child_in_tre(session: Session, tre: Tre, child_id: str, *, for_update: bool = False) -> Child:
     query = select(Child).where(Child.id == child_id, Child.tre_id == tre.id)
-    if for_update:
-        query = query.with_for_update()
+    if for_update:  # and what was committed before the lock, even if the session saw the row earlier
+        query = query.with_for_update().execution_options(populate_existing=True)
     child = session.scalar(query)
     if child is None:
         raise UnknownChild(f"no child {child_id!r} in TRE {tre.name}")
