@@ -164,6 +164,11 @@ class AgentSettings(BaseSettings):
         default=None, description="JWKS URL; default discovered from the issuer."
     )
     roles_claim: str = Field(default="roles", description="Claim holding roles; dotted for nested.")
+    require_tre_claim: bool = Field(
+        default=True,
+        description="Admins' and output checkers' tokens must name this TRE in their `tre` claim. Set false "
+        "only where the issuer serves this TRE alone.",
+    )
 
     @property
     def effective_database_url(self) -> str:

@@ -84,6 +84,8 @@ def test_only_this_tres_admins_may_decide(admin):
         == 403
     )
     assert client.get("/tre/v1/projects", headers=token("output-checker")).status_code == 403
+    nameless = client.put("/tre/v1/projects/alpha/decision", json=body, headers=token("tre-admin", tre=None))
+    assert nameless.status_code == 403 and "names no TRE" in nameless.json()["detail"]
     with db.read() as session:
         assert approvals.clearance(session, "uk-tre", "alpha", "alice").verdict is approvals.Verdict.UNDECIDED
         failures = [r for r in session.scalars(select(AuditRecord)) if r.action == "auth.failure"]
@@ -102,3 +104,21 @@ def test_mistakes_are_explained(admin, path, body, status, words):
     client, _, token = admin
     response = client.put(path, json=body, headers=token("tre-admin"))
     assert response.status_code == status and words in response.json()["detail"]
+
+
+def test_a_token_naming_no_tre_is_accepted_only_where_the_issuer_serves_this_tre_alone(admin, tmp_path):
+    _, db, token = admin
+    issuer = DevIssuer(tmp_path / "idp", "https://idp.tre.example/realms/uk")
+    validator = TokenValidator(issuer.issuer_url, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
+    own_issuer = TestClient(create_admin_app(db, "uk-tre", validator, require_tre_claim=False))
+    body = {"decision": "approved"}
+    assert (
+        own_issuer.put("/tre/v1/projects/alpha/decision", json=body, headers=token("tre-admin", tre=None))
+    ).status_code == 200
+    assert (
+        own_issuer.put("/tre/v1/projects/alpha/decision", json=body, headers=token("tre-admin", tre="sg-tre"))
+    ).status_code == 403
+    listed = own_issuer.get("/tre/v1/projects", headers=token("tre-admin", tre=None)).json()
+    assert [(d["username"], d["decision"], d["decided_by"]) for d in listed[0]["decisions"]] == [
+        ("", "approved", "dora")
+    ]

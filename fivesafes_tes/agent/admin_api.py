@@ -48,7 +48,10 @@ class ProjectOut(BaseModel):
 
 
 def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, role: Role) -> str:
-    """The caller's username if their token is valid, for this TRE, with `role`; 401 (audited) or 403."""
+    """The caller's username if their token is valid, for this TRE, with `role`; 401 (audited) or 403.
+
+    A token naming no TRE is refused unless the app was told its issuer serves this TRE alone: where
+    TREs share an issuer, a checker of one would otherwise decide on another's outputs."""
     db, tre, validator = request.app.state.db, request.app.state.tre, request.app.state.validator
     reason = "no bearer token"
     if credentials is not None:
@@ -61,6 +64,10 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, 
                 raise HTTPException(403, f"this route is for this TRE's {role.value}s (role {role.value})")
             if claims.tre and claims.tre != tre:
                 raise HTTPException(403, f"this token is for TRE {claims.tre!r}, not {tre!r}")
+            if not claims.tre and request.app.state.require_tre_claim:
+                raise HTTPException(
+                    403, f"this token names no TRE; this route needs one whose `tre` claim is {tre!r}"
+                )
             return claims.username
     with db.write() as session:
         audit.record(
@@ -100,9 +107,14 @@ class FileDecisionIn(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
-def create_admin_app(db: Database, tre: str, validator: TokenValidator) -> FastAPI:
+def create_admin_app(
+    db: Database, tre: str, validator: TokenValidator, *, require_tre_claim: bool = True
+) -> FastAPI:
+    """The TRE-admin and review APIs of TRE `tre`. With `require_tre_claim` (the default) a token
+    must name this TRE; pass False only where `validator`'s issuer serves this TRE alone."""
     app = FastAPI(title=f"Five Safes TES: TRE admin ({tre})", docs_url=None, redoc_url=None)
     app.state.db, app.state.tre, app.state.validator = db, tre, validator
+    app.state.require_tre_claim = require_tre_claim
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

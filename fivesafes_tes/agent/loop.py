@@ -141,7 +141,10 @@ class Agent:
         s = self.settings
         host, _, port = (s.admin_listen or "").rpartition(":")
         app = create_admin_app(
-            self.db, self.tre, validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim)
+            self.db,
+            self.tre,
+            validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim),
+            require_tre_claim=s.require_tre_claim,
         )
         self._admin_server = uvicorn.Server(
             uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", lifespan="off")
