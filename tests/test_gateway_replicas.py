@@ -29,7 +29,7 @@ from tests.processes import GatewayProcess
 TES = "/ga4gh/tes/v1"
 AGENT = "/agent/v1"
 AUDIENCE = "fivesafes-tes"
-LEASE_TTL_S = 5
+LEASE_TTL_S = 10  # the second kill must land before the first leases expire, also on a busy machine
 
 
 def _bearer(issuer: DevIssuer, user: str, role: str, **claims: str) -> dict[str, str]:
@@ -273,7 +273,7 @@ def test_gateway_kill_9_loses_nothing_duplicates_nothing_and_reoffers_leases(dat
         poller = threading.Thread(target=long_poll, daemon=True)
         submitters = [threading.Thread(target=submit_many, args=(first,), daemon=True) for first in (6, 7, 8)]
         poller.start()
-        time.sleep(0.5)  # the poll now waits inside the gateway: nothing is leasable for 5 s
+        time.sleep(0.5)  # the poll now waits inside the gateway: nothing is leasable until the TTL
         for thread in submitters:
             thread.start()
         assert three_answered.wait(20)

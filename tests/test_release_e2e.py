@@ -147,6 +147,11 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     )
     assert bob.get(f"/api/v1/tasks/{task_id}/results").status_code == 404
     assert bob.get(f"/api/v1/results/{released['uk-tre']['files'][0]['id']}").status_code == 404
+    deadline = time.monotonic() + 15  # the agents empty their airlocks once the gateway answered
+    while time.monotonic() < deadline and (
+        airlock.read_manifest(uk.store, uk_child) or airlock.read_manifest(sg.store, sg_child)
+    ):
+        time.sleep(0.1)
     assert (
         airlock.read_manifest(uk.store, uk_child) is None
         and airlock.read_manifest(sg.store, sg_child) is None
