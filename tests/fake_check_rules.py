@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, RuleResult, Verdict
@@ -172,3 +174,27 @@ class Phones(_Fake):
         except OSError as exc:
             outcome = f"refused errno={exc.errno}"
         return self.result(Verdict.PASS, Finding(Verdict.PASS, outcome))
+
+
+class Snoop(_Fake):
+    """Passes, saying what a parser exploit could do beyond its file: read its own held file, read
+    another file (config `secret`), create one (config `write`), signal a process (config `pid`)."""
+
+    name = "fake_snoop"
+
+    def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
+        def attempt(action: Callable[[], object]) -> str:
+            try:
+                action()
+            except OSError as exc:
+                return f"errno={exc.errno}"
+            return "ok"
+
+        outcomes = {
+            "own": attempt(file.path.read_bytes),
+            "secret": attempt(Path(config["secret"]).read_bytes),
+            "write": attempt(Path(config["write"]).touch),
+            "signal": attempt(lambda: os.kill(config["pid"], 0)),
+        }
+        message = " ".join(f"{key}:{value}" for key, value in outcomes.items())
+        return self.result(Verdict.PASS, Finding(Verdict.PASS, message))

@@ -32,6 +32,7 @@ FAKES = {
     "fake_threads": "Threads",
     "fake_preloaded": "Preloaded",
     "fake_phones": "Phones",
+    "fake_snoop": "Snoop",
 }
 
 
@@ -86,7 +87,8 @@ def test_a_hanging_rule_fails_within_its_timeout_and_the_remaining_rules_still_r
 def test_a_timeout_kills_what_the_rule_started_too(tmp_path):
     pid_file = tmp_path / "grandchild.pid"
     files = [text_file(tmp_path, "t.csv", "a,b\n1,2\n")]
-    cfg = config("fake_hang", fake_hang={"timeout_s": 1.5, "pid_file": str(pid_file)})
+    # (unconfined: the rule writes its child's pid where this test can read it)
+    cfg = config("fake_hang", confine_files=False, fake_hang={"timeout_s": 1.5, "pid_file": str(pid_file)})
     [report] = run_checks(files, cfg, "alpha")
     assert report.verdict is Verdict.FAIL
     pid = int(pid_file.read_text())
@@ -378,3 +380,37 @@ def test_a_check_process_can_open_no_connection(tmp_path: Path, deny: bool) -> N
         [report] = run_checks([text_file(tmp_path, "a.txt", "x")], checks_config, "alpha")
     [finding] = report.results[0].findings
     assert finding.message == (f"refused errno={errno.EPERM}" if deny else "connected")
+
+
+@pytest.mark.parametrize("confine", [True, False])
+def test_a_check_process_reads_only_its_files_and_changes_none(tmp_path: Path, confine: bool) -> None:
+    """A file that exploited a parser could read neither the agent's files nor another child's
+    outputs, could write nowhere, and (where the kernel scopes signals) could not signal the agent."""
+    import errno
+
+    from fivesafes_tes.egress.checks._landlock import abi_version
+
+    secret = tmp_path / "agent" / "agent.db"
+    secret.parent.mkdir()
+    secret.write_bytes(b"the agent's own records")
+    section = {"secret": str(secret), "write": str(tmp_path / "agent" / "planted"), "pid": os.getpid()}
+    checks_config = config("fake_snoop", confine_files=confine, fake_snoop=section)
+    [report] = run_checks([text_file(tmp_path, "a.txt", "x")], checks_config, "alpha")
+    [finding] = report.results[0].findings
+    if not confine:  # the positive control: the same rule, unconfined, does all of it
+        assert finding.message == "own:ok secret:ok write:ok signal:ok"
+        return
+    signal = f"errno={errno.EPERM}" if abi_version() >= 6 else "ok"
+    assert finding.message == f"own:ok secret:errno={errno.EACCES} write:errno={errno.EACCES} signal:{signal}"
+    assert not (tmp_path / "agent" / "planted").exists()
+
+
+def test_real_rules_judge_real_files_inside_the_confinement(tmp_path: Path) -> None:
+    """The built-in rules need nothing beyond their files: a table with a small count and a
+    direct identifier is judged, not failed for want of access."""
+    file = text_file(tmp_path, "counts.csv", "region,n_patients,contact\nNorth,4,a.person@example.org\n")
+    enabled = ("file_type", "acro", "small_cell", "record_level", "identifiers")
+    [report] = run_checks([file], config(*enabled, confine_files=True), "alpha")
+    assert [r.error for r in report.results] == [None] * len(enabled), report.results
+    verdicts = {r.rule: r.verdict for r in report.results}
+    assert verdicts["small_cell"] is Verdict.FAIL and verdicts["identifiers"] is Verdict.FAIL

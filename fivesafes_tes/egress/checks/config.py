@@ -169,6 +169,12 @@ class ChecksConfig(BaseModel):
         description="Check processes may open no socket (a seccomp filter; Linux x86_64 and aarch64): "
         "a file that exploits a parser cannot send what it reads. false only where seccomp is missing.",
     )
+    confine_files: bool = Field(
+        default=True,
+        description="Check processes may read only the files they judge and the code they run, and write "
+        "nothing (Landlock, Linux 5.13+): a file that exploits a parser can neither read the agent's "
+        "database or token nor change any file. false only where Landlock is missing.",
+    )
     worker_memory_bytes: int | None = Field(
         default=4 * GIB,
         ge=256 * MIB,

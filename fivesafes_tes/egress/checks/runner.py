@@ -50,11 +50,13 @@ class FileReport:
 
 @dataclass(frozen=True)
 class _Sandbox:
-    """What a check process is held to: its address space, its threads, and no network."""
+    """What a check process is held to: its address space, its threads, no network, and no file
+    but those it judges."""
 
     memory_bytes: int | None = None
     threads: int = 1
     deny_network: bool = True
+    confine_files: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,14 @@ def run_checks(files: list[HeldFile], config: ChecksConfig, project: str) -> lis
 
     def slot() -> None:
         worker = _Worker(
-            context, plan, _Sandbox(effective.worker_memory_bytes, effective.threads, effective.deny_network)
+            context,
+            plan,
+            _Sandbox(
+                effective.worker_memory_bytes,
+                effective.threads,
+                effective.deny_network,
+                effective.confine_files,
+            ),
         )
         try:
             while True:
@@ -368,6 +377,16 @@ def _worker_main(
             refused = (
                 f"the check process could not be denied the network ({type(exc).__name__}); set "
                 "checks.deny_network: false only where seccomp is unavailable"
+            )
+    if sandbox.confine_files and refused is None:
+        from fivesafes_tes.egress.checks._landlock import confine
+
+        try:
+            confine(file.path for file in context.files)
+        except (OSError, RuntimeError) as exc:
+            refused = (
+                f"the check process could not be confined to the files it judges ({type(exc).__name__}); "
+                "set checks.confine_files: false only where Landlock is unavailable"
             )
     rules: dict[int, Any] = {}
     while True:

@@ -1,0 +1,122 @@
+"""Check processes read only what they judge: a Landlock ruleset under which a check process may read
+the held files it was given and the code it runs, and write, create or remove nothing anywhere.
+
+Rules parse files that tasks wrote. Should a file exploit a parser, the process it runs in (the
+agent's own user) can then neither read the agent's database, token file or other children's
+outputs, nor tamper with any file, for instance to mark its own outputs approved. Where the kernel
+offers it (Landlock ABI 6), the process also cannot signal processes outside its domain, such as
+the agent, nor reach abstract Unix sockets; Landlock always bars it from tracing them. Files already
+open (the pipe to the agent, /dev/null as stdout) keep working.
+
+Landlock is unprivileged (Linux 5.13 and later, enabled in Debian's and most distributions'
+kernels); `restrict_self` confines only the calling thread and the threads it starts later, so it
+is applied while the check process still has one thread, and refused otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+# The syscall numbers are the same on every architecture (the generic table).
+_CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+_ALL_V1 = (1 << 13) - 1  # execute ... make_sym: every filesystem right of ABI 1
+_REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
+_FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | _TRUNCATE | _IOCTL_DEV  # what a rule on a file may grant
+
+# Read-only, beyond the code's own folders: shared libraries, the time zone database, the process's
+# own /proc entries and the system's description (CPU count, cgroup limits), and harmless devices.
+_SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/proc", "/sys")
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/zero")
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def abi_version() -> int:
+    """The kernel's Landlock ABI version; OSError where Landlock is missing or disabled."""
+    if sys.platform != "linux":
+        raise OSError(0, f"Landlock is a Linux feature, not available on {sys.platform}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    version = libc.syscall(_CREATE_RULESET, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
+    if version < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"Landlock is unavailable: {os.strerror(errno)}")
+    return int(version)
+
+
+def code_paths() -> list[Path]:
+    """Where this interpreter loads code from: a rule may import a module lazily."""
+    places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    places.update(entry for entry in sys.path if entry)  # not "": the working folder holds no code
+    return sorted(Path(place) for place in places)
+
+
+def confine(readable_files: Iterable[Path], readable_dirs: Iterable[Path] = ()) -> None:
+    """Confine this process, for good: read `readable_files`, anything beneath `readable_dirs`, the
+    code and the system's libraries; write nothing. Raises OSError if the kernel cannot, and
+    RuntimeError when more than one thread runs (the others would stay free)."""
+    if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
+        raise RuntimeError("a process with several threads cannot be confined as a whole")
+    abi = abi_version()
+    handled = _ALL_V1 | (_REFER if abi >= 2 else 0) | (_TRUNCATE if abi >= 3 else 0)
+    handled |= _IOCTL_DEV if abi >= 5 else 0
+    attr = _RulesetAttr(handled, 0, _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24  # the attribute's fields this ABI knows
+    libc = ctypes.CDLL(None, use_errno=True)
+    ruleset = libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    if ruleset < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"landlock_create_ruleset failed: {os.strerror(errno)}")
+    try:
+        read = READ_FILE | READ_DIR | EXECUTE
+        dirs = [*readable_dirs, *code_paths(), *map(Path, _SYSTEM_DIRS)]
+        allowed = [(path, read) for path in dirs] + [(Path(p), READ_FILE) for p in _SYSTEM_FILES]
+        allowed += [(path, READ_FILE) for path in readable_files]
+        allowed.append((Path(os.devnull), READ_FILE | WRITE_FILE))
+        for path, rights in allowed:
+            _allow(libc, ruleset, path, rights & handled)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if libc.syscall(_RESTRICT_SELF, ruleset, 0) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"landlock_restrict_self failed: {os.strerror(errno)}")
+    finally:
+        os.close(ruleset)
+
+
+def _allow(libc: ctypes.CDLL, ruleset: int, path: Path, rights: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # nothing there to read (a /lib32 on a 64-bit-only system, say)
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            rights &= _FILE_RIGHTS
+        beneath = _PathBeneath(rights, fd)
+        if libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(beneath), 0) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"landlock_add_rule for {path} failed: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
