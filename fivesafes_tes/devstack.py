@@ -140,7 +140,7 @@ def start(
         port=port,
         log_level="warning",
         access_log=False,
-        lifespan="off",
+        lifespan="on",  # the delivery loop
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)

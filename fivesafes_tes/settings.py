@@ -93,6 +93,22 @@ class GatewaySettings(BaseSettings):
         description="Buckets on the results store's endpoint that released outputs may be delivered to, when a "
         "TES output url names them (s3://BUCKET/key). Others are not written to.",
     )
+    delivery_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Attempts at delivering a child's outputs before giving up (each failure is audited; "
+        "the files stay downloadable from the gateway).",
+    )
+    delivery_retry_s: float = Field(
+        default=30.0, gt=0, description="Wait before the first retry of a failed delivery; doubled each time."
+    )
+    delivery_claim_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a gateway holds a delivery it is working on (renewed after each file) before "
+        "another replica may take it over.",
+    )
 
     metrics_token: SecretStr | None = Field(
         default=None, description="Static bearer token Prometheus may use for /metrics instead of a JWT."

@@ -89,6 +89,7 @@ def test_a_release_killed_9_at_each_step_loses_and_doubles_nothing(
             "FIVESAFES_RESULTS_ACCESS_KEY": s3_endpoint.access_key,
             "FIVESAFES_RESULTS_SECRET_KEY": s3_endpoint.secret_key,
             "FIVESAFES_DELIVERY_BUCKETS": json.dumps([deliveries.bucket]),
+            "FIVESAFES_DELIVERY_CLAIM_S": "2",  # a gateway killed mid-delivery holds it this long
             **({ENV: point} if victim == "gateway" else {}),
         },
     )
@@ -162,7 +163,12 @@ def test_a_release_killed_9_at_each_step_loses_and_doubles_nothing(
         assert len(_keys(results)) == RELEASED  # one stored object per file: nothing doubled
         assert db_count(db, "release.file") == RELEASED
 
-        # Each output went where its url says, once, and the TES view says so.
+        # Each output went where its url says, once, and the TES view says so (the delivery follows
+        # the release: at once, or from the delivery loop of a restarted gateway).
+        deadline = time.monotonic() + 30
+        while db_count(db, "release.deliver") < len(OUTPUTS):
+            assert time.monotonic() < deadline, f"never delivered\n{gateway.tail()}"
+            time.sleep(0.2)
         assert _keys(deliveries) == sorted(path.lstrip("/") for path in OUTPUTS)
         for path, text in OUTPUTS.items():
             assert deliveries.get_bytes(path.lstrip("/")).decode() == text

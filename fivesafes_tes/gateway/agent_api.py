@@ -7,19 +7,20 @@ import asyncio
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fivesafes_tes import failpoints
 from fivesafes_tes.auth import Role
+from fivesafes_tes.gateway import deliveries
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
 from fivesafes_tes.gateway.signals import RECHECK_S
 from fivesafes_tes.submission import leases
 from fivesafes_tes.submission.stages import Stage
-from fivesafes_tes.submission.tables import Tre
+from fivesafes_tes.submission.tables import Child, Tre
 
 AGENT_RESPONSES: dict[int | str, dict] = {
     **ERROR_RESPONSES,
@@ -130,8 +131,11 @@ class EventResponse(BaseModel):
     response_model=EventResponse,
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
-def child_event(request: Request, child_id: str, body: EventRequest, tre: CurrentTre) -> EventResponse:
+def child_event(
+    request: Request, child_id: str, body: EventRequest, tre: CurrentTre, background: BackgroundTasks
+) -> EventResponse:
     ctx = request.app.state.ctx
+    owed = False
     with ctx.db.write() as session:
         result = leases.record_event(
             session,
@@ -145,14 +149,16 @@ def child_event(request: Request, child_id: str, body: EventRequest, tre: Curren
             ttl_s=ctx.settings.lease_ttl_s,
             paused_for_review=ctx.settings.paused_for_review,
         )
+        if Stage(result.stage) in leases.RELEASE_ENDINGS and ctx.settings.delivery_buckets:
+            child = session.get(Child, child_id)  # loaded by record_event: no second read
+            if result.applied:  # owed from the commit that releases the files, whatever happens next
+                owed = deliveries.schedule(session, child, ctx.settings.delivery_buckets)
+            else:
+                owed = child.delivery_due_at is not None
     if Stage(result.stage) in leases.RELEASE_ENDINGS:
         failpoints.reach("release.ended")
-        if ctx.settings.delivery_buckets:
-            from fivesafes_tes.gateway.results_api import deliver
-
-            # Also on a replayed final event: when this gateway died before delivering, the
-            # agent's resend is what completes the delivery (copies are idempotent).
-            deliver(ctx, tre, child_id)
+    if owed:  # attempted once the agent has its answer; the delivery loop retries what fails
+        background.add_task(deliveries.deliver, ctx, child_id)
     return EventResponse(stage=result.stage, applied=result.applied)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +22,7 @@ from fivesafes_tes.auth import (
     discover_jwks_url,
 )
 from fivesafes_tes.db import Database
-from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, results_api, tes_api
+from fivesafes_tes.gateway import admin_api, agent_api, deliveries, errors, ops, results_api, tes_api
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit
 from fivesafes_tes.gateway.signals import WorkSignal
@@ -132,7 +135,20 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         results_store=_results_store(settings),
     )
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Deliveries that fell due: retries, and those owed by a gateway that died before making them.
+        loop = deliveries.DeliveryLoop(ctx) if ctx.results_store and settings.delivery_buckets else None
+        if loop is not None:
+            loop.start()
+        try:
+            yield
+        finally:
+            if loop is not None:
+                await asyncio.to_thread(loop.stop)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Five Safes TES",
         version=__version__,
         description="GA4GH Task Execution Service 1.1 for federated Trusted Research Environments.",

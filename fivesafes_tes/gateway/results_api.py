@@ -15,7 +15,6 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
-from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 from fivesafes_tes import audit, failpoints
@@ -25,7 +24,7 @@ from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
 from fivesafes_tes.submission import results, tasks
 from fivesafes_tes.submission.federation import NotFound
-from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
+from fivesafes_tes.submission.tables import Child, ReleasedFile
 from fivesafes_tes.submission.tasks import TaskNotFound, visible_task
 
 log = logging.getLogger(__name__)
@@ -230,51 +229,3 @@ def download(
         headers={"X-Content-SHA256": released.sha256},
         background=BackgroundTask(tmp.unlink, missing_ok=True),
     )
-
-
-def deliver(ctx, tre: Tre, child_id: str) -> None:  # type: ignore[no-untyped-def]
-    """Copy a child's released outputs to the destinations their TES output urls name, where this
-    gateway may write; each copy verified; what went where recorded for the TES view and audited."""
-    from fivesafes_tes.egress.store import StoreError
-    from fivesafes_tes.submission.tables import Task
-
-    store = ctx.results_store
-    if store is None:
-        return
-    with ctx.db.read() as session:
-        child = session.get(Child, child_id)
-        if child.report.get("delivery_complete"):
-            return  # a replayed final event: delivered already
-        task = session.get(Task, child.task_id)
-        files = list(session.scalars(select(ReleasedFile).where(ReleasedFile.child_id == child_id)))
-        targets = results.destinations(task.document, files, set(ctx.settings.delivery_buckets))
-    delivered, failed = {}, []
-    for file in files:
-        url = targets.get(file.name)
-        if url is None:
-            continue
-        bucket, _, key = url[5:].partition("/")
-        destination = store.with_bucket(bucket)
-        try:
-            destination.copy_verified(store, file.key, safe_key(key), file.sha256)
-            delivered[file.name] = url
-            failpoints.reach("release.delivered")
-        except (StoreError, ValueError) as exc:
-            failed.append(f"could not deliver {file.name} to {url}: {type(exc).__name__}")
-    with ctx.db.write() as session:
-        child = session.get(Child, child_id)
-        child.report = {
-            **child.report,
-            "delivered": {**child.report.get("delivered", {}), **delivered},
-            "delivery_complete": True,
-        }
-        child.system_logs = [*child.system_logs, *failed]
-        for name, url in delivered.items():
-            audit.record(
-                session,
-                actor=f"agent:{tre.name}",
-                action="release.deliver",
-                object=f"child:{child_id}",
-                outcome="ok",
-                detail={"name": name, "url": url},
-            )

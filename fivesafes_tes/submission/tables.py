@@ -152,6 +152,7 @@ class Child(Base):
         UniqueConstraint("task_id", "tre_id"),
         Index("ix_task_children_tre_id_stage", "tre_id", "stage"),
         Index("ix_task_children_tre_id_lease_expires_at", "tre_id", "lease_expires_at"),
+        Index("ix_task_children_delivery_due_at", "delivery_due_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -167,6 +168,10 @@ class Child(Base):
     system_logs: Mapped[list[str]] = mapped_column(JSON, default=list)
     # What the agent reported about the run; shown to the researcher only once released.
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Released outputs still to be delivered where their TES output urls ask: when the next attempt
+    # may start (a gateway working on it pushes this ahead as its claim), and attempts made so far.
+    delivery_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ChildEvent(Base):

@@ -1,0 +1,183 @@
+"""Released outputs reach the buckets their TES output urls name, also when the first attempts fail:
+a delivery is owed from the commit that releases the files, retried with backoff, audited at every
+attempt, done once however many replicas try at the same moment, and given up (said in the child's
+system log) only after `delivery_attempts`. (A gateway killed mid-delivery: test_release_kill9.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.gateway import deliveries
+from fivesafes_tes.submission.tables import Child
+from tests.conftest import Gateway
+from tests.test_agent_api import TES, event, lease, upload
+
+FILES = {"/outputs/summary.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt": b"two regions\n"}
+
+
+@pytest.fixture
+def gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
+    results, outputs = s3_endpoint.store(), s3_endpoint.store()
+    later = f"later-{secrets.token_hex(6)}"  # a destination bucket that does not exist yet
+    gw = Gateway(
+        database_url,
+        tmp_path / "data",
+        results_endpoint_url=s3_endpoint.url,
+        results_bucket=results.bucket,
+        results_access_key=s3_endpoint.access_key,
+        results_secret_key=s3_endpoint.secret_key,
+        delivery_buckets=[outputs.bucket, later],
+        delivery_retry_s=0.2,
+        delivery_attempts=3,
+    )
+    gw.outputs, gw.later = outputs, later  # type: ignore[attr-defined]
+    gw.s3 = s3_endpoint  # type: ignore[attr-defined]
+    yield gw
+    gw.close()
+
+
+def release(gw: Gateway, bucket: str) -> tuple[str, str]:
+    """A task whose two outputs ask for `bucket`, run, approved and released through the agent API;
+    (task id, child id). The final event returns before any delivery is attempted."""
+    body = {
+        "executors": [{"image": "alpine", "command": ["true"]}],
+        "outputs": [{"path": path, "url": f"s3://{bucket}/study{path}"} for path in FILES],
+        "tags": {"tres": "uk-tre"},
+    }
+    task_id = gw.client.post(f"{TES}/tasks", json=body, headers=gw.headers()).json()["id"]
+    child = lease(gw)["leases"][0]["child_id"]
+    for seq, stage in enumerate(("staging", "running", "checking", "awaiting_review"), start=1):
+        assert event(gw, child, 1, seq, stage).status_code == 200
+    for name, data in FILES.items():
+        assert upload(gw, child, data, name=name).status_code == 200
+    disclosure = {
+        "files": [
+            {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "decision": "approved"}
+            for name, data in FILES.items()
+        ]
+    }
+    final = event(gw, child, 1, 5, "released", report={"disclosure": disclosure})
+    assert final.status_code == 200, final.text
+    return task_id, child
+
+
+def child_row(gw: Gateway, child_id: str) -> Child:
+    with gw.db.read() as session:
+        return session.get(Child, child_id)
+
+
+def delivery_audit(gw: Gateway) -> list[tuple[str, str]]:
+    with gw.db.read() as session:
+        rows = session.scalars(
+            select(AuditRecord).where(AuditRecord.action == "release.deliver").order_by(AuditRecord.seq)
+        )
+        return [(r.outcome, r.detail["name"]) for r in rows]
+
+
+def outputs_view(gw: Gateway, task_id: str) -> dict[str, str]:
+    doc = gw.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gw.headers()).json()
+    return {o["path"]: o["url"] for o in doc["logs"][0]["outputs"]}
+
+
+def wait_until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_release_delivers_each_output_once_verified(gateway):
+    task_id, child = release(gateway, gateway.outputs.bucket)
+    # (the TestClient runs the background attempt before the final event's call returns)
+    assert child_row(gateway, child).delivery_due_at is None
+    for name, data in FILES.items():
+        assert gateway.outputs.get_bytes(f"study{name}") == data
+    assert sorted(delivery_audit(gateway)) == sorted(("ok", name) for name in FILES)
+    assert outputs_view(gateway, task_id) == {
+        name: f"s3://{gateway.outputs.bucket}/study{name}" for name in FILES
+    }
+    deliveries.deliver(gateway.app.state.ctx, child)  # owed nothing more: no second copy, no record
+    assert len(delivery_audit(gateway)) == len(FILES)
+
+
+def test_a_failed_delivery_is_retried_until_the_destination_works(gateway):
+    task_id, child = release(gateway, gateway.later)  # the bucket does not exist yet
+    row = child_row(gateway, child)
+    assert row.delivery_attempts == 1 and row.delivery_due_at is not None
+    assert sorted(delivery_audit(gateway)) == sorted(("failed", name) for name in FILES)
+    assert all(url.startswith("http") for url in outputs_view(gateway, task_id).values())  # not there
+
+    gateway.s3.store(gateway.later)  # the destination comes back
+    loop = deliveries.DeliveryLoop(gateway.app.state.ctx, poll_s=0.05)
+    loop.start()
+    try:
+        wait_until(lambda: child_row(gateway, child).delivery_due_at is None)
+    finally:
+        loop.stop()
+    assert child_row(gateway, child).delivery_attempts == 1  # the second attempt succeeded
+    made = gateway.s3.store(gateway.later)
+    for name, data in FILES.items():
+        assert made.get_bytes(f"study{name}") == data
+    assert sorted(delivery_audit(gateway)[len(FILES) :]) == sorted(("ok", name) for name in FILES)
+    assert outputs_view(gateway, task_id) == {name: f"s3://{gateway.later}/study{name}" for name in FILES}
+
+
+def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
+    task_id, child = release(gateway, gateway.later)
+    ctx = gateway.app.state.ctx
+    for _ in range(5):  # more passes than attempts allowed
+        wait_until(lambda: child_row(gateway, child).delivery_due_at is None or deliveries.due(ctx))
+        for due in deliveries.due(ctx):
+            deliveries.deliver(ctx, due)
+    row = child_row(gateway, child)
+    assert row.delivery_attempts == 3 and row.delivery_due_at is None
+    assert [outcome for outcome, _ in delivery_audit(gateway)] == ["failed"] * 3 * len(FILES)
+    for name in FILES:
+        assert any(f"could not deliver {name}" in line and "3 attempts" in line for line in row.system_logs)
+    # the files themselves stay the researcher's to download
+    listing = gateway.client.get(f"/api/v1/tasks/{task_id}/results", headers=gateway.headers()).json()
+    assert sorted(f["name"] for f in listing["tres"][0]["files"]) == sorted(FILES)
+
+
+def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway):
+    _, child = release(gateway, gateway.later)
+    gateway.s3.store(gateway.later)
+    with gateway.db.write() as session:  # due now, as if its retry time had come
+        session.execute(update(Child).where(Child.id == child).values(delivery_due_at=utcnow()))
+    ctx = gateway.app.state.ctx
+    start = threading.Barrier(4)
+
+    def replica() -> None:
+        start.wait()
+        deliveries.deliver(ctx, child)
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
+    assert child_row(gateway, child).delivery_due_at is None
+
+
+def test_a_delivery_held_by_a_replica_that_died_is_taken_over_when_its_claim_lapses(gateway):
+    _, child = release(gateway, gateway.later)
+    gateway.s3.store(gateway.later)
+    ctx = gateway.app.state.ctx
+    with gateway.db.write() as session:  # another replica claimed it a moment ago, then died
+        claimed_until = utcnow() + timedelta(seconds=1)
+        session.execute(update(Child).where(Child.id == child).values(delivery_due_at=claimed_until))
+    deliveries.deliver(ctx, child)
+    assert [e for e in delivery_audit(gateway) if e[0] == "ok"] == []  # not while the claim holds
+    wait_until(lambda: bool(deliveries.due(ctx)), timeout=5)
+    deliveries.deliver(ctx, child)
+    assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
