@@ -132,6 +132,16 @@ class Gateway:
         self.db.dispose()
 
 
+def results_store_settings(s3_endpoint, bucket: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Gateway settings for a results store in `bucket` on the test S3 endpoint."""
+    return {
+        "results_endpoint_url": s3_endpoint.url,
+        "results_bucket": bucket,
+        "results_access_key": s3_endpoint.access_key,
+        "results_secret_key": s3_endpoint.secret_key,
+    }
+
+
 @pytest.fixture
 def gateway(database_url: str, tmp_path) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
     gw = Gateway(database_url, tmp_path / "data")

@@ -451,17 +451,10 @@ def test_siblings_reporting_at_once_leave_the_parent_in_the_right_state(database
 
 @pytest.fixture
 def releasing(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
-    from tests.conftest import Gateway
+    from tests.conftest import Gateway, results_store_settings
 
     bucket = s3_endpoint.store()
-    gw = Gateway(
-        database_url,
-        tmp_path / "data",
-        results_endpoint_url=s3_endpoint.url,
-        results_bucket=bucket.bucket,
-        results_access_key=s3_endpoint.access_key,
-        results_secret_key=s3_endpoint.secret_key,
-    )
+    gw = Gateway(database_url, tmp_path / "data", **results_store_settings(s3_endpoint, bucket.bucket))
     yield gw, bucket
     gw.close()
 

@@ -18,7 +18,7 @@ from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.gateway import deliveries
 from fivesafes_tes.submission.tables import Child
-from tests.conftest import Gateway
+from tests.conftest import Gateway, results_store_settings
 from tests.test_agent_api import TES, event, lease, upload
 
 FILES = {"/outputs/summary.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt": b"two regions\n"}
@@ -31,10 +31,7 @@ def gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def
     gw = Gateway(
         database_url,
         tmp_path / "data",
-        results_endpoint_url=s3_endpoint.url,
-        results_bucket=results.bucket,
-        results_access_key=s3_endpoint.access_key,
-        results_secret_key=s3_endpoint.secret_key,
+        **results_store_settings(s3_endpoint, results.bucket),
         delivery_buckets=[outputs.bucket, later],
         delivery_retry_s=0.2,
         delivery_attempts=3,
