@@ -94,14 +94,16 @@ class GatewaySettings(BaseSettings):
         "TES output url names them (s3://BUCKET/key). Others are not written to.",
     )
     delivery_attempts: int = Field(
-        default=5,
+        default=20,
         ge=1,
-        le=100,
-        description="Attempts at delivering a child's outputs before giving up (each failure is audited; "
-        "the files stay downloadable from the gateway).",
+        le=1000,
+        description="Attempts at delivering a child's outputs before giving up, about half a day with the "
+        "default retry (each failure is audited; the files stay downloadable from the gateway).",
     )
     delivery_retry_s: float = Field(
-        default=30.0, gt=0, description="Wait before the first retry of a failed delivery; doubled each time."
+        default=30.0,
+        gt=0,
+        description="Wait before the first retry of a failed delivery; doubled each time, up to an hour.",
     )
     delivery_claim_s: float = Field(
         default=300.0,
@@ -192,13 +194,14 @@ class AgentSettings(BaseSettings):
 
 
 def drop_secrets_from_environment(settings: BaseSettings) -> list[str]:
-    """Remove the variables of `settings`' secret fields from this process's environment once they
-    are read, so that no process it starts (the check processes and their fork server, the
-    container engine's helpers) inherits a token or key. Returns the names removed."""
+    """Remove the variables of `settings`' secret fields (and its database URL, which may carry a
+    password) from this process's environment once they are read, so that no process it starts
+    (the check processes and their fork server, the container engine's helpers) inherits a token,
+    key or password. Returns the names removed."""
     prefix = settings.model_config.get("env_prefix", "")
     removed = []
     for name, field in type(settings).model_fields.items():
-        if field.annotation in (SecretStr, SecretStr | None):
+        if field.annotation in (SecretStr, SecretStr | None) or name == "database_url":
             variable = f"{prefix}{name}".upper()
             if os.environ.pop(variable, None) is not None:
                 removed.append(variable)

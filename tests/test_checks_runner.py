@@ -405,6 +405,39 @@ def test_a_check_process_reads_only_its_files_and_changes_none(tmp_path: Path, c
     assert not (tmp_path / "agent" / "planted").exists()
 
 
+def test_a_held_file_that_is_a_link_grants_nothing_through_it(tmp_path: Path) -> None:
+    """A task may leave a symlink where an output was; the check process must not be able to read
+    the link's target (here, the agent's database) through it."""
+    import errno
+
+    secret = tmp_path / "agent" / "agent.db"
+    secret.parent.mkdir()
+    secret.write_bytes(b"the agent's own records")
+    link = tmp_path / "outputs" / "table.csv"
+    link.parent.mkdir()
+    link.symlink_to(secret)
+    held = HeldFile(link, "/outputs/table.csv", "output", 23, "")
+    section = {"secret": str(secret), "write": str(tmp_path / "agent" / "planted"), "pid": os.getpid()}
+    [report] = run_checks([held], config("fake_snoop", confine_files=True, fake_snoop=section), "alpha")
+    [finding] = report.results[0].findings
+    assert finding.message.startswith(f"own:errno={errno.EACCES} secret:errno={errno.EACCES}")
+
+
+def test_the_confinement_grants_the_code_imported_not_every_folder_on_sys_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """multiprocessing puts the agent's starting folder on a check process's sys.path; that folder
+    (perhaps the agent's data folder) must not become readable."""
+    import fivesafes_tes
+    from fivesafes_tes.egress.checks._landlock import code_paths
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folders, files = code_paths()
+    assert Path(fivesafes_tes.__file__).parent in folders  # the package, even from a checkout
+    assert all(tmp_path != f and tmp_path not in f.parents for f in [*folders, *files])
+    assert Path(fivesafes_tes.__file__).parent.parent not in folders  # not the checkout around it
+
+
 def test_real_rules_judge_real_files_inside_the_confinement(tmp_path: Path) -> None:
     """The built-in rules need nothing beyond their files: a table with a small count and a
     direct identifier is judged, not failed for want of access."""

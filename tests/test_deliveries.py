@@ -25,21 +25,33 @@ FILES = {"/outputs/summary.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt":
 
 
 @pytest.fixture
-def gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
-    results, outputs = s3_endpoint.store(), s3_endpoint.store()
-    later = f"later-{secrets.token_hex(6)}"  # a destination bucket that does not exist yet
-    gw = Gateway(
-        database_url,
-        tmp_path / "data",
-        **results_store_settings(s3_endpoint, results.bucket),
-        delivery_buckets=[outputs.bucket, later],
-        delivery_retry_s=0.2,
-        delivery_attempts=3,
-    )
-    gw.outputs, gw.later = outputs, later  # type: ignore[attr-defined]
-    gw.s3 = s3_endpoint  # type: ignore[attr-defined]
-    yield gw
-    gw.close()
+def make_gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
+    made = []
+
+    def make(**overrides):  # type: ignore[no-untyped-def]
+        results, outputs = s3_endpoint.store(), s3_endpoint.store()
+        later = f"later-{secrets.token_hex(6)}"  # a destination bucket that does not exist yet
+        settings = {"delivery_retry_s": 0.2, "delivery_attempts": 3, **overrides}
+        gw = Gateway(
+            database_url,
+            tmp_path / f"data-{len(made)}",
+            seed=not made,
+            **results_store_settings(s3_endpoint, results.bucket),
+            delivery_buckets=[outputs.bucket, later],
+            **settings,
+        )
+        gw.outputs, gw.later, gw.s3 = outputs, later, s3_endpoint  # type: ignore[attr-defined]
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.close()
+
+
+@pytest.fixture
+def gateway(make_gateway):  # type: ignore[no-untyped-def]
+    return make_gateway()
 
 
 def release(gw: Gateway, bucket: str) -> tuple[str, str]:
@@ -178,3 +190,66 @@ def test_a_delivery_held_by_a_replica_that_died_is_taken_over_when_its_claim_lap
     wait_until(lambda: bool(deliveries.due(ctx)), timeout=5)
     deliveries.deliver(ctx, child)
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
+
+
+def test_a_repeated_final_event_owes_nothing_more(gateway):
+    _, child = release(gateway, gateway.outputs.bucket)
+    assert len(delivery_audit(gateway)) == len(FILES)
+    again = event(gateway, child, 1, 6, "released", report=child_row(gateway, child).report)
+    assert again.status_code == 200
+    assert child_row(gateway, child).delivery_due_at is None
+    assert len(delivery_audit(gateway)) == len(FILES)
+
+
+def test_a_long_copy_keeps_its_claim_and_nobody_else_starts_the_delivery(make_gateway, monkeypatch):
+    from fivesafes_tes.egress.store import ObjectStore
+
+    gateway = make_gateway(delivery_claim_s=0.3)
+    _, child = release(gateway, gateway.later)  # fails: the bucket is missing; retried below
+    gateway.s3.store(gateway.later)
+    real, copying, copies = ObjectStore.copy_verified, threading.Event(), []
+
+    def slow(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        copying.set()
+        copies.append(args[1])
+        time.sleep(1.0)  # three times the claim: only its renewal keeps it
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ObjectStore, "copy_verified", slow)
+    ctx = gateway.app.state.ctx
+    wait_until(lambda: bool(deliveries.due(ctx)))
+    first = threading.Thread(target=deliveries.deliver, args=(ctx, child))
+    first.start()
+    assert copying.wait(10)
+    time.sleep(0.5)  # past the first claim's end
+    deliveries.deliver(ctx, child)  # another replica's attempt: the claim is still held
+    first.join(30)
+    assert len(copies) == len(FILES)  # each file copied once: the second attempt never started
+    assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
+    assert child_row(gateway, child).delivery_due_at is None
+
+
+def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypatch):
+    from fivesafes_tes.egress.store import ObjectStore
+
+    _, child = release(gateway, gateway.later)
+    gateway.s3.store(gateway.later)
+    real = ObjectStore.copy_verified
+    theirs = utcnow() + timedelta(hours=1)
+
+    def stalled(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # meanwhile this gateway stalled, its claim lapsed, and another replica claimed the delivery
+        with gateway.db.write() as session:
+            session.execute(update(Child).where(Child.id == child).values(delivery_due_at=theirs))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ObjectStore, "copy_verified", stalled)
+    ctx = gateway.app.state.ctx
+    wait_until(lambda: bool(deliveries.due(ctx)))
+    deliveries.deliver(ctx, child)
+    row = child_row(gateway, child)
+    assert row.delivery_attempts == 1 and row.report.get("delivered", {}) == {}  # as before this attempt
+    assert (
+        abs((row.delivery_due_at.replace(tzinfo=None) - theirs.replace(tzinfo=None)).total_seconds()) < 1e-3
+    )
+    assert [e for e in delivery_audit(gateway) if e[0] == "ok"] == []  # the other replica's to record

@@ -381,6 +381,7 @@ def test_the_deadline_is_enforced_when_the_agent_is_dead(h: Harness) -> None:
     for spec in (stuck, late):
         h.ex.start(spec)
         h.wait_started(spec.child_id)
+    started = time.monotonic()
     del h.ex  # the agent is gone: nobody polls, nobody kills
     gc.collect()
     first = h.client.containers.get(f"fst-{stuck.child_id}-1-0")
@@ -389,6 +390,7 @@ def test_the_deadline_is_enforced_when_the_agent_is_dead(h: Harness) -> None:
         time.sleep(0.2)
         first.reload()
     assert first.status == "exited" and first.attrs["State"]["ExitCode"] == 137  # the engine stopped it
+    time.sleep(max(0.0, started + 3.5 - time.monotonic()))  # and both runs' deadlines have passed
 
     agent = h.executor()  # the agent is back
     result = h.wait(stuck.child_id, ex=agent)

@@ -316,6 +316,9 @@ def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:  #
 def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tmp_path, docker_client):
     stack, s3 = gateway_only
     env = _agent_env(stack, s3, tmp_path / "agent")
+    env["FIVESAFES_AGENT_DATABASE_URL"] = (
+        f"sqlite:///{tmp_path / 'agent' / 'agent.db'}"  # may hold a password
+    )
     log = tmp_path / "agent.log"
     agent = start_agent(env, log)
     try:
@@ -327,7 +330,11 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
         assert children, "the agent started no fork server for its checks"
         for pid in children:
             environment = Path(f"/proc/{pid}/environ").read_bytes()
-            for secret in (env["FIVESAFES_AGENT_TOKEN"], env["FIVESAFES_AGENT_AIRLOCK_SECRET_KEY"]):
+            for secret in (
+                env["FIVESAFES_AGENT_TOKEN"],
+                env["FIVESAFES_AGENT_AIRLOCK_SECRET_KEY"],
+                env["FIVESAFES_AGENT_DATABASE_URL"],
+            ):
                 assert secret.encode() not in environment
 
         alice = Researcher(stack)

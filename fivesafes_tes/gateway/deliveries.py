@@ -35,13 +35,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 5.0  # how often each replica looks for deliveries that fell due
+MAX_RETRY_S = 3600.0  # the backoff doubles up to this
 _BATCH = 20
 
 
 def schedule(session: Session, child: Child, buckets: list[str]) -> bool:
     """In the transaction that releases `child`'s files: owe a delivery if any output url names one
-    of `buckets`. Returns whether one is owed."""
-    if not buckets:
+    of `buckets`, unless one is owed, under way, made or given up already (a repeated final event
+    changes nothing). Returns whether one is owed now."""
+    if not buckets or child.delivery_due_at is not None or child.delivery_attempts:
+        return child.delivery_due_at is not None
+    if child.report.get("delivered"):
         return False
     task = session.get(Task, child.task_id)
     files = list(session.scalars(select(ReleasedFile).where(ReleasedFile.child_id == child.id)))
@@ -51,74 +55,135 @@ def schedule(session: Session, child: Child, buckets: list[str]) -> bool:
     return True
 
 
-def _claim(ctx: GatewayContext, child_id: str, now: datetime) -> bool:
-    """Take the child's delivery if it is due and nobody holds it: one conditional update."""
-    until = now + timedelta(seconds=ctx.settings.delivery_claim_s)
-    with ctx.db.write() as session:
-        claimed = session.execute(
-            update(Child)
-            .where(Child.id == child_id, Child.delivery_due_at.is_not(None), Child.delivery_due_at <= now)
-            .values(delivery_due_at=until)
-            .execution_options(synchronize_session=False)
-        )
-        return claimed.rowcount == 1
+class _Claim:
+    """This gateway's hold on one child's delivery: `delivery_due_at` set to a moment only it knows,
+    pushed ahead by a thread while the attempt runs. Another gateway may take the delivery over
+    only once that moment has passed; if one did (this process stalled), `lost` is set and this
+    attempt records nothing."""
 
+    def __init__(self, ctx: GatewayContext, child_id: str, until: datetime) -> None:
+        self._ctx, self._child_id, self.until = ctx, child_id, until
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._hold, name=f"delivery-{child_id}", daemon=True)
 
-def _renew(ctx: GatewayContext, child_id: str) -> None:
-    until = utcnow() + timedelta(seconds=ctx.settings.delivery_claim_s)
-    with ctx.db.write() as session:
-        session.execute(
-            update(Child)
-            .where(Child.id == child_id, Child.delivery_due_at.is_not(None))
-            .values(delivery_due_at=until)
-            .execution_options(synchronize_session=False)
-        )
+    @classmethod
+    def take(cls, ctx: GatewayContext, child_id: str) -> _Claim | None:
+        """The child's delivery if it is due and nobody holds it: one conditional update."""
+        now = utcnow()
+        until = now + timedelta(seconds=ctx.settings.delivery_claim_s)
+        with ctx.db.write() as session:
+            claimed = session.execute(
+                update(Child)
+                .where(Child.id == child_id, Child.delivery_due_at.is_not(None), Child.delivery_due_at <= now)
+                .values(delivery_due_at=until)
+                .execution_options(synchronize_session=False)
+            )
+        if claimed.rowcount != 1:
+            return None
+        claim = cls(ctx, child_id, until)
+        claim._thread.start()
+        return claim
+
+    def _hold(self) -> None:
+        period = self._ctx.settings.delivery_claim_s / 3
+        while not self._stop.wait(period):
+            try:
+                self.move(utcnow() + timedelta(seconds=self._ctx.settings.delivery_claim_s))
+            except Exception:  # noqa: BLE001 - the database is away: the claim may lapse; checked at the end
+                log.warning("could not renew the delivery claim on child %s", self._child_id)
+            if self.lost:
+                return
+
+    def move(self, until: datetime | None, session: Session | None = None, **values: object) -> bool:
+        """Set `delivery_due_at` to `until` (and `values`) if this gateway still holds the delivery."""
+
+        def apply(session: Session) -> bool:
+            moved = session.execute(
+                update(Child)
+                .where(Child.id == self._child_id, Child.delivery_due_at == self.until)
+                .values(delivery_due_at=until, **values)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount != 1:
+                self.lost = True
+                return False
+            if until is not None:
+                self.until = until
+            return True
+
+        if session is not None:
+            return apply(session)
+        with self._ctx.db.write() as own:
+            return apply(own)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def deliver(ctx: GatewayContext, child_id: str) -> None:
     """One attempt at the child's owed delivery, if it is due and this gateway can claim it."""
     store = ctx.results_store
-    if store is None or not _claim(ctx, child_id, utcnow()):
+    if store is None:
         return
-    with ctx.db.read() as session:
-        child = session.get(Child, child_id)
-        task = session.get(Task, child.task_id)
-        tre = session.get(Tre, child.tre_id)
-        files = list(
-            session.scalars(
-                select(ReleasedFile).where(ReleasedFile.child_id == child_id).order_by(ReleasedFile.id)
-            )
+    claim = _Claim.take(ctx, child_id)
+    if claim is None:
+        return
+    try:
+        with ctx.db.read() as session:
+            child = session.get(Child, child_id)
+            task = session.get(Task, child.task_id)
+            actor = f"agent:{session.get(Tre, child.tre_id).name}"
+            query = select(ReleasedFile).where(ReleasedFile.child_id == child_id).order_by(ReleasedFile.id)
+            files = list(session.scalars(query))
+            targets = results.destinations(task.document, files, set(ctx.settings.delivery_buckets))
+            done = dict(child.report.get("delivered", {}))
+        delivered: dict[str, str] = {}
+        failed: dict[str, tuple[str, str]] = {}
+        for file in files:
+            url = targets.get(file.name)
+            if url is None or done.get(file.name) == url or claim.lost:
+                continue
+            bucket, _, key = url[5:].partition("/")
+            try:
+                store.with_bucket(bucket).copy_verified(store, file.key, safe_key(key), file.sha256)
+            except Exception as exc:  # noqa: BLE001 - the store refused, was down, or the bytes differ
+                failed[file.name] = (url, type(exc).__name__)
+                continue
+            delivered[file.name] = url
+            failpoints.reach("release.delivered")
+    finally:
+        claim.release()
+    if not claim.lost:
+        _record(ctx, claim, child_id, actor, delivered, failed)
+    if claim.lost:
+        log.warning(
+            "another gateway took over the delivery of child %s; this attempt is not recorded", child_id
         )
-        targets = results.destinations(task.document, files, set(ctx.settings.delivery_buckets))
-        done = dict(child.report.get("delivered", {}))
-    delivered: dict[str, str] = {}
-    failed: dict[str, tuple[str, str]] = {}
-    for file in files:
-        url = targets.get(file.name)
-        if url is None or done.get(file.name) == url:
-            continue
-        bucket, _, key = url[5:].partition("/")
-        try:
-            store.with_bucket(bucket).copy_verified(store, file.key, safe_key(key), file.sha256)
-        except Exception as exc:  # noqa: BLE001 - the store refused, was down, or the bytes differ: retried
-            failed[file.name] = (url, type(exc).__name__)
-            continue
-        delivered[file.name] = url
-        failpoints.reach("release.delivered")
-        _renew(ctx, child_id)
-    _record(ctx, child_id, f"agent:{tre.name}", delivered, failed)
 
 
 def _record(
     ctx: GatewayContext,
+    claim: _Claim,
     child_id: str,
     actor: str,
     delivered: dict[str, str],
     failed: dict[str, tuple[str, str]],
 ) -> None:
+    """What the attempt did, if this gateway still holds the delivery: done, a retry at a doubled
+    interval (up to MAX_RETRY_S), or, after `delivery_attempts`, given up and said so."""
     settings = ctx.settings
     with ctx.db.write() as session:
         child = session.get(Child, child_id)
+        attempts = child.delivery_attempts + (1 if failed else 0)
+        if not failed or attempts >= settings.delivery_attempts:
+            due_at = None
+        else:
+            wait = min(settings.delivery_retry_s * 2 ** (attempts - 1), MAX_RETRY_S)
+            due_at = utcnow() + timedelta(seconds=wait)
+        if not claim.move(due_at, session, delivery_attempts=attempts):
+            return  # taken over meanwhile: the other gateway's attempt is the one on record
         child.report = {**child.report, "delivered": {**child.report.get("delivered", {}), **delivered}}
         for name, url in delivered.items():
             audit.record(
@@ -129,11 +194,6 @@ def _record(
                 outcome="ok",
                 detail={"name": name, "url": url},
             )
-        if not failed:
-            child.delivery_due_at = None
-            return
-        child.delivery_attempts += 1
-        attempts = child.delivery_attempts
         for name, (url, error) in failed.items():
             audit.record(
                 session,
@@ -143,8 +203,7 @@ def _record(
                 outcome="failed",
                 detail={"name": name, "url": url, "error": error, "attempt": attempts},
             )
-        if attempts >= settings.delivery_attempts:
-            child.delivery_due_at = None
+        if failed and due_at is None:
             child.system_logs = [
                 *child.system_logs,
                 *(
@@ -154,15 +213,13 @@ def _record(
                 ),
             ]
             log.error("gave up delivering %d file(s) of child %s", len(failed), child_id)
-        else:
-            wait = settings.delivery_retry_s * 2 ** (attempts - 1)
-            child.delivery_due_at = utcnow() + timedelta(seconds=wait)
+        elif failed:
             log.warning(
-                "delivery of %d file(s) of child %s failed (attempt %d); retrying in %.0f s",
+                "delivery of %d file(s) of child %s failed (attempt %d); retrying at %s",
                 len(failed),
                 child_id,
                 attempts,
-                wait,
+                due_at,
             )
 
 
@@ -197,10 +254,17 @@ class DeliveryLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                for child_id in due(self._ctx):
-                    if self._stop.is_set():
-                        return
-                    deliver(self._ctx, child_id)
+                owed = due(self._ctx)
             except Exception:
-                log.exception("delivery loop pass failed; retrying in %.0f s", self._poll_s)
+                log.exception("delivery loop could not read what is due; retrying in %.0f s", self._poll_s)
+                owed = []
+            for child_id in owed:
+                if self._stop.is_set():
+                    return
+                try:
+                    deliver(self._ctx, child_id)
+                except Exception:
+                    log.exception(
+                        "delivery attempt on child %s failed; its claim lapses, then a retry", child_id
+                    )
             self._stop.wait(self._poll_s)

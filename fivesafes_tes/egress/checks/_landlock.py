@@ -19,6 +19,7 @@ import ctypes
 import os
 import stat
 import sys
+import sysconfig
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,17 +67,30 @@ def abi_version() -> int:
     return int(version)
 
 
-def code_paths() -> list[Path]:
-    """Where this interpreter loads code from: a rule may import a module lazily."""
-    places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    places.update(entry for entry in sys.path if entry)  # not "": the working folder holds no code
-    return sorted(Path(place) for place in places)
+def code_paths() -> tuple[list[Path], list[Path]]:
+    """(folders, files) code is loaded from: the standard library and site-packages, and the folder
+    of each top-level package already imported (an editable install's package folder, not the
+    checkout around it), so that a lazy import inside them still works. Never `sys.path` as such:
+    multiprocessing puts the agent's starting folder there, which may be its data folder."""
+    folders = {
+        Path(p) for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_path(key))
+    }
+    files: set[Path] = set()
+    for name, module in list(sys.modules.items()):
+        if "." in name or name in ("__main__", "__mp_main__"):
+            continue
+        for place in getattr(module, "__path__", None) or ():  # a package: its folder(s)
+            folders.add(Path(place))
+        if getattr(module, "__path__", None) is None and (file := getattr(module, "__file__", None)):
+            files.add(Path(file))  # a top-level module outside a package
+    return sorted(folders), sorted(files)
 
 
 def confine(readable_files: Iterable[Path], readable_dirs: Iterable[Path] = ()) -> None:
-    """Confine this process, for good: read `readable_files`, anything beneath `readable_dirs`, the
-    code and the system's libraries; write nothing. Raises OSError if the kernel cannot, and
-    RuntimeError when more than one thread runs (the others would stay free)."""
+    """Confine this process, for good: read `readable_files` (regular files only, not followed
+    through a link), anything beneath `readable_dirs`, the code already imported and the system's
+    libraries; write nothing. Import what the process will run first. Raises OSError if the kernel
+    cannot, and RuntimeError when more than one thread runs (the others would stay free)."""
     if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
         raise RuntimeError("a process with several threads cannot be confined as a whole")
     abi = abi_version()
@@ -91,12 +105,14 @@ def confine(readable_files: Iterable[Path], readable_dirs: Iterable[Path] = ()) 
         raise OSError(errno, f"landlock_create_ruleset failed: {os.strerror(errno)}")
     try:
         read = READ_FILE | READ_DIR | EXECUTE
-        dirs = [*readable_dirs, *code_paths(), *map(Path, _SYSTEM_DIRS)]
-        allowed = [(path, read) for path in dirs] + [(Path(p), READ_FILE) for p in _SYSTEM_FILES]
-        allowed += [(path, READ_FILE) for path in readable_files]
-        allowed.append((Path(os.devnull), READ_FILE | WRITE_FILE))
-        for path, rights in allowed:
-            _allow(libc, ruleset, path, rights & handled)
+        code_folders, code_files = code_paths()
+        for folder in [*readable_dirs, *code_folders, *map(Path, _SYSTEM_DIRS)]:
+            _allow(libc, ruleset, folder, read & handled)
+        for file in [*code_files, *map(Path, _SYSTEM_FILES)]:
+            _allow(libc, ruleset, file, READ_FILE & handled)
+        for file in readable_files:  # what tasks wrote: exactly these regular files, never a link's target
+            _allow(libc, ruleset, file, READ_FILE & handled, regular_only=True)
+        _allow(libc, ruleset, Path(os.devnull), (READ_FILE | WRITE_FILE) & handled)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         if libc.syscall(_RESTRICT_SELF, ruleset, 0) != 0:
@@ -106,13 +122,17 @@ def confine(readable_files: Iterable[Path], readable_dirs: Iterable[Path] = ()) 
         os.close(ruleset)
 
 
-def _allow(libc: ctypes.CDLL, ruleset: int, path: Path, rights: int) -> None:
+def _allow(libc: ctypes.CDLL, ruleset: int, path: Path, rights: int, *, regular_only: bool = False) -> None:
+    flags = os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if regular_only else 0)
     try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
         return  # nothing there to read (a /lib32 on a 64-bit-only system, say)
     try:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if regular_only and not stat.S_ISREG(mode):
+            return  # a link or a folder where a held file was: grant nothing through it
+        if not stat.S_ISDIR(mode):
             rights &= _FILE_RIGHTS
         beneath = _PathBeneath(rights, fd)
         if libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(beneath), 0) != 0:

@@ -14,6 +14,7 @@ it dumps no core.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -378,9 +379,14 @@ def _worker_main(
                 f"the check process could not be denied the network ({type(exc).__name__}); set "
                 "checks.deny_network: false only where seccomp is unavailable"
             )
+    rules: dict[int, Any] = {}
     if sandbox.confine_files and refused is None:
+        from fivesafes_tes.egress.checks import load_rule
         from fivesafes_tes.egress.checks._landlock import confine
 
+        for step, (spec, _) in enumerate(specs):  # imported while their code is still readable
+            with contextlib.suppress(BaseException):  # a rule that cannot load says so when run
+                rules[step] = load_rule(spec)
         try:
             confine(file.path for file in context.files)
         except (OSError, RuntimeError) as exc:
@@ -388,7 +394,6 @@ def _worker_main(
                 f"the check process could not be confined to the files it judges ({type(exc).__name__}); "
                 "set checks.confine_files: false only where Landlock is unavailable"
             )
-    rules: dict[int, Any] = {}
     while True:
         try:
             raw = conn.recv_bytes()
