@@ -108,7 +108,7 @@ class GatewaySettings(BaseSettings):
     delivery_claim_s: float = Field(
         default=300.0,
         gt=0,
-        description="How long a gateway holds a delivery it is working on (renewed after each file) before "
+        description="How long a gateway's hold on a delivery lasts unless renewed (it renews it every third of this while working) before "
         "another replica may take it over.",
     )
 
