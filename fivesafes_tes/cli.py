@@ -572,6 +572,13 @@ def admin_projects(url: Url = DEFAULT_URL, token: Token = None) -> None:
     console.print(table)
 
 
+@admin_app.command("redeliver")
+def admin_redeliver(task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Try again the deliveries of a task's outputs that were given up (once the bucket is fixed)."""
+    children = _admin_call(url, token, "POST", f"/tasks/{task_id}/redeliver")["children"]
+    console.print(f"delivery owed again for {len(children)} TRE(s) of task {task_id}; it starts now")
+
+
 @app.command()
 def dev(
     port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")] = 8000,

@@ -5,10 +5,12 @@ system log) only after `delivery_attempts`. (A gateway killed mid-delivery: test
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -97,6 +99,26 @@ def outputs_view(gw: Gateway, task_id: str) -> dict[str, str]:
     return {o["path"]: o["url"] for o in doc["logs"][0]["outputs"]}
 
 
+@contextlib.contextmanager
+def serving(gw: Gateway) -> Iterator[str]:
+    """The gateway's app on a real loopback port (for the CLI); its base URL."""
+    import uvicorn
+
+    from fivesafes_tes.devstack import free_port
+
+    port = free_port()
+    config = uvicorn.Config(gw.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def wait_until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
@@ -155,6 +177,29 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
     # the files themselves stay the researcher's to download
     listing = gateway.client.get(f"/api/v1/tasks/{task_id}/results", headers=gateway.headers()).json()
     assert sorted(f["name"] for f in listing["tres"][0]["files"]) == sorted(FILES)
+
+    # once the destination is fixed, a federation admin starts the delivery again
+    url = f"/admin/v1/tasks/{task_id}/redeliver"
+    assert gateway.client.post(url, headers=gateway.headers("alice")).status_code == 403
+    admin = gateway.headers("fran", "federation-admin")
+    assert gateway.client.post("/admin/v1/tasks/nope/redeliver", headers=admin).status_code == 404
+    gateway.s3.store(gateway.later)
+    with serving(gateway) as base:  # by the CLI, over HTTP
+        from typer.testing import CliRunner
+
+        from fivesafes_tes.cli import app
+
+        token = gateway.token("fran", "federation-admin")
+        result = CliRunner().invoke(app, ["admin", "redeliver", task_id, "--url", base, "--token", token])
+        assert result.exit_code == 0, result.output
+        assert "owed again for 1 TRE(s)" in result.output
+        wait_until(lambda: child_row(gateway, child).delivery_due_at is None)  # delivered
+    assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
+    refused = gateway.client.post(url, headers=admin)  # nothing given up any more
+    assert refused.status_code == 409 and "nothing to try again" in refused.json()["detail"]
+    with gateway.db.read() as session:
+        [record] = session.scalars(select(AuditRecord).where(AuditRecord.action == "admin.redeliver"))
+    assert (record.actor, record.object) == ("fran", f"child:{child}")
 
 
 def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway):

@@ -1,5 +1,5 @@
-"""The federation admin API (`/admin/v1`): TREs, projects, their TREs and members. Every change is
-audited by the submission layer; only the `federation-admin` role may call it."""
+"""The federation admin API (`/admin/v1`): TREs, projects, their TREs and members, and a new start for
+given-up deliveries. Every change is audited; only the `federation-admin` role may call it."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fivesafes_tes.auth import Principal, Role
+from fivesafes_tes.gateway import deliveries
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
 from fivesafes_tes.submission import federation
+from fivesafes_tes.submission.tables import Task
 
 router = APIRouter(
     prefix="/admin/v1",
@@ -147,3 +149,24 @@ def remove_member(request: Request, name: str, username: str, admin: Admin) -> f
     with request.app.state.ctx.db.write() as session:
         federation.remove_member(session, admin.username, name, username)
     return _project(request, name)
+
+
+class RedeliverOut(BaseModel):
+    children: list[str] = Field(description="Children whose given-up delivery is owed again.")
+
+
+@router.post("/tasks/{task_id}/redeliver", response_model=RedeliverOut)
+def redeliver(request: Request, task_id: str, admin: Admin, background: BackgroundTasks) -> RedeliverOut:
+    """Try again the deliveries of a task's released outputs that were given up after
+    `FIVESAFES_DELIVERY_ATTEMPTS` (once the destination is fixed)."""
+    ctx = request.app.state.ctx
+    with ctx.db.write() as session:
+        if session.get(Task, task_id) is None:
+            raise HTTPException(404, f"no task {task_id}")
+        try:
+            children = deliveries.redeliver(session, admin.username, task_id)
+        except deliveries.NothingGivenUp as exc:
+            raise HTTPException(409, str(exc)) from None
+    for child_id in children:
+        background.add_task(deliveries.deliver, ctx, child_id)
+    return RedeliverOut(children=children)

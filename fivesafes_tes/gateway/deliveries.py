@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from fivesafes_tes import audit, failpoints
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.egress.store import safe_key
-from fivesafes_tes.submission import results
+from fivesafes_tes.submission import results, tasks
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Task, Tre
 
 if TYPE_CHECKING:
@@ -221,6 +221,33 @@ def _record(
                 attempts,
                 due_at,
             )
+
+
+class NothingGivenUp(LookupError):
+    """No delivery of this task was given up: nothing to try again."""
+
+
+def redeliver(session: Session, actor: str, task_id: str) -> list[str]:
+    """A federation admin's new start for the deliveries of `task_id` that were given up (the
+    destination is fixed now): owed again at once, with a fresh count of attempts; audited.
+    Returns the children owed again."""
+    children = [child for child, _ in tasks.children_of(session, [task_id]).get(task_id, [])]
+    given_up = [c for c in children if c.delivery_due_at is None and c.delivery_attempts > 0]
+    if not given_up:
+        raise NothingGivenUp(
+            "no delivery of this task was given up: nothing to try again (one under way is retried by itself)"
+        )
+    for child in given_up:
+        child.delivery_due_at, child.delivery_attempts = utcnow(), 0
+        audit.record(
+            session,
+            actor=actor,
+            action="admin.redeliver",
+            object=f"child:{child.id}",
+            outcome="ok",
+            detail={"task_id": task_id},
+        )
+    return [child.id for child in given_up]
 
 
 def due(ctx: GatewayContext, limit: int = _BATCH) -> list[str]:
