@@ -154,12 +154,15 @@ def test_a_failed_delivery_is_retried_until_the_destination_works(gateway):
         wait_until(lambda: child_row(gateway, child).delivery_due_at is None)
     finally:
         loop.stop()
-    assert child_row(gateway, child).delivery_attempts == 1  # the second attempt succeeded
+    assert child_row(gateway, child).delivery_attempts == 0  # done: nothing counts against it
     made = gateway.s3.store(gateway.later)
     for name, data in FILES.items():
         assert made.get_bytes(f"study{name}") == data
     assert sorted(delivery_audit(gateway)[len(FILES) :]) == sorted(("ok", name) for name in FILES)
     assert outputs_view(gateway, task_id) == {name: f"s3://{gateway.later}/study{name}" for name in FILES}
+    admin = gateway.headers("fran", "federation-admin")
+    done = gateway.client.post(f"/admin/v1/tasks/{task_id}/redeliver", headers=admin)
+    assert done.status_code == 409  # delivered after a failure is not given up: nothing to start again
 
 
 def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
@@ -298,3 +301,14 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
         abs((row.delivery_due_at.replace(tzinfo=None) - theirs.replace(tzinfo=None)).total_seconds()) < 1e-3
     )
     assert [e for e in delivery_audit(gateway) if e[0] == "ok"] == []  # the other replica's to record
+
+
+def test_a_gateway_that_delivers_nowhere_says_so_when_asked_to_redeliver(database_url, tmp_path):
+    plain = Gateway(database_url, tmp_path / "plain")
+    try:
+        answer = plain.client.post(
+            "/admin/v1/tasks/any/redeliver", headers=plain.headers("fran", "federation-admin")
+        )
+        assert answer.status_code == 409 and "FIVESAFES_DELIVERY_BUCKETS" in answer.json()["detail"]
+    finally:
+        plain.close()

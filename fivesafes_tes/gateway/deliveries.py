@@ -107,15 +107,15 @@ class _Claim:
             )
             if moved.rowcount != 1:
                 self.lost = True
-                return False
-            if until is not None:
-                self.until = until
-            return True
+            return not self.lost
 
         if session is not None:
-            return apply(session)
+            return apply(session)  # the caller's transaction: the claim ends with it
         with self._ctx.db.write() as own:
-            return apply(own)
+            moved = apply(own)
+        if moved and until is not None:
+            self.until = until  # only once committed: a failed commit leaves the claim as it was
+        return moved
 
     def release(self) -> None:
         self._stop.set()
@@ -176,7 +176,7 @@ def _record(
     settings = ctx.settings
     with ctx.db.write() as session:
         child = session.get(Child, child_id)
-        attempts = child.delivery_attempts + (1 if failed else 0)
+        attempts = child.delivery_attempts + 1 if failed else 0  # done: nothing counts against it
         if not failed or attempts >= settings.delivery_attempts:
             due_at = None
         else:
@@ -231,23 +231,31 @@ def redeliver(session: Session, actor: str, task_id: str) -> list[str]:
     """A federation admin's new start for the deliveries of `task_id` that were given up (the
     destination is fixed now): owed again at once, with a fresh count of attempts; audited.
     Returns the children owed again."""
-    children = [child for child, _ in tasks.children_of(session, [task_id]).get(task_id, [])]
-    given_up = [c for c in children if c.delivery_due_at is None and c.delivery_attempts > 0]
+    given_up = [
+        child.id
+        for child, _ in tasks.children_of(session, [task_id]).get(task_id, [])
+        if session.execute(  # only if still given up when written: never over a claim just taken
+            update(Child)
+            .where(Child.id == child.id, Child.delivery_due_at.is_(None), Child.delivery_attempts > 0)
+            .values(delivery_due_at=utcnow(), delivery_attempts=0)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    ]
     if not given_up:
         raise NothingGivenUp(
             "no delivery of this task was given up: nothing to try again (one under way is retried by itself)"
         )
-    for child in given_up:
-        child.delivery_due_at, child.delivery_attempts = utcnow(), 0
+    for child_id in given_up:
         audit.record(
             session,
             actor=actor,
             action="admin.redeliver",
-            object=f"child:{child.id}",
+            object=f"child:{child_id}",
             outcome="ok",
             detail={"task_id": task_id},
         )
-    return [child.id for child in given_up]
+    return given_up
 
 
 def due(ctx: GatewayContext, limit: int = _BATCH) -> list[str]:

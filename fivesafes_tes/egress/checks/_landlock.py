@@ -75,6 +75,8 @@ def code_paths() -> tuple[list[Path], list[Path]]:
     folders = {
         Path(p) for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_path(key))
     }
+    # the interpreter's own shared libraries (libffi, liblzma... where Python brings its own: conda)
+    folders.update(Path(p) for p in (sysconfig.get_config_var("LIBDIR"), Path(sys.base_prefix, "lib")) if p)
     files: set[Path] = set()
     for name, module in list(sys.modules.items()):
         if "." in name or name in ("__main__", "__mp_main__"):
