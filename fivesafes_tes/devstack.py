@@ -62,6 +62,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def serve(app: Any, host: str, port: int) -> tuple[uvicorn.Server, threading.Thread]:
+    """`app` served by uvicorn on a background thread, with its lifespan (the delivery loop);
+    returns once it listens. Stop it with `server.should_exit = True` and a join."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway did not start on {host}:{port}")
+        time.sleep(0.02)
+    return server, thread
+
+
 @dataclass
 class DevStack:
     """A running gateway (with the embedded issuer) served by uvicorn in a background thread."""
@@ -134,23 +157,7 @@ def start(
     app = create_app(settings, db=db)
     if app.state.ctx.results_store is not None:
         app.state.ctx.results_store.ensure_bucket()
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",  # the delivery loop
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the gateway did not start on {host}:{port}")
-        time.sleep(0.02)
+    server, thread = serve(app, host, port)
     issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
     stack = DevStack(settings=settings, server=server, thread=thread, issuer=issuer, s3=s3, s3_url=s3_url)
     if agents:

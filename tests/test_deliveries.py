@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.gateway import deliveries
+from fivesafes_tes.submission import results
 from fivesafes_tes.submission.tables import Child
 from tests.conftest import Gateway, results_store_settings
 from tests.test_agent_api import TES, event, lease, upload
@@ -56,9 +57,10 @@ def gateway(make_gateway):  # type: ignore[no-untyped-def]
     return make_gateway()
 
 
-def release(gw: Gateway, bucket: str) -> tuple[str, str]:
+def release(gw: Gateway, bucket: str, *, attempt: bool = True, **report: object) -> tuple[str, str]:
     """A task whose two outputs ask for `bucket`, run, approved and released through the agent API;
-    (task id, child id). The final event returns before any delivery is attempted."""
+    (task id, child id). The final event only wakes the delivery loop (none runs here unless the
+    test runs the app's lifespan); with `attempt`, the first attempt is made here, as it would."""
     body = {
         "executors": [{"image": "alpine", "command": ["true"]}],
         "outputs": [{"path": path, "url": f"s3://{bucket}/study{path}"} for path in FILES],
@@ -76,9 +78,21 @@ def release(gw: Gateway, bucket: str) -> tuple[str, str]:
             for name, data in FILES.items()
         ]
     }
-    final = event(gw, child, 1, 5, "released", report={"disclosure": disclosure})
+    final = event(gw, child, 1, 5, "released", report={"disclosure": disclosure, **report})
     assert final.status_code == 200, final.text
+    if attempt:
+        deliveries.deliver(gw.app.state.ctx, child)
     return task_id, child
+
+
+def due(gw: Gateway) -> list[str]:
+    with gw.db.read() as session:
+        return results.deliveries_due(session, 100)
+
+
+def delivered_urls(gw: Gateway, child_id: str) -> dict[str, str | None]:
+    with gw.db.read() as session:
+        return {f.name: f.delivered_url for f in results.released_of(session, child_id)}
 
 
 def child_row(gw: Gateway, child_id: str) -> Child:
@@ -101,17 +115,11 @@ def outputs_view(gw: Gateway, task_id: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def serving(gw: Gateway) -> Iterator[str]:
-    """The gateway's app on a real loopback port (for the CLI); its base URL."""
-    import uvicorn
-
-    from fivesafes_tes.devstack import free_port
+    """The gateway's app, with its delivery loop, on a real loopback port (for the CLI)."""
+    from fivesafes_tes.devstack import free_port, serve
 
     port = free_port()
-    config = uvicorn.Config(gw.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started)
+    server, thread = serve(gw.app, "127.0.0.1", port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -127,9 +135,9 @@ def wait_until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-unt
 
 
 def test_a_release_delivers_each_output_once_verified(gateway):
-    task_id, child = release(gateway, gateway.outputs.bucket)
-    # (the TestClient runs the background attempt before the final event's call returns)
-    assert child_row(gateway, child).delivery_due_at is None
+    with gateway.client:  # the app's lifespan: its delivery loop, which the final event wakes
+        task_id, child = release(gateway, gateway.outputs.bucket, attempt=False)
+        wait_until(lambda: child_row(gateway, child).delivery_due_at is None)
     for name, data in FILES.items():
         assert gateway.outputs.get_bytes(f"study{name}") == data
     assert sorted(delivery_audit(gateway)) == sorted(("ok", name) for name in FILES)
@@ -148,12 +156,8 @@ def test_a_failed_delivery_is_retried_until_the_destination_works(gateway):
     assert all(url.startswith("http") for url in outputs_view(gateway, task_id).values())  # not there
 
     gateway.s3.store(gateway.later)  # the destination comes back
-    loop = deliveries.DeliveryLoop(gateway.app.state.ctx, poll_s=0.05)
-    loop.start()
-    try:
+    with gateway.client:  # the app's delivery loop retries by itself
         wait_until(lambda: child_row(gateway, child).delivery_due_at is None)
-    finally:
-        loop.stop()
     assert child_row(gateway, child).delivery_attempts == 0  # done: nothing counts against it
     made = gateway.s3.store(gateway.later)
     for name, data in FILES.items():
@@ -169,9 +173,9 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
     task_id, child = release(gateway, gateway.later)
     ctx = gateway.app.state.ctx
     for _ in range(5):  # more passes than attempts allowed
-        wait_until(lambda: child_row(gateway, child).delivery_due_at is None or deliveries.due(ctx))
-        for due in deliveries.due(ctx):
-            deliveries.deliver(ctx, due)
+        wait_until(lambda: child_row(gateway, child).delivery_due_at is None or due(gateway))
+        for owed in due(gateway):
+            deliveries.deliver(ctx, owed)
     row = child_row(gateway, child)
     assert row.delivery_attempts == 3 and row.delivery_due_at is None
     assert [outcome for outcome, _ in delivery_audit(gateway)] == ["failed"] * 3 * len(FILES)
@@ -235,7 +239,7 @@ def test_a_delivery_held_by_a_replica_that_died_is_taken_over_when_its_claim_lap
         session.execute(update(Child).where(Child.id == child).values(delivery_due_at=claimed_until))
     deliveries.deliver(ctx, child)
     assert [e for e in delivery_audit(gateway) if e[0] == "ok"] == []  # not while the claim holds
-    wait_until(lambda: bool(deliveries.due(ctx)), timeout=5)
+    wait_until(lambda: bool(due(gateway)), timeout=5)
     deliveries.deliver(ctx, child)
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
 
@@ -265,7 +269,7 @@ def test_a_long_copy_keeps_its_claim_and_nobody_else_starts_the_delivery(make_ga
 
     monkeypatch.setattr(ObjectStore, "copy_verified", slow)
     ctx = gateway.app.state.ctx
-    wait_until(lambda: bool(deliveries.due(ctx)))
+    wait_until(lambda: bool(due(gateway)))
     first = threading.Thread(target=deliveries.deliver, args=(ctx, child))
     first.start()
     assert copying.wait(10)
@@ -293,10 +297,10 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
 
     monkeypatch.setattr(ObjectStore, "copy_verified", stalled)
     ctx = gateway.app.state.ctx
-    wait_until(lambda: bool(deliveries.due(ctx)))
+    wait_until(lambda: bool(due(gateway)))
     deliveries.deliver(ctx, child)
     row = child_row(gateway, child)
-    assert row.delivery_attempts == 1 and row.report.get("delivered", {}) == {}  # as before this attempt
+    assert row.delivery_attempts == 1 and set(delivered_urls(gateway, child).values()) == {None}  # as before
     assert (
         abs((row.delivery_due_at.replace(tzinfo=None) - theirs.replace(tzinfo=None)).total_seconds()) < 1e-3
     )
@@ -312,3 +316,12 @@ def test_a_gateway_that_delivers_nowhere_says_so_when_asked_to_redeliver(databas
         assert answer.status_code == 409 and "FIVESAFES_DELIVERY_BUCKETS" in answer.json()["detail"]
     finally:
         plain.close()
+
+
+def test_an_agent_report_cannot_say_where_outputs_were_delivered(gateway):
+    """What was delivered where is the gateway's own record, not anything an agent reports."""
+    claimed = {name: "s3://elsewhere/taken" for name in FILES}
+    task_id, child = release(gateway, gateway.later, delivered=claimed)  # fails: the bucket is missing
+    assert all(url.startswith("http") for url in outputs_view(gateway, task_id).values())
+    assert set(delivered_urls(gateway, child).values()) == {None}
+    assert child_row(gateway, child).delivery_due_at is not None  # still owed

@@ -7,14 +7,13 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fivesafes_tes.auth import Principal, Role
-from fivesafes_tes.gateway import deliveries
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
-from fivesafes_tes.submission import federation
+from fivesafes_tes.submission import federation, results
 from fivesafes_tes.submission.tables import Task
 
 router = APIRouter(
@@ -156,7 +155,7 @@ class RedeliverOut(BaseModel):
 
 
 @router.post("/tasks/{task_id}/redeliver", response_model=RedeliverOut)
-def redeliver(request: Request, task_id: str, admin: Admin, background: BackgroundTasks) -> RedeliverOut:
+def redeliver(request: Request, task_id: str, admin: Admin) -> RedeliverOut:
     """Try again the deliveries of a task's released outputs that were given up after
     `FIVESAFES_DELIVERY_ATTEMPTS` (once the destination is fixed)."""
     ctx = request.app.state.ctx
@@ -168,9 +167,8 @@ def redeliver(request: Request, task_id: str, admin: Admin, background: Backgrou
         if session.get(Task, task_id) is None:
             raise HTTPException(404, f"no task {task_id}")
         try:
-            children = deliveries.redeliver(session, admin.username, task_id)
-        except deliveries.NothingGivenUp as exc:
+            children = results.redeliver(session, admin.username, task_id)
+        except results.NothingGivenUp as exc:
             raise HTTPException(409, str(exc)) from None
-    for child_id in children:
-        background.add_task(deliveries.deliver, ctx, child_id)
+    ctx.wake_deliveries()
     return RedeliverOut(children=children)

@@ -7,18 +7,17 @@ import asyncio
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fivesafes_tes import failpoints
 from fivesafes_tes.auth import Role
-from fivesafes_tes.gateway import deliveries
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
 from fivesafes_tes.gateway.signals import RECHECK_S
-from fivesafes_tes.submission import leases
+from fivesafes_tes.submission import leases, results
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, Tre
 
@@ -131,9 +130,7 @@ class EventResponse(BaseModel):
     response_model=EventResponse,
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
-def child_event(
-    request: Request, child_id: str, body: EventRequest, tre: CurrentTre, background: BackgroundTasks
-) -> EventResponse:
+def child_event(request: Request, child_id: str, body: EventRequest, tre: CurrentTre) -> EventResponse:
     ctx = request.app.state.ctx
     owed = False
     with ctx.db.write() as session:
@@ -151,14 +148,12 @@ def child_event(
         )
         if Stage(result.stage) in leases.RELEASE_ENDINGS and ctx.settings.delivery_buckets:
             child = session.get(Child, child_id)  # loaded by record_event: no second read
-            if result.applied:  # owed from the commit that releases the files, whatever happens next
-                owed = deliveries.schedule(session, child, ctx.settings.delivery_buckets)
-            else:
-                owed = child.delivery_due_at is not None
+            # owed from the commit that releases the files, whatever happens next
+            owed = results.owe_delivery(session, child, ctx.settings.delivery_buckets)
     if Stage(result.stage) in leases.RELEASE_ENDINGS:
         failpoints.reach("release.ended")
-    if owed:  # attempted once the agent has its answer; the delivery loop retries what fails
-        background.add_task(deliveries.deliver, ctx, child_id)
+    if owed:  # the delivery loop copies; this request (the agent's) does not wait for it
+        ctx.wake_deliveries()
     return EventResponse(stage=result.stage, applied=result.applied)
 
 

@@ -53,6 +53,12 @@ class GatewayContext:
     targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
     user_cache: UserCache = field(default_factory=UserCache)
     metrics: ops.Metrics = field(default_factory=ops.Metrics)
+    deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, where it delivers anywhere
+
+    def wake_deliveries(self) -> None:
+        """A delivery is owed now (else the loop finds it within seconds, or at the next start)."""
+        if self.deliveries is not None:
+            self.deliveries.wake()
 
 
 def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | None]:
@@ -141,10 +147,12 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         loop = deliveries.DeliveryLoop(ctx) if ctx.results_store and settings.delivery_buckets else None
         if loop is not None:
             loop.start()
+            ctx.deliveries = loop
         try:
             yield
         finally:
             if loop is not None:
+                ctx.deliveries = None
                 await asyncio.to_thread(loop.stop)
 
     app = FastAPI(

@@ -1,15 +1,17 @@
 """Delivery of released outputs to the buckets their TES output urls name, retried until it succeeds.
 
 When a child ends with files released and some TES output `url` names a bucket this gateway may
-write to (`delivery_buckets`), the same transaction that ends it sets the child's `delivery_due_at`:
-the delivery is owed from that moment, whatever happens to this process. It is then attempted at
-once, after the agent's request is answered, and by every replica's delivery loop whenever it falls
-due. An attempt first claims the child by moving `delivery_due_at` ahead (`delivery_claim_s`, renewed
-after each file) with a conditional update, so two replicas never work on one child at once, and
-one that died mid-delivery is taken over once its claim lapses. Each copy is verified against the
-SHA-256 recorded at the TRE; what was delivered stays delivered. A failed attempt is audited and
-retried after `delivery_retry_s`, doubling, up to `delivery_attempts`; then the child's system log
-says which files were not delivered. They remain downloadable from the gateway throughout.
+write to (`delivery_buckets`), the same transaction that ends it sets the child's `delivery_due_at`
+(`results.owe_delivery`): the delivery is owed from that moment, whatever happens to this process.
+The route then wakes this replica's delivery loop, which also takes up whatever falls due later.
+An attempt first claims the child by moving `delivery_due_at` ahead (`delivery_claim_s`) with a
+conditional update, and a thread keeps moving it while the attempt runs, so two replicas never work
+on one child at once and one that died mid-delivery is taken over once its claim lapses. Every write
+of an attempt is conditional on still holding the claim. Each copy is verified against the SHA-256
+recorded at the TRE, and each delivered file records its url (`ReleasedFile.delivered_url`). A failed
+attempt is audited and retried after `delivery_retry_s`, doubling up to an hour, for
+`delivery_attempts`; then the child's system log says which files were not delivered (a federation
+admin may start it again: `results.redeliver`). They remain downloadable from the gateway throughout.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from fivesafes_tes import audit, failpoints
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.egress.store import safe_key
-from fivesafes_tes.submission import results, tasks
-from fivesafes_tes.submission.tables import Child, ReleasedFile, Task, Tre
+from fivesafes_tes.submission import results
+from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -34,25 +36,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POLL_S = 5.0  # how often each replica looks for deliveries that fell due
+POLL_S = 5.0  # how often each replica looks for deliveries that fell due, at most
 MAX_RETRY_S = 3600.0  # the backoff doubles up to this
 _BATCH = 20
 
 
-def schedule(session: Session, child: Child, buckets: list[str]) -> bool:
-    """In the transaction that releases `child`'s files: owe a delivery if any output url names one
-    of `buckets`, unless one is owed, under way, made or given up already (a repeated final event
-    changes nothing). Returns whether one is owed now."""
-    if not buckets or child.delivery_due_at is not None or child.delivery_attempts:
-        return child.delivery_due_at is not None
-    if child.report.get("delivered"):
-        return False
-    task = session.get(Task, child.task_id)
-    files = list(session.scalars(select(ReleasedFile).where(ReleasedFile.child_id == child.id)))
-    if task is None or not results.destinations(task.document, files, set(buckets)):
-        return False
-    child.delivery_due_at = utcnow()
-    return True
+def _set_if(session: Session, child_id: str, *conditions: Any, **values: Any) -> bool:
+    """Update the child's row only where `conditions` hold; whether it did."""
+    statement = update(Child).where(Child.id == child_id, *conditions).values(**values)
+    return session.execute(statement.execution_options(synchronize_session=False)).rowcount == 1
 
 
 class _Claim:
@@ -73,14 +65,9 @@ class _Claim:
         now = utcnow()
         until = now + timedelta(seconds=ctx.settings.delivery_claim_s)
         with ctx.db.write() as session:
-            claimed = session.execute(
-                update(Child)
-                .where(Child.id == child_id, Child.delivery_due_at.is_not(None), Child.delivery_due_at <= now)
-                .values(delivery_due_at=until)
-                .execution_options(synchronize_session=False)
-            )
-        if claimed.rowcount != 1:
-            return None
+            due = (Child.delivery_due_at.is_not(None), Child.delivery_due_at <= now)
+            if not _set_if(session, child_id, *due, delivery_due_at=until):
+                return None
         claim = cls(ctx, child_id, until)
         claim._thread.start()
         return claim
@@ -97,25 +84,18 @@ class _Claim:
 
     def move(self, until: datetime | None, session: Session | None = None, **values: object) -> bool:
         """Set `delivery_due_at` to `until` (and `values`) if this gateway still holds the delivery."""
-
-        def apply(session: Session) -> bool:
-            moved = session.execute(
-                update(Child)
-                .where(Child.id == self._child_id, Child.delivery_due_at == self.until)
-                .values(delivery_due_at=until, **values)
-                .execution_options(synchronize_session=False)
+        if session is not None:  # the caller's transaction: the claim ends with it
+            self.lost = not _set_if(
+                session, self._child_id, Child.delivery_due_at == self.until, delivery_due_at=until, **values
             )
-            if moved.rowcount != 1:
-                self.lost = True
             return not self.lost
-
-        if session is not None:
-            return apply(session)  # the caller's transaction: the claim ends with it
         with self._ctx.db.write() as own:
-            moved = apply(own)
-        if moved and until is not None:
+            self.lost = not _set_if(
+                own, self._child_id, Child.delivery_due_at == self.until, delivery_due_at=until, **values
+            )
+        if not self.lost and until is not None:
             self.until = until  # only once committed: a failed commit leaves the claim as it was
-        return moved
+        return not self.lost
 
     def release(self) -> None:
         self._stop.set()
@@ -133,25 +113,24 @@ def deliver(ctx: GatewayContext, child_id: str) -> None:
     try:
         with ctx.db.read() as session:
             child = session.get(Child, child_id)
-            task = session.get(Task, child.task_id)
             actor = f"agent:{session.get(Tre, child.tre_id).name}"
-            query = select(ReleasedFile).where(ReleasedFile.child_id == child_id).order_by(ReleasedFile.id)
-            files = list(session.scalars(query))
-            targets = results.destinations(task.document, files, set(ctx.settings.delivery_buckets))
-            done = dict(child.report.get("delivered", {}))
-        delivered: dict[str, str] = {}
+            targets = [
+                (file.id, file.name, file.key, file.sha256, url)
+                for file, url in results.delivery_targets(session, child, ctx.settings.delivery_buckets)
+                if file.delivered_url != url
+            ]
+        delivered: dict[int, tuple[str, str]] = {}
         failed: dict[str, tuple[str, str]] = {}
-        for file in files:
-            url = targets.get(file.name)
-            if url is None or done.get(file.name) == url or claim.lost:
-                continue
-            bucket, _, key = url[5:].partition("/")
+        for file_id, name, key, sha256, url in targets:
+            if claim.lost:
+                break
+            bucket, _, path = url[5:].partition("/")
             try:
-                store.with_bucket(bucket).copy_verified(store, file.key, safe_key(key), file.sha256)
+                store.with_bucket(bucket).copy_verified(store, key, safe_key(path), sha256)
             except Exception as exc:  # noqa: BLE001 - the store refused, was down, or the bytes differ
-                failed[file.name] = (url, type(exc).__name__)
+                failed[name] = (url, type(exc).__name__)
                 continue
-            delivered[file.name] = url
+            delivered[file_id] = (name, url)
             failpoints.reach("release.delivered")
     finally:
         claim.release()
@@ -168,7 +147,7 @@ def _record(
     claim: _Claim,
     child_id: str,
     actor: str,
-    delivered: dict[str, str],
+    delivered: dict[int, tuple[str, str]],
     failed: dict[str, tuple[str, str]],
 ) -> None:
     """What the attempt did, if this gateway still holds the delivery: done, a retry at a doubled
@@ -184,24 +163,21 @@ def _record(
             due_at = utcnow() + timedelta(seconds=wait)
         if not claim.move(due_at, session, delivery_attempts=attempts):
             return  # taken over meanwhile: the other gateway's attempt is the one on record
-        child.report = {**child.report, "delivered": {**child.report.get("delivered", {}), **delivered}}
-        for name, url in delivered.items():
+        for file_id, (_, url) in delivered.items():
+            session.execute(update(ReleasedFile).where(ReleasedFile.id == file_id).values(delivered_url=url))
+        outcomes = [("ok", name, {"url": url}) for name, url in delivered.values()]
+        outcomes += [
+            ("failed", name, {"url": url, "error": e, "attempt": attempts})
+            for name, (url, e) in failed.items()
+        ]
+        for outcome, name, detail in outcomes:
             audit.record(
                 session,
                 actor=actor,
                 action="release.deliver",
                 object=f"child:{child_id}",
-                outcome="ok",
-                detail={"name": name, "url": url},
-            )
-        for name, (url, error) in failed.items():
-            audit.record(
-                session,
-                actor=actor,
-                action="release.deliver",
-                object=f"child:{child_id}",
-                outcome="failed",
-                detail={"name": name, "url": url, "error": error, "attempt": attempts},
+                outcome=outcome,
+                detail={"name": name, **detail},
             )
         if failed and due_at is None:
             child.system_logs = [
@@ -223,73 +199,36 @@ def _record(
             )
 
 
-class NothingGivenUp(LookupError):
-    """No delivery of this task was given up: nothing to try again."""
-
-
-def redeliver(session: Session, actor: str, task_id: str) -> list[str]:
-    """A federation admin's new start for the deliveries of `task_id` that were given up (the
-    destination is fixed now): owed again at once, with a fresh count of attempts; audited.
-    Returns the children owed again."""
-    given_up = [
-        child.id
-        for child, _ in tasks.children_of(session, [task_id]).get(task_id, [])
-        if session.execute(  # only if still given up when written: never over a claim just taken
-            update(Child)
-            .where(Child.id == child.id, Child.delivery_due_at.is_(None), Child.delivery_attempts > 0)
-            .values(delivery_due_at=utcnow(), delivery_attempts=0)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        == 1
-    ]
-    if not given_up:
-        raise NothingGivenUp(
-            "no delivery of this task was given up: nothing to try again (one under way is retried by itself)"
-        )
-    for child_id in given_up:
-        audit.record(
-            session,
-            actor=actor,
-            action="admin.redeliver",
-            object=f"child:{child_id}",
-            outcome="ok",
-            detail={"task_id": task_id},
-        )
-    return given_up
-
-
-def due(ctx: GatewayContext, limit: int = _BATCH) -> list[str]:
-    """Children whose delivery is due now, oldest first."""
-    with ctx.db.read() as session:
-        query = (
-            select(Child.id)
-            .where(Child.delivery_due_at.is_not(None), Child.delivery_due_at <= utcnow())
-            .order_by(Child.delivery_due_at)
-            .limit(limit)
-        )
-        return list(session.scalars(query))
-
-
 class DeliveryLoop:
-    """A thread delivering what fell due (after a failure, or owed by a gateway that died)."""
+    """A thread delivering what is owed: woken by the routes that owe a delivery, and looking every
+    `min(POLL_S, delivery_retry_s)` for retries and for deliveries a gateway that died still owed.
+    Copies run here, never in the request threads."""
 
-    def __init__(self, ctx: GatewayContext, poll_s: float = POLL_S) -> None:
+    def __init__(self, ctx: GatewayContext, poll_s: float | None = None) -> None:
         self._ctx = ctx
-        self._poll_s = poll_s
+        self._poll_s = poll_s if poll_s is not None else min(POLL_S, ctx.settings.delivery_retry_s)
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deliveries", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        """Something is owed now: look at once."""
+        self._woken.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._woken.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._woken.clear()
             try:
-                owed = due(self._ctx)
+                with self._ctx.db.read() as session:
+                    owed = results.deliveries_due(session, _BATCH)
             except Exception:
                 log.exception("delivery loop could not read what is due; retrying in %.0f s", self._poll_s)
                 owed = []
@@ -302,4 +241,5 @@ class DeliveryLoop:
                     log.exception(
                         "delivery attempt on child %s failed; its claim lapses, then a retry", child_id
                     )
-            self._stop.wait(self._poll_s)
+            if len(owed) < _BATCH:  # a full batch: more may be due already
+                self._woken.wait(self._poll_s)

@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
+from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.submission.leases import IllegalTransition, child_in_tre
 from fivesafes_tes.submission.stages import Stage
-from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
+from fivesafes_tes.submission.tables import Child, ReleasedFile, Task, Tre
 
 KINDS = ("output", "stdout", "stderr")
 
@@ -76,10 +77,7 @@ def accept(
 
 def check_disclosure(session: Session, child: Child, disclosure: dict[str, Any]) -> None:
     """Before a child may end released: every file its disclosure record approves has arrived, intact."""
-    stored = {
-        f.name: f.sha256
-        for f in session.scalars(select(ReleasedFile).where(ReleasedFile.child_id == child.id))
-    }
+    stored = {f.name: f.sha256 for f in released_of(session, child.id)}
     for entry in disclosure.get("files", []):
         if entry.get("decision") != "approved":
             continue
@@ -141,3 +139,79 @@ def destinations(
                 )
                 break
     return out
+
+
+def released_of(session: Session, child_id: str) -> list[ReleasedFile]:
+    """A child's released files, in the order they arrived."""
+    query = select(ReleasedFile).where(ReleasedFile.child_id == child_id).order_by(ReleasedFile.id)
+    return list(session.scalars(query))
+
+
+# Deliveries: released outputs copied to the buckets their TES output urls name ---------------------
+
+
+class NothingGivenUp(LookupError):
+    """No delivery of this task was given up: nothing to try again."""
+
+
+def delivery_targets(session: Session, child: Child, buckets: list[str]) -> list[tuple[ReleasedFile, str]]:
+    """The child's released outputs whose TES url names one of `buckets`, each with that url; none
+    unless the child's files are the researcher's (VISIBLE_AFTER)."""
+    if not buckets or child.stage not in VISIBLE_AFTER:
+        return []
+    task = session.get(Task, child.task_id)
+    files = released_of(session, child.id)
+    urls = destinations(task.document, files, set(buckets))
+    return [(file, urls[file.name]) for file in files if file.name in urls]
+
+
+def owe_delivery(session: Session, child: Child, buckets: list[str]) -> bool:
+    """In the transaction that releases `child`'s files: owe a delivery if some target is not yet
+    delivered there, unless one is owed or was given up already (so a repeated final event changes
+    nothing). Returns whether one is owed now."""
+    if child.delivery_due_at is not None or child.delivery_attempts:
+        return child.delivery_due_at is not None
+    if not any(file.delivered_url != url for file, url in delivery_targets(session, child, buckets)):
+        return False
+    child.delivery_due_at = utcnow()
+    return True
+
+
+def redeliver(session: Session, actor: str, task_id: str) -> list[str]:
+    """A federation admin's new start for the deliveries of `task_id` that were given up (the
+    destination is fixed now): owed again at once with a fresh count of attempts, never over a claim
+    just taken; audited. Returns the children owed again."""
+    given_up = list(
+        session.scalars(
+            update(Child)
+            .where(Child.task_id == task_id, Child.delivery_due_at.is_(None), Child.delivery_attempts > 0)
+            .values(delivery_due_at=utcnow(), delivery_attempts=0)
+            .returning(Child.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if not given_up:
+        raise NothingGivenUp(
+            "no delivery of this task was given up: nothing to try again (one under way is retried by itself)"
+        )
+    for child_id in given_up:
+        audit.record(
+            session,
+            actor=actor,
+            action="admin.redeliver",
+            object=f"child:{child_id}",
+            outcome="ok",
+            detail={"task_id": task_id},
+        )
+    return given_up
+
+
+def deliveries_due(session: Session, limit: int) -> list[str]:
+    """Children whose delivery is due now, oldest first."""
+    query = (
+        select(Child.id)
+        .where(Child.delivery_due_at.is_not(None), Child.delivery_due_at <= utcnow())
+        .order_by(Child.delivery_due_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))

@@ -203,4 +203,6 @@ class ReleasedFile(Base):
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     key: Mapped[str] = mapped_column(String(1024))  # in the results store
+    # Where it was also delivered (the s3:// url its TES output named), once the copy was verified.
+    delivered_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     released_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -421,7 +421,7 @@ def _child_log(task: Task, child: Child, tre: str, released: list[Any], results_
         "logs": executor_logs,
         "outputs": [
             {
-                "url": child.report.get("delivered", {}).get(f.name, f"{results_url}/{f.id}"),
+                "url": f.delivered_url or f"{results_url}/{f.id}",
                 "path": f.name,
                 "size_bytes": str(f.size),
             }
