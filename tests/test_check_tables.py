@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import time
 from pathlib import Path
 
@@ -107,6 +108,23 @@ def test_threaded_segments_read_exactly_what_one_parse_reads(tmp_path: Path, tab
     assert columns == expected
 
 
+def test_a_quote_free_file_larger_than_a_segment_is_parsed_in_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The threaded path is the one taken (the property above holds either way)."""
+    path = tmp_path / "t.csv"
+    path.write_text("group,n\n" + "".join(f"g{i},{100 + i}\n" for i in range(200)))
+    real, segments = pa_csv.read_csv, []
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        segments.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pa_csv, "read_csv", counted)
+    assert threaded_parse(path)[1] == whole_file_parse(path, 2)
+    assert len(segments) > 10  # one is the whole-file parse; ~2 KB in 48-byte segments make dozens
+
+
 def test_a_small_count_after_a_quoted_line_break_far_down_is_found_in_its_row(tmp_path: Path) -> None:
     rows = [["north", str(100 + i)] for i in range(500)]
     rows.append(['a note, "quoted",\nover two lines', "250"])
@@ -128,7 +146,9 @@ def test_a_ragged_row_in_a_later_segment_fails_with_where_it_was(tmp_path: Path)
     result = SmallCellRule().check(file, {}, CheckContext(files=(file,)))
     assert result.verdict is Verdict.FAIL
     (finding,) = result.findings
-    assert "1 field(s) where the header has 2" in finding.message and "after data row" in finding.message
+    assert "1 field(s) where the header has 2" in finding.message
+    after = re.search(r"after data row ([\d,]+)", finding.message)
+    assert after is not None and 0 < int(after[1].replace(",", "")) <= 200, finding.message
     assert "secret" not in finding.message
 
 
@@ -150,3 +170,15 @@ def test_a_row_longer_than_a_block_in_quote_free_text_fails_with_the_fix_named(
     result = SmallCellRule().check(file, {}, CheckContext(files=(file,)))
     assert result.verdict is Verdict.FAIL
     assert "longer than" in result.findings[0].message
+
+
+def test_threads_are_used_only_while_the_memory_limit_leaves_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under checks.worker_memory_bytes a rule works serially once the limit leaves less than a
+    thread's room for each thread and one more (a thread that cannot get memory hangs its start)."""
+    status = Path("/proc/self/status").read_text()
+    used = int(re.search(r"VmSize:\s+(\d+) kB", status)[1]) * 1024  # type: ignore[index]
+    room = _parallel._ROOM_PER_THREAD
+    monkeypatch.setattr(_parallel.resource, "getrlimit", lambda _: (used + 2 * room, -1))
+    assert _parallel.threads() == 1
+    monkeypatch.setattr(_parallel.resource, "getrlimit", lambda _: (used + 4 * room, -1))
+    assert _parallel.threads() == 2

@@ -24,11 +24,12 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from fivesafes_tes.egress.checks._kernel import checked, libc, no_new_privs
+
 # The syscall numbers are the same on every architecture (the generic table).
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
-_PR_SET_NO_NEW_PRIVS = 38
 
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 _ALL_V1 = (1 << 13) - 1  # execute ... make_sym: every filesystem right of ABI 1
@@ -59,12 +60,8 @@ def abi_version() -> int:
     """The kernel's Landlock ABI version; OSError where Landlock is missing or disabled."""
     if sys.platform != "linux":
         raise OSError(0, f"Landlock is a Linux feature, not available on {sys.platform}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    version = libc.syscall(_CREATE_RULESET, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
-    if version < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"Landlock is unavailable: {os.strerror(errno)}")
-    return int(version)
+    version = libc().syscall(_CREATE_RULESET, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
+    return checked(version, "Landlock (landlock_create_ruleset)")
 
 
 def code_paths() -> tuple[list[Path], list[Path]]:
@@ -88,10 +85,9 @@ def code_paths() -> tuple[list[Path], list[Path]]:
     return sorted(folders), sorted(files)
 
 
-def confine(readable_files: Iterable[Path], readable_dirs: Iterable[Path] = ()) -> None:
+def confine(readable_files: Iterable[Path]) -> None:
     """Confine this process, for good: read `readable_files` (regular files only, not followed
-    through a link), anything beneath `readable_dirs`, the code already imported and the system's
-    libraries; write nothing. Import what the process will run first. Raises OSError if the kernel
+    through a link), the code already imported and the system's libraries; write nothing. Import what the process will run first. Raises OSError if the kernel
     cannot, and RuntimeError when more than one thread runs (the others would stay free)."""
     if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
         raise RuntimeError("a process with several threads cannot be confined as a whole")
@@ -100,31 +96,27 @@ def confine(readable_files: Iterable[Path], readable_dirs: Iterable[Path] = ()) 
     handled |= _IOCTL_DEV if abi >= 5 else 0
     attr = _RulesetAttr(handled, 0, _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= 6 else 0)
     size = 8 if abi < 4 else 16 if abi < 6 else 24  # the attribute's fields this ABI knows
-    libc = ctypes.CDLL(None, use_errno=True)
-    ruleset = libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
-    if ruleset < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"landlock_create_ruleset failed: {os.strerror(errno)}")
+    ruleset = checked(
+        libc().syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0),
+        "landlock_create_ruleset",
+    )
     try:
         read = READ_FILE | READ_DIR | EXECUTE
         code_folders, code_files = code_paths()
-        for folder in [*readable_dirs, *code_folders, *map(Path, _SYSTEM_DIRS)]:
-            _allow(libc, ruleset, folder, read & handled)
+        for folder in [*code_folders, *map(Path, _SYSTEM_DIRS)]:
+            _allow(ruleset, folder, read & handled)
         for file in [*code_files, *map(Path, _SYSTEM_FILES)]:
-            _allow(libc, ruleset, file, READ_FILE & handled)
+            _allow(ruleset, file, READ_FILE & handled)
         for file in readable_files:  # what tasks wrote: exactly these regular files, never a link's target
-            _allow(libc, ruleset, file, READ_FILE & handled, regular_only=True)
-        _allow(libc, ruleset, Path(os.devnull), (READ_FILE | WRITE_FILE) & handled)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-        if libc.syscall(_RESTRICT_SELF, ruleset, 0) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"landlock_restrict_self failed: {os.strerror(errno)}")
+            _allow(ruleset, file, READ_FILE & handled, regular_only=True)
+        _allow(ruleset, Path(os.devnull), (READ_FILE | WRITE_FILE) & handled)
+        no_new_privs()
+        checked(libc().syscall(_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
     finally:
         os.close(ruleset)
 
 
-def _allow(libc: ctypes.CDLL, ruleset: int, path: Path, rights: int, *, regular_only: bool = False) -> None:
+def _allow(ruleset: int, path: Path, rights: int, *, regular_only: bool = False) -> None:
     flags = os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if regular_only else 0)
     try:
         fd = os.open(path, flags)
@@ -137,8 +129,9 @@ def _allow(libc: ctypes.CDLL, ruleset: int, path: Path, rights: int, *, regular_
         if not stat.S_ISDIR(mode):
             rights &= _FILE_RIGHTS
         beneath = _PathBeneath(rights, fd)
-        if libc.syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(beneath), 0) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"landlock_add_rule for {path} failed: {os.strerror(errno)}")
+        checked(
+            libc().syscall(_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(beneath), 0),
+            f"landlock_add_rule for {path}",
+        )
     finally:
         os.close(fd)

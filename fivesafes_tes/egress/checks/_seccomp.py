@@ -15,6 +15,8 @@ import ctypes
 import platform
 import sys
 
+from fivesafes_tes.egress.checks._kernel import checked, libc, no_new_privs
+
 # arch: (AUDIT_ARCH, seccomp syscall, socket, io_uring_setup)
 _ARCHES = {
     "x86_64": (0xC000003E, 317, 41, 425),
@@ -23,7 +25,6 @@ _ARCHES = {
 _LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
 _ALLOW, _EPERM = 0x7FFF0000, 0x00050000 | 1
 _X32_BIT = 0x40000000
-_PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC = 1, 1
 
 
@@ -64,9 +65,9 @@ def deny_network() -> None:
     instructions = program(machine)
     array = (_Instruction * len(instructions))(*(_Instruction(*i) for i in instructions))
     prog = _Program(len(instructions), array)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    no_new_privs()
     seccomp = _ARCHES[machine][1]
-    if libc.syscall(seccomp, _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC, ctypes.byref(prog)) != 0:
-        raise OSError(ctypes.get_errno(), "seccomp(SECCOMP_SET_MODE_FILTER) failed")
+    checked(
+        libc().syscall(seccomp, _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC, ctypes.byref(prog)),
+        "seccomp(SECCOMP_SET_MODE_FILTER)",
+    )

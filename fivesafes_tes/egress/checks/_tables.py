@@ -191,7 +191,8 @@ def _delimited_batches(
     segments at line ends and the segments are parsed on several threads. From the first segment
     holding a quote on (a quoted value may span lines, and only a parse from the start of a row
     tells which line ends end rows), Arrow's streaming reader goes on alone from that segment's
-    first row. Both parse with the same options, so a file reads the same either way."""
+    first row. Segments are parsed with quoting off, which reads them exactly as the streaming
+    reader would because they hold no quote, so a file reads the same either way."""
     parse = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     # A segment holds no quote, so no value in it can span lines: told so, Arrow cuts it at every line
     # end without looking for quotes (a lone segment parses ~25% faster; end to end, within noise).
@@ -208,8 +209,8 @@ def _delimited_batches(
 
     def segments() -> Iterator[memoryview]:
         nonlocal serial_from
-        if count == 1:
-            return  # no threads to share the work: the streaming reader alone is quicker
+        if count == 1 or path.stat().st_size <= _SEGMENT_BYTES:
+            return  # no threads to share the work, or nothing to share: the streaming reader is quicker
         # A ring of buffers, each reused once the segment in it is parsed: fresh 8 MiB buffers
         # would cost a page fault every 4 KiB. `ordered` holds at most count + 1 in flight.
         ring = [bytearray(_SEGMENT_BYTES + _CSV_BLOCK_BYTES) for _ in range(count + 2)]

@@ -14,7 +14,6 @@ it dumps no core.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -54,10 +53,10 @@ class _Sandbox:
     """What a check process is held to: its address space, its threads, no network, and no file
     but those it judges."""
 
-    memory_bytes: int | None = None
-    threads: int = 1
-    deny_network: bool = True
-    confine_files: bool = True
+    memory_bytes: int | None
+    threads: int
+    deny_network: bool
+    confine_files: bool
 
 
 @dataclass(frozen=True)
@@ -87,10 +86,10 @@ def run_checks(files: list[HeldFile], config: ChecksConfig, project: str) -> lis
             context,
             plan,
             _Sandbox(
-                effective.worker_memory_bytes,
-                effective.threads,
-                effective.deny_network,
-                effective.confine_files,
+                memory_bytes=effective.worker_memory_bytes,
+                threads=effective.threads,
+                deny_network=effective.deny_network,
+                confine_files=effective.confine_files,
             ),
         )
         try:
@@ -379,14 +378,10 @@ def _worker_main(
                 f"the check process could not be denied the network ({type(exc).__name__}); set "
                 "checks.deny_network: false only where seccomp is unavailable"
             )
-    rules: dict[int, Any] = {}
+    rules = _load_rules(specs)  # before confining: while their code is still readable
     if sandbox.confine_files and refused is None:
-        from fivesafes_tes.egress.checks import load_rule
         from fivesafes_tes.egress.checks._landlock import confine
 
-        for step, (spec, _) in enumerate(specs):  # imported while their code is still readable
-            with contextlib.suppress(BaseException):  # a rule that cannot load says so when run
-                rules[step] = load_rule(spec)
         try:
             confine(file.path for file in context.files)
         except (OSError, RuntimeError) as exc:
@@ -412,22 +407,37 @@ def _worker_main(
         conn.send_bytes(encoded)
 
 
+def _load_rules(specs: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Each step's rule, or why it could not be loaded (reported for every file it was to judge)."""
+    from fivesafes_tes.egress.checks import load_rule
+
+    rules: list[Any] = []
+    for spec, _ in specs:
+        try:
+            rules.append(load_rule(spec))
+        except BaseException as exc:  # noqa: BLE001 - the rule's files fail closed, saying why
+            rules.append(_LoadFailed(_describe(exc)))
+    return rules
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadFailed:
+    error: str
+
+
 def _run_one(
     context: CheckContext,
     specs: list[tuple[str, dict[str, Any]]],
-    rules: dict[int, Any],
+    rules: list[Any],
     file_index: int,
     step: int,
 ) -> dict[str, Any]:
-    from fivesafes_tes.egress.checks import load_rule
-
-    spec, config = specs[step]
-    version = None
+    _, config = specs[step]
+    rule = rules[step]
+    if isinstance(rule, _LoadFailed):
+        return {"error": rule.error, "version": None}
+    version = getattr(rule, "version", None)
     try:
-        if step not in rules:
-            rules[step] = load_rule(spec)
-        rule = rules[step]
-        version = getattr(rule, "version", None)
         result = rule.check(context.files[file_index], json.loads(json.dumps(config)), context)
     except BaseException as exc:  # noqa: BLE001 - whatever a rule does, the file fails closed
         return {"error": _describe(exc), "version": version}
@@ -470,9 +480,6 @@ def _isolate(memory_bytes: int | None) -> None:
     os.dup2(devnull, 2)
     os.close(devnull)
     if sys.platform == "linux":
-        try:
-            import ctypes
+        from fivesafes_tes.egress.checks._kernel import libc
 
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+        libc().prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
