@@ -520,3 +520,4 @@ def test_an_idle_long_poll_opens_no_write_transaction(gateway, monkeypatch):
     assert writes == []
     task_id = submit(gateway, tres="uk-tre")  # and work still goes out when it comes
     assert [g["task_id"] for g in lease(gateway)["leases"]] == [task_id]
+    assert writes  # the count is live: the submit and the lease that handed work out wrote

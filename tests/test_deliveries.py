@@ -209,23 +209,38 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
     assert (record.actor, record.object) == ("fran", f"child:{child}")
 
 
-def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway):
+def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway, monkeypatch):
+    from fivesafes_tes.egress.store import ObjectStore
+
     _, child = release(gateway, gateway.later)
     gateway.s3.store(gateway.later)
+    real, copies = ObjectStore.copy_verified, []
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        copies.append(args[1])  # an overwrite in S3 leaves no trace: count the copies made
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ObjectStore, "copy_verified", counted)
     with gateway.db.write() as session:  # due now, as if its retry time had come
         session.execute(update(Child).where(Child.id == child).values(delivery_due_at=utcnow()))
     ctx = gateway.app.state.ctx
-    start = threading.Barrier(4)
+    start, errors = threading.Barrier(4), []
 
     def replica() -> None:
         start.wait()
-        deliveries.deliver(ctx, child)
+        try:
+            deliveries.deliver(ctx, child)
+        except Exception as exc:  # noqa: BLE001 - a replica that crashed must fail the test
+            errors.append(exc)
 
     threads = [threading.Thread(target=replica) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+        assert not thread.is_alive()
+    assert errors == []
+    assert len(copies) == len(FILES)
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
     assert child_row(gateway, child).delivery_due_at is None
 
@@ -298,8 +313,10 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
     monkeypatch.setattr(ObjectStore, "copy_verified", stalled)
     ctx = gateway.app.state.ctx
     wait_until(lambda: bool(due(gateway)))
+    audited, logged = delivery_audit(gateway), child_row(gateway, child).system_logs
     deliveries.deliver(ctx, child)
     row = child_row(gateway, child)
+    assert delivery_audit(gateway) == audited and row.system_logs == logged  # nothing recorded
     assert row.delivery_attempts == 1 and set(delivered_urls(gateway, child).values()) == {None}  # as before
     assert (
         abs((row.delivery_due_at.replace(tzinfo=None) - theirs.replace(tzinfo=None)).total_seconds()) < 1e-3

@@ -34,6 +34,7 @@ from fivesafes_tes.executors import (
     RunSpec,
     Step,
 )
+from fivesafes_tes.executors.docker import _time as docker_time
 from fivesafes_tes.executors.sandbox import (
     OOM_NOTICE,
     SandboxViolation,
@@ -337,7 +338,7 @@ def test_memory_hog_fork_bomb_cpu_spinner_and_disk_filler_are_contained(
         h.ex.start(spec)
 
     # While they run, the host (and a server on it, standing in for the gateway) stays responsive.
-    slowest, pids_seen, results = 0.0, [], {}
+    slowest, pids_seen, results, caps = 0.0, [], {}, set()
     end = time.monotonic() + 30
     while len(results) < len(specs) and time.monotonic() < end:
         t0 = time.monotonic()
@@ -345,6 +346,7 @@ def test_memory_hog_fork_bomb_cpu_spinner_and_disk_filler_are_contained(
         assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read() == b"reached-the-host"
         slowest = max(slowest, time.monotonic() - t0)
         for c in h.containers(specs["forks"].child_id):
+            caps.add(c.attrs["HostConfig"]["PidsLimit"])
             if (seen := _pids_cgroup(c.id)) is not None:
                 pids_seen.append(seen)
         for name, spec in specs.items():
@@ -358,6 +360,7 @@ def test_memory_hog_fork_bomb_cpu_spinner_and_disk_filler_are_contained(
     assert results["forks"].outcome is Outcome.TIMED_OUT, results["forks"]
     bomb_stderr = text(results["forks"].steps[0].stderr_path)
     assert "can't fork" in bomb_stderr
+    assert caps == {bomb.pids}, caps  # asked of the engine, always
     if pids_seen:  # where the cgroup is readable: the cap was set, refused forks, and never passed
         # (A sampled count alone says little: the bomb's shells die when a fork fails, so the
         # count peaks between samples and settles below the cap.)
@@ -390,6 +393,9 @@ def test_the_deadline_is_enforced_when_the_agent_is_dead(h: Harness) -> None:
         time.sleep(0.2)
         first.reload()
     assert first.status == "exited" and first.attrs["State"]["ExitCode"] == 137  # the engine stopped it
+    state = first.attrs["State"]
+    ran = docker_time(state["FinishedAt"]) - docker_time(state["StartedAt"])
+    assert ran.total_seconds() < limits.runtime_s + 1.5, ran  # at its deadline, not whenever
     time.sleep(max(0.0, started + 3.5 - time.monotonic()))  # and both runs' deadlines have passed
 
     agent = h.executor()  # the agent is back
