@@ -239,22 +239,26 @@ def _replayed(session: Session, actor: Actor, key: str, fingerprint: str) -> str
     return row.task_id
 
 
+def _their_projects(actor: Actor):  # type: ignore[no-untyped-def]
+    return select(Membership.project_id).where(Membership.username == actor.name)
+
+
+def _their_unprojected(actor: Actor):  # type: ignore[no-untyped-def]
+    """Their own tasks stored before projects existed."""
+    return and_(Task.project_id.is_(None), Task.owner_id == actor.user_id)
+
+
 def _scopes(session: Session, actor: Actor) -> list[Any]:
     """One condition per slice of what the caller may see: each of their projects, and their own tasks
     stored before projects existed. Each slice is one index range (project_id, id) or (owner_id, id)."""
-    project_ids = session.scalars(select(Membership.project_id).where(Membership.username == actor.name))
-    return [Task.project_id == p for p in project_ids] + [
-        and_(Task.project_id.is_(None), Task.owner_id == actor.user_id)
-    ]
+    project_ids = session.scalars(_their_projects(actor))
+    return [Task.project_id == p for p in project_ids] + [_their_unprojected(actor)]
 
 
 def _visible(actor: Actor):  # type: ignore[no-untyped-def]
     """The same scopes as one condition with a membership subquery: a single round trip for looking up
     one task by id, which every TES status poll does."""
-    return or_(
-        Task.project_id.in_(select(Membership.project_id).where(Membership.username == actor.name)),
-        and_(Task.project_id.is_(None), Task.owner_id == actor.user_id),
-    )
+    return or_(Task.project_id.in_(_their_projects(actor)), _their_unprojected(actor))
 
 
 def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = False) -> Task:
