@@ -376,6 +376,13 @@ def review_show(child_id: str) -> None:
         raise typer.Exit(2) from None
     store = Agent.store_from(settings)
     console.rule(f"{view.child_id}: project {view.project}, submitted by {view.submitter}")
+    # The researcher sees these only if something is released: read them as part of the outputs.
+    console.print(
+        f"run: {view.outcome or 'unknown'}{'; ' + view.outcome_message if view.outcome_message else ''}",
+        markup=False,
+    )
+    for n, step in enumerate(view.steps):
+        console.print(f"  step {n}: exit code {step.exit_code}, {step.start_time} to {step.end_time}")
     for file in view.files:
         console.print(
             f"[bold]{file.name}[/]  {file.kind}, {file.size} bytes, sha256 {file.sha256[:16]}…, "
@@ -445,7 +452,8 @@ def results(
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Download the files each TRE released for a task, checking every SHA-256; print the decisions."""
+    """Download the files each TRE released for a task, checking every SHA-256; print the decisions
+    (and the reasons for what was withheld)."""
     import hashlib
 
     import httpx
@@ -469,9 +477,12 @@ def results(
         console=console,
     ) as progress:
         for tre in listing.json()["tres"]:
-            for entry in (tre.get("disclosure") or {}).get("files", []):
+            disclosure = tre.get("disclosure") or {}
+            for entry in disclosure.get("files", []):
                 reasons = "; ".join(d["reason"] for d in entry["decisions"] if d["reason"])
                 decisions.add_row(tre["tre"], entry["name"], entry["decision"], reasons)
+            for reason in disclosure.get("withheld_reasons", []):
+                decisions.add_row(tre["tre"], "(the others)", "withheld", reason)
             for file in tre["files"]:
                 target = (
                     out

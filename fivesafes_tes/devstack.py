@@ -130,11 +130,13 @@ def start(
     database_url: str | None = None,
     agents: bool = False,
     executor: str = "docker",
+    report_granularity_s: float | None = None,
     **overrides: object,
 ) -> DevStack:
     """Migrate the database, then serve the gateway until `stop()`; returns once it answers.
 
-    With `agents`, also serve S3 and run one agent per TRE of the embedded federation, with `executor`.
+    With `agents`, also serve S3 and run one agent per TRE of the embedded federation, with `executor`
+    (and `report_granularity_s`, if given, instead of the agents' setting).
     """
     port = port or free_port(host)
     overrides.setdefault("allowed_images", ["*"])
@@ -162,14 +164,14 @@ def start(
     stack = DevStack(settings=settings, server=server, thread=thread, issuer=issuer, s3=s3, s3_url=s3_url)
     if agents:
         try:
-            _start_tres(stack, data_dir, executor)
+            _start_tres(stack, data_dir, executor, report_granularity_s)
         except BaseException:
             stack.stop()
             raise
     return stack
 
 
-def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
+def _start_tres(stack: DevStack, data_dir: Path, executor: str, report_granularity_s: float | None) -> None:
     """For each TRE: its dataset, policy, airlock bucket, agent (synced, demo approvals made) and threads."""
     from fivesafes_tes.agent import approvals
     from fivesafes_tes.agent.client import GatewayClient
@@ -211,6 +213,7 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str) -> None:
             heartbeat_s=5,
             sync_s=5,
             tick_s=0.2,
+            **({} if report_granularity_s is None else {"report_granularity_s": report_granularity_s}),
         )
         agent = Agent(
             settings,

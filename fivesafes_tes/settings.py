@@ -168,6 +168,15 @@ class AgentSettings(BaseSettings):
     heartbeat_s: float = Field(default=15.0, gt=0, description="Heartbeat interval for held leases.")
     sync_s: float = Field(default=30.0, gt=0, description="How often projects and members are re-read.")
     tick_s: float = Field(default=0.5, gt=0, description="How often running work is checked.")
+    report_granularity_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="Stage changes whose timing a task controls (the end of the run, the checks, the end "
+        "after review) reach the gateway only at multiples of this many seconds after the run started, so "
+        "a researcher learns about log2(runtime / this) bits per change from timing (docs/researcher-view.md). "
+        "0 reports at once: for tests only.",
+    )
     run_as: str = Field(default="65534:65534", description="uid:gid tasks run as; never root.")
     admin_listen: str | None = Field(
         default=None,

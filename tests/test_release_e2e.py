@@ -5,6 +5,7 @@ approved files, with SHA-256s verified at the TRE, at the gateway and at downloa
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 import httpx
@@ -104,7 +105,12 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     sg_log = next(l for l in doc["logs"] if l["metadata"]["tre"] == "sg-tre")
     assert [o["path"] for o in uk_log["outputs"]] == ["/outputs/summary.csv"]
     assert uk_log["logs"][0]["stdout"].startswith("summarised ") and uk_log["logs"][0]["exit_code"] == 0
-    assert sg_log["outputs"] == [] and "stdout" not in sg_log["logs"][0]  # withheld logs stay hidden
+    # Withheld: no outputs, no logs, not even the exit codes (which the checker did not let out).
+    assert sg_log["outputs"] == [] and sg_log["logs"] == []
+    assert (
+        "sg-tre: the output checkers withheld every output; their reasons: not needed"
+        in sg_log["system_logs"]
+    )
 
     listing = alice.get(f"/api/v1/tasks/{task_id}/results").json()
     released = {t["tre"]: t for t in listing["tres"]}
@@ -117,15 +123,43 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     for file in released["uk-tre"]["files"]:
         body = alice.get(f"/api/v1/results/{file['id']}").content
         assert hashlib.sha256(body).hexdigest() == file["sha256"] == held_before[file["name"]]
+    # The researcher's disclosure record: the released files with their rules' verdicts and the
+    # decisions, and the reasons for withholding the rest; nothing of the withheld file itself.
     disclosure = released["uk-tre"]["disclosure"]
-    detail = next(f for f in disclosure["files"] if f["name"] == "/outputs/detail.csv")
+    assert sorted(f["name"] for f in disclosure["files"]) == sorted(
+        held_before.keys() - {"/outputs/detail.csv"}
+    )
+    summary = next(f for f in disclosure["files"] if f["name"] == "/outputs/summary.csv")
+    assert summary["decisions"] == [
+        {
+            "checker": "uk-checker",
+            "decision": "approved",
+            "reason": "aggregate count",
+            "at": summary["decisions"][0]["at"],
+        }
+    ]
+    assert disclosure["withheld_reasons"] == ["person-level rows"]
+    for file in disclosure["files"]:
+        assert len(file["sha256"]) == 64 and file["checks"]["rules"]
+        assert all(
+            set(rule) == {"rule", "version", "verdict"} for rule in file["checks"]["rules"]
+        )  # no findings
+    assert "detail.csv" not in json.dumps(listing)
+    assert released["sg-tre"]["disclosure"]["files"] == []
+    assert released["sg-tre"]["disclosure"]["withheld_reasons"] == ["not needed"]
+
+    # The full record (every held file, finding and decision) stays with the TRE's output checkers
+    # (RELIABILITY 25).
+    with uk.db.read() as session:
+        record = review.kept_record(session, uk_child)
+    detail = next(f for f in record["files"] if f["name"] == "/outputs/detail.csv")
     assert detail["decision"] == "rejected" and detail["decisions"][0] == {
         "checker": "uk-checker",
         "decision": "rejected",
         "reason": "person-level rows",
         "at": detail["decisions"][0]["at"],
     }
-    assert all(len(f["sha256"]) == 64 and f["checks"]["rules"] for f in disclosure["files"])
+    assert all(len(f["sha256"]) == 64 and f["checks"]["rules"] for f in record["files"])
 
     # The researcher's command downloads exactly the released files, checking each SHA-256.
     from typer.testing import CliRunner

@@ -176,6 +176,16 @@ def create_admin_app(
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
 
+    @app.get("/review/v1/children/{child_id}/disclosure")
+    def disclosure(child_id: str, _: Checker) -> dict:
+        """The full disclosure record of a settled child (every held file, finding and decision): it
+        stays inside the TRE; the gateway gets only its released part."""
+        try:
+            with db.read() as session:
+                return review.kept_record(session, child_id)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+
     @app.post("/review/v1/children/{child_id}/decisions")
     def decide_file(child_id: str, body: FileDecisionIn, checker: Checker) -> dict:
         try:

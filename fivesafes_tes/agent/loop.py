@@ -12,6 +12,7 @@ leases alive), and the worker (the only one that changes state).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import shutil
 import tempfile
@@ -32,13 +33,15 @@ from fivesafes_tes.audit.tables import AuditHead, AuditRecord
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
-from fivesafes_tes.executors import Executor, Mount, Outcome, RunResult, RunSpec
+from fivesafes_tes.executors import Executor, Mount, RunResult, RunSpec
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
 ENDED_WITH_HELD_FILES = ("released", "partially_released", "withheld", "executor_failed", "canceled")
+# A refused event is sent again after this many seconds, doubled each time up to the cap.
+RETRY_FIRST_S, RETRY_CAP_S = 1.0, 300.0
 
 
 @dataclass
@@ -211,9 +214,16 @@ class Agent:
     def _heartbeat_forever(self) -> None:
         while not self.stop.wait(self.settings.heartbeat_s):
             with self.db.read() as session:
+                # Also children that ended here but whose last events wait for their reporting time:
+                # their leases must not lapse meanwhile.
+                unsent = select(OutgoingEvent.child_id).where(OutgoingEvent.sent.is_(False))
                 held = [
                     (c.child_id, c.attempt)
-                    for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))
+                    for c in session.scalars(
+                        select(LocalChild).where(
+                            LocalChild.active.is_(True) | LocalChild.child_id.in_(unsent)
+                        )
+                    )
                 ]
             if not held:
                 continue
@@ -244,7 +254,11 @@ class Agent:
         The wait for the queue is skipped while children are moving, so a task goes from stage to
         stage without a tick's pause between each; an idle agent waits a tick.
         """
-        deadline = time.monotonic() + (0.0 if self._progressed else self.settings.tick_s)
+        wait = 0.0 if self._progressed else self.settings.tick_s
+        due = self._next_due()
+        if due is not None:  # an event held back is sent when due, not up to a tick later
+            wait = max(0.0, min(wait, due - time.time()))
+        deadline = time.monotonic() + wait
         self._progressed = False
         while True:
             try:
@@ -364,6 +378,8 @@ class Agent:
             child = session.get(LocalChild, child_id)
         if child is None or not child.active:
             return
+        if child.stage == "awaiting_review" and self._unsent(child_id):
+            return  # the gateway takes released files only once it has heard the child awaits review
         handler = {
             "leased": self._approve_and_start,
             "awaiting_tre_approval": self._approve_and_start,
@@ -374,6 +390,13 @@ class Agent:
         }.get(child.stage)
         if handler is not None:
             handler(child)
+
+    def _unsent(self, child_id: str) -> bool:
+        with self.db.read() as session:
+            query = select(OutgoingEvent.seq).where(
+                OutgoingEvent.child_id == child_id, OutgoingEvent.sent.is_(False)
+            )
+            return session.scalar(query.limit(1)) is not None
 
     def _approve_and_start(self, child: LocalChild) -> None:
         # Started before a crash: re-attach, never twice. A container exists only once `staging` was
@@ -419,7 +442,7 @@ class Agent:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
             local.result = {**(local.result or {}), "outcome": _result_to_json(result)}
-        self._emit(child, "checking", _describe(result))
+        self._emit(child, "checking")
 
     def _hold(self, child: LocalChild) -> None:
         """Hold every output and log in the airlock, run the automated rules on them, then wait for review."""
@@ -451,23 +474,8 @@ class Agent:
                         results=results,
                     )
                 )
-        counts = {
-            v: sum(1 for verdict, _ in verdicts.values() if verdict == v) for v in ("pass", "review", "fail")
-        }
-        report = {
-            "outcome": outcome.get("outcome"),
-            "steps": outcome.get("steps", []),
-            "held_files": len(manifest.files),
-            "held_bytes": sum(f.size for f in manifest.files),
-            "checks": counts,
-        }
-        self._emit(
-            child,
-            "awaiting_review",
-            f"{len(manifest.files)} file(s) held in {self.tre}'s airlock for review "
-            f"(automated checks: {counts['pass']} pass, {counts['review']} review, {counts['fail']} fail)",
-            report=report,
-        )
+        # Nothing about the held files leaves with this event: not their number, sizes or verdicts.
+        self._emit(child, "awaiting_review")
         self.executor.cleanup(child.child_id)
         shutil.rmtree(self._workspace(child.child_id), ignore_errors=True)
 
@@ -520,16 +528,20 @@ class Agent:
                 failpoints.reach("release.uploaded")
                 if file.kind != "output":
                     released_logs[f"{step}.{file.kind}"] = _tail(copy)
-        run_failed = (local.result or {}).get("outcome", {}).get("outcome") not in (None, "succeeded")
-        ending = "executor_failed" if run_failed else settled.outcome.value
-        approved = sum(d is review.FileOutcome.APPROVED for d in settled.files.values())
-        self._emit(
-            child,
-            ending,
-            f"{self.tre}'s output checkers released {approved} of {len(settled.files)} file(s)",
-            report={"disclosure": record, "released_logs": released_logs},
-            final=True,
-        )
+        outcome = (local.result or {}).get("outcome", {})
+        approved = any(d is review.FileOutcome.APPROVED for d in settled.files.values())
+        # Whether the run failed is said only with a release: a checker saw it (the exit codes) and
+        # let something out. After a full rejection the child ends withheld either way.
+        run_failed = outcome.get("outcome") not in (None, "succeeded")
+        ending = "executor_failed" if run_failed and approved else settled.outcome.value
+        with self.db.write() as session:  # the full record stays in the TRE, for its output checkers
+            kept = session.get(LocalChild, child.child_id)
+            assert kept is not None
+            kept.result = {**(kept.result or {}), "disclosure": record}
+        report: dict[str, Any] = {"disclosure": review.exported(record)}
+        if approved:
+            report |= {"steps": outcome.get("steps", []), "released_logs": released_logs}
+        self._emit(child, ending, report=report, final=True)
         failpoints.reach("release.final_sent")
         self._empty_airlock(child.child_id)
 
@@ -556,12 +568,7 @@ class Agent:
                 detail={"name": file.name, "expected_sha256": file.sha256},
             )
         log.error("held file %s of %s changed in the airlock; release blocked", file.name, child.child_id)
-        self._emit(
-            child,
-            "awaiting_review",
-            f"release blocked: {file.name} changed in {self.tre}'s airlock "
-            "after it was checked; the TRE's admins have been alerted",
-        )
+        self._emit(child, "awaiting_review", report={"notice": "release_blocked"})
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -574,10 +581,18 @@ class Agent:
         report: dict | None = None,
         final: bool = False,
     ) -> None:
-        """Write the event to the outbox (so a crash re-sends it with the same seq), then send it."""
+        """Write the event to the outbox (so a crash re-sends it with the same seq), then send it, once due.
+
+        From the moment the run starts, the task controls when stages change: those events are held
+        back to the next multiple of the reporting granularity after that moment, so the gateway
+        (outside the TRE) learns their timing only that coarsely."""
+        now = time.time()
         with self.db.write() as session:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
+            started = (local.result or {}).get("running_since")
+            if stage == "running" and started is None:
+                local.result = {**(local.result or {}), "running_since": now}
             session.add(
                 OutgoingEvent(
                     child_id=local.child_id,
@@ -586,6 +601,7 @@ class Agent:
                     stage=stage,
                     message=message,
                     report=report,
+                    not_before=_next_boundary(started, now, self.settings.report_granularity_s),
                 )
             )
             local.next_seq += 1
@@ -597,6 +613,9 @@ class Agent:
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
+        """Send every due event, each child's in order: a child's event not yet due, or refused, holds
+        back that child's later ones and no other child's."""
+        now = time.time()
         with self.db.read() as session:
             pending = list(
                 session.scalars(
@@ -605,29 +624,81 @@ class Agent:
                     .order_by(OutgoingEvent.child_id, OutgoingEvent.attempt, OutgoingEvent.seq)
                 )
             )
+        held_back: set[str] = set()
         for event in pending:
+            if event.child_id in held_back or event.not_before > now:
+                held_back.add(event.child_id)
+                continue
             try:
                 self.client.event(
                     event.child_id, event.attempt, event.seq, event.stage, event.message, event.report
                 )
             except Rejected as exc:
-                log.warning(
-                    "event %s/%s/%s (%s) refused: %s",
-                    event.child_id,
-                    event.attempt,
-                    event.seq,
-                    event.stage,
-                    exc.detail,
-                )
-                if exc.status == 409 and "canceled" in exc.detail:
-                    self.inbox.put(_Cancel(event.child_id))
+                if not self._void(event, exc):
+                    held_back.add(event.child_id)
+                    self._retry_later(event, exc)
+                    continue
             with self.db.write() as session:
                 row = session.get(OutgoingEvent, (event.child_id, event.attempt, event.seq))
                 if row is not None:
                     row.sent = True
 
+    def _void(self, event: OutgoingEvent, exc: Rejected) -> bool:
+        """Whether a refused event is void: its attempt was superseded, or the child was canceled (which
+        is then stopped here too). Any other refusal is not a delivery: the event is sent again."""
+        if exc.status != 409:
+            return False
+        if "superseded" in exc.detail:
+            log.info("event %s/%s/%s dropped: %s", event.child_id, event.attempt, event.seq, exc.detail)
+            return True
+        if "is canceled" in exc.detail:
+            self.inbox.put(_Cancel(event.child_id))
+            return True
+        return False
+
+    def _retry_later(self, event: OutgoingEvent, exc: Rejected) -> None:
+        with self.db.write() as session:
+            row = session.get(OutgoingEvent, (event.child_id, event.attempt, event.seq))
+            if row is None:
+                return
+            row.refusals += 1
+            wait = min(RETRY_CAP_S, RETRY_FIRST_S * 2 ** (row.refusals - 1))
+            row.not_before = time.time() + wait
+        log.warning(
+            "event %s/%s/%s (%s) refused (%s: %s); sending it again in %.0f s",
+            event.child_id,
+            event.attempt,
+            event.seq,
+            event.stage,
+            exc.status,
+            exc.detail,
+            wait,
+        )
+
+    def _next_due(self) -> float | None:
+        """When the first event held back (by the granularity or a retry) falls due: of each child's
+        first unsent event, the earliest."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(OutgoingEvent.child_id, OutgoingEvent.not_before)
+                .where(OutgoingEvent.sent.is_(False))
+                .order_by(OutgoingEvent.child_id, OutgoingEvent.attempt, OutgoingEvent.seq)
+            )
+            first: dict[str, float] = {}
+            for child_id, not_before in rows:
+                first.setdefault(child_id, not_before)
+        return min(first.values(), default=None)
+
     def _workspace(self, child_id: str) -> Path:
         return self.settings.data_dir / "work" / child_id
+
+
+def _next_boundary(started: float | None, now: float, granularity_s: float) -> float:
+    """The first multiple of the granularity after the run started that is not before `now`; `now`
+    itself before the run (the request and the TRE's admins set that timing, not the task)."""
+    if started is None or granularity_s <= 0:
+        return now
+    return started + granularity_s * math.ceil((now - started) / granularity_s)
 
 
 def _tail(path: Path, limit: int = 64 * 1024) -> str:
@@ -669,16 +740,3 @@ def _result_to_json(result: RunResult) -> dict[str, Any]:
             for s in result.steps
         ],
     }
-
-
-def _describe(result: RunResult) -> str:
-    codes = ", ".join(str(s.exit_code) for s in result.steps) or "none"
-    text = {
-        Outcome.SUCCEEDED: "the task ran to completion",
-        Outcome.FAILED: "a step of the task failed",
-        Outcome.TIMED_OUT: "the task hit this TRE's runtime limit and was stopped",
-        Outcome.OUT_OF_MEMORY: "the task ran out of memory and was stopped",
-        Outcome.CANCELED: "the task was stopped",
-        Outcome.LOST: "the task's container disappeared",
-    }[result.outcome]
-    return f"{text} (exit codes: {codes}){'; ' + result.message if result.message else ''}"

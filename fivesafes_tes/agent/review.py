@@ -134,7 +134,8 @@ def disclosure_record(
     session: Session, child: LocalChild, tre: str, settled: Settled, policy: ReviewPolicy
 ) -> dict[str, Any]:
     """The machine-readable account of one release (RELIABILITY 25): every held file with its SHA-256,
-    each rule's version and findings, who decided what and why, and what was released."""
+    each rule's version and findings, who decided what and why, and what was released. It is kept
+    inside the TRE; `exported` is the part that leaves."""
     held = list(
         session.scalars(
             select(HeldFileRecord)
@@ -184,6 +185,67 @@ def disclosure_record(
     }
 
 
+def exported(record: dict[str, Any]) -> dict[str, Any]:
+    """What of a disclosure record leaves the TRE with the child's ending: the review policy and the
+    released files (each rule's name, version and verdict, the decisions and their reasons), plus the
+    distinct reasons given for withholding. No finding text (it can quote other, unreleased files) and
+    nothing of an unreleased file, not even how many there were: the gateway is outside the TRE."""
+    released = [f for f in record["files"] if f["decision"] == FileOutcome.APPROVED.value]
+    return {
+        "profile": "fivesafes-tes/disclosure-export/1",
+        "tre": record["tre"],
+        "task_id": record["task_id"],
+        "child_id": record["child_id"],
+        "outcome": record["outcome"],
+        "policy": record["policy"],
+        "files": [
+            {
+                "name": f["name"],
+                "kind": f["kind"],
+                "size": f["size"],
+                "sha256": f["sha256"],
+                "checks": {
+                    "verdict": f["checks"]["verdict"],
+                    "rules": [
+                        {"rule": r["rule"], "version": r["version"], "verdict": r["verdict"]}
+                        for r in f["checks"]["rules"]
+                    ],
+                },
+                "decision": f["decision"],
+                "decisions": f["decisions"],
+            }
+            for f in released
+        ],
+        "withheld_reasons": sorted(
+            {
+                d["reason"]
+                for f in record["files"]
+                if f["decision"] == FileOutcome.REJECTED.value
+                for d in f["decisions"]
+                if d["decision"] == "rejected" and d["reason"].strip()
+            }
+        ),
+    }
+
+
+def kept_record(session: Session, child_id: str) -> dict[str, Any]:
+    """The full disclosure record of a settled child, as kept inside the TRE."""
+    child = session.get(LocalChild, child_id)
+    if child is None:
+        raise LookupError(f"no child {child_id} in this TRE")
+    record = (child.result or {}).get("disclosure")
+    if record is None:
+        raise LookupError(f"child {child_id} is {child.stage}: it has no disclosure record yet")
+    return record
+
+
+@dataclass
+class StepView:
+    exit_code: int | None
+    start_time: str | None
+    end_time: str | None
+
+
 @dataclass
 class FileView:
     key: str
@@ -203,6 +265,10 @@ class ChildView:
     project: str
     submitter: str
     files: list[FileView]
+    # How the run went, which the researcher sees only with a release: the checker sees it first.
+    outcome: str | None
+    outcome_message: str
+    steps: list[StepView]
 
 
 def pending(session: Session) -> list[ChildView]:
@@ -223,11 +289,18 @@ def describe(session: Session, child_id: str) -> ChildView:
         select(HeldFileRecord).where(HeldFileRecord.child_id == child_id).order_by(HeldFileRecord.key)
     )
     decisions = list(session.scalars(select(ReviewDecision).where(ReviewDecision.child_id == child_id)))
+    run = (child.result or {}).get("outcome") or {}
     return ChildView(
         child_id=child.child_id,
         task_id=child.task_id,
         project=child.project,
         submitter=child.username,
+        outcome=run.get("outcome"),
+        outcome_message=run.get("message") or "",
+        steps=[
+            StepView(exit_code=s.get("exit_code"), start_time=s.get("start_time"), end_time=s.get("end_time"))
+            for s in run.get("steps", [])
+        ],
         files=[
             FileView(
                 key=h.key,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fivesafes_tes.db.base import NAMING, utcnow
@@ -46,7 +46,10 @@ class OutgoingEvent(AgentBase):
     stage: Mapped[str] = mapped_column(String(32))
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    sent: Mapped[bool] = mapped_column(Boolean, default=False)
+    sent: Mapped[bool] = mapped_column(Boolean, default=False)  # the gateway took it (or it is void)
+    # Epoch seconds before which it is not sent: the reporting granularity, then the retry backoff.
+    not_before: Mapped[float] = mapped_column(Float, default=0.0)
+    refusals: Mapped[int] = mapped_column(Integer, default=0)  # times the gateway refused it
 
 
 class LocalDecision(AgentBase):

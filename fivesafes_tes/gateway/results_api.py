@@ -22,7 +22,7 @@ from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, safe_key
 from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
-from fivesafes_tes.submission import results, tasks
+from fivesafes_tes.submission import researcher_view, results, tasks
 from fivesafes_tes.submission.federation import NotFound
 from fivesafes_tes.submission.tables import Child, ReleasedFile
 from fivesafes_tes.submission.tasks import TaskNotFound, visible_task
@@ -145,31 +145,23 @@ class ResultsOut(BaseModel):
 
 @router.get("/tasks/{task_id}/results", response_model=ResultsOut)
 def list_results(request: Request, task_id: str, principal: CurrentPrincipal) -> ResultsOut:
-    """What each TRE released for this task, with the decisions and reasons of its output checkers."""
+    """What each TRE released for this task, with the decisions and reasons of its output checkers
+    (the researcher view: nothing of what was not released)."""
     ctx = request.app.state.ctx
     base = ctx.settings.public_url.rstrip("/")
     with ctx.db.read() as session:
         visible_task(session, actor_of(principal), task_id)
         released = results.released_files(session, [task_id]).get(task_id, [])
         children = tasks.children_of(session, [task_id]).get(task_id, [])
-    tres = []
-    for child, tre in children:
-        files = [
-            ReleasedFileOut(
-                id=f.id,
-                name=f.name,
-                kind=f.kind,
-                step=f.step,
-                size=f.size,
-                sha256=f.sha256,
-                url=f"{base}/api/v1/results/{f.id}",
+    results_url = f"{base}/api/v1/results"
+    tres = [
+        TreResults.model_validate(
+            researcher_view.results_entry(
+                child, tre, [f for f, _ in released if f.child_id == child.id], results_url
             )
-            for f, t in released
-            if t == tre
-        ]
-        tres.append(
-            TreResults(tre=tre, stage=child.stage, files=files, disclosure=child.report.get("disclosure"))
         )
+        for child, tre in children
+    ]
     return ResultsOut(task_id=task_id, tres=tres)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from fivesafes_tes import audit
 from fivesafes_tes.auth.tables import User
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.submission import researcher_view
 from fivesafes_tes.submission.federation import describe_projects
 from fivesafes_tes.submission.stages import Stage, can_move, derive_parent_state
 from fivesafes_tes.submission.tables import (
@@ -248,6 +249,7 @@ def record_event(
     except IntegrityError:  # the same event, racing in from a retry
         return EventResult(stage=child.stage, applied=False)
     now = utcnow()
+    message = researcher_view.kept_message(stage, message)
     if message:
         child.system_logs = [*child.system_logs, message]
     if report:

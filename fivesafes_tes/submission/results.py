@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from fivesafes_tes import audit
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.submission.leases import IllegalTransition, child_in_tre
+from fivesafes_tes.submission.researcher_view import VISIBLE_AFTER
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Task, Tre
 
@@ -85,11 +86,6 @@ def check_disclosure(session: Session, child: Child, disclosure: dict[str, Any])
             raise IllegalTransition(
                 f"{entry.get('name')} is approved but has not arrived intact; upload it first"
             )
-
-
-# A file is the researcher's only once its child has ended with a release; before that the TRE's
-# agent may still be sending the others, or may stop (a changed file blocks the whole release).
-VISIBLE_AFTER = (Stage.RELEASED.value, Stage.PARTIALLY_RELEASED.value, Stage.EXECUTOR_FAILED.value)
 
 
 def released_files(session: Session, task_ids: list[str]) -> dict[str, list[tuple[ReleasedFile, str]]]:

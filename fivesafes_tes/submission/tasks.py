@@ -12,7 +12,7 @@ import heapq
 import itertools
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -22,8 +22,10 @@ from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.submission import researcher_view
 from fivesafes_tes.submission.federation import Target
 from fivesafes_tes.submission.ids import decode_page_token, encode_page_token, new_task_id
+from fivesafes_tes.submission.researcher_view import rfc3339
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, IdempotencyKey, Membership, Task, TaskTag, Tre
 from fivesafes_tes.tes import State, TaskRequest, View, render
@@ -333,7 +335,7 @@ def cancel_task(session: Session, actor: Actor, task_id: str) -> list[int]:
         return []
     now = utcnow()
     task.state = State.CANCELED.value
-    task.system_logs = [*task.system_logs, f"canceled by {actor.name} at {_rfc3339(now)}"]
+    task.system_logs = [*task.system_logs, f"canceled by {actor.name} at {rfc3339(now)}"]
     tre_ids = []
     for child in session.scalars(select(Child).where(Child.task_id == task_id).with_for_update()):
         if not Stage(child.stage).is_final:
@@ -394,10 +396,12 @@ def _full_document(
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {"id": task.id, "state": task.state, **task.document}
     doc["tags"] = tags
-    doc["creation_time"] = _rfc3339(task.created_at)
+    doc["creation_time"] = rfc3339(task.created_at)
     if children:
         doc["logs"] = [
-            _child_log(task, child, tre, [f for f, _ in released if f.child_id == child.id], results_url)
+            researcher_view.task_log(
+                task, child, tre, [f for f, _ in released if f.child_id == child.id], results_url
+            )
             for child, tre in children
         ]
     else:
@@ -405,44 +409,3 @@ def _full_document(
             [{"logs": [], "outputs": [], "system_logs": list(task.system_logs)}] if task.system_logs else []
         )
     return doc
-
-
-def _child_log(task: Task, child: Child, tre: str, released: list[Any], results_url: str) -> dict[str, Any]:
-    """One TES TaskLog per TRE: where it is, what that TRE said, and what it released.
-
-    Exit codes show once the run ends; stdout and stderr only once an output checker released them.
-    """
-    shown_logs = {(f.kind, f.step): f for f in released if f.kind in ("stdout", "stderr")}
-    released_text = child.report.get("released_logs", {})
-    executor_logs = []
-    for n, step in enumerate(child.report.get("steps", [])):
-        entry = {k: step[k] for k in ("exit_code", "start_time", "end_time") if step.get(k) is not None}
-        for kind in ("stdout", "stderr"):
-            if (kind, n) in shown_logs and f"{n}.{kind}" in released_text:
-                entry[kind] = released_text[f"{n}.{kind}"]
-        executor_logs.append(entry)
-    log: dict[str, Any] = {
-        "logs": executor_logs,
-        "outputs": [
-            {
-                "url": f.delivered_url or f"{results_url}/{f.id}",
-                "path": f.name,
-                "size_bytes": str(f.size),
-            }
-            for f in released
-            if f.kind == "output"
-        ],
-        "metadata": {"tre": tre, "stage": child.stage, "attempt": str(child.attempt)},
-        "system_logs": [*task.system_logs, *child.system_logs],
-    }
-    if child.started_at:
-        log["start_time"] = _rfc3339(child.started_at)
-    if child.ended_at:
-        log["end_time"] = _rfc3339(child.ended_at)
-    return log
-
-
-def _rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
