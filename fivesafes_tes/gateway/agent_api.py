@@ -113,10 +113,15 @@ class EventRequest(_Body):
     seq: int = Field(ge=0, le=2**31 - 1)
     stage: Stage = Field(strict=False)
     message: str | None = Field(
-        default=None, max_length=4096, description="A plain-language system_logs line."
+        default=None,
+        max_length=4096,
+        description="A plain-language system_logs line; kept only on stages before the run (from `running` "
+        "on, the gateway shows fixed lines of its own).",
     )
     report: dict[str, Any] | None = Field(
-        default=None, description="What the agent observed (exit codes...)."
+        default=None,
+        description="With an ending after review: the exported disclosure record, and, when something was "
+        "released, the steps' exit codes and times and the released logs' tails. `notice` names a fixed line.",
     )
 
 
