@@ -521,3 +521,59 @@ def test_an_idle_long_poll_opens_no_write_transaction(gateway, monkeypatch):
     task_id = submit(gateway, tres="uk-tre")  # and work still goes out when it comes
     assert [g["task_id"] for g in lease(gateway)["leases"]] == [task_id]
     assert writes  # the count is live: the submit and the lease that handed work out wrote
+
+
+# --- what of an agent's words reaches the researcher (RELIABILITY 31, the gateway's side) ----------
+
+
+def test_the_gateway_shows_nothing_run_derived_that_an_agent_sends_before_a_release(gateway):
+    task_id = submit(gateway, tres="uk-tre")
+    child = lease(gateway)["leases"][0]["child_id"]
+    secret = "10000001,8507,1978"
+    run = {"steps": [{"exit_code": 112, "start_time": "2026-01-01T00:00:00.123456Z"}]}
+    walk = [
+        ("staging", {"message": "uk-tre approved project alpha and user alice"}),
+        ("running", {"message": f"started {secret}"}),
+        ("checking", {"message": "exit codes: 112", "report": run}),
+        ("awaiting_review", {"message": "3 file(s) held (1 pass, 2 fail)", "report": {"held_files": 3}}),
+    ]
+    for seq, (stage, extra) in enumerate(walk, start=1):
+        assert event(gateway, child, 1, seq, stage, **extra).status_code == 200
+    held = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers())
+    log = held.json()["logs"][0]
+    assert log["logs"] == [] and log["system_logs"] == [
+        "uk-tre approved project alpha and user alice",
+        "uk-tre: outputs are held in the TRE's airlock for review by its output checkers",
+    ]
+    disclosure = {
+        "policy": {"required_approvals": 1},
+        "files": [
+            {
+                "name": f"/outputs/{secret}.csv",
+                "sha256": "0" * 64,
+                "size": 4096,
+                "decision": "rejected",
+                "checks": {"verdict": "fail", "rules": [{"rule": "r", "findings": [{"message": secret}]}]},
+                "decisions": [{"checker": "oc", "decision": "rejected", "reason": "record-level data"}],
+            }
+        ],
+        "withheld_reasons": ["record-level data", "record-level data", " "],
+    }
+    ending = {"disclosure": disclosure, **run, "released_logs": {"0.stdout": secret}}
+    assert event(gateway, child, 1, 5, "withheld", report=ending).status_code == 200
+    full = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers())
+    results = gateway.client.get(f"/api/v1/tasks/{task_id}/results", headers=gateway.headers())
+    for body in (full.text, results.text):
+        assert secret not in body and "112" not in body and "4096" not in body and "file(s)" not in body
+    assert full.json()["logs"][0]["logs"] == []
+    assert full.json()["logs"][0]["system_logs"][-1] == (
+        "uk-tre: the output checkers withheld every output; their reasons: record-level data"
+    )
+    assert results.json()["tres"][0]["disclosure"] == {
+        "profile": "fivesafes-tes/disclosure-export/1",
+        "tre": "uk-tre",
+        "outcome": "withheld",
+        "policy": {"required_approvals": 1},
+        "files": [],
+        "withheld_reasons": ["record-level data"],
+    }

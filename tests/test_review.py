@@ -212,3 +212,53 @@ def test_a_file_whose_checks_could_not_run_can_be_rejected_but_never_approved(db
     with pytest.raises(review.ReviewRefused, match="could not run"):
         decide(db, KEYS[0], "carol", "approved", reason="looks fine to me")
     decide(db, KEYS[0], "carol", "rejected", reason="checks could not run")
+
+
+def test_the_checker_sees_the_run_and_the_whole_record_and_only_the_released_part_leaves(api, db):
+    client, as_ = api
+    carol = as_("carol", "output-checker")
+    steps = [{"exit_code": 112, "start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-01T00:00:07Z"}]
+    with db.write() as session:
+        session.get(LocalChild, CHILD).result = {
+            "outcome": {"outcome": "failed", "message": "", "steps": steps}
+        }
+        session.get(HeldFileRecord, (CHILD, KEYS[1])).results = [
+            {
+                "rule": "record_level",
+                "version": "2",
+                "verdict": "review",
+                "findings": [{"verdict": "review", "message": "a row quotes person 10000001"}],
+            }
+        ]
+    shown = client.get(f"/review/v1/children/{CHILD}", headers=carol).json()
+    assert (
+        shown["outcome"] == "failed" and shown["steps"] == steps
+    )  # what the researcher may see once released
+    assert (
+        client.get(f"/review/v1/children/{CHILD}/disclosure", headers=carol).status_code == 404
+    )  # not settled
+
+    decide(db, KEYS[0], "carol", "approved")
+    decide(db, KEYS[1], "carol", "rejected", reason="small cells")
+    decide(db, KEYS[2], "carol", "rejected", reason="record-level output")
+    decide(db, KEYS[2], "dave", "rejected", reason="small cells")
+    policy = review.ReviewPolicy()
+    with db.write() as session:
+        child = session.get(LocalChild, CHILD)
+        record = review.disclosure_record(
+            session, child, "uk-tre", review.settle(session, CHILD, policy), policy
+        )
+        child.result = {**child.result, "disclosure": record}
+    exported = review.exported(record)
+    assert [f["name"] for f in exported["files"]] == ["table.csv"]
+    assert exported["withheld_reasons"] == ["record-level output", "small cells"]  # distinct, sorted
+    text = str(exported)
+    assert "plot.png" not in text and "step-0.stdout" not in text and "10000001" not in text
+
+    kept = client.get(f"/review/v1/children/{CHILD}/disclosure", headers=carol)
+    assert kept.status_code == 200 and kept.json() == record  # the whole record stays in the TRE
+    assert "a row quotes person 10000001" in str(kept.json())
+    assert (
+        client.get(f"/review/v1/children/{CHILD}/disclosure", headers=as_("alice", "researcher")).status_code
+        == 403
+    )
