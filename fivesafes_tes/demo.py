@@ -224,6 +224,8 @@ def _download_and_combine(
                 entry["decision"],
                 "; ".join(d["reason"] for d in entry["decisions"]),
             )
+        for reason in (tre["disclosure"] or {}).get("withheld_reasons", []):
+            decisions.add_row(tre["tre"], "(the others)", "withheld", reason)
         for file in tre["files"]:
             body = http.get(f"/api/v1/results/{file['id']}").content
             if hashlib.sha256(body).hexdigest() != file["sha256"]:
