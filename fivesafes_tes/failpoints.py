@@ -16,7 +16,7 @@ release.recorded           gateway  an uploaded file recorded, before the agent 
 release.uploaded           agent    the gateway confirmed one uploaded file
 release.ended              gateway  the child's final event committed, before any delivery
 release.delivered          gateway  one file copied to the destination its TES output url names
-release.final_sent         agent    the final event handed to the outbox, airlock not yet emptied
+release.final_sent         agent    the gateway took the final event, airlock not yet emptied
 airlock.discarded          agent    the manifest deleted while the airlock is emptied, its files not yet
 =========================  =======  ==============================================================
 """

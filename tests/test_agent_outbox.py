@@ -47,6 +47,20 @@ class Gateway:
         return {"stage": stage, "applied": True}
 
 
+class Airlock:
+    """What emptying the airlock needs of the store: records which children it was emptied for."""
+
+    def __init__(self) -> None:
+        self.emptied: list[str] = []
+
+    def delete(self, key: str) -> None:
+        pass
+
+    def delete_prefix(self, prefix: str) -> int:
+        self.emptied.append(prefix)
+        return 0
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
@@ -60,7 +74,7 @@ def agent(tmp_path: Path, clock: Clock) -> Agent:
         AgentSettings(tre="uk-tre", data_dir=tmp_path, report_granularity_s=10),
         client=Gateway(),  # type: ignore[arg-type]
         executor=None,  # type: ignore[arg-type]
-        store=None,  # type: ignore[arg-type]
+        store=Airlock(),  # type: ignore[arg-type]
         policy=TrePolicy(),
     )
     with agent.db.write() as session:
@@ -115,9 +129,11 @@ def test_stage_changes_after_the_run_starts_reach_the_gateway_only_at_the_granul
     clock.now = 1031.0  # decided after review: the ending waits for the next boundary too
     emit(agent, A, "withheld", final=True)
     assert taken(agent, A)[-1] == "awaiting_review" and agent._next_due() == 1040.0
+    assert agent.store.emptied == []  # the held files stay until the gateway has the ending
     clock.now = 1040.0
     agent._flush_outbox()
     assert taken(agent, A)[-1] == "withheld" and unsent(agent) == []
+    assert len(agent.store.emptied) == 1
 
 
 def test_a_refused_event_is_sent_again_with_backoff_and_holds_back_only_its_own_child(agent, clock):

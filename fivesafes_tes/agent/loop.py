@@ -172,11 +172,14 @@ class Agent:
             }
         removed = self.executor.sweep(keep)
         with self.db.read() as session:
+            unsent = select(OutgoingEvent.child_id).where(OutgoingEvent.sent.is_(False))
             ended = [
                 c.child_id
                 for c in session.scalars(
                     select(LocalChild).where(
-                        LocalChild.active.is_(False), LocalChild.stage.in_(ENDED_WITH_HELD_FILES)
+                        LocalChild.active.is_(False),
+                        LocalChild.stage.in_(ENDED_WITH_HELD_FILES),
+                        LocalChild.child_id.not_in(unsent),  # emptied once their ending is sent
                     )
                 )
                 if not (c.result or {}).get("airlock_emptied")
@@ -541,9 +544,7 @@ class Agent:
         report: dict[str, Any] = {"disclosure": review.exported(record)}
         if approved:
             report |= {"steps": outcome.get("steps", []), "released_logs": released_logs}
-        self._emit(child, ending, report=report, final=True)
-        failpoints.reach("release.final_sent")
-        self._empty_airlock(child.child_id)
+        self._emit(child, ending, report=report, final=True)  # the airlock is emptied once it is sent
 
     def _empty_airlock(self, child_id: str) -> None:
         """Delete what the airlock holds for an ended child, once; recover() retries it after a crash."""
@@ -642,6 +643,9 @@ class Agent:
                 row = session.get(OutgoingEvent, (event.child_id, event.attempt, event.seq))
                 if row is not None:
                     row.sent = True
+            if event.stage in ENDED_WITH_HELD_FILES:  # the gateway has every file and the ending
+                failpoints.reach("release.final_sent")
+                self._empty_airlock(event.child_id)
 
     def _void(self, event: OutgoingEvent, exc: Rejected) -> bool:
         """Whether a refused event is void: its attempt was superseded, or the child was canceled (which

@@ -76,7 +76,7 @@ def task_log(
             if f.kind == "output"
         ],
         "metadata": {"tre": tre, "stage": child.stage, "attempt": str(child.attempt)},
-        "system_logs": [*task.system_logs, *system_logs(child, tre)],
+        "system_logs": [*task.system_logs, *_system_logs(child, tre)],
     }
     if child.started_at:  # the gateway's clock when staging began: before the task could act
         log["start_time"] = rfc3339(child.started_at)
@@ -85,7 +85,7 @@ def task_log(
     return log
 
 
-def system_logs(child: Child, tre: str) -> list[str]:
+def _system_logs(child: Child, tre: str) -> list[str]:
     """What the TRE said before the run, what the gateway itself recorded, then the stage's fixed line."""
     lines = list(child.system_logs)
     stage = Stage(child.stage)
