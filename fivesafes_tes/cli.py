@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fivesafes_tes.client import ClientError, TesClient
@@ -388,6 +389,8 @@ def review_show(child_id: str) -> None:
             f"[bold]{file.name}[/]  {file.kind}, {file.size} bytes, sha256 {file.sha256[:16]}…, "
             f"automated checks: [bold]{file.verdict}[/]"
         )
+        if file.never_releasable:
+            console.print(f"  [red]never releasable: {escape(file.never_releasable)}[/]", highlight=False)
         for finding in file.findings:
             console.print(f"  - {finding}")
         for checker, decision, reason in file.decisions:

@@ -69,6 +69,17 @@ class Raise(_Fake):
         raise ValueError(f"cell value {CANARY} is odd")
 
 
+class RaiseOn(_Fake):
+    """Crashes on files whose name contains `config["on"]`; passes the others."""
+
+    name = "fake_raise_on"
+
+    def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
+        if config["on"] in file.name:
+            raise ValueError(f"cell value {CANARY} is odd")
+        return self.result(Verdict.PASS)
+
+
 class Garbage(_Fake):
     name = "fake_garbage"
 

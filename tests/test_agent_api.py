@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 from fivesafes_tes import devstack
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.db.base import utcnow
-from fivesafes_tes.submission import leases
+from fivesafes_tes.submission import leases, results
 from fivesafes_tes.submission.stages import TRANSITIONS, Stage, derive_parent_state
-from fivesafes_tes.submission.tables import Child, Project, Tre, TreDecision
+from fivesafes_tes.submission.tables import Child, Project, ReleasedFile, Tre, TreDecision
 from fivesafes_tes.tes import State
 
 TES = "/ga4gh/tes/v1"
@@ -473,6 +473,19 @@ def upload(gateway, child_id, data, *, sha256=None, headers=None, name="/outputs
     )
 
 
+def approved(name: str, data: bytes) -> dict:
+    return {"name": name, "kind": "output", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def approve(gateway, child_id, files: dict[str, bytes], tre="uk-tre"):  # type: ignore[no-untyped-def]
+    """Record the child's approvals, as an agent does before uploading (name -> content)."""
+    return gateway.client.put(
+        f"{AGENT}/children/{child_id}/approvals",
+        json={"files": [approved(name, data) for name, data in files.items()]},
+        headers=agent_headers(gateway, tre),
+    )
+
+
 def test_the_gateway_keeps_a_released_file_only_from_its_tre_in_review_and_intact(releasing):
     gateway, bucket = releasing
     task_id = submit(gateway, tres="uk-tre")
@@ -480,12 +493,16 @@ def test_the_gateway_keeps_a_released_file_only_from_its_tre_in_review_and_intac
     data = b"region,n_patients\nnorth,120\n"
     assert event(gateway, child, 1, 1, "staging").status_code == 200
     assert upload(gateway, child, data).status_code == 409  # not awaiting review: nothing to release yet
+    assert approve(gateway, child, {"/outputs/counts.csv": data}).status_code == 409
     for seq, stage in enumerate(("running", "checking", "awaiting_review"), start=2):
         assert event(gateway, child, 1, seq, stage).status_code == 200
+    assert approve(gateway, child, {"/outputs/counts.csv": data}).json() == {"recorded": True, "files": 1}
     assert upload(gateway, child, data, headers=agent_headers(gateway, "sg-tre")).status_code == 404
     assert upload(gateway, child, data, headers=gateway.headers("alice")).status_code == 403
-    damaged = upload(gateway, child, data, sha256=hashlib.sha256(b"what the TRE checked").hexdigest())
-    assert damaged.status_code == 422
+    damaged = upload(
+        gateway, child, b"region,n_patients\nnorth,121\n", sha256=hashlib.sha256(data).hexdigest()
+    )
+    assert damaged.status_code == 422  # approved name, SHA-256 and size; the bytes changed on the way
     assert list(bucket.list("")) == []  # nothing stored from any refused upload
     with gateway.db.read() as session:
         alerts = session.scalar(
@@ -498,11 +515,165 @@ def test_the_gateway_keeps_a_released_file_only_from_its_tre_in_review_and_intac
     again = upload(gateway, child, data)  # a retried upload: kept once
     assert again.status_code == 200 and again.json()["stored"] is False
     assert (
-        upload(gateway, child, b"region,n_patients\nnorth,3\n").status_code == 409
-    )  # same name, other bytes
+        upload(gateway, child, b"region,n_patients\nnorth,3\n").status_code == 403
+    )  # same name, other bytes: not what was approved
     [stored] = list(bucket.list(""))
     assert bucket.get_bytes(stored.key) == data
     assert stages(gateway, task_id) == {"uk-tre": "awaiting_review"}
+
+
+def _in_review(gateway) -> str:  # type: ignore[no-untyped-def]
+    submit(gateway, tres="uk-tre")
+    child = lease(gateway)["leases"][0]["child_id"]
+    for seq, stage in enumerate(("staging", "running", "checking", "awaiting_review"), start=1):
+        assert event(gateway, child, 1, seq, stage).status_code == 200
+    return child
+
+
+def _audited(gateway, action):  # type: ignore[no-untyped-def]
+    with gateway.db.read() as session:
+        return list(
+            session.scalars(select(AuditRecord).where(AuditRecord.action == action).order_by(AuditRecord.seq))
+        )
+
+
+def test_an_upload_outside_the_recorded_approvals_is_refused_audited_and_not_stored(releasing):
+    gateway, bucket = releasing
+    child = _in_review(gateway)
+    counts, extract = b"region,n\nnorth,120\n", b"person_id\n1001\n"
+    nothing_yet = upload(gateway, child, counts)
+    assert nothing_yet.status_code == 403 and "no approvals were recorded" in nothing_yet.json()["detail"]
+    assert approve(gateway, child, {"/outputs/counts.csv": counts}).status_code == 200
+    refused = [
+        upload(gateway, child, extract, name="/outputs/extract.csv"),  # never approved
+        upload(gateway, child, extract, name="/outputs/counts.csv"),  # the approved name, other bytes
+    ]
+    assert [r.status_code for r in refused] == [403, 403]
+    assert "not among the files approved" in refused[1].json()["detail"]
+    assert list(bucket.list("")) == []
+    with gateway.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(ReleasedFile)) == 0
+    audited = [
+        (r.object, r.outcome, r.detail["name"], r.detail["sha256"])
+        for r in _audited(gateway, "release.refused")
+    ]
+    assert audited == [
+        (f"child:{child}", "refused", "/outputs/counts.csv", hashlib.sha256(counts).hexdigest()),
+        (f"child:{child}", "refused", "/outputs/extract.csv", hashlib.sha256(extract).hexdigest()),
+        (f"child:{child}", "refused", "/outputs/counts.csv", hashlib.sha256(extract).hexdigest()),
+    ]
+    assert upload(gateway, child, counts, name="/outputs/counts.csv").status_code == 200
+
+
+def test_approvals_are_recorded_once_by_the_childs_own_tre_and_never_change(releasing):
+    gateway, _ = releasing
+    child = _in_review(gateway)
+    files = {"/outputs/counts.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt": b"two regions\n"}
+    assert approve(gateway, child, files, tre="sg-tre").status_code == 404  # another TRE's child
+    researcher = gateway.client.put(
+        f"{AGENT}/children/{child}/approvals",
+        json={"files": [approved(n, d) for n, d in files.items()]},
+        headers=gateway.headers("alice"),
+    )
+    assert researcher.status_code == 403
+    assert approve(gateway, child, files).json() == {"recorded": True, "files": 2}
+    assert approve(gateway, child, dict(reversed(files.items()))).json() == {"recorded": False, "files": 2}
+    for other in (
+        {"/outputs/counts.csv": files["/outputs/counts.csv"]},  # fewer
+        {**files, "/outputs/extract.csv": b"person_id\n1001\n"},  # more
+        {**files, "/outputs/notes.txt": b"three regions\n"},  # the same names, other bytes
+    ):
+        changed = approve(gateway, child, other)
+        assert changed.status_code == 409 and "never change" in changed.json()["detail"]
+    assert len(_audited(gateway, "release.approvals")) == 1
+    with gateway.db.read() as session:
+        assert {(a.name, a.sha256) for a in results.approvals_of(session, child)} == {
+            (n, hashlib.sha256(d).hexdigest()) for n, d in files.items()
+        }
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "step"),
+    [
+        ("/outputs/../../etc/passwd", "output", None),
+        ("//etc/passwd", "output", None),
+        ("outputs/counts.csv", "output", None),
+        ("/outputs/a\x00b.csv", "output", None),
+        ("/outputs/a\\b.csv", "output", None),
+        ("../step-0.stdout", "stdout", 0),
+        ("step-0.stdout", "stdout", None),
+        ("step-1.stdout", "stdout", 0),
+    ],
+)
+def test_a_name_that_could_escape_or_does_not_fit_its_kind_gets_400(releasing, name, kind, step):
+    gateway, bucket = releasing
+    child = _in_review(gateway)
+    data = b"x\n"
+    body = {"name": name, "kind": kind, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    if step is not None:
+        body["step"] = step
+    recorded = gateway.client.put(
+        f"{AGENT}/children/{child}/approvals", json={"files": [body]}, headers=agent_headers(gateway)
+    )
+    assert recorded.status_code == 400 and recorded.json()["detail"].startswith("name: "), recorded.text
+    uploaded = gateway.client.put(
+        f"{AGENT}/children/{child}/files", params=body, content=data, headers=agent_headers(gateway)
+    )
+    assert uploaded.status_code == 400 and uploaded.json()["detail"].startswith("name: "), uploaded.text
+    assert list(bucket.list("")) == []
+
+
+def test_a_child_ends_only_with_a_disclosure_record_approving_exactly_the_recorded_files(releasing):
+    gateway, _ = releasing
+    child = _in_review(gateway)
+    files = {"/outputs/counts.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt": b"two regions\n"}
+
+    def disclosure(approved_names):  # type: ignore[no-untyped-def]
+        return {
+            "disclosure": {
+                "files": [
+                    {
+                        "name": n,
+                        "sha256": hashlib.sha256(d).hexdigest(),
+                        "decision": "approved" if n in approved_names else "rejected",
+                    }
+                    for n, d in files.items()
+                ]
+            }
+        }
+
+    assert (
+        event(gateway, child, 1, 5, "released", report=disclosure(set(files))).status_code == 409
+    )  # none recorded
+    assert approve(gateway, child, {"/outputs/counts.csv": files["/outputs/counts.csv"]}).status_code == 200
+    assert upload(gateway, child, files["/outputs/counts.csv"], name="/outputs/counts.csv").status_code == 200
+    more = event(gateway, child, 1, 5, "released", report=disclosure(set(files)))
+    assert more.status_code == 409 and "must be the same" in more.json()["detail"]
+    assert event(gateway, child, 1, 5, "withheld", report=disclosure(set())).status_code == 409
+    ended = event(gateway, child, 1, 5, "partially_released", report=disclosure({"/outputs/counts.csv"}))
+    assert ended.status_code == 200 and ended.json()["stage"] == "partially_released"
+
+
+def test_an_approved_file_that_never_arrived_holds_the_release(releasing):
+    gateway, _ = releasing
+    child = _in_review(gateway)
+    data = b"region,n\nnorth,120\n"
+    assert approve(gateway, child, {"/outputs/counts.csv": data}).status_code == 200
+    report = {
+        "disclosure": {
+            "files": [
+                {
+                    "name": "/outputs/counts.csv",
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "decision": "approved",
+                }
+            ]
+        }
+    }
+    missing = event(gateway, child, 1, 5, "released", report=report)
+    assert missing.status_code == 409 and "has not arrived intact" in missing.json()["detail"]
+    assert upload(gateway, child, data).status_code == 200
+    assert event(gateway, child, 1, 5, "released", report=report).status_code == 200
 
 
 def test_an_idle_long_poll_opens_no_write_transaction(gateway, monkeypatch):

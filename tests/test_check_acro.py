@@ -144,6 +144,13 @@ def test_each_output_gets_acros_status(folder):
     assert "how the tables were made" in messages(results["method.txt"])
     assert "is named 'DONT_RELEASE': never released" in messages(results["extract-DONT_RELEASE.csv"])
     assert "marked 'DONT_RELEASE' by ACRO: never released" in messages(results["session_summary.csv"])
+    never = {name for name, result in results.items() if any(f.never_release for f in result.findings)}
+    assert never == {  # failed by ACRO is for a checker to weigh; marked not to release is final
+        "extract-DONT_RELEASE.csv",
+        "checksums/extract-DONT_RELEASE.csv.txt",
+        "session_summary.csv",
+        "session_summary.json",
+    }
 
 
 def test_flagged_cells_name_row_column_check_and_threshold(folder):
@@ -275,3 +282,9 @@ def test_through_the_runner_the_worst_rule_wins(folder):
     assert verdicts["output_0_0.csv"] is Verdict.REVIEW
     assert verdicts["session_summary.json"] is Verdict.FAIL
     assert all(not result.error for report in reports for result in report.results)
+    never = {  # the marking crosses from the check process as data
+        r.file.name.removeprefix(f"{FOLDER}/")
+        for r in reports
+        if any(f.never_release for result in r.results for f in result.findings)
+    }
+    assert "extract-DONT_RELEASE.csv" in never and "output_1_0.csv" not in never

@@ -22,7 +22,7 @@ from fivesafes_tes.gateway import deliveries
 from fivesafes_tes.submission import results
 from fivesafes_tes.submission.tables import Child
 from tests.conftest import Gateway, results_store_settings
-from tests.test_agent_api import TES, event, lease, upload
+from tests.test_agent_api import TES, approve, event, lease, upload
 
 FILES = {"/outputs/summary.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt": b"two regions\n"}
 
@@ -70,6 +70,7 @@ def release(gw: Gateway, bucket: str, *, attempt: bool = True, **report: object)
     child = lease(gw)["leases"][0]["child_id"]
     for seq, stage in enumerate(("staging", "running", "checking", "awaiting_review"), start=1):
         assert event(gw, child, 1, seq, stage).status_code == 200
+    assert approve(gw, child, FILES).status_code == 200
     for name, data in FILES.items():
         assert upload(gw, child, data, name=name).status_code == 200
     disclosure = {

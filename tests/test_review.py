@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from fivesafes_tes.agent import review
 from fivesafes_tes.agent.loop import open_database
-from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild
+from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, ReviewDecision
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.settings import AgentSettings
 
@@ -262,3 +262,14 @@ def test_the_checker_sees_the_run_and_the_whole_record_and_only_the_released_par
         client.get(f"/review/v1/children/{CHILD}/disclosure", headers=as_("alice", "researcher")).status_code
         == 403
     )
+
+
+def test_no_decision_changes_once_the_release_has_begun(db):
+    """The gateway keeps the approvals it was first sent: a restarted release must send the same."""
+    decide(db, KEYS[0], "carol", "approved")
+    with db.write() as session:
+        session.get(LocalChild, CHILD).result = {review.RELEASING: True}
+    with pytest.raises(review.ReviewRefused, match="has begun: its decisions are final"):
+        decide(db, KEYS[0], "carol", "rejected", reason="changed my mind")
+    with db.read() as session:
+        assert session.get(ReviewDecision, (CHILD, KEYS[0], "carol")).decision == "approved"

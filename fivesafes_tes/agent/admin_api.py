@@ -186,7 +186,10 @@ def create_admin_app(
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
 
-    @app.post("/review/v1/children/{child_id}/decisions")
+    @app.post(
+        "/review/v1/children/{child_id}/decisions",
+        responses={409: {"description": "The file can never be released; `detail` says why."}},
+    )
     def decide_file(child_id: str, body: FileDecisionIn, checker: Checker) -> dict:
         try:
             with db.write() as session:
@@ -202,6 +205,8 @@ def create_admin_app(
             raise HTTPException(404, str(exc)) from None
         except review.ReviewForbidden as exc:
             raise HTTPException(403, str(exc)) from None
+        except review.NeverReleasable as exc:
+            raise HTTPException(409, str(exc)) from None
         except review.ReviewRefused as exc:
             raise HTTPException(400, str(exc)) from None
         return {"child_id": child_id, "name": body.name, "decision": body.decision, "checker": checker}

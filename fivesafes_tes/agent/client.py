@@ -121,6 +121,11 @@ class GatewayClient:
             body["report"] = report
         return self._call("POST", f"/children/{child_id}/events", json=body)
 
+    def record_approvals(self, child_id: str, files: list[dict[str, Any]]) -> dict[str, Any]:
+        """Record the child's approved files ({name, kind, step, sha256, size}) at the gateway before any
+        upload; the same list again is a no-op, so a restarted release repeats it safely."""
+        return self._call("PUT", f"/children/{child_id}/approvals", json={"files": files})
+
     def upload_file(
         self, child_id: str, path: Path, *, name: str, kind: str, step: int | None, sha256: str, size: int
     ) -> dict[str, Any]:

@@ -499,6 +499,8 @@ class Agent:
                     select(HeldFileRecord).where(HeldFileRecord.child_id == child.child_id)
                 )
             }
+        if not (local.result or {}).get(review.RELEASING) and not self._begin_release(child, settled):
+            return
         released_logs: dict[str, str] = {}
         with tempfile.TemporaryDirectory(prefix="release-") as scratch:
             # Every approved file is copied out and verified before any of them leaves: one changed
@@ -517,8 +519,16 @@ class Agent:
                     return  # try again on the next tick
                 copies.append((held[key], copy))
             failpoints.reach("release.copied")
+            if copies:
+                self.client.record_approvals(
+                    child.child_id,
+                    [
+                        {"name": f.name, "kind": f.kind, "step": _step(f), "sha256": f.sha256, "size": f.size}
+                        for f, _ in copies
+                    ],
+                )
             for file, copy in copies:
-                step = int(file.name.split("-")[1].split(".")[0]) if file.kind != "output" else None
+                step = _step(file)
                 self.client.upload_file(
                     child.child_id,
                     copy,
@@ -545,6 +555,17 @@ class Agent:
         if approved:
             report |= {"steps": outcome.get("steps", []), "released_logs": released_logs}
         self._emit(child, ending, report=report, final=True)  # the airlock is emptied once it is sent
+
+    def _begin_release(self, child: LocalChild, settled: review.Settled) -> bool:
+        """Make the child's decisions final, unless one changed since `settled` (the next tick settles
+        again): the approvals the gateway records are then the same on every try of this release."""
+        with self.db.write() as session:
+            if review.settle(session, child.child_id, self.policy.review) != settled:
+                return False
+            local = session.get(LocalChild, child.child_id)
+            assert local is not None
+            local.result = {**(local.result or {}), review.RELEASING: True}
+        return True
 
     def _empty_airlock(self, child_id: str) -> None:
         """Delete what the airlock holds for an ended child, once; recover() retries it after a crash."""
@@ -703,6 +724,11 @@ def _next_boundary(started: float | None, now: float, granularity_s: float) -> f
     if started is None or granularity_s <= 0:
         return now
     return started + granularity_s * math.ceil((now - started) / granularity_s)
+
+
+def _step(file: HeldFileRecord) -> int | None:
+    """The step of a held log (named step-N.stdout|stderr); None for an output."""
+    return int(file.name.split("-")[1].split(".")[0]) if file.kind != "output" else None
 
 
 def _tail(path: Path, limit: int = 64 * 1024) -> str:

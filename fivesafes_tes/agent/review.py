@@ -3,7 +3,8 @@ review policy, and the decisions settle what is released.
 
 Rules of the road: the person who submitted the task can never approve its outputs; with two-person
 review, two different checkers must approve; any rejection withholds the file; a rejection, and an
-approval that overrides a failed automated check, must say why.
+approval that overrides a failed automated check, must say why. A file marked never to be released,
+or whose checks could not run, is withheld whatever anyone decides (`releasable`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from sqlalchemy.orm import Session
 from fivesafes_tes import audit
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, ReviewDecision
 from fivesafes_tes.db.base import utcnow
+
+# In a child's result once its release has begun: its approvals go to the gateway, which keeps them
+# as they were first sent, so no decision may change after that.
+RELEASING = "releasing"
 
 
 class ReviewPolicy(BaseModel):
@@ -36,6 +41,10 @@ class ReviewRefused(Exception):
 
 class ReviewForbidden(ReviewRefused):
     """This person may not review this child's outputs at all (they submitted the task)."""
+
+
+class NeverReleasable(ReviewRefused):
+    """The file can never be approved by anyone (`releasable` says why)."""
 
 
 class FileOutcome(StrEnum):
@@ -74,17 +83,16 @@ def decide(
         raise LookupError(f"no held file {key!r} for child {child_id}")
     if child.stage != "awaiting_review":
         raise ReviewRefused(f"child {child_id} is {child.stage}, not awaiting review")
+    if (child.result or {}).get(RELEASING):
+        raise ReviewRefused(f"the release of child {child_id} has begun: its decisions are final")
     if checker == child.username:
         raise ReviewForbidden(f"{checker} submitted this task and cannot review its outputs")
     if decision == "rejected" and not reason.strip():
         raise ReviewRefused("say why: the researcher reads the reason for a rejection")
     if decision == "approved":
-        broken = [r["rule"] for r in held.results if r.get("error")]
-        if broken:
-            raise ReviewRefused(
-                f"the automated check(s) {', '.join(broken)} could not run on {held.name}; it cannot be approved "
-                "until they have run (reject it, or ask the TRE's admins to fix the checks and re-run them)"
-            )
+        never = releasable(held)
+        if never is not None:
+            raise NeverReleasable(f"{held.name} can never be released: {never}; reject it instead")
         if held.verdict == "fail" and not reason.strip():
             raise ReviewRefused(f"{held.name} failed an automated check: approving it needs a reason")
     row = session.get(ReviewDecision, (child_id, key, checker))
@@ -103,14 +111,37 @@ def decide(
     return row
 
 
+def releasable(held: HeldFileRecord) -> str | None:
+    """Why this held file can never be approved, in the checker's terms; None if it may be.
+
+    Decided from the rules' results as data: a check that could not run (it crashed, timed out or
+    answered nonsense), or a finding that marks the file never to be released."""
+    broken = [r["rule"] for r in held.results if r.get("error")]
+    if broken:
+        return (
+            f"the automated check(s) {', '.join(broken)} could not run on it, and nothing leaves "
+            "unchecked (the task must run again once the TRE's admins have fixed the checks)"
+        )
+    marked = [
+        f"{r['rule']}: {f['message']}"
+        for r in held.results
+        for f in r.get("findings", [])
+        if f.get("never_release")
+    ]
+    if marked:
+        return f"it is marked never to be released ({'; '.join(marked)})"
+    return None
+
+
 def settle(session: Session, child_id: str, policy: ReviewPolicy) -> Settled | None:
-    """The child's outcome once every held file is decided; None while any is still open."""
+    """The child's outcome once every held file is decided; None while any is still open. A file
+    that can never be released is withheld at once, whatever was decided on it."""
     held = list(session.scalars(select(HeldFileRecord).where(HeldFileRecord.child_id == child_id)))
     decisions = list(session.scalars(select(ReviewDecision).where(ReviewDecision.child_id == child_id)))
     files: dict[str, FileOutcome] = {}
     for record in held:
         mine = [d for d in decisions if d.key == record.key]
-        if any(d.decision == "rejected" for d in mine):
+        if releasable(record) is not None or any(d.decision == "rejected" for d in mine):
             files[record.key] = FileOutcome.REJECTED
         elif (
             len({d.checker for d in mine if d.decision == "approved"}) >= policy.required_approvals
@@ -254,6 +285,7 @@ class FileView:
     size: int
     sha256: str
     verdict: str
+    never_releasable: str | None  # why no one may approve it, or None
     findings: list[str]
     decisions: list[tuple[str, str, str]]  # checker, decision, reason
 
@@ -309,6 +341,7 @@ def describe(session: Session, child_id: str) -> ChildView:
                 size=h.size,
                 sha256=h.sha256,
                 verdict=h.verdict,
+                never_releasable=releasable(h),
                 findings=_findings(h.results),
                 decisions=[(d.checker, d.decision, d.reason) for d in decisions if d.key == h.key],
             )

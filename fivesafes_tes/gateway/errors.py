@@ -80,6 +80,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidTask)
     @app.exception_handler(BadPageToken)
+    @app.exception_handler(results.InvalidRelease)
     @app.exception_handler(federation.InvalidRequest)
     async def _bad(_: Request, exc: Exception) -> JSONResponse:
         return error(400, str(exc))
@@ -89,6 +90,7 @@ def install(app: FastAPI) -> None:
         return error(404, f"no task {exc.args[0]!r} visible to you")
 
     @app.exception_handler(federation.Forbidden)
+    @app.exception_handler(results.NotApproved)
     async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
         return error(403, str(exc))
 
@@ -98,6 +100,7 @@ def install(app: FastAPI) -> None:
         return error(404, str(exc))
 
     @app.exception_handler(results.ReleaseConflict)
+    @app.exception_handler(results.ApprovalsConflict)
     @app.exception_handler(federation.Conflict)
     @app.exception_handler(leases.StaleAttempt)
     @app.exception_handler(leases.IllegalTransition)

@@ -1,5 +1,6 @@
-"""Released files: agents upload what their TRE approved (`PUT /agent/v1/children/{id}/files`), and
-researchers list and download them (`/api/v1`), each download authorised by project and audited."""
+"""Released files: agents record what their TRE approved (`PUT /agent/v1/children/{id}/approvals`),
+then upload exactly that (`PUT /agent/v1/children/{id}/files`), and researchers list and download
+them (`/api/v1`), each download authorised by project and audited."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from fivesafes_tes import audit, failpoints
-from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, safe_key
+from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, UnsafeKey, safe_key
 from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
@@ -46,9 +47,69 @@ def _store(request: Request):  # type: ignore[no-untyped-def]
     return store
 
 
+def _key_part(file: results.Incoming) -> str:
+    """The file's name as a part of its key in the results store, or 400 saying what is wrong."""
+    try:
+        return safe_key(file.key_part())
+    except (results.InvalidRelease, UnsafeKey) as exc:
+        raise HTTPException(400, f"name: {exc}") from None
+
+
+class ApprovedFileIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field(
+        min_length=1, max_length=1024, description="Container path of an output, or step-N.stdout|stderr."
+    )
+    kind: Literal["output", "stdout", "stderr"]
+    step: int | None = Field(
+        default=None, ge=0, le=2**31 - 1, description="The step of a log; none for an output."
+    )
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=2**63 - 1)
+
+
+class ApprovalsIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    files: list[ApprovedFileIn] = Field(min_length=1, max_length=10000)
+
+
+class ApprovalsOut(BaseModel):
+    recorded: bool = Field(description="False when exactly these approvals were recorded before.")
+    files: int
+
+
+@agent_router.put(
+    "/children/{child_id}/approvals",
+    response_model=ApprovalsOut,
+    responses={
+        404: {"model": ErrorResponse},
+        409: {
+            "model": ErrorResponse,
+            "description": "Other approvals were recorded already, or the child is not awaiting review.",
+        },
+    },
+)
+def record_approvals(request: Request, child_id: str, body: ApprovalsIn, tre: CurrentTre) -> ApprovalsOut:
+    """What the TRE's output checkers approved for this child, recorded once before any upload: the
+    gateway then stores exactly these files."""
+    files = [results.Incoming(**f.model_dump()) for f in body.files]
+    for file in files:
+        _key_part(file)
+    with request.app.state.ctx.db.write() as session:
+        recorded = results.record_approvals(session, tre, child_id, files)
+    return ApprovalsOut(recorded=recorded, files=len(files))
+
+
 @agent_router.put(
     "/children/{child_id}/files",
     responses={
+        403: {
+            "model": ErrorResponse,
+            "description": "Not an agent of the child's TRE, or a file not among the child's recorded "
+            "approvals (audited); nothing stored.",
+        },
         404: {"model": ErrorResponse},
         409: {"model": ErrorResponse},
         422: {"model": ErrorResponse, "description": "The bytes do not match the SHA-256 or size given."},
@@ -64,19 +125,28 @@ async def upload_released_file(
     size: Annotated[int, Query(ge=0)],
     step: Annotated[int | None, Query(ge=0)] = None,
 ) -> dict:
-    """One approved file, streamed; kept only if its bytes hash to what the TRE recorded."""
+    """One approved file, streamed; kept only if it is among the child's recorded approvals and its
+    bytes hash to what the TRE recorded."""
     ctx = request.app.state.ctx
     store = _store(request)
+    incoming = results.Incoming(name=name, kind=kind, step=step, size=size, sha256=sha256)
+    part = _key_part(incoming)
 
     def expect() -> str:
         with ctx.db.read() as session:
-            return results.expect_upload(session, tre, child_id).task_id
+            try:
+                return results.expect_upload(session, tre, child_id, incoming).task_id
+            except results.NotApproved as exc:
+                refused = exc
+        with ctx.db.write() as session:
+            results.refuse_upload(session, tre, child_id, incoming, refused)
+        raise refused
 
     task_id = await run_in_threadpool(expect)
-    key = safe_key(
-        "released", task_id, tre.name, kind, name.lstrip("/") if kind == "output" else f"step-{step}.{kind}"
-    )
-    incoming = results.Incoming(name=name, kind=kind, step=step, size=size, sha256=sha256)
+    try:
+        key = safe_key("released", task_id, tre.name, kind, part)
+    except UnsafeKey as exc:
+        raise HTTPException(400, f"name: {exc}") from None
     with tempfile.NamedTemporaryFile(prefix="release-", delete=True) as tmp:
         digest, received = hashlib.sha256(), 0
         async for chunk in request.stream():
@@ -113,7 +183,7 @@ async def upload_released_file(
 
     def record() -> bool:
         with ctx.db.write() as session:
-            child = results.expect_upload(session, tre, child_id)
+            child = results.expect_upload(session, tre, child_id, incoming)
             return results.accept(session, tre, child, incoming, key)[1]
 
     stored = await run_in_threadpool(record)

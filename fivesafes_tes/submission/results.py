@@ -1,5 +1,11 @@
 """Released files at the gateway: accepted from a TRE's agent with their SHA-256 checked, listed and
-handed to the researchers of the task's project, and shown in the TES view once released."""
+handed to the researchers of the task's project, and shown in the TES view once released.
+
+The gateway stores exactly the approved set (RELIABILITY 33): before uploading, the agent records the
+child's approvals (name, kind, step, size, SHA-256), once and unchangeably; an upload outside them is
+refused before a byte is stored, and audited; the final event's disclosure record must approve
+exactly those files, all arrived intact.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +20,25 @@ from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.submission.leases import IllegalTransition, child_in_tre
 from fivesafes_tes.submission.researcher_view import VISIBLE_AFTER
 from fivesafes_tes.submission.stages import Stage
-from fivesafes_tes.submission.tables import Child, ReleasedFile, Task, Tre
+from fivesafes_tes.submission.tables import ApprovedFile, Child, ReleasedFile, Task, Tre
 
 KINDS = ("output", "stdout", "stderr")
 
 
 class ReleaseConflict(Exception):
     """A TRE sent a file under a name already released with other content."""
+
+
+class InvalidRelease(ValueError):
+    """A released file's name does not fit its kind (the message says what it must be)."""
+
+
+class NotApproved(Exception):
+    """An upload that is not among the child's recorded approvals: refused before a byte is stored."""
+
+
+class ApprovalsConflict(Exception):
+    """Approvals were recorded for this child already, and they were other files."""
 
 
 @dataclass(frozen=True)
@@ -31,15 +49,106 @@ class Incoming:
     size: int
     sha256: str
 
+    def key_part(self) -> str:
+        """What the name adds to the file's key in the results store: an output's container path
+        without its leading `/`, a log's `step-N.stdout|stderr`."""
+        if self.kind == "output":
+            if self.step is not None or not self.name.startswith("/"):
+                raise InvalidRelease(
+                    f"an output is named by its absolute container path, with no step: {self.name!r}"
+                )
+            return self.name[1:]
+        if self.kind not in KINDS or self.step is None or self.name != f"step-{self.step}.{self.kind}":
+            raise InvalidRelease(
+                f"a log is named step-N.stdout or step-N.stderr after its step N, not {self.name[:80]!r}"
+            )
+        return self.name
 
-def expect_upload(session: Session, tre: Tre, child_id: str) -> Child:
-    """The child a TRE wants to release into: its own, and still waiting for review."""
+
+def _approval(row: ApprovedFile) -> Incoming:
+    return Incoming(name=row.name, kind=row.kind, step=row.step, size=row.size, sha256=row.sha256)
+
+
+def approvals_of(session: Session, child_id: str) -> list[Incoming]:
+    """The files recorded as approved for a child, by name."""
+    query = select(ApprovedFile).where(ApprovedFile.child_id == child_id).order_by(ApprovedFile.name)
+    return [_approval(row) for row in session.scalars(query)]
+
+
+def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Incoming]) -> bool:
+    """Record what the TRE's checkers approved for one of its children awaiting review, before any of
+    it is uploaded; audited once. The same list again changes nothing (False: an agent repeating
+    itself after a restart); another list is refused: approvals never change once recorded."""
+    child = child_in_tre(session, tre, child_id, for_update=True)  # two recordings take turns
+    wanted = set(files)
+    if len({f.name for f in wanted}) != len(files):
+        raise InvalidRelease("the approvals name a file twice")
+    recorded = set(approvals_of(session, child.id))
+    if recorded:
+        if recorded == wanted:
+            return False
+        raise ApprovalsConflict(
+            f"other approvals were recorded for child {child_id} already; once recorded they never change"
+        )
+    if child.stage != Stage.AWAITING_REVIEW.value:
+        raise IllegalTransition(
+            f"child {child_id} is {child.stage}; only outputs awaiting review are approved"
+        )
+    ordered = sorted(wanted, key=lambda f: f.name)
+    for file in ordered:
+        file.key_part()
+        session.add(
+            ApprovedFile(
+                child_id=child.id,
+                name=file.name,
+                kind=file.kind,
+                step=file.step,
+                size=file.size,
+                sha256=file.sha256,
+            )
+        )
+    audit.record(
+        session,
+        actor=f"agent:{tre.name}",
+        action="release.approvals",
+        object=f"child:{child.id}",
+        outcome="recorded",
+        detail={"files": [{"name": f.name, "sha256": f.sha256} for f in ordered]},
+    )
+    return True
+
+
+def expect_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming) -> Child:
+    """The child a TRE wants to release `incoming` into: its own, still waiting for review, and
+    having recorded `incoming` (name, kind, step, size and SHA-256) among its approvals."""
     child = child_in_tre(session, tre, child_id)
     if child.stage != Stage.AWAITING_REVIEW.value:
         raise IllegalTransition(
             f"child {child_id} is {child.stage}; only outputs awaiting review are released"
         )
-    return child
+    approved = session.get(ApprovedFile, (child.id, incoming.name))
+    if approved is not None and _approval(approved) == incoming:
+        return child
+    if not approvals_of(session, child.id):
+        raise NotApproved(
+            f"no approvals were recorded for child {child_id}: record them (PUT .../approvals) before uploading"
+        )
+    raise NotApproved(
+        f"{incoming.name} with SHA-256 {incoming.sha256} is not among the files approved for child {child_id}"
+    )
+
+
+def refuse_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming, why: NotApproved) -> None:
+    """Audit an upload refused for not being approved: a TRE sending what no checker approved is
+    a security event."""
+    audit.record(
+        session,
+        actor=f"agent:{tre.name}",
+        action="release.refused",
+        object=f"child:{child_id}",
+        outcome="refused",
+        detail={"name": incoming.name, "sha256": incoming.sha256, "reason": str(why)},
+    )
 
 
 def accept(
@@ -77,15 +186,22 @@ def accept(
 
 
 def check_disclosure(session: Session, child: Child, disclosure: dict[str, Any]) -> None:
-    """Before a child may end released: every file its disclosure record approves has arrived, intact."""
-    stored = {f.name: f.sha256 for f in released_of(session, child.id)}
-    for entry in disclosure.get("files", []):
-        if entry.get("decision") != "approved":
-            continue
-        if stored.get(entry.get("name")) != entry.get("sha256"):
-            raise IllegalTransition(
-                f"{entry.get('name')} is approved but has not arrived intact; upload it first"
-            )
+    """Before a child may end: its disclosure record approves exactly the recorded approvals, and
+    every one of them has arrived, intact."""
+    approved = {
+        (entry.get("name"), entry.get("sha256"))
+        for entry in disclosure.get("files", [])
+        if entry.get("decision") == "approved"
+    }
+    recorded = {(f.name, f.sha256) for f in approvals_of(session, child.id)}
+    if approved != recorded:
+        raise IllegalTransition(
+            f"the disclosure record approves other files than the {len(recorded)} recorded as approved for "
+            f"child {child.id}; they must be the same"
+        )
+    missing = sorted(recorded - {(f.name, f.sha256) for f in released_of(session, child.id)})
+    if missing:
+        raise IllegalTransition(f"{missing[0][0]} is approved but has not arrived intact; upload it first")
 
 
 def released_files(session: Session, task_ids: list[str]) -> dict[str, list[tuple[ReleasedFile, str]]]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -206,3 +207,20 @@ class ReleasedFile(Base):
     # Where it was also delivered (the s3:// url its TES output named), once the copy was verified.
     delivered_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     released_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApprovedFile(Base):
+    """A file a TRE's output checkers approved, recorded by its agent before any upload: the gateway
+    stores exactly these (RELIABILITY 33), and the list, once recorded, never changes."""
+
+    __tablename__ = "approved_files"
+
+    child_id: Mapped[str] = mapped_column(
+        ForeignKey("task_children.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(1024), primary_key=True)  # as in released_files
+    kind: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

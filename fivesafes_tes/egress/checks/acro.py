@@ -82,7 +82,9 @@ class AcroRule:
         markers = list(config["dont_release_markers"])
         marker = _marked(file.name, markers)
         if marker:
-            findings.append(Finding(Verdict.FAIL, f"{label} is named {marker!r}: never released"))
+            findings.append(
+                Finding(Verdict.FAIL, f"{label} is named {marker!r}: never released", never_release=True)
+            )
         held = self._index(context)
         located = _locate(file, held)
         if located is not None:
@@ -176,12 +178,17 @@ def _judge_output(
     what = f"output {output.uid!r} ({output.kind})"
     summary = f": {output.summary}" if output.summary else ""
     findings: list[Finding] = []
-    marked = _marked(output.uid, markers) or next(
-        (m for c in output.comments if (m := _marked(c, markers))), None
+    marked = next(
+        (m for text in (output.uid, output.exception, *output.comments) if (m := _marked(text, markers))),
+        None,
     )
     if marked:
         findings.append(
-            Finding(Verdict.FAIL, f"{label}: {what} is marked {marked!r} by ACRO: never released")
+            Finding(
+                Verdict.FAIL,
+                f"{label}: {what} is marked {marked!r} by ACRO: never released",
+                never_release=True,
+            )
         )
     status = _STATUSES.get(output.status.lower())
     if status is None:

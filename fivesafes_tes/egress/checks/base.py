@@ -33,7 +33,10 @@ _SEVERITY = {Verdict.PASS: 0, Verdict.REVIEW: 1, Verdict.FAIL: 2}
 
 @dataclass(frozen=True)
 class Finding:
-    """One thing a rule noticed. `excerpt` is masked: it never carries a whole identifier or row."""
+    """One thing a rule noticed. `excerpt` is masked: it never carries a whole identifier or row.
+
+    `never_release` marks the file as one no checker may approve (a `DONT_RELEASE` marking, or a
+    failure of a rule the TRE configured so): it is data, so no wording of `message` decides it."""
 
     verdict: Verdict
     message: str
@@ -41,6 +44,7 @@ class Finding:
     row: int | None = None  # 1-based data row (tables) or line (text)
     excerpt: str | None = None
     threshold: str | None = None
+    never_release: bool = False
 
 
 @dataclass

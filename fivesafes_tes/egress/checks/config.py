@@ -42,6 +42,10 @@ OPAQUE_TYPES = ["image/png", "image/jpeg", "image/gif", "application/pdf", XLSX,
 IDENTIFIER_KINDS = ["nhs_number", "nric_fin", "email", "phone", "postcode", "date_of_birth"]
 
 
+# What the runner applies around a rule, not handed to the rule itself.
+_RUNNER_KEYS = {"never_release"}
+
+
 class RuleConfig(BaseModel):
     """What every rule's section has."""
 
@@ -52,6 +56,11 @@ class RuleConfig(BaseModel):
         gt=0,
         le=3600,
         description="Wall-clock limit for one file; past it the rule fails closed.",
+    )
+    never_release: bool = Field(
+        default=False,
+        description="A file this rule fails can never be released: no checker may approve it, "
+        "whatever their reason, and it is withheld.",
     )
 
 
@@ -94,8 +103,8 @@ class AcroConfig(RuleConfig):
     )
     dont_release_markers: list[str] = Field(
         default_factory=lambda: ["DONT_RELEASE", "DO_NOT_RELEASE"],
-        description="Names (file, ACRO output id, or ACRO comment) containing one of these always fail; "
-        "matched ignoring case and '-', '_' or spaces between words.",
+        description="Names (file, ACRO output id, ACRO exception or comment) containing one of these "
+        "fail and can never be released; matched ignoring case and '-', '_' or spaces between words.",
     )
     max_cell_findings: int = Field(
         default=50,
@@ -225,17 +234,24 @@ class ChecksConfig(BaseModel):
 
     def rule_config(self, name: str) -> dict[str, Any]:
         """What the rule `name` receives as its `config` (a copy: rules cannot change it)."""
+        section = self._section(name)
+        if isinstance(section, _TabularConfig):
+            own = section.model_dump(exclude_unset=True, exclude=_RUNNER_KEYS)
+            return copy.deepcopy({**own, "timeout_s": section.timeout_s})
+        return copy.deepcopy(section.model_dump(exclude=_RUNNER_KEYS))
+
+    def _section(self, name: str) -> RuleConfig:
         section = getattr(self, name, None) if name in type(self).model_fields else None
         if section is None:
             section = (self.__pydantic_extra__ or {}).get(name)
-        if section is None:
-            return RuleConfig().model_dump()
-        if isinstance(section, _TabularConfig):
-            return copy.deepcopy({**section.model_dump(exclude_unset=True), "timeout_s": section.timeout_s})
-        return copy.deepcopy(section.model_dump())
+        return section if isinstance(section, RuleConfig) else RuleConfig()
 
     def timeout_for(self, name: str) -> float:
         return float(self.rule_config(name)["timeout_s"])
+
+    def never_release_for(self, name: str) -> bool:
+        """Whether a file the rule `name` fails is never released (the runner marks its findings)."""
+        return self._section(name).never_release
 
     def fingerprint(self) -> str:
         """SHA-256 of the settings that judge (`projects` aside: use `for_project` first), for the

@@ -65,6 +65,7 @@ class _Planned:
     spec: str  # "module:Class", resolved in the parent so the worker needs no registry
     config: dict[str, Any]
     timeout_s: float
+    never_release: bool  # the TRE never releases a file this rule fails
 
 
 def run_checks(files: list[HeldFile], config: ChecksConfig, project: str) -> list[FileReport]:
@@ -137,7 +138,13 @@ def run_checks(files: list[HeldFile], config: ChecksConfig, project: str) -> lis
 def _plan(name: str, config: ChecksConfig) -> _Planned:
     from fivesafes_tes.egress.checks import RULES
 
-    return _Planned(name, RULES.get(name, ""), config.rule_config(name), config.timeout_for(name))
+    return _Planned(
+        name,
+        RULES.get(name, ""),
+        config.rule_config(name),
+        config.timeout_for(name),
+        config.never_release_for(name),
+    )
 
 
 def _failed_report(file: HeldFile, plan: tuple[_Planned, ...], why: str) -> FileReport:
@@ -237,6 +244,8 @@ class _Worker:
         except (ValueError, KeyError, TypeError) as exc:
             return self._log_failure(planned, file, f"returned nonsense: {exc}", seconds)
         result.seconds = seconds
+        if planned.never_release:
+            _mark_never_release(result, file)
         log.debug(
             "rule %s v%s on %s: %s (%.2fs)", result.rule, result.version, file.name, result.verdict, seconds
         )
@@ -305,6 +314,22 @@ class _Worker:
         return _failed(planned.name, why, file, version=version or "unknown", seconds=seconds)
 
 
+def _mark_never_release(result: RuleResult, file: HeldFile) -> None:
+    """The TRE never releases what this rule fails: every failing finding says so, and a failure
+    without one gets one."""
+    if result.verdict is not Verdict.FAIL:
+        return
+    failing = [f for f in result.findings if f.verdict is Verdict.FAIL]
+    result.findings = [
+        dataclasses.replace(f, never_release=True) if f.verdict is Verdict.FAIL else f
+        for f in result.findings
+    ]
+    if not failing:
+        result.findings.append(
+            Finding(Verdict.FAIL, f"rule {result.rule} failed {file.name}", never_release=True)
+        )
+
+
 def _parse_result(expected_rule: str, data: dict[str, Any]) -> RuleResult:
     """A RuleResult from the worker's JSON, refusing anything that is not one (ValueError says why)."""
     if data.get("rule") != expected_rule:
@@ -329,6 +354,7 @@ def _parse_result(expected_rule: str, data: dict[str, Any]) -> RuleResult:
             Finding(
                 Verdict.worst([f.verdict for f in rest]),
                 f"rule {expected_rule}: {len(rest)} more findings not shown",
+                never_release=any(f.never_release for f in rest),
             )
         ]
     return RuleResult(rule=expected_rule, version=version, verdict=verdict, findings=findings, error=error)
@@ -354,7 +380,10 @@ def _finding(item: Any) -> Finding:
     for key, value in texts.items():
         if value is not None and not isinstance(value, str):
             raise ValueError(f"a finding's {key} is not text")
-    return Finding(_verdict(item.get("verdict")), message, row=row, **texts)
+    never_release = item.get("never_release", False)
+    if not isinstance(never_release, bool):
+        raise TypeError("a finding's never_release is not true or false")
+    return Finding(_verdict(item.get("verdict")), message, row=row, never_release=never_release, **texts)
 
 
 # --- inside the check process -------------------------------------------------------------------
