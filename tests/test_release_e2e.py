@@ -15,6 +15,7 @@ from fivesafes_tes import devstack
 from fivesafes_tes.agent import review
 from fivesafes_tes.agent.tables import LocalChild
 from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.auth import Person
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.egress import airlock
 from tests import images
@@ -64,9 +65,19 @@ def _child(agent) -> str:  # type: ignore[no-untyped-def]
         return session.scalars(select(LocalChild.child_id).order_by(LocalChild.created_at.desc())).first()
 
 
+TRE_IDP = "https://idp.tre.example"
+
+
 def _decide(agent, child, name, checker, decision, reason="") -> None:  # type: ignore[no-untyped-def]
     with agent.db.write() as session:
-        review.decide(session, child, review.key_for(session, child, name), checker, decision, reason=reason)
+        review.decide(
+            session,
+            child,
+            review.key_for(session, child, name),
+            Person(TRE_IDP, checker, checker),
+            decision,
+            reason=reason,
+        )
 
 
 def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
