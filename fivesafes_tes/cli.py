@@ -628,6 +628,12 @@ def dev(
     console.print(
         f"TREs      {', '.join(stack.agents)} ({executor} executor; data under {stack.settings.data_dir}/tres)"
     )
+    for tre in stack.agents:
+        console.print(
+            f"{tre}    review and admin API {stack.tre_url(tre)} (FIVESAFES_TRE_URL; a checker's token: "
+            f"fivesafes-tes token --user carol --role output-checker --tre {tre} --audience fivesafes-tre)",
+            highlight=False,
+        )
     console.print("token     alice, researcher in project diabetes-cancer, 12 h:")
     typer.echo(stack.token("alice", "researcher", ttl_s=12 * 3600))
     console.print(
