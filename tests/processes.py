@@ -154,6 +154,8 @@ def start_agent(env: dict[str, str], log: Path) -> subprocess.Popen:
 def approve_all(env: dict[str, str]) -> None:
     """The TRE admins' approvals of diabetes-cancer and alice, through the domain functions on the
     agent's database: these agents serve no admin API (they open no listening socket)."""
+    from sqlalchemy.exc import OperationalError
+
     from fivesafes_tes.agent import approvals
     from fivesafes_tes.agent.tables import LocalProject
     from fivesafes_tes.auth import Person
@@ -167,10 +169,13 @@ def approve_all(env: dict[str, str]) -> None:
     admin = Person("https://idp.tre.example", "tre-admin", "tre-admin")
     deadline = time.monotonic() + 30
     try:
-        while True:  # until the first sync
-            with db.read() as session:
-                if session.get(LocalProject, "diabetes-cancer") is not None:
-                    break
+        while True:  # until the agent has made its database and synced once
+            try:
+                with db.read() as session:
+                    if session.get(LocalProject, "diabetes-cancer") is not None:
+                        break
+            except OperationalError:
+                pass
             assert time.monotonic() < deadline, "the agent never synced its projects"
             time.sleep(0.3)
         with db.write() as session:
