@@ -95,6 +95,15 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     assert all(t["files"] == [] for t in listing["tres"])
     with pytest.raises(review.ReviewRefused, match="cannot review"):
         _decide(uk, uk_child, "/outputs/summary.csv", "alice", "approved")
+    # Through the TRE's own API: alice's subject (the lease carried it) under another name is refused.
+    own = stack.tre_token("Dr A. Smith", "output-checker", "uk-tre", extra={"sub": "alice"})
+    refused = httpx.post(
+        f"{stack.tre_url('uk-tre')}/review/v1/children/{uk_child}/decisions",
+        json={"name": "/outputs/summary.csv", "decision": "approved"},
+        headers={"Authorization": f"Bearer {own}"},
+        timeout=30,
+    )
+    assert refused.status_code == 403 and "submitted this task" in refused.json()["detail"]
 
     _decide(uk, uk_child, "/outputs/summary.csv", "uk-checker", "approved", "aggregate count")
     _decide(uk, uk_child, "step-0.stdout", "uk-checker", "approved", "a count only")
