@@ -266,8 +266,11 @@ def setup_federation(url: str, usernames: list[str]) -> dict[str, tuple[int, int
             out = {}
             for username in usernames:
                 project = projects[PROJECT_OF[username]]
-                session.add(Membership(project_id=project.id, username=username, is_default=True))
-                out[username] = (provision(session, claims_of(username)).id, project.id)
+                user_id = provision(session, claims_of(username)).id
+                session.add(
+                    Membership(project_id=project.id, username=username, user_id=user_id, is_default=True)
+                )
+                out[username] = (user_id, project.id)
             session.flush()
             return out
     finally:

@@ -21,7 +21,8 @@ app = typer.Typer(help="Five Safes TES: a GA4GH TES 1.1 gateway for federated TR
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 db_app = typer.Typer(help="The gateway database.", no_args_is_help=True)
 tre_app = typer.Typer(
-    help="TRE admin: this TRE's decisions on projects and people (run inside the TRE).", no_args_is_help=True
+    help="TRE admin: this TRE's decisions on projects and people (through the TRE's own API, with your token).",
+    no_args_is_help=True,
 )
 admin_app = typer.Typer(
     help="Federation admin: TREs, projects, members (talks to the gateway).", no_args_is_help=True
@@ -29,7 +30,8 @@ admin_app = typer.Typer(
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 review_app = typer.Typer(
-    help="Output checkers: review held outputs of this TRE (run inside the TRE).", no_args_is_help=True
+    help="Output checkers: review held outputs of this TRE (through the TRE's own API, with your token).",
+    no_args_is_help=True,
 )
 app.add_typer(tre_app, name="tre")
 app.add_typer(review_app, name="review")
@@ -107,6 +109,10 @@ def token(
     role: Annotated[list[str], typer.Option(help="Role; repeat for several.")] = ["researcher"],  # noqa: B006
     tre: Annotated[str | None, typer.Option(help="TRE name, for agent tokens.")] = None,
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 3600,
+    audience: Annotated[
+        str | None,
+        typer.Option(help="Audience; default the gateway's. A TRE's own API expects fivesafes-tre."),
+    ] = None,
 ) -> None:
     """Print a token from the embedded development issuer (dev, demo and tests only)."""
     from fivesafes_tes.auth import DevIssuer
@@ -114,7 +120,7 @@ def token(
 
     settings = GatewaySettings()
     issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
-    typer.echo(issuer.issue(user, role, audience=settings.oidc_audience, ttl_s=ttl, tre=tre))
+    typer.echo(issuer.issue(user, role, audience=audience or settings.oidc_audience, ttl_s=ttl, tre=tre))
 
 
 @app.command()
@@ -255,56 +261,88 @@ def agent() -> None:
     worker.shutdown()
 
 
-def _agent_db():  # type: ignore[no-untyped-def]
-    from fivesafes_tes.agent.loop import open_database
-    from fivesafes_tes.settings import AgentSettings
+TreUrl = Annotated[
+    str | None,
+    typer.Option(
+        envvar="FIVESAFES_TRE_URL",
+        help="This TRE's admin and review API (the agent's FIVESAFES_AGENT_ADMIN_LISTEN).",
+        show_default=False,
+    ),
+]
+TreToken = Annotated[
+    str | None,
+    typer.Option(
+        envvar="FIVESAFES_TRE_TOKEN",
+        help="Your own token from this TRE's identity provider: it says who decides.",
+        show_default=False,
+    ),
+]
 
-    settings = AgentSettings()  # type: ignore[call-arg]
-    return settings, open_database(settings)
+
+def _tre_call(url: str | None, token: str | None, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
+    """One call to the TRE's own API as the person whose token it is; refusals end the command."""
+    import httpx
+
+    if not url:
+        err.print("[red]No TRE URL.[/] Pass --url or set FIVESAFES_TRE_URL (the agent's admin API).")
+        raise typer.Exit(2)
+    if not token:
+        err.print(
+            "[red]No token.[/] Pass --token or set FIVESAFES_TRE_TOKEN (a token from this TRE's identity "
+            "provider with the tre-admin or output-checker role)."
+        )
+        raise typer.Exit(2)
+    try:
+        response = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+            **kwargs,
+        )
+    except httpx.HTTPError as exc:
+        err.print(f"[red]Cannot reach {url}:[/] {exc}")
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        err.print(f"[red]Refused:[/] {response.status_code}: {detail}")
+        raise typer.Exit(1)
+    return response.json()
 
 
 @tre_app.command("projects")
-def tre_projects() -> None:
+def tre_projects(url: TreUrl = None, token: TreToken = None) -> None:
     """Projects assigned to this TRE, their members, and this TRE's decisions."""
-    from sqlalchemy import select
-
-    from fivesafes_tes.agent.tables import LocalDecision, LocalProject
-
-    settings, db = _agent_db()
-    table = Table("project", "dates", "members", "decisions", title=f"projects in {settings.tre}")
-    with db.read() as session:
-        decisions = {(d.project, d.username): d for d in session.scalars(select(LocalDecision))}
-        for project in session.scalars(select(LocalProject).order_by(LocalProject.name)):
-            marks = [
-                f"{'project' if not u else u}: {d.decision}"
-                for (p, u), d in sorted(decisions.items())
-                if p == project.name
-            ]
-            table.add_row(
-                project.name,
-                f"{project.starts_on or '-'} to {project.ends_on or '-'}",
-                ", ".join(project.members),
-                "; ".join(marks) or "none yet",
-            )
+    table = Table("project", "dates", "members", "decisions", title="projects in this TRE")
+    for project in _tre_call(url, token, "GET", "/tre/v1/projects"):
+        marks = [
+            f"{d['username'] or 'project'}: {d['decision']} by {d['decided_by_name']}"
+            for d in sorted(project["decisions"], key=lambda d: d["username"])
+        ]
+        table.add_row(
+            project["name"],
+            f"{project['starts_on'] or '-'} to {project['ends_on'] or '-'}",
+            ", ".join(project["members"]),
+            "; ".join(marks) or "none yet",
+        )
     console.print(table)
 
 
-def _decide(project: str, user: str | None, decision: str, reason: str, by: str) -> None:
-    from fivesafes_tes.agent import approvals
+def _decide(
+    url: str | None, token: str | None, project: str, user: str | None, decision: str, reason: str
+) -> None:
+    from urllib.parse import quote
 
-    _, db = _agent_db()
-    try:
-        with db.write() as session:
-            approvals.decide(session, by, project, decision, username=user or "", reason=reason)
-    except (ValueError, LookupError) as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
+    path = f"/tre/v1/projects/{quote(project, safe='')}" + (
+        f"/members/{quote(user, safe='')}" if user else ""
+    )
+    _tre_call(url, token, "PUT", path + "/decision", json={"decision": decision, "reason": reason})
     console.print(
         f"{decision}: {'user ' + user + ' in ' if user else ''}project {project} (sent to the gateway at the next sync)"
     )
-
-
-By = Annotated[str, typer.Option("--by", envvar="USER", help="Who decides (recorded and audited).")]
 
 
 @tre_app.command("approve")
@@ -314,10 +352,11 @@ def tre_approve(
         str | None, typer.Option(help="Approve this person for the project, not the project.")
     ] = None,
     reason: Annotated[str, typer.Option(help="Why (optional for approvals).")] = "",
-    by: By = "tre-admin",
+    url: TreUrl = None,
+    token: TreToken = None,
 ) -> None:
     """Approve a project, or one person within a project, to run work in this TRE."""
-    _decide(project, user, "approved", reason, by)
+    _decide(url, token, project, user, "approved", reason)
 
 
 @tre_app.command("reject")
@@ -327,123 +366,108 @@ def tre_reject(
     user: Annotated[
         str | None, typer.Option(help="Reject this person for the project, not the project.")
     ] = None,
-    by: By = "tre-admin",
+    url: TreUrl = None,
+    token: TreToken = None,
 ) -> None:
     """Reject a project, or one person within it; their tasks end rejected_by_tre with your reason."""
-    _decide(project, user, "rejected", reason, by)
+    _decide(url, token, project, user, "rejected", reason)
 
 
 @review_app.command("list")
-def review_list() -> None:
+def review_list(url: TreUrl = None, token: TreToken = None) -> None:
     """Children whose outputs wait for an output checker."""
-    from fivesafes_tes.agent import review
-
-    settings, db = _agent_db()
-    table = Table(
-        "child",
-        "project",
-        "submitter",
-        "files",
-        "checks",
-        "decided",
-        title=f"awaiting review in {settings.tre}",
-    )
-    with db.read() as session:
-        for child in review.pending(session):
-            verdicts = [f.verdict for f in child.files]
-            table.add_row(
-                child.child_id,
-                child.project,
-                child.submitter,
-                str(len(child.files)),
-                ", ".join(f"{verdicts.count(v)} {v}" for v in ("fail", "review", "pass") if v in verdicts),
-                str(sum(1 for f in child.files if f.decisions)),
-            )
+    table = Table("child", "project", "submitter", "files", "checks", "decided", title="awaiting review")
+    for child in _tre_call(url, token, "GET", "/review/v1/children"):
+        verdicts = [f["verdict"] for f in child["files"]]
+        table.add_row(
+            child["child_id"],
+            child["project"],
+            child["submitter"],
+            str(len(child["files"])),
+            ", ".join(f"{verdicts.count(v)} {v}" for v in ("fail", "review", "pass") if v in verdicts),
+            str(sum(1 for f in child["files"] if f["decisions"])),
+        )
     console.print(table)
 
 
 @review_app.command("show")
-def review_show(child_id: str) -> None:
+def review_show(child_id: str, url: TreUrl = None, token: TreToken = None) -> None:
     """Each held file of a child with its findings, decisions so far and a safe preview."""
-    from fivesafes_tes.agent import review
-    from fivesafes_tes.agent.loop import Agent
-
-    settings, db = _agent_db()
-    try:
-        with db.read() as session:
-            view = review.describe(session, child_id)
-    except LookupError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
-    store = Agent.store_from(settings)
-    console.rule(f"{view.child_id}: project {view.project}, submitted by {view.submitter}")
+    view = _tre_call(url, token, "GET", f"/review/v1/children/{child_id}")
+    console.rule(f"{view['child_id']}: project {view['project']}, submitted by {view['submitter']}")
     # The researcher sees these only if something is released: read them as part of the outputs.
-    console.print(
-        f"run: {view.outcome or 'unknown'}{'; ' + view.outcome_message if view.outcome_message else ''}",
-        markup=False,
-    )
-    for n, step in enumerate(view.steps):
-        console.print(f"  step {n}: exit code {step.exit_code}, {step.start_time} to {step.end_time}")
-    for file in view.files:
+    message = view.get("outcome_message") or ""
+    console.print(f"run: {view.get('outcome') or 'unknown'}{'; ' + message if message else ''}", markup=False)
+    for n, step in enumerate(view.get("steps", [])):
         console.print(
-            f"[bold]{file.name}[/]  {file.kind}, {file.size} bytes, sha256 {file.sha256[:16]}…, "
-            f"automated checks: [bold]{file.verdict}[/]"
-        )
-        if file.never_releasable:
-            console.print(f"  [red]never releasable: {escape(file.never_releasable)}[/]", highlight=False)
-        for finding in file.findings:
-            console.print(f"  - {finding}")
-        for checker, decision, reason in file.decisions:
-            console.print(f"  {checker}: {decision} {('(' + reason + ')') if reason else ''}")
-        body = (
-            store.get_bytes(file.key, expect_sha256=file.sha256, max_size=64 * 1024)
-            if file.size <= 64 * 1024
-            else b""
-        )
-        console.print(
-            review.preview(body) if body else "(larger than 64 KiB: no preview)",
+            f"  step {n}: exit code {step['exit_code']}, {step['start_time']} to {step['end_time']}",
             markup=False,
+        )
+    for file in view["files"]:
+        console.print(
+            f"[bold]{escape(file['name'])}[/]  {file['kind']}, {file['size']} bytes, sha256 {file['sha256'][:16]}…, "
+            f"automated checks: [bold]{file['verdict']}[/]",
             highlight=False,
         )
+        if file.get("never_releasable"):
+            console.print(f"  [red]never releasable: {escape(file['never_releasable'])}[/]", highlight=False)
+        for finding in file["findings"]:
+            console.print(f"  - {finding}", markup=False, highlight=False)
+        for checker, decision, reason in file["decisions"]:
+            console.print(f"  {checker}: {decision} {('(' + reason + ')') if reason else ''}", markup=False)
+        shown = _tre_call(
+            url, token, "GET", f"/review/v1/children/{child_id}/preview", params={"name": file["name"]}
+        )["preview"]
+        console.print(
+            shown if shown is not None else "(larger than 64 KiB: no preview)", markup=False, highlight=False
+        )
 
 
-def _review_decide(child_id: str, name: str, decision: str, reason: str, by: str) -> None:
-    from fivesafes_tes.agent import review
+def _review_decide(
+    url: str | None, token: str | None, child_id: str, name: str, decision: str, reason: str
+) -> None:
+    names = (
+        [f["name"] for f in _tre_call(url, token, "GET", f"/review/v1/children/{child_id}")["files"]]
+        if name == "all"
+        else [name]
+    )
+    checker = ""
+    for each in names:
+        checker = _tre_call(
+            url,
+            token,
+            "POST",
+            f"/review/v1/children/{child_id}/decisions",
+            json={"name": each, "decision": decision, "reason": reason},
+        )["checker"]
+    console.print(f"{checker}: {decision} {', '.join(names)}")
 
-    _, db = _agent_db()
-    try:
-        with db.write() as session:
-            names = [f.name for f in review.describe(session, child_id).files] if name == "all" else [name]
-            for each in names:
-                review.decide(
-                    session, child_id, review.key_for(session, child_id, each), by, decision, reason=reason
-                )
-    except (review.ReviewRefused, LookupError) as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from None
-    console.print(f"{by}: {decision} {', '.join(names)}")
+
+FileName = Annotated[str, typer.Argument(help="The file (its container path, or step-N.stdout), or 'all'.")]
 
 
 @review_app.command("approve")
 def review_approve(
     child_id: str,
-    name: Annotated[str, typer.Argument(help="The file (its container path, or step-N.stdout), or 'all'.")],
+    name: FileName,
     reason: Annotated[str, typer.Option(help="Why; required to approve a file that failed a check.")] = "",
-    by: By = "output-checker",
+    url: TreUrl = None,
+    token: TreToken = None,
 ) -> None:
-    """Approve a held file for release."""
-    _review_decide(child_id, name, "approved", reason, by)
+    """Approve a held file for release, as the person your token names."""
+    _review_decide(url, token, child_id, name, "approved", reason)
 
 
 @review_app.command("reject")
 def review_reject(
     child_id: str,
-    name: Annotated[str, typer.Argument(help="The file (its container path, or step-N.stdout), or 'all'.")],
+    name: FileName,
     reason: Annotated[str, typer.Option(help="Why; the researcher reads it.")],
-    by: By = "output-checker",
+    url: TreUrl = None,
+    token: TreToken = None,
 ) -> None:
     """Reject a held file: it never leaves the TRE."""
-    _review_decide(child_id, name, "rejected", reason, by)
+    _review_decide(url, token, child_id, name, "rejected", reason)
 
 
 @app.command()
@@ -619,6 +643,12 @@ def dev(
     console.print(
         f"TREs      {', '.join(stack.agents)} ({executor} executor; data under {stack.settings.data_dir}/tres)"
     )
+    for tre in stack.agents:
+        console.print(
+            f"{tre}    review and admin API {stack.tre_url(tre)} (FIVESAFES_TRE_URL; a checker's token: "
+            f"fivesafes-tes token --user carol --role output-checker --tre {tre} --audience fivesafes-tre)",
+            highlight=False,
+        )
     console.print("token     alice, researcher in project diabetes-cancer, 12 h:")
     typer.echo(stack.token("alice", "researcher", ttl_s=12 * 3600))
     console.print(

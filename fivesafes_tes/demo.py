@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.table import Table
 
 from fivesafes_tes import audit, devstack
-from fivesafes_tes.agent import approvals, review
 from fivesafes_tes.client import TesClient
 from fivesafes_tes.db import Database
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
@@ -113,41 +112,39 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
             title="held in each TRE's airlock, awaiting review",
         )
         for tre, agent in sorted(stack.agents.items()):
-            with agent.db.read() as session:
-                for file in review.describe(session, _children(agent)[0]).files:
-                    table.add_row(
-                        tre,
-                        file.name,
-                        str(file.size),
-                        file.verdict,
-                        file.findings[0] if file.findings else "",
-                    )
+            for file in _as_checker(stack, tre, "GET", f"/review/v1/children/{_children(agent)[0]}")["files"]:
+                table.add_row(
+                    tre,
+                    file["name"],
+                    str(file["size"]),
+                    file["verdict"],
+                    file["findings"][0] if file["findings"] else "",
+                )
         console.print(table)
         console.print("nothing has left either TRE yet: each TRE's output checker decides on every file")
 
         console.rule("2. each TRE's output checker decides; the approved files are released")
+        console.print(
+            "each checker uses their own token (FIVESAFES_TRE_TOKEN) with "
+            "`fivesafes-tes review approve|reject CHILD FILE --reason ...`; here, the same API calls:"
+        )
         for tre, agent in sorted(stack.agents.items()):
             child = _children(agent)[0]
-            with agent.db.write() as session:
-                for file in review.describe(session, child).files:
-                    if file.verdict == "fail":
-                        review.decide(
-                            session,
-                            child,
-                            file.key,
-                            CHECKER,
-                            "rejected",
-                            reason="failed an automated disclosure check",
-                        )
-                    else:
-                        review.decide(
-                            session,
-                            child,
-                            file.key,
-                            CHECKER,
-                            "approved",
-                            reason="aggregate counts above the threshold",
-                        )
+            for file in _as_checker(stack, tre, "GET", f"/review/v1/children/{child}")["files"]:
+                failed = file["verdict"] == "fail"
+                _as_checker(
+                    stack,
+                    tre,
+                    "POST",
+                    f"/review/v1/children/{child}/decisions",
+                    json={
+                        "name": file["name"],
+                        "decision": "rejected" if failed else "approved",
+                        "reason": "failed an automated disclosure check"
+                        if failed
+                        else "aggregate counts above the threshold",
+                    },
+                )
         state, _, _ = _follow(
             console,
             alice,
@@ -163,10 +160,14 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         bob_task = bob.create(analysis(PREVALENCE, "cardio-prevalence"))
         _follow(console, bob, bob_task, lambda s: s.get("uk-tre") == "awaiting_tre_approval")
         uk = stack.agents["uk-tre"]
-        with uk.db.write() as session:
-            approvals.decide(
-                session, "uk-tre-admin", "cardio", "rejected", reason="no ethics approval on file"
-            )
+        _tre_call(
+            stack,
+            stack.tre_token("uk-tre-admin", "tre-admin", "uk-tre"),
+            "uk-tre",
+            "PUT",
+            "/tre/v1/projects/cardio/decision",
+            json={"decision": "rejected", "reason": "no ethics approval on file"},
+        )
         console.print("uk-tre's admin rejects project cardio: `fivesafes-tes tre reject cardio --reason ...`")
         state, _, logs = _follow(console, bob, bob_task, lambda s: s.get("uk-tre") == "rejected_by_tre")
         console.print(f"bob sees {state}: {logs['uk-tre'][-1]}")
@@ -193,6 +194,22 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         problems.append("the audit chain is broken")
     console.rule("demo finished" if not problems else "demo found problems: " + "; ".join(problems))
     return 0 if not problems else 1
+
+
+def _as_checker(stack: devstack.DevStack, tre: str, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
+    return _tre_call(stack, stack.tre_token(CHECKER, "output-checker", tre), tre, method, path, **kwargs)
+
+
+def _tre_call(stack: devstack.DevStack, token: str, tre: str, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
+    """A call to TRE `tre`'s own API, as the person whose token it is (what the CLI does)."""
+    import httpx
+
+    response = httpx.request(
+        method, stack.tre_url(tre) + path, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs
+    )
+    if response.status_code >= 400:
+        raise RuntimeError(f"{tre} refused {method} {path}: {response.status_code} {response.text}")
+    return response.json()
 
 
 def _download_and_combine(

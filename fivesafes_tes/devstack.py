@@ -37,6 +37,7 @@ DEV_FEDERATION: dict = {
 # `cardio` and bob are left undecided, so their work waits for a decision (awaiting_tre_approval).
 DEV_APPROVALS: dict[str, list[str]] = {"diabetes-cancer": ["alice", "carol"]}
 DATASET_SEED = 20261123
+TRE_AUDIENCE = "fivesafes-tre"  # of tokens for each TRE's own API (the agent's default)
 
 
 def seed_federation(db: Database, federation_spec: dict = DEV_FEDERATION) -> None:
@@ -105,6 +106,14 @@ class DevStack:
         return self.issuer.issue(
             user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs
         )
+
+    def tre_url(self, tre: str) -> str:
+        """Where TRE `tre`'s own admin and review API listens (FIVESAFES_TRE_URL for the CLI)."""
+        return f"http://{self.agents[tre].settings.admin_listen}"
+
+    def tre_token(self, user: str, role: str, tre: str, **kwargs) -> str:  # type: ignore[no-untyped-def]
+        """A token for TRE `tre`'s own API: a TRE admin's or an output checker's."""
+        return self.issuer.issue(user, [role], audience=TRE_AUDIENCE, tre=tre, **kwargs)
 
     def stop(self) -> None:
         for agent in self.agents.values():
@@ -177,6 +186,8 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str, report_granulari
     from fivesafes_tes.agent.client import GatewayClient
     from fivesafes_tes.agent.loop import Agent
     from fivesafes_tes.agent.policy import Dataset, TrePolicy
+    from fivesafes_tes.agent.tables import LocalDecision
+    from fivesafes_tes.auth import Person
     from fivesafes_tes.egress.store import ObjectStore
     from fivesafes_tes.executors import create as create_executor
     from fivesafes_tes.settings import AgentSettings
@@ -214,6 +225,9 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str, report_granulari
             sync_s=5,
             tick_s=0.2,
             **({} if report_granularity_s is None else {"report_granularity_s": report_granularity_s}),
+            admin_listen=f"127.0.0.1:{free_port()}",
+            oidc_issuer=stack.issuer.issuer_url,
+            oidc_audience=TRE_AUDIENCE,
         )
         agent = Agent(
             settings,
@@ -223,18 +237,16 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str, report_granulari
             policy=policy,
         )
         agent.sync()
+        admin = Person(stack.issuer.issuer_url, f"{tre}-admin", f"{tre}-admin")
         with agent.db.write() as session:
             for project, people in DEV_APPROVALS.items():
-                if (
-                    approvals.clearance(session, tre, project, people[0]).verdict
-                    is approvals.Verdict.APPROVED
-                ):
+                if session.get(LocalDecision, (project, "")) is not None:
                     continue  # a restart keeps earlier decisions
-                approvals.decide(session, f"{tre}-admin", project, "approved", reason="demo project")
+                approvals.decide(session, admin, project, "approved", reason="demo project")
                 for person in people:
                     approvals.decide(
                         session,
-                        f"{tre}-admin",
+                        admin,
                         project,
                         "approved",
                         username=person,

@@ -1,8 +1,8 @@
 """The gateway and a TRE agent as real processes, for the kill -9 tests.
 
-`GatewayProcess` runs `fivesafes-tes gateway`; `agent_env`, `start_agent` and `cli` run
-`fivesafes-tes agent` and its admin commands with a TRE of their own. Both take extra environment,
-e.g. `FIVESAFES_FAILPOINTS` (see `fivesafes_tes.failpoints`).
+`GatewayProcess` runs `fivesafes-tes gateway`; `agent_env` and `start_agent` run
+`fivesafes-tes agent` with a TRE of their own, and `approve_all` makes its admins' approvals.
+Both take extra environment, e.g. `FIVESAFES_FAILPOINTS` (see `fivesafes_tes.failpoints`).
 """
 
 from __future__ import annotations
@@ -142,17 +142,6 @@ def agent_env(
     return environment
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fivesafes_tes.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def start_agent(env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "fivesafes_tes.cli", "agent"],
@@ -163,8 +152,34 @@ def start_agent(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def approve_all(env: dict[str, str]) -> None:
+    """The TRE admins' approvals of diabetes-cancer and alice, through the domain functions on the
+    agent's database: these agents serve no admin API (they open no listening socket)."""
+    from sqlalchemy.exc import OperationalError
+
+    from fivesafes_tes.agent import approvals
+    from fivesafes_tes.agent.tables import LocalProject
+    from fivesafes_tes.auth import Person
+    from fivesafes_tes.db import Database
+
+    url = (
+        env.get("FIVESAFES_AGENT_DATABASE_URL")
+        or f"sqlite:///{Path(env['FIVESAFES_AGENT_DATA_DIR']) / 'agent.db'}"
+    )
+    db = Database(url)
+    admin = Person("https://idp.tre.example", "tre-admin", "tre-admin")
     deadline = time.monotonic() + 30
-    while cli(env, "tre", "approve", "diabetes-cancer").returncode != 0:  # until the first sync
-        assert time.monotonic() < deadline, "the agent never synced its projects"
-        time.sleep(0.3)
-    assert cli(env, "tre", "approve", "diabetes-cancer", "--user", "alice").returncode == 0
+    try:
+        while True:  # until the agent has made its database and synced once
+            try:
+                with db.read() as session:
+                    if session.get(LocalProject, "diabetes-cancer") is not None:
+                        break
+            except OperationalError:
+                pass
+            assert time.monotonic() < deadline, "the agent never synced its projects"
+            time.sleep(0.3)
+        with db.write() as session:
+            approvals.decide(session, admin, "diabetes-cancer", "approved")
+            approvals.decide(session, admin, "diabetes-cancer", "approved", username="alice")
+    finally:
+        db.dispose()

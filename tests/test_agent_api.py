@@ -71,6 +71,8 @@ def test_lease_hands_out_new_work_once_with_attempt_1(gateway):
     grant = got["leases"][0]
     assert grant["task_id"] == task_id and grant["attempt"] == 1 and grant["stage"] == "leased"
     assert grant["project"] == "alpha" and grant["user"] == "alice"
+    # who submitted, as the TRE compares people: issuer and subject (the dev issuer's sub is the name)
+    assert (grant["user_issuer"], grant["user_subject"]) == (gateway.issuer.issuer_url, "alice")
     assert grant["task"]["executors"][0]["image"] == "alpine"
     assert lease(gateway)["leases"] == []
     assert stages(gateway, task_id) == {"uk-tre": "leased"} and state(gateway, task_id) == "QUEUED"

@@ -10,6 +10,7 @@ from fivesafes_tes.agent import approvals
 from fivesafes_tes.agent.loop import Agent
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.tables import LocalDecision, LocalProject
+from fivesafes_tes.auth import Person
 from fivesafes_tes.settings import AgentSettings
 
 PROJECT = {
@@ -19,6 +20,8 @@ PROJECT = {
     "starts_on": None,
     "ends_on": None,
 }
+
+ADMIN = Person("https://idp.tre.example", "dora-sub", "dora")
 
 
 class Gateway:
@@ -48,11 +51,11 @@ def test_a_decision_made_during_a_push_is_sent_at_the_next_sync(tmp_path: Path) 
     agent.sync()  # the project arrives
     with agent.db.write() as session:
         assert session.get(LocalProject, "alpha") is not None
-        approvals.decide(session, "tre-admin", "alpha", "approved")
+        approvals.decide(session, ADMIN, "alpha", "approved")
 
     def admin_decides_meanwhile() -> None:
         with agent.db.write() as session:
-            approvals.decide(session, "tre-admin", "alpha", "approved", username="alice")
+            approvals.decide(session, ADMIN, "alpha", "approved", username="alice")
 
     gateway.during_push = admin_decides_meanwhile
     agent.sync()

@@ -118,3 +118,109 @@ def test_audit_anchor_exposes_a_cut_back_tail(stack, tmp_path):
     caught = invoke("audit", "verify", "--anchor", anchor)
     assert caught.exit_code == 1 and "anchor_mismatch" in caught.stdout
     assert invoke("audit", "verify", "--anchor", "nonsense").exit_code == 2
+
+
+# --- the in-TRE commands: through the TRE's own API, as the person whose token it is ----------------
+
+
+@pytest.fixture
+def tre_api(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    from fivesafes_tes.agent.admin_api import create_admin_app
+    from fivesafes_tes.agent.loop import open_database
+    from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, LocalProject
+    from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
+    from fivesafes_tes.settings import AgentSettings
+
+    db = open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path / "agent"))
+    with db.write() as session:
+        session.add(LocalProject(name="alpha", members=["alice", "carol"]))
+        session.add(
+            LocalChild(
+                child_id=CHILD,
+                task_id="t",
+                attempt=1,
+                stage="awaiting_review",
+                project="alpha",
+                username="alice",
+                submitter_issuer=TRE_IDP,
+                submitter_subject="alice-sub",
+                task={},
+            )
+        )
+        session.add(
+            HeldFileRecord(
+                child_id=CHILD, key="held/table.csv", name="table.csv", kind="output", size=1, sha256="0" * 64
+            )
+        )
+    issuer = DevIssuer(tmp_path / "idp", TRE_IDP)
+    validator = TokenValidator(TRE_IDP, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
+    port = devstack.free_port()
+    server, thread = devstack.serve(create_admin_app(db, "uk-tre", validator), "127.0.0.1", port)
+    monkeypatch.setenv("FIVESAFES_TRE_URL", f"http://127.0.0.1:{port}")
+
+    def token(name: str, subject: str, role: str) -> str:
+        return issuer.issue(name, [role], audience="fivesafes-tre", tre="uk-tre", extra={"sub": subject})
+
+    yield db, token
+    server.should_exit = True
+    thread.join(timeout=10)
+    db.dispose()
+
+
+CHILD = "01a20000-0000-7000-8000-000000000001"
+TRE_IDP = "https://idp.tre.example"
+
+
+def test_checkers_and_tre_admins_decide_through_the_tre_api_as_their_token_says(tre_api):
+    from sqlalchemy import select
+
+    from fivesafes_tes.agent.tables import LocalDecision, ReviewDecision
+
+    db, token = tre_api
+    carol = token("carol", "carol-sub", "output-checker")
+    assert invoke("review", "approve", CHILD, "table.csv", "--by", "carol").exit_code == 2  # no --by at all
+    missing = invoke("review", "approve", CHILD, "table.csv")
+    assert (
+        missing.exit_code == 2
+        and "FIVESAFES_TRE_TOKEN" in missing.output
+        and "Traceback" not in missing.output
+    )
+    listed = invoke("review", "list", "--token", carol)
+    assert listed.exit_code == 0 and "alice" in listed.stdout and "1 review" in listed.stdout
+
+    # alice's own subject, whatever name her token shows, is refused with the reason
+    own = invoke(
+        "review",
+        "approve",
+        CHILD,
+        "table.csv",
+        FIVESAFES_TRE_TOKEN=token("Dr A", "alice-sub", "output-checker"),
+    )
+    assert own.exit_code == 1 and "submitted this task" in own.output
+    approved = invoke("review", "approve", CHILD, "table.csv", FIVESAFES_TRE_TOKEN=carol)
+    assert approved.exit_code == 0, approved.output
+    rejected = invoke(
+        "review",
+        "reject",
+        CHILD,
+        "all",
+        "--reason",
+        "small cells",
+        "--token",
+        token("erin", "erin-sub", "output-checker"),
+    )
+    assert rejected.exit_code == 0, rejected.output
+
+    dora = token("dora", "dora-sub", "tre-admin")
+    assert invoke("tre", "approve", "alpha", "--user", "Alice", "--token", dora).exit_code == 0
+    refused = invoke("tre", "approve", "alpha", "--token", carol)  # a checker is no TRE admin
+    assert refused.exit_code == 1 and "Refused" in refused.output
+    shown = invoke("tre", "projects", "--token", dora)
+    assert shown.exit_code == 0 and "approved by" in shown.stdout and "dora" in shown.stdout
+    with db.read() as session:
+        decisions = {
+            (d.checker_subject, d.checker, d.decision) for d in session.scalars(select(ReviewDecision))
+        }
+        person = session.get(LocalDecision, ("alpha", "alice"))
+    assert decisions == {("carol-sub", "carol", "approved"), ("erin-sub", "erin", "rejected")}
+    assert person.decided_by == f"{TRE_IDP}#dora-sub" and person.decided_by_name == "dora"

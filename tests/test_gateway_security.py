@@ -19,6 +19,7 @@ from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.auth import DevIssuer
 
 TES = "/ga4gh/tes/v1"
+ADMIN = "/admin/v1"
 SOME_ID = "01a00000-0000-7000-8000-000000000000"
 PROTECTED = [
     ("POST", f"{TES}/tasks"),
@@ -211,3 +212,77 @@ def test_identity_provider_outage_is_503_not_401(database_url, tmp_path, monkeyp
     response = client.get(f"{TES}/tasks", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 503 and response.headers["retry-after"]
     db.dispose()
+
+
+# --- RELIABILITY 34: people are their issuer and subject, never their username -------------------
+
+
+def _as(gateway, username: str, subject: str, *roles: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    token = gateway.token(username, *roles, extra={"sub": subject})
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_another_subject_with_alices_username_gets_nothing_of_hers(gateway):
+    from fivesafes_tes.submission.tables import Child, ReleasedFile
+
+    alice = _as(gateway, "alice", "alice-sub")
+    created = gateway.client.post(f"{TES}/tasks", json=TASK, headers=alice)
+    assert created.status_code == 200, created.text
+    task_id = created.json()["id"]
+    with gateway.db.write() as session:
+        child = session.scalars(select(Child).where(Child.task_id == task_id)).first()
+        child.stage = "released"
+        session.add(
+            ReleasedFile(
+                task_id=task_id,
+                child_id=child.id,
+                name="/out.csv",
+                kind="output",
+                size=1,
+                sha256="0" * 64,
+                key="k",
+            )
+        )
+    with gateway.db.read() as session:
+        file_id = session.scalar(select(ReleasedFile.id))
+
+    impostor = _as(gateway, "alice", "mallory-sub")  # an IdP that lets users pick preferred_username
+    assert gateway.client.get(f"{TES}/tasks", headers=impostor).json().get("tasks", []) == []
+    for view in ("MINIMAL", "FULL"):
+        assert gateway.client.get(f"{TES}/tasks/{task_id}?view={view}", headers=impostor).status_code == 404
+    assert gateway.client.get(f"/api/v1/tasks/{task_id}/results", headers=impostor).status_code == 404
+    assert gateway.client.get(f"/api/v1/results/{file_id}", headers=impostor).status_code == 404
+    assert gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=impostor).status_code == 404
+    refused = gateway.client.post(f"{TES}/tasks", json=TASK, headers=impostor)
+    assert refused.status_code == 400 and "none" in refused.json()["detail"]  # a member of nothing
+    with gateway.db.read() as session:
+        conflicts = list(
+            session.scalars(select(AuditRecord).where(AuditRecord.action == "auth.name_conflict"))
+        )
+    assert [(c.object, c.detail["subject"]) for c in conflicts] == [("user:alice", "mallory-sub")]
+
+    # alice herself, whatever name her token shows today, still has everything
+    renamed = _as(gateway, "Alice Smith", "alice-sub")
+    assert [t["id"] for t in gateway.client.get(f"{TES}/tasks", headers=renamed).json()["tasks"]] == [task_id]
+    assert gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=renamed).status_code == 200
+
+
+def test_members_are_added_by_casefolded_name_and_bound_to_who_first_uses_it(gateway):
+    admin = gateway.headers("fed", "federation-admin")
+    added = gateway.client.post(f"{ADMIN}/projects/alpha/members", json={"username": "Dave"}, headers=admin)
+    assert added.status_code == 200 and "dave" in added.json()["members"]
+    dave = _as(gateway, "dave", "dave-sub")
+    assert gateway.client.post(f"{TES}/tasks", json=TASK, headers=dave).status_code == 200
+    # The name is dave-sub's now: a second subject calling itself DAVE is no member.
+    assert (
+        gateway.client.post(f"{TES}/tasks", json=TASK, headers=_as(gateway, "DAVE", "other-sub")).status_code
+        == 400
+    )
+
+    # Someone who signed in before being added is bound at once: no wait for their next login.
+    erin = _as(gateway, "erin", "erin-sub")
+    assert gateway.client.get(f"{TES}/tasks", headers=erin).status_code == 200
+    gateway.client.post(f"{ADMIN}/projects/alpha/members", json={"username": "ERIN"}, headers=admin)
+    assert gateway.client.post(f"{TES}/tasks", json=TASK, headers=erin).status_code == 200
+    removed = gateway.client.delete(f"{ADMIN}/projects/alpha/members/Erin", headers=admin)
+    assert removed.status_code == 200 and "erin" not in removed.json()["members"]

@@ -20,6 +20,7 @@ from fivesafes_tes.agent import checks as agent_checks
 from fivesafes_tes.agent import review
 from fivesafes_tes.agent.loop import open_database
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, ReviewDecision
+from fivesafes_tes.auth import Person
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.egress import checks
 from fivesafes_tes.egress.checks import ChecksConfig, HeldFile, run_checks
@@ -29,6 +30,7 @@ from fivesafes_tes.submission.tables import ReleasedFile
 from tests import images
 
 TES = "/ga4gh/tes/v1"
+IDP = "https://idp.tre.example"
 CHILD = "01a20000-0000-7000-8000-0000000000aa"
 COUNTS = "region,n_patients\nnorth,120\nsouth,45\n"
 ACRO_RESULTS = {
@@ -116,8 +118,9 @@ def db(tmp_path):  # type: ignore[no-untyped-def]
 
 
 def _decide(db, name: str, checker: str, decision: str = "approved", reason: str = "") -> None:  # type: ignore[no-untyped-def]
+    person = Person(IDP, f"{checker}-sub", checker)
     with db.write() as session:
-        review.decide(session, CHILD, review.key_for(session, CHILD, name), checker, decision, reason=reason)
+        review.decide(session, CHILD, review.key_for(session, CHILD, name), person, decision, reason=reason)
 
 
 def _settle(db, **policy) -> review.Settled | None:  # type: ignore[no-untyped-def]
@@ -161,58 +164,81 @@ def test_auto_release_and_approvals_written_around_the_guard_release_none_of_the
             record.verdict = "pass"  # as if every rule had passed: auto-release would take everything
             for checker in ("carol", "dave"):  # and approvals stored without decide()
                 session.add(
-                    ReviewDecision(child_id=CHILD, key=record.key, checker=checker, decision="approved")
+                    ReviewDecision(
+                        child_id=CHILD,
+                        key=record.key,
+                        checker_issuer=IDP,
+                        checker_subject=f"{checker}-sub",
+                        checker=checker,
+                        decision="approved",
+                    )
                 )
     for policy in ({"auto_release": True}, {"required_approvals": 2}):
         outcomes = _outcomes(_settle(db, **policy))
         assert {n for n, o in outcomes.items() if o is review.FileOutcome.REJECTED} == set(NEVER)
 
 
-def test_the_review_api_answers_409_saying_why(db, tmp_path):
-    from fastapi.testclient import TestClient
-
+@pytest.fixture
+def tre_api(db, tmp_path):  # type: ignore[no-untyped-def]
+    """The TRE's own API over HTTP, as the CLI and the pages reach it; yields its URL and a token maker."""
     from fivesafes_tes.agent.admin_api import create_admin_app
     from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
 
-    issuer = DevIssuer(tmp_path / "idp", "https://idp.tre.example")
-    validator = TokenValidator(issuer.issuer_url, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
-    client = TestClient(create_admin_app(db, "uk-tre", validator))
+    issuer = DevIssuer(tmp_path / "idp", IDP)
+    validator = TokenValidator(IDP, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
+    port = devstack.free_port()
+    server, thread = devstack.serve(create_admin_app(db, "uk-tre", validator), "127.0.0.1", port)
+
+    def token(checker: str) -> str:
+        return issuer.issue(
+            checker,
+            ["output-checker"],
+            audience="fivesafes-tre",
+            tre="uk-tre",
+            extra={"sub": f"{checker}-sub"},
+        )
+
+    yield f"http://127.0.0.1:{port}", token
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_the_review_api_answers_409_saying_why(tre_api):
+    url, token = tre_api
     for checker in ("carol", "dave"):
-        token = issuer.issue(checker, ["output-checker"], audience="fivesafes-tre", tre="uk-tre")
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {token(checker)}"}
         for name, words in NEVER.items():
-            answer = client.post(
-                f"/review/v1/children/{CHILD}/decisions",
+            answer = httpx.post(
+                f"{url}/review/v1/children/{CHILD}/decisions",
                 json={"name": name, "decision": "approved", "reason": "fine by me"},
                 headers=headers,
             )
             assert answer.status_code == 409 and words in answer.json()["detail"], answer.text
-        shown = client.get(f"/review/v1/children/{CHILD}", headers=headers).json()
+        shown = httpx.get(f"{url}/review/v1/children/{CHILD}", headers=headers).json()
         assert {f["name"] for f in shown["files"] if f["never_releasable"]} == set(NEVER)
-        ok = client.post(
-            f"/review/v1/children/{CHILD}/decisions",
+        ok = httpx.post(
+            f"{url}/review/v1/children/{CHILD}/decisions",
             json={"name": "/outputs/fine.csv", "decision": "approved"},
             headers=headers,
         )
         assert ok.status_code == 200
 
 
-def test_the_cli_prints_why_and_exits_non_zero(db, tmp_path):
+def test_the_cli_prints_why_and_exits_non_zero(db, tre_api):
     from fivesafes_tes.cli import app
 
-    env = {"FIVESAFES_AGENT_TRE": "uk-tre", "FIVESAFES_AGENT_DATA_DIR": str(tmp_path)}
+    url, token = tre_api
+    env = {"FIVESAFES_TRE_URL": url, "FIVESAFES_TRE_TOKEN": token("carol")}
     for name, words in NEVER.items():
         result = CliRunner().invoke(
-            app, ["review", "approve", CHILD, name, "--reason", "fine by me", "--by", "carol"], env=env
+            app, ["review", "approve", CHILD, name, "--reason", "fine by me"], env=env
         )
         assert result.exit_code != 0 and words in " ".join(result.output.split()), result.output
-    approved = CliRunner().invoke(
-        app, ["review", "approve", CHILD, "/outputs/fine.csv", "--by", "carol"], env=env
-    )
+    approved = CliRunner().invoke(app, ["review", "approve", CHILD, "/outputs/fine.csv"], env=env)
     assert approved.exit_code == 0, approved.output
     with db.read() as session:
-        assert [d.key for d in session.scalars(select(ReviewDecision))] == [
-            f"held/{CHILD}/outputs/outputs/fine.csv"
+        assert [(d.key, d.checker_subject) for d in session.scalars(select(ReviewDecision))] == [
+            (f"held/{CHILD}/outputs/outputs/fine.csv", "carol-sub")
         ]
 
 
@@ -256,13 +282,17 @@ def test_the_child_ends_without_them_and_the_gateway_never_gets_them(stack):
         child = session.scalars(select(LocalChild.child_id).where(LocalChild.task_id == task_id)).one()
         held = review.describe(session, child).files
     assert {f.name for f in held if f.never_releasable} == set(NEVER)
+    checker = httpx.Client(
+        base_url=stack.tre_url("uk-tre"),
+        headers={"Authorization": f"Bearer {stack.tre_token('uk-checker', 'output-checker', 'uk-tre')}"},
+        timeout=30,
+    )
     for file in held:
-        with uk.db.write() as session:
-            if file.never_releasable:
-                with pytest.raises(review.NeverReleasable):
-                    review.decide(session, child, file.key, "uk-checker", "approved", reason="looks fine")
-            else:
-                review.decide(session, child, file.key, "uk-checker", "approved", reason="looks fine")
+        answer = checker.post(
+            f"/review/v1/children/{child}/decisions",
+            json={"name": file.name, "decision": "approved", "reason": "looks fine"},
+        )
+        assert answer.status_code == (409 if file.never_releasable else 200), answer.text
     while (stage := _stage(alice, task_id)) != "partially_released":
         assert time.monotonic() < deadline, f"stuck at {stage}"
         time.sleep(0.2)

@@ -16,6 +16,7 @@ from fivesafes_tes import devstack
 from fivesafes_tes.agent import review
 from fivesafes_tes.agent.tables import LocalChild
 from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.auth import Person
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.egress import airlock
 from tests import images
@@ -65,9 +66,19 @@ def _child(agent) -> str:  # type: ignore[no-untyped-def]
         return session.scalars(select(LocalChild.child_id).order_by(LocalChild.created_at.desc())).first()
 
 
+TRE_IDP = "https://idp.tre.example"
+
+
 def _decide(agent, child, name, checker, decision, reason="") -> None:  # type: ignore[no-untyped-def]
     with agent.db.write() as session:
-        review.decide(session, child, review.key_for(session, child, name), checker, decision, reason=reason)
+        review.decide(
+            session,
+            child,
+            review.key_for(session, child, name),
+            Person(TRE_IDP, checker, checker),
+            decision,
+            reason=reason,
+        )
 
 
 def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
@@ -85,6 +96,15 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     assert all(t["files"] == [] for t in listing["tres"])
     with pytest.raises(review.ReviewRefused, match="cannot review"):
         _decide(uk, uk_child, "/outputs/summary.csv", "alice", "approved")
+    # Through the TRE's own API: alice's subject (the lease carried it) under another name is refused.
+    own = stack.tre_token("Dr A. Smith", "output-checker", "uk-tre", extra={"sub": "alice"})
+    refused = httpx.post(
+        f"{stack.tre_url('uk-tre')}/review/v1/children/{uk_child}/decisions",
+        json={"name": "/outputs/summary.csv", "decision": "approved"},
+        headers={"Authorization": f"Bearer {own}"},
+        timeout=30,
+    )
+    assert refused.status_code == 403 and "submitted this task" in refused.json()["detail"]
 
     _decide(uk, uk_child, "/outputs/summary.csv", "uk-checker", "approved", "aggregate count")
     _decide(uk, uk_child, "step-0.stdout", "uk-checker", "approved", "a count only")

@@ -10,9 +10,11 @@ from fivesafes_tes.agent import review
 from fivesafes_tes.agent.loop import open_database
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, ReviewDecision
 from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.auth import Person
 from fivesafes_tes.settings import AgentSettings
 
 CHILD = "01a20000-0000-7000-8000-000000000001"
+IDP = "https://idp.example"
 FILES = {
     "held/c/outputs/table.csv": "pass",
     "held/c/outputs/plot.png": "review",
@@ -32,6 +34,8 @@ def db(tmp_path):  # type: ignore[no-untyped-def]
                 stage="awaiting_review",
                 project="alpha",
                 username="alice",
+                submitter_issuer=IDP,
+                submitter_subject="alice-sub",
                 task={},
             )
         )
@@ -51,9 +55,11 @@ def db(tmp_path):  # type: ignore[no-untyped-def]
     database.dispose()
 
 
-def decide(db, key, checker, decision, reason=""):  # type: ignore[no-untyped-def]
+def decide(db, key, checker, decision, reason="", *, subject=None):  # type: ignore[no-untyped-def]
+    """`checker` decides; their subject is `subject`, or else their name's (one subject per name)."""
+    person = Person(IDP, subject or f"{checker.casefold()}-sub", checker)
     with db.write() as session:
-        review.decide(session, CHILD, key, checker, decision, reason=reason)
+        review.decide(session, CHILD, key, person, decision, reason=reason)
 
 
 def settle(db, **policy):  # type: ignore[no-untyped-def]
@@ -68,6 +74,29 @@ def test_the_submitter_can_never_approve_their_own_outputs(db):
     with pytest.raises(review.ReviewRefused, match="submitted this task"):
         decide(db, KEYS[0], "alice", "approved")
     assert settle(db) is None
+
+
+@pytest.mark.parametrize("shown", ["Alice", "ALICE", "Dr A. Smith", "carol"])
+def test_the_submitters_subject_is_refused_whatever_name_their_token_shows(db, shown):
+    with pytest.raises(review.ReviewForbidden, match="submitted this task"):
+        decide(db, KEYS[0], shown, "approved", subject="alice-sub")
+    assert settle(db) is None
+
+
+def test_another_subject_showing_the_submitters_name_is_refused_too(db):
+    """Where the TRE's issuer is not the federation's, subjects cannot be compared: the name refuses."""
+    with pytest.raises(review.ReviewForbidden):
+        decide(db, KEYS[0], "Alice", "approved", subject="someone-else")
+
+
+def test_two_person_review_counts_subjects_not_names(db):
+    for key in KEYS:
+        decide(db, key, "OC1", "approved", reason="ok", subject="oc1-sub")
+        decide(db, key, "oc1", "approved", reason="ok", subject="oc1-sub")  # one person, two spellings
+    assert settle(db, required_approvals=2) is None
+    for key in KEYS:
+        decide(db, key, "oc1", "approved", reason="ok", subject="another-checker")  # two people, one name
+    assert settle(db, required_approvals=2).outcome is review.ChildOutcome.RELEASED
 
 
 def test_every_file_approved_releases_everything(db):
@@ -272,4 +301,4 @@ def test_no_decision_changes_once_the_release_has_begun(db):
     with pytest.raises(review.ReviewRefused, match="has begun: its decisions are final"):
         decide(db, KEYS[0], "carol", "rejected", reason="changed my mind")
     with db.read() as session:
-        assert session.get(ReviewDecision, (CHILD, KEYS[0], "carol")).decision == "approved"
+        assert session.get(ReviewDecision, (CHILD, KEYS[0], IDP, "carol-sub")).decision == "approved"

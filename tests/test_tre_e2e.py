@@ -23,6 +23,7 @@ import pytest
 
 from fivesafes_tes import devstack
 from fivesafes_tes.agent import approvals
+from fivesafes_tes.auth import Person
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.submission.stages import TRANSITIONS, Stage
@@ -179,7 +180,13 @@ def test_unapproved_user_and_project_end_rejected_by_tre_with_a_clear_line(feder
     )
     uk = federation.agents["uk-tre"]
     with uk.db.write() as session:
-        approvals.decide(session, "uk-admin", "cardio", "rejected", reason="no ethics approval on file")
+        approvals.decide(
+            session,
+            Person("i", "uk-admin", "uk-admin"),
+            "cardio",
+            "rejected",
+            reason="no ethics approval on file",
+        )
     doc, _ = bob.wait(task_id, _ended)
     assert doc["state"] == "SYSTEM_ERROR"
     assert "uk-tre rejected project cardio: no ethics approval on file" in doc["logs"][0]["system_logs"]
@@ -188,7 +195,12 @@ def test_unapproved_user_and_project_end_rejected_by_tre_with_a_clear_line(feder
     sg = federation.agents["sg-tre"]
     with sg.db.write() as session:
         approvals.decide(
-            session, "sg-admin", "diabetes-cancer", "rejected", username="carol", reason="training expired"
+            session,
+            Person("i", "sg-admin", "sg-admin"),
+            "diabetes-cancer",
+            "rejected",
+            username="carol",
+            reason="training expired",
         )
     carol = Researcher(federation, "carol")
     task_id = carol.submit(analysis())

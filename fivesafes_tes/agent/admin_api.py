@@ -1,7 +1,7 @@
 """The TRE's own API, served by the agent inside the TRE only when an address is configured:
 `/tre/v1` for its admins (which projects and people may run work here) and `/review/v1` for its
-output checkers (decisions on held files). The CLI (`fivesafes-tes tre ...`, `review ...`) does the
-same on the agent's database directly."""
+output checkers (decisions on held files). The CLI (`fivesafes-tes tre ...`, `review ...`) calls it
+with the person's own token: every decision is taken by the token's issuer and subject."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from sqlalchemy import select
 
 from fivesafes_tes import audit
 from fivesafes_tes.agent import approvals, review
-from fivesafes_tes.agent.tables import LocalDecision, LocalProject
-from fivesafes_tes.auth import AuthError, Role, TokenValidator
+from fivesafes_tes.agent.tables import HeldFileRecord, LocalDecision, LocalProject
+from fivesafes_tes.auth import AuthError, Person, Role, TokenValidator, name_key
 from fivesafes_tes.db import Database
+from fivesafes_tes.egress.store import ObjectStore
 
 _bearer = HTTPBearer(auto_error=False)
+PREVIEW_BYTES = 64 * 1024
 
 
 class DecisionIn(BaseModel):
@@ -35,7 +37,8 @@ class DecisionOut(BaseModel):
     username: str
     decision: str
     reason: str
-    decided_by: str
+    decided_by: str  # the admin's issuer#subject
+    decided_by_name: str
 
 
 class ProjectOut(BaseModel):
@@ -47,8 +50,9 @@ class ProjectOut(BaseModel):
     decisions: list[DecisionOut]
 
 
-def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, role: Role) -> str:
-    """The caller's username if their token is valid, for this TRE, with `role`; 401 (audited) or 403.
+def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, role: Role) -> Person:
+    """The caller (issuer, subject, name) if their token is valid, for this TRE, with `role`; 401
+    (audited) or 403.
 
     A token naming no TRE is refused unless the app was told its issuer serves this TRE alone: where
     TREs share an issuer, a checker of one would otherwise decide on another's outputs."""
@@ -68,7 +72,7 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, 
                 raise HTTPException(
                     403, f"this token names no TRE; this route needs one whose `tre` claim is {tre!r}"
                 )
-            return claims.username
+            return claims.person
     with db.write() as session:
         audit.record(
             session,
@@ -83,18 +87,18 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, 
 
 def tre_admin(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
+) -> Person:
     return _caller(request, credentials, Role.TRE_ADMIN)
 
 
 def output_checker(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
+) -> Person:
     return _caller(request, credentials, Role.OUTPUT_CHECKER)
 
 
-Admin = Annotated[str, Depends(tre_admin)]
-Checker = Annotated[str, Depends(output_checker)]
+Admin = Annotated[Person, Depends(tre_admin)]
+Checker = Annotated[Person, Depends(output_checker)]
 
 
 class FileDecisionIn(BaseModel):
@@ -108,10 +112,16 @@ class FileDecisionIn(BaseModel):
 
 
 def create_admin_app(
-    db: Database, tre: str, validator: TokenValidator, *, require_tre_claim: bool = True
+    db: Database,
+    tre: str,
+    validator: TokenValidator,
+    *,
+    require_tre_claim: bool = True,
+    store: ObjectStore | None = None,
 ) -> FastAPI:
     """The TRE-admin and review APIs of TRE `tre`. With `require_tre_claim` (the default) a token
-    must name this TRE; pass False only where `validator`'s issuer serves this TRE alone."""
+    must name this TRE; pass False only where `validator`'s issuer serves this TRE alone. `store` is
+    the airlock, for previews of held files."""
     app = FastAPI(title=f"Five Safes TES: TRE admin ({tre})", docs_url=None, redoc_url=None)
     app.state.db, app.state.tre, app.state.validator = db, tre, validator
     app.state.require_tre_claim = require_tre_claim
@@ -134,7 +144,11 @@ def create_admin_app(
                     members=p.members,
                     decisions=[
                         DecisionOut(
-                            username=d.username, decision=d.decision, reason=d.reason, decided_by=d.decided_by
+                            username=d.username,
+                            decision=d.decision,
+                            reason=d.reason,
+                            decided_by=d.decided_by,
+                            decided_by_name=d.decided_by_name,
                         )
                         for d in decisions
                         if d.project == p.name
@@ -143,7 +157,7 @@ def create_admin_app(
                 for p in session.scalars(select(LocalProject).order_by(LocalProject.name))
             ]
 
-    def _decide(admin: str, project: str, body: DecisionIn, username: str = "") -> dict:
+    def _decide(admin: Person, project: str, body: DecisionIn, username: str = "") -> dict:
         try:
             with db.write() as session:
                 approvals.decide(
@@ -153,7 +167,12 @@ def create_admin_app(
             raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"project": project, "username": username, "decision": body.decision}
+        return {
+            "project": project,
+            "username": name_key(username),
+            "decision": body.decision,
+            "decided_by": admin.name,
+        }
 
     @app.put("/tre/v1/projects/{project}/decision")
     def decide_project(project: str, body: DecisionIn, admin: Admin) -> dict:
@@ -209,7 +228,23 @@ def create_admin_app(
             raise HTTPException(409, str(exc)) from None
         except review.ReviewRefused as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"child_id": child_id, "name": body.name, "decision": body.decision, "checker": checker}
+        return {"child_id": child_id, "name": body.name, "decision": body.decision, "checker": checker.name}
+
+    @app.get("/review/v1/children/{child_id}/preview")
+    def preview(child_id: str, name: str, _: Checker) -> dict:
+        """The first lines of a held file (up to 64 KiB of it), for the checker's eye; never binary."""
+        if store is None:
+            raise HTTPException(404, "this TRE's review API has no airlock to preview from")
+        try:
+            with db.read() as session:
+                held = session.get(HeldFileRecord, (child_id, review.key_for(session, child_id, name)))
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+        assert held is not None
+        if held.size > PREVIEW_BYTES:
+            return {"name": name, "preview": None}
+        body = store.get_bytes(held.key, expect_sha256=held.sha256, max_size=PREVIEW_BYTES)
+        return {"name": name, "preview": review.preview(body)}
 
     return app
 

@@ -30,6 +30,7 @@ from fivesafes_tes.agent.client import GatewayClient, Rejected
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.tables import AgentBase, HeldFileRecord, LocalChild, LocalProject, OutgoingEvent
 from fivesafes_tes.audit.tables import AuditHead, AuditRecord
+from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
@@ -52,6 +53,10 @@ class _Grant:
 @dataclass
 class _Cancel:
     child_id: str
+
+
+def _submitter(child: LocalChild) -> Person:
+    return Person(child.submitter_issuer, child.submitter_subject, child.username)
 
 
 def open_database(settings: AgentSettings) -> Database:
@@ -148,6 +153,7 @@ class Agent:
             self.tre,
             validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim),
             require_tre_claim=s.require_tre_claim,
+            store=self.store,
         )
         self._admin_server = uvicorn.Server(
             uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", lifespan="off")
@@ -296,6 +302,8 @@ class Agent:
                         stage=grant["stage"],
                         project=grant["project"],
                         username=grant["user"],
+                        submitter_issuer=grant.get("user_issuer", ""),
+                        submitter_subject=grant.get("user_subject", ""),
                         task=grant["task"],
                     )
                 )
@@ -361,7 +369,7 @@ class Agent:
                     "username": d.username,
                     "decision": d.decision,
                     "reason": d.reason,
-                    "decided_by": d.decided_by,
+                    "decided_by": d.decided_by_name,  # for display at the gateway
                     "decided_at": d.decided_at.isoformat(),
                 }
                 for d in pending
@@ -408,7 +416,7 @@ class Agent:
             self._emit(child, "running")
             return
         with self.db.read() as session:
-            verdict = approvals.clearance(session, self.tre, child.project, child.username)
+            verdict = approvals.clearance(session, self.tre, child.project, _submitter(child))
         if verdict.verdict is approvals.Verdict.UNDECIDED:
             if child.stage != "awaiting_tre_approval":
                 self._emit(child, "awaiting_tre_approval", verdict.message)
@@ -434,6 +442,7 @@ class Agent:
             self._emit(child, "staging", verdict.message)
         with self.db.write() as session:
             session.get(LocalChild, child.child_id).result = {"run": _spec_to_json(spec)}  # type: ignore[union-attr]
+            approvals.bind(session, child.project, _submitter(child))
         self.executor.start(spec)
         self._emit(child, "running")
 

@@ -2,9 +2,10 @@
 review policy, and the decisions settle what is released.
 
 Rules of the road: the person who submitted the task can never approve its outputs; with two-person
-review, two different checkers must approve; any rejection withholds the file; a rejection, and an
-approval that overrides a failed automated check, must say why. A file marked never to be released,
-or whose checks could not run, is withheld whatever anyone decides (`releasable`).
+review, two different checkers must approve (people are their token's issuer and subject, never the
+name it shows); any rejection withholds the file; a rejection, and an approval that overrides a
+failed automated check, must say why. A file marked never to be released, or whose checks could not
+run, is withheld whatever anyone decides (`releasable`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, ReviewDecision
+from fivesafes_tes.auth.principal import Person, name_key
 from fivesafes_tes.db.base import utcnow
 
 # In a child's result once its release has begun: its approvals go to the gateway, which keeps them
@@ -69,7 +71,7 @@ def decide(
     session: Session,
     child_id: str,
     key: str,
-    checker: str,
+    checker: Person,
     decision: str,
     *,
     reason: str = "",
@@ -85,8 +87,8 @@ def decide(
         raise ReviewRefused(f"child {child_id} is {child.stage}, not awaiting review")
     if (child.result or {}).get(RELEASING):
         raise ReviewRefused(f"the release of child {child_id} has begun: its decisions are final")
-    if checker == child.username:
-        raise ReviewForbidden(f"{checker} submitted this task and cannot review its outputs")
+    if _is_submitter(child, checker):
+        raise ReviewForbidden(f"{checker.name} submitted this task and cannot review its outputs")
     if decision == "rejected" and not reason.strip():
         raise ReviewRefused("say why: the researcher reads the reason for a rejection")
     if decision == "approved":
@@ -95,18 +97,25 @@ def decide(
             raise NeverReleasable(f"{held.name} can never be released: {never}; reject it instead")
         if held.verdict == "fail" and not reason.strip():
             raise ReviewRefused(f"{held.name} failed an automated check: approving it needs a reason")
-    row = session.get(ReviewDecision, (child_id, key, checker))
+    row = session.get(ReviewDecision, (child_id, key, checker.issuer, checker.subject))
     if row is None:
-        row = ReviewDecision(child_id=child_id, key=key, checker=checker)
+        row = ReviewDecision(
+            child_id=child_id, key=key, checker_issuer=checker.issuer, checker_subject=checker.subject
+        )
         session.add(row)
-    row.decision, row.reason, row.decided_at = decision, reason, utcnow()
+    row.checker, row.decision, row.reason, row.decided_at = checker.name, decision, reason, utcnow()
     audit.record(
         session,
-        actor=checker,
+        actor=checker.name,
         action="review.decision",
         object=f"child:{child_id}/{held.name}",
         outcome=decision,
-        detail={"reason": reason, "sha256": held.sha256},
+        detail={
+            "reason": reason,
+            "sha256": held.sha256,
+            "issuer": checker.issuer,
+            "subject": checker.subject,
+        },
     )
     return row
 
@@ -133,6 +142,14 @@ def releasable(held: HeldFileRecord) -> str | None:
     return None
 
 
+def _is_submitter(child: LocalChild, checker: Person) -> bool:
+    """The submitter is matched by subject. Where the TRE's issuer is not the federation's the subjects
+    cannot be compared, so a checker showing the submitter's name (casefolded) is refused as well."""
+    if child.submitter_subject and checker.key == (child.submitter_issuer, child.submitter_subject):
+        return True
+    return name_key(checker.name) == name_key(child.username)
+
+
 def settle(session: Session, child_id: str, policy: ReviewPolicy) -> Settled | None:
     """The child's outcome once every held file is decided; None while any is still open. A file
     that can never be released is withheld at once, whatever was decided on it."""
@@ -144,7 +161,8 @@ def settle(session: Session, child_id: str, policy: ReviewPolicy) -> Settled | N
         if releasable(record) is not None or any(d.decision == "rejected" for d in mine):
             files[record.key] = FileOutcome.REJECTED
         elif (
-            len({d.checker for d in mine if d.decision == "approved"}) >= policy.required_approvals
+            len({(d.checker_issuer, d.checker_subject) for d in mine if d.decision == "approved"})
+            >= policy.required_approvals
             or policy.auto_release
             and all(r.verdict == "pass" for r in held)
         ):

@@ -26,7 +26,10 @@ class LocalChild(AgentBase):
     attempt: Mapped[int] = mapped_column(Integer)
     stage: Mapped[str] = mapped_column(String(32))
     project: Mapped[str] = mapped_column(String(63))
-    username: Mapped[str] = mapped_column(String(255))
+    username: Mapped[str] = mapped_column(String(255))  # the submitter's member name, for display
+    # Who submitted, as the gateway's issuer knows them: what the no-self-approval rule compares.
+    submitter_issuer: Mapped[str] = mapped_column(String(512), default="")
+    submitter_subject: Mapped[str] = mapped_column(String(255), default="")
     task: Mapped[dict[str, Any]] = mapped_column(JSON)
     next_seq: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -53,15 +56,19 @@ class OutgoingEvent(AgentBase):
 
 
 class LocalDecision(AgentBase):
-    """This TRE's decision on a project (username "") or on a person within a project."""
+    """This TRE's decision on a project (username "") or on a person within a project. A person is
+    named by their casefolded member name; an approval is bound to the subject it first applies to."""
 
     __tablename__ = "agent_decisions"
 
     project: Mapped[str] = mapped_column(String(63), primary_key=True)
     username: Mapped[str] = mapped_column(String(255), primary_key=True)
+    person_issuer: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    person_subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
     decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
     reason: Mapped[str] = mapped_column(Text, default="")
-    decided_by: Mapped[str] = mapped_column(String(255))
+    decided_by: Mapped[str] = mapped_column(String(1024))  # the admin's issuer#subject
+    decided_by_name: Mapped[str] = mapped_column(String(255), default="")
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     pushed: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -96,13 +103,16 @@ class HeldFileRecord(AgentBase):
 
 
 class ReviewDecision(AgentBase):
-    """One output checker's decision on one held file, with the reason the researcher will read."""
+    """One output checker's decision on one held file, with the reason the researcher will read. The
+    checker is their token's issuer and subject; `checker` keeps the name they showed, for the record."""
 
     __tablename__ = "agent_review_decisions"
 
     child_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     key: Mapped[str] = mapped_column(String(1024), primary_key=True)
-    checker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    checker_issuer: Mapped[str] = mapped_column(String(512), primary_key=True)
+    checker_subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    checker: Mapped[str] = mapped_column(String(255))
     decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
     reason: Mapped[str] = mapped_column(Text, default="")
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -4,7 +4,7 @@ No web framework here; the gateway turns AuthError into 401 and JwksUnavailable 
 """
 
 from fivesafes_tes.auth.issuer import DevIssuer
-from fivesafes_tes.auth.principal import Principal, Role
+from fivesafes_tes.auth.principal import Person, Principal, Role, name_key
 from fivesafes_tes.auth.tables import User
 from fivesafes_tes.auth.tokens import (
     AuthError,
@@ -24,6 +24,7 @@ __all__ = [
     "DevIssuer",
     "JwksSource",
     "JwksUnavailable",
+    "Person",
     "Principal",
     "RemoteJwks",
     "Role",
@@ -33,5 +34,6 @@ __all__ = [
     "UserCache",
     "authenticate",
     "discover_jwks_url",
+    "name_key",
     "provision",
 ]

@@ -27,6 +27,8 @@ from jwt.exceptions import (
     PyJWTError,
 )
 
+from fivesafes_tes.auth.principal import Person
+
 log = logging.getLogger(__name__)
 
 #: Larger bearer tokens are refused before parsing; real ones are a few KiB at most.
@@ -76,6 +78,10 @@ class Claims:
     roles: frozenset[str]
     tre: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def person(self) -> Person:
+        return Person(self.issuer, self.subject, self.username)
 
 
 class JwksSource(Protocol):

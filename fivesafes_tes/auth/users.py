@@ -22,8 +22,14 @@ LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 
 _CacheKey = tuple[str, str, str, str | None, frozenset[str]]
 
+#: Called in the provisioning transaction with the user and whether their username is new to us
+#: (a first login or a changed preferred_username): the gateway binds memberships added by name.
+OnProvision = Callable[[Session, User, bool], None]
 
-def provision(session: Session, claims: Claims, *, now: datetime | None = None) -> User:
+
+def provision(
+    session: Session, claims: Claims, *, now: datetime | None = None, on_provision: OnProvision | None = None
+) -> User:
     """The user row for ``claims``: created on first use, then kept in line with the token.
 
     Concurrent first requests of one user are safe: the insert runs in a savepoint, and the
@@ -31,9 +37,17 @@ def provision(session: Session, claims: Claims, *, now: datetime | None = None) 
     """
     now = now or utcnow()
     user = _find(session, claims)
-    if user is not None:
+    if user is None:
+        user, renamed = _create(session, claims, now), True
+    else:
+        renamed = user.username != claims.username
         _update(user, claims, now)
-        return user
+    if on_provision is not None:
+        on_provision(session, user, renamed)
+    return user
+
+
+def _create(session: Session, claims: Claims, now: datetime) -> User:
     user = User(
         issuer=claims.issuer,
         subject=claims.subject,
@@ -131,7 +145,14 @@ def _cache_key(claims: Claims) -> _CacheKey:
     return (claims.issuer, claims.subject, claims.username, claims.email, claims.roles)
 
 
-def authenticate(db: Database, validator: TokenValidator, token: str, cache: UserCache) -> Principal:
+def authenticate(
+    db: Database,
+    validator: TokenValidator,
+    token: str,
+    cache: UserCache,
+    *,
+    on_provision: OnProvision | None = None,
+) -> Principal:
     """Validate ``token`` and return its caller, provisioning the user when the cache does not know them.
 
     Raises AuthError for a token to refuse (401) and JwksUnavailable when keys cannot be fetched (503).
@@ -140,7 +161,7 @@ def authenticate(db: Database, validator: TokenValidator, token: str, cache: Use
     user_id = cache.get(claims)
     if user_id is None:
         with db.write() as session:
-            user_id = provision(session, claims).id
+            user_id = provision(session, claims, on_provision=on_provision).id
         cache.put(claims, user_id)
     return Principal(
         user_id=user_id,

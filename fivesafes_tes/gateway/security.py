@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fivesafes_tes import audit
 from fivesafes_tes.auth import AuthError, Principal, authenticate
+from fivesafes_tes.submission.federation import claim_memberships
 from fivesafes_tes.submission.tasks import Actor
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ def current_principal(
         raise _fail(request, "no bearer token")
     ctx = request.app.state.ctx
     try:
-        return authenticate(ctx.db, ctx.validator, credentials.credentials, ctx.user_cache)
+        return authenticate(
+            ctx.db, ctx.validator, credentials.credentials, ctx.user_cache, on_provision=claim_memberships
+        )
     except AuthError as exc:
         raise _fail(request, exc.reason) from None
 

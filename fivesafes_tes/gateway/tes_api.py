@@ -96,7 +96,7 @@ def _create(
     target = ctx.targets.get(key)
     if target is None:
         with ctx.db.read() as session:
-            target = resolve_target(session, actor.name, body.tags or {}, key[3])
+            target = resolve_target(session, actor.user_id, body.tags or {}, key[3])
         ctx.targets.put(key, target)
     with ctx.db.write() as session:
         created = submission.create_task(

@@ -10,10 +10,12 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
+from fivesafes_tes.auth.principal import name_key
+from fivesafes_tes.auth.tables import User
 from fivesafes_tes.submission.tables import Membership, Project, ProjectTre, Tre
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -211,15 +213,22 @@ def describe_projects(session: Session, names: list[str] | None = None) -> list[
 def add_member(
     session: Session, actor: str, project_name: str, username: str, *, default: bool = False
 ) -> None:
+    """Add a person by username (compared casefolded). The row is bound at once to whoever already
+    holds that name (see `claim_memberships`), else to the one user presenting it, else to the first
+    who presents it later."""
     project = project_by_name(session, project_name)
     if not username or len(username) > 255:
         raise InvalidRequest("username must be 1-255 characters (the token's preferred_username)")
-    member = session.get(Membership, (project.id, username))
+    name = name_key(username)
+    member = session.get(Membership, (project.id, name))
     if member is None:
-        member = Membership(project_id=project.id, username=username)
+        member = Membership(project_id=project.id, username=name, user_id=_holder(session, name))
         session.add(member)
     if default:
-        for other in session.scalars(select(Membership).where(Membership.username == username)):
+        same_person = Membership.username == name
+        if member.user_id is not None:
+            same_person = or_(same_person, Membership.user_id == member.user_id)
+        for other in session.scalars(select(Membership).where(same_person)):
             other.is_default = False
         member.is_default = True
     session.flush()
@@ -229,13 +238,65 @@ def add_member(
         action="admin.member.add",
         object=f"project:{project.name}",
         outcome="ok",
-        detail={"username": username, "default": default},
+        detail={"username": name, "default": default, "bound": member.user_id is not None},
+    )
+
+
+def _holder(session: Session, name: str) -> int | None:
+    """The user a new membership for `name` belongs to: the one its other memberships are bound to,
+    else the only user whose username is `name`; None while that is nobody or ambiguous."""
+    bound = session.scalar(
+        select(Membership.user_id)
+        .where(Membership.username == name, Membership.user_id.is_not(None))
+        .limit(1)
+    )
+    if bound is not None:
+        return bound
+    # lower() narrows in SQL; the casefolded comparison decides (a name it misses binds on first use).
+    named = [
+        user_id
+        for user_id, username in session.execute(
+            select(User.id, User.username).where(func.lower(User.username) == name.lower())
+        )
+        if name_key(username) == name
+    ]
+    return named[0] if len(named) == 1 else None
+
+
+def claim_memberships(session: Session, user: User, renamed: bool) -> None:
+    """Bind to `user` the memberships added under their (casefolded) username and not yet bound.
+
+    A name already bound to someone else stays theirs: another subject presenting the same
+    preferred_username gets none of it, and when they start presenting it (`renamed`: a first
+    login or a changed name) that is audited as `auth.name_conflict`."""
+    name = name_key(user.username)
+    holder = session.scalar(
+        select(Membership.user_id)
+        .where(Membership.username == name, Membership.user_id.is_not(None), Membership.user_id != user.id)
+        .limit(1)
+    )
+    if holder is not None:
+        if renamed:
+            audit.record(
+                session,
+                actor=user.username,
+                action="auth.name_conflict",
+                object=f"user:{name}",
+                outcome="denied",
+                detail={"issuer": user.issuer, "subject": user.subject, "held_by_user_id": holder},
+            )
+        return
+    session.execute(
+        update(Membership)
+        .where(Membership.username == name, Membership.user_id.is_(None))
+        .values(user_id=user.id)
     )
 
 
 def remove_member(session: Session, actor: str, project_name: str, username: str) -> None:
     project = project_by_name(session, project_name)
-    member = session.get(Membership, (project.id, username))
+    name = name_key(username)
+    member = session.get(Membership, (project.id, name))
     if member is None:
         raise NotFound(f"{username!r} is not a member of project {project.name!r}")
     session.delete(member)
@@ -245,7 +306,7 @@ def remove_member(session: Session, actor: str, project_name: str, username: str
         action="admin.member.remove",
         object=f"project:{project.name}",
         outcome="ok",
-        detail={"username": username},
+        detail={"username": name},
     )
 
 
@@ -258,12 +319,12 @@ class Target:
     tres: list[Tre]
 
 
-def resolve_target(session: Session, username: str, tags: dict[str, str | None], today: date) -> Target:
+def resolve_target(session: Session, user_id: int, tags: dict[str, str | None], today: date) -> Target:
     """Project from tag `project` (key in any case) or the user's default project; TREs from tag `tres`
     (`|` or `,` separated) or all of the project's TREs. Refuses what the user may not do, saying why."""
     lowered = {k.lower(): (v or "") for k, v in tags.items()}
     memberships = {
-        m.project_id: m for m in session.scalars(select(Membership).where(Membership.username == username))
+        m.project_id: m for m in session.scalars(select(Membership).where(Membership.user_id == user_id))
     }
     if "project" in lowered and lowered["project"].strip():
         project = session.scalar(select(Project).where(Project.name == lowered["project"].strip().lower()))

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
+from fivesafes_tes.auth.principal import name_key
 from fivesafes_tes.auth.tables import User
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.submission import researcher_view
@@ -25,6 +26,7 @@ from fivesafes_tes.submission.stages import Stage, can_move, derive_parent_state
 from fivesafes_tes.submission.tables import (
     Child,
     ChildEvent,
+    Membership,
     Project,
     ProjectTre,
     Task,
@@ -56,7 +58,9 @@ class Grant:
     stage: str
     lease_expires_at: datetime
     project: str
-    user: str
+    user: str  # the name the submitter is a member of the project under: what the TRE's admins approve
+    user_issuer: str  # with user_subject, who the submitter is: what the TRE compares
+    user_subject: str
     task: dict[str, Any]
 
 
@@ -124,9 +128,21 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
     about = {
         row.id: row
         for row in session.execute(
-            select(Task.id, Task.document, Project.name.label("project"), User.username)
+            select(
+                Task.id,
+                Task.document,
+                Project.name.label("project"),
+                User.username,
+                User.issuer,
+                User.subject,
+                Membership.username.label("member"),
+            )
             .join(Project, Project.id == Task.project_id)
             .join(User, User.id == Task.owner_id)
+            .outerjoin(
+                Membership,
+                and_(Membership.project_id == Task.project_id, Membership.user_id == Task.owner_id),
+            )
             .where(Task.id.in_({c.task_id for c in children}))
         )
     }
@@ -153,7 +169,9 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
                 stage=child.stage,
                 lease_expires_at=expires,
                 project=task.project,
-                user=task.username,
+                user=task.member or name_key(task.username),
+                user_issuer=task.issuer,
+                user_subject=task.subject,
                 task=dict(task.document),
             )
         )

@@ -119,14 +119,19 @@ class ProjectTre(Base):
 
 
 class Membership(Base):
-    """A person in a project, by username (the token's preferred_username), so admins can add people
-    before their first login."""
+    """A person in a project. Admins add people by username (casefolded), also before their first
+    login; the row is bound to the user (issuer and subject) who first presents that name, and from
+    then on only that user is the member, whatever name their token carries."""
 
     __tablename__ = "memberships"
-    __table_args__ = (Index("ix_memberships_username", "username"),)
+    __table_args__ = (
+        Index("ix_memberships_username", "username"),
+        Index("ix_memberships_user_id", "user_id"),
+    )
 
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     username: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -121,10 +121,10 @@ def apply_backend_parameters(request: TaskRequest, supported: set[str]) -> list[
     ]
 
 
-def target_key(actor: Actor, request: TaskRequest, today: date) -> tuple[str, str, str, date]:
+def target_key(actor: Actor, request: TaskRequest, today: date) -> tuple[int, str, str, date]:
     """What resolve_target depends on, for caching its answer briefly."""
     tags = {k.lower(): (v or "") for k, v in (request.tags or {}).items()}
-    return actor.name, tags.get("project", ""), tags.get("tres", ""), today
+    return actor.user_id, tags.get("project", ""), tags.get("tres", ""), today
 
 
 def create_task(
@@ -242,7 +242,7 @@ def _replayed(session: Session, actor: Actor, key: str, fingerprint: str) -> str
 
 
 def _their_projects(actor: Actor):  # type: ignore[no-untyped-def]
-    return select(Membership.project_id).where(Membership.username == actor.name)
+    return select(Membership.project_id).where(Membership.user_id == actor.user_id)
 
 
 def _their_unprojected(actor: Actor):  # type: ignore[no-untyped-def]
