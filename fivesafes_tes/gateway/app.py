@@ -29,7 +29,7 @@ from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
 from fivesafes_tes.submission.tasks import SubmissionPolicy
-from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType
+from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 TARGET_TTL_S = 5.0
@@ -130,6 +130,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         supported_backend_parameters=frozenset(settings.backend_parameters),
         max_content_bytes=settings.max_content_bytes,
         allowed_images=tuple(settings.allowed_images),
+        caps=settings.task_caps,
     )
     ctx = GatewayContext(
         settings=settings,
@@ -199,5 +200,23 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     }
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)
+    _publish_caps(schema["components"]["schemas"], app.state.ctx.policy.caps)
     app.openapi_schema = schema
     return schema
+
+
+def _publish_caps(schemas: dict[str, Any], caps: TaskCaps) -> None:
+    """This gateway's per-task caps in the document clients read, so they can know them before sending."""
+    limits = {
+        ("TaskRequest", "executors"): ("maxItems", caps.executors),
+        ("TaskRequest", "inputs"): ("maxItems", caps.inputs),
+        ("TaskRequest", "outputs"): ("maxItems", caps.outputs),
+        ("TaskRequest", "volumes"): ("maxItems", caps.volumes),
+        ("TaskRequest", "tags"): ("maxProperties", caps.tags),
+        ("ExecutorRequest", "env"): ("maxProperties", caps.env_vars),
+    }
+    for (model, name), (keyword, cap) in limits.items():
+        field = schemas[model]["properties"][name]
+        for option in field.get("anyOf", [field]):
+            if option.get("type") in ("array", "object"):
+                option[keyword] = cap

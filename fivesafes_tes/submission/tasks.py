@@ -26,7 +26,7 @@ from fivesafes_tes.submission.federation import Target
 from fivesafes_tes.submission.ids import decode_page_token, encode_page_token, new_task_id
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, IdempotencyKey, Membership, Task, TaskTag, Tre
-from fivesafes_tes.tes import State, TaskRequest, View, render
+from fivesafes_tes.tes import DEFAULT_CAPS, State, TaskCaps, TaskRequest, View, render
 
 MAX_PAGE_SIZE = 2047
 DEFAULT_PAGE_SIZE = 256
@@ -59,6 +59,7 @@ class SubmissionPolicy:
     supported_backend_parameters: frozenset[str]
     max_content_bytes: int
     allowed_images: tuple[str, ...]  # fnmatch patterns; a digest pin is part of the name it matches
+    caps: TaskCaps = DEFAULT_CAPS
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,19 @@ def _insert(session: Session, rows: dict[str, Any]) -> None:
 
 
 def check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
+    """Refuse, before anything is stored, a task this gateway will not take; the message names the fix."""
+    over = policy.caps.refusal(
+        {
+            "executors": [{"env": e.env} for e in request.executors],
+            "inputs": request.inputs,
+            "outputs": request.outputs,
+            "volumes": request.volumes,
+            "tags": request.tags,
+        },
+        "this gateway",
+    )
+    if over:
+        raise InvalidTask(over)
     for n, item in enumerate(request.inputs or []):
         if item.content and len(item.content.encode()) > policy.max_content_bytes:
             raise InvalidTask(
