@@ -33,7 +33,33 @@ DEFAULT_PAGE_SIZE = 256
 
 
 class TaskNotFound(LookupError):
-    """No such task, or not one the caller may see (the two are indistinguishable on purpose)."""
+    """No such task (or released file), or not one the caller may see: the two are indistinguishable to
+    the caller on purpose, and each refusal is audited (`record_refusal`) with whether `object` exists."""
+
+    def __init__(
+        self, task_id: str, *, actor: str, exists: bool, object: str = "", message: str = ""
+    ) -> None:
+        super().__init__(task_id)
+        self.actor, self.exists = actor, exists
+        self.object = object or f"task:{task_id}"
+        self.message = message or f"no task {task_id!r} visible to you"
+
+
+def record_refusal(session: Session, refused: TaskNotFound) -> None:
+    """The audit record of one refused attempt; unknown ids too, so probing for ids shows in the log and
+    a refusal costs the same whether the object exists or not."""
+    audit.record(
+        session,
+        actor=refused.actor,
+        action="access.denied",
+        object=refused.object,
+        outcome="denied",
+        detail={"exists": refused.exists},
+    )
+
+
+def _refused(session: Session, actor: Actor, task_id: str) -> TaskNotFound:
+    return TaskNotFound(task_id, actor=actor.name, exists=session.get(Task, task_id) is not None)
 
 
 class IdempotencyConflict(Exception):
@@ -281,7 +307,7 @@ def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = F
         query = query.with_for_update()
     task = session.scalars(query).one_or_none()
     if task is None:
-        raise TaskNotFound(task_id)
+        raise _refused(session, actor, task_id)
     return task
 
 
@@ -298,7 +324,7 @@ def get_task(
             select(Task.id, Task.state).where(Task.id == task_id, _visible(actor))
         ).one_or_none()
         if row is None:
-            raise TaskNotFound(task_id)
+            raise _refused(session, actor, task_id)
         return {"id": row.id, "state": row.state}
     task = _owned(session, actor, task_id)
     return render(_documents(session, [task], results_url)[0], view)
