@@ -133,9 +133,9 @@ class _Run:
         return self.count > 0 and 0 in self.steps
 
     @property
-    def plan_dir(self) -> Path | None:
-        logs_dir = self.labels.get(LABEL_LOGS_DIR)
-        return _plan_dir(Path(logs_dir), self.attempt) if logs_dir else None
+    def plan_dir(self) -> Path:
+        """Of a run that exists (its step 0 carries the logs directory)."""
+        return _plan_dir(Path(self.labels[LABEL_LOGS_DIR]), self.attempt)
 
 
 def _plan_dir(logs_dir: Path, attempt: int) -> Path:
@@ -395,9 +395,8 @@ class DockerExecutor:
 
     def _create_next(self, run: _Run, i: int) -> Container:
         """Step i's container, from the plan `start` wrote; the deadline stays the run's."""
-        plan = run.plan_dir
         try:
-            spec = _plan_from_json(json.loads((plan / "plan.json").read_text()))  # type: ignore[operator]
+            spec = _plan_from_json(json.loads((run.plan_dir / "plan.json").read_text()))
         except (OSError, TypeError, ValueError, KeyError) as exc:
             raise ExecutorError(
                 f"step {i + 1} could not be created: the run's plan is missing from the agent's work "
@@ -411,8 +410,7 @@ class DockerExecutor:
         return container
 
     def _was_created(self, run: _Run, i: int) -> bool:
-        plan = run.plan_dir
-        return plan is not None and (plan / f"step-{i}.created").exists()
+        return (run.plan_dir / f"step-{i}.created").exists()
 
     def _ensure_image(self, image: str) -> None:
         try:
