@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
+
 
 def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "fivesafes-tes"
@@ -81,6 +83,21 @@ class GatewaySettings(BaseSettings):
     # Limits
     max_body_bytes: int = Field(default=4 * 1024 * 1024, description="Largest request body accepted.")
     max_content_bytes: int = Field(default=1024 * 1024, description="Largest tesInput.content accepted.")
+    # Per-task caps: what one task may ask of a TRE. Each TRE's policy may set lower ones.
+    max_executors: int = Field(
+        default=DEFAULT_CAPS.executors, ge=1, description="Most executors (steps) one task may have."
+    )
+    max_inputs: int = Field(default=DEFAULT_CAPS.inputs, ge=0, description="Most inputs one task may have.")
+    max_outputs: int = Field(
+        default=DEFAULT_CAPS.outputs, ge=0, description="Most outputs one task may have."
+    )
+    max_volumes: int = Field(
+        default=DEFAULT_CAPS.volumes, ge=0, description="Most volumes one task may have."
+    )
+    max_env_vars: int = Field(
+        default=DEFAULT_CAPS.env_vars, ge=0, description="Most environment variables one executor may set."
+    )
+    max_tags: int = Field(default=DEFAULT_CAPS.tags, ge=0, description="Most tags one task may carry.")
 
     # Results: where released files are kept, for researchers to download
     results_endpoint_url: str | None = Field(default=None, description="S3 endpoint of the results store.")
@@ -115,6 +132,17 @@ class GatewaySettings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         default=None, description="Static bearer token Prometheus may use for /metrics instead of a JWT."
     )
+
+    @property
+    def task_caps(self) -> TaskCaps:
+        return TaskCaps(
+            executors=self.max_executors,
+            inputs=self.max_inputs,
+            outputs=self.max_outputs,
+            volumes=self.max_volumes,
+            env_vars=self.max_env_vars,
+            tags=self.max_tags,
+        )
 
     @property
     def effective_database_url(self) -> str:

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import gc
 import http.server
+import itertools
 import os
 import subprocess
 import threading
@@ -25,6 +26,7 @@ import pytest
 
 from fivesafes_tes.executors import (
     LABEL_CHILD,
+    LABEL_STEP,
     LABEL_TRE,
     ExecutorError,
     Limits,
@@ -169,8 +171,7 @@ def test_a_failing_step_stops_the_run(h: Harness) -> None:
     assert result.outcome is Outcome.FAILED
     assert "step 1 of 2 exited with code 3" in result.message
     assert [s.exit_code for s in result.steps] == [3]
-    second = h.containers(spec.child_id)
-    assert {c.name: c.status for c in second}[f"fst-{spec.child_id}-1-1"] == "created"
+    assert [c.name for c in h.containers(spec.child_id)] == [f"fst-{spec.child_id}-1-0"]  # step 2 never made
 
 
 def test_ignore_error_continues_and_a_missing_command_is_reported(h: Harness) -> None:
@@ -444,7 +445,8 @@ def test_cancel_stops_a_running_step_within_seconds(h: Harness) -> None:
     assert h.executor().poll(spec.child_id) == result  # a restarted agent sees the same
     h.ex.start(spec)  # a late start of a canceled run does not revive it
     assert h.ex.poll(spec.child_id) == result
-    assert {c.name: c.status for c in h.containers(spec.child_id)}[f"fst-{spec.child_id}-1-1"] == "created"
+    names = {c.name for c in h.containers(spec.child_id)}
+    assert names == {f"fst-{spec.child_id}-1-0", f"fst-{spec.child_id}-1-canceled"}  # step 2 never made
 
 
 def test_cancel_of_an_ended_or_unknown_run_is_a_no_op(h: Harness) -> None:
@@ -456,6 +458,50 @@ def test_cancel_of_an_ended_or_unknown_run_is_a_no_op(h: Harness) -> None:
     assert h.ex.poll(spec.child_id) == result
     assert len(h.containers(spec.child_id)) == 1
     assert h.ex.poll("never-started").outcome is Outcome.LOST
+
+
+# --- RELIABILITY 35: one step's container at a time ------------------------------------------
+
+
+def test_a_steps_container_is_created_only_once_the_step_before_it_ended(h: Harness) -> None:
+    gate = h.dir("gate")
+    spec = h.spec(
+        ["sh", "-c", "until [ -e /gate/open ]; do sleep 0.1; done"],
+        ["echo", "two"],
+        ["echo", "three"],
+        mounts=[Mount(source=gate, target="/gate", read_only=True)],
+    )
+    h.ex.start(spec)
+    h.wait_started(spec.child_id)
+    for _ in range(3):  # polls while step 1 runs create nothing
+        assert h.ex.poll(spec.child_id) is None
+    assert {c.labels[LABEL_STEP]: c.status for c in h.containers(spec.child_id)} == {"0": "running"}
+
+    (gate / "open").touch()
+    result = h.wait(spec.child_id)
+    assert result.outcome is Outcome.SUCCEEDED, result.message
+    assert [text(s.stdout_path) for s in result.steps] == ["", "two\n", "three\n"]
+    made = sorted(h.containers(spec.child_id), key=lambda c: int(c.labels[LABEL_STEP]))
+    assert [c.labels[LABEL_STEP] for c in made] == ["0", "1", "2"]
+    for before, after in itertools.pairwise(made):
+        assert docker_time(after.attrs["Created"]) >= docker_time(before.attrs["State"]["FinishedAt"])
+
+
+def test_a_step_removed_behind_the_agents_back_ends_the_run_lost_and_never_runs_again(h: Harness) -> None:
+    spec = h.spec(["true"], ["sleep", "600"], ["echo", "never"])
+    h.ex.start(spec)
+    second = f"fst-{spec.child_id}-1-1"
+    deadline = time.monotonic() + 20
+    while second not in {c.name for c in h.containers(spec.child_id) if c.status == "running"}:
+        assert h.ex.poll(spec.child_id) is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    h.client.containers.get(second).remove(force=True)
+    result = h.ex.poll(spec.child_id)
+    assert result is not None and result.outcome is Outcome.LOST, result
+    assert h.executor().poll(spec.child_id) == RunResult(
+        Outcome.LOST, [], result.message
+    )  # also after a restart
+    assert {c.name for c in h.containers(spec.child_id)} == {f"fst-{spec.child_id}-1-0"}
 
 
 # --- RELIABILITY 12 and 10: sweep, re-attach -------------------------------------------------

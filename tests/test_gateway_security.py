@@ -286,3 +286,152 @@ def test_members_are_added_by_casefolded_name_and_bound_to_who_first_uses_it(gat
     assert gateway.client.post(f"{TES}/tasks", json=TASK, headers=erin).status_code == 200
     removed = gateway.client.delete(f"{ADMIN}/projects/alpha/members/Erin", headers=admin)
     assert removed.status_code == 200 and "erin" not in removed.json()["members"]
+
+
+# --- NUL characters: refused with a 400 that says so, on SQLite and PostgreSQL ------------------
+
+
+def _with(**extra) -> dict:  # type: ignore[no-untyped-def]
+    return {**TASK, **extra}
+
+
+NUL_TASKS = [
+    ("name", _with(name="a\x00b")),
+    ("description", _with(description="\x00")),
+    ("tags", _with(tags={"k\x00": "v"})),
+    ("tags", _with(tags={"study": "v\x00"})),
+    ("inputs.0.path", _with(inputs=[{"path": "/in/a\x00", "content": "x"}])),
+    ("inputs.0.content", _with(inputs=[{"path": "/in/a", "content": "x\x00"}])),
+    ("outputs.0.url", _with(outputs=[{"path": "/out/a", "url": "s3://r/\x00"}])),
+    ("executors.0.command", {"executors": [{"image": "alpine", "command": ["echo", "\x00"]}]}),
+    ("executors.0.env", {"executors": [{"image": "alpine", "command": ["true"], "env": {"A": "\x00"}}]}),
+    ("volumes", _with(volumes=["/vol/\x00"])),
+]
+
+
+@pytest.mark.parametrize(("field", "task"), NUL_TASKS)
+def test_a_nul_character_anywhere_in_a_task_is_400_saying_so(gateway, field, task):
+    response = gateway.client.post(f"{TES}/tasks", json=task, headers=gateway.headers())
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith(f"{field}: a NUL character (\\u0000)")
+    assert not [r for r in _audit(gateway) if r.action == "task.create"]
+
+
+def test_a_nul_character_in_a_url_is_400_on_every_route(gateway):
+    task_id = gateway.client.post(f"{TES}/tasks", json=TASK, headers=gateway.headers()).json()["id"]
+    admin = gateway.headers("root", "federation-admin")
+    for method, url, params, headers in [
+        ("GET", f"{TES}/tasks", {"name_prefix": "a\x00"}, gateway.headers()),
+        ("GET", f"{TES}/tasks", {"tag_key": "k\x00"}, gateway.headers()),
+        ("GET", f"{TES}/tasks", {"tag_key": "k", "tag_value": "\x00"}, gateway.headers()),
+        ("GET", f"{TES}/tasks/{task_id}%00", {}, gateway.headers()),
+        ("POST", f"{TES}/tasks/{task_id}%00:cancel", {}, gateway.headers()),
+        ("GET", f"/api/v1/tasks/{task_id}%00/results", {}, gateway.headers()),
+        ("PATCH", "/admin/v1/projects/alpha%00", {}, admin),
+        ("DELETE", "/admin/v1/projects/alpha/members/bob%00", {}, admin),
+    ]:
+        response = gateway.client.request(method, url, params=params, headers=headers)
+        assert response.status_code == 400, (url, params, response.text)
+        assert "NUL character" in response.json()["detail"]
+    tasks = gateway.client.get(f"{TES}/tasks", headers=gateway.headers()).json()["tasks"]
+    assert [t["id"] for t in tasks] == [task_id]  # and nothing was canceled
+
+
+def test_a_nul_character_in_an_admin_body_is_400_saying_so(gateway):
+    admin = gateway.headers("root", "federation-admin")
+    response = gateway.client.post(
+        "/admin/v1/projects", json={"name": "new\x00", "title": "t"}, headers=admin
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("name: a NUL character")
+    assert (
+        gateway.client.patch("/admin/v1/projects/alpha", json={"title": "\x00"}, headers=admin).status_code
+        == 400
+    )
+
+
+# --- a body over the limit is 413, whether its length is declared or it arrives chunked ---------
+
+
+def test_a_body_over_the_limit_is_413_declared_or_chunked(database_url, tmp_path):
+    from tests.conftest import Gateway
+
+    gw = Gateway(database_url, tmp_path / "data", max_body_bytes=64 * 1024)
+    try:
+        task = _with(inputs=[{"path": "/in/big", "content": "a" * (64 * 1024)}])
+        body = json.dumps(task).encode()
+
+        def chunked():  # no Content-Length: Transfer-Encoding: chunked
+            for start in range(0, len(body), 8192):
+                yield body[start : start + 8192]
+
+        headers = {**gw.headers(), "Content-Type": "application/json"}
+        for content in (body, chunked()):
+            response = gw.client.post(f"{TES}/tasks", content=content, headers=headers)
+            assert response.status_code == 413, response.text
+            assert response.json() == {
+                "detail": "request body over this server's 65536-byte limit; send a smaller one (a large task "
+                "input belongs in the project's input store, named by its url)"
+            }
+        small = json.dumps(TASK).encode()
+        assert gw.client.post(f"{TES}/tasks", content=iter([small]), headers=headers).status_code == 200
+        with gw.db.read() as session:
+            assert [r.action for r in session.scalars(select(AuditRecord))].count("task.create") == 1
+    finally:
+        gw.close()
+
+
+# --- refused attempts on other people's objects: 404 as for unknown ids, and audited ------------
+
+
+def test_each_refused_attempt_on_someone_elses_task_or_file_is_404_and_audited_once(gateway):
+    from fivesafes_tes.submission.tables import Child, ReleasedFile
+
+    task_id = gateway.client.post(f"{TES}/tasks", json=TASK, headers=gateway.headers("alice")).json()["id"]
+    with gateway.db.write() as session:
+        child = session.scalars(select(Child).where(Child.task_id == task_id)).first()
+        child.stage = "released"
+        released = ReleasedFile(
+            task_id=task_id,
+            child_id=child.id,
+            name="/out/t.csv",
+            kind="output",
+            size=1,
+            sha256="0" * 64,
+            key="k",
+        )
+        session.add(released)
+        session.flush()
+        file_id = released.id
+    attempts = [
+        ("GET", f"{TES}/tasks/{{}}", f"task:{task_id}"),
+        ("GET", f"{TES}/tasks/{{}}?view=FULL", f"task:{task_id}"),
+        ("POST", f"{TES}/tasks/{{}}:cancel", f"task:{task_id}"),
+        ("GET", "/api/v1/tasks/{}/results", f"task:{task_id}"),
+    ]
+    setup = len(_audit(gateway))
+    bob = gateway.headers("bob")
+    for method, template, _ in attempts:
+        foreign = gateway.client.request(method, template.format(task_id), headers=bob)
+        unknown = gateway.client.request(method, template.format(SOME_ID), headers=bob)
+        assert foreign.status_code == unknown.status_code == 404
+        assert foreign.json()["detail"].replace(task_id, SOME_ID) == unknown.json()["detail"]
+    foreign = gateway.client.get(f"/api/v1/results/{file_id}", headers=bob)
+    unknown = gateway.client.get(f"/api/v1/results/{file_id + 1000}", headers=bob)
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json()["detail"].replace(str(file_id), "N") == unknown.json()["detail"].replace(
+        str(file_id + 1000), "N"
+    )
+
+    records = _audit(gateway)[setup:]
+    expected = []
+    for _, _, obj in attempts:
+        expected += [("bob", "access.denied", obj, "denied", {"exists": True})]
+        expected += [("bob", "access.denied", f"task:{SOME_ID}", "denied", {"exists": False})]
+    expected += [("bob", "access.denied", f"released:{file_id}", "denied", {"exists": True})]
+    expected += [("bob", "access.denied", f"released:{file_id + 1000}", "denied", {"exists": False})]
+    assert [(r.actor, r.action, r.object, r.outcome, r.detail) for r in records] == expected
+    # The owner is not refused, and the task was not canceled by bob's attempt.
+    mine = gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers("alice"))
+    assert mine.status_code == 200 and mine.json()["state"] != "CANCELED"
+    assert len(_audit(gateway)) == setup + len(expected)

@@ -109,3 +109,41 @@ def test_what_the_tre_does_not_allow_is_refused_with_a_reason(tmp_path, t, words
 def test_a_project_without_a_grant_sees_no_dataset(tmp_path):
     spec = stage(tmp_path, task(), project="beta")
     assert all(not m.target.startswith("/data") for m in spec.mounts)
+
+
+STEP = {"image": IMAGE, "command": ["run"]}
+
+
+@pytest.mark.parametrize(
+    ("cap", "over", "reason"),
+    [
+        ("max_executors", {"executors": [STEP] * 3}, "executors: 3 given, uk-tre accepts at most 2"),
+        (
+            "max_inputs",
+            task(inputs=[{"path": f"/in/{i}", "content": "x"} for i in range(3)]),
+            "inputs: 3 given, uk-tre accepts at most 2",
+        ),
+        (
+            "max_outputs",
+            task(outputs=[{"path": f"/out/{i}", "url": "s3://r/x"} for i in range(3)]),
+            "outputs: 3 given, uk-tre accepts at most 2",
+        ),
+        ("max_volumes", task(volumes=["/a", "/b", "/c"]), "volumes: 3 given, uk-tre accepts at most 2"),
+        (
+            "max_env_vars",
+            {"executors": [STEP, {**STEP, "env": {"A": "1", "B": "2", "C": "3"}}]},
+            "executors.1.env: 3 variables given, uk-tre accepts at most 2 per executor",
+        ),
+    ],
+)
+def test_a_task_over_the_tre_cap_is_refused_before_anything_is_staged(tmp_path, cap, over, reason):
+    tight = policy(tmp_path).model_copy(update={cap: 2})
+    arguments = {"child_id": "c1", "attempt": 1, "tre": "uk-tre", "project": "alpha", "run_as": "65534:65534"}
+    with pytest.raises(StagingRefused) as refused:
+        prepare(over, policy=tight, root=tmp_path / "work", **arguments)
+    assert str(refused.value) == reason
+    assert not (tmp_path / "work").exists()
+    at_cap = {k: v[:2] if isinstance(v, list) else v for k, v in over.items()}
+    if cap == "max_env_vars":
+        at_cap = {"executors": [STEP, {**STEP, "env": {"A": "1", "B": "2"}}]}
+    assert len(prepare(at_cap, policy=tight, root=tmp_path / "work", **arguments).steps) >= 1

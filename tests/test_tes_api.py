@@ -225,6 +225,69 @@ def test_oversized_body_is_413_and_stores_nothing(gateway):
     assert audit_count(gateway, "task.create") == 0
 
 
+# --- per-task caps (RELIABILITY 35) ----------------------------------------------------------
+
+ONE_STEP = {"image": "alpine:3.20", "command": ["true"]}
+# Each cap, with a task having n of what it counts.
+CAPPED = {
+    "executors": lambda n: {"executors": [ONE_STEP] * n},
+    "inputs": lambda n: minimal_task(inputs=[{"path": f"/in/{i}", "content": "x"} for i in range(n)]),
+    "outputs": lambda n: minimal_task(outputs=[{"path": f"/out/{i}", "url": "s3://r/x"} for i in range(n)]),
+    "volumes": lambda n: minimal_task(volumes=[f"/vol/{i}" for i in range(n)]),
+    "tags": lambda n: minimal_task(tags={f"t{i}": "v" for i in range(n)}),
+    "env_vars": lambda n: {"executors": [ONE_STEP, {**ONE_STEP, "env": {f"V{i}": "x" for i in range(n)}}]},
+}
+
+
+def stored_rows(gateway) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    from fivesafes_tes.submission.tables import Child, IdempotencyKey, Task, TaskTag
+
+    with gateway.db.read() as session:
+        counts = {
+            table.__tablename__: session.scalar(select(func.count()).select_from(table))
+            for table in (Task, Child, TaskTag, IdempotencyKey)
+        }
+    return {**counts, "task.create": audit_count(gateway, "task.create")}
+
+
+@pytest.mark.parametrize("cap", sorted(CAPPED))
+@pytest.mark.parametrize("key", [None, "retry-1"])
+def test_a_task_over_a_cap_is_400_naming_it_and_nothing_is_stored(gateway, cap, key):
+    limit = getattr(gateway.settings, f"max_{cap}")
+    headers = {**gateway.headers(), **({"Idempotency-Key": key} if key else {})}
+    before = stored_rows(gateway)
+    response = gateway.client.post(f"{TES}/tasks", json=CAPPED[cap](limit + 1), headers=headers)
+    assert response.status_code == 400, response.text
+    if cap == "env_vars":
+        expected = (
+            f"executors.1.env: {limit + 1} variables given, this gateway accepts at most {limit} per executor"
+        )
+    else:
+        expected = f"{cap}: {limit + 1} given, this gateway accepts at most {limit}"
+    assert response.json() == {"detail": expected}
+    assert stored_rows(gateway) == before
+    # The key was not spent: at the cap, the same key makes the task.
+    task_id = create(gateway, CAPPED[cap](limit), **({"Idempotency-Key": key} if key else {}))
+    assert gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers()).status_code == 200
+
+
+def test_caps_are_settings_and_published_in_the_openapi_document(database_url, tmp_path):
+    from tests.conftest import Gateway
+
+    gw = Gateway(database_url, tmp_path / "data", max_executors=2, max_tags=3, max_env_vars=1)
+    try:
+        over = gw.client.post(f"{TES}/tasks", json=CAPPED["executors"](3), headers=gw.headers())
+        assert over.json()["detail"] == "executors: 3 given, this gateway accepts at most 2"
+        schemas = gw.client.get("/openapi.json").json()["components"]["schemas"]
+        request, executor = schemas["TaskRequest"]["properties"], schemas["ExecutorRequest"]["properties"]
+        assert request["executors"]["maxItems"] == 2
+        assert request["inputs"]["anyOf"][0]["maxItems"] == gw.settings.max_inputs
+        assert request["tags"]["anyOf"][0]["maxProperties"] == 3
+        assert executor["env"]["anyOf"][0]["maxProperties"] == 1
+    finally:
+        gw.close()
+
+
 # --- get and ownership ------------------------------------------------------------------------
 
 

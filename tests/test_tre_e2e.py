@@ -262,6 +262,26 @@ def test_each_tre_applies_its_own_image_policy_and_reserved_variables(federation
     assert all(any("reserved" in line for line in log["system_logs"]) for log in doc["logs"])
 
 
+def test_a_tre_cap_tighter_than_the_gateways_rejects_that_child_and_the_tre_keeps_serving(federation):
+    uk = federation.agents["uk-tre"]
+    uk.policy = uk.policy.model_copy(update={"max_executors": 1})
+    alice = Researcher(federation)
+    two_steps = alice.submit(
+        {**analysis(), "executors": [*analysis()["executors"], {"image": BUSYBOX_IMAGE, "command": ["true"]}]}
+    )
+    one_step = alice.submit(analysis())
+    doc, _ = alice.wait(
+        two_steps,
+        lambda d: (
+            {log["metadata"]["tre"]: log["metadata"]["stage"] for log in d["logs"]}
+            == {"uk-tre": "rejected_by_tre", "sg-tre": "awaiting_review"}
+        ),
+    )
+    uk_log = next(log for log in doc["logs"] if log["metadata"]["tre"] == "uk-tre")
+    assert "uk-tre refused the task: executors: 2 given, uk-tre accepts at most 1" in uk_log["system_logs"]
+    alice.wait(one_step, _held)  # the same TRE runs the next task within its caps
+
+
 def test_no_secret_of_the_gateway_or_agent_reaches_a_task(federation, monkeypatch):
     canary = "canary-secret-" + os.urandom(6).hex()
     monkeypatch.setenv("FIVESAFES_CANARY", canary)  # in the process that runs gateway and agents

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fivesafes_tes.agent.review import ReviewPolicy
 from fivesafes_tes.executors import Limits
+from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
 
 GIB = 1 << 30
 
@@ -37,6 +38,12 @@ class TrePolicy(BaseModel):
     max_disk_gb: float = Field(default=4.0, gt=0)
     max_runtime_s: int = Field(default=3600, gt=0)
     max_pids: int = Field(default=256, gt=0)
+    # Per-task caps, applied after the gateway's (so only a lower value changes anything).
+    max_executors: int = Field(default=DEFAULT_CAPS.executors, ge=1)
+    max_inputs: int = Field(default=DEFAULT_CAPS.inputs, ge=0)
+    max_outputs: int = Field(default=DEFAULT_CAPS.outputs, ge=0)
+    max_volumes: int = Field(default=DEFAULT_CAPS.volumes, ge=0)
+    max_env_vars: int = Field(default=DEFAULT_CAPS.env_vars, ge=0, description="Per executor.")
     datasets: dict[str, Dataset] = Field(default_factory=dict)
     grants: dict[str, list[str]] = Field(default_factory=dict, description="project -> dataset names")
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
@@ -62,6 +69,17 @@ class TrePolicy(BaseModel):
             policy.checks
         )  # a mistake in the rules' settings stops the agent at start
         return policy
+
+    @property
+    def caps(self) -> TaskCaps:
+        """This TRE's caps. No tag cap: tags stay at the gateway, a TRE never receives them."""
+        return TaskCaps(
+            executors=self.max_executors,
+            inputs=self.max_inputs,
+            outputs=self.max_outputs,
+            volumes=self.max_volumes,
+            env_vars=self.max_env_vars,
+        )
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatchcase(image, pattern) for pattern in self.allowed_images)

@@ -69,6 +69,9 @@ def prepare(
     run_as: str,
 ) -> RunSpec:
     """Check the task against this TRE's policy, lay out its workspace, and describe the run."""
+    over = policy.caps.refusal(task, tre)
+    if over:
+        raise StagingRefused(over)
     for n, executor in enumerate(task.get("executors", [])):
         if not policy.image_allowed(executor["image"]):
             raise StagingRefused(f"{tre} does not allow image {executor['image']!r} (executor {n})")

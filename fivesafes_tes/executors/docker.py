@@ -1,17 +1,23 @@
 """Docker backend: each step is one hardened container, and progress is read back from the engine.
 
-A run's containers are all created by `start`, last step first, so that step 0 existing means the
-whole run exists. Names are deterministic (`fst-<child>-<attempt>-<step>`): a second start after a
+A step's container is created only once the step before it has ended, so a run holds one live
+container at a time whatever its length. `start` checks every image is there, writes the run's plan
+(its RunSpec) into the agent's logs directory, then creates and starts step 0: step 0 existing means
+the run exists. Names are deterministic (`fst-<child>-<attempt>-<step>`): a second start after a
 crash meets 409 Conflict and re-attaches instead of running anything twice. The deadline is fixed
 when the run starts and enforced inside each container by a static busybox `timeout`, so it holds
 while the agent is dead. `poll` keeps no state of its own: it inspects the child's containers,
-collects the logs of steps that ended, and starts the next one, so a restarted agent just polls again.
+collects the logs of steps that ended, and creates and starts the next one from the plan, so a
+restarted agent just polls again. Each step created leaves a mark beside the plan, so a step whose
+container was removed behind our back ends the run as lost instead of running a second time.
 
 Host requirements: a Docker engine, and a static busybox at /bin/busybox (Debian: busybox-static).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -37,9 +43,11 @@ from .base import (
     LABEL_TRE,
     ExecutorError,
     Limits,
+    Mount,
     Outcome,
     RunResult,
     RunSpec,
+    Step,
     StepResult,
 )
 from .sandbox import (
@@ -121,8 +129,44 @@ class _Run:
         return int(self.labels.get(LABEL_DEADLINE, 0))
 
     @property
-    def complete(self) -> bool:
-        return self.count > 0 and set(self.steps) == set(range(self.count))
+    def exists(self) -> bool:
+        return self.count > 0 and 0 in self.steps
+
+    @property
+    def plan_dir(self) -> Path:
+        """Of a run that exists (its step 0 carries the logs directory)."""
+        return _plan_dir(Path(self.labels[LABEL_LOGS_DIR]), self.attempt)
+
+
+def _plan_dir(logs_dir: Path, attempt: int) -> Path:
+    """Where a run keeps its plan and the marks of the steps created: the agent's, not the task's."""
+    return logs_dir / f".run-{attempt}"
+
+
+def _plan_to_json(spec: RunSpec) -> dict:
+    return {
+        "child_id": spec.child_id,
+        "attempt": spec.attempt,
+        "tre": spec.tre,
+        "user": spec.user,
+        "logs_dir": str(spec.logs_dir),
+        "limits": dataclasses.asdict(spec.limits),
+        "mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts],
+        "steps": [dataclasses.asdict(step) for step in spec.steps],
+    }
+
+
+def _plan_from_json(plan: dict) -> RunSpec:
+    return RunSpec(
+        child_id=plan["child_id"],
+        attempt=plan["attempt"],
+        tre=plan["tre"],
+        user=plan["user"],
+        logs_dir=Path(plan["logs_dir"]),
+        limits=Limits(**plan["limits"]),
+        mounts=[Mount(source=Path(s), target=t, read_only=ro) for s, t, ro in plan["mounts"]],
+        steps=[Step(**step) for step in plan["steps"]],
+    )
 
 
 @dataclass
@@ -180,7 +224,7 @@ class DockerExecutor:
         if mine is not None and mine.marker is not None:
             return  # canceled: a late or repeated start must not revive it
         if mine is None or 0 not in mine.steps:
-            # Step 0 is created last: without it nothing ran, so leftovers of a crashed start go.
+            # Without step 0 nothing ran, so leftovers of a crashed start go.
             if mine is not None:
                 self._remove(mine)
             mine = self._create(spec)
@@ -199,7 +243,7 @@ class DockerExecutor:
         results = [self._collect(run, i) for i in verdict.ended]
         if verdict.action == "start":
             try:
-                self._start_step(run.steps[verdict.step])
+                self._start_step(run.steps.get(verdict.step) or self._create_next(run, verdict.step))
             except ExecutorError as exc:
                 return RunResult(Outcome.FAILED, results, str(exc))
             return None
@@ -220,7 +264,7 @@ class DockerExecutor:
         alive = {}
         for child_id, attempts in self._runs().items():
             run = attempts[max(attempts)]
-            if run.complete and self._verdict(run).action != "end":
+            if run.exists and self._verdict(run).action != "end":
                 alive[child_id] = run.attempt
         return alive
 
@@ -273,16 +317,24 @@ class DockerExecutor:
         return attempts[max(attempts)] if attempts else None
 
     def _verdict(self, run: _Run) -> _Verdict:
-        """What the run needs next, from the engine's view alone; it changes nothing."""
-        if not run.complete:
+        """What the run needs next, from the engine's view (and the marks of steps created); it changes
+        nothing."""
+        lost = _Verdict(
+            "end", outcome=Outcome.LOST, message="the run's containers were removed from the engine"
+        )
+        if not run.exists:
             if run.marker is not None and not run.steps:
                 return _Verdict("end", outcome=Outcome.CANCELED, message="the run was canceled")
-            return _Verdict(
-                "end", outcome=Outcome.LOST, message="the run's containers were removed from the engine"
-            )
+            return lost
         ended: list[int] = []
         for i in range(run.count):
-            container = run.steps[i]
+            container = run.steps.get(i)
+            if container is None:
+                if run.marker is not None:
+                    break  # canceled between steps: no later step was created
+                if max(run.steps) > i or self._was_created(run, i):
+                    return lost
+                return _Verdict("start", step=i, ended=ended)
             state = container.attrs["State"]
             status = state["Status"]
             if run.marker is not None:
@@ -329,15 +381,46 @@ class DockerExecutor:
     # --- actions --------------------------------------------------------------------------------
 
     def _create(self, spec: RunSpec) -> _Run:
+        """Step 0 of a new run, once every image it needs is here (a missing one fails the start, not a
+        later step) and its plan is written for the steps after it."""
         deadline = int(time.time()) + spec.limits.runtime_s
-        run = _Run(spec.child_id, spec.attempt)
+        for image in dict.fromkeys(step.image for step in spec.steps):
+            self._ensure_image(image)
+        plan = _plan_dir(spec.logs_dir.resolve(), spec.attempt)
+        plan.mkdir(parents=True, exist_ok=True)
+        part = plan / "plan.json.part"
+        part.write_text(json.dumps(_plan_to_json(spec)))
+        os.replace(part, plan / "plan.json")
+        return _Run(spec.child_id, spec.attempt, steps={0: self._create_step(spec, 0, deadline)})
+
+    def _create_next(self, run: _Run, i: int) -> Container:
+        """Step i's container, from the plan `start` wrote; the deadline stays the run's."""
         try:
-            for i in reversed(range(len(spec.steps))):
-                run.steps[i] = self._create_container(self._step_config(spec, i, deadline))
-        except BaseException:
-            self._remove(run)
-            raise
-        return run
+            spec = _plan_from_json(json.loads((run.plan_dir / "plan.json").read_text()))
+        except (OSError, TypeError, ValueError, KeyError) as exc:
+            raise ExecutorError(
+                f"step {i + 1} could not be created: the run's plan is missing from the agent's work "
+                f"directory ({exc})"
+            ) from exc
+        return self._create_step(spec, i, run.deadline)
+
+    def _create_step(self, spec: RunSpec, i: int, deadline: int) -> Container:
+        container = self._create_container(self._step_config(spec, i, deadline))
+        (_plan_dir(spec.logs_dir.resolve(), spec.attempt) / f"step-{i}.created").touch()
+        return container
+
+    def _was_created(self, run: _Run, i: int) -> bool:
+        return (run.plan_dir / f"step-{i}.created").exists()
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self._client.images.get(image)
+        except ImageNotFound:
+            self._pull(image)
+        except APIError as exc:
+            raise ExecutorError(
+                f"the Docker engine could not look up image {image}: {exc.explanation or exc}"
+            ) from exc
 
     def _create_container(self, config: dict) -> Container:
         try:

@@ -15,6 +15,7 @@ from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
 from fivesafes_tes.submission import federation, results
 from fivesafes_tes.submission.tables import Task
+from fivesafes_tes.tes.models import NulFree
 
 router = APIRouter(
     prefix="/admin/v1",
@@ -41,7 +42,7 @@ def federation_admin(request: Request, principal: CurrentPrincipal) -> Iterator[
 Admin = Annotated[Principal, Depends(federation_admin)]
 
 
-class _Body(BaseModel):
+class _Body(NulFree):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 

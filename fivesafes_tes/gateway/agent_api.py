@@ -20,6 +20,7 @@ from fivesafes_tes.gateway.signals import RECHECK_S
 from fivesafes_tes.submission import leases, results
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, Tre
+from fivesafes_tes.tes.models import NulFree
 
 AGENT_RESPONSES: dict[int | str, dict] = {
     **ERROR_RESPONSES,
@@ -28,7 +29,7 @@ AGENT_RESPONSES: dict[int | str, dict] = {
 router = APIRouter(prefix="/agent/v1", tags=["Agent"], responses=AGENT_RESPONSES)
 
 
-class _Body(BaseModel):
+class _Body(NulFree):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 

@@ -24,12 +24,13 @@ from fivesafes_tes.auth import (
 from fivesafes_tes.db import Database
 from fivesafes_tes.gateway import admin_api, agent_api, deliveries, errors, ops, results_api, tes_api
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
-from fivesafes_tes.gateway.limits import BodyLimit
+from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
 from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
 from fivesafes_tes.submission.tasks import SubmissionPolicy
-from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType
+from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
+from fivesafes_tes.tes.models import NUL_FREE
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 TARGET_TTL_S = 5.0
@@ -130,6 +131,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         supported_backend_parameters=frozenset(settings.backend_parameters),
         max_content_bytes=settings.max_content_bytes,
         allowed_images=tuple(settings.allowed_images),
+        caps=settings.task_caps,
     )
     ctx = GatewayContext(
         settings=settings,
@@ -167,6 +169,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     errors.install(app)
     app.add_middleware(ops.MeasureRequests, metrics=ctx.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed_paths=RELEASE_UPLOADS)
+    app.add_middleware(NulFreeUrl)
     app.include_router(tes_api.router, prefix=TES_PREFIXES[0])
     for alias in TES_PREFIXES[1:]:
         app.include_router(tes_api.router, prefix=alias, include_in_schema=False)
@@ -199,5 +202,40 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     }
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)
+    _publish_caps(schema["components"]["schemas"], app.state.ctx.policy.caps)
+    _publish_nul_free(schema["paths"])
+    _publish_nul_free(schema["components"]["schemas"])
     app.openapi_schema = schema
     return schema
+
+
+def _publish_caps(schemas: dict[str, Any], caps: TaskCaps) -> None:
+    """This gateway's per-task caps in the document clients read, so they can know them before sending."""
+    limits = {
+        ("TaskRequest", "executors"): ("maxItems", caps.executors),
+        ("TaskRequest", "inputs"): ("maxItems", caps.inputs),
+        ("TaskRequest", "outputs"): ("maxItems", caps.outputs),
+        ("TaskRequest", "volumes"): ("maxItems", caps.volumes),
+        ("TaskRequest", "tags"): ("maxProperties", caps.tags),
+        ("ExecutorRequest", "env"): ("maxProperties", caps.env_vars),
+    }
+    for (model, name), (keyword, cap) in limits.items():
+        field = schemas[model]["properties"][name]
+        for option in field.get("anyOf", [field]):
+            if option.get("type") in ("array", "object"):
+                option[keyword] = cap
+
+
+def _publish_nul_free(node: Any) -> None:
+    """No string the gateway accepts may hold a NUL character (NulFree bodies, NulFreeUrl): say so on
+    every string and map key that has no pattern of its own, so clients and fuzzers know."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and not {"pattern", "enum", "format", "const"} & node.keys():
+            node["pattern"] = NUL_FREE
+        if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+            node.setdefault("propertyNames", {}).setdefault("pattern", NUL_FREE)
+        for child in node.values():
+            _publish_nul_free(child)
+    elif isinstance(node, list):
+        for child in node:
+            _publish_nul_free(child)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -15,7 +16,7 @@ from starlette.routing import Match
 from fivesafes_tes.auth import JwksUnavailable
 from fivesafes_tes.submission import federation, leases, results
 from fivesafes_tes.submission.ids import BadPageToken
-from fivesafes_tes.submission.tasks import IdempotencyConflict, InvalidTask, TaskNotFound
+from fivesafes_tes.submission.tasks import IdempotencyConflict, InvalidTask, TaskNotFound, record_refusal
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "5"
@@ -64,6 +65,12 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return allowed
 
 
+def _record_refusal(request: Request, refused: TaskNotFound) -> None:
+    # Its own transaction: the one the route was in (a cancel's) has been rolled back.
+    with request.app.state.ctx.db.write() as session:
+        record_refusal(session, refused)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,8 +93,9 @@ def install(app: FastAPI) -> None:
         return error(400, str(exc))
 
     @app.exception_handler(TaskNotFound)
-    async def _missing(_: Request, exc: TaskNotFound) -> JSONResponse:
-        return error(404, f"no task {exc.args[0]!r} visible to you")
+    async def _missing(request: Request, exc: TaskNotFound) -> JSONResponse:
+        await run_in_threadpool(_record_refusal, request, exc)
+        return error(404, exc.message)
 
     @app.exception_handler(federation.Forbidden)
     @app.exception_handler(results.NotApproved)

@@ -24,7 +24,6 @@ from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
 from fivesafes_tes.submission import researcher_view, results, tasks
-from fivesafes_tes.submission.federation import NotFound
 from fivesafes_tes.submission.tables import Child, ReleasedFile
 from fivesafes_tes.submission.tasks import TaskNotFound, visible_task
 
@@ -250,10 +249,16 @@ def download(
         released = session.get(ReleasedFile, file_id)
         try:
             if released is None or session.get(Child, released.child_id).stage not in results.VISIBLE_AFTER:
-                raise TaskNotFound(str(file_id))
+                raise LookupError(file_id)
             visible_task(session, actor, released.task_id)
-        except TaskNotFound:
-            raise NotFound(f"no released file {file_id} visible to you") from None
+        except LookupError:
+            raise TaskNotFound(
+                str(file_id),
+                actor=actor.name,
+                exists=released is not None,
+                object=f"released:{file_id}",
+                message=f"no released file {file_id} visible to you",
+            ) from None
     store = _store(request)
     handle, name = tempfile.mkstemp(prefix="download-")
     os.close(handle)  # get_to_file writes beside it and renames over it

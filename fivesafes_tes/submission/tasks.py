@@ -28,14 +28,40 @@ from fivesafes_tes.submission.ids import decode_page_token, encode_page_token, n
 from fivesafes_tes.submission.researcher_view import rfc3339
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, IdempotencyKey, Membership, Task, TaskTag, Tre
-from fivesafes_tes.tes import State, TaskRequest, View, render
+from fivesafes_tes.tes import DEFAULT_CAPS, State, TaskCaps, TaskRequest, View, render
 
 MAX_PAGE_SIZE = 2047
 DEFAULT_PAGE_SIZE = 256
 
 
 class TaskNotFound(LookupError):
-    """No such task, or not one the caller may see (the two are indistinguishable on purpose)."""
+    """No such task (or released file), or not one the caller may see: the two are indistinguishable to
+    the caller on purpose, and each refusal is audited (`record_refusal`) with whether `object` exists."""
+
+    def __init__(
+        self, task_id: str, *, actor: str, exists: bool, object: str = "", message: str = ""
+    ) -> None:
+        super().__init__(task_id)
+        self.actor, self.exists = actor, exists
+        self.object = object or f"task:{task_id}"
+        self.message = message or f"no task {task_id!r} visible to you"
+
+
+def record_refusal(session: Session, refused: TaskNotFound) -> None:
+    """The audit record of one refused attempt; unknown ids too, so probing for ids shows in the log and
+    a refusal costs the same whether the object exists or not."""
+    audit.record(
+        session,
+        actor=refused.actor,
+        action="access.denied",
+        object=refused.object,
+        outcome="denied",
+        detail={"exists": refused.exists},
+    )
+
+
+def _refused(session: Session, actor: Actor, task_id: str) -> TaskNotFound:
+    return TaskNotFound(task_id, actor=actor.name, exists=session.get(Task, task_id) is not None)
 
 
 class IdempotencyConflict(Exception):
@@ -61,6 +87,7 @@ class SubmissionPolicy:
     supported_backend_parameters: frozenset[str]
     max_content_bytes: int
     allowed_images: tuple[str, ...]  # fnmatch patterns; a digest pin is part of the name it matches
+    caps: TaskCaps = DEFAULT_CAPS
 
 
 @dataclass(frozen=True)
@@ -216,6 +243,19 @@ def _insert(session: Session, rows: dict[str, Any]) -> None:
 
 
 def check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
+    """Refuse, before anything is stored, a task this gateway will not take; the message names the fix."""
+    over = policy.caps.refusal(
+        {
+            "executors": [{"env": e.env} for e in request.executors],
+            "inputs": request.inputs,
+            "outputs": request.outputs,
+            "volumes": request.volumes,
+            "tags": request.tags,
+        },
+        "this gateway",
+    )
+    if over:
+        raise InvalidTask(over)
     for n, item in enumerate(request.inputs or []):
         if item.content and len(item.content.encode()) > policy.max_content_bytes:
             raise InvalidTask(
@@ -269,7 +309,7 @@ def _owned(session: Session, actor: Actor, task_id: str, *, for_update: bool = F
         query = query.with_for_update()
     task = session.scalars(query).one_or_none()
     if task is None:
-        raise TaskNotFound(task_id)
+        raise _refused(session, actor, task_id)
     return task
 
 
@@ -286,7 +326,7 @@ def get_task(
             select(Task.id, Task.state).where(Task.id == task_id, _visible(actor))
         ).one_or_none()
         if row is None:
-            raise TaskNotFound(task_id)
+            raise _refused(session, actor, task_id)
         return {"id": row.id, "state": row.state}
     task = _owned(session, actor, task_id)
     return render(_documents(session, [task], results_url)[0], view)

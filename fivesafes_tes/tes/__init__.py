@@ -1,5 +1,6 @@
 """The GA4GH TES 1.1 contract: models, states and views. No I/O."""
 
+from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
 from fivesafes_tes.tes.models import (
     FINAL_STATES,
     CancelTaskResponse,
@@ -24,6 +25,7 @@ from fivesafes_tes.tes.models import (
 from fivesafes_tes.tes.views import render
 
 __all__ = [
+    "DEFAULT_CAPS",
     "FINAL_STATES",
     "CancelTaskResponse",
     "CreateTaskResponse",
@@ -40,6 +42,7 @@ __all__ = [
     "ServiceType",
     "State",
     "Task",
+    "TaskCaps",
     "TaskLog",
     "TaskRequest",
     "View",

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import re
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 INT32_MAX = 2**31 - 1
 _WILDCARD = re.compile(r"[*?\[]")
+# What the schema says of every string a request may carry (the gateway's OpenAPI document adds it).
+NUL_FREE = r"^[^\u0000]*$"
 
 
 class State(StrEnum):
@@ -52,7 +54,42 @@ class View(StrEnum):
     FULL = "FULL"
 
 
-class _Model(BaseModel):
+def _nul_at(value: Any, where: str = "") -> str | None:
+    """Where in `value` (a JSON value) a NUL character is, as a dotted path; None if nowhere."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"{where}.{key!r}".lstrip(".")
+            found = _nul_at(item, f"{where}.{key}".lstrip("."))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            found = _nul_at(item, f"{where}.{n}".lstrip("."))
+            if found is not None:
+                return found
+    return None
+
+
+class NulFree(BaseModel):
+    """A request body none of whose strings holds a NUL character: PostgreSQL cannot store one in text,
+    and no name, path or value needs one, so it is refused wherever it appears."""
+
+    # After validation, so keys the model ignores (and never stores) are not looked at, and a nested
+    # model's fields are checked by the model itself, where the error names them.
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        where = _nul_at(value)
+        if where is not None:
+            inside = f" (at {where})" if where else ""
+            raise ValueError(f"a NUL character (\\u0000){inside} is not accepted; remove it")
+        return value
+
+
+class _Model(NulFree):
     model_config = ConfigDict(strict=True, extra="ignore", use_enum_values=False)
 
 
@@ -76,7 +113,7 @@ def _whole_number(value: object) -> object:
 Int32 = Annotated[Annotated[int, Field(ge=0, le=INT32_MAX)], BeforeValidator(_whole_number)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 # The schema says what the validators check, so clients (and fuzzers) can know before they send.
-AbsolutePath = Annotated[str, Field(json_schema_extra={"pattern": "^/"})]
+AbsolutePath = Annotated[str, Field(json_schema_extra={"pattern": "^/[^\\u0000]*$"})]
 
 
 class Input(_Model):
