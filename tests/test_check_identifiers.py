@@ -44,7 +44,7 @@ def judge(path: Path, name: str | None = None, kind: str = "output", **config: o
     section = ChecksConfig.model_validate({"identifiers": config}).rule_config("identifiers")
     file = held(path, name, kind)
     result = IdentifiersRule().check(file, section, CheckContext(files=(file,)))
-    assert result.rule == "identifiers" and result.version == "1"
+    assert result.rule == "identifiers" and result.version == "2"
     return result
 
 

@@ -84,7 +84,7 @@ _LABELS = {
 
 # RE2 (Arrow) pre-filters: cheap, generous, never missing what the precise patterns below find.
 _PREFILTERS = {
-    "nhs_number": r"(^|[^0-9.,]|[^0-9][.,])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}([^0-9]|$)",
+    "nhs_number": r"(^|[^0-9.]|[^0-9][.])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}([^0-9]|$)",
     "nric_fin": r"[STFGMstfgm][0-9]{7}[A-Za-z]",
     "email": r"@",
     "phone": r"[+] ?(44|65)|(^|[^0-9])00(44|65)|(^|[^0-9+.])[(]?0[1237][0-9]",
@@ -93,7 +93,10 @@ _PREFILTERS = {
 }
 _DATE_PREFILTER = r"[0-9]{4}"  # every full date this rule knows has a 4-digit year
 
-_NHS = re.compile(rb"(?<![0-9])(?<![0-9][.,])([0-9]{3})([ -]?)([0-9]{3})\2([0-9]{4})(?![0-9])(?![.,][0-9])")
+# Only a decimal point next to digits makes them part of another number: a comma or any other byte
+# may be a delimiter (`1,9434765919,3`), and a whole number written as a float (`9434765919.0`, as
+# pandas writes a column with gaps) is still the number.
+_NHS = re.compile(rb"(?<![0-9])(?<![0-9][.])([0-9]{3})([ -]?)([0-9]{3})\2([0-9]{4})(?![0-9])(?![.]0*[1-9])")
 _NRIC = re.compile(rb"(?<![A-Za-z0-9])([STFGMstfgm])([0-9]{7})([A-Za-z])(?![A-Za-z0-9])")
 _EMAIL = re.compile(
     rb"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
@@ -616,9 +619,10 @@ def scan_columns(
                     for hit in detector.find(_bytes(array[index].as_py())):
                         if not (birth and hit.kind == "date_of_birth"):
                             report.add(hit, rows + index + 1, name)
-            elif pa.types.is_integer(kind) and "nhs_number" in detector.kinds:
-                found = row_indices(_nhs_numbers(array))
-                report.add_rows("nhs_number", found, rows, name, partial(_integer_excerpt, array))
+            elif _numeric(kind) and "nhs_number" in detector.kinds:
+                whole = _whole_numbers(array)
+                found = row_indices(_nhs_numbers(whole))
+                report.add_rows("nhs_number", found, rows, name, partial(_integer_excerpt, whole))
             elif birth and (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
                 found = row_indices(pc.is_valid(array))
                 report.add_rows("date_of_birth", found, rows, name, lambda _: "****-**-**")
@@ -654,6 +658,20 @@ def _nhs_numbers(values: pa.Array) -> pa.Array:
     return pc.and_(pc.and_(in_range, pc.invert(repeated)), pc.equal(check, digits[9]))
 
 
+def _numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def _whole_numbers(values: pa.Array) -> pa.Array:
+    """A numeric column as int64, null where a value is not a whole number of at most ten digits: a
+    column of NHS numbers with gaps is often stored as floats."""
+    if pa.types.is_integer(values.type):
+        return values
+    floats = pc.cast(values, pa.float64())
+    whole = pc.and_(pc.equal(floats, pc.floor(floats)), pc.less(pc.abs(floats), 1e10))
+    return pc.cast(pc.if_else(whole, floats, None), pa.int64())
+
+
 def _integer_excerpt(array: pa.Array, index: int) -> str:
     return _mask(str(array[index].as_py()), keep=3)
 
@@ -667,7 +685,7 @@ def _bytes(value: object) -> bytes:
 
 class IdentifiersRule:
     name: ClassVar[str] = "identifiers"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
         try:
