@@ -8,6 +8,13 @@ numbers, full UK postcodes, and full dates of birth (a full date near "birth", "
 any full date in a column so named). Check digits are what keep ordinary numbers from being taken
 for identifiers: a 10-digit number with a wrong check digit is not an NHS number.
 
+What is around an identifier does not matter: a delimiter of any kind (comma, tab, semicolon, pipe,
+the spaces of a fixed-width table), quotes, or a neighbouring number (`1,9434765919,3`). Only
+digits joined to it (`19434765919`) or a decimal point with digits (`0.9434765919`,
+`9434765919.5`) make it part of another number; a whole number written as a float
+(`9434765919.0`, as pandas writes a column with gaps) is still the number, as is one in a Parquet
+column of floats or decimals.
+
 Text is read in large pieces that end at a line end (a line longer than a piece is cut with an
 overlap, so an identifier across the cut is still found exactly once). A fast vectorised pre-filter
 (RE2 through Arrow, on `checks.threads` threads, one piece each) finds the few lines that could
@@ -93,9 +100,7 @@ _PREFILTERS = {
 }
 _DATE_PREFILTER = r"[0-9]{4}"  # every full date this rule knows has a 4-digit year
 
-# Only a decimal point next to digits makes them part of another number: a comma or any other byte
-# may be a delimiter (`1,9434765919,3`), and a whole number written as a float (`9434765919.0`, as
-# pandas writes a column with gaps) is still the number.
+# A comma, unlike a decimal point, may be a delimiter: it never joins digits into another number.
 _NHS = re.compile(rb"(?<![0-9])(?<![0-9][.])([0-9]{3})([ -]?)([0-9]{3})\2([0-9]{4})(?![0-9])(?![.]0*[1-9])")
 _NRIC = re.compile(rb"(?<![A-Za-z0-9])([STFGMstfgm])([0-9]{7})([A-Za-z])(?![A-Za-z0-9])")
 _EMAIL = re.compile(
