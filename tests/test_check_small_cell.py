@@ -163,6 +163,11 @@ def test_a_first_column_is_row_numbers_only_when_it_numbers_every_row(tmp_path: 
         assert result.findings[-1].message == "checked count columns other over 300,001 rows"
 
 
+def test_a_column_named_like_counts_is_read_in_full_even_when_it_starts_with_markers(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "group,n,note\n" + "a,<10,x\n" * 20_000 + "b,3,y\n")
+    assert listed(judge(path), Verdict.FAIL) == [("n", 20_001)]
+
+
 def test_a_tsv_is_read_with_its_delimiter(tmp_path: Path) -> None:
     path = write(tmp_path, "t.tsv", "region\tcount\nNorth, East\t4\nSouth\t40\n")
     assert listed(judge(path), Verdict.FAIL) == [("count", 1)]
