@@ -7,12 +7,12 @@ What is taken for a count column, and so for a count table (a table with at leas
   none of the `exclude_words`, or that the TRE names in `count_columns`; or
 * by its content (`counts_by_content`, on by default): a column whose numbers are all whole and not
   negative (3, 12.0), with no more other values than numbers (suppression markers such as "<10" or
-  "*" may stand in for some), under any name that is not ruled out below. A column whose first rows
-  (about 64 KiB of a delimited file, the first batch of others) hold more text than numbers is taken
-  for labels there and is not read further: reading text columns in full would double the cost. This is what finds small
+  "*" may stand in for some), under any name that is not ruled out below. This is what finds small
   cells in a cross-tabulation whose count columns are named by category labels (`stage I`,
   `stage IV`, `Female`, `2019`, `0-17`): in a table of counts, the cells that are not labels are
-  whole numbers, whatever the columns are called.
+  whole numbers, whatever the columns are called. A column whose first rows (about 64 KiB of a
+  delimited file, the first batch of others) hold more text than numbers is taken for labels there
+  and not read further: reading text columns in full would double what the rule costs.
 
 Ruled out as counts by content, because a whole number there means something else:
 
@@ -49,7 +49,6 @@ max_findings           50           cells listed one by one; the rest are summed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -115,7 +114,6 @@ class _Column:
     texts: int = 0
     small: int = 0
     zeros: int = 0
-    values: int = 0  # numbers seen, rows with none included in `rows`
     rows: int = 0
     years: bool = True  # every number so far is a year
     row_numbers: bool = True  # (first column) every row so far holds the next row number
@@ -124,7 +122,7 @@ class _Column:
 
     @property
     def label(self) -> bool:
-        """More text than numbers (once a batch is read): a column of labels, not counts."""
+        """More text than numbers: a column of labels, not counts."""
         return not self.by_name and self.texts > self.integers
 
     @property
@@ -282,14 +280,6 @@ class SmallCellRule:
         if verdict is None:
             verdict = Verdict.worst([f.verdict for f in findings])
         return RuleResult(rule=self.name, version=self.version, verdict=verdict, findings=findings)
-
-
-def _skip(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The batches after the first `rows` rows."""
-    for batch in batches:
-        if rows < batch.num_rows:
-            yield batch.slice(rows)
-        rows = max(rows - batch.num_rows, 0)
 
 
 def _numbering(values: pa.Array | None, start: float | None) -> tuple[bool, float | None]:
