@@ -44,7 +44,7 @@ def judge(path: Path, name: str | None = None, kind: str = "output", **config: o
     section = ChecksConfig.model_validate({"identifiers": config}).rule_config("identifiers")
     file = held(path, name, kind)
     result = IdentifiersRule().check(file, section, CheckContext(files=(file,)))
-    assert result.rule == "identifiers" and result.version == "1"
+    assert result.rule == "identifiers" and result.version == "2"
     return result
 
 
@@ -415,4 +415,27 @@ def test_a_long_line_is_searched_in_overlapping_windows(at: int) -> None:
     assert [(message, row) for message, row, _ in found] == [
         ("NHS number (valid check digit)", 1),
         ("full date of birth", 1),
+    ]
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t", ";", "|"])
+def test_an_nhs_number_between_numeric_fields_is_found_whatever_the_delimiter(
+    tmp_path: Path, delimiter: str
+) -> None:
+    rows = [["a", "b", "c"], ["1", NHS, "3"], ["12", "9434765919", "7"], ["0.5", "9434765919.0", "-2"]]
+    path = tmp_path / ("t.tsv" if delimiter == "\t" else "t.csv")
+    path.write_text("".join(delimiter.join(row) + "\n" for row in rows))
+    assert [(column, row) for _, column, row, _ in hits(judge(path))] == [("b", 1), ("b", 2), ("b", 3)]
+
+
+def test_a_parquet_column_of_nhs_numbers_stored_as_floats_or_decimals(tmp_path: Path) -> None:
+    path = tmp_path / "ids.parquet"
+    table = pa.table({
+        "nhs": [None, 9434765919.0, 9434765918.0, 9434765919.5],
+        "exact": pa.array([1, 9434765919, 3, 4], pa.decimal128(12, 0)),
+    })  # fmt: skip
+    pq.write_table(table, path)
+    assert [(column, row, excerpt) for _, column, row, excerpt in hits(judge(path))] == [
+        ("nhs", 2, "943*******"),
+        ("exact", 2, "943*******"),
     ]

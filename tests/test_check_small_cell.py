@@ -25,7 +25,7 @@ def judge(path: Path, name: str | None = None, kind: str = "output", **settings:
     config = ChecksConfig.model_validate({"small_cell": settings}).rule_config("small_cell")
     file = held(path, name, kind)
     result = SmallCellRule().check(file, config, CheckContext(files=(file,)))
-    assert result.rule == "small_cell" and result.version == "1"
+    assert result.rule == "small_cell" and result.version == "2"
     return result
 
 
@@ -91,7 +91,7 @@ def test_only_count_like_columns_are_judged(tmp_path: Path) -> None:
 def test_a_fractional_value_makes_a_count_named_column_a_measure(tmp_path: Path) -> None:
     result = judge(write(tmp_path, "t.csv", "group,n\na,3\nb,4.5\n"))
     assert result.verdict is Verdict.PASS
-    assert "no count-like columns" in result.findings[0].message
+    assert "no count columns" in result.findings[0].message
 
 
 def test_suppression_markers_are_not_counts_but_the_rest_still_are(tmp_path: Path) -> None:
@@ -99,13 +99,73 @@ def test_suppression_markers_are_not_counts_but_the_rest_still_are(tmp_path: Pat
     assert listed(judge(write(tmp_path, "t.csv", text)), Verdict.FAIL) == [("n", 5)]
 
 
-def test_named_count_columns_and_all_integer_columns(tmp_path: Path) -> None:
+def test_a_cross_tabulation_is_found_by_its_content_whatever_its_columns_are_called(tmp_path: Path) -> None:
     text = "sex,2019,2020,age\nF,14,3,40\nM,22,31,41\n"
     path = write(tmp_path, "wide.csv", text)
-    assert judge(path).verdict is Verdict.PASS
-    assert listed(judge(path, count_columns=["2020"]), Verdict.FAIL) == [("2020", 1)]
-    result = judge(path, all_integer_columns=True)
-    assert listed(result, Verdict.FAIL) == [("2020", 1)]  # "age" stays excluded
+    result = judge(path)
+    assert listed(result, Verdict.FAIL) == [("2020", 1)]  # "age" names a variable, not a count
+    assert "count columns 2019, 2020 over 2 rows" in result.findings[-1].message
+    staged = write(tmp_path, "stages.csv", "site,stage I,stage II,stage IV\nA,40,12,3\nB,25,0,31\n")
+    assert listed(judge(staged), Verdict.FAIL) == [("stage IV", 1)]
+    assert listed(judge(staged), Verdict.REVIEW) == [("stage II", 2)]
+
+
+def test_counting_by_content_can_be_switched_off_leaving_names_and_listed_columns(tmp_path: Path) -> None:
+    path = write(tmp_path, "wide.csv", "sex,2019,2020,age\nF,14,3,40\nM,22,31,41\n")
+    assert judge(path, counts_by_content=False).verdict is Verdict.PASS
+    assert listed(judge(path, counts_by_content=False, count_columns=["2020"]), Verdict.FAIL) == [("2020", 1)]
+
+
+@pytest.mark.parametrize(
+    ("table", "why"),
+    [
+        ("region,id,n\na,3,40\nb,7,52\n", "an id"),
+        ("stage,sex,n\n1,1,40\n1,2,52\n4,2,33\n", "integer-coded categories"),
+        ("age_band,imd quintile,n\n1,5,40\n2,3,52\n", "category words only"),
+        ("rownum,total deaths\n1,40\n2,52\n3,61\n", "row numbers in the first column"),
+        (",total deaths\n0,40\n1,52\n", "a written-out index"),
+        ("region,diff,n\na,-3,40\nb,4,52\n", "a negative number"),
+        ("region,level,ratio,n\na,2,0.5,40\nb,3,1.5,52\n", "a rate"),
+        ("area,period start,n\na,2019,40\nb,2020,52\n", "years"),
+        ("region,mean weight,n\na,7,40\nb,4,52\n", "a mean"),
+        ("region,note,n\na,3 days,40\nb,seen twice,52\n", "text"),
+    ],
+)
+def test_what_is_not_a_count_by_content(tmp_path: Path, table: str, why: str) -> None:
+    result = judge(write(tmp_path, "t.csv", table))
+    assert result.verdict is Verdict.PASS, why
+
+
+def test_a_column_of_years_is_not_listed_as_counts(tmp_path: Path) -> None:
+    result = judge(write(tmp_path, "t.csv", "area,opened,n\na,1998,40\nb,2020,52\n"))
+    assert result.findings[-1].message == "checked count columns n over 2 rows"
+
+
+def test_label_columns_are_never_counts_by_content(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "ward,n\n3,40\n7,52\n")
+    assert listed(judge(path), Verdict.FAIL) == [("ward", 1), ("ward", 2)]
+    assert judge(path, label_columns=["ward"]).verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize("last", [300_001, 4])
+def test_a_first_column_is_row_numbers_only_when_it_numbers_every_row(tmp_path: Path, last: int) -> None:
+    path = tmp_path / "t.csv"
+    with path.open("w") as out:
+        out.write("stage IV,other\n")
+        out.writelines(f"{i},{10 + i}\n" for i in range(1, 300_001))  # longer than one read
+        out.write(f"{last},20\n")
+    result = judge(path)
+    if last == 4:
+        assert result.verdict is Verdict.FAIL
+        assert result.findings[-1].message == "checked count columns stage IV, other over 300,001 rows"
+    else:
+        assert result.verdict is Verdict.PASS
+        assert result.findings[-1].message == "checked count columns other over 300,001 rows"
+
+
+def test_a_column_named_like_counts_is_read_in_full_even_when_it_starts_with_markers(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "group,n,note\n" + "a,<10,x\n" * 20_000 + "b,3,y\n")
+    assert listed(judge(path), Verdict.FAIL) == [("n", 20_001)]
 
 
 def test_a_tsv_is_read_with_its_delimiter(tmp_path: Path) -> None:

@@ -71,11 +71,24 @@ class Table:
     format: str
     columns: tuple[str, ...]
     read: Callable[[Select | None], Iterator[pa.RecordBatch]] = field(repr=False)
+    head: Callable[[Select | None], pa.RecordBatch | None] | None = field(default=None, repr=False)
 
     def batches(self, select: Select | None = None) -> Iterator[pa.RecordBatch]:
         """Record batches of the columns `select` accepts (all when None), in file order. Raises
         `UnreadableTable` at the first row that cannot be read."""
         return self.read(select)
+
+    def first_rows(self, select: Select | None = None) -> pa.RecordBatch | None:
+        """A cheap look at the table's first rows (about 64 KiB of a delimited file, the first batch
+        of others), so that a rule can tell which columns to read in full; None when there are none
+        or they cannot be read (then `batches` says why)."""
+        if self.head is not None:
+            return self.head(select)
+        batches = self.read(select)
+        try:
+            return next(batches, None)
+        except UnreadableTable:
+            return None
 
 
 def table_format(file: HeldFile) -> str | None:
@@ -179,7 +192,33 @@ def _open_delimited(path: Path, fmt: str) -> Table:
             rows += batch.num_rows
             yield pa.RecordBatch.from_arrays(batch.columns, names=names)
 
-    return Table(fmt, tuple(header), reader)
+    def head(select: Select | None) -> pa.RecordBatch | None:
+        wanted = [i for i, name in enumerate(header) if select is None or select(name)]
+        if not wanted:
+            return None
+        parse = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+        convert = _as_strings(internal, [internal[i] for i in wanted])
+        options = pa_csv.ReadOptions(
+            column_names=internal, skip_rows=1, block_size=_SAMPLE_BYTES, use_threads=False
+        )
+        try:
+            batch = pa_csv.open_csv(
+                str(path), read_options=options, parse_options=parse, convert_options=convert
+            ).read_next_batch()
+        except (pa.ArrowInvalid, StopIteration):
+            return None
+        return pa.RecordBatch.from_arrays(batch.columns, names=[header[i] for i in wanted])
+
+    return Table(fmt, tuple(header), reader, head)
+
+
+def _as_strings(internal: list[str], include: list[str]) -> pa_csv.ConvertOptions:
+    return pa_csv.ConvertOptions(
+        column_types=dict.fromkeys(internal, pa.string()),
+        include_columns=include,
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
 
 
 def _delimited_batches(
@@ -197,12 +236,7 @@ def _delimited_batches(
     # A segment holds no quote, so no value in it can span lines: told so, Arrow cuts it at every line
     # end without looking for quotes (a lone segment parses ~25% faster; end to end, within noise).
     parse_unquoted = pa_csv.ParseOptions(delimiter=delimiter, quote_char=False, newlines_in_values=False)
-    convert = pa_csv.ConvertOptions(
-        column_types=dict.fromkeys(internal, pa.string()),
-        include_columns=include,
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
-    )
+    convert = _as_strings(internal, include)
     read = pa_csv.ReadOptions(column_names=internal, block_size=_CSV_BLOCK_BYTES, use_threads=False)
     serial_from: int | None = 0
     count = threads()  # once: the ring below must outnumber what `ordered` keeps in flight

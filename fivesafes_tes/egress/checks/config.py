@@ -127,6 +127,18 @@ class SmallCellConfig(_TabularConfig):
         default="review",
         description="Zero cells: a structural zero can still disclose (everyone/no one in a group).",
     )
+    counts_by_content: bool = Field(
+        default=True,
+        description="Count columns are also found by their content (whole numbers, none negative), "
+        "whatever they are called, so that the cells of any cross-tabulation are checked; ids, codes, "
+        "ages, years, rates, row numbers and `label_columns` are not counts. false: only columns "
+        "named like counts (n, count, total, patients...) and `count_columns`.",
+    )
+    label_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns never taken for counts by their content: categories coded by integers "
+        "under a name that does not say so.",
+    )
 
 
 class RecordLevelConfig(_TabularConfig):

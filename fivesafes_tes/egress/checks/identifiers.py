@@ -8,6 +8,13 @@ numbers, full UK postcodes, and full dates of birth (a full date near "birth", "
 any full date in a column so named). Check digits are what keep ordinary numbers from being taken
 for identifiers: a 10-digit number with a wrong check digit is not an NHS number.
 
+What is around an identifier does not matter: a delimiter of any kind (comma, tab, semicolon, pipe,
+the spaces of a fixed-width table), quotes, or a neighbouring number (`1,9434765919,3`). Only
+digits joined to it (`19434765919`) or a decimal point with digits (`0.9434765919`,
+`9434765919.5`) make it part of another number; a whole number written as a float
+(`9434765919.0`, as pandas writes a column with gaps) is still the number, as is one in a Parquet
+column of floats or decimals.
+
 Text is read in large pieces that end at a line end (a line longer than a piece is cut with an
 overlap, so an identifier across the cut is still found exactly once). A fast vectorised pre-filter
 (RE2 through Arrow, on `checks.threads` threads, one piece each) finds the few lines that could
@@ -84,7 +91,7 @@ _LABELS = {
 
 # RE2 (Arrow) pre-filters: cheap, generous, never missing what the precise patterns below find.
 _PREFILTERS = {
-    "nhs_number": r"(^|[^0-9.,]|[^0-9][.,])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}([^0-9]|$)",
+    "nhs_number": r"(^|[^0-9.]|[^0-9][.])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}([^0-9]|$)",
     "nric_fin": r"[STFGMstfgm][0-9]{7}[A-Za-z]",
     "email": r"@",
     "phone": r"[+] ?(44|65)|(^|[^0-9])00(44|65)|(^|[^0-9+.])[(]?0[1237][0-9]",
@@ -93,7 +100,8 @@ _PREFILTERS = {
 }
 _DATE_PREFILTER = r"[0-9]{4}"  # every full date this rule knows has a 4-digit year
 
-_NHS = re.compile(rb"(?<![0-9])(?<![0-9][.,])([0-9]{3})([ -]?)([0-9]{3})\2([0-9]{4})(?![0-9])(?![.,][0-9])")
+# A comma, unlike a decimal point, may be a delimiter: it never joins digits into another number.
+_NHS = re.compile(rb"(?<![0-9])(?<![0-9][.])([0-9]{3})([ -]?)([0-9]{3})\2([0-9]{4})(?![0-9])(?![.]0*[1-9])")
 _NRIC = re.compile(rb"(?<![A-Za-z0-9])([STFGMstfgm])([0-9]{7})([A-Za-z])(?![A-Za-z0-9])")
 _EMAIL = re.compile(
     rb"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
@@ -616,9 +624,10 @@ def scan_columns(
                     for hit in detector.find(_bytes(array[index].as_py())):
                         if not (birth and hit.kind == "date_of_birth"):
                             report.add(hit, rows + index + 1, name)
-            elif pa.types.is_integer(kind) and "nhs_number" in detector.kinds:
-                found = row_indices(_nhs_numbers(array))
-                report.add_rows("nhs_number", found, rows, name, partial(_integer_excerpt, array))
+            elif _numeric(kind) and "nhs_number" in detector.kinds:
+                whole = _whole_numbers(array)
+                found = row_indices(_nhs_numbers(whole))
+                report.add_rows("nhs_number", found, rows, name, partial(_integer_excerpt, whole))
             elif birth and (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
                 found = row_indices(pc.is_valid(array))
                 report.add_rows("date_of_birth", found, rows, name, lambda _: "****-**-**")
@@ -654,6 +663,20 @@ def _nhs_numbers(values: pa.Array) -> pa.Array:
     return pc.and_(pc.and_(in_range, pc.invert(repeated)), pc.equal(check, digits[9]))
 
 
+def _numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def _whole_numbers(values: pa.Array) -> pa.Array:
+    """A numeric column as int64, null where a value is not a whole number of at most ten digits: a
+    column of NHS numbers with gaps is often stored as floats."""
+    if pa.types.is_integer(values.type):
+        return values
+    floats = pc.cast(values, pa.float64())
+    whole = pc.and_(pc.equal(floats, pc.floor(floats)), pc.less(pc.abs(floats), 1e10))
+    return pc.cast(pc.if_else(whole, floats, None), pa.int64())
+
+
 def _integer_excerpt(array: pa.Array, index: int) -> str:
     return _mask(str(array[index].as_py()), keep=3)
 
@@ -667,7 +690,7 @@ def _bytes(value: object) -> bytes:
 
 class IdentifiersRule:
     name: ClassVar[str] = "identifiers"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
         try:
