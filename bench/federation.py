@@ -292,7 +292,7 @@ def bare_docker(runs: int, on_run: Callable[[int], None]) -> dict[str, list[floa
 def e2e(bench: Bench) -> None:
     a = bench.args
     bench.begin("end to end: starting the devstack (gateway, S3, two agents, Docker executor)", None)
-    with stack("e2e", "--agents") as s:
+    with stack("e2e", "--agents", "--report-granularity-s", str(a.e2e_granularity_s)) as s:
         researcher = Researcher(s.url, s.info["researcher_token"])
         cpu_before = cpu_seconds(s.proc.pid)
         runs: list[dict[str, Any]] = []

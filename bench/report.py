@@ -479,7 +479,9 @@ def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         "",
         (
             f'`devstack.start(dir, agents=True, executor="docker")` in its own process: gateway (SQLite), moto S3 '
-            "and the devstack's two agents (poll 10 s, heartbeat 5 s, sync 5 s, tick 0.2 s). The task is "
+            "and the devstack's two agents (poll 10 s, heartbeat 5 s, sync 5 s, tick 0.2 s, reporting granularity "
+            f"{cfg.get('e2e_granularity_s', 5.0):g} s: a TRE's granularity G holds each stage change after the run "
+            "starts back to the next multiple of G, by design, so a deployment adds up to G). The task is "
             f"`{E2E_COMMAND}` in `{BUSYBOX_IMAGE}` with tag `tres=uk-tre`, so one child in one TRE. "
             f"{sm['runs']} timed runs after {cfg['e2e_warmup']} untimed; each is canceled once held (the agent "
             f"discards it) and the next starts {cfg['e2e_pause']:g} s later. The client polls the BASIC view, "

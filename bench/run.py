@@ -96,6 +96,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--e2e-warmup", type=int, default=2, help="untimed end-to-end runs first (default 2)")
     p.add_argument("--e2e-pause", type=float, default=1.0, help="seconds between end-to-end runs (default 1)")
     p.add_argument(
+        "--e2e-granularity-s",
+        type=float,
+        default=0.0,
+        help="the agents' reporting granularity in the end-to-end runs (default 0: the system's own delay; "
+        "a TRE's setting adds up to that much to each stage change after the run starts, by design)",
+    )
+    p.add_argument(
         "--fanout-tres", type=int, default=20, help="simulated TREs of the fan-out task (default 20)"
     )
     p.add_argument("--fanout-runs", type=int, default=10, help="timed fan-out runs per database (default 10)")

@@ -1,6 +1,6 @@
 """An embedded federation in its own process, for the federation benchmarks.
 
-    python -m bench.stack DIR [--agents] [--s3]
+    python -m bench.stack DIR [--agents] [--s3] [--report-granularity-s G]
 
 ``fivesafes_tes.devstack.start(DIR)``: the gateway (SQLite in DIR) with the embedded federation;
 with ``--agents`` also S3 and the devstack's two agents (Docker executor), as `fivesafes-tes dev`
@@ -33,12 +33,17 @@ def main(argv: list[str]) -> None:
     p.add_argument("dir", type=Path)
     p.add_argument("--agents", action="store_true", help="run the devstack's agents (Docker executor)")
     p.add_argument("--s3", action="store_true", help="serve S3 for an agent in another process")
+    p.add_argument(
+        "--report-granularity-s", type=float, help="the agents' reporting granularity (default: theirs, 5 s)"
+    )
     args = p.parse_args(argv)
     from fivesafes_tes import devstack
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    stack = devstack.start(args.dir, agents=args.agents, executor="docker")
+    stack = devstack.start(
+        args.dir, agents=args.agents, executor="docker", report_granularity_s=args.report_granularity_s
+    )
     moto = None
     s3_url = stack.s3_url
     if args.s3 and s3_url is None:

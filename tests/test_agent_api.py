@@ -621,7 +621,9 @@ def test_a_name_that_could_escape_or_does_not_fit_its_kind_gets_400(releasing, n
     uploaded = gateway.client.put(
         f"{AGENT}/children/{child}/files", params=body, content=data, headers=agent_headers(gateway)
     )
-    assert uploaded.status_code == 400 and uploaded.json()["detail"].startswith("name: "), uploaded.text
+    # A NUL in the query is refused for the whole URL, before the route reads the name.
+    expected = "the URL holds a NUL character" if "\x00" in name else "name: "
+    assert uploaded.status_code == 400 and uploaded.json()["detail"].startswith(expected), uploaded.text
     assert list(bucket.list("")) == []
 
 
