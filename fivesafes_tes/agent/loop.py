@@ -417,17 +417,16 @@ class Agent:
             child = session.get(LocalChild, child_id)
         if child is None or not child.active or child.retry_at > time.time():
             return
-        stage = child.stage
         try:
-            self._step(child)
+            self._step(child)  # which keeps child.stage the stage it reached
         except ConnectionError:
             raise
         except StoreUnavailable as exc:
-            log.warning("airlock unavailable while handling %s (%s): %s", child_id, stage, exc)
+            log.warning("airlock unavailable while handling %s (%s): %s", child_id, child.stage, exc)
         except RequestRefused as exc:
-            self._refused(child_id, stage, exc)
+            self._refused(child_id, child.stage, exc)
         except Exception as exc:  # noqa: BLE001  whatever it is, it is this child's alone
-            self._errored(child_id, stage, exc)
+            self._errored(child_id, child.stage, exc)
 
     def _step(self, child: LocalChild) -> None:
         if child.stage == "awaiting_review" and self._unsent(child.child_id):
