@@ -757,9 +757,8 @@ class Agent:
                 )
             )
             local.next_seq += 1
-            if (
-                local.stage != stage and not final
-            ):  # progress: errors are counted per stage; an ending keeps them
+            # Errors are counted per stage: moving on starts the count again; an ending keeps it.
+            if local.stage != stage and not final:
                 local.errors, local.retry_at = 0, 0.0
             local.stage = stage
             if final:
