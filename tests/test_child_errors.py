@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import posixpath
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,6 +32,7 @@ from fivesafes_tes.executors.sandbox import POLICY
 from tests import images
 from tests.test_agent_api import event, lease, submit
 
+docker_client = images.docker_client
 TES = "/ga4gh/tes/v1"
 FIXED_LINE = "uk-tre: the TRE could not complete the task"
 CANARY = "CANARY-7f3e"  # in every injected error: it must never reach the researcher
@@ -301,9 +303,10 @@ def _reserved_script_path() -> str:
 
 
 @pytest.mark.slow
-def test_a_snakemake_job_script_in_a_reserved_path_ends_that_task_while_another_completes(tmp_path):
-    docker = next(images.docker_client())
-    images.ensure_busybox_image(docker)
+def test_a_snakemake_job_script_or_a_volume_in_a_reserved_path_ends_that_task_while_another_completes(
+    tmp_path, docker_client
+):
+    images.ensure_busybox_image(docker_client)
     path = _reserved_script_path()
     with devstack.start(tmp_path / "stack", agents=True, executor="docker", report_granularity_s=0) as stack:
         http = httpx.Client(
@@ -318,12 +321,13 @@ def test_a_snakemake_job_script_in_a_reserved_path_ends_that_task_while_another_
                 "tags": {"tres": "uk-tre"},
             },
         )
+        scratch = post(http, task("scratch", volumes=[f"{posixpath.dirname(path)}/work"]))
         good = post(http, task("counts"))
         doc = _wait("the refusal", lambda: (d := view(http, snakemake))["state"] == "SYSTEM_ERROR" and d)
         assert doc["logs"][0]["metadata"]["stage"] == "rejected_by_tre"
-        assert doc["logs"][0]["system_logs"][-1] == (
-            f"uk-tre refused the task: mount target '{path}' is reserved by the sandbox"
-        )
+        line = doc["logs"][0]["system_logs"][-1]
+        assert line.startswith("uk-tre refused the task: ") and path in line and "reserved" in line
+        assert _wait("the volume refused", lambda: stage_of(http, scratch) == "rejected_by_tre")
         _wait("the other task held", lambda: stage_of(http, good) == "awaiting_review")
         uk = stack.agents["uk-tre"]
         child = local(uk, good)
@@ -339,4 +343,3 @@ def test_a_snakemake_job_script_in_a_reserved_path_ends_that_task_while_another_
                     reason="a count",
                 )
         _wait("the other task released", lambda: view(http, good)["state"] == "COMPLETE")
-    docker.close()
