@@ -288,7 +288,7 @@ class Agent:
                     self._accept(item.data)
                 else:
                     self._cancel(item.child_id)
-            except (ConnectionError, StoreUnavailable):
+            except ConnectionError:
                 raise
             except Exception:  # a lease lapses and is offered again; a cancel is repeated by the heartbeat
                 what = item.data["child_id"] if isinstance(item, _Grant) else item.child_id
