@@ -283,23 +283,12 @@ class Agent:
                 item = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            try:
-                if isinstance(item, _Grant):
-                    self._accept(item.data)
-                else:
-                    self._cancel(item.child_id)
-            except ConnectionError:
-                raise
-            except Exception:  # a lease lapses and is offered again; a cancel is repeated by the heartbeat
-                what = item.data["child_id"] if isinstance(item, _Grant) else item.child_id
-                log.exception(
-                    "could not take %s of %s; the gateway will repeat it", type(item).__name__, what
-                )
+            if isinstance(item, _Grant):
+                self._accept(item.data)
+            else:
+                self._cancel(item.child_id)
         if time.monotonic() - self._last_sync > self.settings.sync_s:
-            try:
-                self.sync()
-            except Rejected as exc:  # tried again after sync_s; children keep moving meanwhile
-                log.error("the gateway refused this agent's sync: %s", exc)
+            self.sync()
         self._flush_outbox()
         now = time.time()
         with self.db.read() as session:
@@ -799,12 +788,7 @@ class Agent:
                     row.sent = True
             if event.stage in ENDED_WITH_HELD_FILES:  # the gateway has every file and the ending
                 failpoints.reach("release.final_sent")
-                try:
-                    self._empty_airlock(event.child_id)
-                except StoreUnavailable as exc:  # recover() empties it at the next start
-                    log.warning(
-                        "airlock unavailable; %s is emptied at the next start: %s", event.child_id, exc
-                    )
+                self._empty_airlock(event.child_id)
 
     def _void(self, event: OutgoingEvent, exc: Rejected) -> bool:
         """Whether a refused event is void: its attempt was superseded, or the child was canceled (which
