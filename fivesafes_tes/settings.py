@@ -205,6 +205,20 @@ class AgentSettings(BaseSettings):
         "a researcher learns about log2(runtime / this) bits per change from timing (docs/researcher-view.md). "
         "0 reports at once: for tests only.",
     )
+    max_child_errors: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Unexpected errors in a row one child's handling may hit at one stage before the agent "
+        "ends that child system_failed (cleaning up its run and emptying its airlock).",
+    )
+    child_retry_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Wait before a child whose handling hit an unexpected error is tried again; doubled "
+        "after each further error, up to 300 s. Other children are not held up meanwhile.",
+    )
     run_as: str = Field(default="65534:65534", description="uid:gid tasks run as; never root.")
     admin_listen: str | None = Field(
         default=None,

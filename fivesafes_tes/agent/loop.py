@@ -34,15 +34,24 @@ from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
-from fivesafes_tes.executors import Executor, Mount, RunResult, RunSpec
+from fivesafes_tes.executors import Executor, Mount, RequestRefused, RunResult, RunSpec
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
-ENDED_WITH_HELD_FILES = ("released", "partially_released", "withheld", "executor_failed", "canceled")
+ENDED_WITH_HELD_FILES = (
+    "released",
+    "partially_released",
+    "withheld",
+    "executor_failed",
+    "canceled",
+    "system_failed",
+)
 # A refused event is sent again after this many seconds, doubled each time up to the cap.
 RETRY_FIRST_S, RETRY_CAP_S = 1.0, 300.0
+# Stages before the run: a refusal there depends only on the request, so the researcher may read it.
+BEFORE_RUN = ("leased", "awaiting_tre_approval", "staging")
 
 
 @dataclass
@@ -281,9 +290,13 @@ class Agent:
         if time.monotonic() - self._last_sync > self.settings.sync_s:
             self.sync()
         self._flush_outbox()
+        now = time.time()
         with self.db.read() as session:
             active = [
-                c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))
+                c.child_id
+                for c in session.scalars(
+                    select(LocalChild).where(LocalChild.active.is_(True), LocalChild.retry_at <= now)
+                )
             ]
         for child_id in active:
             self.advance(child_id)
@@ -385,11 +398,27 @@ class Agent:
     # --- the state machine -----------------------------------------------------------------------
 
     def advance(self, child_id: str) -> None:
+        """Move one child a step. Whatever goes wrong in its handling stays this child's: a refusal
+        ends it at once; any other error is retried after a wait, doubled each time, and after
+        `max_child_errors` in a row ends it `system_failed`. An unavailable gateway or airlock is
+        nobody's error: the child is tried again on the next tick, uncounted."""
         with self.db.read() as session:
             child = session.get(LocalChild, child_id)
-        if child is None or not child.active:
+        if child is None or not child.active or child.retry_at > time.time():
             return
-        if child.stage == "awaiting_review" and self._unsent(child_id):
+        try:
+            self._step(child)  # which keeps child.stage the stage it reached
+        except ConnectionError:
+            raise
+        except StoreUnavailable as exc:
+            log.warning("airlock unavailable while handling %s (%s): %s", child_id, child.stage, exc)
+        except RequestRefused as exc:
+            self._refused(child_id, child.stage, exc)
+        except Exception as exc:  # noqa: BLE001  whatever it is, it is this child's alone
+            self._errored(child_id, child.stage, exc)
+
+    def _step(self, child: LocalChild) -> None:
+        if child.stage == "awaiting_review" and self._unsent(child.child_id):
             return  # the gateway takes released files only once it has heard the child awaits review
         handler = {
             "leased": self._approve_and_start,
@@ -424,20 +453,16 @@ class Agent:
         if verdict.verdict is approvals.Verdict.REJECTED:
             self._emit(child, "rejected_by_tre", verdict.message, final=True)
             return
-        try:
-            spec = staging.prepare(
-                child.task,
-                child_id=child.child_id,
-                attempt=child.attempt,
-                tre=self.tre,
-                project=child.project,
-                policy=self.policy,
-                root=self._workspace(child.child_id),
-                run_as=self.settings.run_as,
-            )
-        except staging.StagingRefused as exc:
-            self._emit(child, "rejected_by_tre", f"{self.tre} refused the task: {exc}", final=True)
-            return
+        spec = staging.prepare(
+            child.task,
+            child_id=child.child_id,
+            attempt=child.attempt,
+            tre=self.tre,
+            project=child.project,
+            policy=self.policy,
+            root=self._workspace(child.child_id),
+            run_as=self.settings.run_as,
+        )
         if child.stage != "staging":
             self._emit(child, "staging", verdict.message)
         with self.db.write() as session:
@@ -445,6 +470,91 @@ class Agent:
             approvals.bind(session, child.project, _submitter(child))
         self.executor.start(spec)
         self._emit(child, "running")
+
+    def _refused(self, child_id: str, stage: str, exc: RequestRefused) -> None:
+        """The request cannot run here. Before the run the researcher reads why; from `running` on the
+        refusal could depend on what the task did, so it ends like any other failure there."""
+        if stage not in BEFORE_RUN:
+            self._fail(child_id, stage, f"refused: {exc}")
+            return
+        log.info("%s refused child %s at %s: %s", self.tre, child_id, stage, exc)
+        self._discard_run(child_id)
+        with self.db.write() as session:
+            audit.record(
+                session,
+                actor=f"agent:{self.tre}",
+                action="child.refuse",
+                object=f"child:{child_id}",
+                outcome="rejected_by_tre",
+                detail={"stage": stage, "reason": str(exc)},
+            )
+            child = session.get(LocalChild, child_id)
+        assert child is not None
+        self._emit(child, "rejected_by_tre", f"{self.tre} refused the task: {exc}", final=True)
+
+    def _errored(self, child_id: str, stage: str, exc: Exception) -> None:
+        """Count an unexpected error in a child's handling: try it again later, or end it at the cap."""
+        error = f"{type(exc).__name__}: {exc}"
+        with self.db.write() as session:
+            child = session.get(LocalChild, child_id)
+            assert child is not None
+            child.errors += 1
+            child.last_error = error
+            errors = child.errors
+            wait = min(RETRY_CAP_S, self.settings.child_retry_s * 2 ** (errors - 1))
+            if errors < self.settings.max_child_errors:
+                child.retry_at = time.time() + wait
+            audit.record(
+                session,
+                actor=f"agent:{self.tre}",
+                action="child.error",
+                object=f"child:{child_id}",
+                outcome="retry" if errors < self.settings.max_child_errors else "gave_up",
+                detail={"stage": stage, "error": error, "errors": errors}
+                | ({"retry_in_s": wait} if errors < self.settings.max_child_errors else {}),
+            )
+        if errors < self.settings.max_child_errors:
+            log.warning(
+                "child %s failed at %s (error %d of %d), trying it again in %.1f s",
+                child_id,
+                stage,
+                errors,
+                self.settings.max_child_errors,
+                wait,
+                exc_info=exc,
+            )
+            return
+        log.error("child %s failed at %s %d times in a row: %s", child_id, stage, errors, error)
+        self._fail(child_id, stage, error)
+
+    def _fail(self, child_id: str, stage: str, error: str) -> None:
+        """End a child `system_failed`: its run stopped and removed, its workspace deleted, and its
+        airlock emptied once the gateway has the ending. The researcher reads the gateway's fixed line;
+        what went wrong stays here, in the log and the audit."""
+        self._discard_run(child_id)
+        with self.db.write() as session:
+            audit.record(
+                session,
+                actor=f"agent:{self.tre}",
+                action="child.fail",
+                object=f"child:{child_id}",
+                outcome="system_failed",
+                detail={"stage": stage, "error": error},
+            )
+            child = session.get(LocalChild, child_id)
+        assert child is not None
+        log.error("child %s ended system_failed at %s: %s", child_id, stage, error)
+        self._emit(child, "system_failed", final=True)
+
+    def _discard_run(self, child_id: str) -> None:
+        """Stop and remove what the child's run left; what cannot be removed now, the sweep at the next
+        start removes (the child is no longer active)."""
+        try:
+            self.executor.cancel(child_id)
+            self.executor.cleanup(child_id)
+        except Exception:
+            log.exception("could not remove the run of %s; the next start sweeps it", child_id)
+        shutil.rmtree(self._workspace(child_id), ignore_errors=True)
 
     def _watch(self, child: LocalChild) -> None:
         result = self.executor.poll(child.child_id)
@@ -636,6 +746,9 @@ class Agent:
                 )
             )
             local.next_seq += 1
+            # Errors are counted per stage: moving on starts the count again; an ending keeps it.
+            if local.stage != stage and not final:
+                local.errors, local.retry_at = 0, 0.0
             local.stage = stage
             if final:
                 local.active = False

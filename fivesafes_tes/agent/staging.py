@@ -12,13 +12,13 @@ from typing import Any
 
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.egress.airlock import HeldFileSpec
-from fivesafes_tes.executors import Limits, Mount, RunSpec, Step
+from fivesafes_tes.executors import Limits, Mount, RequestRefused, RunSpec, Step
 
 DATA_ROOT = "/data"
 RESERVED_ENV = ("FIVESAFES_", "DOCKER_", "KUBERNETES_", "AWS_")
 
 
-class StagingRefused(ValueError):
+class StagingRefused(RequestRefused):
     """The task asks for something this TRE does not allow; the message tells the researcher what."""
 
 

@@ -34,6 +34,11 @@ class LocalChild(AgentBase):
     next_seq: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)  # False once nothing more is ours to do
+    # Unexpected errors in a row in this child's handling at its current stage, and when it may be
+    # tried again: kept here so that a restart neither resets the count nor skips the wait.
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    retry_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # for the TRE's admins only
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

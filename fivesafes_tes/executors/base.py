@@ -19,6 +19,12 @@ LABEL_STEP = "org.fivesafes.step"
 LABEL_DEADLINE = "org.fivesafes.deadline"  # absolute epoch seconds the whole run must end by
 
 
+class RequestRefused(ValueError):
+    """This TRE will not run the task as requested (a reserved mount target, a reserved variable): no
+    retry can change that. The message depends only on the request and says what to change, so it
+    may reach the researcher."""
+
+
 class ExecutorError(RuntimeError):
     """A run could not be started for a reason the engine gave (image missing, engine refused).
     The message is plain language, fit for the child's system_logs."""
@@ -103,8 +109,9 @@ class Executor(Protocol):
     def start(self, spec: RunSpec) -> None:
         """Begin running spec's steps in the background; a no-op if this child+attempt already runs.
 
-        Raises ValueError for a spec the sandbox refuses (the message names the fix) and
-        ExecutorError when the engine cannot run it. A newer attempt replaces an older one."""
+        Raises RequestRefused for a request the sandbox refuses (the message names the fix),
+        ValueError for a spec the TRE's own configuration breaks, and ExecutorError when the engine
+        cannot run it. A newer attempt replaces an older one."""
 
     def poll(self, child_id: str) -> RunResult | None:
         """None while still running; the result once every step has ended (or the run was stopped)."""

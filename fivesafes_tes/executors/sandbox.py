@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from .base import RunSpec, Step
+from .base import RequestRefused, RunSpec, Step
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,11 @@ def parse_user(user: str) -> tuple[int, int]:
 
 
 def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
-    """Refuse a spec that would weaken the sandbox. ValueError names what to fix."""
+    """Refuse a spec that would weaken the sandbox, naming what to fix: RequestRefused where the task's
+    request is the cause, ValueError where the TRE's own configuration is (a user, a limit, a host path)."""
     parse_user(spec.user)
     if not spec.steps:
-        raise ValueError("a run needs at least one step")
+        raise RequestRefused("a run needs at least one step")
     lim = spec.limits
     if (
         lim.cpu_cores <= 0
@@ -95,11 +96,11 @@ def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
     for mount in spec.mounts:
         target = PurePosixPath(mount.target)
         if not target.is_absolute() or ".." in target.parts or str(target) == "/":
-            raise ValueError(f"mount target {mount.target!r} must be an absolute container path below /")
+            raise RequestRefused(f"mount target {mount.target!r} must be an absolute container path below /")
         if _under(str(target), policy.reserved_targets):
-            raise ValueError(f"mount target {mount.target!r} is reserved by the sandbox")
+            raise RequestRefused(f"mount target {mount.target!r} is reserved by the sandbox")
         if str(target) in targets:
-            raise ValueError(f"mount target {mount.target!r} is used twice")
+            raise RequestRefused(f"mount target {mount.target!r} is used twice")
         targets.add(str(target))
         source = mount.source.resolve()
         if not source.is_absolute() or str(source) == "/" or _under(str(source), policy.forbidden_sources):
@@ -108,19 +109,19 @@ def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
             raise ValueError(f"host path {str(mount.source)!r} to mount at {mount.target} does not exist")
     for i, step in enumerate(spec.steps):
         if not step.command:
-            raise ValueError(f"step {i} has an empty command")
+            raise RequestRefused(f"step {i} has an empty command")
         for what, path in (("stdin", step.stdin), ("stdout", step.stdout), ("stderr", step.stderr)):
             if path is not None and not PurePosixPath(path).is_absolute():
-                raise ValueError(f"step {i} {what} {path!r} must be an absolute container path")
+                raise RequestRefused(f"step {i} {what} {path!r} must be an absolute container path")
         for name, value in step.env.items():
             if not _ENV_NAME.match(name):
-                raise ValueError(f"step {i} env name {name!r} is not a valid variable name")
+                raise RequestRefused(f"step {i} env name {name!r} is not a valid variable name")
             if name.startswith(policy.reserved_env_prefix):
-                raise ValueError(
+                raise RequestRefused(
                     f"step {i} env {name!r} is reserved (names starting {policy.reserved_env_prefix})"
                 )
             if "\0" in value:
-                raise ValueError(f"step {i} env {name!r} contains a NUL byte")
+                raise RequestRefused(f"step {i} env {name!r} contains a NUL byte")
 
 
 def step_env(env: dict[str, str], reserved: dict[str, str], policy: SandboxPolicy = POLICY) -> dict[str, str]:
