@@ -43,7 +43,7 @@ def cohort(omop: Path, out: Path) -> None:
             if row["measurement_concept_id"] == HBA1C and row["value_as_number"]:
                 hba1c[row["person_id"]].append(float(row["value_as_number"]))
     with (omop / "person.csv").open(newline="") as f, out.open("w", newline="") as o:
-        writer = csv.writer(o)
+        writer = csv.writer(o, lineterminator="\n")
         writer.writerow(["person_id", "sex", "age", "age_band", *CONDITIONS, "hba1c"])
         for row in csv.DictReader(f):
             person, age = row["person_id"], EXTRACT_YEAR - int(row["year_of_birth"])
@@ -71,7 +71,7 @@ def counts(cohort_csv: Path, out: Path, min_cell: int) -> None:
             for i, name in enumerate(CONDITIONS, start=1):
                 cell[i] += int(row[name])
     with out.open("w", newline="") as o:
-        writer = csv.writer(o)
+        writer = csv.writer(o, lineterminator="\n")
         writer.writerow(["sex", "age_band", "persons", *CONDITIONS])
         for (sex, band), values in sorted(cells.items()):
             writer.writerow([sex, band, *(v if v == 0 or v >= min_cell else f"<{min_cell}" for v in values)])
@@ -93,10 +93,12 @@ def regression(cohort_csv: Path, out: Path) -> None:
     xty = [sum(x[i] * y for x, y in zip(xs, ys, strict=True)) for i in range(k)]
     inverse = _invert(xtx)
     beta = [sum(inverse[i][j] * xty[j] for j in range(k)) for i in range(k)]
-    residual = sum((y - sum(b * v for b, v in zip(beta, x, strict=True))) ** 2 for x, y in zip(xs, ys, strict=True))
+    residual = sum(
+        (y - sum(b * v for b, v in zip(beta, x, strict=True))) ** 2 for x, y in zip(xs, ys, strict=True)
+    )
     sigma2 = residual / (n - k)
     with out.open("w", newline="") as o:
-        writer = csv.writer(o)
+        writer = csv.writer(o, lineterminator="\n")
         writer.writerow(["term", "estimate", "std_error", "n"])
         for i, term in enumerate(terms):
             writer.writerow([term, f"{beta[i]:.4f}", f"{math.sqrt(sigma2 * inverse[i][i]):.4f}", n])
