@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import shutil
 import time
 from pathlib import Path
 
@@ -188,6 +189,12 @@ docker_client = images.docker_client
 
 @pytest.fixture(scope="module")
 def runner_image(docker_client) -> str:  # type: ignore[no-untyped-def]
+    """Built once per engine and recipe (a minute or two: debootstrap and PyPI), then reused."""
+    from tests.conftest import need_service
+
+    need_service(
+        "debootstrap", shutil.which("debootstrap") is not None, "run scripts/services.sh --with-docker"
+    )
     return images.ensure_runner_image(docker_client)
 
 
