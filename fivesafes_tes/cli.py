@@ -166,7 +166,9 @@ def submit_workflow(
     cores: Annotated[int, typer.Option(min=1, help="CPU cores for the run (the TRE may cap them).")] = 1,
     ram_gb: Annotated[float | None, typer.Option(help="Memory for the run, GB (the TRE may cap it).")] = None,
     output_url: Annotated[str | None, typer.Option(help="TES output url of the released files.")] = None,
-    image: Annotated[str, typer.Option(help="The runner image the TREs allow.")] = "",
+    image: Annotated[
+        str, typer.Option(help="A runner image the TREs allow (default fivesafes/workflow-runner:1).")
+    ] = "",
     print_task: Annotated[bool, typer.Option(help="Print the TES task instead of submitting it.")] = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
