@@ -181,7 +181,8 @@ def _install_engines(client, base: str, digest: str, log) -> None:  # type: igno
         # covers with its tmpfs: nothing of the build stays visible, and the host's trust store is
         # never committed into the image.
         mounts = [Mount("/tmp/wheels", wheels, type="bind", read_only=True)]
-        environment = {"PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        # pip's options as flags, not environment: a container's environment is committed with it.
+        options = ["--no-cache-dir", "--disable-pip-version-check", "--root-user-action=ignore"]
         ca = Path(
             os.environ.get("PIP_CERT")
             or os.environ.get("SSL_CERT_FILE")
@@ -189,7 +190,7 @@ def _install_engines(client, base: str, digest: str, log) -> None:  # type: igno
         )
         if ca.is_file():
             mounts.append(Mount("/tmp/host-ca.crt", str(ca.resolve()), type="bind", read_only=True))
-            environment["PIP_CERT"] = "/tmp/host-ca.crt"
+            options += ["--cert", "/tmp/host-ca.crt"]
         log(f"installing {', '.join(RUNNER_ENGINES)} from PyPI")
         container = client.containers.create(
             base,
@@ -197,14 +198,15 @@ def _install_engines(client, base: str, digest: str, log) -> None:  # type: igno
                 "python3",
                 f"/tmp/wheels/{pip}/pip",
                 "install",
+                *options,
                 "--break-system-packages",
-                "--root-user-action=ignore",
                 "--no-warn-script-location",
                 *RUNNER_ENGINES,
             ],
             name=f"fivesafes-runner-build-{uuid.uuid4().hex[:8]}",
+            # The host's own network and resolver: a bridge's NAT and DNS fallback fail on some hosts.
+            network_mode="host",
             mounts=mounts,
-            environment=environment,
         )
         try:
             container.start()
