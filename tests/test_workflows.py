@@ -181,6 +181,23 @@ def test_the_example_steps_suppress_small_counts_and_fit_the_model(tmp_path):
     assert {(r["sex"], r["age_band"]): r["diabetes"] for r in table}[("female", "18-44")] == "<10"
 
 
+def test_a_current_runner_image_is_not_built_again(monkeypatch):
+    import hashlib
+    from types import SimpleNamespace
+
+    from fivesafes_tes import devimages
+
+    label = hashlib.sha256(devimages.runner_recipe().encode()).hexdigest()
+    current = SimpleNamespace(labels={devimages.CONTENT_LABEL: label})
+    client = SimpleNamespace(images=SimpleNamespace(get=lambda name: current))
+    monkeypatch.setattr(devimages, "_quiet", lambda command: pytest.fail(f"rebuilt: {command}"))
+    monkeypatch.setattr(devimages.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    assert devimages.ensure_runner_image(client) == devimages.RUNNER_IMAGE
+    current.labels[devimages.CONTENT_LABEL] = "an older recipe"
+    with pytest.raises(BaseException, match="rebuilt: .*debootstrap"):
+        devimages.ensure_runner_image(client, log=lambda line: None)
+
+
 # --- end to end: one child per TRE, review, release ----------------------------------------------------
 
 
