@@ -12,6 +12,7 @@ is the hash of that recipe, so it is built once per engine until the recipe chan
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -117,9 +118,12 @@ def ensure_runner_image(client, *, log=print) -> str:  # type: ignore[no-untyped
     import docker.errors
 
     digest = hashlib.sha256(runner_recipe().encode()).hexdigest()
+    outdated = None
     try:
-        if client.images.get(RUNNER_IMAGE).labels.get(CONTENT_LABEL) == digest:
+        current = client.images.get(RUNNER_IMAGE)
+        if current.labels.get(CONTENT_LABEL) == digest:
             return RUNNER_IMAGE
+        outdated = current.id
     except docker.errors.ImageNotFound:
         pass
     if shutil.which("debootstrap") is None:
@@ -164,6 +168,10 @@ def ensure_runner_image(client, *, log=print) -> str:  # type: ignore[no-untyped
         _install_engines(client, base, digest, log)
     finally:
         client.images.remove(base, force=True)
+    if outdated is not None:
+        # The build it replaces, untagged now: ~300 MB each. Kept while a container still uses it.
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(outdated)
     return RUNNER_IMAGE
 
 

@@ -188,7 +188,7 @@ def test_a_current_runner_image_is_not_built_again(monkeypatch):
     from fivesafes_tes import devimages
 
     label = hashlib.sha256(devimages.runner_recipe().encode()).hexdigest()
-    current = SimpleNamespace(labels={devimages.CONTENT_LABEL: label})
+    current = SimpleNamespace(id="sha256:older", labels={devimages.CONTENT_LABEL: label})
     client = SimpleNamespace(images=SimpleNamespace(get=lambda name: current))
     monkeypatch.setattr(devimages, "_quiet", lambda command: pytest.fail(f"rebuilt: {command}"))
     monkeypatch.setattr(devimages.shutil, "which", lambda name: f"/usr/sbin/{name}")
