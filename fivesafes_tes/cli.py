@@ -143,6 +143,96 @@ def submit(
         typer.echo(_run(lambda: client.create(task, idempotency_key=idempotency_key)))
 
 
+@app.command("submit-workflow")
+def submit_workflow(
+    workflow: Annotated[
+        Path, typer.Argument(help="A CWL workflow (*.cwl) or a Snakefile (Snakefile, *.smk).")
+    ],
+    root: Annotated[
+        Path | None,
+        typer.Option(help="Folder sent whole to /workflow (default: the workflow's own folder)."),
+    ] = None,
+    job: Annotated[Path | None, typer.Option(help="CWL: the job (inputs) file, under --root.")] = None,
+    output: Annotated[
+        list[str],
+        typer.Option(help="Snakemake: a final output to release, relative to its working directory; repeat."),
+    ] = [],  # noqa: B006
+    config: Annotated[list[str], typer.Option(help="Snakemake: KEY=VALUE for --config; repeat.")] = [],  # noqa: B006
+    tres: Annotated[
+        str | None, typer.Option(help="TREs to run in, comma separated (default: the project's).")
+    ] = None,
+    project: Annotated[str | None, typer.Option(help="Project (default: your default project).")] = None,
+    name: Annotated[str | None, typer.Option(help="Task name.")] = None,
+    cores: Annotated[int, typer.Option(min=1, help="CPU cores for the run (the TRE may cap them).")] = 1,
+    ram_gb: Annotated[float | None, typer.Option(help="Memory for the run, GB (the TRE may cap it).")] = None,
+    output_url: Annotated[str | None, typer.Option(help="TES output url of the released files.")] = None,
+    image: Annotated[
+        str, typer.Option(help="A runner image the TREs allow (default fivesafes/workflow-runner:1).")
+    ] = "",
+    print_task: Annotated[bool, typer.Option(help="Print the TES task instead of submitting it.")] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Make retries safe: same key, same task.")
+    ] = None,
+) -> None:
+    """Submit a whole CWL or Snakemake workflow to run inside each TRE as one task; print its id.
+
+    Every step runs inside the TRE's sandbox; intermediates stay there, and only the final outputs
+    are held in each TRE's airlock for its output checkers (see workflows/README.md)."""
+    from fivesafes_tes.devimages import RUNNER_IMAGE
+    from fivesafes_tes.workflows import WorkflowError, read_workflow, workflow_task
+
+    try:
+        found = read_workflow(workflow, root)
+        job_rel = None
+        if job is not None:
+            base = (root or workflow.parent).resolve()
+            if base not in job.resolve().parents:
+                raise WorkflowError(f"the job file {job} must be under {base}, which is sent whole")
+            job_rel = job.resolve().relative_to(base).as_posix()
+        task = workflow_task(
+            found,
+            job=job_rel,
+            outputs=output,
+            config=config,
+            tres=[t.strip() for t in tres.split(",") if t.strip()] if tres else None,
+            project=project,
+            name=name,
+            cores=cores,
+            ram_gb=ram_gb,
+            output_url=output_url,
+            image=image or RUNNER_IMAGE,
+        )
+    except WorkflowError as exc:
+        err.print(f"[red]Cannot send this workflow:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    if print_task:
+        typer.echo(json.dumps(task, indent=2))
+        return
+    with _client(url, token) as client:
+        typer.echo(_run(lambda: client.create(task, idempotency_key=idempotency_key)))
+
+
+@app.command("build-runner-image")
+def build_runner_image() -> None:
+    """Build the workflow runner image in this machine's Docker engine (debootstrap and PyPI; once
+    per recipe). A TRE's policy must allow it for workflows to run there."""
+    import docker
+
+    from fivesafes_tes.devimages import ensure_runner_image
+
+    started = time.monotonic()
+    try:
+        client = docker.from_env()
+        image = ensure_runner_image(client, log=lambda line: err.print(line, highlight=False))
+    except (RuntimeError, docker.errors.DockerException) as exc:
+        err.print(f"[red]Cannot build the runner image:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    err.print(f"{image} is ready ({time.monotonic() - started:.0f} s)")
+    typer.echo(image)
+
+
 @app.command()
 def status(
     task_id: str,

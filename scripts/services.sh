@@ -156,7 +156,8 @@ SQL
 # For the executor tests. This kind of machine has the docker client but no running
 # engine, so we install Debian's docker.io and run dockerd ourselves, detached, so it
 # outlives this script (and make) for the rest of the run. The executor also needs a
-# static busybox on the host (bind-mounted into every container as its deadline wrapper).
+# static busybox on the host (bind-mounted into every container as its deadline wrapper), and
+# the workflow tests build their runner image from a Debian root file system made by debootstrap.
 DOCKER_SOCK=/var/run/docker.sock
 DOCKER_LOG="$ENV_DIR/dockerd.log"
 
@@ -165,6 +166,7 @@ docker_ready() { docker -H "unix://$DOCKER_SOCK" info >/dev/null 2>&1; }
 start_docker() {
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io
   [ -x /bin/busybox ] || apt_install busybox-static
+  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
   if ! docker_ready; then
     mkdir -p "$ENV_DIR"
     # A dockerd that died uncleanly leaves its pid file; a live one we cannot reach is

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from fivesafes_tes.devimages import BUSYBOX_IMAGE, busybox_rootfs, ensure_busybox_image
+from fivesafes_tes.devimages import BUSYBOX_IMAGE, busybox_rootfs, ensure_busybox_image, ensure_runner_image
 
-__all__ = ["BUSYBOX_IMAGE", "busybox_image", "busybox_rootfs", "docker_client", "ensure_busybox_image"]
+__all__ = [
+    "BUSYBOX_IMAGE",
+    "busybox_image",
+    "busybox_rootfs",
+    "docker_client",
+    "ensure_busybox_image",
+    "ensure_runner_image",
+]
 
 
 @pytest.fixture(scope="session")
