@@ -224,3 +224,22 @@ def test_checkers_and_tre_admins_decide_through_the_tre_api_as_their_token_says(
         person = session.get(LocalDecision, ("alpha", "alice"))
     assert decisions == {("carol-sub", "carol", "approved"), ("erin-sub", "erin", "rejected")}
     assert person.decided_by == f"{TRE_IDP}#dora-sub" and person.decided_by_name == "dora"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["review", "list"], ["review", "show", CHILD], ["review", "approve", CHILD, "all"], ["tre", "projects"]],
+)
+def test_the_in_tre_commands_say_in_one_line_what_to_set(command):
+    """Never a traceback: what is missing or wrong is one line naming the variable to set."""
+    cases = [
+        ({"FIVESAFES_TRE_URL": None, "FIVESAFES_TRE_TOKEN": None}, 2, "set FIVESAFES_TRE_URL"),
+        ({"FIVESAFES_TRE_URL": "http://127.0.0.1:9", "FIVESAFES_TRE_TOKEN": None}, 2, "set FIVESAFES_TRE_TOKEN"),
+        ({"FIVESAFES_TRE_URL": "127.0.0.1:9", "FIVESAFES_TRE_TOKEN": "t"}, 1, "'http://'"),
+        ({"FIVESAFES_TRE_URL": "http://127.0.0.1:9", "FIVESAFES_TRE_TOKEN": "t"}, 1, "Cannot reach"),
+    ]
+    for env, code, words in cases:
+        result = runner.invoke(app, command, env=env)
+        assert result.exit_code == code, (env, result.output)
+        assert words in result.output and "Traceback" not in result.output, (env, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (env, result.output)
