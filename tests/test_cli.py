@@ -234,7 +234,11 @@ def test_the_in_tre_commands_say_in_one_line_what_to_set(command):
     """Never a traceback: what is missing or wrong is one line naming the variable to set."""
     cases = [
         ({"FIVESAFES_TRE_URL": None, "FIVESAFES_TRE_TOKEN": None}, 2, "set FIVESAFES_TRE_URL"),
-        ({"FIVESAFES_TRE_URL": "http://127.0.0.1:9", "FIVESAFES_TRE_TOKEN": None}, 2, "set FIVESAFES_TRE_TOKEN"),
+        (
+            {"FIVESAFES_TRE_URL": "http://127.0.0.1:9", "FIVESAFES_TRE_TOKEN": None},
+            2,
+            "set FIVESAFES_TRE_TOKEN",
+        ),
         ({"FIVESAFES_TRE_URL": "127.0.0.1:9", "FIVESAFES_TRE_TOKEN": "t"}, 1, "'http://'"),
         ({"FIVESAFES_TRE_URL": "http://127.0.0.1:9", "FIVESAFES_TRE_TOKEN": "t"}, 1, "Cannot reach"),
     ]
