@@ -244,14 +244,18 @@ def agent() -> None:
     import signal
 
     from fivesafes_tes import logs
-    from fivesafes_tes.agent.loop import Agent
+    from fivesafes_tes.agent.loop import Agent, CannotStart
     from fivesafes_tes.settings import AgentSettings, drop_secrets_from_environment
 
     logs.configure(logging.INFO)
     settings = AgentSettings()  # type: ignore[call-arg]
     drop_secrets_from_environment(settings)  # nothing the agent starts (check processes...) inherits them
     worker = Agent.from_settings(settings)
-    worker.start()
+    try:
+        worker.start()
+    except CannotStart as exc:
+        err.print(f"[red]Cannot start:[/] {exc}")
+        raise typer.Exit(2) from None
     console.print(
         f"agent for {settings.tre} pulling from {settings.gateway_url} ({settings.executor} executor)"
     )
