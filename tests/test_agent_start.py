@@ -57,3 +57,27 @@ def test_the_deployment_id_is_made_once_and_kept_with_the_agents_database(tmp_pa
     assert deployment_id(open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path / "a"))) == mine
     other = deployment_id(open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path / "b")))
     assert other != mine  # another stack's uk-tre
+
+
+def test_the_agent_command_says_in_one_line_why_it_cannot_start(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fivesafes_tes.cli import app
+
+    env = {
+        "FIVESAFES_AGENT_TRE": "uk-tre",
+        "FIVESAFES_AGENT_TOKEN": "t",
+        "FIVESAFES_AGENT_EXECUTOR": "local",
+        "FIVESAFES_AGENT_DATA_DIR": str(tmp_path / "agent"),
+        "FIVESAFES_AGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}",
+    }
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("datasets: {omop: {path: /root/omop}}\n")
+    with pytest.warns(UserWarning, match="NOT SANDBOXED"):
+        result = CliRunner().invoke(app, ["agent"], env={**env, "FIVESAFES_AGENT_POLICY_FILE": str(policy)})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    forbidden = ", ".join(POLICY.forbidden_sources)
+    assert result.output.strip().splitlines() == [
+        f"Cannot start: dataset omop: host path '/root/omop' may not be mounted into a task: it is (under) one "
+        f"of {forbidden} or /"
+    ]
