@@ -76,8 +76,8 @@ def test_the_agent_command_says_in_one_line_why_it_cannot_start(tmp_path: Path) 
     with pytest.warns(UserWarning, match="NOT SANDBOXED"):
         result = CliRunner().invoke(app, ["agent"], env={**env, "FIVESAFES_AGENT_POLICY_FILE": str(policy)})
     assert result.exit_code == 2 and "Traceback" not in result.output
-    forbidden = ", ".join(POLICY.forbidden_sources)
-    assert result.output.strip().splitlines() == [
-        f"Cannot start: dataset omop: host path '/root/omop' may not be mounted into a task: it is (under) one "
-        f"of {forbidden} or /"
-    ]
+    expected = (
+        "Cannot start: dataset omop: host path '/root/omop' may not be mounted into a task: it is (under) one "
+        f"of {', '.join(POLICY.forbidden_sources)} or /"
+    )
+    assert result.output.strip().splitlines() == [expected]
