@@ -118,6 +118,7 @@ def test_what_the_tre_does_not_allow_is_refused_with_a_reason(tmp_path, t, words
         (task(inputs=[{"path": "/.fivesafes/busybox", "content": "x"}]), "sandbox's own tools"),
         (task(volumes=["/proc/self"]), "kernel's interfaces"),
         (task(volumes=["/dev"]), "kernel's interfaces"),
+        (task(volumes=["//data/omop/x"]), "dataset omop"),
         (task(inputs=[{"path": "/out", "content": "x"}], volumes=["/out"]), "also an output or volume"),
     ],
 )

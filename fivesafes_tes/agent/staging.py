@@ -53,7 +53,7 @@ def reserved_paths(policy: TrePolicy, project: str | None = None) -> tuple[Reser
 
 
 def _normal(path: str, what: str) -> str:
-    normal = posixpath.normpath(path)
+    normal = "/" + posixpath.normpath(path).lstrip("/")  # POSIX keeps a leading "//" apart; engines do not
     if not path.startswith("/") or normal in ("/", "/.") or ".." in path.split("/"):
         raise StagingRefused(f"{what} {path!r} must be an absolute path without '..'")
     return normal

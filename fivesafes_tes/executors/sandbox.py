@@ -25,7 +25,8 @@ class ReservedPath:
     why: str
 
     def covers(self, target: str) -> bool:
-        p, mine = PurePosixPath(target), PurePosixPath(self.path)
+        # POSIX keeps a leading "//" apart; the engine does not.
+        p, mine = PurePosixPath("/" + target.lstrip("/")), PurePosixPath(self.path)
         return p == mine or (self.below and mine in p.parents)
 
 
