@@ -676,6 +676,7 @@ def dev(
     """Run the embedded federation on loopback (gateway, issuer, S3, two TRE agents); print how to use it."""
     import logging
     import shutil
+    import signal
     import tempfile
 
     from fivesafes_tes import devstack, logs
@@ -703,6 +704,7 @@ def dev(
         if fresh:
             shutil.rmtree(state, ignore_errors=True)
         raise typer.Exit(2) from None
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: a --fresh stack cleans up after itself
     try:
         _print_dev_guide(
             stack, state, fresh=fresh, executor=executor, images=allow_image, auto_release=auto_release
@@ -717,6 +719,10 @@ def dev(
             for agent in stack.agents.values():
                 agent.executor.sweep(set())
             shutil.rmtree(state, ignore_errors=True)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_dev_guide(
