@@ -59,10 +59,15 @@ def _client(url: str, token: str | None) -> TesClient:
 
 
 def _run(action):  # type: ignore[no-untyped-def]
+    import httpx
+
     try:
         return action()
     except ClientError as exc:
         err.print(f"[red]Refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        err.print(f"[red]Cannot reach the gateway[/] (FIVESAFES_TES_URL): {exc}")
         raise typer.Exit(1) from None
 
 
@@ -508,9 +513,13 @@ def results(
         err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN.")
         raise typer.Exit(2)
     http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    listing = http.get(f"/api/v1/tasks/{task_id}/results")
+    try:
+        listing = http.get(f"/api/v1/tasks/{task_id}/results")
+    except httpx.HTTPError as exc:
+        err.print(f"[red]Cannot reach {url}:[/] {exc}")
+        raise typer.Exit(1) from None
     if listing.status_code >= 400:
-        err.print(f"[red]Refused:[/] {listing.status_code}: {listing.json().get('detail', listing.text)}")
+        err.print(f"[red]Refused:[/] {listing.status_code}: {_detail(listing)}")
         raise typer.Exit(1)
     decisions = Table("TRE", "file", "decision", "reason", title=f"disclosure decisions for {task_id}")
     bad = 0

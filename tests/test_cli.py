@@ -289,3 +289,10 @@ def test_dev_prints_each_roles_environment_and_it_works_as_printed(tmp_path, mon
         assert all(a.policy.image_allowed("alpine:3.20") for a in stack.agents.values())
     finally:
         stack.stop()
+
+
+@pytest.mark.parametrize("command", [["results", "some-task"], ["admin", "projects"], ["list"]])
+def test_an_unreachable_gateway_is_one_line_too(command):
+    result = runner.invoke(app, [*command, "--url", "http://127.0.0.1:9", "--token", "t"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
