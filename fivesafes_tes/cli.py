@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 
 from fivesafes_tes.client import ClientError, TesClient
 from fivesafes_tes.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from fivesafes_tes.devstack import DevStack
 
 app = typer.Typer(help="Five Safes TES: a GA4GH TES 1.1 gateway for federated TREs.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
@@ -37,7 +40,7 @@ app.add_typer(tre_app, name="tre")
 app.add_typer(review_app, name="review")
 app.add_typer(admin_app, name="admin")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the terminal's width
 
 Url = Annotated[str, typer.Option(envvar="FIVESAFES_TES_URL", help="Gateway base URL.")]
 Token = Annotated[
@@ -56,10 +59,15 @@ def _client(url: str, token: str | None) -> TesClient:
 
 
 def _run(action):  # type: ignore[no-untyped-def]
+    import httpx
+
     try:
         return action()
     except ClientError as exc:
         err.print(f"[red]Refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        err.print(f"[red]Cannot reach the gateway[/] (FIVESAFES_TES_URL): {exc}")
         raise typer.Exit(1) from None
 
 
@@ -331,14 +339,18 @@ def agent() -> None:
     import signal
 
     from fivesafes_tes import logs
-    from fivesafes_tes.agent.loop import Agent
+    from fivesafes_tes.agent.loop import Agent, CannotStart
     from fivesafes_tes.settings import AgentSettings, drop_secrets_from_environment
 
     logs.configure(logging.INFO)
     settings = AgentSettings()  # type: ignore[call-arg]
     drop_secrets_from_environment(settings)  # nothing the agent starts (check processes...) inherits them
     worker = Agent.from_settings(settings)
-    worker.start()
+    try:
+        worker.start()
+    except CannotStart as exc:
+        err.print(f"[red]Cannot start:[/] {exc}")
+        raise typer.Exit(2) from None
     console.print(
         f"agent for {settings.tre} pulling from {settings.gateway_url} ({settings.executor} executor)"
     )
@@ -394,13 +406,24 @@ def _tre_call(url: str | None, token: str | None, method: str, path: str, **kwar
         err.print(f"[red]Cannot reach {url}:[/] {exc}")
         raise typer.Exit(1) from None
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        err.print(f"[red]Refused:[/] {response.status_code}: {detail}")
+        err.print(f"[red]Refused:[/] {response.status_code}: {_detail(response)}")
         raise typer.Exit(1)
-    return response.json()
+    try:
+        return response.json()
+    except ValueError:
+        err.print(
+            f"[red]{url} is not this TRE's admin and review API[/] (FIVESAFES_TRE_URL): it answered {path} with no JSON"
+        )
+        raise typer.Exit(1) from None
+
+
+def _detail(response) -> str:  # type: ignore[no-untyped-def]
+    """The reason a refusal gives (FastAPI's `detail`), or its body when it is not ours."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
 
 
 @tre_app.command("projects")
@@ -580,9 +603,13 @@ def results(
         err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN.")
         raise typer.Exit(2)
     http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    listing = http.get(f"/api/v1/tasks/{task_id}/results")
+    try:
+        listing = http.get(f"/api/v1/tasks/{task_id}/results")
+    except httpx.HTTPError as exc:
+        err.print(f"[red]Cannot reach {url}:[/] {exc}")
+        raise typer.Exit(1) from None
     if listing.status_code >= 400:
-        err.print(f"[red]Refused:[/] {listing.status_code}: {listing.json().get('detail', listing.text)}")
+        err.print(f"[red]Refused:[/] {listing.status_code}: {_detail(listing)}")
         raise typer.Exit(1)
     decisions = Table("TRE", "file", "decision", "reason", title=f"disclosure decisions for {task_id}")
     bad = 0
@@ -635,15 +662,19 @@ def _admin_call(url: str, token: str | None, method: str, path: str, body: dict 
     if not token:
         err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN (a federation-admin token).")
         raise typer.Exit(2)
-    response = httpx.request(
-        method,
-        url.rstrip("/") + "/admin/v1" + path,
-        json=body,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-    )
+    try:
+        response = httpx.request(
+            method,
+            url.rstrip("/") + "/admin/v1" + path,
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        err.print(f"[red]Cannot reach {url}:[/] {exc}")
+        raise typer.Exit(1) from None
     if response.status_code >= 400:
-        err.print(f"[red]Refused:[/] {response.status_code}: {response.json().get('detail', response.text)}")
+        err.print(f"[red]Refused:[/] {response.status_code}: {_detail(response)}")
         raise typer.Exit(1)
     return response.json()
 
@@ -707,51 +738,143 @@ def admin_redeliver(task_id: str, url: Url = DEFAULT_URL, token: Token = None) -
     console.print(f"delivery owed again for {len(children)} TRE(s) of task {task_id}; it starts now")
 
 
+AUTO_RELEASE_WARNING = (
+    "AUTO-RELEASE IS ON: outputs that pass every automated rule leave the TREs with no output checker "
+    "looking at them. It is for trying TES clients only; never use it with real data."
+)
+
+
 @app.command()
 def dev(
     port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1.")] = 8000,
-    data_dir: Annotated[Path | None, typer.Option(help="State directory.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="State directory, kept across runs (default FIVESAFES_DATA_DIR).")
+    ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Start from nothing in a temporary state directory, removed (with its containers) at exit."
+        ),
+    ] = False,
     executor: Annotated[
         str, typer.Option(help="docker, or local (development only: no sandbox).")
     ] = "docker",
+    allow_image: Annotated[
+        list[str],
+        typer.Option(
+            help="Another image pattern the dev TREs allow besides fivesafes/* (e.g. 'alpine*'); repeat."
+        ),
+    ] = [],  # noqa: B006
+    auto_release: Annotated[
+        bool,
+        typer.Option(
+            help="FOR TRYING CLIENTS ONLY: release outputs that pass every automated rule without an output checker."
+        ),
+    ] = False,
 ) -> None:
-    """Run the embedded federation on loopback (gateway, issuer, S3, two TRE agents); print URL and a token."""
+    """Run the embedded federation on loopback (gateway, issuer, S3, two TRE agents); print how to use it."""
     import logging
+    import shutil
+    import signal
+    import tempfile
 
     from fivesafes_tes import devstack, logs
 
     logs.configure(logging.WARNING)
-    settings = GatewaySettings()
+    if fresh and data_dir is not None:
+        err.print("[red]--fresh starts in a new temporary directory;[/] drop --data-dir (or --fresh).")
+        raise typer.Exit(2)
+    state = (
+        Path(tempfile.mkdtemp(prefix="fivesafes-dev-")) if fresh else data_dir or GatewaySettings().data_dir
+    )
+    if auto_release:
+        err.print(f"[bold red]{AUTO_RELEASE_WARNING}[/]")
     try:
-        stack = devstack.start(data_dir or settings.data_dir, port=port, agents=True, executor=executor)
+        stack = devstack.start(
+            state,
+            port=port,
+            agents=True,
+            executor=executor,
+            allow_images=allow_image,
+            auto_release=auto_release,
+        )
     except RuntimeError as exc:
         err.print(f"[red]Cannot start:[/] {exc}")
+        if fresh:
+            shutil.rmtree(state, ignore_errors=True)
         raise typer.Exit(2) from None
-    console.print(f"gateway   {stack.url}/ga4gh/tes/v1   (also {stack.url}/v1)")
-    console.print(f"issuer    {stack.url}/dev-issuer")
-    console.print(f"S3        {stack.s3_url}")
-    console.print(
-        f"TREs      {', '.join(stack.agents)} ({executor} executor; data under {stack.settings.data_dir}/tres)"
-    )
-    for tre in stack.agents:
-        console.print(
-            f"{tre}    review and admin API {stack.tre_url(tre)} (FIVESAFES_TRE_URL; a checker's token: "
-            f"fivesafes-tes token --user carol --role output-checker --tre {tre} --audience fivesafes-tre)",
-            highlight=False,
-        )
-    console.print("token     alice, researcher in project diabetes-cancer, 12 h:")
-    typer.echo(stack.token("alice", "researcher", ttl_s=12 * 3600))
-    console.print(
-        f"\nexport FIVESAFES_TES_URL={stack.url} FIVESAFES_TES_TOKEN=<the token>   # then: fivesafes-tes list"
-    )
-    console.print("Ctrl-C stops it.")
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: a --fresh stack cleans up after itself
     try:
+        _print_dev_guide(
+            stack, state, fresh=fresh, executor=executor, images=allow_image, auto_release=auto_release
+        )
         while stack.thread.is_alive():
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         stack.stop()
+        if fresh:  # nothing will ever resume this state: its containers and files go with it
+            for agent in stack.agents.values():
+                agent.executor.sweep(set())
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_dev_guide(
+    stack: DevStack, state: Path, *, fresh: bool, executor: str, images: list[str], auto_release: bool
+) -> None:
+    """What a person trying the stack needs: where it is, and each role's environment, ready to paste."""
+    from fivesafes_tes.devstack import TRE_AUDIENCE
+
+    def say(text: str = "") -> None:  # tokens are long: never wrapped, so they paste whole
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    say(f"gateway   {stack.url}/ga4gh/tes/v1   (also {stack.url}/v1)")
+    say(f"issuer    {stack.url}/dev-issuer")
+    say(f"S3        {stack.s3_url}")
+    kept = "temporary: removed when it stops" if fresh else "kept across runs; --fresh starts from nothing"
+    say(f"state     {state} ({kept})")
+    carried = stack.unfinished_tasks()
+    if carried:
+        say(
+            f"          {carried} unfinished task(s) from earlier runs carry on (cancel them, or use --fresh)"
+        )
+    review = "AUTO-RELEASE when every rule passes" if auto_release else "an output checker decides"
+    say(
+        f"TREs      {', '.join(stack.agents)} ({executor} executor; images {', '.join(['fivesafes/*', *images])}; "
+        f"datasets at /data/omop; review: {review})"
+    )
+    say()
+    say("As a researcher (alice, project diabetes-cancer; token valid 12 h):")
+    say(
+        f"  export FIVESAFES_TES_URL={stack.url} "
+        f"FIVESAFES_TES_TOKEN={stack.token('alice', 'researcher', ttl_s=12 * 3600)}"
+    )
+    say("  fivesafes-tes submit task.json; fivesafes-tes list; fivesafes-tes results ID")
+    for tre in stack.agents:
+        checker = f"{tre}-checker"
+        say()
+        say(f"As {tre}'s output checker ({checker}; its review API, on loopback here, is inside the TRE):")
+        say(
+            f"  export FIVESAFES_TRE_URL={stack.tre_url(tre)} "
+            f"FIVESAFES_TRE_TOKEN={stack.tre_token(checker, 'output-checker', tre, ttl_s=12 * 3600)}"
+        )
+        say(
+            '  fivesafes-tes review list; fivesafes-tes review show CHILD; fivesafes-tes review approve CHILD all --reason "..."'
+        )
+    say()
+    say("More tokens (other people, roles tre-admin or output-checker):")
+    say(
+        f"  FIVESAFES_DATA_DIR={stack.settings.data_dir} FIVESAFES_PUBLIC_URL={stack.url} fivesafes-tes token "
+        f"--user NAME --role output-checker --tre {next(iter(stack.agents))} --audience {TRE_AUDIENCE}"
+    )
+    if auto_release:
+        err.print(f"[bold red]{AUTO_RELEASE_WARNING}[/]")
+    say("Ctrl-C stops it.")
 
 
 @app.command()

@@ -97,6 +97,19 @@ class DevStack:
     s3: Any = None  # moto's ThreadedMotoServer when agents run
     s3_url: str | None = None
     agents: dict[str, Any] = field(default_factory=dict)  # TRE name -> fivesafes_tes.agent.loop.Agent
+    db: Database | None = None
+
+    def unfinished_tasks(self) -> int:
+        """Tasks not yet in a final state: after a restart, those carried over from earlier runs."""
+        from sqlalchemy import func, select
+
+        from fivesafes_tes.submission.tables import Task
+        from fivesafes_tes.tes.models import FINAL_STATES
+
+        assert self.db is not None
+        with self.db.read() as session:
+            query = select(func.count()).select_from(Task).where(Task.state.not_in(list(FINAL_STATES)))
+            return int(session.scalar(query) or 0)
 
     @property
     def url(self) -> str:
@@ -140,12 +153,16 @@ def start(
     agents: bool = False,
     executor: str = "docker",
     report_granularity_s: float | None = None,
+    allow_images: list[str] | tuple[str, ...] = (),
+    auto_release: bool = False,
     **overrides: object,
 ) -> DevStack:
     """Migrate the database, then serve the gateway until `stop()`; returns once it answers.
 
     With `agents`, also serve S3 and run one agent per TRE of the embedded federation, with `executor`
-    (and `report_granularity_s`, if given, instead of the agents' setting).
+    (and `report_granularity_s`, if given, instead of the agents' setting). The TREs allow the images
+    `fivesafes/*` and `allow_images`; with `auto_release` they release without a person whatever passes
+    every automated rule (for trying clients only: no output checker sees it).
     """
     port = port or free_port(host)
     overrides.setdefault("allowed_images", ["*"])
@@ -170,22 +187,32 @@ def start(
         app.state.ctx.results_store.ensure_bucket()
     server, thread = serve(app, host, port)
     issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
-    stack = DevStack(settings=settings, server=server, thread=thread, issuer=issuer, s3=s3, s3_url=s3_url)
+    stack = DevStack(
+        settings=settings, server=server, thread=thread, issuer=issuer, s3=s3, s3_url=s3_url, db=db
+    )
     if agents:
         try:
-            _start_tres(stack, data_dir, executor, report_granularity_s)
+            _start_tres(stack, data_dir, executor, report_granularity_s, list(allow_images), auto_release)
         except BaseException:
             stack.stop()
             raise
     return stack
 
 
-def _start_tres(stack: DevStack, data_dir: Path, executor: str, report_granularity_s: float | None) -> None:
+def _start_tres(
+    stack: DevStack,
+    data_dir: Path,
+    executor: str,
+    report_granularity_s: float | None,
+    allow_images: list[str],
+    auto_release: bool,
+) -> None:
     """For each TRE: its dataset, policy, airlock bucket, agent (synced, demo approvals made) and threads."""
     from fivesafes_tes.agent import approvals
     from fivesafes_tes.agent.client import GatewayClient
-    from fivesafes_tes.agent.loop import Agent
+    from fivesafes_tes.agent.loop import Agent, deployment_id, open_database
     from fivesafes_tes.agent.policy import Dataset, TrePolicy
+    from fivesafes_tes.agent.review import ReviewPolicy
     from fivesafes_tes.agent.tables import LocalDecision
     from fivesafes_tes.auth import Person
     from fivesafes_tes.egress.store import ObjectStore
@@ -198,8 +225,9 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str, report_granulari
         home = data_dir / "tres" / tre
         dataset = _ensure_dataset(home / "datasets" / "omop", tre)
         policy = TrePolicy(
-            allowed_images=["fivesafes/*"],
+            allowed_images=["fivesafes/*", *allow_images],
             max_runtime_s=600,
+            review=ReviewPolicy(auto_release=auto_release),
             datasets={"omop": Dataset(path=dataset, description=f"synthetic OMOP CDM extract of {tre}")},
             grants={"diabetes-cancer": ["omop"]},
         )
@@ -229,12 +257,14 @@ def _start_tres(stack: DevStack, data_dir: Path, executor: str, report_granulari
             oidc_issuer=stack.issuer.issuer_url,
             oidc_audience=TRE_AUDIENCE,
         )
+        db = open_database(settings)
         agent = Agent(
             settings,
             client=GatewayClient(stack.url, lambda token=token: token),
-            executor=create_executor(executor, tre=tre),
+            executor=create_executor(executor, tre=tre, deployment=deployment_id(db)),
             store=ObjectStore(stack.s3_url, settings.airlock_bucket, "dev", "dev-secret"),
             policy=policy,
+            db=db,
         )
         agent.sync()
         admin = Person(stack.issuer.issuer_url, f"{tre}-admin", f"{tre}-admin")

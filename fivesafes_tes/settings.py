@@ -14,8 +14,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
 
+SYSTEM_DATA_DIR = Path("/var/lib/fivesafes-tes")
+
 
 def default_data_dir() -> Path:
+    """~/.local/share/fivesafes-tes; for root, /var/lib/fivesafes-tes: root's home is host state the
+    sandbox never mounts into a task, and the agent's work directories are mounted into every task."""
+    if os.geteuid() == 0:
+        return SYSTEM_DATA_DIR
     return Path.home() / ".local" / "share" / "fivesafes-tes"
 
 

@@ -224,3 +224,75 @@ def test_checkers_and_tre_admins_decide_through_the_tre_api_as_their_token_says(
         person = session.get(LocalDecision, ("alpha", "alice"))
     assert decisions == {("carol-sub", "carol", "approved"), ("erin-sub", "erin", "rejected")}
     assert person.decided_by == f"{TRE_IDP}#dora-sub" and person.decided_by_name == "dora"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["review", "list"], ["review", "show", CHILD], ["review", "approve", CHILD, "all"], ["tre", "projects"]],
+)
+def test_the_in_tre_commands_say_in_one_line_what_to_set(command):
+    """Never a traceback: what is missing or wrong is one line naming the variable to set."""
+    cases = [
+        ({"FIVESAFES_TRE_URL": None, "FIVESAFES_TRE_TOKEN": None}, 2, "set FIVESAFES_TRE_URL"),
+        (
+            {"FIVESAFES_TRE_URL": "http://127.0.0.1:9", "FIVESAFES_TRE_TOKEN": None},
+            2,
+            "set FIVESAFES_TRE_TOKEN",
+        ),
+        ({"FIVESAFES_TRE_URL": "127.0.0.1:9", "FIVESAFES_TRE_TOKEN": "t"}, 1, "'http://'"),
+        ({"FIVESAFES_TRE_URL": "http://127.0.0.1:9", "FIVESAFES_TRE_TOKEN": "t"}, 1, "Cannot reach"),
+    ]
+    for env, code, words in cases:
+        result = runner.invoke(app, command, env=env)
+        assert result.exit_code == code, (env, result.output)
+        assert words in result.output and "Traceback" not in result.output, (env, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (env, result.output)
+
+
+def test_dev_prints_each_roles_environment_and_it_works_as_printed(tmp_path, monkeypatch):
+    """What `fivesafes-tes dev` prints is pasted into a shell: every export line must work as it is."""
+    import io
+    import shlex
+
+    from rich.console import Console
+
+    from fivesafes_tes import cli
+
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=80))
+    monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), width=80))
+    with pytest.warns(UserWarning, match="NOT SANDBOXED"):
+        stack = devstack.start(tmp_path / "dev", agents=True, executor="local", allow_images=["alpine*"])
+    try:
+        cli._print_dev_guide(
+            stack, tmp_path / "dev", fresh=False, executor="local", images=["alpine*"], auto_release=False
+        )
+        printed = cli.console.file.getvalue()
+        exports = [
+            dict(word.split("=", 1) for word in shlex.split(line)[1:])
+            for line in printed.splitlines()
+            if line.strip().startswith("export ")
+        ]
+        assert [sorted(e) for e in exports] == [
+            ["FIVESAFES_TES_TOKEN", "FIVESAFES_TES_URL"],
+            ["FIVESAFES_TRE_TOKEN", "FIVESAFES_TRE_URL"],
+            ["FIVESAFES_TRE_TOKEN", "FIVESAFES_TRE_URL"],
+        ]
+        assert "images fivesafes/*, alpine*" in printed and "an output checker decides" in printed
+        researcher, *checkers = exports
+        listed = runner.invoke(app, ["list"], env=researcher)
+        assert listed.exit_code == 0, listed.output
+        for checker, tre in zip(checkers, stack.agents, strict=True):
+            assert checker["FIVESAFES_TRE_URL"] == stack.tre_url(tre)
+            review = runner.invoke(app, ["review", "list"], env=checker)
+            assert review.exit_code == 0, cli.err.file.getvalue()
+            assert cli.console.file.getvalue().count("awaiting review") == 1 + list(stack.agents).index(tre)
+        assert all(a.policy.image_allowed("alpine:3.20") for a in stack.agents.values())
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("command", [["results", "some-task"], ["admin", "projects"], ["list"]])
+def test_an_unreachable_gateway_is_one_line_too(command):
+    result = runner.invoke(app, [*command, "--url", "http://127.0.0.1:9", "--token", "t"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

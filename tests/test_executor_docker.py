@@ -26,6 +26,7 @@ import pytest
 
 from fivesafes_tes.executors import (
     LABEL_CHILD,
+    LABEL_DEPLOYMENT,
     LABEL_STEP,
     LABEL_TRE,
     ExecutorError,
@@ -60,6 +61,7 @@ class Harness:
         self.client, self.image, self.tmp = client, image, tmp_path
         self.tres: list[str] = []
         self.tre = self.new_tre()
+        self.deployment = f"test-{uuid.uuid4().hex}"
         self.ex = self.executor()
 
     def new_tre(self) -> str:
@@ -67,10 +69,10 @@ class Harness:
         self.tres.append(tre)
         return tre
 
-    def executor(self, tre: str | None = None):  # type: ignore[no-untyped-def]
+    def executor(self, tre: str | None = None, deployment: str | None = None):  # type: ignore[no-untyped-def]
         from fivesafes_tes.executors.docker import DockerExecutor
 
-        return DockerExecutor(tre or self.tre, client=self.client)
+        return DockerExecutor(tre or self.tre, deployment=deployment or self.deployment, client=self.client)
 
     def dir(self, name: str, *, writable: bool = False) -> Path:
         path = self.tmp / name
@@ -525,6 +527,81 @@ def test_sweep_removes_orphans_keeps_the_kept_and_other_tres(h: Harness) -> None
     h.ex.cleanup(kept.child_id)
     h.ex.cleanup(kept.child_id)
     assert h.containers(kept.child_id) == [] and h.ex.running() == {}
+
+
+def test_two_deployments_with_the_same_tre_name_never_touch_each_others_runs(h: Harness) -> None:
+    """Two dev stacks (or test sessions) on one engine both have a uk-tre: each agent sweeps, lists and
+    re-attaches to its own containers only."""
+    other = h.executor(deployment=f"test-{uuid.uuid4().hex}")
+    mine, theirs = h.spec(["sleep", "600"]), h.spec(["sh", "-c", "sleep 2; echo done"])
+    h.ex.start(mine)
+    other.start(theirs)
+    assert {c.labels[LABEL_DEPLOYMENT] for c in h.containers(mine.child_id)} == {h.deployment}
+
+    assert h.ex.running() == {mine.child_id: 1} and other.running() == {theirs.child_id: 1}
+    assert other.sweep(set()) == [theirs.child_id] and h.containers(theirs.child_id) == []
+    assert h.ex.running() == {mine.child_id: 1}  # the other agent's start-up sweep left it alone
+    assert h.ex.poll(theirs.child_id) == RunResult(
+        Outcome.LOST, [], "the Docker engine has no containers for this run"
+    )
+    restarted = h.executor()  # the same deployment after a restart finds its run again
+    assert restarted.running() == {mine.child_id: 1}
+    h.ex.cancel(mine.child_id)
+
+
+def test_a_deployment_id_must_be_able_to_label_a_container(h: Harness) -> None:
+    with pytest.raises(ValueError, match="deployment"):
+        h.executor(deployment="not a label value!")
+
+
+def test_tasks_mount_inputs_and_outputs_below_tmp_and_beside_the_datasets(h: Harness, tmp_path) -> None:
+    """Docker mounts parents first: a file or directory below the /tmp tmpfs, and a writable /data with the
+    dataset read-only at /data/omop inside it, are each what the task sees."""
+    from fivesafes_tes.agent.policy import Dataset, TrePolicy
+    from fivesafes_tes.agent.staging import collect, prepare
+
+    dataset = h.dir("omop")
+    (dataset / "person.csv").write_text("person_id\n1\n")
+    policy = TrePolicy(
+        allowed_images=[h.image], datasets={"omop": Dataset(path=dataset)}, grants={"p": ["omop"]}
+    )
+    script = (
+        "set -e\n"
+        "sh /tmp/run_snakemake.sh > /tmp/results/job.txt\n"
+        "cat /data/file1 > /data/outfile\n"
+        "wc -l < /data/omop/person.csv >> /data/outfile\n"
+        "echo scratch > /tmp/scratch\n"
+        "if touch /data/omop/probe 2>/dev/null; then echo dataset=writable; else echo dataset=read-only; fi\n"
+        "if rm /tmp/run_snakemake.sh 2>/dev/null; then echo script=removed; else echo script=kept; fi\n"
+    )
+    task = {
+        "executors": [{"image": h.image, "command": ["sh", "-c", script]}],
+        "inputs": [
+            {"path": "/tmp/run_snakemake.sh", "content": "echo job ran\n"},
+            {"path": "/data/file1", "content": "input under /data\n"},
+        ],
+        "outputs": [
+            {"path": "/data/outfile", "url": "s3://r/outfile"},
+            {"path": "/tmp/results", "type": "DIRECTORY", "url": "s3://r/results/"},
+        ],
+    }
+    spec = prepare(
+        task,
+        child_id=f"c{uuid.uuid4().hex[:12]}",
+        attempt=1,
+        tre=h.tre,
+        project="p",
+        policy=policy,
+        root=tmp_path / "work",
+        run_as=f"{NOBODY}:{NOBODY}",
+    )
+    spec = dataclasses.replace(spec, limits=SMALL)
+    result = h.run(spec)
+    assert result.outcome is Outcome.SUCCEEDED, (result, text(result.steps[0].stderr_path))
+    assert text(result.steps[0].stdout_path).split() == ["dataset=read-only", "script=kept"]
+    held = {f.container_path: f.host_path.read_text() for f in collect(task, spec, 1) if f.kind == "output"}
+    assert held == {"/data/outfile": "input under /data\n2\n", "/tmp/results/job.txt": "job ran\n"}
+    assert sorted(p.name for p in dataset.iterdir()) == ["person.csv"]
 
 
 def test_a_restarted_agent_reattaches_and_never_starts_twice(h: Harness) -> None:

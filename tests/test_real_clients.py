@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,10 @@ import requests
 import tes
 
 from fivesafes_tes import devstack
+from tests import images
 from tests.conftest import need_service
+
+docker_client = images.docker_client
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTES04_SCRIPT = Path(__file__).resolve().parent / "clients" / "pytes04_roundtrip.py"
@@ -241,3 +245,101 @@ def test_pytes04_service_info(stack: devstack.DevStack) -> None:
     """py-tes 0.4 asks GET /v1/tasks/service-info and builds its own ServiceInfo from the body."""
     info = step(run_pytes04(stack), "service_info")
     assert info["name"] == stack.settings.service_name
+
+
+# --- end to end through review and release, with the Docker executor ---------------------------------
+
+# Counts the uk-tre's synthetic people into a file under /data beside the dataset, as py-tes users write.
+COUNT_SCRIPT = "wc -l < /data/omop/person.csv > /data/out/count.txt; echo counted"
+
+
+@pytest.fixture
+def docker_stack(
+    tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+) -> Iterator[devstack.DevStack]:
+    images.ensure_busybox_image(request.getfixturevalue("docker_client"))
+    with devstack.start(
+        tmp_path / "data", database_url=database_url, agents=True, executor="docker", report_granularity_s=0
+    ) as running:
+        yield running
+
+
+def approve_what_is_held(stack: devstack.DevStack, tre: str, timeout: float = 90) -> list[str]:
+    """As the TRE's output checker, through its own API: wait for a child's held files, approve them all."""
+    token = stack.tre_token(f"{tre}-checker", "output-checker", tre)
+    api = httpx.Client(base_url=stack.tre_url(tre), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = api.get("/review/v1/children").json()
+        if children:
+            (child,) = children
+            names = sorted(f["name"] for f in child["files"])
+            for name in names:
+                decided = api.post(
+                    f"/review/v1/children/{child['child_id']}/decisions",
+                    json={"name": name, "decision": "approved", "reason": "a count of the whole table"},
+                )
+                assert decided.status_code == 200, decided.text
+            return names
+        time.sleep(0.2)
+    raise AssertionError(f"nothing was held for review in {tre} within {timeout} s")
+
+
+def test_pytes11_runs_a_task_through_review_and_release(docker_stack: devstack.DevStack) -> None:
+    from fivesafes_tes.devimages import BUSYBOX_IMAGE
+
+    client = tes.HTTPClient(docker_stack.url, token=docker_stack.token(USER, "researcher"))
+    task_id = client.create_task(
+        tes.Task(
+            name="py-tes 1.1 end to end",
+            executors=[tes.Executor(image=BUSYBOX_IMAGE, command=["sh", "-c", COUNT_SCRIPT])],
+            outputs=[tes.Output(path="/data/out/count.txt", url="s3://results/count.txt")],
+            tags={"tres": "uk-tre"},
+        )
+    )
+    held = approve_what_is_held(docker_stack, "uk-tre")
+    assert held == ["/data/out/count.txt", "step-0.stderr", "step-0.stdout"]
+    done = client.wait(task_id, timeout=90)
+    assert done.state == "COMPLETE", done
+    task = client.get_task(task_id, view="FULL")
+    (log,) = task.logs
+    assert log.metadata["stage"] == "released"
+    assert [o.path for o in log.outputs] == ["/data/out/count.txt"]
+    assert [(e.exit_code, e.stdout) for e in log.logs] == [(0, "counted\n")]
+
+
+def test_pytes04_runs_a_task_through_review_and_release(docker_stack: devstack.DevStack) -> None:
+    from fivesafes_tes.devimages import BUSYBOX_IMAGE
+
+    need_service(
+        "py-tes 0.4.x interpreter",
+        PYTES04_PYTHON.exists(),
+        f"{PYTES04_PYTHON} is missing; run scripts/bootstrap.sh --with-pytes04",
+    )
+    token = docker_stack.token(USER, "researcher")
+    script = [
+        str(PYTES04_PYTHON),
+        str(PYTES04_SCRIPT),
+        docker_stack.url,
+        token,
+        "run",
+        BUSYBOX_IMAGE,
+        COUNT_SCRIPT,
+    ]
+    with subprocess.Popen(script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as client:
+        try:
+            held = approve_what_is_held(docker_stack, "uk-tre")
+            stdout, stderr = client.communicate(timeout=120)
+        finally:
+            client.kill()
+    assert client.returncode == 0, f"stdout:\n{stdout}\nstderr:\n{stderr}"
+    assert held == ["/data/out/count.txt", "step-0.stderr", "step-0.stdout"]
+    report = json.loads(stdout)
+    assert report["client_version"].startswith("0.4.")
+    assert step(report, "create")
+    assert step(report, "wait") == "COMPLETE"
+    task = step(report, "get_FULL")
+    (log,) = task["logs"]
+    assert log["metadata"]["stage"] == "released"
+    assert [o["path"] for o in log["outputs"]] == ["/data/out/count.txt"]
+    assert [(e["exit_code"], e["stdout"]) for e in log["logs"]] == [(0, "counted\n")]

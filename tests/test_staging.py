@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fivesafes_tes.agent.policy import Dataset, TrePolicy
-from fivesafes_tes.agent.staging import StagingRefused, collect, prepare
+from fivesafes_tes.agent.staging import StagingRefused, collect, prepare, reserved_paths
 
 IMAGE = "registry.tre.example/stats:1"
 
@@ -97,13 +97,78 @@ def test_outputs_of_every_kind_are_collected_by_their_container_paths(tmp_path):
             task(executors=[{"image": IMAGE, "command": ["x"], "env": {"AWS_SECRET_ACCESS_KEY": "x"}}]),
             "reserved",
         ),
-        (task(outputs=[{"path": "/data/omop/x.csv", "url": "s3://r/x"}]), "mounts datasets"),
         (task(outputs=[{"path": "/out/../etc/x", "url": "s3://r/x"}]), "without '..'"),
     ],
 )
 def test_what_the_tre_does_not_allow_is_refused_with_a_reason(tmp_path, t, words):
     with pytest.raises(StagingRefused, match=words):
         stage(tmp_path, t)
+
+
+@pytest.mark.parametrize(
+    ("t", "words"),
+    [
+        (task(outputs=[{"path": "/data/omop/x.csv", "url": "s3://r/x"}]), "dataset omop is mounted there"),
+        (task(outputs=[{"path": "/data/omop", "type": "DIRECTORY", "url": "s3://r/x"}]), "dataset omop"),
+        (task(volumes=["/data/omop/scratch"]), "dataset omop"),
+        (task(inputs=[{"path": "/data/omop/person.csv", "content": "x"}]), "dataset omop"),
+        (task(inputs=[{"path": "/data", "content": "x"}]), "is a file where dataset omop"),
+        (task(volumes=["/tmp"]), "scratch space"),
+        (task(outputs=[{"path": "/tmp/x.csv", "url": "s3://r/x"}]), "scratch space"),  # its directory is /tmp
+        (task(inputs=[{"path": "/.fivesafes/busybox", "content": "x"}]), "sandbox's own tools"),
+        (task(volumes=["/proc/self"]), "kernel's interfaces"),
+        (task(volumes=["/dev"]), "kernel's interfaces"),
+        (task(volumes=["//data/omop/x"]), "dataset omop"),
+        (task(inputs=[{"path": "/out", "content": "x"}], volumes=["/out"]), "also an output or volume"),
+    ],
+)
+def test_only_the_datasets_and_the_sandboxs_own_paths_are_reserved(tmp_path, t, words):
+    with pytest.raises(StagingRefused, match=words):
+        stage(tmp_path, t)
+
+
+def test_tasks_use_the_rest_of_data_and_paths_below_tmp(tmp_path):
+    """The GA4GH conformance suite's and py-tes's ordinary shapes: files under /data beside the
+    datasets, and Snakemake's job script at /tmp/run_snakemake.sh."""
+    spec = stage(
+        tmp_path,
+        task(
+            inputs=[
+                {"path": "/data/file1", "content": "in /data"},
+                {"path": "/tmp/run_snakemake.sh", "content": "echo job"},
+            ],
+            outputs=[
+                {"path": "/data/outfile", "url": "s3://r/outfile"},
+                {"path": "/tmp/results", "type": "DIRECTORY", "url": "s3://r/results/"},
+            ],
+            volumes=["/vol/A/"],
+        ),
+    )
+    rw = {m.target: m.source for m in spec.mounts if not m.read_only}
+    ro = {m.target: m.source for m in spec.mounts if m.read_only}
+    assert set(rw) == {"/data", "/tmp/results", "/vol/A"}
+    assert set(ro) == {"/data/omop", "/tmp/run_snakemake.sh"}
+    assert (rw["/data"] / "file1").read_text() == "in /data"  # inside a writable dir: copied there
+    assert ro["/tmp/run_snakemake.sh"].read_text() == "echo job"
+
+
+def test_a_project_without_the_grant_may_use_the_datasets_path(tmp_path):
+    spec = stage(tmp_path, task(volumes=["/data/omop"]), project="beta")
+    assert [(m.target, m.read_only) for m in spec.mounts] == [("/data/omop", False)]
+
+
+def test_the_reserved_paths_are_listed_in_one_place(tmp_path):
+    tre = policy(tmp_path)
+    paths = {(r.path, r.below) for r in reserved_paths(tre)}
+    assert paths == {
+        ("/proc", True),
+        ("/sys", True),
+        ("/dev", True),
+        ("/.fivesafes", True),
+        ("/tmp", False),
+        ("/data/omop", True),
+    }
+    assert ("/data/omop", True) not in {(r.path, r.below) for r in reserved_paths(tre, "beta")}
 
 
 def test_a_project_without_a_grant_sees_no_dataset(tmp_path):

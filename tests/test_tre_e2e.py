@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -394,26 +395,37 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
 
 
 def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker_client):
+    from fivesafes_tes.agent.loop import deployment_id, open_database
     from fivesafes_tes.executors import Limits, RunSpec, Step, create
+    from fivesafes_tes.settings import AgentSettings
 
     stack, s3 = gateway_only
-    orphan = "01a00000-0000-7000-8000-0000000000aa"
-    executor = create("docker", tre="uk-tre")
-    logs = tmp_path / "orphan-logs"
-    logs.mkdir()
-    executor.start(
-        RunSpec(
-            child_id=orphan,
-            attempt=1,
-            tre="uk-tre",
-            steps=[Step(image=BUSYBOX_IMAGE, command=["sleep", "600"])],
-            mounts=[],
-            limits=Limits(runtime_s=600),
-            logs_dir=logs,
-        )
-    )
-    assert orphan in executor.running()
     env = _agent_env(stack, s3, tmp_path / "agent")
+    db = open_database(AgentSettings(tre="uk-tre", data_dir=Path(env["FIVESAFES_AGENT_DATA_DIR"])))
+    mine = deployment_id(db)  # what this agent's previous life labelled its containers with
+    db.dispose()
+    executor = create("docker", tre="uk-tre", deployment=mine)
+    # Another stack's uk-tre on the same engine: its run is not this agent's to sweep.
+    neighbour = create("docker", tre="uk-tre", deployment=f"another-stack-{uuid.uuid4().hex[:8]}")
+    orphan, theirs = (
+        "01a00000-0000-7000-8000-0000000000aa",
+        f"01a00000-0000-7000-8000-{uuid.uuid4().hex[:12]}",
+    )
+    for ex, child in ((executor, orphan), (neighbour, theirs)):
+        logs = tmp_path / f"logs-{child}"
+        logs.mkdir()
+        ex.start(
+            RunSpec(
+                child_id=child,
+                attempt=1,
+                tre="uk-tre",
+                steps=[Step(image=BUSYBOX_IMAGE, command=["sleep", "600"])],
+                mounts=[],
+                limits=Limits(runtime_s=600),
+                logs_dir=logs,
+            )
+        )
+    assert orphan in executor.running() and theirs in neighbour.running()
     agent = start_agent(env, tmp_path / "agent.log")
     try:
         deadline = time.monotonic() + 30
@@ -421,9 +433,11 @@ def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker
             assert time.monotonic() < deadline, "the orphan was not swept"
             time.sleep(0.3)
         assert not docker_client.containers.list(all=True, filters={"label": f"org.fivesafes.child={orphan}"})
+        assert neighbour.running() == {theirs: 1}
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)
+        neighbour.cleanup(theirs)
     from sqlalchemy import select
 
     from fivesafes_tes.audit.tables import AuditRecord

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,20 @@ from fivesafes_tes import audit, failpoints
 from fivesafes_tes.agent import approvals, checks, review, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
 from fivesafes_tes.agent.policy import TrePolicy
-from fivesafes_tes.agent.tables import AgentBase, HeldFileRecord, LocalChild, LocalProject, OutgoingEvent
+from fivesafes_tes.agent.tables import (
+    AgentBase,
+    AgentIdentity,
+    HeldFileRecord,
+    LocalChild,
+    LocalProject,
+    OutgoingEvent,
+)
 from fivesafes_tes.audit.tables import AuditHead, AuditRecord
 from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
-from fivesafes_tes.executors import Executor, Mount, RequestRefused, RunResult, RunSpec
+from fivesafes_tes.executors import Executor, Mount, RequestRefused, RunResult, RunSpec, sandbox
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
 
@@ -52,6 +60,10 @@ ENDED_WITH_HELD_FILES = (
 RETRY_FIRST_S, RETRY_CAP_S = 1.0, 300.0
 # Stages before the run: a refusal there depends only on the request, so the researcher may read it.
 BEFORE_RUN = ("leased", "awaiting_tre_approval", "staging")
+
+
+class CannotStart(RuntimeError):
+    """The agent's configuration would fail every task; the message says what to change."""
 
 
 @dataclass
@@ -74,6 +86,32 @@ def open_database(settings: AgentSettings) -> Database:
     AgentBase.metadata.create_all(db.engine)
     AuditRecord.metadata.create_all(db.engine, tables=[AuditRecord.__table__, AuditHead.__table__])
     return db
+
+
+def deployment_id(db: Database) -> str:
+    """This agent's deployment id (made on first use and kept in its database): the executor labels
+    everything it creates with it, and sweeps and re-attaches to nothing else."""
+    with db.write() as session:
+        existing = session.scalars(select(AgentIdentity.deployment)).first()
+        if existing is not None:
+            return existing
+        made = uuid.uuid4().hex
+        session.add(AgentIdentity(deployment=made))
+        return made
+
+
+def unmountable(settings: AgentSettings, policy: TrePolicy) -> list[str]:
+    """Why the work directory or a dataset could never be mounted into a task (empty when all can):
+    checked at start, so a wrong path stops the agent instead of failing every task."""
+    problems = []
+    work = sandbox.mount_source_refusal(settings.data_dir / "work")
+    if work:
+        problems.append(f"FIVESAFES_AGENT_DATA_DIR: {work}; choose a data directory outside them")
+    for name, dataset in sorted(policy.datasets.items()):
+        refusal = sandbox.mount_source_refusal(dataset.path)
+        if refusal:
+            problems.append(f"dataset {name}: {refusal}")
+    return problems
 
 
 class Agent:
@@ -122,12 +160,14 @@ class Agent:
                 settings.token.get_secret_value() if settings.token else None, settings.token_file
             ),
         )
+        db = open_database(settings)
         return cls(
             settings,
             client=client,
-            executor=create_executor(settings.executor, tre=settings.tre),
+            executor=create_executor(settings.executor, tre=settings.tre, deployment=deployment_id(db)),
             store=Agent.store_from(settings),
             policy=TrePolicy.load(settings.policy_file),
+            db=db,
         )
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -136,6 +176,9 @@ class Agent:
         """Recover, then run the three threads until `shutdown()` (and the admin API, if configured)."""
         from fivesafes_tes.egress.checks.runner import prewarm
 
+        problems = unmountable(self.settings, self.policy)
+        if problems:
+            raise CannotStart("; ".join(problems))
         prewarm()
         self.store.ensure_bucket()
         self.recover()

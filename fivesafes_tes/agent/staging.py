@@ -7,14 +7,16 @@ import fnmatch
 import posixpath
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.egress.airlock import HeldFileSpec
 from fivesafes_tes.executors import Limits, Mount, RequestRefused, RunSpec, Step
+from fivesafes_tes.executors.sandbox import POLICY as SANDBOX
+from fivesafes_tes.executors.sandbox import ReservedPath
 
-DATA_ROOT = "/data"
+DATA_ROOT = "/data"  # datasets are mounted at DATA_ROOT/<name>; the rest of it is the task's
 RESERVED_ENV = ("FIVESAFES_", "DOCKER_", "KUBERNETES_", "AWS_")
 
 
@@ -36,12 +38,33 @@ class Workspace:
         return self.root / kind / safe
 
 
+def reserved_paths(policy: TrePolicy, project: str | None = None) -> tuple[ReservedPath, ...]:
+    """Every container path a task may not use for an input, output or volume: the sandbox's own, and
+    the mount point of each dataset granted to `project` (of every dataset of the TRE when None). The
+    one list: staging refuses by it, and it is what a TRE tells others it reserves."""
+    datasets = policy.datasets if project is None else policy.datasets_for(project)
+    return (
+        *SANDBOX.own_paths(),
+        *(
+            ReservedPath(f"{DATA_ROOT}/{name}", below=True, why=f"dataset {name} is mounted there read-only")
+            for name in sorted(datasets)
+        ),
+    )
+
+
 def _normal(path: str, what: str) -> str:
-    normal = posixpath.normpath(path)
+    normal = "/" + posixpath.normpath(path).lstrip("/")  # POSIX keeps a leading "//" apart; engines do not
     if not path.startswith("/") or normal in ("/", "/.") or ".." in path.split("/"):
         raise StagingRefused(f"{what} {path!r} must be an absolute path without '..'")
-    if normal == DATA_ROOT or normal.startswith(DATA_ROOT + "/"):
-        raise StagingRefused(f"{what} {path!r} is under {DATA_ROOT}, where this TRE mounts datasets")
+    return normal
+
+
+def _allowed(path: str, what: str, reserved: tuple[ReservedPath, ...]) -> str:
+    """The normal form of a path a task mounts something at, unless it is reserved."""
+    normal = _normal(path, what)
+    for r in reserved:
+        if r.covers(normal):
+            raise StagingRefused(f"{what} {path!r} is reserved: {r.why} ({r.path})")
     return normal
 
 
@@ -78,6 +101,19 @@ def prepare(
         for key in executor.get("env") or {}:
             if key.upper().startswith(RESERVED_ENV):
                 raise StagingRefused(f"environment variable {key!r} is reserved by {tre}; rename it")
+    reserved = reserved_paths(policy, project)
+    writable_paths = [
+        *(_allowed(v, "volume", reserved) for v in task.get("volumes") or []),
+        *(_allowed(_output_dir(o), "output path", reserved) for o in task.get("outputs") or []),
+    ]
+    input_paths = [_allowed(i["path"], "input path", reserved) for i in task.get("inputs") or []]
+    for target in input_paths:
+        if target in writable_paths:
+            raise StagingRefused(f"input path {target!r} is also an output or volume directory")
+        # A file mounted at a parent of a reserved mount point would leave nowhere to mount it.
+        covered = next((r for r in reserved if PurePosixPath(target) in PurePosixPath(r.path).parents), None)
+        if covered is not None and not any(_inside(target, w) for w in writable_paths):
+            raise StagingRefused(f"input path {target!r} is a file where {covered.why} ({covered.path})")
     workspace = Workspace(root)
     if root.exists():  # a retry after a crash starts from a clean slate
         shutil.rmtree(root)
@@ -86,15 +122,13 @@ def prepare(
     for name, dataset in policy.datasets_for(project).items():
         mounts.append(Mount(source=dataset.path, target=f"{DATA_ROOT}/{name}", read_only=True))
     writable: dict[str, Path] = {}
-    for path in [*(task.get("volumes") or []), *(_output_dir(o) for o in task.get("outputs") or [])]:
-        target = _normal(path, "output or volume path")
+    for target in writable_paths:
         if target not in writable:
             writable[target] = workspace.host_dir("rw", target)
             writable[target].mkdir(parents=True)
     for target in sorted(writable):
         mounts.append(Mount(source=writable[target], target=target, read_only=False))
-    for n, item in enumerate(task.get("inputs") or []):
-        target = _normal(item["path"], "input path")
+    for n, (item, target) in enumerate(zip(task.get("inputs") or [], input_paths, strict=True)):
         if item.get("content") is None:
             raise StagingRefused(
                 f"input {n} ({target}) comes from {item.get('url')!r}; {tre} stages only literal content and "
@@ -104,7 +138,7 @@ def prepare(
         host.parent.mkdir(parents=True, exist_ok=True)
         host.write_text(item["content"])
         host.chmod(0o444)
-        inside = next((w for w in writable if target.startswith(w + "/")), None)
+        inside = next((w for w in writable if _inside(target, w)), None)
         if inside:  # an input inside a writable dir is copied there, not mounted over it
             dest = writable[inside] / posixpath.relpath(target, inside)
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +170,10 @@ def prepare(
         logs_dir=workspace.logs,
         user=run_as,
     )
+
+
+def _inside(path: str, directory: str) -> bool:
+    return PurePosixPath(directory) in PurePosixPath(path).parents
 
 
 def _open_for(run_as: str, paths: list[Path]) -> None:

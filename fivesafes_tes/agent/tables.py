@@ -121,3 +121,14 @@ class ReviewDecision(AgentBase):
     decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
     reason: Mapped[str] = mapped_column(Text, default="")
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AgentIdentity(AgentBase):
+    """This agent's deployment: an id made at its first start and labelled on everything it creates in
+    the container engine, so that another agent on the same engine (even of a TRE with the same name)
+    never sweeps or re-attaches to it. It lives with the children it belongs to."""
+
+    __tablename__ = "agent_identity"
+
+    deployment: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

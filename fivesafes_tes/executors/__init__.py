@@ -13,6 +13,7 @@ from .base import (
     LABEL_ATTEMPT,
     LABEL_CHILD,
     LABEL_DEADLINE,
+    LABEL_DEPLOYMENT,
     LABEL_STEP,
     LABEL_TRE,
     Executor,
@@ -43,7 +44,7 @@ def backend(name: str) -> type:
 
 
 def create(name: str, **kwargs: Any) -> Executor:
-    """A ready backend, e.g. create("docker", tre="tre-a")."""
+    """A ready backend, e.g. create("docker", tre="tre-a", deployment=agent_id)."""
     return backend(name)(**kwargs)
 
 
@@ -52,6 +53,7 @@ __all__ = [
     "LABEL_ATTEMPT",
     "LABEL_CHILD",
     "LABEL_DEADLINE",
+    "LABEL_DEPLOYMENT",
     "LABEL_STEP",
     "LABEL_TRE",
     "Executor",

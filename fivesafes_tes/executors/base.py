@@ -17,6 +17,7 @@ LABEL_ATTEMPT = "org.fivesafes.attempt"
 LABEL_TRE = "org.fivesafes.tre"
 LABEL_STEP = "org.fivesafes.step"
 LABEL_DEADLINE = "org.fivesafes.deadline"  # absolute epoch seconds the whole run must end by
+LABEL_DEPLOYMENT = "org.fivesafes.deployment"  # the agent's own id: TRE names repeat across stacks
 
 
 class RequestRefused(ValueError):

@@ -39,6 +39,7 @@ from .base import (
     LABEL_ATTEMPT,
     LABEL_CHILD,
     LABEL_DEADLINE,
+    LABEL_DEPLOYMENT,
     LABEL_STEP,
     LABEL_TRE,
     ExecutorError,
@@ -181,8 +182,9 @@ class _Verdict:
 class DockerExecutor:
     """Runs steps as sandboxed containers on one Docker engine, for one TRE.
 
-    Everything it lists, sweeps or re-attaches is filtered by the TRE label, so several agents
-    (as in `fivesafes-tes dev`) can share an engine without touching each other's work.
+    Everything it lists, sweeps or re-attaches is filtered by the TRE and deployment labels, so
+    several agents (two TREs of `fivesafes-tes dev`, two dev stacks, two test sessions, even with the
+    same TRE names) can share an engine without touching each other's work.
     """
 
     name = "docker"
@@ -191,11 +193,15 @@ class DockerExecutor:
         self,
         tre: str,
         *,
+        deployment: str,
         client: docker.DockerClient | None = None,
         busybox: str | Path = "/bin/busybox",
         policy: SandboxPolicy = POLICY,
     ) -> None:
+        if not _NAME.match(deployment):
+            raise ValueError(f"deployment {deployment!r} cannot label a container (letters, digits, _.-)")
         self.tre = tre
+        self.deployment = deployment
         self._policy = policy
         self._busybox = Path(busybox)
         if not self._busybox.is_file() or not _is_static_elf(self._busybox):
@@ -291,7 +297,7 @@ class DockerExecutor:
     # --- engine state ---------------------------------------------------------------------------
 
     def _list(self, labels: dict[str, str]) -> list[Container]:
-        wanted = {LABEL_TRE: self.tre, **labels}
+        wanted = {LABEL_TRE: self.tre, LABEL_DEPLOYMENT: self.deployment, **labels}
         filters = {"label": [f"{k}={v}" for k, v in wanted.items()] + [LABEL_CHILD]}
         try:
             return self._client.containers.list(all=True, filters=filters, ignore_removed=True)
@@ -502,6 +508,7 @@ class DockerExecutor:
                 LABEL_CHILD: spec.child_id,
                 LABEL_ATTEMPT: str(spec.attempt),
                 LABEL_TRE: spec.tre,
+                LABEL_DEPLOYMENT: self.deployment,
                 LABEL_STEP: str(i),
                 LABEL_STEPS: str(len(spec.steps)),
                 LABEL_DEADLINE: str(deadline),
@@ -525,6 +532,7 @@ class DockerExecutor:
                 LABEL_CHILD: run.child_id,
                 LABEL_ATTEMPT: str(run.attempt),
                 LABEL_TRE: self.tre,
+                LABEL_DEPLOYMENT: self.deployment,
                 LABEL_CANCELED: "true",
             },
         }

@@ -75,7 +75,8 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, tre: str = "local") -> None:
+    def __init__(self, tre: str = "local", *, deployment: str = "") -> None:
+        # `deployment` is the interface's; runs live in this process, so there is nothing to tell apart.
         self.tre = tre
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()

@@ -10,10 +10,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .base import RequestRefused, RunSpec, Step
+
+
+@dataclass(frozen=True)
+class ReservedPath:
+    """A container path a task may not mount anything at; with `below`, nor anywhere under it."""
+
+    path: str
+    below: bool
+    why: str
+
+    def covers(self, target: str) -> bool:
+        # POSIX keeps a leading "//" apart; the engine does not.
+        p, mine = PurePosixPath("/" + target.lstrip("/")), PurePosixPath(self.path)
+        return p == mine or (self.below and mine in p.parents)
 
 
 @dataclass(frozen=True)
@@ -46,8 +60,22 @@ class SandboxPolicy:
         "/boot",
         "/root",
     )
-    # Container paths a mount may not cover: the engine's own, our tools, and the tmpfs.
-    reserved_targets: tuple[str, ...] = ("/proc", "/sys", "/dev", "/.fivesafes", "/tmp")
+    # Container paths no mount may be at or below: the kernel's interfaces the engine provides. Our
+    # tools_dir is reserved the same way, and writable_tmp itself (a mount may go below it: the engine
+    # mounts parents before children).
+    kernel_targets: tuple[str, ...] = ("/proc", "/sys", "/dev")
+
+    def own_paths(self) -> tuple[ReservedPath, ...]:
+        """The container paths the sandbox itself occupies."""
+        return (
+            *(ReservedPath(t, below=True, why="the kernel's interfaces") for t in self.kernel_targets),
+            ReservedPath(self.tools_dir, below=True, why="the sandbox's own tools"),
+            ReservedPath(
+                self.writable_tmp,
+                below=False,
+                why="the task's scratch space (paths below it may be inputs and outputs)",
+            ),
+        )
 
 
 POLICY = SandboxPolicy()
@@ -77,6 +105,17 @@ def parse_user(user: str) -> tuple[int, int]:
     return uid, gid
 
 
+def mount_source_refusal(path: Path, policy: SandboxPolicy = POLICY) -> str | None:
+    """Why host path `path` may never be mounted into a task (host state, engine sockets), or None."""
+    source = path.resolve()
+    if not source.is_absolute() or str(source) == "/" or _under(str(source), policy.forbidden_sources):
+        return (
+            f"host path {str(path)!r} may not be mounted into a task: it is (under) one of "
+            f"{', '.join(policy.forbidden_sources)} or /"
+        )
+    return None
+
+
 def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
     """Refuse a spec that would weaken the sandbox, naming what to fix: RequestRefused where the task's
     request is the cause, ValueError where the TRE's own configuration is (a user, a limit, a host path)."""
@@ -97,14 +136,16 @@ def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
         target = PurePosixPath(mount.target)
         if not target.is_absolute() or ".." in target.parts or str(target) == "/":
             raise RequestRefused(f"mount target {mount.target!r} must be an absolute container path below /")
-        if _under(str(target), policy.reserved_targets):
-            raise RequestRefused(f"mount target {mount.target!r} is reserved by the sandbox")
+        reserved = next((r for r in policy.own_paths() if r.covers(str(target))), None)
+        if reserved is not None:
+            raise RequestRefused(f"mount target {mount.target!r} is reserved by the sandbox: {reserved.why}")
         if str(target) in targets:
             raise RequestRefused(f"mount target {mount.target!r} is used twice")
         targets.add(str(target))
+        refusal = mount_source_refusal(mount.source, policy)
+        if refusal:
+            raise ValueError(refusal)
         source = mount.source.resolve()
-        if not source.is_absolute() or str(source) == "/" or _under(str(source), policy.forbidden_sources):
-            raise ValueError(f"host path {str(mount.source)!r} may not be mounted into a task")
         if not source.exists():
             raise ValueError(f"host path {str(mount.source)!r} to mount at {mount.target} does not exist")
     for i, step in enumerate(spec.steps):
@@ -209,7 +250,7 @@ def _check_mount_source(source: str, target: str, policy: SandboxPolicy) -> list
     problems = []
     if source == "/" or _under(source, policy.forbidden_sources) or source.endswith(".sock"):
         problems.append(f"host path {source} is mounted at {target}")
-    if _under(target, ("/proc", "/sys", "/dev")):
+    if _under(target, policy.kernel_targets):
         problems.append(f"a mount covers kernel interface {target}")
     return problems
 

@@ -1,6 +1,11 @@
 """Drive a TES server with py-tes 0.4.x and print what happened as JSON on stdout.
 
     .venv-pytes04/bin/python tests/clients/pytes04_roundtrip.py URL TOKEN
+    .venv-pytes04/bin/python tests/clients/pytes04_roundtrip.py URL TOKEN run IMAGE SCRIPT
+
+The first sends every field py-tes 0.4 knows and cancels; `run` submits SCRIPT (sh -c) in IMAGE to
+uk-tre with /data/out/count.txt as its output, waits as a workflow engine does for the task to end
+(someone must release it meanwhile), and reports the FULL view.
 
 Runs under the py-tes 0.4.x interpreter (it cannot share a virtualenv with py-tes 1.1), so it
 imports nothing from this project. Every step is attempted even when an earlier one failed, and
@@ -100,7 +105,29 @@ def main(url: str, token: str) -> dict:
     return {"client_version": version("py-tes"), "sent": jsonable(task), "steps": steps}
 
 
+def run_to_the_end(url: str, token: str, image: str, script: str) -> dict:
+    client = tes.HTTPClient(url, token=token)
+    steps: dict = {}
+    task = tes.Task(
+        name="py-tes 0.4 end to end",
+        executors=[tes.Executor(image=image, command=["sh", "-c", script])],
+        outputs=[tes.Output(path="/data/out/count.txt", url="s3://results/count.txt")],
+        tags={"tres": "uk-tre"},
+    )
+    try:
+        task_id = client.create_task(task)
+        steps["create"] = {"ok": True, "value": task_id}
+        steps["wait"] = {"ok": True, "value": client.wait(task_id, timeout=110).state}
+        steps["get_FULL"] = {"ok": True, "value": jsonable(client.get_task(task_id, "FULL"))}
+    except Exception as exc:  # noqa: BLE001  reported for the test to show
+        steps[f"failed after {len(steps)} step(s)"] = describe(exc)
+    return {"client_version": version("py-tes"), "steps": steps}
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(f"usage: {sys.argv[0]} URL TOKEN")
-    print(json.dumps(main(sys.argv[1], sys.argv[2]), indent=2))
+    if len(sys.argv) == 6 and sys.argv[3] == "run":
+        print(json.dumps(run_to_the_end(sys.argv[1], sys.argv[2], sys.argv[4], sys.argv[5]), indent=2))
+    elif len(sys.argv) == 3:
+        print(json.dumps(main(sys.argv[1], sys.argv[2]), indent=2))
+    else:
+        sys.exit(f"usage: {sys.argv[0]} URL TOKEN [run IMAGE SCRIPT]")
