@@ -288,31 +288,20 @@ def test_the_error_count_and_the_wait_survive_a_restart(uk, alice, monkeypatch):
     _wait("the cancel", lambda: not local(uk, task_id).active)  # type: ignore[union-attr]
 
 
-# --- the Snakemake case, for real: a job script where the sandbox keeps its own scratch space ----------
-
-
-def _reserved_script_path() -> str:
-    """Where Snakemake's TES plugin puts its job script, while the sandbox reserves it; else another
-    path the sandbox always reserves (its own tools)."""
-    wanted = "/tmp/run_snakemake.sh"
-    return (
-        wanted
-        if any(wanted.startswith(t + "/") for t in POLICY.reserved_targets)
-        else f"{POLICY.tools_dir}/run.sh"
-    )
+# --- for real: a job script where the sandbox keeps its own tools --------------------------------------
 
 
 @pytest.mark.slow
-def test_a_snakemake_job_script_or_a_volume_in_a_reserved_path_ends_that_task_while_another_completes(
+def test_a_job_script_or_a_volume_in_a_reserved_path_ends_that_task_while_another_completes(
     tmp_path, docker_client
 ):
     images.ensure_busybox_image(docker_client)
-    path = _reserved_script_path()
+    path = f"{POLICY.tools_dir}/run.sh"  # reserved below: the sandbox's own tools
     with devstack.start(tmp_path / "stack", agents=True, executor="docker", report_granularity_s=0) as stack:
         http = httpx.Client(
             base_url=stack.url + TES, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
         )
-        snakemake = post(
+        refused = post(
             http,
             {
                 "name": "snakejob",
@@ -323,7 +312,7 @@ def test_a_snakemake_job_script_or_a_volume_in_a_reserved_path_ends_that_task_wh
         )
         scratch = post(http, task("scratch", volumes=[f"{posixpath.dirname(path)}/work"]))
         good = post(http, task("counts"))
-        doc = _wait("the refusal", lambda: (d := view(http, snakemake))["state"] == "SYSTEM_ERROR" and d)
+        doc = _wait("the refusal", lambda: (d := view(http, refused))["state"] == "SYSTEM_ERROR" and d)
         assert doc["logs"][0]["metadata"]["stage"] == "rejected_by_tre"
         line = doc["logs"][0]["system_logs"][-1]
         assert line.startswith("uk-tre refused the task: ") and path in line and "reserved" in line
