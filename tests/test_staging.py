@@ -97,7 +97,10 @@ def test_outputs_of_every_kind_are_collected_by_their_container_paths(tmp_path):
             task(executors=[{"image": IMAGE, "command": ["x"], "env": {"AWS_SECRET_ACCESS_KEY": "x"}}]),
             "reserved",
         ),
-        (task(outputs=[{"path": "/data/omop/x.csv", "url": "s3://r/x"}]), "mounts datasets"),
+        (
+            task(outputs=[{"path": "/data/omop/x.csv", "url": "s3://r/x"}]),
+            "under /data, which uk-tre reserves",
+        ),
         (task(outputs=[{"path": "/out/../etc/x", "url": "s3://r/x"}]), "without '..'"),
     ],
 )

@@ -13,9 +13,12 @@ from typing import Any
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.egress.airlock import HeldFileSpec
 from fivesafes_tes.executors import Limits, Mount, RunSpec, Step
+from fivesafes_tes.executors.sandbox import POLICY as SANDBOX
+from fivesafes_tes.tes.admission import Admission, PublishedCaps
 
 DATA_ROOT = "/data"
 RESERVED_ENV = ("FIVESAFES_", "DOCKER_", "KUBERNETES_", "AWS_")
+INPUT_URL_SCHEMES: tuple[str, ...] = ()  # inputs come as literal content, or as granted datasets
 
 
 class StagingRefused(ValueError):
@@ -34,6 +37,38 @@ class Workspace:
         """A host directory standing for `container_path`; the path is flattened, never joined raw."""
         safe = container_path.strip("/").replace("/", "__") or "_root"
         return self.root / kind / safe
+
+
+def reserved_paths(policy: TrePolicy, project: str | None) -> list[str]:
+    """Container paths at or under which no input, output or volume of a task of `project` (None: of
+    a project granted no dataset) may be: where this TRE mounts datasets, and the sandbox's own."""
+    return sorted({DATA_ROOT, *SANDBOX.reserved_targets})
+
+
+def admission(policy: TrePolicy, tre: str) -> Admission:
+    """What this TRE tells the gateway it will run. `prepare` checks every task against this same
+    document, so a refusal at the gateway is word for word the one this TRE would give."""
+    everyone = reserved_paths(policy, None)
+    caps = policy.caps
+    return Admission(
+        tre=tre,
+        allowed_images=list(policy.allowed_images),
+        input_url_schemes=list(INPUT_URL_SCHEMES),
+        reserved_paths=everyone,
+        project_reserved_paths={
+            project: more
+            for project in sorted(policy.grants)
+            if (more := sorted(set(reserved_paths(policy, project)) - set(everyone)))
+        },
+        reserved_env_prefixes=list(RESERVED_ENV),
+        caps=PublishedCaps(
+            executors=caps.executors,
+            inputs=caps.inputs,
+            outputs=caps.outputs,
+            volumes=caps.volumes,
+            env_vars=caps.env_vars,
+        ),
+    )
 
 
 def _normal(path: str, what: str) -> str:
@@ -69,15 +104,9 @@ def prepare(
     run_as: str,
 ) -> RunSpec:
     """Check the task against this TRE's policy, lay out its workspace, and describe the run."""
-    over = policy.caps.refusal(task, tre)
-    if over:
-        raise StagingRefused(over)
-    for n, executor in enumerate(task.get("executors", [])):
-        if not policy.image_allowed(executor["image"]):
-            raise StagingRefused(f"{tre} does not allow image {executor['image']!r} (executor {n})")
-        for key in executor.get("env") or {}:
-            if key.upper().startswith(RESERVED_ENV):
-                raise StagingRefused(f"environment variable {key!r} is reserved by {tre}; rename it")
+    refused = admission(policy, tre).refusal(task, project)
+    if refused:
+        raise StagingRefused(refused)
     workspace = Workspace(root)
     if root.exists():  # a retry after a crash starts from a clean slate
         shutil.rmtree(root)
