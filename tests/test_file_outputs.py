@@ -76,6 +76,16 @@ def test_a_file_with_other_content_is_never_replaced(tmp_path):
     assert (tmp_path / "summary.csv").read_bytes() == b"someone else's"
 
 
+def test_a_file_that_appears_while_writing_is_not_replaced(tmp_path):
+    def racing(out) -> None:  # type: ignore[no-untyped-def]
+        out.write(SUMMARY)
+        (tmp_path / "summary.csv").write_bytes(b"someone else's")
+
+    with pytest.raises(file_outputs.DestinationExists):
+        file_outputs.write(str(tmp_path), f"file://{tmp_path}/summary.csv", racing, sha(SUMMARY))
+    assert [(p.name, p.read_bytes()) for p in tmp_path.iterdir()] == [("summary.csv", b"someone else's")]
+
+
 def test_bytes_that_do_not_match_their_sha256_never_appear(tmp_path):
     def damaged(out) -> None:  # type: ignore[no-untyped-def]
         out.write(b"tampered")
