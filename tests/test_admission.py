@@ -143,6 +143,7 @@ def test_an_agent_publishes_only_for_its_own_tre_and_a_repeat_changes_nothing(ga
     assert other.status_code == 400 and "publishes for 'uk-tre', not 'sg-tre'" in other.json()["detail"]
     researcher = gateway.client.put(f"{AGENT}/policy", json=document, headers=gateway.headers())
     assert researcher.status_code == 403
+    assert gateway.client.put(f"{AGENT}/policy", json=document).status_code == 401
     assert publish(gateway, tre_policy()).json() == {"changed": True}
     assert publish(gateway, tre_policy()).json() == {"changed": False}
     with gateway.db.read() as session:
