@@ -116,6 +116,11 @@ class GatewaySettings(BaseSettings):
         description="Buckets on the results store's endpoint that released outputs may be delivered to, when a "
         "TES output url names them (s3://BUCKET/key). Others are not written to.",
     )
+    file_output_root: Path | None = Field(
+        default=None,
+        description="A folder this gateway may write, where released outputs whose TES output url is "
+        "file:///path (a path under this folder) are written. Unset: tasks with file:// outputs are refused.",
+    )
     delivery_attempts: int = Field(
         default=20,
         ge=1,

@@ -34,6 +34,9 @@ class Gateway:
     def sync(self) -> dict[str, Any]:
         return {"projects": [PROJECT]}
 
+    def publish_policy(self, admission: dict[str, Any]) -> bool:
+        return False
+
     def push_decisions(self, body: list[dict[str, Any]]) -> None:
         self.pushed.append(body)
         self.during_push()

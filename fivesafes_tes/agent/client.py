@@ -153,5 +153,9 @@ class GatewayClient:
     def sync(self) -> dict[str, Any]:
         return self._call("GET", "/sync")
 
+    def publish_policy(self, admission: dict[str, Any]) -> bool:
+        """Tell the gateway what this TRE will run (`tes.admission.Admission`); whether it changed."""
+        return bool(self._call("PUT", "/policy", json=admission)["changed"])
+
     def push_decisions(self, decisions: list[dict[str, Any]]) -> None:
         self._call("POST", "/decisions", json={"decisions": decisions})

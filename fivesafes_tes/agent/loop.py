@@ -402,9 +402,14 @@ class Agent:
             log.info("cancel-ack for %s refused: %s", child_id, exc)
 
     def sync(self) -> None:
-        """Refresh the projects assigned to this TRE and push this TRE's decisions to the gateway."""
+        """Refresh the projects assigned to this TRE, tell the gateway what this TRE will run, and push
+        this TRE's decisions to the gateway."""
         self._last_sync = time.monotonic()
         answer = self.client.sync()
+        try:
+            self.client.publish_policy(staging.admission(self.policy, self.tre).model_dump(mode="json"))
+        except Rejected as exc:  # the gateway cannot check for us: this TRE still refuses what it must
+            log.error("the gateway refused this TRE's policy: %s", exc)
         with self.db.write() as session:
             seen = set()
             for project in answer["projects"]:

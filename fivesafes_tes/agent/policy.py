@@ -4,7 +4,6 @@ sees. The agent applies it to every task, whatever the gateway already checked."
 from __future__ import annotations
 
 import json
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fivesafes_tes.agent.review import ReviewPolicy
 from fivesafes_tes.executors import Limits
+from fivesafes_tes.tes.admission import image_allowed
 from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
 
 GIB = 1 << 30
@@ -82,7 +82,7 @@ class TrePolicy(BaseModel):
         )
 
     def image_allowed(self, image: str) -> bool:
-        return any(fnmatchcase(image, pattern) for pattern in self.allowed_images)
+        return image_allowed(image, self.allowed_images)
 
     def limits_for(self, resources: dict | None) -> Limits:
         """min(request, TRE maximum) for each resource; the maximum when nothing was asked."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -14,10 +15,11 @@ from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.egress.airlock import HeldFileSpec
 from fivesafes_tes.executors import Limits, Mount, RequestRefused, RunSpec, Step
 from fivesafes_tes.executors.sandbox import POLICY as SANDBOX
-from fivesafes_tes.executors.sandbox import ReservedPath
+from fivesafes_tes.tes.admission import Admission, PublishedCaps, ReservedPath, normal_path, output_folder
 
 DATA_ROOT = "/data"  # datasets are mounted at DATA_ROOT/<name>; the rest of it is the task's
 RESERVED_ENV = ("FIVESAFES_", "DOCKER_", "KUBERNETES_", "AWS_")
+INPUT_URL_SCHEMES: tuple[str, ...] = ()  # inputs come as literal content, or as granted datasets
 
 
 class StagingRefused(RequestRefused):
@@ -39,45 +41,56 @@ class Workspace:
 
 
 def reserved_paths(policy: TrePolicy, project: str | None = None) -> tuple[ReservedPath, ...]:
-    """Every container path a task may not use for an input, output or volume: the sandbox's own, and
-    the mount point of each dataset granted to `project` (of every dataset of the TRE when None). The
-    one list: staging refuses by it, and it is what a TRE tells others it reserves."""
+    """Every container path a task may not use for an input, output folder or volume: the sandbox's
+    own, and the mount point of each dataset granted to `project` (of every dataset of the TRE when
+    None). The one list: staging refuses by it, and the TRE publishes it (`admission`)."""
     datasets = policy.datasets if project is None else policy.datasets_for(project)
-    return (
-        *SANDBOX.own_paths(),
-        *(
-            ReservedPath(f"{DATA_ROOT}/{name}", below=True, why=f"dataset {name} is mounted there read-only")
-            for name in sorted(datasets)
+    return (*SANDBOX.own_paths(), *_dataset_paths(datasets))
+
+
+def _dataset_paths(names: Iterable[str]) -> tuple[ReservedPath, ...]:
+    return tuple(
+        ReservedPath(path=f"{DATA_ROOT}/{name}", below=True, why=f"dataset {name} is mounted there read-only")
+        for name in sorted(names)
+    )
+
+
+def admission(policy: TrePolicy, tre: str) -> Admission:
+    """What this TRE tells the gateway it will run. `prepare` checks every task against this same
+    document, so a refusal at the gateway is word for word the one this TRE would give."""
+    caps = policy.caps
+    return Admission(
+        tre=tre,
+        allowed_images=list(policy.allowed_images),
+        input_url_schemes=list(INPUT_URL_SCHEMES),
+        reserved_paths=list(SANDBOX.own_paths()),
+        project_reserved_paths={
+            project: list(_dataset_paths(policy.datasets_for(project)))
+            for project in sorted(policy.grants)
+            if policy.datasets_for(project)
+        },
+        reserved_env_prefixes=list(RESERVED_ENV),
+        caps=PublishedCaps(
+            executors=caps.executors,
+            inputs=caps.inputs,
+            outputs=caps.outputs,
+            volumes=caps.volumes,
+            env_vars=caps.env_vars,
         ),
     )
 
 
-def _normal(path: str, what: str) -> str:
-    normal = "/" + posixpath.normpath(path).lstrip("/")  # POSIX keeps a leading "//" apart; engines do not
-    if not path.startswith("/") or normal in ("/", "/.") or ".." in path.split("/"):
-        raise StagingRefused(f"{what} {path!r} must be an absolute path without '..'")
-    return normal
-
-
-def _allowed(path: str, what: str, reserved: tuple[ReservedPath, ...]) -> str:
-    """The normal form of a path a task mounts something at, unless it is reserved."""
-    normal = _normal(path, what)
-    for r in reserved:
-        if r.covers(normal):
-            raise StagingRefused(f"{what} {path!r} is reserved: {r.why} ({r.path})")
+def _normal(path: str) -> str:
+    """A path `admission` let through, as the engine reads it."""
+    normal = normal_path(path)
+    if normal is None:
+        raise StagingRefused(f"{path!r} must be an absolute path below / without '..'")
     return normal
 
 
 def _output_dir(output: dict[str, Any]) -> str:
-    path = _normal(output["path"], "output path")
-    if any(c in path for c in "*?["):
-        return (
-            _normal(output.get("path_prefix") or posixpath.dirname(path), "output path_prefix").rstrip("/")
-            or "/"
-        )
-    if output.get("type") == "DIRECTORY":
-        return path
-    return posixpath.dirname(path)
+    """The container folder an output is collected from, mounted writable."""
+    return _normal(output_folder(output)[1])
 
 
 def prepare(
@@ -92,21 +105,15 @@ def prepare(
     run_as: str,
 ) -> RunSpec:
     """Check the task against this TRE's policy, lay out its workspace, and describe the run."""
-    over = policy.caps.refusal(task, tre)
-    if over:
-        raise StagingRefused(over)
-    for n, executor in enumerate(task.get("executors", [])):
-        if not policy.image_allowed(executor["image"]):
-            raise StagingRefused(f"{tre} does not allow image {executor['image']!r} (executor {n})")
-        for key in executor.get("env") or {}:
-            if key.upper().startswith(RESERVED_ENV):
-                raise StagingRefused(f"environment variable {key!r} is reserved by {tre}; rename it")
+    refused = admission(policy, tre).refusal(task, project)
+    if refused:
+        raise StagingRefused(refused)
     reserved = reserved_paths(policy, project)
     writable_paths = [
-        *(_allowed(v, "volume", reserved) for v in task.get("volumes") or []),
-        *(_allowed(_output_dir(o), "output path", reserved) for o in task.get("outputs") or []),
+        *(_normal(v) for v in task.get("volumes") or []),
+        *(_output_dir(o) for o in task.get("outputs") or []),
     ]
-    input_paths = [_allowed(i["path"], "input path", reserved) for i in task.get("inputs") or []]
+    input_paths = [_normal(i["path"]) for i in task.get("inputs") or []]
     for target in input_paths:
         if target in writable_paths:
             raise StagingRefused(f"input path {target!r} is also an output or volume directory")

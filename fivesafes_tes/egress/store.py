@@ -651,28 +651,35 @@ class ObjectStore:
         The data lands in a temporary file beside `path` and is renamed into place only once it
         hashed correctly; on a mismatch the temporary file is removed and `ChecksumMismatch` raised.
         """
-        expected = _check_sha256(expect_sha256)
         target = Path(path)
         partial = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
-        digest = hashlib.sha256()
-        size = 0
         try:
             # Held outputs may be disclosive: readable by this service's user only.
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out, self._open(key) as (body, _, response):
-                for chunk in body.iter_chunks(_READ_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
+            with os.fdopen(fd, "wb") as out:
+                stored = self.copy_to(key, out, expect_sha256=expect_sha256)
                 out.flush()
                 os.fsync(out.fileno())
-            actual = digest.hexdigest()
-            if actual != expected:
-                raise ChecksumMismatch(key, expected, actual)
             os.replace(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+        return stored
+
+    def copy_to(self, key: str, out: IO[bytes], *, expect_sha256: str) -> StoredObject:
+        """Stream the object into `out`, then raise `ChecksumMismatch` unless the bytes hash to
+        `expect_sha256`: the caller keeps what was written only if this returns."""
+        expected = _check_sha256(expect_sha256)
+        digest = hashlib.sha256()
+        size = 0
+        with self._open(key) as (body, _, response):
+            for chunk in body.iter_chunks(_READ_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise ChecksumMismatch(key, expected, actual)
         return StoredObject(
             key, size, actual, _etag(response.get("ETag")), dict(response.get("Metadata") or {})
         )

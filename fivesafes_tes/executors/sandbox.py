@@ -13,21 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from fivesafes_tes.tes.admission import ReservedPath
+
 from .base import RequestRefused, RunSpec, Step
-
-
-@dataclass(frozen=True)
-class ReservedPath:
-    """A container path a task may not mount anything at; with `below`, nor anywhere under it."""
-
-    path: str
-    below: bool
-    why: str
-
-    def covers(self, target: str) -> bool:
-        # POSIX keeps a leading "//" apart; the engine does not.
-        p, mine = PurePosixPath("/" + target.lstrip("/")), PurePosixPath(self.path)
-        return p == mine or (self.below and mine in p.parents)
 
 
 @dataclass(frozen=True)
@@ -68,10 +56,10 @@ class SandboxPolicy:
     def own_paths(self) -> tuple[ReservedPath, ...]:
         """The container paths the sandbox itself occupies."""
         return (
-            *(ReservedPath(t, below=True, why="the kernel's interfaces") for t in self.kernel_targets),
-            ReservedPath(self.tools_dir, below=True, why="the sandbox's own tools"),
+            *(ReservedPath(path=t, below=True, why="the kernel's interfaces") for t in self.kernel_targets),
+            ReservedPath(path=self.tools_dir, below=True, why="the sandbox's own tools"),
             ReservedPath(
-                self.writable_tmp,
+                path=self.writable_tmp,
                 below=False,
                 why="the task's scratch space (paths below it may be inputs and outputs)",
             ),

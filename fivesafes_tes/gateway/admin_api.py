@@ -160,9 +160,11 @@ def redeliver(request: Request, task_id: str, admin: Admin) -> RedeliverOut:
     """Try again the deliveries of a task's released outputs that were given up after
     `FIVESAFES_DELIVERY_ATTEMPTS` (once the destination is fixed)."""
     ctx = request.app.state.ctx
-    if ctx.results_store is None or not ctx.settings.delivery_buckets:
+    if ctx.results_store is None or not ctx.destinations:
         raise HTTPException(
-            409, "this gateway delivers nowhere: set FIVESAFES_DELIVERY_BUCKETS and a results store"
+            409,
+            "this gateway delivers nowhere: set FIVESAFES_DELIVERY_BUCKETS or FIVESAFES_FILE_OUTPUT_ROOT, "
+            "and a results store",
         )
     with ctx.db.write() as session:
         if session.get(Task, task_id) is None:

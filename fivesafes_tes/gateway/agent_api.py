@@ -17,9 +17,10 @@ from fivesafes_tes.auth import Role
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
 from fivesafes_tes.gateway.signals import RECHECK_S
-from fivesafes_tes.submission import leases, results
+from fivesafes_tes.submission import federation, leases, results
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, Tre
+from fivesafes_tes.tes.admission import Admission
 from fivesafes_tes.tes.models import NulFree
 
 AGENT_RESPONSES: dict[int | str, dict] = {
@@ -152,10 +153,10 @@ def child_event(request: Request, child_id: str, body: EventRequest, tre: Curren
             ttl_s=ctx.settings.lease_ttl_s,
             paused_for_review=ctx.settings.paused_for_review,
         )
-        if Stage(result.stage) in leases.RELEASE_ENDINGS and ctx.settings.delivery_buckets:
+        if Stage(result.stage) in leases.RELEASE_ENDINGS and ctx.destinations:
             child = session.get(Child, child_id)  # loaded by record_event: no second read
             # owed from the commit that releases the files, whatever happens next
-            owed = results.owe_delivery(session, child, ctx.settings.delivery_buckets)
+            owed = results.owe_delivery(session, child, ctx.destinations)
     if Stage(result.stage) in leases.RELEASE_ENDINGS:
         failpoints.reach("release.ended")
     if owed:  # the delivery loop copies; this request (the agent's) does not wait for it
@@ -188,6 +189,22 @@ def sync(request: Request, tre: CurrentTre) -> SyncResponse:
     with request.app.state.ctx.db.read() as session:
         projects = leases.sync(session, tre)
     return SyncResponse(tre=tre.name, projects=[ProjectOut(**p) for p in projects])
+
+
+class PolicyResponse(BaseModel):
+    changed: bool = Field(description="False when the gateway held this document already.")
+
+
+@router.put("/policy", response_model=PolicyResponse)
+def publish_policy(request: Request, body: Admission, tre: CurrentTre) -> PolicyResponse:
+    """What this TRE will run: the gateway refuses at submission, in the TRE's words, a task the
+    TRE would refuse (the TRE checks again). Agents publish it at every sync."""
+    ctx = request.app.state.ctx
+    with ctx.db.write() as session:
+        changed = federation.publish_policy(session, tre, body)
+    if changed:  # cached targets carry the policies: the new one applies from the next submission
+        ctx.targets.clear()
+    return PolicyResponse(changed=changed)
 
 
 class DecisionIn(_Body):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
 from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
+from fivesafes_tes.submission import results
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
@@ -54,6 +56,8 @@ class GatewayContext:
     targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
     user_cache: UserCache = field(default_factory=UserCache)
     metrics: ops.Metrics = field(default_factory=ops.Metrics)
+    # Where released outputs are delivered besides the results store (with a results store only).
+    destinations: results.Destinations = field(default_factory=results.Destinations)
     deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, where it delivers anywhere
 
     def wake_deliveries(self) -> None:
@@ -105,6 +109,16 @@ def _results_store(settings: GatewaySettings):  # type: ignore[no-untyped-def]
     )
 
 
+def _destinations(settings: GatewaySettings) -> results.Destinations:
+    folder = settings.file_output_root
+    if folder is not None and not (folder.is_absolute() and folder.is_dir() and os.access(folder, os.W_OK)):
+        raise ConfigurationError(
+            f"FIVESAFES_FILE_OUTPUT_ROOT={folder} must be an absolute path to a folder this gateway can write "
+            "(create it, or unset the setting to refuse file:// outputs)"
+        )
+    return results.Destinations(frozenset(settings.delivery_buckets), str(folder) if folder else None)
+
+
 def dev_issuer_url(settings: GatewaySettings) -> str:
     return settings.public_url.rstrip("/") + "/dev-issuer"
 
@@ -132,6 +146,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         max_content_bytes=settings.max_content_bytes,
         allowed_images=tuple(settings.allowed_images),
         caps=settings.task_caps,
+        file_output_root=str(settings.file_output_root) if settings.file_output_root else None,
     )
     ctx = GatewayContext(
         settings=settings,
@@ -141,12 +156,13 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         policy=policy,
         dev_issuer=issuer,
         results_store=_results_store(settings),
+        destinations=_destinations(settings),
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Deliveries that fell due: retries, and those owed by a gateway that died before making them.
-        loop = deliveries.DeliveryLoop(ctx) if ctx.results_store and settings.delivery_buckets else None
+        loop = deliveries.DeliveryLoop(ctx) if ctx.results_store and ctx.destinations else None
         if loop is not None:
             loop.start()
             ctx.deliveries = loop

@@ -1,7 +1,8 @@
-"""Delivery of released outputs to the buckets their TES output urls name, retried until it succeeds.
+"""Delivery of released outputs where their TES output urls say, retried until it succeeds.
 
 When a child ends with files released and some TES output `url` names a bucket this gateway may
-write to (`delivery_buckets`), the same transaction that ends it sets the child's `delivery_due_at`
+write to (`delivery_buckets`) or a file:// path under its folder for them (`file_output_root`,
+written by `submission.file_outputs`), the same transaction that ends it sets the child's `delivery_due_at`
 (`results.owe_delivery`): the delivery is owed from that moment, whatever happens to this process.
 The route then wakes this replica's delivery loop, which also takes up whatever falls due later.
 An attempt first claims the child by moving `delivery_due_at` ahead (`delivery_claim_s`) with a
@@ -26,7 +27,7 @@ from sqlalchemy import update
 from fivesafes_tes import audit, failpoints
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.egress.store import safe_key
-from fivesafes_tes.submission import results
+from fivesafes_tes.submission import file_outputs, results
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def deliver(ctx: GatewayContext, child_id: str) -> None:
             actor = f"agent:{session.get(Tre, child.tre_id).name}"
             targets = [
                 (file.id, file.name, file.key, file.sha256, url)
-                for file, url in results.delivery_targets(session, child, ctx.settings.delivery_buckets)
+                for file, url in results.delivery_targets(session, child, ctx.destinations)
                 if file.delivered_url != url
             ]
         delivered: dict[int, tuple[str, str]] = {}
@@ -124,9 +125,8 @@ def deliver(ctx: GatewayContext, child_id: str) -> None:
         for file_id, name, key, sha256, url in targets:
             if claim.lost:
                 break
-            bucket, _, path = url[5:].partition("/")
             try:
-                store.with_bucket(bucket).copy_verified(store, key, safe_key(path), sha256)
+                _copy(ctx, key, sha256, url)
             except Exception as exc:  # noqa: BLE001 - the store refused, was down, or the bytes differ
                 failed[name] = (url, type(exc).__name__)
                 continue
@@ -140,6 +140,19 @@ def deliver(ctx: GatewayContext, child_id: str) -> None:
         log.warning(
             "another gateway took over the delivery of child %s; this attempt is not recorded", child_id
         )
+
+
+def _copy(ctx: GatewayContext, key: str, sha256: str, url: str) -> None:
+    """One released file from the results store to `url`, verified against its SHA-256."""
+    store = ctx.results_store
+    if file_outputs.is_file_url(url):
+        folder = ctx.destinations.folder
+        if folder is None:
+            raise file_outputs.UnsafeDestination("this gateway writes no file:// outputs")
+        file_outputs.write(folder, url, lambda out: store.copy_to(key, out, expect_sha256=sha256), sha256)
+        return
+    bucket, _, path = url[5:].partition("/")
+    store.with_bucket(bucket).copy_verified(store, key, safe_key(path), sha256)
 
 
 def _record(

@@ -98,6 +98,7 @@ def _create(
         with ctx.db.read() as session:
             target = resolve_target(session, actor.user_id, body.tags or {}, key[3])
         ctx.targets.put(key, target)
+    submission.check_admission(body, target)
     with ctx.db.write() as session:
         created = submission.create_task(
             session, actor, body, ctx.policy, target, idempotency_key=idempotency_key

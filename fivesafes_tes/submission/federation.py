@@ -7,7 +7,7 @@ and target TREs; agents read their slice of it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from sqlalchemy import delete, func, or_, select, update
@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session
 from fivesafes_tes import audit
 from fivesafes_tes.auth.principal import name_key
 from fivesafes_tes.auth.tables import User
-from fivesafes_tes.submission.tables import Membership, Project, ProjectTre, Tre
+from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.submission.tables import Membership, Project, ProjectTre, PublishedPolicy, Tre
+from fivesafes_tes.tes.admission import Admission
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -69,6 +71,38 @@ def tre_by_name(session: Session, name: str) -> Tre:
 
 def list_tres(session: Session) -> list[Tre]:
     return list(session.scalars(select(Tre).order_by(Tre.name)))
+
+
+def publish_policy(session: Session, tre: Tre, admission: Admission) -> bool:
+    """Keep what `tre`'s agent says it will run, for checking tasks at submission; audited when it
+    changes. Returns whether it changed (an agent publishes at every sync)."""
+    if admission.tre != tre.name:
+        raise InvalidRequest(f"tre: this agent publishes for {tre.name!r}, not {admission.tre!r}")
+    document = admission.model_dump(mode="json")
+    row = session.get(PublishedPolicy, tre.id, with_for_update=True)
+    if row is not None and row.document == document:
+        return False
+    if row is None:
+        session.add(PublishedPolicy(tre_id=tre.id, document=document, published_at=utcnow()))
+    else:
+        row.document, row.published_at = document, utcnow()
+    audit.record(
+        session,
+        actor=f"agent:{tre.name}",
+        action="tre.policy",
+        object=f"tre:{tre.name}",
+        outcome="published",
+        detail=document,
+    )
+    return True
+
+
+def published_policies(session: Session, tre_ids: list[int]) -> dict[int, Admission]:
+    """What each of these TREs last published it will run; a TRE that has not published is absent."""
+    if not tre_ids:
+        return {}
+    rows = session.scalars(select(PublishedPolicy).where(PublishedPolicy.tre_id.in_(tre_ids)))
+    return {row.tre_id: Admission.model_validate(row.document) for row in rows}
 
 
 # --- projects ---------------------------------------------------------------------------------
@@ -317,6 +351,8 @@ def remove_member(session: Session, actor: str, project_name: str, username: str
 class Target:
     project: Project
     tres: list[Tre]
+    # What those TREs published they will run, by TRE id; one that has not published is absent.
+    policies: dict[int, Admission] = field(default_factory=dict)
 
 
 def resolve_target(session: Session, user_id: int, tags: dict[str, str | None], today: date) -> Target:
@@ -355,7 +391,7 @@ def resolve_target(session: Session, user_id: int, tags: dict[str, str | None], 
         raise InvalidRequest(f"project {project.name!r} has no TREs assigned yet; ask a federation admin")
     wanted = [t.strip() for t in re.split(r"[|,]", lowered.get("tres", "")) if t.strip()]
     if not wanted:
-        return Target(project, available)
+        return Target(project, available, published_policies(session, [t.id for t in available]))
     by_name = {t.name: t for t in available}
     unknown = [t for t in wanted if t not in by_name]
     if unknown:
@@ -363,7 +399,8 @@ def resolve_target(session: Session, user_id: int, tags: dict[str, str | None], 
             f"tag tres names {', '.join(repr(u) for u in unknown)}, not among project {project.name!r}'s TREs: "
             f"{', '.join(by_name)}"
         )
-    return Target(project, [by_name[t] for t in dict.fromkeys(wanted)])
+    chosen = [by_name[t] for t in dict.fromkeys(wanted)]
+    return Target(project, chosen, published_policies(session, [t.id for t in chosen]))
 
 
 def _names(session: Session, memberships: dict[int, Membership]) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.submission import file_outputs
 from fivesafes_tes.submission.leases import IllegalTransition, child_in_tre
 from fivesafes_tes.submission.researcher_view import VISIBLE_AFTER
 from fivesafes_tes.submission.stages import Stage
@@ -221,12 +222,29 @@ def released_files(session: Session, task_ids: list[str]) -> dict[str, list[tupl
     return out
 
 
+@dataclass(frozen=True)
+class Destinations:
+    """Where this gateway delivers released outputs besides its results store: s3:// urls naming one
+    of `buckets` (on the results store's endpoint) and file:// urls, under `folder` only."""
+
+    buckets: frozenset[str] = frozenset()
+    folder: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.buckets) or self.folder is not None
+
+    def accepts(self, url: str) -> bool:
+        if url.startswith("s3://"):
+            return url[5:].split("/", 1)[0] in self.buckets
+        return self.folder is not None and file_outputs.is_file_url(url)
+
+
 def destinations(
-    task_document: dict[str, Any], released: list[ReleasedFile], buckets: set[str]
+    task_document: dict[str, Any], released: list[ReleasedFile], where: Destinations
 ) -> dict[str, str]:
-    """Where each released output goes besides the results store: name -> s3:// url, for outputs whose
-    TES `url` names a bucket this gateway may write to. Wildcard outputs keep their path under
-    `path_prefix`, appended to the output's url."""
+    """Where each released output goes besides the results store: name -> url, for outputs whose TES
+    `url` is one this gateway delivers to. Wildcard outputs keep their path under `path_prefix`, and
+    a DIRECTORY's files theirs under it, appended to the output's url."""
     import fnmatch
     import posixpath
 
@@ -236,7 +254,7 @@ def destinations(
             continue
         for spec in task_document.get("outputs", []):
             url = spec.get("url", "")
-            if not url.startswith("s3://") or url[5:].split("/", 1)[0] not in buckets:
+            if not where.accepts(url):
                 continue
             path = spec["path"]
             if any(c in path for c in "*?[") and fnmatch.fnmatchcase(file.name, path):
@@ -259,31 +277,31 @@ def released_of(session: Session, child_id: str) -> list[ReleasedFile]:
     return list(session.scalars(query))
 
 
-# Deliveries: released outputs copied to the buckets their TES output urls name ---------------------
+# Deliveries: released outputs copied where their TES output urls say ------------------------------
 
 
 class NothingGivenUp(LookupError):
     """No delivery of this task was given up: nothing to try again."""
 
 
-def delivery_targets(session: Session, child: Child, buckets: list[str]) -> list[tuple[ReleasedFile, str]]:
-    """The child's released outputs whose TES url names one of `buckets`, each with that url; none
+def delivery_targets(session: Session, child: Child, where: Destinations) -> list[tuple[ReleasedFile, str]]:
+    """The child's released outputs whose TES url is one `where` delivers to, each with that url; none
     unless the child's files are the researcher's (VISIBLE_AFTER)."""
-    if not buckets or child.stage not in VISIBLE_AFTER:
+    if not where or child.stage not in VISIBLE_AFTER:
         return []
     task = session.get(Task, child.task_id)
     files = released_of(session, child.id)
-    urls = destinations(task.document, files, set(buckets))
+    urls = destinations(task.document, files, where)
     return [(file, urls[file.name]) for file in files if file.name in urls]
 
 
-def owe_delivery(session: Session, child: Child, buckets: list[str]) -> bool:
+def owe_delivery(session: Session, child: Child, where: Destinations) -> bool:
     """In the transaction that releases `child`'s files: owe a delivery if some target is not yet
     delivered there, unless one is owed or was given up already (so a repeated final event changes
     nothing). Returns whether one is owed now."""
     if child.delivery_due_at is not None or child.delivery_attempts:
         return child.delivery_due_at is not None
-    if not any(file.delivered_url != url for file, url in delivery_targets(session, child, buckets)):
+    if not any(file.delivered_url != url for file, url in delivery_targets(session, child, where)):
         return False
     child.delivery_due_at = utcnow()
     return True

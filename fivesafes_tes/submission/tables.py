@@ -209,7 +209,7 @@ class ReleasedFile(Base):
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     key: Mapped[str] = mapped_column(String(1024))  # in the results store
-    # Where it was also delivered (the s3:// url its TES output named), once the copy was verified.
+    # Where it was also delivered (the url its TES output named), once the copy was verified.
     delivered_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     released_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -229,3 +229,14 @@ class ApprovedFile(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PublishedPolicy(Base):
+    """What a TRE said it will run (`tes.admission.Admission`), as its agent last published it: the
+    gateway refuses at submission what a target TRE would refuse, and the TRE checks again."""
+
+    __tablename__ = "tre_policies"
+
+    tre_id: Mapped[int] = mapped_column(ForeignKey("tres.id", ondelete="CASCADE"), primary_key=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -13,7 +13,6 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import date
-from fnmatch import fnmatchcase
 from typing import Any
 
 from sqlalchemy import and_, exists, or_, select
@@ -22,13 +21,14 @@ from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.db.base import utcnow
-from fivesafes_tes.submission import researcher_view
+from fivesafes_tes.submission import file_outputs, researcher_view
 from fivesafes_tes.submission.federation import Target
 from fivesafes_tes.submission.ids import decode_page_token, encode_page_token, new_task_id
 from fivesafes_tes.submission.researcher_view import rfc3339
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, IdempotencyKey, Membership, Task, TaskTag, Tre
 from fivesafes_tes.tes import DEFAULT_CAPS, State, TaskCaps, TaskRequest, View, render
+from fivesafes_tes.tes.admission import image_allowed
 
 MAX_PAGE_SIZE = 2047
 DEFAULT_PAGE_SIZE = 256
@@ -88,6 +88,7 @@ class SubmissionPolicy:
     max_content_bytes: int
     allowed_images: tuple[str, ...]  # fnmatch patterns; a digest pin is part of the name it matches
     caps: TaskCaps = DEFAULT_CAPS
+    file_output_root: str | None = None  # the folder file:// outputs are written under; None: refused
 
 
 @dataclass(frozen=True)
@@ -263,11 +264,45 @@ def check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
                 "content; stage the file in the project's input store and give its url instead"
             )
     for n, executor in enumerate(request.executors):
-        if not any(fnmatchcase(executor.image, pattern) for pattern in policy.allowed_images):
+        if not image_allowed(executor.image, policy.allowed_images):
             raise InvalidTask(
                 f"executors.{n}.image: {executor.image!r} is not on this federation's image allow-list "
                 f"({', '.join(policy.allowed_images) or 'empty: ask the federation admin to set FIVESAFES_ALLOWED_IMAGES'})"
             )
+    for n, output in enumerate(request.outputs or []):
+        if not file_outputs.is_file_url(output.url):
+            continue
+        if policy.file_output_root is None:
+            raise InvalidTask(
+                f"outputs.{n}.url: this gateway has no folder for file:// outputs (its admin may set "
+                f"FIVESAFES_FILE_OUTPUT_ROOT), so {output.url!r} would never be written; name an s3:// url "
+                "instead, or download the released files from the gateway (fivesafes-tes results TASK_ID)"
+            )
+        try:
+            file_outputs.relative_path(output.url, policy.file_output_root)
+        except file_outputs.UnsafeDestination as exc:
+            raise InvalidTask(f"outputs.{n}.url: {exc}") from None
+
+
+def check_admission(request: TaskRequest, target: Target) -> None:
+    """Refuse, before anything is stored, a task that a target TRE has published it will not run,
+    in that TRE's words. A TRE that has not published yet is not asked: it checks for itself."""
+    if not target.policies:
+        return
+    document = request.model_dump(mode="json", exclude_none=True, exclude={"tags"})  # as TREs get it
+    refusing = {
+        tre.name: why
+        for tre in target.tres
+        if tre.id in target.policies
+        and (why := target.policies[tre.id].refusal(document, target.project.name))
+    }
+    if not refusing:
+        return
+    others = [tre.name for tre in target.tres if tre.name not in refusing]
+    detail = "; ".join(refusing.values())
+    if others:
+        detail += f" (or send it only to {', '.join(others)} with the tag tres)"
+    raise InvalidTask(detail)
 
 
 def _replayed(session: Session, actor: Actor, key: str, fingerprint: str) -> str | None:
