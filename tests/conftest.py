@@ -8,6 +8,7 @@ fails the run instead of skipping.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -147,3 +148,27 @@ def gateway(database_url: str, tmp_path) -> Iterator[Gateway]:  # type: ignore[n
     gw = Gateway(database_url, tmp_path / "data")
     yield gw
     gw.close()
+
+
+def gateway_forgets_policies(stack, monkeypatch, *tres: str) -> None:  # type: ignore[no-untyped-def]
+    """The gateway no longer knows what these TREs will run (their agents stop publishing), as before
+    they first published: it accepts what they would refuse, and each TRE must refuse it itself."""
+    from sqlalchemy import delete, select
+
+    from fivesafes_tes.submission.tables import PublishedPolicy, Tre
+
+    for tre in tres:
+        agent = stack.agents[tre]
+        monkeypatch.setattr(agent.client, "publish_policy", lambda admission: False)
+        began = agent._last_sync
+        deadline = time.monotonic() + 30
+        while agent._last_sync == began:  # a sync under way published before: wait for the next one
+            assert time.monotonic() < deadline, "the agent did not sync"
+            time.sleep(0.05)
+    ctx = stack.server.config.app.state.ctx
+    with ctx.db.write() as session:
+        ids = select(Tre.id).where(Tre.name.in_(tres))
+        assert session.execute(
+            delete(PublishedPolicy).where(PublishedPolicy.tre_id.in_(ids))
+        ).rowcount == len(tres)
+    ctx.targets.clear()

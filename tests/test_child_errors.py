@@ -30,6 +30,7 @@ from fivesafes_tes.egress import airlock
 from fivesafes_tes.executors import ExecutorError, RequestRefused
 from fivesafes_tes.executors.sandbox import POLICY
 from tests import images
+from tests.conftest import gateway_forgets_policies
 from tests.test_agent_api import event, lease, submit
 
 docker_client = images.docker_client
@@ -293,7 +294,7 @@ def test_the_error_count_and_the_wait_survive_a_restart(uk, alice, monkeypatch):
 
 @pytest.mark.slow
 def test_a_job_script_or_a_volume_in_a_reserved_path_ends_that_task_while_another_completes(
-    tmp_path, docker_client
+    tmp_path, docker_client, monkeypatch
 ):
     images.ensure_busybox_image(docker_client)
     path = f"{POLICY.tools_dir}/run.sh"  # reserved below: the sandbox's own tools
@@ -301,6 +302,7 @@ def test_a_job_script_or_a_volume_in_a_reserved_path_ends_that_task_while_anothe
         http = httpx.Client(
             base_url=stack.url + TES, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
         )
+        gateway_forgets_policies(stack, monkeypatch, "uk-tre")  # else it would refuse at submission
         refused = post(
             http,
             {

@@ -29,6 +29,7 @@ from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.submission.stages import TRANSITIONS, Stage
 from tests import images
+from tests.conftest import gateway_forgets_policies
 from tests.processes import agent_env, approve_all, start_agent
 
 docker_client = images.docker_client
@@ -242,30 +243,6 @@ def test_cancel_stops_a_running_container_within_seconds(federation, docker_clie
     assert airlock.read_manifest(store, child) is None  # nothing held
 
 
-def _gateway_forgets_policies(stack, monkeypatch, *tres: str) -> None:  # type: ignore[no-untyped-def]
-    """The gateway no longer knows what these TREs will run (their agents stop publishing), as before
-    they first published: it accepts what they would refuse, and each TRE must refuse it itself."""
-    from sqlalchemy import delete, select
-
-    from fivesafes_tes.submission.tables import PublishedPolicy, Tre
-
-    for tre in tres:
-        agent = stack.agents[tre]
-        monkeypatch.setattr(agent.client, "publish_policy", lambda admission: False)
-        began = agent._last_sync
-        deadline = time.monotonic() + 30
-        while agent._last_sync == began:  # a sync under way published before: wait for the next one
-            assert time.monotonic() < deadline, "the agent did not sync"
-            time.sleep(0.05)
-    ctx = stack.server.config.app.state.ctx
-    with ctx.db.write() as session:
-        ids = select(Tre.id).where(Tre.name.in_(tres))
-        assert session.execute(
-            delete(PublishedPolicy).where(PublishedPolicy.tre_id.in_(ids))
-        ).rowcount == len(tres)
-    ctx.targets.clear()
-
-
 def test_each_tre_applies_its_own_image_policy_and_reserved_variables(federation, monkeypatch):
     alice = Researcher(federation)
     # The gateway allows any image in the embedded stack; each TRE allows only fivesafes/* and said so.
@@ -275,7 +252,7 @@ def test_each_tre_applies_its_own_image_policy_and_reserved_variables(federation
     assert "uk-tre does not allow image 'docker.io/library/alpine:3'" in refused.json()["detail"]
     assert "sg-tre does not allow image 'docker.io/library/alpine:3'" in refused.json()["detail"]
     # A TRE never trusts the gateway (RELIABILITY 19): one the gateway has no policy of refuses itself.
-    _gateway_forgets_policies(federation, monkeypatch, "uk-tre", "sg-tre")
+    gateway_forgets_policies(federation, monkeypatch, "uk-tre", "sg-tre")
     doc, _ = alice.wait(alice.submit(foreign), _ended)
     assert doc["state"] == "SYSTEM_ERROR"
     assert all(any("does not allow image" in line for line in log["system_logs"]) for log in doc["logs"])
@@ -295,7 +272,7 @@ def test_a_tre_cap_tighter_than_the_gateways_rejects_that_child_and_the_tre_keep
     federation, monkeypatch
 ):
     uk = federation.agents["uk-tre"]
-    _gateway_forgets_policies(federation, monkeypatch, "uk-tre")  # else it would refuse at submission
+    gateway_forgets_policies(federation, monkeypatch, "uk-tre")  # else it would refuse at submission
     uk.policy = uk.policy.model_copy(update={"max_executors": 1})
     alice = Researcher(federation)
     two_steps = alice.submit(
