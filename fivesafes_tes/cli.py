@@ -43,6 +43,7 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the terminal's width
 
 Url = Annotated[str, typer.Option(envvar="FIVESAFES_TES_URL", help="Gateway base URL.")]
+IdempotencyKey = Annotated[str | None, typer.Option(help="Make retries safe: same key, same task.")]
 Token = Annotated[
     str | None, typer.Option(envvar="FIVESAFES_TES_TOKEN", help="Bearer token.", show_default=False)
 ]
@@ -136,9 +137,7 @@ def submit(
     task_file: Annotated[Path, typer.Argument(help="TES task JSON; '-' reads standard input.")],
     url: Url = DEFAULT_URL,
     token: Token = None,
-    idempotency_key: Annotated[
-        str | None, typer.Option(help="Make retries safe: same key, same task.")
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> None:
     """Submit a TES task and print its id."""
     text = sys.stdin.read() if str(task_file) == "-" else task_file.read_text()
@@ -180,9 +179,7 @@ def submit_workflow(
     print_task: Annotated[bool, typer.Option(help="Print the TES task instead of submitting it.")] = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
-    idempotency_key: Annotated[
-        str | None, typer.Option(help="Make retries safe: same key, same task.")
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> None:
     """Submit a whole CWL or Snakemake workflow to run inside each TRE as one task; print its id.
 
