@@ -80,6 +80,13 @@ class GatewaySettings(BaseSettings):
     lease_ttl_s: int = Field(
         default=60, ge=5, description="How long an agent's lease lasts without a heartbeat."
     )
+    max_lost_leases: int = Field(
+        default=3,
+        ge=1,
+        description="A child whose lease expires this many times while its task is staged, running or "
+        "being checked (its agent died or stalled each time) ends system_failed instead of being "
+        "offered again.",
+    )
     paused_for_review: bool = Field(
         default=False,
         description="Show children awaiting output review as TES PAUSED instead of RUNNING "

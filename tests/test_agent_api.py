@@ -173,6 +173,49 @@ def test_expired_lease_is_reoffered_with_the_next_attempt_and_old_attempt_is_ref
     assert beats == {"children": {grant["child_id"]: "stale"}}
 
 
+def _lease_later(gateway, expiries: int):  # type: ignore[no-untyped-def]
+    """What the gateway hands out once the lease has expired `expiries` times over (no heartbeat)."""
+    with gateway.db.write() as session:
+        tre = session.scalar(select(Tre).where(Tre.name == "uk-tre"))
+        later = utcnow() + expiries * timedelta(seconds=gateway.settings.lease_ttl_s + 1)
+        return leases.lease(
+            session, tre, limit=10, ttl_s=gateway.settings.lease_ttl_s, max_lost_leases=3, now=later
+        )
+
+
+def test_a_child_whose_agent_dies_every_time_it_runs_is_given_up(gateway):
+    task_id = submit(gateway, tres="uk-tre")
+    grant = lease(gateway)["leases"][0]
+    child = grant["child_id"]
+    event(gateway, child, 1, 1, "staging")
+    event(gateway, child, 1, 2, "running")
+    assert [g.attempt for g in _lease_later(gateway, 1)] == [2]  # lost once: offered again
+    assert [g.attempt for g in _lease_later(gateway, 2)] == [3]  # twice: and again
+    assert _lease_later(gateway, 3) == []  # the third time it is given up
+    assert stages(gateway, task_id) == {"uk-tre": "system_failed"}
+    doc = gateway.client.get(f"{TES}/tasks/{task_id}?view=FULL", headers=gateway.headers()).json()
+    assert doc["state"] == "SYSTEM_ERROR"
+    assert doc["logs"][0]["system_logs"][-1] == "uk-tre: the TRE could not complete the task"
+    gave_up = _audited(gateway, "child.give_up")
+    assert [(r.object, r.detail) for r in gave_up] == [
+        (f"child:{child}", {"from": "running", "attempt": 3, "lost_leases": 3})
+    ]
+    beats = gateway.client.post(
+        f"{AGENT}/heartbeat",
+        json={"children": [{"child_id": child, "attempt": 3}]},
+        headers=agent_headers(gateway),
+    ).json()
+    assert beats == {"children": {child: "ended"}}  # its agent, if it comes back, stops it
+
+
+def test_a_child_waiting_on_people_is_offered_again_however_often_its_agent_was_down(gateway):
+    submit(gateway, tres="uk-tre")
+    child = lease(gateway)["leases"][0]["child_id"]
+    event(gateway, child, 1, 1, "awaiting_tre_approval")
+    for n in range(1, 6):
+        assert [(g.child_id, g.attempt) for g in _lease_later(gateway, n)] == [(child, n + 1)]
+
+
 def test_heartbeat_keeps_a_lease_alive(gateway):
     submit(gateway, tres="uk-tre")
     grant = lease(gateway)["leases"][0]

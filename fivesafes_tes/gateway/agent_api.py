@@ -72,7 +72,13 @@ async def lease_work(request: Request, body: LeaseRequest, tre: CurrentTre) -> L
             if not leases.work_waiting(session, tre):
                 return [], leases.pending_cancellations(session, tre)
         with ctx.db.write() as session:
-            grants = leases.lease(session, tre, limit=body.max, ttl_s=ctx.settings.lease_ttl_s)
+            grants = leases.lease(
+                session,
+                tre,
+                limit=body.max,
+                ttl_s=ctx.settings.lease_ttl_s,
+                max_lost_leases=ctx.settings.max_lost_leases,
+            )
             return grants, leases.pending_cancellations(session, tre)
 
     while True:

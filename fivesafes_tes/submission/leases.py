@@ -87,6 +87,8 @@ class Decision:
 
 
 _IN_PROGRESS = tuple(s.value for s in Stage if not s.is_final and s is not Stage.RECEIVED)
+# Where the task's own code runs or its outputs are read: a lease lost here may be the task's doing.
+_TASK_ACTS = (Stage.STAGING.value, Stage.RUNNING.value, Stage.CHECKING.value)
 
 
 def _leasable(tre: Tre, now: datetime):  # type: ignore[no-untyped-def]
@@ -106,13 +108,23 @@ def work_waiting(session: Session, tre: Tre) -> bool:
     return session.scalar(select(Child.id).where(_leasable(tre, utcnow())).limit(1)) is not None
 
 
-def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime | None = None) -> list[Grant]:
+def lease(
+    session: Session,
+    tre: Tre,
+    *,
+    limit: int,
+    ttl_s: int,
+    max_lost_leases: int = 3,
+    now: datetime | None = None,
+) -> list[Grant]:
     """Hand this TRE's new and abandoned children to its agent, each with a fresh attempt number.
 
-    New children (`received`) and in-progress children whose lease expired are eligible. Row locks
-    with SKIP LOCKED mean two gateway replicas never lease the same child twice.
+    New children (`received`) and in-progress children whose lease expired are eligible; one that
+    lost its lease `max_lost_leases` times while its task acted is given up instead (`give_up`). Row
+    locks with SKIP LOCKED mean two gateway replicas never lease the same child twice.
     """
     now = now or utcnow()
+    give_up(session, tre, max_lost_leases=max_lost_leases, now=now)
     expires = now + timedelta(seconds=ttl_s)
     query = (
         select(Child)
@@ -148,6 +160,8 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
     }
     grants = []
     for child in children:
+        if child.stage in _TASK_ACTS:
+            child.lost_leases += 1
         child.attempt += 1
         child.lease_expires_at = expires
         if child.stage == Stage.RECEIVED.value:
@@ -176,6 +190,44 @@ def lease(session: Session, tre: Tre, *, limit: int, ttl_s: int, now: datetime |
             )
         )
     return grants
+
+
+def give_up(session: Session, tre: Tre, *, max_lost_leases: int, now: datetime) -> list[str]:
+    """End `system_failed` each child of this TRE that lost its lease `max_lost_leases` times while its
+    task was staged, running or being checked: one whose task kills or stalls its agent every time is
+    not offered for ever. An agent that was merely down costs leases too, so waits (approval, review)
+    do not count. The researcher reads that stage's fixed line; the audit says why."""
+    doomed = select(Child.task_id, Child.id).where(
+        Child.tre_id == tre.id,
+        Child.stage.in_(_TASK_ACTS),
+        Child.lease_expires_at < now,
+        Child.lost_leases + 1 >= max_lost_leases,
+    )
+    ended = []
+    for task_id, child_id in session.execute(doomed).all():
+        # Parent first, then child: the order events and cancel lock in.
+        task = session.scalars(select(Task).where(Task.id == task_id).with_for_update()).one()
+        child = session.scalars(
+            select(Child)
+            .where(Child.id == child_id, Child.lease_expires_at < now, Child.stage.in_(_TASK_ACTS))
+            .with_for_update(skip_locked=True)
+        ).first()
+        if child is None:  # renewed, moved on or taken by another replica meanwhile
+            continue
+        current = child.stage
+        child.lost_leases += 1
+        child.stage, child.ended_at, child.lease_expires_at = Stage.SYSTEM_FAILED.value, now, None
+        refresh_parent(session, task)
+        audit.record(
+            session,
+            actor="gateway",
+            action="child.give_up",
+            object=f"child:{child.id}",
+            outcome=Stage.SYSTEM_FAILED.value,
+            detail={"from": current, "attempt": child.attempt, "lost_leases": child.lost_leases},
+        )
+        ended.append(child.id)
+    return ended
 
 
 def pending_cancellations(session: Session, tre: Tre) -> list[Cancellation]:

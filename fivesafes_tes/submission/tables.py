@@ -167,6 +167,8 @@ class Child(Base):
     stage: Mapped[str] = mapped_column(String(32))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Leases that expired while the task was staged, running or being checked (`leases.give_up`).
+    lost_leases: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
