@@ -346,7 +346,11 @@ def test_decisions_are_recorded_once_and_only_for_the_tres_own_projects(gateway)
     assert sorted(stored) == [("sg-tre", "alpha", "", "approved"), ("sg-tre", "alpha", "alice", "rejected")]
 
 
-def test_long_poll_returns_as_soon_as_work_arrives(database_url, tmp_path):
+def test_long_poll_returns_as_soon_as_work_arrives(database_url, tmp_path, monkeypatch):
+    from fivesafes_tes.gateway import agent_api
+
+    # No re-read of the database during the wait: only the submission's notify can end it early.
+    monkeypatch.setattr(agent_api, "RECHECK_S", 60)
     with devstack.start(tmp_path / "live", database_url=database_url) as stack:
         agent = {"Authorization": f"Bearer {stack.token('agent', 'tre-agent', tre='uk-tre')}"}
         result: dict = {}
@@ -360,7 +364,11 @@ def test_long_poll_returns_as_soon_as_work_arrives(database_url, tmp_path):
 
         poller = threading.Thread(target=poll)
         poller.start()
-        time.sleep(0.5)
+        signal = stack.server.config.app.state.ctx.signal
+        deadline = time.monotonic() + 10
+        while not any(signal._waiters.values()):  # the long poll is open and waiting
+            assert time.monotonic() < deadline, "the long poll never started waiting"
+            time.sleep(0.01)
         httpx.post(
             f"{stack.url}{TES}/tasks",
             json={"executors": [{"image": "a", "command": ["b"]}], "tags": {"tres": "uk-tre"}},
