@@ -380,8 +380,6 @@ TreToken = Annotated[
 
 def _tre_call(url: str | None, token: str | None, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
     """One call to the TRE's own API as the person whose token it is; refusals end the command."""
-    import httpx
-
     if not url:
         err.print("[red]No TRE URL.[/] Pass --url or set FIVESAFES_TRE_URL (the agent's admin API).")
         raise typer.Exit(2)
@@ -391,13 +389,17 @@ def _tre_call(url: str | None, token: str | None, method: str, path: str, **kwar
             "provider with the tre-admin or output-checker role)."
         )
         raise typer.Exit(2)
+    return _call(url, token, method, path, "this TRE's admin and review API (FIVESAFES_TRE_URL)", **kwargs)
+
+
+def _call(url: str, token: str, method: str, path: str, api: str, **kwargs):  # type: ignore[no-untyped-def]
+    """One JSON call with a bearer token: an unreachable server, a refusal or an answer that is not
+    JSON is one line on standard error and a non-zero exit, never a traceback."""
+    import httpx
+
     try:
         response = httpx.request(
-            method,
-            url.rstrip("/") + path,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=60,
-            **kwargs,
+            method, url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs
         )
     except httpx.HTTPError as exc:
         err.print(f"[red]Cannot reach {url}:[/] {exc}")
@@ -408,9 +410,7 @@ def _tre_call(url: str | None, token: str | None, method: str, path: str, **kwar
     try:
         return response.json()
     except ValueError:
-        err.print(
-            f"[red]{url} is not this TRE's admin and review API[/] (FIVESAFES_TRE_URL): it answered {path} with no JSON"
-        )
+        err.print(f"[red]{url} is not {api}[/]: it answered {path} with no JSON")
         raise typer.Exit(1) from None
 
 
@@ -654,26 +654,10 @@ def results(
 
 
 def _admin_call(url: str, token: str | None, method: str, path: str, body: dict | None = None):  # type: ignore[no-untyped-def]
-    import httpx
-
     if not token:
         err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN (a federation-admin token).")
         raise typer.Exit(2)
-    try:
-        response = httpx.request(
-            method,
-            url.rstrip("/") + "/admin/v1" + path,
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-    except httpx.HTTPError as exc:
-        err.print(f"[red]Cannot reach {url}:[/] {exc}")
-        raise typer.Exit(1) from None
-    if response.status_code >= 400:
-        err.print(f"[red]Refused:[/] {response.status_code}: {_detail(response)}")
-        raise typer.Exit(1)
-    return response.json()
+    return _call(url, token, method, "/admin/v1" + path, "this gateway (FIVESAFES_TES_URL)", json=body)
 
 
 @admin_app.command("add-tre")

@@ -7,10 +7,12 @@ fails the run instead of skipping.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -172,3 +174,31 @@ def gateway_forgets_policies(stack, monkeypatch, *tres: str) -> None:  # type: i
             delete(PublishedPolicy).where(PublishedPolicy.tre_id.in_(ids))
         ).rowcount == len(tres)
     ctx.targets.clear()
+
+
+TRE_IDP = "https://idp.tre.example"
+
+
+@contextlib.contextmanager
+def served_tre_api(
+    db: Database, idp_dir: Path, tre: str = "uk-tre"
+) -> Iterator[tuple[str, Callable[..., str]]]:
+    """A TRE's own API (admin and review) over HTTP on `db`, trusting an embedded issuer, as the CLI and
+    the pages reach it: yields its URL and `token(name, role, subject)` for people of that issuer."""
+    from fivesafes_tes import devstack
+    from fivesafes_tes.agent.admin_api import create_admin_app
+    from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
+
+    issuer = DevIssuer(idp_dir, TRE_IDP)
+    validator = TokenValidator(TRE_IDP, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
+    port = devstack.free_port()
+    server, thread = devstack.serve(create_admin_app(db, tre, validator), "127.0.0.1", port)
+
+    def token(name: str, role: str, subject: str) -> str:
+        return issuer.issue(name, [role], audience="fivesafes-tre", tre=tre, extra={"sub": subject})
+
+    try:
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

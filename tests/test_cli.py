@@ -11,6 +11,7 @@ from fivesafes_tes import devstack
 from fivesafes_tes.cli import app
 
 runner = CliRunner()
+from tests.conftest import TRE_IDP, served_tre_api
 
 
 @pytest.fixture
@@ -125,10 +126,8 @@ def test_audit_anchor_exposes_a_cut_back_tail(stack, tmp_path):
 
 @pytest.fixture
 def tre_api(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    from fivesafes_tes.agent.admin_api import create_admin_app
     from fivesafes_tes.agent.loop import open_database
     from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, LocalProject
-    from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
     from fivesafes_tes.settings import AgentSettings
 
     db = open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path / "agent"))
@@ -152,23 +151,17 @@ def tre_api(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
                 child_id=CHILD, key="held/table.csv", name="table.csv", kind="output", size=1, sha256="0" * 64
             )
         )
-    issuer = DevIssuer(tmp_path / "idp", TRE_IDP)
-    validator = TokenValidator(TRE_IDP, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
-    port = devstack.free_port()
-    server, thread = devstack.serve(create_admin_app(db, "uk-tre", validator), "127.0.0.1", port)
-    monkeypatch.setenv("FIVESAFES_TRE_URL", f"http://127.0.0.1:{port}")
+    with served_tre_api(db, tmp_path / "idp") as (url, issue):
+        monkeypatch.setenv("FIVESAFES_TRE_URL", url)
 
-    def token(name: str, subject: str, role: str) -> str:
-        return issuer.issue(name, [role], audience="fivesafes-tre", tre="uk-tre", extra={"sub": subject})
+        def token(name: str, subject: str, role: str) -> str:
+            return issue(name, role, subject)
 
-    yield db, token
-    server.should_exit = True
-    thread.join(timeout=10)
+        yield db, token
     db.dispose()
 
 
 CHILD = "01a20000-0000-7000-8000-000000000001"
-TRE_IDP = "https://idp.tre.example"
 
 
 def test_checkers_and_tre_admins_decide_through_the_tre_api_as_their_token_says(tre_api):

@@ -28,9 +28,10 @@ from fivesafes_tes.egress.store import ObjectStore
 from fivesafes_tes.settings import AgentSettings
 from fivesafes_tes.submission.tables import ReleasedFile
 from tests import images
+from tests.conftest import TRE_IDP as IDP
+from tests.conftest import served_tre_api
 
 TES = "/ga4gh/tes/v1"
-IDP = "https://idp.tre.example"
 CHILD = "01a20000-0000-7000-8000-0000000000aa"
 COUNTS = "region,n_patients\nnorth,120\nsouth,45\n"
 ACRO_RESULTS = {
@@ -181,26 +182,8 @@ def test_auto_release_and_approvals_written_around_the_guard_release_none_of_the
 @pytest.fixture
 def tre_api(db, tmp_path):  # type: ignore[no-untyped-def]
     """The TRE's own API over HTTP, as the CLI and the pages reach it; yields its URL and a token maker."""
-    from fivesafes_tes.agent.admin_api import create_admin_app
-    from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
-
-    issuer = DevIssuer(tmp_path / "idp", IDP)
-    validator = TokenValidator(IDP, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
-    port = devstack.free_port()
-    server, thread = devstack.serve(create_admin_app(db, "uk-tre", validator), "127.0.0.1", port)
-
-    def token(checker: str) -> str:
-        return issuer.issue(
-            checker,
-            ["output-checker"],
-            audience="fivesafes-tre",
-            tre="uk-tre",
-            extra={"sub": f"{checker}-sub"},
-        )
-
-    yield f"http://127.0.0.1:{port}", token
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_tre_api(db, tmp_path / "idp") as (url, issue):
+        yield url, lambda checker: issue(checker, "output-checker", f"{checker}-sub")
 
 
 def test_the_review_api_answers_409_saying_why(tre_api):
