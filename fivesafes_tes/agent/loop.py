@@ -43,11 +43,12 @@ from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
 from fivesafes_tes.executors import Executor, RequestRefused, sandbox
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
+from fivesafes_tes.submission.stages import Stage
 
 log = logging.getLogger(__name__)
 
 # Stages before the run: a refusal there depends only on the request, so the researcher may read it.
-BEFORE_RUN = ("leased", "awaiting_tre_approval", "staging")
+BEFORE_RUN = (Stage.LEASED, Stage.AWAITING_TRE_APPROVAL, Stage.STAGING)
 
 
 class CannotStart(RuntimeError):
@@ -378,7 +379,7 @@ class Agent:
         with self.db.write() as session:
             child = session.get(LocalChild, child_id)
             if child is not None and child.active:
-                child.active, child.stage = False, "canceled"
+                child.active, child.stage = False, Stage.CANCELED.value
                 for pending in session.scalars(
                     select(OutgoingEvent).where(
                         OutgoingEvent.child_id == child_id, OutgoingEvent.sent.is_(False)
@@ -462,33 +463,33 @@ class Agent:
             self._errored(child_id, child.stage, exc)
 
     def _step(self, child: LocalChild) -> None:
-        if child.stage == "awaiting_review" and self.outbox.unsent(child.child_id):
+        if child.stage == Stage.AWAITING_REVIEW and self.outbox.unsent(child.child_id):
             return  # the gateway takes released files only once it has heard the child awaits review
         handler = {
-            "leased": self._approve_and_start,
-            "awaiting_tre_approval": self._approve_and_start,
-            "staging": self._approve_and_start,
-            "running": self._watch,
-            "checking": self._hold,
-            "awaiting_review": self._settle,
-        }.get(child.stage)
+            Stage.LEASED: self._approve_and_start,
+            Stage.AWAITING_TRE_APPROVAL: self._approve_and_start,
+            Stage.STAGING: self._approve_and_start,
+            Stage.RUNNING: self._watch,
+            Stage.CHECKING: self._hold,
+            Stage.AWAITING_REVIEW: self._settle,
+        }.get(Stage(child.stage))
         if handler is not None:
             handler(child)
 
     def _approve_and_start(self, child: LocalChild) -> None:
         # Started before a crash: re-attach, never twice. A container exists only once `staging` was
         # recorded (just before the start), so a child still waiting on approval costs no listing.
-        if child.stage == "staging" and child.child_id in self.executor.running():
-            self._emit(child, "running")
+        if child.stage == Stage.STAGING and child.child_id in self.executor.running():
+            self._emit(child, Stage.RUNNING)
             return
         with self.db.read() as session:
             verdict = approvals.clearance(session, self.tre, child.project, _submitter(child))
         if verdict.verdict is approvals.Verdict.UNDECIDED:
-            if child.stage != "awaiting_tre_approval":
-                self._emit(child, "awaiting_tre_approval", verdict.message)
+            if child.stage != Stage.AWAITING_TRE_APPROVAL:
+                self._emit(child, Stage.AWAITING_TRE_APPROVAL, verdict.message)
             return
         if verdict.verdict is approvals.Verdict.REJECTED:
-            self._emit(child, "rejected_by_tre", verdict.message, final=True)
+            self._emit(child, Stage.REJECTED_BY_TRE, verdict.message, final=True)
             return
         spec = staging.prepare(
             child.task,
@@ -500,13 +501,13 @@ class Agent:
             root=self._workspace(child.child_id),
             run_as=self.settings.run_as,
         )
-        if child.stage != "staging":
-            self._emit(child, "staging", verdict.message)
+        if child.stage != Stage.STAGING:
+            self._emit(child, Stage.STAGING, verdict.message)
         with self.db.write() as session:
             session.get(LocalChild, child.child_id).result = {"run": holding.spec_to_json(spec)}  # type: ignore[union-attr]
             approvals.bind(session, child.project, _submitter(child))
         self.executor.start(spec)
-        self._emit(child, "running")
+        self._emit(child, Stage.RUNNING)
 
     def _refused(self, child_id: str, stage: str, exc: RequestRefused) -> None:
         """The request cannot run here. Before the run the researcher reads why; from `running` on the
@@ -522,12 +523,12 @@ class Agent:
                 actor=f"agent:{self.tre}",
                 action="child.refuse",
                 object=f"child:{child_id}",
-                outcome="rejected_by_tre",
+                outcome=Stage.REJECTED_BY_TRE.value,
                 detail={"stage": stage, "reason": str(exc)},
             )
             child = session.get(LocalChild, child_id)
         assert child is not None
-        self._emit(child, "rejected_by_tre", f"{self.tre} refused the task: {exc}", final=True)
+        self._emit(child, Stage.REJECTED_BY_TRE, f"{self.tre} refused the task: {exc}", final=True)
 
     def _errored(self, child_id: str, stage: str, exc: Exception) -> None:
         """Count an unexpected error in a child's handling: try it again later, or end it at the cap."""
@@ -575,13 +576,13 @@ class Agent:
                 actor=f"agent:{self.tre}",
                 action="child.fail",
                 object=f"child:{child_id}",
-                outcome="system_failed",
+                outcome=Stage.SYSTEM_FAILED.value,
                 detail={"stage": stage, "error": error},
             )
             child = session.get(LocalChild, child_id)
         assert child is not None
         log.error("child %s ended system_failed at %s: %s", child_id, stage, error)
-        self._emit(child, "system_failed", final=True)
+        self._emit(child, Stage.SYSTEM_FAILED, final=True)
 
     def _discard_run(self, child_id: str) -> None:
         """Stop and remove what the child's run left; what cannot be removed now, the sweep at the next
@@ -601,14 +602,14 @@ class Agent:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
             local.result = {**(local.result or {}), "outcome": holding.result_to_json(result)}
-        self._emit(child, "checking")
+        self._emit(child, Stage.CHECKING)
 
     def _hold(self, child: LocalChild) -> None:
         """Hold every output and log in the airlock, run the automated rules on them, then wait for review."""
         if not holding.hold(self.db, self.store, self.policy.checks, child):
             return
         # Nothing about the held files leaves with this event: not their number, sizes or verdicts.
-        self._emit(child, "awaiting_review")
+        self._emit(child, Stage.AWAITING_REVIEW)
         self.executor.cleanup(child.child_id)
         shutil.rmtree(self._workspace(child.child_id), ignore_errors=True)
 
@@ -623,7 +624,7 @@ class Agent:
     def _emit(
         self,
         child: LocalChild,
-        stage: str,
+        stage: Stage,
         message: str | None = None,
         *,
         report: dict[str, Any] | None = None,
