@@ -138,20 +138,6 @@ class Agent:
         self._last_sync = 0.0
         self._progressed = False  # set by _emit: a child moved, so look again without waiting
 
-    @staticmethod
-    def store_from(settings: AgentSettings) -> ObjectStore:
-        from fivesafes_tes.egress.store import StoreSettings
-
-        return ObjectStore.from_settings(
-            StoreSettings(
-                endpoint_url=settings.airlock_endpoint_url,
-                bucket=settings.airlock_bucket,
-                access_key=settings.airlock_access_key,
-                secret_key=settings.airlock_secret_key,
-                region=settings.airlock_region,
-            )
-        )
-
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
         client = GatewayClient(
@@ -165,7 +151,7 @@ class Agent:
             settings,
             client=client,
             executor=create_executor(settings.executor, tre=settings.tre, deployment=deployment_id(db)),
-            store=Agent.store_from(settings),
+            store=ObjectStore.from_settings(settings.airlock),
             policy=TrePolicy.load(settings.policy_file),
             db=db,
         )

@@ -177,21 +177,36 @@ class StoredObject:
 
 
 class StoreSettings(BaseModel):
-    """Where one bucket lives and how to talk to it; nest it in a process's settings model."""
+    """Where one bucket lives and how to talk to it. Each process nests one per store it uses (the
+    gateway's `results`, the agent's `airlock`), so every field has an environment variable."""
 
-    endpoint_url: str | None = Field(default=None, description="S3 endpoint; None means AWS.")
-    bucket: str
-    access_key: str | None = Field(default=None, description="None: boto3's default credential chain.")
-    secret_key: SecretStr | None = None
-    region: str = "us-east-1"
-    addressing_style: Literal["path", "virtual", "auto"] = "path"
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint; unset means AWS.")
+    bucket: str = Field(description="The bucket.")
+    access_key: str | None = Field(
+        default=None, description="Access key; unset: boto3's default credential chain."
+    )
+    secret_key: SecretStr | None = Field(default=None, description="Secret key of that access key.")
+    region: str = Field(default="us-east-1", description="Region of the bucket.")
+    addressing_style: Literal["path", "virtual", "auto"] = Field(
+        default="path",
+        description="`path` (MinIO, Ceph, moto), `virtual` (bucket in the host name) or `auto`.",
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to wait for a connection.")
+    read_timeout_s: float = Field(default=60.0, gt=0, description="Seconds to wait for a response.")
     max_attempts: int = Field(default=3, ge=1, description="Tries per request, the first included.")
-    native_checksums: bool = Field(default=True, description="Send ChecksumSHA256 for the server to verify.")
-    conditional_writes: bool = Field(default=True, description="Use If-None-Match: * (else a HEAD check).")
-    multipart_threshold: int = Field(default=16 * MiB, ge=_MIN_PART)
-    part_size: int = Field(default=16 * MiB, ge=_MIN_PART)
+    native_checksums: bool = Field(
+        default=True,
+        description="Send ChecksumSHA256 for the server to verify (turn off for stores without it).",
+    )
+    conditional_writes: bool = Field(
+        default=True, description="Use If-None-Match: * (else a HEAD check before each write)."
+    )
+    multipart_threshold: int = Field(
+        default=16 * MiB, ge=_MIN_PART, description="Bytes from which a file is uploaded in parts."
+    )
+    part_size: int = Field(
+        default=16 * MiB, ge=_MIN_PART, description="Bytes per part of a multipart upload."
+    )
     max_concurrency: int = Field(default=4, ge=1, description="Parts in flight per upload.")
 
 

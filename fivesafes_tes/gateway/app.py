@@ -23,6 +23,7 @@ from fivesafes_tes.auth import (
     discover_jwks_url,
 )
 from fivesafes_tes.db import Database
+from fivesafes_tes.egress.store import ObjectStore
 from fivesafes_tes.gateway import admin_api, agent_api, deliveries, errors, ops, results_api, tes_api
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
@@ -50,7 +51,7 @@ class GatewayContext:
     service_info: ServiceInfo
     policy: SubmissionPolicy
     dev_issuer: DevIssuer | None = None
-    results_store: Any = None  # fivesafes_tes.egress.store.ObjectStore, when configured
+    results_store: ObjectStore | None = None
     signal: WorkSignal = field(default_factory=WorkSignal)
     # Where each user's tasks go (project, TREs): seen by other replicas within TARGET_TTL_S of a change.
     targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
@@ -93,20 +94,11 @@ def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | N
 RELEASE_UPLOADS = re.compile(r"^/agent/v1/children/[^/]+/files$")
 
 
-def _results_store(settings: GatewaySettings):  # type: ignore[no-untyped-def]
-    if not settings.results_endpoint_url and not settings.results_access_key:
+def _results_store(settings: GatewaySettings) -> ObjectStore | None:
+    store = settings.results
+    if not store.endpoint_url and not store.access_key:
         return None
-    from fivesafes_tes.egress.store import ObjectStore, StoreSettings
-
-    return ObjectStore.from_settings(  # built as the agent builds its airlock's
-        StoreSettings(
-            endpoint_url=settings.results_endpoint_url,
-            bucket=settings.results_bucket,
-            access_key=settings.results_access_key,
-            secret_key=settings.results_secret_key,
-            region=settings.results_region,
-        )
-    )
+    return ObjectStore.from_settings(store)
 
 
 def _destinations(settings: GatewaySettings) -> results.Destinations:
