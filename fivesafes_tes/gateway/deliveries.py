@@ -26,7 +26,7 @@ from sqlalchemy import update
 
 from fivesafes_tes import audit, failpoints
 from fivesafes_tes.db.base import utcnow
-from fivesafes_tes.egress.store import safe_key
+from fivesafes_tes.egress.keys import safe_key
 from fivesafes_tes.submission import file_outputs, results
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
 

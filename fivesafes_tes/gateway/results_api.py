@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from fivesafes_tes import audit, failpoints
-from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, UnsafeKey, safe_key
+from fivesafes_tes.egress.keys import UnsafeKey, safe_key
+from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists
 from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
