@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.db.base import utcnow
-from fivesafes_tes.gateway import deliveries
+from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission import results
 from fivesafes_tes.submission.tables import Child
 from tests.conftest import Gateway, results_store_settings

@@ -11,7 +11,7 @@ import io
 import pytest
 
 from fivesafes_tes.egress.store import ChecksumMismatch
-from fivesafes_tes.gateway import deliveries
+from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission import file_outputs
 from tests.conftest import Gateway, results_store_settings
 from tests.test_agent_api import TES, approve, event, lease, upload

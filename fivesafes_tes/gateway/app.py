@@ -24,13 +24,13 @@ from fivesafes_tes.auth import (
 )
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress.store import ObjectStore
-from fivesafes_tes.gateway import admin_api, agent_api, deliveries, errors, ops, results_api, tes_api
+from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, results_api, tes_api
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
 from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
-from fivesafes_tes.submission import results
+from fivesafes_tes.submission import deliveries, results
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
