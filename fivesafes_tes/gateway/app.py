@@ -30,7 +30,7 @@ from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
 from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
-from fivesafes_tes.submission import deliveries, results
+from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
@@ -57,9 +57,10 @@ class GatewayContext:
     targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
     user_cache: UserCache = field(default_factory=UserCache)
     metrics: ops.Metrics = field(default_factory=ops.Metrics)
-    # Where released outputs are delivered besides the results store (with a results store only).
-    destinations: results.Destinations = field(default_factory=results.Destinations)
-    deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, where it delivers anywhere
+    # Delivers released outputs where their TES urls say, if this gateway has a results store and
+    # somewhere to deliver to.
+    deliverer: deliveries.Deliverer | None = None
+    deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, with a deliverer
 
     def wake_deliveries(self) -> None:
         """A delivery is owed now (else the loop finds it within seconds, or at the next start)."""
@@ -101,14 +102,22 @@ def _results_store(settings: GatewaySettings) -> ObjectStore | None:
     return ObjectStore.from_settings(store)
 
 
-def _destinations(settings: GatewaySettings) -> results.Destinations:
+def _deliverer(
+    settings: GatewaySettings, db: Database, store: ObjectStore | None
+) -> deliveries.Deliverer | None:
     folder = settings.file_output_root
     if folder is not None and not (folder.is_absolute() and folder.is_dir() and os.access(folder, os.W_OK)):
         raise ConfigurationError(
             f"FIVESAFES_FILE_OUTPUT_ROOT={folder} must be an absolute path to a folder this gateway can write "
             "(create it, or unset the setting to refuse file:// outputs)"
         )
-    return results.Destinations(frozenset(settings.delivery_buckets), str(folder) if folder else None)
+    where = deliveries.Destinations(frozenset(settings.delivery_buckets), str(folder) if folder else None)
+    if store is None or not where:
+        return None
+    schedule = deliveries.Schedule(
+        settings.delivery_attempts, settings.delivery_retry_s, settings.delivery_claim_s
+    )
+    return deliveries.Deliverer(db, store, where, schedule)
 
 
 def dev_issuer_url(settings: GatewaySettings) -> str:
@@ -140,6 +149,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         caps=settings.task_caps,
         file_output_root=str(settings.file_output_root) if settings.file_output_root else None,
     )
+    results_store = _results_store(settings)
     ctx = GatewayContext(
         settings=settings,
         db=db,
@@ -147,14 +157,14 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         service_info=service_info(settings),
         policy=policy,
         dev_issuer=issuer,
-        results_store=_results_store(settings),
-        destinations=_destinations(settings),
+        results_store=results_store,
+        deliverer=_deliverer(settings, db, results_store),
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Deliveries that fell due: retries, and those owed by a gateway that died before making them.
-        loop = deliveries.DeliveryLoop(ctx) if ctx.results_store and ctx.destinations else None
+        loop = deliveries.DeliveryLoop(ctx.deliverer) if ctx.deliverer is not None else None
         if loop is not None:
             loop.start()
             ctx.deliveries = loop
@@ -182,7 +192,6 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     for alias in TES_PREFIXES[1:]:
         app.include_router(tes_api.router, prefix=alias, include_in_schema=False)
     app.include_router(agent_api.router)
-    app.include_router(results_api.agent_router)
     app.include_router(results_api.router)
     app.include_router(admin_api.router)
     app.include_router(ops.router)
