@@ -134,20 +134,6 @@ class Agent:
         )
         self.release = Release(self.db, store, client, self.tre, self._emit)
 
-    @staticmethod
-    def store_from(settings: AgentSettings) -> ObjectStore:
-        from fivesafes_tes.egress.store import StoreSettings
-
-        return ObjectStore.from_settings(
-            StoreSettings(
-                endpoint_url=settings.airlock_endpoint_url,
-                bucket=settings.airlock_bucket,
-                access_key=settings.airlock_access_key,
-                secret_key=settings.airlock_secret_key,
-                region=settings.airlock_region,
-            )
-        )
-
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
         client = GatewayClient(
@@ -161,7 +147,7 @@ class Agent:
             settings,
             client=client,
             executor=create_executor(settings.executor, tre=settings.tre, deployment=deployment_id(db)),
-            store=Agent.store_from(settings),
+            store=ObjectStore.from_settings(settings.airlock),
             policy=TrePolicy.load(settings.policy_file),
             db=db,
         )
