@@ -26,18 +26,16 @@ from typing import Any
 from sqlalchemy import select
 
 from fivesafes_tes import audit, failpoints
-from fivesafes_tes.agent import approvals, checks, review, staging
+from fivesafes_tes.agent import approvals, checks, review, schema, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.tables import (
-    AgentBase,
     AgentIdentity,
     HeldFileRecord,
     LocalChild,
     LocalProject,
     OutgoingEvent,
 )
-from fivesafes_tes.audit.tables import AuditHead, AuditRecord
 from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
@@ -81,10 +79,10 @@ def _submitter(child: LocalChild) -> Person:
 
 
 def open_database(settings: AgentSettings) -> Database:
-    """The agent's database, created on first start (its tables and its own audit chain)."""
+    """The agent's database, migrated to the newest schema (its tables and its own audit chain);
+    `schema.SchemaRefused` if it cannot be."""
     db = Database(settings.effective_database_url, pool_size=5)
-    AgentBase.metadata.create_all(db.engine)
-    AuditRecord.metadata.create_all(db.engine, tables=[AuditRecord.__table__, AuditHead.__table__])
+    schema.upgrade(db.engine)
     return db
 
 
