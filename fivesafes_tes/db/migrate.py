@@ -7,6 +7,7 @@ so both can live in one database (the development stack may share one).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def run_in_env(metadata: MetaData) -> None:
                 version_table=context.config.attributes["version_table"],
                 render_as_batch=True,
                 transactional_ddl=True,  # SQLite's DDL is transactional too: one upgrade, one transaction
-                include_name=lambda name, kind, _parent: kind != "table" or name in metadata.tables,
+                include_name=only_tables_of(metadata),
             )
             with context.begin_transaction():
                 context.run_migrations()
@@ -83,6 +84,11 @@ def run_in_env(metadata: MetaData) -> None:
         finally:
             if sqlite:
                 _sqlite_foreign_keys(connection, on=True)
+
+
+def only_tables_of(metadata: MetaData) -> Callable[[str | None, str, object], bool]:
+    """An autogenerate `include_name` filter: this metadata's tables, never another history's."""
+    return lambda name, kind, _parent: kind != "table" or name in metadata.tables
 
 
 def _sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
