@@ -84,6 +84,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         yield from _fresh_pg_database(template)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """A URL of an empty database, no tables at all: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+    else:
+        need_service("PostgreSQL", bool(PG_URL), "set FIVESAFES_TEST_PG_URL or run scripts/services.sh")
+        yield from _fresh_pg_database("template0")
+
+
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
     db = Database(database_url)
