@@ -24,19 +24,17 @@ from typing import Any
 from sqlalchemy import select
 
 from fivesafes_tes import audit
-from fivesafes_tes.agent import approvals, holding, staging
+from fivesafes_tes.agent import approvals, holding, schema, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
 from fivesafes_tes.agent.outbox import ENDED_WITH_HELD_FILES, RETRY_CAP_S, Outbox
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.release import Release
 from fivesafes_tes.agent.tables import (
-    AgentBase,
     AgentIdentity,
     LocalChild,
     LocalProject,
     OutgoingEvent,
 )
-from fivesafes_tes.audit.tables import AuditHead, AuditRecord
 from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
@@ -70,10 +68,10 @@ def _submitter(child: LocalChild) -> Person:
 
 
 def open_database(settings: AgentSettings) -> Database:
-    """The agent's database, created on first start (its tables and its own audit chain)."""
+    """The agent's database, migrated to the newest schema (its tables and its own audit chain);
+    `schema.SchemaRefused` if it cannot be."""
     db = Database(settings.effective_database_url, pool_size=5)
-    AgentBase.metadata.create_all(db.engine)
-    AuditRecord.metadata.create_all(db.engine, tables=[AuditRecord.__table__, AuditHead.__table__])
+    schema.upgrade(db.engine)
     return db
 
 
@@ -135,20 +133,6 @@ class Agent:
         )
         self.release = Release(self.db, store, client, self.tre, self._emit)
 
-    @staticmethod
-    def store_from(settings: AgentSettings) -> ObjectStore:
-        from fivesafes_tes.egress.store import StoreSettings
-
-        return ObjectStore.from_settings(
-            StoreSettings(
-                endpoint_url=settings.airlock_endpoint_url,
-                bucket=settings.airlock_bucket,
-                access_key=settings.airlock_access_key,
-                secret_key=settings.airlock_secret_key,
-                region=settings.airlock_region,
-            )
-        )
-
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
         client = GatewayClient(
@@ -162,7 +146,7 @@ class Agent:
             settings,
             client=client,
             executor=create_executor(settings.executor, tre=settings.tre, deployment=deployment_id(db)),
-            store=Agent.store_from(settings),
+            store=ObjectStore.from_settings(settings.airlock),
             policy=TrePolicy.load(settings.policy_file),
             db=db,
         )
