@@ -81,3 +81,19 @@ def test_the_agent_command_says_in_one_line_why_it_cannot_start(tmp_path: Path) 
         f"of {', '.join(POLICY.forbidden_sources)} or /"
     )
     assert result.output.strip().splitlines() == [expected]
+
+
+def test_the_rules_settings_are_parsed_once_when_the_policy_loads(tmp_path: Path) -> None:
+    """A mistake in the rules' settings stops the agent at start, not at its first hold; what loads is
+    the typed configuration every hold uses as it is."""
+    from fivesafes_tes.egress.checks.config import ChecksConfig
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("checks:\n  enabled: [file_type, no_such_rule]\n")
+    with pytest.raises(ValueError, match="unknown rules"):
+        TrePolicy.load(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("checks:\n  small_cell: {threshold: 20}\n")
+    checks = TrePolicy.load(good).checks
+    assert isinstance(checks, ChecksConfig)
+    assert checks.small_cell.threshold == 20

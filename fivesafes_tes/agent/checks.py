@@ -10,6 +10,7 @@ from typing import Any
 
 from fivesafes_tes.egress.airlock import Manifest
 from fivesafes_tes.egress.checks.base import HeldFile, Verdict
+from fivesafes_tes.egress.checks.config import ChecksConfig
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 def run(
     manifest: Manifest,
     local_paths: dict[tuple[str, str | None, int | None], Path],
-    config: dict[str, Any],
+    config: ChecksConfig,
     project: str,
 ) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """held key -> (worst verdict, each rule's result as data)."""
@@ -32,10 +33,9 @@ def run(
         for held in manifest.files
     }
     try:
-        from fivesafes_tes.egress.checks.config import ChecksConfig
         from fivesafes_tes.egress.checks.runner import run_checks
 
-        reports = run_checks(list(files.values()), ChecksConfig.model_validate(config), project)
+        reports = run_checks(list(files.values()), config, project)
     except Exception as exc:  # noqa: BLE001  no rule may be skipped silently: fail safe to human review
         log.error(
             "automated checks could not run (%s); every file goes to an output checker", type(exc).__name__

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from fivesafes_tes.agent.review import ReviewPolicy
+from fivesafes_tes.egress.checks.config import ChecksConfig
 from fivesafes_tes.executors import Limits
 from fivesafes_tes.tes.admission import image_allowed
 from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
@@ -47,8 +47,8 @@ class TrePolicy(BaseModel):
     datasets: dict[str, Dataset] = Field(default_factory=dict)
     grants: dict[str, list[str]] = Field(default_factory=dict, description="project -> dataset names")
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
-    checks: dict[str, Any] = Field(
-        default_factory=dict, description="Automated rule settings (egress.checks)."
+    checks: ChecksConfig = Field(
+        default_factory=ChecksConfig, description="Automated rule settings (egress.checks), parsed once."
     )
 
     @classmethod
@@ -63,11 +63,6 @@ class TrePolicy(BaseModel):
             raise ValueError(
                 f"{path}: grants name datasets that are not defined: {', '.join(sorted(unknown))}"
             )
-        from fivesafes_tes.egress.checks.config import ChecksConfig
-
-        ChecksConfig.model_validate(
-            policy.checks
-        )  # a mistake in the rules' settings stops the agent at start
         return policy
 
     @property
