@@ -342,8 +342,8 @@ def agent() -> None:
     logs.configure(logging.INFO)
     settings = AgentSettings()  # type: ignore[call-arg]
     drop_secrets_from_environment(settings)  # nothing the agent starts (check processes...) inherits them
-    worker = Agent.from_settings(settings)
     try:
+        worker = Agent.from_settings(settings)
         worker.start()
     except CannotStart as exc:
         err.print(f"[red]Cannot start:[/] {exc}")

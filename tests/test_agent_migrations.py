@@ -149,3 +149,17 @@ def test_the_agent_and_the_gateway_share_one_database(db):
     assert schema_diff(db.engine, gateway_metadata, "alembic_version") == []
     assert schema_diff(db.engine, schema.metadata, VERSION) == []
     assert _version(db) == HEAD
+
+
+def test_the_agent_does_not_start_on_a_database_it_cannot_upgrade(tmp_path):
+    from fivesafes_tes.agent.loop import CannotStart, open_database
+    from fivesafes_tes.settings import AgentSettings
+
+    settings = AgentSettings(tre="uk-tre", data_dir=tmp_path)
+    made = Database(settings.effective_database_url)
+    _create_as_released(made.engine, "1acaad5")
+    with made.write() as session:
+        session.execute(text("ALTER TABLE agent_children ADD COLUMN colour VARCHAR(8)"))
+    made.dispose()
+    with pytest.raises(CannotStart, match="FIVESAFES_AGENT_DATABASE_URL: the agent's database has tables no"):
+        open_database(settings)

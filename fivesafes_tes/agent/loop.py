@@ -82,9 +82,13 @@ def _submitter(child: LocalChild) -> Person:
 
 def open_database(settings: AgentSettings) -> Database:
     """The agent's database, migrated to the newest schema (its tables and its own audit chain);
-    `schema.SchemaRefused` if it cannot be."""
+    CannotStart, saying why, if it cannot be."""
     db = Database(settings.effective_database_url, pool_size=5)
-    schema.upgrade(db.engine)
+    try:
+        schema.upgrade(db.engine)
+    except schema.SchemaRefused as exc:
+        db.dispose()
+        raise CannotStart(f"FIVESAFES_AGENT_DATABASE_URL: {exc}") from None
     return db
 
 
