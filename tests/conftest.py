@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from fivesafes_tes.db import Database
 from fivesafes_tes.devstack import seed_federation
+from fivesafes_tes.settings import ResultsStoreSettings
 
 pytest_plugins = ["tests.s3"]
 
@@ -145,13 +146,15 @@ class Gateway:
         self.db.dispose()
 
 
-def results_store_settings(s3_endpoint, bucket: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def results_store_settings(s3_endpoint, bucket: str) -> dict[str, ResultsStoreSettings]:  # type: ignore[no-untyped-def]
     """Gateway settings for a results store in `bucket` on the test S3 endpoint."""
     return {
-        "results_endpoint_url": s3_endpoint.url,
-        "results_bucket": bucket,
-        "results_access_key": s3_endpoint.access_key,
-        "results_secret_key": s3_endpoint.secret_key,
+        "results": ResultsStoreSettings(
+            endpoint_url=s3_endpoint.url,
+            bucket=bucket,
+            access_key=s3_endpoint.access_key,
+            secret_key=s3_endpoint.secret_key,
+        )
     }
 
 
