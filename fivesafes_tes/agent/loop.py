@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # Stages before the run: a refusal there depends only on the request, so the researcher may read it.
 BEFORE_RUN = (Stage.LEASED, Stage.AWAITING_TRE_APPROVAL, Stage.STAGING)
+# Stages where the task's own code runs or its outputs are read: an attempt lost there counts.
+TASK_ACTS = (Stage.STAGING, Stage.RUNNING, Stage.CHECKING)
 
 
 class CannotStart(RuntimeError):
@@ -69,9 +71,13 @@ def _submitter(child: LocalChild) -> Person:
 
 def open_database(settings: AgentSettings) -> Database:
     """The agent's database, migrated to the newest schema (its tables and its own audit chain);
-    `schema.SchemaRefused` if it cannot be."""
+    CannotStart, saying why, if it cannot be."""
     db = Database(settings.effective_database_url, pool_size=5)
-    schema.upgrade(db.engine)
+    try:
+        schema.upgrade(db.engine)
+    except schema.SchemaRefused as exc:
+        db.dispose()
+        raise CannotStart(f"FIVESAFES_AGENT_DATABASE_URL: {exc}") from None
     return db
 
 
@@ -328,6 +334,7 @@ class Agent:
     # --- what the gateway tells us ------------------------------------------------------------
 
     def _accept(self, grant: dict[str, Any]) -> None:
+        given_up: tuple[str, int] | None = None
         with self.db.write() as session:
             child = session.get(LocalChild, grant["child_id"])
             if child is None:
@@ -354,6 +361,21 @@ class Agent:
                 ):
                     session.delete(stale)
                 child.attempt, child.next_seq, child.active = grant["attempt"], 0, True
+                if child.stage in TASK_ACTS:  # the last attempt was lost while the task acted
+                    child.attempts += 1
+                    if child.attempts > self.settings.max_attempts:
+                        given_up = (child.stage, child.attempts)
+        if given_up is not None:
+            self._give_up(grant["child_id"], *given_up)
+
+    def _give_up(self, child_id: str, stage: str, attempts: int) -> None:
+        """End a child whose task was taken up more than `max_attempts` times: it kills or stalls
+        this agent each time, so it is not tried again."""
+        reason = (
+            f"gave up after {attempts} attempts: each earlier one was lost while the task was {stage} "
+            f"(the cap is FIVESAFES_AGENT_MAX_ATTEMPTS={self.settings.max_attempts})"
+        )
+        self._fail(child_id, stage, reason, action="child.give_up")
 
     def _cancel(self, child_id: str) -> None:
         self.executor.cancel(child_id)
@@ -549,7 +571,7 @@ class Agent:
         log.error("child %s failed at %s %d times in a row: %s", child_id, stage, errors, error)
         self._fail(child_id, stage, error)
 
-    def _fail(self, child_id: str, stage: str, error: str) -> None:
+    def _fail(self, child_id: str, stage: str, error: str, *, action: str = "child.fail") -> None:
         """End a child `system_failed`: its run stopped and removed, its workspace deleted, and its
         airlock emptied once the gateway has the ending. The researcher reads the gateway's fixed line;
         what went wrong stays here, in the log and the audit."""
@@ -558,7 +580,7 @@ class Agent:
             audit.record(
                 session,
                 actor=f"agent:{self.tre}",
-                action="child.fail",
+                action=action,
                 object=f"child:{child_id}",
                 outcome=Stage.SYSTEM_FAILED.value,
                 detail={"stage": stage, "error": error},
