@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -156,7 +156,7 @@ class GatewaySettings(BaseSettings):
     delivery_retry_s: float = Field(
         default=30.0,
         gt=0,
-        description="Wait before the first retry of a failed delivery; doubled each time, up to an hour.",
+        description="Wait before the first retry of a failed delivery; doubled each time, up to DELIVERY_RETRY_CAP_S.",
     )
     delivery_claim_s: float = Field(
         default=300.0,
@@ -164,10 +164,43 @@ class GatewaySettings(BaseSettings):
         description="How long a gateway's hold on a delivery lasts unless renewed (it renews it every third of this while working) before "
         "another replica may take it over.",
     )
+    delivery_retry_cap_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="Longest wait between delivery retries: the doubling of DELIVERY_RETRY_S stops here.",
+    )
+    delivery_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often each replica looks for deliveries that fell due (retries, and those a gateway "
+        "that died still owed), at most; a shorter DELIVERY_RETRY_S is used instead.",
+    )
+    lease_recheck_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="How often an agent's waiting long-poll re-reads the database for work another replica "
+        "queued (work queued on this replica wakes it at once).",
+    )
+    target_cache_ttl_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How long a replica keeps where a user's tasks go (project, TREs) before reading it "
+        "again: a change made on another replica is seen within this.",
+    )
 
     metrics_token: SecretStr | None = Field(
         default=None, description="Static bearer token Prometheus may use for /metrics instead of a JWT."
     )
+
+    @model_validator(mode="after")
+    def _retry_cap_not_below_first_retry(self) -> GatewaySettings:
+        if self.delivery_retry_cap_s < self.delivery_retry_s:
+            raise ValueError("delivery_retry_cap_s must be at least delivery_retry_s")
+        return self
 
     @property
     def task_caps(self) -> TaskCaps:
@@ -253,7 +286,46 @@ class AgentSettings(BaseSettings):
         gt=0,
         le=300,
         description="Wait before a child whose handling hit an unexpected error is tried again; doubled "
-        "after each further error, up to 300 s. Other children are not held up meanwhile.",
+        "after each further error, up to RETRY_CAP_S. Other children are not held up meanwhile.",
+    )
+    event_retry_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        description="Wait before an event the gateway refused is sent again; doubled after each further "
+        "refusal, up to RETRY_CAP_S. Only that child's later events wait with it.",
+    )
+    retry_cap_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="Longest wait between retries of a refused event or of a child that hit an error.",
+    )
+    lease_refused_wait_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Wait before asking for work again after the gateway refused the request (4xx: a "
+        "token or registration problem, logged).",
+    )
+    work_error_wait_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        description="Wait before the work loop goes on after an unexpected error (logged).",
+    )
+    gateway_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Timeout of one request to the gateway (a long-poll for work adds its wait; an upload "
+        "allows 600 s).",
+    )
+    gateway_max_backoff_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest wait between retries of a request the gateway did not answer or answered 5xx/429.",
     )
     run_as: str = Field(default="65534:65534", description="uid:gid tasks run as; never root.")
     admin_listen: str | None = Field(
@@ -275,9 +347,28 @@ class AgentSettings(BaseSettings):
         "only where the issuer serves this TRE alone.",
     )
 
+    @model_validator(mode="after")
+    def _retry_cap_not_below_first_retries(self) -> AgentSettings:
+        if self.retry_cap_s < max(self.child_retry_s, self.event_retry_s):
+            raise ValueError("retry_cap_s must be at least child_retry_s and event_retry_s")
+        return self
+
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'agent.db'}"
+
+
+class FaultInjectionSettings(BaseSettings):
+    """For tests only, never in production: where the crash tests have a process kill itself
+    (`fivesafes_tes.failpoints`). Read once, when that module is imported."""
+
+    model_config = SettingsConfigDict(env_prefix="FIVESAFES_", extra="ignore")
+
+    failpoints: str = Field(
+        default="",
+        description="Test only: comma-separated failpoints, `name` or `name:N`, at which this process dies "
+        "with SIGKILL (the N-th time it is reached). Never set it in a deployment.",
+    )
 
 
 def environment_variables(settings: type[BaseSettings]) -> dict[str, FieldInfo]:

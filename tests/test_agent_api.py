@@ -327,10 +327,8 @@ def test_decisions_are_recorded_once_and_only_for_the_tres_own_projects(gateway)
 
 
 def test_long_poll_returns_as_soon_as_work_arrives(database_url, tmp_path, monkeypatch):
-    from fivesafes_tes.gateway import agent_api
-
-    # No re-read of the database during the wait: only the submission's notify can end it early.
-    monkeypatch.setattr(agent_api, "RECHECK_S", 60)
+    # No re-read of the database during the 20 s wait: only the submission's notify can end it early.
+    monkeypatch.setenv("FIVESAFES_LEASE_RECHECK_S", "30")
     with devstack.start(tmp_path / "live", database_url=database_url) as stack:
         agent = {"Authorization": f"Bearer {stack.token('agent', 'tre-agent', tre='uk-tre')}"}
         result: dict = {}

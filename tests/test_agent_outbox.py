@@ -71,8 +71,12 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 @pytest.fixture
 def agent(tmp_path: Path, clock: Clock) -> Agent:
+    return agent_with(AgentSettings(tre="uk-tre", data_dir=tmp_path, report_granularity_s=10))
+
+
+def agent_with(settings: AgentSettings) -> Agent:
     agent = Agent(
-        AgentSettings(tre="uk-tre", data_dir=tmp_path, report_granularity_s=10),
+        settings,
         client=Gateway(),  # type: ignore[arg-type]
         executor=None,  # type: ignore[arg-type]
         store=Airlock(),  # type: ignore[arg-type]
@@ -155,12 +159,28 @@ def test_a_refused_event_is_sent_again_with_backoff_and_holds_back_only_its_own_
         clock.now = due
         agent.outbox.flush()
     assert waits[:4] == [1.0, 2.0, 4.0, 8.0]
-    assert max(waits) == outbox.RETRY_CAP_S
+    assert max(waits) == 300.0  # FIVESAFES_AGENT_RETRY_CAP_S's default
     del gateway.refuse[(A, 0)]
     clock.now = agent.outbox.next_due()
     agent.outbox.flush()
     assert taken(agent, A) == ["running", "checking"]
     assert unsent(agent) == []
+
+
+def test_the_operator_sets_the_refused_event_backoff_through_the_environment(tmp_path, clock, monkeypatch):
+    monkeypatch.setenv("FIVESAFES_AGENT_EVENT_RETRY_S", "2")
+    monkeypatch.setenv("FIVESAFES_AGENT_RETRY_CAP_S", "20")
+    agent = agent_with(AgentSettings(tre="uk-tre", data_dir=tmp_path, report_granularity_s=0))
+    gateway: Gateway = agent.client  # type: ignore[assignment]
+    gateway.refuse[(A, 0)] = Rejected(409, "refused")
+    emit(agent, A, "running")
+    waits = []
+    for _ in range(6):
+        due = agent.outbox.next_due()
+        waits.append(due - clock.now)
+        clock.now = due
+        agent.outbox.flush()
+    assert waits == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pydantic_settings import BaseSettings
+
+from fivesafes_tes import settings
 from fivesafes_tes.settings import AgentSettings, GatewaySettings, environment_variables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +25,28 @@ def test_every_agent_setting_is_documented_and_nothing_else():
     section = doc.split("## TRE agent", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`(FIVESAFES_AGENT_[A-Z_]+)`", section))
     assert documented == set(environment_variables(AgentSettings))
+
+
+def every_settings_class() -> list[type[BaseSettings]]:
+    """Each settings model a process reads, found in settings.py itself: a new one needs no listing here."""
+    return [
+        value
+        for value in vars(settings).values()
+        if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__ == settings.__name__
+    ]
+
+
+def test_every_variable_of_every_settings_class_is_documented():
+    documented = set(re.findall(r"`(FIVESAFES_[A-Z_]+)`", (ROOT / "docs" / "configuration.md").read_text()))
+    classes = every_settings_class()
+    assert {GatewaySettings, AgentSettings, settings.FaultInjectionSettings} <= set(classes)
+    missing = {
+        f"{cls.__name__}: {variable}"
+        for cls in classes
+        for variable in environment_variables(cls)
+        if variable not in documented
+    }
+    assert not missing, f"settings missing from docs/configuration.md: {sorted(missing)}"
 
 
 def test_the_policy_example_in_the_docs_loads(tmp_path):

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from fivesafes_tes import audit
 from fivesafes_tes.agent import approvals, holding, schema, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
-from fivesafes_tes.agent.outbox import ENDED_WITH_HELD_FILES, RETRY_CAP_S, Outbox
+from fivesafes_tes.agent.outbox import ENDED_WITH_HELD_FILES, Outbox
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.release import Release
 from fivesafes_tes.agent.tables import (
@@ -134,6 +134,8 @@ class Agent:
             self.db,
             client,
             granularity_s=settings.report_granularity_s,
+            retry_first_s=settings.event_retry_s,
+            retry_cap_s=settings.retry_cap_s,
             on_canceled=lambda child_id: self.inbox.put(_Cancel(child_id)),
             on_ended=self._empty_airlock,
         )
@@ -146,6 +148,8 @@ class Agent:
             GatewayClient.token_from(
                 settings.token.get_secret_value() if settings.token else None, settings.token_file
             ),
+            timeout_s=settings.gateway_timeout_s,
+            max_backoff_s=settings.gateway_max_backoff_s,
         )
         db = open_database(settings)
         return cls(
@@ -252,7 +256,7 @@ class Agent:
                 continue  # only raised once the client is closed: the loop ends
             except Rejected as exc:
                 log.error("the gateway refused this agent's lease request: %s", exc)
-                self.stop.wait(5)
+                self.stop.wait(self.settings.lease_refused_wait_s)
                 continue
             for cancel in answer["cancel"]:
                 self.inbox.put(_Cancel(cancel["child_id"]))
@@ -294,7 +298,7 @@ class Agent:
                 continue
             except Exception:
                 log.exception("agent work loop error; continuing")
-                self.stop.wait(1)
+                self.stop.wait(self.settings.work_error_wait_s)
 
     def work_once(self) -> None:
         """Handle everything queued, then move every active child one step if it can.
@@ -545,7 +549,7 @@ class Agent:
             child.errors += 1
             child.last_error = error
             errors = child.errors
-            wait = min(RETRY_CAP_S, self.settings.child_retry_s * 2 ** (errors - 1))
+            wait = min(self.settings.retry_cap_s, self.settings.child_retry_s * 2 ** (errors - 1))
             if errors < self.settings.max_child_errors:
                 child.retry_at = time.time() + wait
             audit.record(

@@ -32,9 +32,6 @@ ENDED_WITH_HELD_FILES = (
     Stage.CANCELED,
     Stage.SYSTEM_FAILED,
 )
-# A refused event is sent again after this many seconds, doubled each time up to the cap.
-RETRY_FIRST_S, RETRY_CAP_S = 1.0, 300.0
-
 
 class Emit(Protocol):
     """Record a child's stage change and send its event (the agent's `_emit`)."""
@@ -59,12 +56,17 @@ class Outbox:
         client: GatewayClient,
         *,
         granularity_s: float,
+        retry_first_s: float,
+        retry_cap_s: float,
         on_canceled: Callable[[str], None],
         on_ended: Callable[[str], None],
     ) -> None:
         self.db = db
         self.client = client
         self.granularity_s = granularity_s
+        # A refused event is sent again after retry_first_s, doubled each time up to retry_cap_s.
+        self.retry_first_s = retry_first_s
+        self.retry_cap_s = retry_cap_s
         self._on_canceled = on_canceled  # the gateway says the child was canceled: stop it here too
         self._on_ended = on_ended  # the gateway has a child's ending (and so every released file)
 
@@ -186,7 +188,7 @@ class Outbox:
             if row is None:
                 return
             row.refusals += 1
-            wait = min(RETRY_CAP_S, RETRY_FIRST_S * 2 ** (row.refusals - 1))
+            wait = min(self.retry_cap_s, self.retry_first_s * 2 ** (row.refusals - 1))
             row.not_before = time.time() + wait
         log.warning(
             "event %s/%s/%s (%s) refused (%s: %s); sending it again in %.0f s",

@@ -17,7 +17,6 @@ from fivesafes_tes import failpoints
 from fivesafes_tes.auth import Role
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
-from fivesafes_tes.gateway.signals import RECHECK_S
 from fivesafes_tes.submission import federation, leases, results
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, Tre
@@ -89,7 +88,7 @@ async def lease_work(request: Request, body: LeaseRequest, tre: CurrentTre) -> L
             remaining = deadline - loop.time()
             if grants or cancels or remaining <= 0 or ctx.signal.closed:
                 return LeaseResponse(leases=grants, cancel=cancels)
-            await asyncio.wait({entry[1]}, timeout=min(RECHECK_S, remaining))
+            await asyncio.wait({entry[1]}, timeout=min(ctx.settings.lease_recheck_s, remaining))
         finally:
             ctx.signal.unregister(tre.id, entry)
 

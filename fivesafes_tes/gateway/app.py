@@ -36,7 +36,6 @@ from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
-TARGET_TTL_S = 5.0
 
 
 class ConfigurationError(RuntimeError):
@@ -53,14 +52,18 @@ class GatewayContext:
     dev_issuer: DevIssuer | None = None
     results_store: ObjectStore | None = None
     signal: WorkSignal = field(default_factory=WorkSignal)
-    # Where each user's tasks go (project, TREs): seen by other replicas within TARGET_TTL_S of a change.
-    targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
+    # Where each user's tasks go (project, TREs): seen by other replicas within `target_cache_ttl_s`
+    # of a change.
+    targets: TtlCache = field(init=False)
     user_cache: UserCache = field(default_factory=UserCache)
     metrics: ops.Metrics = field(default_factory=ops.Metrics)
     # Delivers released outputs where their TES urls say, if this gateway has a results store and
     # somewhere to deliver to.
     deliverer: deliveries.Deliverer | None = None
     deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, with a deliverer
+
+    def __post_init__(self) -> None:
+        self.targets = TtlCache(self.settings.target_cache_ttl_s)
 
     def wake_deliveries(self) -> None:
         """A delivery is owed now (else the loop finds it within seconds, or at the next start)."""
@@ -115,7 +118,11 @@ def _deliverer(
     if store is None or not where:
         return None
     schedule = deliveries.Schedule(
-        settings.delivery_attempts, settings.delivery_retry_s, settings.delivery_claim_s
+        attempts=settings.delivery_attempts,
+        retry_s=settings.delivery_retry_s,
+        claim_s=settings.delivery_claim_s,
+        retry_cap_s=settings.delivery_retry_cap_s,
+        poll_s=settings.delivery_poll_s,
     )
     return deliveries.Deliverer(db, store, where, schedule)
 

@@ -1,7 +1,7 @@
 """Wake an agent's long-poll the moment its TRE has new work or a cancellation.
 
 Within one process this is immediate; across replicas the long-poll also re-reads the database
-every `RECHECK_S`, so pick-up stays under a second either way.
+every `lease_recheck_s` (half a second by default), so pick-up stays under a second either way.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
-
-RECHECK_S = 0.5
 
 
 class WorkSignal:

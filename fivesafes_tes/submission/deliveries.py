@@ -10,7 +10,7 @@ conditional update, and a thread keeps moving it while the attempt runs, so two 
 on one child at once and one that died mid-delivery is taken over once its claim lapses. Every write
 of an attempt is conditional on still holding the claim. Each copy is verified against the SHA-256
 recorded at the TRE, and each delivered file records its url (`ReleasedFile.delivered_url`). A failed
-attempt is audited and retried after `delivery_retry_s`, doubling up to an hour, for
+attempt is audited and retried after `delivery_retry_s`, doubling up to `delivery_retry_cap_s`, for
 `delivery_attempts`; then the child's system log says which files were not delivered (a federation
 admin may start it again: `redeliver`). They remain downloadable from the gateway throughout.
 """
@@ -155,8 +155,6 @@ def deliveries_due(session: Session, limit: int) -> list[str]:
     return list(session.scalars(query))
 
 
-POLL_S = 5.0  # how often each replica looks for deliveries that fell due, at most
-MAX_RETRY_S = 3600.0  # the backoff doubles up to this
 _BATCH = 20
 
 
@@ -167,6 +165,8 @@ class Schedule:
     attempts: int = 20
     retry_s: float = 30.0
     claim_s: float = 300.0
+    retry_cap_s: float = 3600.0  # the backoff doubles up to this
+    poll_s: float = 5.0  # how often each replica looks for deliveries that fell due, at most
 
 
 def _set_if(session: Session, child_id: str, *conditions: Any, **values: Any) -> bool:
@@ -301,7 +301,7 @@ class Deliverer:
         failed: dict[str, tuple[str, str]],
     ) -> None:
         """What the attempt did, if this gateway still holds the delivery: done, a retry at a doubled
-        interval (up to MAX_RETRY_S), or, after `delivery_attempts`, given up and said so."""
+        interval (up to `retry_cap_s`), or, after `delivery_attempts`, given up and said so."""
         schedule = self.schedule
         with self.db.write() as session:
             child = session.get_one(Child, child_id)
@@ -309,7 +309,7 @@ class Deliverer:
             if not failed or attempts >= schedule.attempts:
                 due_at = None
             else:
-                wait = min(schedule.retry_s * 2 ** (attempts - 1), MAX_RETRY_S)
+                wait = min(schedule.retry_s * 2 ** (attempts - 1), schedule.retry_cap_s)
                 due_at = utcnow() + timedelta(seconds=wait)
             if not claim.move(due_at, session, delivery_attempts=attempts):
                 return  # taken over meanwhile: the other gateway's attempt is the one on record
@@ -355,12 +355,12 @@ class Deliverer:
 
 class DeliveryLoop:
     """A thread delivering what is owed: woken by the routes that owe a delivery, and looking every
-    `min(POLL_S, delivery_retry_s)` for retries and for deliveries a gateway that died still owed.
+    `min(delivery_poll_s, delivery_retry_s)` for retries and for deliveries a gateway that died still owed.
     Copies run here, never in the request threads."""
 
     def __init__(self, deliverer: Deliverer, poll_s: float | None = None) -> None:
         self._deliverer = deliverer
-        self._poll_s = poll_s if poll_s is not None else min(POLL_S, deliverer.schedule.retry_s)
+        self._poll_s = poll_s if poll_s is not None else min(deliverer.schedule.poll_s, deliverer.schedule.retry_s)
         self._stop = threading.Event()
         self._woken = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deliveries", daemon=True)
