@@ -86,8 +86,8 @@ class GatewaySettings(BaseSettings):
     storage: list[str] = Field(default_factory=list, description="Storage locations listed in service-info.")
     backend_parameters: list[str] = Field(
         default=["tre", "project"],
-        description="tesResources.backend_parameters keys accepted and kept (case-insensitive); they do not route "
-        "tasks: tags `project` and `tres` do.",
+        description="tesResources.backend_parameters keys accepted and kept (case-insensitive); they do not "
+        "route tasks: tags `project` and `tres` do.",
     )
 
     # Submission policy
@@ -134,12 +134,13 @@ class GatewaySettings(BaseSettings):
     # Results: where released files are kept, for researchers to download
     results: ResultsStoreSettings = Field(
         default_factory=ResultsStoreSettings,
-        description="The results store (`FIVESAFES_RESULTS_*`); none unless its endpoint or access key is set.",
+        description="The results store (`FIVESAFES_RESULTS_*`); none unless its endpoint or access key is "
+        "set.",
     )
     delivery_buckets: list[str] = Field(
         default_factory=list,
-        description="Buckets on the results store's endpoint that released outputs may be delivered to, when a "
-        "TES output url names them (s3://BUCKET/key). Others are not written to.",
+        description="Buckets on the results store's endpoint that released outputs may be delivered to, when "
+        "a TES output url names them (s3://BUCKET/key). Others are not written to.",
     )
     file_output_root: Path | None = Field(
         default=None,
@@ -156,13 +157,14 @@ class GatewaySettings(BaseSettings):
     delivery_retry_s: float = Field(
         default=30.0,
         gt=0,
-        description="Wait before the first retry of a failed delivery; doubled each time, up to DELIVERY_RETRY_CAP_S.",
+        description="Wait before the first retry of a failed delivery; doubled each time, up to "
+        "DELIVERY_RETRY_CAP_S.",
     )
     delivery_claim_s: float = Field(
         default=300.0,
         gt=0,
-        description="How long a gateway's hold on a delivery lasts unless renewed (it renews it every third of this while working) before "
-        "another replica may take it over.",
+        description="How long a gateway's hold on a delivery lasts unless renewed (it renews it every third "
+        "of this while working) before another replica may take it over.",
     )
     delivery_retry_cap_s: float = Field(
         default=3600.0,
@@ -263,8 +265,8 @@ class AgentSettings(BaseSettings):
         le=3600,
         description="Stage changes whose timing a task controls (the end of the run, the checks, the end "
         "after review) reach the gateway only at multiples of this many seconds after the run started, so "
-        "a researcher learns about log2(runtime / this) bits per change from timing (docs/researcher-view.md). "
-        "0 reports at once: for tests only.",
+        "a researcher learns about log2(runtime / this) bits per change from timing "
+        "(docs/researcher-view.md). 0 reports at once: for tests only.",
     )
     max_child_errors: int = Field(
         default=5,
@@ -325,7 +327,8 @@ class AgentSettings(BaseSettings):
         default=30.0,
         gt=0,
         le=3600,
-        description="Longest wait between retries of a request the gateway did not answer or answered 5xx/429.",
+        description="Longest wait between retries of a request the gateway did not answer or answered "
+        "5xx/429.",
     )
     run_as: str = Field(default="65534:65534", description="uid:gid tasks run as; never root.")
     admin_listen: str | None = Field(

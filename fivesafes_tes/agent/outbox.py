@@ -33,6 +33,7 @@ ENDED_WITH_HELD_FILES = (
     Stage.SYSTEM_FAILED,
 )
 
+
 class Emit(Protocol):
     """Record a child's stage change and send its event (the agent's `_emit`)."""
 

@@ -360,7 +360,9 @@ class DeliveryLoop:
 
     def __init__(self, deliverer: Deliverer, poll_s: float | None = None) -> None:
         self._deliverer = deliverer
-        self._poll_s = poll_s if poll_s is not None else min(deliverer.schedule.poll_s, deliverer.schedule.retry_s)
+        self._poll_s = (
+            poll_s if poll_s is not None else min(deliverer.schedule.poll_s, deliverer.schedule.retry_s)
+        )
         self._stop = threading.Event()
         self._woken = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deliveries", daemon=True)
