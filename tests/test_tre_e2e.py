@@ -31,6 +31,7 @@ from fivesafes_tes.submission.stages import TRANSITIONS, Stage
 from tests import images
 from tests.conftest import gateway_forgets_policies
 from tests.processes import agent_env, approve_all, start_agent
+from tests.waiting import wait_for
 
 docker_client = images.docker_client
 TES = "/ga4gh/tes/v1"
@@ -241,6 +242,31 @@ def test_cancel_stops_a_running_container_within_seconds(federation, docker_clie
     while airlock.read_manifest(store, child) is not None and time.monotonic() - started < 20:
         time.sleep(0.2)
     assert airlock.read_manifest(store, child) is None  # nothing held
+
+
+def test_cancel_while_awaiting_review_empties_the_airlock_and_releases_nothing(federation):
+    alice = Researcher(federation)
+    task_id = alice.submit(analysis(tags={"tres": "uk-tre"}))
+    alice.wait(task_id, _held)
+    agent = federation.agents["uk-tre"]
+    child = _children(agent)[0]
+    manifest = airlock.read_manifest(agent.store, child)
+    assert manifest is not None and len(manifest.files) == 3  # the output and both logs are held
+    keys = [held.key for held in manifest.files]
+    assert alice.http.post(f"/tasks/{task_id}:cancel").json() == {}
+
+    def emptied() -> bool:
+        gone = airlock.read_manifest(agent.store, child) is None
+        return gone and all(agent.store.head(key) is None for key in keys)
+
+    wait_for(emptied, 30, "the airlock to discard the canceled child's held files")
+    doc = alice.full(task_id)
+    assert doc["state"] == "CANCELED"
+    assert all(not log.get("logs") for log in doc["logs"])  # no exit code, no stdout
+    results = httpx.get(
+        f"{federation.url}/api/v1/tasks/{task_id}/results", headers=alice.http.headers, timeout=30
+    ).json()
+    assert [tre["files"] for tre in results["tres"]] == [[]]
 
 
 def test_each_tre_applies_its_own_image_policy_and_reserved_variables(federation, monkeypatch):
