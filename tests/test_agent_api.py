@@ -21,6 +21,7 @@ from fivesafes_tes.submission import leases, results
 from fivesafes_tes.submission.stages import TRANSITIONS, Stage, derive_parent_state
 from fivesafes_tes.submission.tables import Child, Project, ReleasedFile, Tre, TreDecision
 from fivesafes_tes.tes import State
+from tests.waiting import wait_for
 
 TES = "/ga4gh/tes/v1"
 AGENT = "/agent/v1"
@@ -221,7 +222,8 @@ def test_heartbeat_keeps_a_lease_alive(gateway):
     grant = lease(gateway)["leases"][0]
     with gateway.db.read() as session:
         before = session.get(Child, grant["child_id"]).lease_expires_at
-    time.sleep(0.05)
+    granted = before - timedelta(seconds=gateway.settings.lease_ttl_s)
+    wait_for(lambda: utcnow().replace(tzinfo=None) > granted.replace(tzinfo=None), 5, "the clock to move on")
     beats = gateway.client.post(
         f"{AGENT}/heartbeat",
         json={"children": [{"child_id": grant["child_id"], "attempt": 1}]},
