@@ -259,7 +259,7 @@ def _start_tres(
         db = open_database(settings)
         agent = Agent(
             settings,
-            client=GatewayClient(stack.url, lambda token=token: token),
+            client=GatewayClient.from_settings(settings),
             executor=create_executor(executor, tre=tre, deployment=deployment_id(db)),
             store=ObjectStore.from_settings(settings.airlock),
             policy=policy,

@@ -321,7 +321,7 @@ class AgentSettings(BaseSettings):
         gt=0,
         le=600,
         description="Timeout of one request to the gateway (a long-poll for work adds its wait; an upload "
-        "allows 600 s).",
+        "has its own, GATEWAY_UPLOAD_TIMEOUT_S).",
     )
     gateway_max_backoff_s: float = Field(
         default=30.0,
@@ -329,6 +329,13 @@ class AgentSettings(BaseSettings):
         le=3600,
         description="Longest wait between retries of a request the gateway did not answer or answered "
         "5xx/429.",
+    )
+    gateway_upload_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="Timeout of one released file's upload to the gateway (raise it for large files on a "
+        "slow link).",
     )
     run_as: str = Field(default="65534:65534", description="uid:gid tasks run as; never root.")
     admin_listen: str | None = Field(

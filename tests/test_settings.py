@@ -10,6 +10,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from fivesafes_tes.agent.client import GatewayClient
 from fivesafes_tes.gateway.app import _deliverer
 from fivesafes_tes.settings import AgentSettings, GatewaySettings
 from fivesafes_tes.submission.deliveries import DeliveryLoop
@@ -45,3 +46,14 @@ def test_a_failpoint_kills_the_process_only_when_the_environment_asks(plan, kill
     done = subprocess.run([sys.executable, "-c", REACH_TWICE], capture_output=True, text=True, check=False)
     assert done.stdout == "once\n"
     assert done.returncode == (-signal.SIGKILL if killed else 0)
+
+
+def test_the_agents_gateway_timeouts_come_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIVESAFES_AGENT_GATEWAY_TIMEOUT_S", "3")
+    monkeypatch.setenv("FIVESAFES_AGENT_GATEWAY_UPLOAD_TIMEOUT_S", "1800")
+    client = GatewayClient.from_settings(AgentSettings(tre="uk-tre", data_dir=tmp_path, token="t"))
+    try:
+        assert client._http.timeout.read == 3.0
+        assert client._upload_timeout_s == 1800.0
+    finally:
+        client.close()

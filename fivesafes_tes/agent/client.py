@@ -7,9 +7,12 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from fivesafes_tes.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +34,28 @@ class GatewayClient:
         *,
         timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
+        upload_timeout_s: float = 600.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._token = token
         self._max_backoff_s = max_backoff_s
+        self._upload_timeout_s = upload_timeout_s
         self._closed = threading.Event()
         self._http = httpx.Client(
             base_url=url.rstrip("/") + "/agent/v1", timeout=timeout_s, transport=transport
+        )
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> GatewayClient:
+        """The client an agent with these settings uses: its gateway, token and timeouts."""
+        return cls(
+            settings.gateway_url,
+            cls.token_from(
+                settings.token.get_secret_value() if settings.token else None, settings.token_file
+            ),
+            timeout_s=settings.gateway_timeout_s,
+            max_backoff_s=settings.gateway_max_backoff_s,
+            upload_timeout_s=settings.gateway_upload_timeout_s,
         )
 
     @staticmethod
@@ -144,7 +162,7 @@ class GatewayClient:
             f"/children/{child_id}/files",
             params=params,
             content_factory=body,
-            timeout=httpx.Timeout(600, connect=10),
+            timeout=httpx.Timeout(self._upload_timeout_s, connect=10),
         )
 
     def cancel_ack(self, child_id: str) -> None:

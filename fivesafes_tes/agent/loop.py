@@ -141,14 +141,7 @@ class Agent:
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
-        client = GatewayClient(
-            settings.gateway_url,
-            GatewayClient.token_from(
-                settings.token.get_secret_value() if settings.token else None, settings.token_file
-            ),
-            timeout_s=settings.gateway_timeout_s,
-            max_backoff_s=settings.gateway_max_backoff_s,
-        )
+        client = GatewayClient.from_settings(settings)
         db = open_database(settings)
         return cls(
             settings,
