@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ from fivesafes_tes.audit.tables import AuditHead, AuditRecord
 from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
+from fivesafes_tes.egress.held import HeldFile, LogKey
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
-from fivesafes_tes.executors import Executor, Mount, RequestRefused, RunResult, RunSpec, sandbox
+from fivesafes_tes.executors import Executor, RequestRefused, RunResult, sandbox
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
 
@@ -514,7 +515,7 @@ class Agent:
         if child.stage != "staging":
             self._emit(child, "staging", verdict.message)
         with self.db.write() as session:
-            session.get(LocalChild, child.child_id).result = {"run": _spec_to_json(spec)}  # type: ignore[union-attr]
+            session.get(LocalChild, child.child_id).result = {}  # type: ignore[union-attr]  # this attempt's, afresh
             approvals.bind(session, child.project, _submitter(child))
         self.executor.start(spec)
         self._emit(child, "running")
@@ -619,29 +620,21 @@ class Agent:
         with self.db.read() as session:
             local = session.get(LocalChild, child.child_id)
             assert local is not None and local.result is not None
-            run, outcome = local.result["run"], local.result.get("outcome", {})
-        spec = _spec_from_json(run, child)
-        files = staging.collect(child.task, spec, len(outcome.get("steps", [])))
+            outcome = local.result.get("outcome", {})
+        workspace = staging.Workspace(self._workspace(child.child_id))
+        files = staging.collect(child.task, workspace, len(outcome.get("steps", [])))
         try:
             manifest = airlock.hold_outputs(self.store, child.child_id, child.attempt, files)
         except StoreUnavailable:
             log.warning("airlock unavailable; holding %s later", child.child_id)
             return
-        local_paths = {(f.kind, f.container_path, f.step): f.host_path for f in files}
-        verdicts = checks.run(manifest, local_paths, self.policy.checks, child.project)
+        verdicts = checks.run(list(manifest.files), self.policy.checks, child.project)
         with self.db.write() as session:
             for held in manifest.files:
                 verdict, results = verdicts[held.key]
                 session.merge(
-                    HeldFileRecord(
-                        child_id=child.child_id,
-                        key=held.key,
-                        name=held.container_path or f"step-{held.step}.{held.kind}",
-                        kind=held.kind,
-                        size=held.size,
-                        sha256=held.sha256,
-                        verdict=verdict,
-                        results=results,
+                    HeldFileRecord.of(
+                        held, child.child_id, airlock.held_key(child.child_id, held.key), verdict, results
                     )
                 )
         # Nothing about the held files leaves with this event: not their number, sizes or verdicts.
@@ -672,7 +665,7 @@ class Agent:
         with tempfile.TemporaryDirectory(prefix="release-") as scratch:
             # Every approved file is copied out and verified before any of them leaves: one changed
             # file blocks the whole release.
-            copies: list[tuple[HeldFileRecord, Path]] = []
+            copies: list[HeldFile] = []
             for n, (key, decision) in enumerate(sorted(settled.files.items())):
                 if decision is not review.FileOutcome.APPROVED:
                     continue
@@ -684,30 +677,15 @@ class Agent:
                     return
                 except StoreUnavailable:
                     return  # try again on the next tick
-                copies.append((held[key], copy))
+                copies.append(replace(held[key].held, local=copy))
             failpoints.reach("release.copied")
             if copies:
-                self.client.record_approvals(
-                    child.child_id,
-                    [
-                        {"name": f.name, "kind": f.kind, "step": _step(f), "sha256": f.sha256, "size": f.size}
-                        for f, _ in copies
-                    ],
-                )
-            for file, copy in copies:
-                step = _step(file)
-                self.client.upload_file(
-                    child.child_id,
-                    copy,
-                    name=file.name,
-                    kind=file.kind,
-                    step=step,
-                    sha256=file.sha256,
-                    size=file.size,
-                )
+                self.client.record_approvals(child.child_id, copies)
+            for file in copies:
+                self.client.upload_file(child.child_id, file)
                 failpoints.reach("release.uploaded")
-                if file.kind != "output":
-                    released_logs[f"{step}.{file.kind}"] = _tail(copy)
+                if isinstance(file.key, LogKey):
+                    released_logs[f"{file.key.step}.{file.key.stream}"] = _tail(file.path)
         outcome = (local.result or {}).get("outcome", {})
         approved = any(d is review.FileOutcome.APPROVED for d in settled.files.values())
         # Whether the run failed is said only with a release: a checker saw it (the exit codes) and
@@ -896,39 +874,12 @@ def _next_boundary(started: float | None, now: float, granularity_s: float) -> f
     return started + granularity_s * math.ceil((now - started) / granularity_s)
 
 
-def _step(file: HeldFileRecord) -> int | None:
-    """The step of a held log (named step-N.stdout|stderr); None for an output."""
-    return int(file.name.split("-")[1].split(".")[0]) if file.kind != "output" else None
-
-
 def _tail(path: Path, limit: int = 64 * 1024) -> str:
     """The end of a released log, for the TES view (the whole file is downloadable)."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         handle.seek(max(0, size - limit))
         return handle.read().decode("utf-8", errors="replace")
-
-
-def _spec_to_json(spec: RunSpec) -> dict[str, Any]:
-    return {
-        "mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts],
-        "logs_dir": str(spec.logs_dir),
-    }
-
-
-def _spec_from_json(run: dict[str, Any], child: LocalChild) -> RunSpec:
-    from fivesafes_tes.executors import Limits
-
-    mounts = [Mount(source=Path(s), target=t, read_only=ro) for s, t, ro in run["mounts"]]
-    return RunSpec(
-        child_id=child.child_id,
-        attempt=child.attempt,
-        tre="",
-        steps=[],
-        mounts=mounts,
-        limits=Limits(),
-        logs_dir=Path(run["logs_dir"]),
-    )
 
 
 def _result_to_json(result: RunResult) -> dict[str, Any]:

@@ -297,7 +297,9 @@ class StepView:
 
 @dataclass
 class FileView:
-    key: str
+    """A held file as its checkers see it, beside what the rules found and who decided what."""
+
+    key: str  # where the airlock holds it
     name: str
     kind: str
     size: int
@@ -352,19 +354,24 @@ def describe(session: Session, child_id: str) -> ChildView:
             for s in run.get("steps", [])
         ],
         files=[
-            FileView(
-                key=h.key,
-                name=h.name,
-                kind=h.kind,
-                size=h.size,
-                sha256=h.sha256,
-                verdict=h.verdict,
-                never_releasable=releasable(h),
-                findings=_findings(h.results),
-                decisions=[(d.checker, d.decision, d.reason) for d in decisions if d.key == h.key],
-            )
+            _file_view(h, [(d.checker, d.decision, d.reason) for d in decisions if d.key == h.key])
             for h in held
         ],
+    )
+
+
+def _file_view(record: HeldFileRecord, decisions: list[tuple[str, str, str]]) -> FileView:
+    file = record.held
+    return FileView(
+        key=record.key,
+        name=file.name,
+        kind=file.kind,
+        size=file.size,
+        sha256=file.sha256,
+        verdict=record.verdict,
+        never_releasable=releasable(record),
+        findings=_findings(record.results),
+        decisions=decisions,
     )
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from fivesafes_tes import audit, failpoints
+from fivesafes_tes.egress.held import HeldFile, InvalidHeldName
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, UnsafeKey, safe_key
 from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
@@ -46,11 +47,13 @@ def _store(request: Request):  # type: ignore[no-untyped-def]
     return store
 
 
-def _key_part(file: results.Incoming) -> str:
-    """The file's name as a part of its key in the results store, or 400 saying what is wrong."""
+def _received(name: str, kind: str, step: int | None, size: int, sha256: str) -> tuple[HeldFile, str]:
+    """The file a TRE describes, and its name as a part of its key in the results store; or 400
+    saying what is wrong."""
     try:
-        return safe_key(file.key_part())
-    except (results.InvalidRelease, UnsafeKey) as exc:
+        file = HeldFile.from_description(name, kind, step, size, sha256)
+        return file, safe_key(results.key_part(file))
+    except (InvalidHeldName, UnsafeKey) as exc:
         raise HTTPException(400, f"name: {exc}") from None
 
 
@@ -93,9 +96,7 @@ class ApprovalsOut(BaseModel):
 def record_approvals(request: Request, child_id: str, body: ApprovalsIn, tre: CurrentTre) -> ApprovalsOut:
     """What the TRE's output checkers approved for this child, recorded once before any upload: the
     gateway then stores exactly these files."""
-    files = [results.Incoming(**f.model_dump()) for f in body.files]
-    for file in files:
-        _key_part(file)
+    files = [_received(f.name, f.kind, f.step, f.size, f.sha256)[0] for f in body.files]
     with request.app.state.ctx.db.write() as session:
         recorded = results.record_approvals(session, tre, child_id, files)
     return ApprovalsOut(recorded=recorded, files=len(files))
@@ -128,8 +129,7 @@ async def upload_released_file(
     bytes hash to what the TRE recorded."""
     ctx = request.app.state.ctx
     store = _store(request)
-    incoming = results.Incoming(name=name, kind=kind, step=step, size=size, sha256=sha256)
-    part = _key_part(incoming)
+    incoming, part = _received(name, kind, step, size, sha256)
 
     def expect() -> str:
         with ctx.db.read() as session:

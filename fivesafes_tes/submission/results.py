@@ -17,11 +17,13 @@ from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.egress.held import HeldFile
 from fivesafes_tes.submission import file_outputs
 from fivesafes_tes.submission.leases import IllegalTransition, child_in_tre
 from fivesafes_tes.submission.researcher_view import VISIBLE_AFTER
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import ApprovedFile, Child, ReleasedFile, Task, Tre
+from fivesafes_tes.tes import outputs
 
 KINDS = ("output", "stdout", "stderr")
 
@@ -31,7 +33,7 @@ class ReleaseConflict(Exception):
 
 
 class InvalidRelease(ValueError):
-    """A released file's name does not fit its kind (the message says what it must be)."""
+    """Approvals that cannot be recorded as sent (the message says why)."""
 
 
 class NotApproved(Exception):
@@ -42,41 +44,23 @@ class ApprovalsConflict(Exception):
     """Approvals were recorded for this child already, and they were other files."""
 
 
-@dataclass(frozen=True)
-class Incoming:
-    name: str
-    kind: str
-    step: int | None
-    size: int
-    sha256: str
-
-    def key_part(self) -> str:
-        """What the name adds to the file's key in the results store: an output's container path
-        without its leading `/`, a log's `step-N.stdout|stderr`."""
-        if self.kind == "output":
-            if self.step is not None or not self.name.startswith("/"):
-                raise InvalidRelease(
-                    f"an output is named by its absolute container path, with no step: {self.name!r}"
-                )
-            return self.name[1:]
-        if self.kind not in KINDS or self.step is None or self.name != f"step-{self.step}.{self.kind}":
-            raise InvalidRelease(
-                f"a log is named step-N.stdout or step-N.stderr after its step N, not {self.name[:80]!r}"
-            )
-        return self.name
+def key_part(file: HeldFile) -> str:
+    """What the file adds to its key in the results store: an output's container path without its
+    leading `/`, a log's `step-N.stdout|stderr`."""
+    return file.name.removeprefix("/")
 
 
-def _approval(row: ApprovedFile) -> Incoming:
-    return Incoming(name=row.name, kind=row.kind, step=row.step, size=row.size, sha256=row.sha256)
+def _approval(row: ApprovedFile) -> HeldFile:
+    return HeldFile.from_description(row.name, row.kind, row.step, row.size, row.sha256)
 
 
-def approvals_of(session: Session, child_id: str) -> list[Incoming]:
+def approvals_of(session: Session, child_id: str) -> list[HeldFile]:
     """The files recorded as approved for a child, by name."""
     query = select(ApprovedFile).where(ApprovedFile.child_id == child_id).order_by(ApprovedFile.name)
     return [_approval(row) for row in session.scalars(query)]
 
 
-def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Incoming]) -> bool:
+def record_approvals(session: Session, tre: Tre, child_id: str, files: list[HeldFile]) -> bool:
     """Record what the TRE's checkers approved for one of its children awaiting review, before any of
     it is uploaded; audited once. The same list again changes nothing (False: an agent repeating
     itself after a restart); another list is refused: approvals never change once recorded."""
@@ -97,7 +81,6 @@ def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Inco
         )
     ordered = sorted(wanted, key=lambda f: f.name)
     for file in ordered:
-        file.key_part()
         session.add(
             ApprovedFile(
                 child_id=child.id,
@@ -119,7 +102,7 @@ def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Inco
     return True
 
 
-def expect_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming) -> Child:
+def expect_upload(session: Session, tre: Tre, child_id: str, incoming: HeldFile) -> Child:
     """The child a TRE wants to release `incoming` into: its own, still waiting for review, and
     having recorded `incoming` (name, kind, step, size and SHA-256) among its approvals."""
     child = child_in_tre(session, tre, child_id)
@@ -139,7 +122,7 @@ def expect_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming)
     )
 
 
-def refuse_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming, why: NotApproved) -> None:
+def refuse_upload(session: Session, tre: Tre, child_id: str, incoming: HeldFile, why: NotApproved) -> None:
     """Audit an upload refused for not being approved: a TRE sending what no checker approved is
     a security event."""
     audit.record(
@@ -153,7 +136,7 @@ def refuse_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming,
 
 
 def accept(
-    session: Session, tre: Tre, child: Child, incoming: Incoming, key: str
+    session: Session, tre: Tre, child: Child, incoming: HeldFile, key: str
 ) -> tuple[ReleasedFile, bool]:
     """Record a verified, stored file; a repeat of the same file is a no-op (returns created=False)."""
     existing = session.scalar(
@@ -243,30 +226,18 @@ def destinations(
     task_document: dict[str, Any], released: list[ReleasedFile], where: Destinations
 ) -> dict[str, str]:
     """Where each released output goes besides the results store: name -> url, for outputs whose TES
-    `url` is one this gateway delivers to. Wildcard outputs keep their path under `path_prefix`, and
-    a DIRECTORY's files theirs under it, appended to the output's url."""
-    import fnmatch
-    import posixpath
-
+    `url` is one this gateway delivers to, by the rules that collected it (`tes.outputs.claim`): a
+    wildcard's file keeps its path below `path_prefix`, a DIRECTORY's its path below it, appended to
+    the output's url."""
     out: dict[str, str] = {}
     for file in released:
         if file.kind != "output":
             continue
         for spec in task_document.get("outputs", []):
             url = spec.get("url", "")
-            if not where.accepts(url):
-                continue
-            path = spec["path"]
-            if any(c in path for c in "*?[") and fnmatch.fnmatchcase(file.name, path):
-                prefix = spec.get("path_prefix") or posixpath.dirname(path)
-                out[file.name] = url.rstrip("/") + "/" + posixpath.relpath(file.name, prefix)
-                break
-            if file.name == path or (
-                spec.get("type") == "DIRECTORY" and file.name.startswith(path.rstrip("/") + "/")
-            ):
-                out[file.name] = (
-                    url if file.name == path else url.rstrip("/") + file.name[len(path.rstrip("/")) :]
-                )
+            below = outputs.claim(spec, file.name) if where.accepts(url) else None
+            if below is not None:
+                out[file.name] = url.rstrip("/") + "/" + below if below else url
                 break
     return out
 
