@@ -243,7 +243,7 @@ def _settled(existing: Manifest, attempt: int, files: list[HeldFile]) -> bool:
         )
     if existing.attempt < attempt:
         return False
-    if [f.without_copy() for f in files] != list(existing.files):
+    if tuple(files) != existing.files:
         raise HoldConflict(
             f"child {existing.child_id} attempt {attempt} is already held with different files; "
             "a complete hold is never rewritten"

@@ -10,7 +10,7 @@ to the gateway and the researcher view all pass the same `HeldFile`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -95,12 +95,13 @@ def from_parts(name: str, kind: str, step: int | None) -> HeldKey:
 @dataclass(frozen=True)
 class HeldFile:
     """A held file: its key, size and SHA-256, and where a local copy is (None where there is none,
-    as at the gateway before the bytes arrive)."""
+    as at the gateway before the bytes arrive). Two are equal when key, size and SHA-256 are: the
+    same file, wherever its copy is."""
 
     key: HeldKey
     size: int
     sha256: str
-    local: Path | None = None
+    local: Path | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -120,10 +121,6 @@ class HeldFile:
         if self.local is None:
             raise LookupError(f"{self.name} has no local copy here")
         return self.local
-
-    def without_copy(self) -> HeldFile:
-        """The same file, known by its digest only: what is compared and recorded."""
-        return HeldFile(self.key, self.size, self.sha256)
 
     def described(self) -> dict[str, Any]:
         """The file as the agent API and the tables describe it: name, kind, step, size, SHA-256."""
