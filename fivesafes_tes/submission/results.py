@@ -81,16 +81,7 @@ def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Held
         )
     ordered = sorted(wanted, key=lambda f: f.name)
     for file in ordered:
-        session.add(
-            ApprovedFile(
-                child_id=child.id,
-                name=file.name,
-                kind=file.kind,
-                step=file.step,
-                size=file.size,
-                sha256=file.sha256,
-            )
-        )
+        session.add(ApprovedFile(child_id=child.id, **file.described()))
     audit.record(
         session,
         actor=f"agent:{tre.name}",
@@ -146,16 +137,7 @@ def accept(
         if existing.sha256 != incoming.sha256:
             raise ReleaseConflict(f"{incoming.name} was already released with different content")
         return existing, False
-    row = ReleasedFile(
-        task_id=child.task_id,
-        child_id=child.id,
-        name=incoming.name,
-        kind=incoming.kind,
-        step=incoming.step,
-        size=incoming.size,
-        sha256=incoming.sha256,
-        key=key,
-    )
+    row = ReleasedFile.of(incoming, child.task_id, child.id, key)
     session.add(row)
     session.flush()
     audit.record(

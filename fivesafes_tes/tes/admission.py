@@ -45,7 +45,6 @@ class ReservedPath(NulFree):
         return p == mine or (self.below and mine in p.parents)
 
 
-
 class PublishedCaps(NulFree):
     """The TRE's per-task caps. No tag cap: tags stay at the gateway, a TRE never receives them."""
 
