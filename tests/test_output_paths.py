@@ -50,7 +50,10 @@ def named(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
 
 
 def outputs() -> st.SearchStrategy[dict[str, Any]]:
-    return named().map(lambda t: t[0])
+    """`named`'s outputs, and wildcards whose path_prefix is any folder (admission does not insist it
+    is an ancestor of the pattern)."""
+    stray = st.builds(lambda t, prefix: {**t[0], "path_prefix": prefix}, named(), folder)
+    return st.one_of(named().map(lambda t: t[0]), stray.filter(lambda o: is_pattern(o["path"])))
 
 
 def candidates(output: dict[str, Any]) -> st.SearchStrategy[str]:
