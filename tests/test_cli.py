@@ -249,17 +249,17 @@ def test_dev_prints_each_roles_environment_and_it_works_as_printed(tmp_path, mon
 
     from rich.console import Console
 
-    from fivesafes_tes import cli
+    from fivesafes_tes.cli import _output, dev
 
-    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=80))
-    monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), width=80))
+    monkeypatch.setattr(_output, "console", Console(file=io.StringIO(), width=80))
+    monkeypatch.setattr(_output, "err", Console(file=io.StringIO(), width=80))
     with pytest.warns(UserWarning, match="NOT SANDBOXED"):
         stack = devstack.start(tmp_path / "dev", agents=True, executor="local", allow_images=["alpine*"])
     try:
-        cli._print_dev_guide(
+        dev._print_dev_guide(
             stack, tmp_path / "dev", fresh=False, executor="local", images=["alpine*"], auto_release=False
         )
-        printed = cli.console.file.getvalue()
+        printed = _output.console.file.getvalue()
         exports = [
             dict(word.split("=", 1) for word in shlex.split(line)[1:])
             for line in printed.splitlines()
@@ -277,8 +277,10 @@ def test_dev_prints_each_roles_environment_and_it_works_as_printed(tmp_path, mon
         for checker, tre in zip(checkers, stack.agents, strict=True):
             assert checker["FIVESAFES_TRE_URL"] == stack.tre_url(tre)
             review = runner.invoke(app, ["review", "list"], env=checker)
-            assert review.exit_code == 0, cli.err.file.getvalue()
-            assert cli.console.file.getvalue().count("awaiting review") == 1 + list(stack.agents).index(tre)
+            assert review.exit_code == 0, _output.err.file.getvalue()
+            assert _output.console.file.getvalue().count("awaiting review") == 1 + list(stack.agents).index(
+                tre
+            )
         assert all(a.policy.image_allowed("alpine:3.20") for a in stack.agents.values())
     finally:
         stack.stop()

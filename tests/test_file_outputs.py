@@ -11,7 +11,6 @@ import io
 import pytest
 
 from fivesafes_tes.egress.store import ChecksumMismatch
-from fivesafes_tes.gateway import deliveries
 from fivesafes_tes.submission import file_outputs
 from tests.conftest import Gateway, results_store_settings
 from tests.test_agent_api import TES, approve, event, lease, upload
@@ -181,7 +180,7 @@ def release(gw: Gateway, outputs: list[dict], files: dict[str, bytes]) -> tuple[
         assert upload(gw, child, data, name=name).status_code == 200
     disclosure = {"files": [{"name": n, "sha256": sha(d), "decision": "approved"} for n, d in files.items()]}
     assert event(gw, child, 1, 5, "released", report={"disclosure": disclosure}).status_code == 200
-    deliveries.deliver(gw.app.state.ctx, child)
+    gw.app.state.ctx.deliverer.deliver(child)
     return task_id, child
 
 

@@ -14,6 +14,7 @@ from fivesafes_tes.egress.airlock import (
     read_manifest,
 )
 from fivesafes_tes.egress.held import HeldFile, HeldKey, LogKey, OutputKey, Stream, name_of, parse
+from fivesafes_tes.egress.keys import UnsafeKey, safe_key
 from fivesafes_tes.egress.store import (
     ChecksumMismatch,
     ObjectExists,
@@ -23,8 +24,6 @@ from fivesafes_tes.egress.store import (
     StoreError,
     StoreSettings,
     StoreUnavailable,
-    UnsafeKey,
-    safe_key,
 )
 
 __all__ = [

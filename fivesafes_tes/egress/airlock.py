@@ -34,7 +34,8 @@ from fivesafes_tes.egress.held import (
     name_of,
     parse,
 )
-from fivesafes_tes.egress.store import ObjectExists, ObjectMissing, ObjectStore, UnsafeKey, safe_key
+from fivesafes_tes.egress.keys import UnsafeKey, safe_key
+from fivesafes_tes.egress.store import ObjectExists, ObjectMissing, ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,14 @@ from fivesafes_tes.auth import (
     discover_jwks_url,
 )
 from fivesafes_tes.db import Database
-from fivesafes_tes.gateway import admin_api, agent_api, deliveries, errors, ops, results_api, tes_api
+from fivesafes_tes.egress.store import ObjectStore
+from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, results_api, tes_api
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
 from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
-from fivesafes_tes.submission import results
+from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
@@ -50,15 +51,16 @@ class GatewayContext:
     service_info: ServiceInfo
     policy: SubmissionPolicy
     dev_issuer: DevIssuer | None = None
-    results_store: Any = None  # fivesafes_tes.egress.store.ObjectStore, when configured
+    results_store: ObjectStore | None = None
     signal: WorkSignal = field(default_factory=WorkSignal)
     # Where each user's tasks go (project, TREs): seen by other replicas within TARGET_TTL_S of a change.
     targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
     user_cache: UserCache = field(default_factory=UserCache)
     metrics: ops.Metrics = field(default_factory=ops.Metrics)
-    # Where released outputs are delivered besides the results store (with a results store only).
-    destinations: results.Destinations = field(default_factory=results.Destinations)
-    deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, where it delivers anywhere
+    # Delivers released outputs where their TES urls say, if this gateway has a results store and
+    # somewhere to deliver to.
+    deliverer: deliveries.Deliverer | None = None
+    deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, with a deliverer
 
     def wake_deliveries(self) -> None:
         """A delivery is owed now (else the loop finds it within seconds, or at the next start)."""
@@ -93,30 +95,29 @@ def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | N
 RELEASE_UPLOADS = re.compile(r"^/agent/v1/children/[^/]+/files$")
 
 
-def _results_store(settings: GatewaySettings):  # type: ignore[no-untyped-def]
-    if not settings.results_endpoint_url and not settings.results_access_key:
+def _results_store(settings: GatewaySettings) -> ObjectStore | None:
+    store = settings.results
+    if not store.endpoint_url and not store.access_key:
         return None
-    from fivesafes_tes.egress.store import ObjectStore, StoreSettings
-
-    return ObjectStore.from_settings(  # built as the agent builds its airlock's
-        StoreSettings(
-            endpoint_url=settings.results_endpoint_url,
-            bucket=settings.results_bucket,
-            access_key=settings.results_access_key,
-            secret_key=settings.results_secret_key,
-            region=settings.results_region,
-        )
-    )
+    return ObjectStore.from_settings(store)
 
 
-def _destinations(settings: GatewaySettings) -> results.Destinations:
+def _deliverer(
+    settings: GatewaySettings, db: Database, store: ObjectStore | None
+) -> deliveries.Deliverer | None:
     folder = settings.file_output_root
     if folder is not None and not (folder.is_absolute() and folder.is_dir() and os.access(folder, os.W_OK)):
         raise ConfigurationError(
             f"FIVESAFES_FILE_OUTPUT_ROOT={folder} must be an absolute path to a folder this gateway can write "
             "(create it, or unset the setting to refuse file:// outputs)"
         )
-    return results.Destinations(frozenset(settings.delivery_buckets), str(folder) if folder else None)
+    where = deliveries.Destinations(frozenset(settings.delivery_buckets), str(folder) if folder else None)
+    if store is None or not where:
+        return None
+    schedule = deliveries.Schedule(
+        settings.delivery_attempts, settings.delivery_retry_s, settings.delivery_claim_s
+    )
+    return deliveries.Deliverer(db, store, where, schedule)
 
 
 def dev_issuer_url(settings: GatewaySettings) -> str:
@@ -148,6 +149,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         caps=settings.task_caps,
         file_output_root=str(settings.file_output_root) if settings.file_output_root else None,
     )
+    results_store = _results_store(settings)
     ctx = GatewayContext(
         settings=settings,
         db=db,
@@ -155,14 +157,14 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         service_info=service_info(settings),
         policy=policy,
         dev_issuer=issuer,
-        results_store=_results_store(settings),
-        destinations=_destinations(settings),
+        results_store=results_store,
+        deliverer=_deliverer(settings, db, results_store),
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Deliveries that fell due: retries, and those owed by a gateway that died before making them.
-        loop = deliveries.DeliveryLoop(ctx) if ctx.results_store and ctx.destinations else None
+        loop = deliveries.DeliveryLoop(ctx.deliverer) if ctx.deliverer is not None else None
         if loop is not None:
             loop.start()
             ctx.deliveries = loop
@@ -190,7 +192,6 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     for alias in TES_PREFIXES[1:]:
         app.include_router(tes_api.router, prefix=alias, include_in_schema=False)
     app.include_router(agent_api.router)
-    app.include_router(results_api.agent_router)
     app.include_router(results_api.router)
     app.include_router(admin_api.router)
     app.include_router(ops.router)
