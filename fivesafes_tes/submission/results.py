@@ -71,7 +71,7 @@ def received(name: str, kind: str, step: int | None, size: int, sha256: str) -> 
     try:
         return HeldFile.from_description(name, kind, step, size, sha256)
     except InvalidHeldName as exc:
-        raise InvalidRelease(str(exc)) from None
+        raise InvalidRelease(f"name: {exc}") from None
 
 
 def stored_name(file: HeldFile) -> str:
