@@ -246,8 +246,8 @@ def _create_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     return [
         (
             f"{cfg.get('concurrency')} concurrent clients; {cfg.get('create_requests')} timed requests per "
-            f"app after {cfg.get('create_warmup')} untimed, in {cfg.get('rounds')} alternating rounds with both "
-            "servers up on one fresh database. *Ceiling* is a bare FastAPI route (`bench/ceiling.py`) "
+            f"app after {cfg.get('create_warmup')} untimed, in {cfg.get('rounds')} alternating rounds with "
+            "both servers up on one fresh database. *Ceiling* is a bare FastAPI route (`bench/ceiling.py`) "
             "inserting the same rows (the `tasks` row with its project, its `task_tags`, one `task_children` "
             "row per TRE) through the same `Database`; *gateway* is `create_app()` with a dev-issuer bearer "
             "token (token validation, request model, policy, project and TRE lookup, inserts, audit record)."
@@ -281,13 +281,13 @@ def _list_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         return []
     return [
         (
-            f"Default page size (256). One client, one request at a time: {cfg.get('list_requests')} timed after "
-            f"{cfg.get('list_warmup')} untimed per case, the small and the large database served side by side and "
-            f"the cases of each query taking turns in {cfg.get('rounds')} rounds. *Deep* is the page whose "
-            "`page_token` points halfway down the user's tasks. Each user works in a project of their own; the "
-            "requesting user's tasks are shuffled in time with other users' (a quarter as many again), and the "
-            "large database also holds a sparse user with 10^3 tasks among all of those. Every task has two "
-            "tags and two children (one per TRE)."
+            f"Default page size (256). One client, one request at a time: {cfg.get('list_requests')} "
+            f"timed after {cfg.get('list_warmup')} untimed per case, the small and the large database served "
+            f"side by side and the cases of each query taking turns in {cfg.get('rounds')} rounds. *Deep* is "
+            "the page whose `page_token` points halfway down the user's tasks. Each user works in a project "
+            "of their own; the requesting user's tasks are shuffled in time with other users' (a quarter as "
+            "many again), and the large database also holds a sparse user with 10^3 tasks among all of "
+            "those. Every task has two tags and two children (one per TRE)."
         ),
         "",
         *_table(
@@ -362,7 +362,8 @@ def _checks_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
                 label, name, f"{r['mb_per_s']:,.0f}",
                 f"{paired['plain_lines_mb_per_s']:,.0f} → {r['share_of_lines']:.0%}" if paired else "",
                 f"{cold['mb_per_s']:,.0f}" if cold else "",
-                f"{paired['plain_chunks_cold_mb_per_s']:,.0f} → {r['cold_share_of_chunks']:.0%}" if paired else "",
+                f"{paired['plain_chunks_cold_mb_per_s']:,.0f} → {r['cold_share_of_chunks']:.0%}"
+                if paired else "",
                 f"{r['peak_rss_bytes'] / 2**20:,.0f}",
                 f"{r['arrow_peak_bytes'] / 2**20:,.0f}" if "arrow_peak_bytes" in r else "",
                 f"{r['python_peak_bytes'] / 2**20:,.0f}" if "python_peak_bytes" in r else "",
@@ -370,12 +371,12 @@ def _checks_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
             ])  # fmt: skip
     return [
         (
-            "`bench/checks_bench.py`: a synthetic 8-column CSV of count tables (with a free-text note column) "
-            f"of each size ({', '.join(f'{s} MB' for s in checks.get('sizes_mb', []))}); every run a fresh "
-            "process. Each rule is run right after the plain read it is compared with: *warm* (file in the page "
-            "cache) against a line-by-line read, *cold* (pages dropped first with `posix_fadvise(DONTNEED)`) "
-            "against a 1 MiB chunked read. The plain rows show the median of their runs. Rules use the default "
-            "`checks.threads`."
+            "`bench/checks_bench.py`: a synthetic 8-column CSV of count tables (with a free-text note "
+            f"column) of each size ({', '.join(f'{s} MB' for s in checks.get('sizes_mb', []))}); every run a "
+            "fresh process. Each rule is run right after the plain read it is compared with: *warm* (file in "
+            "the page cache) against a line-by-line read, *cold* (pages dropped first with "
+            "`posix_fadvise(DONTNEED)`) against a 1 MiB chunked read. The plain rows show the median of their "
+            "runs. Rules use the default `checks.threads`."
         ),
         "",
         *_table(

@@ -61,8 +61,9 @@ PARTS = ("create", "read", "e2e", "fanout", "idle", "checks")
 #: ``--quick``: a smoke run of every part in a few minutes; its figures are not the targets'.
 QUICK: dict[str, Any] = {
     "create_requests": 200, "create_warmup": 20, "rounds": 2, "list_requests": 20, "list_warmup": 5,
-    "max_seconds": 5, "get_requests": 100, "get_warmup": 20, "large": 10_000, "e2e_runs": 3, "e2e_warmup": 1,
-    "e2e_pause": 0.5, "fanout_tres": 5, "fanout_runs": 2, "idle_seconds": 10, "pickups": 3, "checks_sizes": "10,20",
+    "max_seconds": 5, "get_requests": 100, "get_warmup": 20, "large": 10_000, "e2e_runs": 3,
+    "e2e_warmup": 1, "e2e_pause": 0.5, "fanout_tres": 5, "fanout_runs": 2, "idle_seconds": 10, "pickups": 3,
+    "checks_sizes": "10,20",
 }  # fmt: skip
 
 
@@ -347,13 +348,13 @@ class Bench:
                     "requests": a.create_requests,
                     "max_seconds": 120 * rounds,
                 }
+                post = {"method": "POST", "json": TASK}
+                ceiling_spec = {**spec, "items": [{**post, "path": "/tasks"}]}
+                gateway_spec = {**spec, "items": [{**post, "path": f"{TES}/tasks"}]}
                 merged = self.interleaved(
                     f"{backend.name}: create",
-                    {
-                        "ceiling": (ceiling, {**spec, "items": [{"method": "POST", "path": "/tasks", "json": TASK}]}),
-                        "gateway": (gateway, {**spec, "items": [{"method": "POST", "path": f"{TES}/tasks", "json": TASK}]}),
-                    },
-                )  # fmt: skip
+                    {"ceiling": (ceiling, ceiling_spec), "gateway": (gateway, gateway_spec)},
+                )
             for app, result in merged.items():
                 self.results["create"].append(
                     {"backend": backend.name, "app": app, "rounds": rounds, **result}
@@ -635,9 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": provenance.load_average(),
     }
     if float(run_info["load_before"].split()[0]) > 0.5:
-        console.log(
-            f"[yellow]load average {run_info['load_before']}: other work on this machine will skew the figures"
-        )
+        busy = run_info["load_before"]
+        console.log(f"[yellow]load average {busy}: other work on this machine will skew the figures")
     parts = set(args.only or PARTS)
     chosen = backends(args, console)
     docker_ok = _docker_available(console) if parts & {"e2e", "idle"} else False

@@ -144,7 +144,8 @@ def _fanout(results: dict[str, Any]) -> list[dict[str, Any]]:
         reached = r.get("reached", runs)
         figure = f"p50 {r['p50_s']:.2f} s, p90 {r['p90_s']:.2f} s" if reached else "never RUNNING"
         if stuck:
-            figure += f"; {stuck} of {runs} runs stuck at {r['stuck_examples'][0]['state']} with every child running"
+            state = r["stuck_examples"][0]["state"]
+            figure += f"; {stuck} of {runs} runs stuck at {state} with every child running"
         what = f"one task to {r['tres']} simulated TREs: submit → parent RUNNING, over {runs} runs"
         out.append(_verdict(FANOUT, what, r["backend"], figure, float(stuck), stuck == 0))
     return out

@@ -240,6 +240,14 @@ class AgentSettings(BaseSettings):
         description="Unexpected errors in a row one child's handling may hit at one stage before the agent "
         "ends that child system_failed (cleaning up its run and emptying its airlock).",
     )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=50,
+        description="Attempts one child may take while its task is staged, run or checked: a lease the "
+        "gateway offers again there means this agent died or stalled with the task. Past this many the agent "
+        "ends the child system_failed (its run removed, audited child.give_up) instead of trying again.",
+    )
     child_retry_s: float = Field(
         default=5.0,
         gt=0,

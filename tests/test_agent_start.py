@@ -9,7 +9,7 @@ import pytest
 
 from fivesafes_tes import settings as settings_module
 from fivesafes_tes.agent.loop import Agent, CannotStart, deployment_id, open_database, unmountable
-from fivesafes_tes.agent.policy import Dataset, TrePolicy
+from fivesafes_tes.agent.policy import Dataset, InvalidPolicy, TrePolicy
 from fivesafes_tes.executors.sandbox import POLICY
 from fivesafes_tes.settings import AgentSettings, GatewaySettings
 
@@ -81,3 +81,44 @@ def test_the_agent_command_says_in_one_line_why_it_cannot_start(tmp_path: Path) 
         f"of {', '.join(POLICY.forbidden_sources)} or /"
     )
     assert result.output.strip().splitlines() == [expected]
+
+
+def test_the_rules_settings_are_parsed_once_when_the_policy_loads(tmp_path: Path) -> None:
+    """A mistake in the rules' settings stops the agent at start, not at its first hold; what loads is
+    the typed configuration every hold uses as it is."""
+    from fivesafes_tes.egress.checks.config import ChecksConfig
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_pids: -1\nchecks:\n  enabled: [file_type, no_such_rule]\n")
+    with pytest.raises(InvalidPolicy) as refused:
+        TrePolicy.load(bad)
+    assert str(bad) in str(refused.value)
+    assert "max_pids" in str(refused.value)  # every mistake is named, not only the first
+    assert "unknown rules" in str(refused.value)
+    good = tmp_path / "good.yaml"
+    good.write_text("checks:\n  small_cell: {threshold: 20}\n")
+    checks = TrePolicy.load(good).checks
+    assert isinstance(checks, ChecksConfig)
+    assert checks.small_cell.threshold == 20
+
+
+def test_the_agent_command_refuses_an_invalid_policy_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fivesafes_tes.cli import app
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("max_pids: -1\n")
+    env = {
+        "FIVESAFES_AGENT_TRE": "uk-tre",
+        "FIVESAFES_AGENT_TOKEN": "t",
+        "FIVESAFES_AGENT_EXECUTOR": "local",
+        "FIVESAFES_AGENT_DATA_DIR": str(tmp_path / "agent"),
+        "FIVESAFES_AGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}",
+        "FIVESAFES_AGENT_POLICY_FILE": str(policy),
+    }
+    with pytest.warns(UserWarning, match="NOT SANDBOXED"):
+        result = CliRunner().invoke(app, ["agent"], env=env)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert result.output.strip().startswith(f"Cannot start: {policy}: max_pids:")

@@ -35,10 +35,7 @@ def test_the_policy_example_in_the_docs_loads(tmp_path):
     assert policy.image_allowed("registry.tre.example/approved/stats:1")
     assert not policy.image_allowed("docker.io/library/alpine")
     assert list(policy.datasets_for("diabetes-cancer")) == ["omop"]
-    from fivesafes_tes.egress.checks.config import ChecksConfig
-
-    checks = ChecksConfig.model_validate(policy.checks)
-    assert checks.for_project("diabetes-cancer").small_cell.threshold == 20
+    assert policy.checks.for_project("diabetes-cancer").small_cell.threshold == 20
     assert policy.review.required_approvals == 1
 
 

@@ -57,7 +57,8 @@ def test_0007_keeps_memberships_casefolded_and_binds_each_to_the_one_user_with_i
             )
         session.execute(
             text(
-                "INSERT INTO projects (id, name, title, created_at) VALUES (1, 'alpha', '', CURRENT_TIMESTAMP)"
+                "INSERT INTO projects (id, name, title, created_at) "
+                "VALUES (1, 'alpha', '', CURRENT_TIMESTAMP)"
             )
         )
         for name, default in (("alice", False), ("ALICE", True), ("Bob", False), ("carol", False)):

@@ -253,7 +253,7 @@ def stack(tmp_path, docker_client):  # type: ignore[no-untyped-def]
 
 def test_the_child_ends_without_them_and_the_gateway_never_gets_them(stack):
     uk = stack.agents["uk-tre"]
-    uk.policy = uk.policy.model_copy(update={"checks": CHECKS})
+    uk.policy = uk.policy.model_copy(update={"checks": ChecksConfig.model_validate(CHECKS)})
     alice = httpx.Client(
         base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
     )

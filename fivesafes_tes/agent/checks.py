@@ -8,20 +8,20 @@ from dataclasses import asdict
 from typing import Any
 
 from fivesafes_tes.egress.checks.base import Verdict
+from fivesafes_tes.egress.checks.config import ChecksConfig
 from fivesafes_tes.egress.held import HeldFile, HeldKey
 
 log = logging.getLogger(__name__)
 
 
 def run(
-    files: list[HeldFile], config: dict[str, Any], project: str
+    files: list[HeldFile], config: ChecksConfig, project: str
 ) -> dict[HeldKey, tuple[str, list[dict[str, Any]]]]:
     """Each file's key -> (worst verdict, each rule's result as data). Every file has its local copy."""
     try:
-        from fivesafes_tes.egress.checks.config import ChecksConfig
         from fivesafes_tes.egress.checks.runner import run_checks
 
-        reports = run_checks(files, ChecksConfig.model_validate(config), project)
+        reports = run_checks(files, config, project)
     except Exception as exc:  # noqa: BLE001  no rule may be skipped silently: fail safe to human review
         log.error(
             "automated checks could not run (%s); every file goes to an output checker", type(exc).__name__

@@ -15,13 +15,14 @@ from fivesafes_tes.agent import checks, staging
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
+from fivesafes_tes.egress.checks.config import ChecksConfig
 from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
 from fivesafes_tes.executors import RunResult, RunSpec
 
 log = logging.getLogger(__name__)
 
 
-def hold(db: Database, store: ObjectStore, checks_config: dict[str, Any], child: LocalChild) -> bool:
+def hold(db: Database, store: ObjectStore, checks_config: ChecksConfig, child: LocalChild) -> bool:
     """Hold every output and log in the airlock, run the automated rules on them and record the held
     files; False when the airlock is unavailable (the hold is tried again on the next tick)."""
     with db.read() as session:

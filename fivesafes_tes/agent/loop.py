@@ -41,11 +41,14 @@ from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
 from fivesafes_tes.executors import Executor, RequestRefused, sandbox
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
+from fivesafes_tes.submission.stages import Stage
 
 log = logging.getLogger(__name__)
 
 # Stages before the run: a refusal there depends only on the request, so the researcher may read it.
-BEFORE_RUN = ("leased", "awaiting_tre_approval", "staging")
+BEFORE_RUN = (Stage.LEASED, Stage.AWAITING_TRE_APPROVAL, Stage.STAGING)
+# Stages where the task's own code runs or its outputs are read: an attempt lost there counts.
+TASK_ACTS = (Stage.STAGING, Stage.RUNNING, Stage.CHECKING)
 
 
 class CannotStart(RuntimeError):
@@ -68,9 +71,13 @@ def _submitter(child: LocalChild) -> Person:
 
 def open_database(settings: AgentSettings) -> Database:
     """The agent's database, migrated to the newest schema (its tables and its own audit chain);
-    `schema.SchemaRefused` if it cannot be."""
+    CannotStart, saying why, if it cannot be."""
     db = Database(settings.effective_database_url, pool_size=5)
-    schema.upgrade(db.engine)
+    try:
+        schema.upgrade(db.engine)
+    except schema.SchemaRefused as exc:
+        db.dispose()
+        raise CannotStart(f"FIVESAFES_AGENT_DATABASE_URL: {exc}") from None
     return db
 
 
@@ -327,6 +334,7 @@ class Agent:
     # --- what the gateway tells us ------------------------------------------------------------
 
     def _accept(self, grant: dict[str, Any]) -> None:
+        given_up: tuple[str, int] | None = None
         with self.db.write() as session:
             child = session.get(LocalChild, grant["child_id"])
             if child is None:
@@ -353,6 +361,21 @@ class Agent:
                 ):
                     session.delete(stale)
                 child.attempt, child.next_seq, child.active = grant["attempt"], 0, True
+                if child.stage in TASK_ACTS:  # the last attempt was lost while the task acted
+                    child.attempts += 1
+                    if child.attempts > self.settings.max_attempts:
+                        given_up = (child.stage, child.attempts)
+        if given_up is not None:
+            self._give_up(grant["child_id"], *given_up)
+
+    def _give_up(self, child_id: str, stage: str, attempts: int) -> None:
+        """End a child whose task was taken up more than `max_attempts` times: it kills or stalls
+        this agent each time, so it is not tried again."""
+        reason = (
+            f"gave up after {attempts} attempts: each earlier one was lost while the task was {stage} "
+            f"(the cap is FIVESAFES_AGENT_MAX_ATTEMPTS={self.settings.max_attempts})"
+        )
+        self._fail(child_id, stage, reason, action="child.give_up")
 
     def _cancel(self, child_id: str) -> None:
         self.executor.cancel(child_id)
@@ -362,7 +385,7 @@ class Agent:
         with self.db.write() as session:
             child = session.get(LocalChild, child_id)
             if child is not None and child.active:
-                child.active, child.stage = False, "canceled"
+                child.active, child.stage = False, Stage.CANCELED.value
                 for pending in session.scalars(
                     select(OutgoingEvent).where(
                         OutgoingEvent.child_id == child_id, OutgoingEvent.sent.is_(False)
@@ -446,33 +469,33 @@ class Agent:
             self._errored(child_id, child.stage, exc)
 
     def _step(self, child: LocalChild) -> None:
-        if child.stage == "awaiting_review" and self.outbox.unsent(child.child_id):
+        if child.stage == Stage.AWAITING_REVIEW and self.outbox.unsent(child.child_id):
             return  # the gateway takes released files only once it has heard the child awaits review
         handler = {
-            "leased": self._approve_and_start,
-            "awaiting_tre_approval": self._approve_and_start,
-            "staging": self._approve_and_start,
-            "running": self._watch,
-            "checking": self._hold,
-            "awaiting_review": self._settle,
-        }.get(child.stage)
+            Stage.LEASED: self._approve_and_start,
+            Stage.AWAITING_TRE_APPROVAL: self._approve_and_start,
+            Stage.STAGING: self._approve_and_start,
+            Stage.RUNNING: self._watch,
+            Stage.CHECKING: self._hold,
+            Stage.AWAITING_REVIEW: self._settle,
+        }.get(Stage(child.stage))
         if handler is not None:
             handler(child)
 
     def _approve_and_start(self, child: LocalChild) -> None:
         # Started before a crash: re-attach, never twice. A container exists only once `staging` was
         # recorded (just before the start), so a child still waiting on approval costs no listing.
-        if child.stage == "staging" and child.child_id in self.executor.running():
-            self._emit(child, "running")
+        if child.stage == Stage.STAGING and child.child_id in self.executor.running():
+            self._emit(child, Stage.RUNNING)
             return
         with self.db.read() as session:
             verdict = approvals.clearance(session, self.tre, child.project, _submitter(child))
         if verdict.verdict is approvals.Verdict.UNDECIDED:
-            if child.stage != "awaiting_tre_approval":
-                self._emit(child, "awaiting_tre_approval", verdict.message)
+            if child.stage != Stage.AWAITING_TRE_APPROVAL:
+                self._emit(child, Stage.AWAITING_TRE_APPROVAL, verdict.message)
             return
         if verdict.verdict is approvals.Verdict.REJECTED:
-            self._emit(child, "rejected_by_tre", verdict.message, final=True)
+            self._emit(child, Stage.REJECTED_BY_TRE, verdict.message, final=True)
             return
         spec = staging.prepare(
             child.task,
@@ -484,13 +507,13 @@ class Agent:
             root=self._workspace(child.child_id),
             run_as=self.settings.run_as,
         )
-        if child.stage != "staging":
-            self._emit(child, "staging", verdict.message)
+        if child.stage != Stage.STAGING:
+            self._emit(child, Stage.STAGING, verdict.message)
         with self.db.write() as session:
             session.get(LocalChild, child.child_id).result = {"run": holding.spec_to_json(spec)}  # type: ignore[union-attr]
             approvals.bind(session, child.project, _submitter(child))
         self.executor.start(spec)
-        self._emit(child, "running")
+        self._emit(child, Stage.RUNNING)
 
     def _refused(self, child_id: str, stage: str, exc: RequestRefused) -> None:
         """The request cannot run here. Before the run the researcher reads why; from `running` on the
@@ -506,12 +529,12 @@ class Agent:
                 actor=f"agent:{self.tre}",
                 action="child.refuse",
                 object=f"child:{child_id}",
-                outcome="rejected_by_tre",
+                outcome=Stage.REJECTED_BY_TRE.value,
                 detail={"stage": stage, "reason": str(exc)},
             )
             child = session.get(LocalChild, child_id)
         assert child is not None
-        self._emit(child, "rejected_by_tre", f"{self.tre} refused the task: {exc}", final=True)
+        self._emit(child, Stage.REJECTED_BY_TRE, f"{self.tre} refused the task: {exc}", final=True)
 
     def _errored(self, child_id: str, stage: str, exc: Exception) -> None:
         """Count an unexpected error in a child's handling: try it again later, or end it at the cap."""
@@ -548,7 +571,7 @@ class Agent:
         log.error("child %s failed at %s %d times in a row: %s", child_id, stage, errors, error)
         self._fail(child_id, stage, error)
 
-    def _fail(self, child_id: str, stage: str, error: str) -> None:
+    def _fail(self, child_id: str, stage: str, error: str, *, action: str = "child.fail") -> None:
         """End a child `system_failed`: its run stopped and removed, its workspace deleted, and its
         airlock emptied once the gateway has the ending. The researcher reads the gateway's fixed line;
         what went wrong stays here, in the log and the audit."""
@@ -557,15 +580,15 @@ class Agent:
             audit.record(
                 session,
                 actor=f"agent:{self.tre}",
-                action="child.fail",
+                action=action,
                 object=f"child:{child_id}",
-                outcome="system_failed",
+                outcome=Stage.SYSTEM_FAILED.value,
                 detail={"stage": stage, "error": error},
             )
             child = session.get(LocalChild, child_id)
         assert child is not None
         log.error("child %s ended system_failed at %s: %s", child_id, stage, error)
-        self._emit(child, "system_failed", final=True)
+        self._emit(child, Stage.SYSTEM_FAILED, final=True)
 
     def _discard_run(self, child_id: str) -> None:
         """Stop and remove what the child's run left; what cannot be removed now, the sweep at the next
@@ -585,14 +608,14 @@ class Agent:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
             local.result = {**(local.result or {}), "outcome": holding.result_to_json(result)}
-        self._emit(child, "checking")
+        self._emit(child, Stage.CHECKING)
 
     def _hold(self, child: LocalChild) -> None:
         """Hold every output and log in the airlock, run the automated rules on them, then wait for review."""
         if not holding.hold(self.db, self.store, self.policy.checks, child):
             return
         # Nothing about the held files leaves with this event: not their number, sizes or verdicts.
-        self._emit(child, "awaiting_review")
+        self._emit(child, Stage.AWAITING_REVIEW)
         self.executor.cleanup(child.child_id)
         shutil.rmtree(self._workspace(child.child_id), ignore_errors=True)
 
@@ -607,7 +630,7 @@ class Agent:
     def _emit(
         self,
         child: LocalChild,
-        stage: str,
+        stage: Stage,
         message: str | None = None,
         *,
         report: dict[str, Any] | None = None,

@@ -19,16 +19,18 @@ from fivesafes_tes import failpoints
 from fivesafes_tes.agent.client import GatewayClient, Rejected
 from fivesafes_tes.agent.tables import LocalChild, OutgoingEvent
 from fivesafes_tes.db import Database
+from fivesafes_tes.submission.stages import Stage
 
 log = logging.getLogger(__name__)
 
+# Endings after which the airlock may hold files: emptied once the gateway has the ending.
 ENDED_WITH_HELD_FILES = (
-    "released",
-    "partially_released",
-    "withheld",
-    "executor_failed",
-    "canceled",
-    "system_failed",
+    Stage.RELEASED,
+    Stage.PARTIALLY_RELEASED,
+    Stage.WITHHELD,
+    Stage.EXECUTOR_FAILED,
+    Stage.CANCELED,
+    Stage.SYSTEM_FAILED,
 )
 # A refused event is sent again after this many seconds, doubled each time up to the cap.
 RETRY_FIRST_S, RETRY_CAP_S = 1.0, 300.0
@@ -40,7 +42,7 @@ class Emit(Protocol):
     def __call__(
         self,
         child: LocalChild,
-        stage: str,
+        stage: Stage,
         message: str | None = None,
         *,
         report: dict[str, Any] | None = None,
@@ -69,7 +71,7 @@ class Outbox:
     def emit(
         self,
         child: LocalChild,
-        stage: str,
+        stage: Stage,
         message: str | None = None,
         *,
         report: dict[str, Any] | None = None,
@@ -80,19 +82,20 @@ class Outbox:
         From the moment the run starts, the task controls when stages change: those events are held
         back to the next multiple of the reporting granularity after that moment, so the gateway
         (outside the TRE) learns their timing only that coarsely."""
+        stage = Stage(stage)  # an unknown stage is refused here, before anything is written
         now = time.time()
         with self.db.write() as session:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
             started = (local.result or {}).get("running_since")
-            if stage == "running" and started is None:
+            if stage is Stage.RUNNING and started is None:
                 local.result = {**(local.result or {}), "running_since": now}
             session.add(
                 OutgoingEvent(
                     child_id=local.child_id,
                     attempt=local.attempt,
                     seq=local.next_seq,
-                    stage=stage,
+                    stage=stage.value,
                     message=message,
                     report=report,
                     not_before=next_boundary(started, now, self.granularity_s),
@@ -102,10 +105,10 @@ class Outbox:
             # Errors are counted per stage: moving on starts the count again; an ending keeps it.
             if local.stage != stage and not final:
                 local.errors, local.retry_at = 0, 0.0
-            local.stage = stage
+            local.stage = stage.value
             if final:
                 local.active = False
-        child.stage = stage
+        child.stage = stage.value
         self.flush()
 
     def flush(self) -> None:

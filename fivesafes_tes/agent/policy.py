@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fivesafes_tes.agent.review import ReviewPolicy
+from fivesafes_tes.egress.checks.config import ChecksConfig
 from fivesafes_tes.executors import Limits
 from fivesafes_tes.tes.admission import image_allowed
 from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
@@ -23,6 +23,19 @@ class Dataset(BaseModel):
 
     path: Path = Field(description="Host directory; mounted read-only at /data/<name> for granted projects.")
     description: str = ""
+
+
+class InvalidPolicy(ValueError):
+    """The TRE policy file cannot be used; the message names the file and each mistake in it."""
+
+
+def _mistakes(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'policy'}: {error['msg']}"
+            for error in exc.errors()
+        )
+    return str(exc)
 
 
 class TrePolicy(BaseModel):
@@ -47,8 +60,8 @@ class TrePolicy(BaseModel):
     datasets: dict[str, Dataset] = Field(default_factory=dict)
     grants: dict[str, list[str]] = Field(default_factory=dict, description="project -> dataset names")
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
-    checks: dict[str, Any] = Field(
-        default_factory=dict, description="Automated rule settings (egress.checks)."
+    checks: ChecksConfig = Field(
+        default_factory=ChecksConfig, description="Automated rule settings (egress.checks), parsed once."
     )
 
     @classmethod
@@ -56,18 +69,16 @@ class TrePolicy(BaseModel):
         if path is None:
             return cls()
         text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        policy = cls.model_validate(data or {})
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            policy = cls.model_validate(data or {})
+        except (ValueError, yaml.YAMLError) as exc:  # pydantic's ValidationError and JSON's are ValueErrors
+            raise InvalidPolicy(f"{path}: {_mistakes(exc)}") from None
         unknown = {d for names in policy.grants.values() for d in names} - set(policy.datasets)
         if unknown:
-            raise ValueError(
+            raise InvalidPolicy(
                 f"{path}: grants name datasets that are not defined: {', '.join(sorted(unknown))}"
             )
-        from fivesafes_tes.egress.checks.config import ChecksConfig
-
-        ChecksConfig.model_validate(
-            policy.checks
-        )  # a mistake in the rules' settings stops the agent at start
         return policy
 
     @property

@@ -23,6 +23,7 @@ from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress.held import HeldFile, LogKey
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
+from fivesafes_tes.submission.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Release:
         # Whether the run failed is said only with a release: a checker saw it (the exit codes) and
         # let something out. After a full rejection the child ends withheld either way.
         run_failed = outcome.get("outcome") not in (None, "succeeded")
-        ending = "executor_failed" if run_failed and approved else settled.outcome.value
+        ending = Stage.EXECUTOR_FAILED if run_failed and approved else Stage(settled.outcome.value)
         with self.db.write() as session:  # the full record stays in the TRE, for its output checkers
             kept = session.get(LocalChild, child.child_id)
             assert kept is not None
@@ -122,7 +123,7 @@ class Release:
                 detail={"name": file.name, "expected_sha256": file.sha256},
             )
         log.error("held file %s of %s changed in the airlock; release blocked", file.name, child.child_id)
-        self.emit(child, "awaiting_review", report={"notice": "release_blocked"})
+        self.emit(child, Stage.AWAITING_REVIEW, report={"notice": "release_blocked"})
 
 
 def _tail(path: Path, limit: int = 64 * 1024) -> str:

@@ -22,6 +22,7 @@ from fivesafes_tes import audit
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, ReviewDecision
 from fivesafes_tes.auth.principal import Person, name_key
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.submission.stages import Stage
 
 # In a child's result once its release has begun: its approvals go to the gateway, which keeps them
 # as they were first sent, so no decision may change after that.
@@ -83,7 +84,7 @@ def decide(
     held = session.get(HeldFileRecord, (child_id, key))
     if child is None or held is None:
         raise LookupError(f"no held file {key!r} for child {child_id}")
-    if child.stage != "awaiting_review":
+    if child.stage != Stage.AWAITING_REVIEW:
         raise ReviewRefused(f"child {child_id} is {child.stage}, not awaiting review")
     if (child.result or {}).get(RELEASING):
         raise ReviewRefused(f"the release of child {child_id} has begun: its decisions are final")
@@ -327,7 +328,7 @@ def pending(session: Session) -> list[ChildView]:
     """Every child waiting for an output checker, oldest first."""
     children = session.scalars(
         select(LocalChild)
-        .where(LocalChild.stage == "awaiting_review", LocalChild.active)
+        .where(LocalChild.stage == Stage.AWAITING_REVIEW.value, LocalChild.active)
         .order_by(LocalChild.created_at)
     )
     return [describe(session, c.child_id) for c in children]

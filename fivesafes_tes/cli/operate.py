@@ -109,15 +109,16 @@ def agent() -> None:
 
     from fivesafes_tes import logs
     from fivesafes_tes.agent.loop import Agent, CannotStart
+    from fivesafes_tes.agent.policy import InvalidPolicy
     from fivesafes_tes.settings import AgentSettings, drop_secrets_from_environment
 
     logs.configure(logging.INFO)
     settings = AgentSettings()  # type: ignore[call-arg]
     drop_secrets_from_environment(settings)  # nothing the agent starts (check processes...) inherits them
-    worker = Agent.from_settings(settings)
     try:
+        worker = Agent.from_settings(settings)
         worker.start()
-    except CannotStart as exc:
+    except (CannotStart, InvalidPolicy) as exc:
         _output.err.print(f"[red]Cannot start:[/] {exc}")
         raise typer.Exit(2) from None
     _output.console.print(
