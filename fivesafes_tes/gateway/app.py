@@ -7,63 +7,32 @@ import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from fivesafes_tes import __version__
-from fivesafes_tes.auth import (
-    DevIssuer,
-    RemoteJwks,
-    StaticJwks,
-    TokenValidator,
-    UserCache,
-    discover_jwks_url,
-)
+from fivesafes_tes.auth import DevIssuer, RemoteJwks, StaticJwks, TokenValidator, discover_jwks_url
 from fivesafes_tes.db import Database
 from fivesafes_tes.gateway import admin_api, agent_api, deliveries, errors, ops, results_api, tes_api
+from fivesafes_tes.gateway.context import GatewayContext, app_context, attach
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
-from fivesafes_tes.gateway.signals import WorkSignal
-from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
 from fivesafes_tes.submission import results
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
 
+if TYPE_CHECKING:
+    from fivesafes_tes.egress.store import ObjectStore
+
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
-TARGET_TTL_S = 5.0
 
 
 class ConfigurationError(RuntimeError):
     """The gateway cannot start safely with these settings; the message names the fix."""
-
-
-@dataclass
-class GatewayContext:
-    settings: GatewaySettings
-    db: Database
-    validator: TokenValidator
-    service_info: ServiceInfo
-    policy: SubmissionPolicy
-    dev_issuer: DevIssuer | None = None
-    results_store: Any = None  # fivesafes_tes.egress.store.ObjectStore, when configured
-    signal: WorkSignal = field(default_factory=WorkSignal)
-    # Where each user's tasks go (project, TREs): seen by other replicas within TARGET_TTL_S of a change.
-    targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
-    user_cache: UserCache = field(default_factory=UserCache)
-    metrics: ops.Metrics = field(default_factory=ops.Metrics)
-    # Where released outputs are delivered besides the results store (with a results store only).
-    destinations: results.Destinations = field(default_factory=results.Destinations)
-    deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, where it delivers anywhere
-
-    def wake_deliveries(self) -> None:
-        """A delivery is owed now (else the loop finds it within seconds, or at the next start)."""
-        if self.deliveries is not None:
-            self.deliveries.wake()
 
 
 def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | None]:
@@ -93,7 +62,7 @@ def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | N
 RELEASE_UPLOADS = re.compile(r"^/agent/v1/children/[^/]+/files$")
 
 
-def _results_store(settings: GatewaySettings):  # type: ignore[no-untyped-def]
+def _results_store(settings: GatewaySettings) -> ObjectStore | None:
     if not settings.results_endpoint_url and not settings.results_access_key:
         return None
     from fivesafes_tes.egress.store import ObjectStore, StoreSettings
@@ -154,6 +123,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         validator=validator,
         service_info=service_info(settings),
         policy=policy,
+        metrics=ops.Metrics(),
         dev_issuer=issuer,
         results_store=_results_store(settings),
         destinations=_destinations(settings),
@@ -181,7 +151,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.ctx = ctx
+    attach(app, ctx)
     errors.install(app)
     app.add_middleware(ops.MeasureRequests, metrics=ctx.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed_paths=RELEASE_UPLOADS)
@@ -218,7 +188,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     }
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)
-    _publish_caps(schema["components"]["schemas"], app.state.ctx.policy.caps)
+    _publish_caps(schema["components"]["schemas"], app_context(app).policy.caps)
     _publish_nul_free(schema["paths"])
     _publish_nul_free(schema["components"]["schemas"])
     app.openapi_schema = schema

@@ -33,7 +33,7 @@ from fivesafes_tes.submission.tables import Child, ReleasedFile, Tre
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from fivesafes_tes.gateway.app import GatewayContext
+    from fivesafes_tes.gateway.context import GatewayContext
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from starlette.background import BackgroundTask
 from fivesafes_tes import audit, failpoints
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, UnsafeKey, safe_key
 from fivesafes_tes.gateway.agent_api import AGENT_RESPONSES, CurrentTre
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
 from fivesafes_tes.submission import researcher_view, results, tasks
@@ -36,7 +37,7 @@ _CHUNK = 1 << 20
 
 
 def _store(request: Request):  # type: ignore[no-untyped-def]
-    store = request.app.state.ctx.results_store
+    store = context(request).results_store
     if store is None:
         raise HTTPException(
             503,
@@ -96,7 +97,7 @@ def record_approvals(request: Request, child_id: str, body: ApprovalsIn, tre: Cu
     files = [results.Incoming(**f.model_dump()) for f in body.files]
     for file in files:
         _key_part(file)
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         recorded = results.record_approvals(session, tre, child_id, files)
     return ApprovalsOut(recorded=recorded, files=len(files))
 
@@ -126,7 +127,7 @@ async def upload_released_file(
 ) -> dict:
     """One approved file, streamed; kept only if it is among the child's recorded approvals and its
     bytes hash to what the TRE recorded."""
-    ctx = request.app.state.ctx
+    ctx = context(request)
     store = _store(request)
     incoming = results.Incoming(name=name, kind=kind, step=step, size=size, sha256=sha256)
     part = _key_part(incoming)
@@ -216,7 +217,7 @@ class ResultsOut(BaseModel):
 def list_results(request: Request, task_id: str, principal: CurrentPrincipal) -> ResultsOut:
     """What each TRE released for this task, with the decisions and reasons of its output checkers
     (the researcher view: nothing of what was not released)."""
-    ctx = request.app.state.ctx
+    ctx = context(request)
     base = ctx.settings.public_url.rstrip("/")
     with ctx.db.read() as session:
         visible_task(session, actor_of(principal), task_id)
@@ -243,7 +244,7 @@ def download(
     request: Request, file_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], principal: CurrentPrincipal
 ) -> FileResponse:
     """A released file, checked against its SHA-256 before a byte is sent."""
-    ctx = request.app.state.ctx
+    ctx = context(request)
     actor = actor_of(principal)
     with ctx.db.read() as session:
         released = session.get(ReleasedFile, file_id)
