@@ -22,9 +22,9 @@ demo: bootstrap ## run the end-to-end demo (starts Docker if needed)
 test: ## run the test suite as CI does (venvs, services, pytest)
 	bash scripts/test.sh $(ARGS)
 
-bench: bootstrap ## run the benchmarks against the local services
+bench: bootstrap ## run the benchmarks (one run) and write docs/benchmarks.md; ARGS=--quick for a smoke run
 	@service_env="$$(bash scripts/services.sh --with-docker)"; eval "$$service_env"; \
-	  $(VENV)/bin/python -m bench $(ARGS) && $(VENV)/bin/python -m bench.checks_bench
+	  $(VENV)/bin/python -m bench $(ARGS)
 
 lint: bootstrap ## ruff check, ruff format --check and mypy (scripts/lint.sh)
 	bash scripts/lint.sh

@@ -1,14 +1,15 @@
 """Throughput and memory of the tabular and identifier disclosure rules on large CSV files.
 
-Generates synthetic aggregate-style CSV tables (100 MB and 1 GB by default) in a temporary folder,
-then times, each in a fresh process so that peak RSS belongs to it alone: a plain streaming read
-in 1 MiB chunks, a plain line-by-line read, and each rule (`small_cell`, `record_level`,
-`identifiers`) with its default settings and the default `checks.threads`. Each is timed twice:
-warm (the file in the page cache) and cold (the file's pages dropped from the cache first with
-posix_fadvise, so it comes from the disk as a file just written and evicted would). A rule's figure
-is given as a share of the plain reads: warm against warm, cold against cold. A second warm run of
-each rule under tracemalloc gives the peak of Python's own allocations; Arrow's memory pool reports
-its own peak.
+Part of `make bench` (``python -m bench --only checks``); also runs alone. Generates synthetic
+aggregate-style CSV tables (100 MB and 1 GB by default) in a temporary folder, then times, each in a
+fresh process so that peak RSS belongs to it alone, each rule (`small_cell`, `record_level`,
+`identifiers`) with its default settings and the default `checks.threads`, against the ceiling of a
+plain read of the same file: warm (the file in the page cache) against a line-by-line read, and cold
+(the file's pages dropped from the cache first with posix_fadvise, as for a file written and
+evicted) against a 1 MiB chunked read. Subject and ceiling are interleaved: each rule's run comes
+right after the plain read it is compared with, so drifting load on the machine hits both alike. A
+third run of each rule under tracemalloc gives the peak of Python's own allocations; Arrow's memory
+pool reports its own peak.
 
     python -m bench.checks_bench [--sizes 100,1000] [--out bench/results/checks.json]
     python -m bench.checks_bench --code ../before --out before.json   # another checkout's rules
@@ -17,6 +18,7 @@ its own peak.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -106,22 +108,29 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
+def held_file(path: Path) -> Any:
+    """The held file a rule is given for ``path``: the one place this bench builds one, so that a
+    change to ``checks.base.HeldFile`` is adapted here alone."""
+    from fivesafes_tes.egress.checks.base import HeldFile
+
+    return HeldFile(path, f"/outputs/{path.name}", "output", path.stat().st_size, "")
+
+
 def _rule_runner(name: str, folder: Path) -> tuple[Callable[[Path], dict[str, Any]], float]:
     """The rule's check as a function of a path, after one call on a small table: imports and
     Arrow's first-call set-up (about a third of a second, once per check process) are not timed."""
     import importlib
 
-    from fivesafes_tes.egress.checks.base import CheckContext, HeldFile
+    from fivesafes_tes.egress.checks.base import CheckContext
 
     module, _, cls = RULES[name].partition(":")
     rule = getattr(importlib.import_module(module), cls)()
-    try:  # what a check process inherits from its fork server (this checkout's code has it)
+    # what a check process inherits from its fork server (this checkout's code has it)
+    with contextlib.suppress(ImportError):
         importlib.import_module("fivesafes_tes.egress.checks._warm")
-    except ImportError:
-        pass
 
     def check(path: Path) -> dict[str, Any]:
-        file = HeldFile(path, f"/outputs/{path.name}", "output", path.stat().st_size, "")
+        file = held_file(path)
         result = rule.check(file, {}, CheckContext(files=(file,)))
         return {"verdict": result.verdict.value, "findings": len(result.findings)}
 
@@ -176,7 +185,55 @@ def measure(
     return result
 
 
-def run(sizes_mb: list[int], code: str | None = None) -> dict[str, Any]:
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median speed: what a table row shows for a plain read made several times."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
+def measure_file(
+    path: Path, code: str | None = None, on_step: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Every rule on one file, each run right after the plain read it is compared with."""
+    size = path.stat().st_size
+    measure("chunks", path)  # warm the page cache
+    plain: dict[str, list[dict[str, Any]]] = {"plain_chunks": [], "plain_lines": [], "plain_chunks_cold": []}
+    runs: dict[str, dict[str, Any]] = {}
+    for name in RULES:
+        if on_step:
+            on_step(name)
+        plain["plain_chunks"].append(measure("chunks", path))
+        lines = measure("lines", path)
+        warm = measure("rule", path, name, code=code)
+        cold_plain = measure("chunks", path, cold=True)
+        warm["cold"] = measure("rule", path, name, cold=True, code=code)
+        warm["python_peak_bytes"] = measure("rule", path, name, trace=True, code=code)["python_peak_bytes"]
+        plain["plain_lines"].append(lines)
+        plain["plain_chunks_cold"].append(cold_plain)
+        for run_ in (lines, cold_plain, warm, warm["cold"]):
+            run_["mb_per_s"] = size / MB / run_["seconds"]
+        warm["paired"] = {
+            "plain_lines_mb_per_s": lines["mb_per_s"],
+            "plain_chunks_cold_mb_per_s": cold_plain["mb_per_s"],
+        }
+        warm["share_of_lines"] = warm["mb_per_s"] / lines["mb_per_s"]
+        warm["cold_share_of_chunks"] = warm["cold"]["mb_per_s"] / cold_plain["mb_per_s"]
+        runs[name] = warm
+    for run_ in plain["plain_chunks"]:
+        run_["mb_per_s"] = size / MB / run_["seconds"]
+    chunks = _median(plain["plain_chunks"])
+    chunks["cold"] = _median(plain["plain_chunks_cold"])
+    for name in RULES:
+        runs[name]["share_of_chunks"] = runs[name]["mb_per_s"] / chunks["mb_per_s"]
+    return {
+        "size_bytes": size,
+        "runs": {"plain_chunks": chunks, "plain_lines": _median(plain["plain_lines"]), **runs},
+    }
+
+
+def run(
+    sizes_mb: list[int], code: str | None = None, on_step: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """The checks benchmark on a generated file of each size; ``on_step`` hears "<size> MB: <rule>"."""
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -185,41 +242,25 @@ def run(sizes_mb: list[int], code: str | None = None) -> dict[str, Any]:
             "cpus": os.cpu_count(),
         },
         "code": code or str(ROOT),
+        "sizes_mb": sizes_mb,
         "files": [],
     }
     with tempfile.TemporaryDirectory(prefix="checks-bench-") as folder:
         for size_mb in sizes_mb:
             path = Path(folder) / f"counts-{size_mb}mb.csv"
             rows = generate(path, size_mb * MB)
-            size = path.stat().st_size
-            measure("chunks", path)  # warm the page cache
-            entry: dict[str, Any] = {"size_bytes": size, "rows": rows, "runs": {}}
-            for kind in ("chunks", "lines"):
-                entry["runs"][f"plain_{kind}"] = measure(kind, path)
-            entry["runs"]["plain_chunks"]["cold"] = measure("chunks", path, cold=True)
-            for name in RULES:
-                print(f"  {size_mb} MB: {name}", file=sys.stderr, flush=True)
-                run_ = measure("rule", path, name, code=code)
-                run_["python_peak_bytes"] = measure("rule", path, name, trace=True, code=code)[
-                    "python_peak_bytes"
-                ]
-                run_["cold"] = measure("rule", path, name, cold=True, code=code)
-                entry["runs"][name] = run_
-            for run_ in entry["runs"].values():
-                run_["mb_per_s"] = size / MB / run_["seconds"]
-                if "cold" in run_:
-                    run_["cold"]["mb_per_s"] = size / MB / run_["cold"]["seconds"]
-            plain = entry["runs"]
-            for name in RULES:
-                run_ = entry["runs"][name]
-                run_["share_of_chunks"] = run_["mb_per_s"] / plain["plain_chunks"]["mb_per_s"]
-                run_["share_of_lines"] = run_["mb_per_s"] / plain["plain_lines"]["mb_per_s"]
-                run_["cold_share_of_chunks"] = (
-                    run_["cold"]["mb_per_s"] / plain["plain_chunks"]["cold"]["mb_per_s"]
-                )
-            results["files"].append(entry)
+            step = partial(_announce, on_step, size_mb)
+            results["files"].append({"rows": rows, **measure_file(path, code, step)})
             path.unlink()
     return results
+
+
+def _announce(on_step: Callable[[str], None] | None, size_mb: int, name: str) -> None:
+    message = f"{size_mb} MB: {name}"
+    if on_step:
+        on_step(message)
+    else:
+        print(f"  {message}", file=sys.stderr, flush=True)
 
 
 def table(results: dict[str, Any]) -> str:

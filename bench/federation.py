@@ -263,72 +263,71 @@ def p(values: list[float], q: float) -> float:
 # --- 1. end to end ---------------------------------------------------------------------------
 
 
-def bare_docker(runs: int, on_run: Callable[[int], None]) -> dict[str, list[float]]:
-    """`docker run --rm --network none` of the same image, through the SDK and through the CLI."""
-    import docker
-
-    client = docker.from_env()
-    out: dict[str, list[float]] = {"sdk": [], "cli": []}
-    try:
-        for i in range(runs + 1):  # the first of each is a warm-up
-            started = time.perf_counter()
-            client.containers.run(BUSYBOX_IMAGE, BARE_COMMAND, network_mode="none", remove=True)
-            sdk = time.perf_counter() - started
-            started = time.perf_counter()
-            subprocess.run(
-                ["docker", "run", "--rm", "--network", "none", BUSYBOX_IMAGE, *BARE_COMMAND],
-                check=True, capture_output=True,
-            )  # fmt: skip
-            cli = time.perf_counter() - started
-            if i:
-                out["sdk"].append(sdk)
-                out["cli"].append(cli)
-                on_run(i)
-    finally:
-        client.close()
-    return out
+def bare_docker_run(client: Any) -> dict[str, float]:
+    """One `docker run --rm --network none` of the same image, through the SDK and through the CLI."""
+    started = time.perf_counter()
+    client.containers.run(BUSYBOX_IMAGE, BARE_COMMAND, network_mode="none", remove=True)
+    sdk = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", BUSYBOX_IMAGE, *BARE_COMMAND],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return {"sdk": sdk, "cli": time.perf_counter() - started}
 
 
 def e2e(bench: Bench) -> None:
+    """Submit → outputs held, interleaved with the bare `docker run` it is compared with: each run
+    through the stack is followed by one bare run (SDK and CLI) on the same engine, so that drifting
+    load on the machine hits both alike."""
+    import docker
+
     a = bench.args
     bench.begin("end to end: starting the devstack (gateway, S3, two agents, Docker executor)", None)
-    with stack("e2e", "--agents", "--report-granularity-s", str(a.e2e_granularity_s)) as s:
+    client = docker.from_env()
+    bare: dict[str, list[float]] = {"sdk": [], "cli": []}
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(client.close)
+        s = cleanup.enter_context(
+            stack("e2e", "--agents", "--report-granularity-s", str(a.e2e_granularity_s))
+        )
         researcher = Researcher(s.url, s.info["researcher_token"])
-        cpu_before = cpu_seconds(s.proc.pid)
+        cleanup.callback(researcher.close)
+        stack_cpu = 0.0  # the stack's CPU from each submit until its bare run starts
         runs: list[dict[str, Any]] = []
-        try:
-            bench.begin("end to end: submit until outputs held, trivial container, one TRE", a.e2e_runs)
-            for i in range(a.e2e_warmup + a.e2e_runs):
-                task_id, wall, mono = researcher.submit(E2E_TASK)
-                seen = researcher.follow(task_id, "BASIC", _stage, _held_or_ended, mono)
-                if "awaiting_review" not in seen:
-                    doc = researcher.get(task_id, "FULL")
-                    raise FederationError(
-                        f"the end-to-end task ended {_stage(doc)}: {doc['logs'][0]['system_logs']}"
-                    )
-                if i >= a.e2e_warmup:
-                    runs.append({"task_id": task_id, "submitted_at": wall, "seen": seen,
-                                 "e2e_s": seen["awaiting_review"]})  # fmt: skip
-                    bench.progress.update(bench.step, completed=len(runs))
-                researcher.cancel(task_id)  # the agent discards what it held and forgets the child
-                time.sleep(a.e2e_pause)
-            stack_cpu = cpu_seconds(s.proc.pid) - cpu_before
-            ids = [r["task_id"] for r in runs]
-            timeline = gateway_timeline(s.info["database_url"], ids)
-            containers = container_times(s.info["agent_databases"]["uk-tre"], ids)
-        finally:
-            researcher.close()
+        bench.begin("end to end: submit until outputs held, then a bare docker run; one TRE", a.e2e_runs)
+        for i in range(a.e2e_warmup + a.e2e_runs):
+            cpu_before = cpu_seconds(s.proc.pid)
+            task_id, wall, mono = researcher.submit(E2E_TASK)
+            seen = researcher.follow(task_id, "BASIC", _stage, _held_or_ended, mono)
+            if "awaiting_review" not in seen:
+                doc = researcher.get(task_id, "FULL")
+                raise FederationError(
+                    f"the end-to-end task ended {_stage(doc)}: {doc['logs'][0]['system_logs']}"
+                )
+            researcher.cancel(task_id)  # the agent discards what it held and forgets the child
+            time.sleep(a.e2e_pause)
+            stack_cpu += cpu_seconds(s.proc.pid) - cpu_before
+            bare_run = bare_docker_run(client)
+            if i >= a.e2e_warmup:
+                runs.append({"task_id": task_id, "submitted_at": wall, "seen": seen,
+                             "e2e_s": seen["awaiting_review"]})  # fmt: skip
+                for how, seconds in bare_run.items():
+                    bare[how].append(seconds)
+                bench.progress.update(bench.step, completed=len(runs))
+        ids = [r["task_id"] for r in runs]
+        timeline = gateway_timeline(s.info["database_url"], ids)
+        containers = container_times(s.info["agent_databases"]["uk-tre"], ids)
     for run in runs:
         marks = timeline.get(run["task_id"], {})
         run["audit"] = {k: v - run["submitted_at"] for k, v in marks.items()}
         if run["task_id"] in containers:
             start, end = containers[run["task_id"]]
             run["container"] = {"started": start - run["submitted_at"], "exited": end - run["submitted_at"]}
-    bench.begin("end to end: bare docker run (SDK and CLI), same image", a.e2e_runs)
-    bare = bare_docker(a.e2e_runs, lambda i: bench.progress.update(bench.step, completed=i))
     result = {
         "runs": runs,
         "bare": bare,
+        "interleaved": True,
         "stack_cpu_s": stack_cpu,
         "summary": summarise_e2e(runs, bare),
     }

@@ -1,413 +1,404 @@
-"""Targets, the rich table, the raw JSON and docs/benchmarks.md."""
+"""docs/benchmarks.md and its history, rendered from one run's results; the console's table.
+
+Everything on the page comes from the run's JSON (and, with ``--before``, an earlier run's JSON),
+so the page can be rebuilt from the JSON alone and nothing on it is written by hand. Targets and
+verdicts come from ``bench/targets.py``.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-from datetime import datetime
+import math
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from bench.common import DOCS, RESULTS, ROOT
+from bench import targets
 from bench.federation import E2E_COMMAND, E2E_STAGES, POLL_S, STUCK_S
 from bench.loadgen import percentile
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
 
-END_MARK = (
-    "<!-- bench:end — everything above is rewritten by `make bench`; notes below this line are kept -->"
-)
-CREATE_RATIO = 0.5  # create throughput >= 50% of the ceiling's
-LIST_RATIO = 2.0  # list p50 at the large size within 2x of the small size
-GET_P50_MS = 5.0  # GET /tasks/{id} MINIMAL p50 under 5 ms
-E2E_GAP_S = 1.0  # submit → outputs held at most 1 s more than a bare `docker run`
-PICKUP_S = 1.0  # an idle agent picks up new work within 1 s
-BASELINE = Path(__file__).resolve().parent / "baseline-7f9af53.json"
-BEFORE = "before (commit 7f9af53-era code)"
+OLD_LOG = "history-to-2026-12-05.md"
+TITLES = {
+    "create": "Create: POST /tasks against a bare insert",
+    "list": "List: GET /tasks at 10^3 and 10^6 tasks",
+    "get": "Get: GET /tasks/{id}?view=MINIMAL",
+    "e2e": "End to end: submit until the outputs are held, against a bare `docker run`",
+    "fanout": "Fan-out: one task to many TREs, until RUNNING",
+    "idle": "Idle agent: what it costs, and how soon it picks up work",
+    "checks": "Disclosure rules: throughput and memory against a plain read",
+}
 
 
-def machine(started_at: datetime, load_at_start: str) -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram_kib = 0
-    with open("/proc/meminfo") as handle:
-        for line in handle:
-            if line.startswith("MemTotal:"):
-                ram_kib = int(line.split()[1])
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu,
-        "ram_gib": round(ram_kib / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git_commit(),
-        "load_average_at_start": load_at_start,
-    }
+# --- where a run goes ------------------------------------------------------------------------
 
 
-def _git_commit() -> str:
-    """HEAD, marked when fivesafes_tes/ has uncommitted changes; for a run from an exported tree (no .git),
-    what $FIVESAFES_BENCH_COMMIT says it is."""
-    if os.environ.get("FIVESAFES_BENCH_COMMIT"):
-        return os.environ["FIVESAFES_BENCH_COMMIT"]
+def history_stem(results: dict[str, Any]) -> str:
+    """``2026-12-06-1840-4382947a1``: the run's start (UTC) and commit, ``-dirty`` when the tree was."""
+    run = results["run"]
+    stamp = run["started_at"][:16].replace("T", "-").replace(":", "")
+    return f"{stamp}-{run['commit']}{'-dirty' if run.get('dirty') else ''}"
+
+
+def write(
+    results: dict[str, Any], page_path: Path, history: Path, before: dict[str, Any] | None
+) -> list[Path]:
+    """The page at ``page_path``, and the run's page and JSON under ``history`` named by date and
+    commit; returns the paths written."""
+    stem = history_stem(results)
+    history.mkdir(parents=True, exist_ok=True)
+    page_path.parent.mkdir(parents=True, exist_ok=True)
+    dated_json = history / f"{stem}.json"
+    dated_json.write_text(json.dumps(results, indent=1) + "\n")
+    old_log = (history / OLD_LOG).exists()
+    page = render(results, before, history=_relative(history, page_path.parent), stem=stem, old_log=old_log)
+    dated_page = history / f"{stem}.md"
+    dated_page.write_text(render(results, before, history=".", stem=stem, old_log=old_log))
+    page_path.write_text(page)
+    return [page_path, dated_page, dated_json]
+
+
+def _relative(path: Path, start: Path) -> str:
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "fivesafes_tes"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (with uncommitted changes to fivesafes_tes/)" if dirty else "")
+        return str(path.relative_to(start))
+    except ValueError:
+        return str(path)
 
 
-def _n(value: int) -> str:
-    exponent = len(str(value)) - 1
-    return f"10^{exponent}" if value == 10**exponent else f"{value:,}"
+def load(path: Path) -> dict[str, Any]:
+    """An earlier run's JSON, for ``--before``; ValueError or TypeError says what is wrong with it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the earlier run {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TypeError(f"{path} is not a bench run's JSON (not an object)")
+    return data
 
 
-def _case(r: dict[str, Any]) -> str:
-    """ "10^6 of 1,251,000": the user's tasks, of all tasks stored."""
-    return f"{_n(r['user_tasks'])} of {r['all_tasks']:,}"
+# --- the console -----------------------------------------------------------------------------
 
 
-def _count(r: dict[str, Any]) -> str:
-    return f"{r['requests']} (capped at {r['elapsed_s']:.0f} s)" if r.get("capped") else str(r["requests"])
-
-
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    by_app = {(r["backend"], r["app"]): r for r in results["create"]}
-    for backend in dict.fromkeys(r["backend"] for r in results["create"]):
-        gateway, ceiling = by_app.get((backend, "gateway")), by_app.get((backend, "ceiling"))
-        if gateway and ceiling:
-            ratio = gateway["throughput_rps"] / ceiling["throughput_rps"]
-            out.append(
-                {
-                    "target": "create throughput vs bare insert (16 clients)",
-                    "backend": backend,
-                    "figure": f"{gateway['throughput_rps']:.0f} vs {ceiling['throughput_rps']:.0f} req/s = {ratio:.0%}",
-                    "goal": f">= {CREATE_RATIO:.0%} of ceiling",
-                    "value": ratio,
-                    "pass": ratio >= CREATE_RATIO,
-                }
-            )
-    index = {(r["backend"], r["case"], r["view"], r["page"]): r for r in results["list"]}
-    for (backend, case, view, page), row in index.items():
-        base = index.get((backend, "small", view, page))
-        if case == "small" or base is None:
-            continue
-        ratio = row["p50_ms"] / base["p50_ms"]
-        out.append({
-            "target": f"GET /tasks {view}, {page} page: p50 at {_case(row)} vs {_case(base)}",
-            "backend": backend,
-            "figure": f"{row['p50_ms']:.1f} vs {base['p50_ms']:.1f} ms = {ratio:.2f}x",
-            "goal": f"<= {LIST_RATIO:g}x", "value": ratio, "pass": ratio <= LIST_RATIO,
-        })  # fmt: skip
-    for r in results["get"]:
-        out.append(
-            {
-                "target": f"GET /tasks/{{id}} MINIMAL p50, {_case(r)}",
-                "backend": r["backend"],
-                "figure": f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",
-                "goal": f"p50 < {GET_P50_MS:g} ms",
-                "value": r["p50_ms"],
-                "pass": r["p50_ms"] < GET_P50_MS,
-            }
-        )
-    e2e = results.get("e2e")
-    if e2e:
-        sm = e2e["summary"]
-        out.append({
-            "target": f"submit → outputs held (`awaiting_review`), `{E2E_COMMAND}`, 1 TRE: p50 over {sm['runs']} "
-                      "vs bare `docker run` p50",
-            "backend": "sqlite (devstack)",
-            "figure": f"{sm['e2e_p50_s']:.2f} s (p90 {sm['e2e_p90_s']:.2f}) vs {sm['bare_p50_s']:.2f} s "
-                      f"({sm['bare_reference'].upper()}) = {sm['gap_s']:+.2f} s",
-            "goal": f"<= +{E2E_GAP_S:g} s", "value": sm["gap_s"], "pass": sm["gap_s"] <= E2E_GAP_S,
-        })  # fmt: skip
-    for r in results.get("fanout") or []:
-        runs = len(r["runs"])
-        stuck = r.get("stuck", 0)
-        figure = (
-            f"p50 {r['p50_s']:.2f} s, p90 {r['p90_s']:.2f} s" if r.get("reached", runs) else "never RUNNING"
-        )
-        if stuck:
-            example = r["stuck_examples"][0]
-            figure += f"; {stuck} of {runs} runs stuck at {example['state']} with every child `running`"
-        out.append({
-            "target": f"one task to {r['tres']} simulated TREs: submit → parent RUNNING, p50 over {runs}",
-            "backend": r["backend"],
-            "figure": figure,
-            "goal": "reaches RUNNING once every child runs (no time target set)", "value": r["p50_s"],
-            "pass": stuck == 0,
-        })  # fmt: skip
-    for r in results.get("idle") or []:
-        out.append({
-            "target": f"idle agent ({r['config']} settings): submit → child `leased`, {len(r['pickups'])} pick-ups",
-            "backend": "sqlite (devstack)",
-            "figure": f"p50 {r['pickup_p50_s'] * 1000:.0f} ms, max {r['pickup_max_s'] * 1000:.0f} ms",
-            "goal": f"every pick-up < {PICKUP_S:g} s", "value": r["pickup_max_s"], "pass": r["pickup_max_s"] < PICKUP_S,
-        })  # fmt: skip
-        out.append({
-            "target": f"idle agent ({r['config']} settings): cost of one idle minute",
-            "backend": "sqlite (devstack)",
-            "figure": f"{r['requests_per_min_total']:.1f} requests/min, {r['agent_cpu_s_per_min']:.2f} CPU s/min",
-            "goal": "none set (reported)", "value": r["requests_per_min_total"], "pass": None,
-        })  # fmt: skip
-    return out
-
-
-def _verdict(ok: bool | None) -> str:
+def verdict(ok: bool | None) -> str:
     return "—" if ok is None else "PASS" if ok else "MISS"
 
 
 def table(results: dict[str, Any]) -> Table:
     t = Table(title="Benchmark targets", title_justify="left")
-    for name in ("Target", "Database", "Figure", "Goal", "Result"):
+    for name in ("Target", "Database", "Measured", "Goal", "Result"):
         t.add_column(name)
-    for r in results["targets"]:
-        verdict = "—" if r["pass"] is None else "[green]PASS" if r["pass"] else "[red]MISS"
-        t.add_row(r["target"], r["backend"], r["figure"], r["goal"], verdict)
+    for r in targets.judge(results):
+        shown = "—" if r["pass"] is None else "[green]PASS" if r["pass"] else "[red]MISS"
+        t.add_row(r["target"], r["backend"], r["figure"], r["goal"], shown)
     return t
 
 
-def write_json(results: dict[str, Any]) -> list[Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = results["machine"]["date"].replace(" ", "T").replace(":", "").replace("TUTC", "Z")
-    paths = [RESULTS / f"bench-{stamp}.json", RESULTS / "latest.json"]
-    for path in paths:
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    return paths
+# --- the page --------------------------------------------------------------------------------
 
 
 def _row(cells: list[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows), ""]
 
 
-def baseline() -> dict[str, Any] | None:
-    """The figures this run is compared with (see BASELINE)."""
-    return json.loads(BASELINE.read_text()) if BASELINE.exists() else None
-
-
-def _load_during(m: dict[str, Any]) -> str:
-    during = m.get("load_during") or {}
+def _load_during(run: dict[str, Any]) -> str:
+    during = run.get("load_during") or {}
     return "; ".join(f"{part} {v['mean']:.1f} (max {v['max']:.1f})" for part, v in during.items()) or "—"
 
 
-def _ms(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+def summary(verdicts: list[dict[str, Any]]) -> str:
+    judged = [v for v in verdicts if v["pass"] is not None]
+    missed = [v for v in judged if not v["pass"]]
+    return f"{len(judged) - len(missed)} of {len(judged)} targets met" + (
+        f"; missed: {len(missed)}" if missed else ""
+    )
 
 
-def markdown(results: dict[str, Any]) -> str:
-    m, cfg = results["machine"], results["config"]
-    before = baseline()
-    bm = before["machine"] if before else {}
-    dbs = "; ".join(results["databases"].values())
+def _facts(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a run was made on, as (name, value) rows; a run from before this page was generated
+    (its JSON has no "run") gives what it recorded."""
+    run, m = results.get("run") or {}, results.get("machine") or {}
+    dirty = run.get("dirty")
+    commit = run.get("commit") or m.get("commit", "—")
+    if dirty:
+        commit += " — **dirty**: " + ", ".join(f"`{p}`" for p in run.get("dirty_paths", []))
+    elif dirty is None and run:
+        commit += " (whether the tree was clean is unknown)"
+    duration = run.get("duration_s", results.get("duration_s"))
+    return [
+        ("Date", run.get("date") or m.get("date", "—")),
+        ("Commit", commit),
+        ("Whole run", "—" if duration is None else f"{duration:.0f} s"),
+        ("CPU", m.get("cpu_model", "—")),
+        ("Cores (`nproc`)", str(m.get("nproc", "—"))),
+        ("RAM", f"{m['ram_gib']} GiB" if m.get("ram_gib") else "—"),
+        ("OS", f"{m['os']} ({m.get('platform', '')})" if m.get("os") else m.get("platform", "—")),
+        ("Python", m.get("python", "—")),
+        ("Databases", "; ".join((results.get("databases") or {}).values()) or "—"),
+        ("Load average before (1, 5, 15 min)", run.get("load_before") or m.get("load_average_at_start", "—")),
+        ("Load average after", run.get("load_after", "—")),
+        ("1-min load during each part: mean (max)", _load_during(run or m)),
+        ("Arguments", f"`{' '.join(run['argv']) or '(defaults)'}`" if "argv" in run else "—"),
+    ]
+
+
+def render(
+    results: dict[str, Any],
+    before: dict[str, Any] | None = None,
+    history: str = "benchmarks",
+    stem: str = "",
+    old_log: bool = True,
+) -> str:
+    """The whole page for one run; with ``before``, a column comparing each target with that run.
+    ``history`` is the folder of dated runs relative to the page, ``stem`` this run's name there,
+    ``old_log`` whether the hand-edited log from before is there to link to."""
+    run, m, cfg = results["run"], results["machine"], results.get("config") or {}
+    verdicts = targets.judge(results)
+    earlier = {(v["target"], v["backend"]): v for v in targets.judge(before)} if before else {}
     lines = [
         "# Benchmarks",
         "",
-        "Generated by `make bench` (the `bench/` package, `python -m bench`); raw figures in",
-        "`bench/results/latest.json` (git-ignored). *After* is the run described here; *before* is the run",
-        f"kept in `bench/{BASELINE.name}`, made on the same machine with the same bench against the gateway",
-        "as it was before the create and list fixes (ORM create with the lookups inside the write transaction;",
-        "one OR-scoped list query). Both runs shared the machine with other sessions' work: see the load rows.",
+        "<!-- Written by `make bench` (bench/report.py) from one run. Do not edit by hand: the next run",
+        "     overwrites it. Notes belong in the issue or in another document. -->",
         "",
-        "## Machine",
+        "Written by `make bench` from one run (`python -m bench`; targets in `bench/targets.py`, this page",
+        "by `bench/report.py`). **Nothing here is edited by hand**: the next `make bench` overwrites it.",
+        (
+            f"Every run is also kept in [`{history}/`]({history}/) as a dated page and its JSON"
+            + (f" (this one: `{stem}`)" if stem else "")
+            + (
+                f"; the hand-edited log kept before this page was generated is [`{history}/{OLD_LOG}`]"
+                f"({history}/{OLD_LOG})"
+                if old_log
+                else ""
+            )
+            + "."
+        ),
+        "",
+    ]
+    if run.get("quick"):
+        lines += [
+            "**Quick smoke run (`--quick`)**: small sizes and few requests; not figures to judge by.",
+            "",
+        ]
+    facts = _facts(results)
+    old_facts = dict(_facts(before)) if before else {}
+    lines += [
+        "## This run",
         "",
         *_table(
-            ["", "after (this run)", BEFORE],
-            [
-                ["CPUs (`nproc`)", m["nproc"], bm.get("nproc", "—")],
-                ["CPU model", m["cpu_model"], bm.get("cpu_model", "—")],
-                ["RAM", f"{m['ram_gib']} GiB", f"{bm['ram_gib']} GiB" if bm else "—"],
-                ["Python", m["python"], bm.get("python", "—")],
-                ["Date", m["date"], bm.get("date", "—")],
-                ["Database", dbs, "; ".join(before["databases"].values()) if before else "—"],
-                ["Commit", m["commit"], bm.get("commit", "—")],
-                [
-                    "Load average at start (1, 5, 15 min)",
-                    m["load_average_at_start"],
-                    bm.get("load_average_at_start", "—"),
-                ],
-                [
-                    "1-min load average during each part: mean (max)",
-                    _load_during(m),
-                    "not recorded (2.4–3.6 seen)",
-                ],
-                [
-                    "Whole run",
-                    f"{results['duration_s']:.0f} s",
-                    f"{before['duration_s']:.0f} s" if before else "—",
-                ],
-            ],
+            ["", "this run", *(["before (`--before`)"] if before else [])],
+            [[name, value, *([old_facts.get(name, "—")] if before else [])] for name, value in facts],
         ),
         "## Targets",
         "",
+        f"**{summary(verdicts)}.** Each comparison against a ceiling (create against a bare insert, a page",
+        "at 10^6 tasks against one at 10^3, end to end against a bare `docker run`, a rule against a plain",
+        "read) was measured interleaved within this run, subject and ceiling taking turns, so that load on",
+        "the machine hit both alike.",
+        "",
+    ]
+    for benchmark in targets.BENCHMARKS:
+        rows = [v for v in verdicts if v["benchmark"] == benchmark]
+        detail = _DETAILS[benchmark](results, cfg)
+        if not rows and not detail:
+            continue
+        lines += [f"## {TITLES[benchmark]}", ""]
+        if rows:
+            header = ["Target", "Database", "Goal", "Source", "Measured"]
+            header += ["Before", "Result"] if before else ["Result"]
+            body = []
+            for v in rows:
+                cells = [v["target"], v["backend"], v["goal"], v["source"], v["figure"]]
+                if before:
+                    old = earlier.get((v["target"], v["backend"]))
+                    cells.append(f"{old['figure']} ({verdict(old['pass'])})" if old else "—")
+                cells.append(f"**{verdict(v['pass'])}**")
+                body.append(cells)
+            lines += _table(header, body)
+        lines += detail
+    lines += _method(m)
+    return "\n".join(lines) + "\n"
+
+
+def _ms(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _count(r: dict[str, Any]) -> str:
+    return f"{r['requests']} (capped at {r['elapsed_s']:.0f} s)" if r.get("capped") else str(r["requests"])
+
+
+def _create_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    rows = [
+        [r["backend"], r["app"], f"{r['throughput_rps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}",
+         f"{r['p99_ms']:.1f}", f"{r['server_cpu_pct']:.0f}%", f"{r['server_cpu_ms_per_request']:.2f}",
+         f"{100 * r['client_cpu_s'] / r['elapsed_s']:.0f}%",
+         ", ".join(f"{x:.0f}" for x in r.get("round_throughputs_rps", []))]
+        for r in results.get("create") or []
+    ]  # fmt: skip
+    if not rows:
+        return []
+    return [
+        (
+            f"{cfg.get('concurrency')} concurrent clients; {cfg.get('create_requests')} timed requests per "
+            f"app after {cfg.get('create_warmup')} untimed, in {cfg.get('rounds')} alternating rounds with "
+            "both servers up on one fresh database. *Ceiling* is a bare FastAPI route (`bench/ceiling.py`) "
+            "inserting the same rows (the `tasks` row with its project, its `task_tags`, one `task_children` "
+            "row per TRE) through the same `Database`; *gateway* is `create_app()` with a dev-issuer bearer "
+            "token (token validation, request model, policy, project and TRE lookup, inserts, audit record)."
+        ),
+        "",
         *_table(
-            ["Target", "Database", "Goal", BEFORE, "After", "Result"],
             [
-                [
-                    r["target"],
-                    r["backend"],
-                    r["goal"],
-                    _before_target(before, r),
-                    r["figure"],
-                    f"**{_verdict(r['pass'])}**",
-                ]
-                for r in results["targets"]
+                "Database",
+                "App",
+                "req/s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "server CPU",
+                "server CPU ms/req",
+                "client CPU",
+                "req/s per round",
             ],
+            rows,
         ),
     ]
-    if results["create"]:
-        old = {(r["backend"], r["app"]): r for r in (before or {}).get("create", [])}
-        rows = []
-        for r in results["create"]:
-            for label, row in (("after", r), ("before", old.get((r["backend"], r["app"])))):
-                if row is None:
-                    continue
-                rows.append([
-                    r["backend"], r["app"], label, f"{row['throughput_rps']:.0f}", f"{row['p50_ms']:.1f}",
-                    f"{row['p90_ms']:.1f}", f"{row['p99_ms']:.1f}", f"{row['server_cpu_pct']:.0f}%",
-                    f"{row['server_cpu_ms_per_request']:.2f}", f"{100 * row['client_cpu_s'] / row['elapsed_s']:.0f}%",
-                ])  # fmt: skip
-        lines += [
-            f"## Create: POST /tasks, {cfg['concurrency']} concurrent clients",
-            "",
-            (
-                f"{cfg['create_requests']} timed requests per app after {cfg['create_warmup']} untimed ones, in "
-                f"{cfg['rounds']} alternating rounds with both servers up on one fresh database (so drifting load "
-                "on the machine hits both alike). "
-                "*Ceiling* is a bare FastAPI route (`bench/ceiling.py`) inserting the same rows (the `tasks` row "
-                "with its project, its `task_tags`, one `task_children` row per TRE) through the same `Database`; "
-                "*gateway* is `create_app()` with a dev-issuer bearer token (token validation, request model, "
-                "policy, project and TRE lookup, inserts, audit record)."
-            ),
-            "",
-            *_table(
-                [
-                    "Database",
-                    "App",
-                    "Code",
-                    "req/s",
-                    "p50 ms",
-                    "p90 ms",
-                    "p99 ms",
-                    "server CPU",
-                    "server CPU ms/req",
-                    "client CPU",
-                ],
-                rows,
-            ),
-        ]
-    if results["list"]:
-        old = {(r["backend"], r["case"], r["view"], r["page"]): r for r in (before or {}).get("list", [])}
-        rows = []
-        for r in results["list"]:
-            b = old.get((r["backend"], r["case"], r["view"], r["page"]))
+
+
+def _list_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    rows = [
+        [r["backend"], targets.case(r), r["view"], r["page"], f"**{r['p50_ms']:.1f}**", f"{r['p90_ms']:.1f}",
+         f"{r['p99_ms']:.1f}", _count(r), f"{r['server_cpu_ms_per_request']:.2f}"]
+        for r in results.get("list") or []
+    ]  # fmt: skip
+    if not rows:
+        return []
+    return [
+        (
+            f"Default page size (256). One client, one request at a time: {cfg.get('list_requests')} "
+            f"timed after {cfg.get('list_warmup')} untimed per case, the small and the large database served "
+            f"side by side and the cases of each query taking turns in {cfg.get('rounds')} rounds. *Deep* is "
+            "the page whose `page_token` points halfway down the user's tasks. Each user works in a project "
+            "of their own; the requesting user's tasks are shuffled in time with other users' (a quarter as "
+            "many again), and the large database also holds a sparse user with 10^3 tasks among all of "
+            "those. Every task has two tags and two children (one per TRE)."
+        ),
+        "",
+        *_table(
+            [
+                "Database",
+                "User's tasks of all",
+                "View",
+                "Page",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "Timed requests",
+                "server CPU ms/req",
+            ],
+            rows,
+        ),
+        *_datasets(results),
+    ]
+
+
+def _datasets(results: dict[str, Any]) -> list[str]:
+    sets = results.get("datasets") or []
+    if not sets:
+        return []
+    return _table(
+        ["Database", "All tasks", "Tasks per user", "Loaded", "File"],
+        [
+            [
+                d["backend"],
+                f"{d['all_tasks']:,}",
+                ", ".join(f"{u} {n:,}" for u, n in d["users"].items()),
+                "from cache" if d["cached"] else f"{d['load_s']:.1f} s",
+                f"{d['file_bytes'] / 2**20:,.0f} MiB" if d.get("file_bytes") else "—",
+            ]
+            for d in sets
+        ],
+    )
+
+
+def _get_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    rows = [
+        [r["backend"], targets.case(r), f"**{r['p50_ms']:.2f}**", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+         f"{r['throughput_rps']:.0f}", f"{r['server_cpu_ms_per_request']:.2f}"]
+        for r in results.get("get") or []
+    ]  # fmt: skip
+    if not rows:
+        return []
+    return [
+        (
+            f"One client over HTTP on loopback, {cfg.get('get_requests')} timed requests after "
+            f"{cfg.get('get_warmup')} untimed, each for a random task of the user."
+        ),
+        "",
+        *_table(
+            ["Database", "User's tasks of all", "p50 ms", "p90 ms", "p99 ms", "req/s", "server CPU ms/req"],
+            rows,
+        ),
+    ]
+
+
+def _checks_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    checks = results.get("checks") or {}
+    if not checks.get("files"):
+        return []
+    rows = []
+    for entry in checks["files"]:
+        label = f"{entry['size_bytes'] / 1_000_000:,.0f} MB"
+        for name, r in entry["runs"].items():
+            cold = r.get("cold") or {}
+            paired = r.get("paired") or {}
             rows.append([
-                r["backend"], _case(r), r["view"], r["page"], _ms(b and b["p50_ms"]), f"**{r['p50_ms']:.1f}**",
-                f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", _count(r),
-                f"{_ms(b and b['server_cpu_ms_per_request'], 2)} → {r['server_cpu_ms_per_request']:.2f}",
+                label, name, f"{r['mb_per_s']:,.0f}",
+                f"{paired['plain_lines_mb_per_s']:,.0f} → {r['share_of_lines']:.0%}" if paired else "",
+                f"{cold['mb_per_s']:,.0f}" if cold else "",
+                f"{paired['plain_chunks_cold_mb_per_s']:,.0f} → {r['cold_share_of_chunks']:.0%}"
+                if paired else "",
+                f"{r['peak_rss_bytes'] / 2**20:,.0f}",
+                f"{r['arrow_peak_bytes'] / 2**20:,.0f}" if "arrow_peak_bytes" in r else "",
+                f"{r['python_peak_bytes'] / 2**20:,.0f}" if "python_peak_bytes" in r else "",
+                r.get("verdict", ""),
             ])  # fmt: skip
-        lines += [
-            "## List: GET /tasks, default page_size (256)",
-            "",
-            (
-                f"One client, one request at a time: {cfg['list_requests']} timed after {cfg['list_warmup']} untimed, "
-                "per case. *Deep* is the page whose `page_token` points halfway down the user's tasks. Each user "
-                "works in a project of their own; the requesting user's tasks are shuffled in time with other "
-                "users' (a quarter as many again), and the large database also holds a sparse user with 10^3 "
-                "tasks among all of those. Every task has two tags and two children (one per TRE)."
-            ),
-            "",
-            *_table(
-                [
-                    "Database",
-                    "User's tasks of all",
-                    "View",
-                    "Page",
-                    "p50 ms before",
-                    "p50 ms after",
-                    "p90 ms after",
-                    "p99 ms after",
-                    "Timed requests after",
-                    "server CPU ms/req before → after",
-                ],
-                rows,
-            ),
-        ]
-    if results["get"]:
-        old = {(r["backend"], r["case"]): r for r in (before or {}).get("get", [])}
-        rows = []
-        for r in results["get"]:
-            b = old.get((r["backend"], r["case"]))
-            rows.append([
-                r["backend"], _case(r), _ms(b and b["p50_ms"], 2), f"**{r['p50_ms']:.2f}**", f"{r['p90_ms']:.2f}",
-                f"{r['p99_ms']:.2f}", f"{r['throughput_rps']:.0f}",
-                f"{_ms(b and b['server_cpu_ms_per_request'], 2)} → {r['server_cpu_ms_per_request']:.2f}",
-            ])  # fmt: skip
-        lines += [
-            "## Get: GET /tasks/{id}?view=MINIMAL",
-            "",
-            (
-                f"One client over HTTP on loopback, {cfg['get_requests']} timed requests after {cfg['get_warmup']} "
-                "untimed, each for a random task of the user."
-            ),
-            "",
-            *_table(
-                [
-                    "Database",
-                    "User's tasks of all",
-                    "p50 ms before",
-                    "p50 ms after",
-                    "p90 ms after",
-                    "p99 ms after",
-                    "req/s after",
-                    "server CPU ms/req before → after",
-                ],
-                rows,
-            ),
-        ]
-    lines += _e2e_section(results, cfg)
-    lines += _fanout_section(results, cfg)
-    lines += _idle_section(results, cfg)
-    if results["datasets"]:
-        lines += [
-            "## Datasets",
-            "",
-            *_table(
-                ["Database", "All tasks", "Tasks per user", "Loaded", "File"],
-                [
-                    [
-                        d["backend"],
-                        f"{d['all_tasks']:,}",
-                        ", ".join(f"{u} {n:,}" for u, n in d["users"].items()),
-                        "from cache" if d["cached"] else f"{d['load_s']:.1f} s",
-                        f"{d['file_bytes'] / 2**20:,.0f} MiB" if d["file_bytes"] else "—",
-                    ]
-                    for d in results["datasets"]
-                ],
-            ),
-        ]
-    lines += [
+    return [
+        (
+            "`bench/checks_bench.py`: a synthetic 8-column CSV of count tables (with a free-text note "
+            f"column) of each size ({', '.join(f'{s} MB' for s in checks.get('sizes_mb', []))}); every run a "
+            "fresh process. Each rule is run right after the plain read it is compared with: *warm* (file in "
+            "the page cache) against a line-by-line read, *cold* (pages dropped first with "
+            "`posix_fadvise(DONTNEED)`) against a 1 MiB chunked read. The plain rows show the median of their "
+            "runs. Rules use the default `checks.threads`."
+        ),
+        "",
+        *_table(
+            [
+                "File",
+                "Run",
+                "warm MB/s",
+                "paired line read MB/s → share",
+                "cold MB/s",
+                "paired cold read MB/s → share",
+                "peak RSS MiB",
+                "Arrow MiB",
+                "Python MiB",
+                "verdict",
+            ],
+            rows,
+        ),
+    ]
+
+
+def _method(m: dict[str, Any]) -> list[str]:
+    return [
         "## Method",
         "",
         (
@@ -421,8 +412,13 @@ def markdown(results: dict[str, Any]) -> str:
             "in the client, from send to the last byte of the response. `bench/loadgen.py`."
         ),
         (
+            "- Interleaving: where a figure is judged against a ceiling, the two are measured in alternating rounds "
+            "(the order reversed every other round) or, for single runs, one right after the other, within the "
+            "same run."
+        ),
+        (
             "- Each create run starts on a freshly created, migrated database (a new SQLite file; a new PostgreSQL "
-            "database). The 10^6 database is bulk-loaded with SQL (SQLite `executemany`, PostgreSQL `COPY`) with "
+            "database). The large database is bulk-loaded with SQL (SQLite `executemany`, PostgreSQL `COPY`) with "
             "the columns CreateTask writes, UUIDv7 ids and two tags per task, and cached under `bench/results/` "
             "(PostgreSQL: as a database on the server) keyed by the newest migration revision and a digest of all "
             "migration files; it is rebuilt when missing or when a migration changes."
@@ -440,19 +436,10 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         (
             '- The e2e and idle-agent parts need a Docker engine (`eval "$(scripts/services.sh --with-docker)"`); '
-            "without one they are skipped with a message."
+            "without one they are skipped with a message, and their targets are absent from the page."
         ),
         "",
-        END_MARK,
     ]
-    return "\n".join(lines) + "\n"
-
-
-def _before_target(before: dict[str, Any] | None, r: dict[str, Any]) -> str:
-    for old in (before or {}).get("targets", []):
-        if old["target"] == r["target"] and old["backend"] == r["backend"]:
-            return f"{old['figure']} ({_verdict(old['pass'])})"
-    return "— (new)" if before else "—"
 
 
 def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
@@ -475,8 +462,6 @@ def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         for stage, v in sorted(seen.items(), key=lambda kv: order.get(kv[0], len(order)))
     ]
     return [
-        "## End to end: submit until the outputs are held",
-        "",
         (
             f'`devstack.start(dir, agents=True, executor="docker")` in its own process: gateway (SQLite), moto S3 '
             "and the devstack's two agents (poll 10 s, heartbeat 5 s, sync 5 s, tick 0.2 s, reporting granularity "
@@ -487,8 +472,9 @@ def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
             f"discards it) and the next starts {cfg['e2e_pause']:g} s later. The client polls the BASIC view, "
             "whose `logs[].metadata.stage` is the child's stage, until it reads `awaiting_review`. "
             f"The bare run is `docker run --rm --network none {BUSYBOX_IMAGE} sh -c 'echo hi > /tmp/x'` "
-            f"{len(e2e['bare']['sdk'])} times each through the Docker SDK (`containers.run(..., remove=True)`) "
-            "and the CLI, on the same engine; the target compares with the faster of the two."
+            "through the Docker SDK (`containers.run(..., remove=True)`) and the CLI, on the same engine, once "
+            "each after every run through the stack (interleaved, so load hits both alike); the target compares "
+            "with the faster of the two."
         ),
         "",
         *_table(
@@ -556,7 +542,7 @@ def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         (
             f"Gateway + agents + S3 process CPU over all {sm['runs'] + cfg['e2e_warmup']} runs: "
             f"{e2e['stack_cpu_s']:.1f} s ({e2e['stack_cpu_s'] / (sm['runs'] + cfg['e2e_warmup']):.2f} s per run, "
-            "including the cancel)."
+            "from each submit until its bare run starts, including the cancel)."
         ),
         "",
     ]
@@ -592,8 +578,6 @@ def _fanout_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         for x in r.get("stuck_examples", [])[:1]
     ]
     return [
-        "## Fan-out: one task to many TREs, until RUNNING",
-        "",
         (
             f"{rows[0]['tres']} TREs and a project on all of them, registered with `submission.federation`; the "
             "gateway (`bench/server.py`) on a fresh database. "
@@ -619,8 +603,6 @@ def _idle_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         return []
     routes = sorted({k for r in rows for k in r["requests_per_min"]})
     return [
-        "## Idle agent: what it costs, and how soon it picks up work",
-        "",
         (
             "A real agent process (`python -m fivesafes_tes.cli agent`, Docker executor, configured as "
             "`tests/test_tre_e2e.py::_agent_env` does) against a devstack gateway (gateway only, plus S3) in its "
@@ -678,11 +660,12 @@ def _idle_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_markdown(results: dict[str, Any]) -> None:
-    kept = ""
-    if DOCS.exists():
-        previous = DOCS.read_text()
-        if END_MARK in previous:
-            kept = previous.split(END_MARK, 1)[1].lstrip("\n")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(markdown(results) + ("\n" + kept if kept else ""))
+_DETAILS = {
+    "create": _create_section,
+    "list": _list_section,
+    "get": _get_section,
+    "e2e": _e2e_section,
+    "fanout": _fanout_section,
+    "idle": _idle_section,
+    "checks": _checks_section,
+}

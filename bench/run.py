@@ -34,9 +34,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bench import dataset, federation, report
+from bench import checks_bench, dataset, federation, provenance, report, targets
 from bench.common import (
     CREATOR,
+    DOCS,
     OTHER_USERS,
     RESULTS,
     ROOT,
@@ -56,7 +57,14 @@ from fivesafes_tes.gateway.app import dev_issuer_url
 from fivesafes_tes.submission.ids import decode_page_token
 
 PG_ENV = ("FIVESAFES_BENCH_PG_URL", "FIVESAFES_TEST_PG_URL")
-PARTS = ("create", "read", "e2e", "fanout", "idle")
+PARTS = ("create", "read", "e2e", "fanout", "idle", "checks")
+#: ``--quick``: a smoke run of every part in a few minutes; its figures are not the targets'.
+QUICK: dict[str, Any] = {
+    "create_requests": 200, "create_warmup": 20, "rounds": 2, "list_requests": 20, "list_warmup": 5,
+    "max_seconds": 5, "get_requests": 100, "get_warmup": 20, "large": 10_000, "e2e_runs": 3,
+    "e2e_warmup": 1, "e2e_pause": 0.5, "fanout_tres": 5, "fanout_runs": 2, "idle_seconds": 10, "pickups": 3,
+    "checks_sizes": "10,20",
+}  # fmt: skip
 
 
 class BenchError(RuntimeError):
@@ -90,7 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=PARTS,
-        help="run only this part (repeatable): create, read (list and get), e2e, fanout, idle",
+        help="run only this part (repeatable): create, read (list and get), e2e, fanout, idle, "
+        "checks (disclosure rules)",
     )
     p.add_argument("--e2e-runs", type=int, default=20, help="timed end-to-end runs (default 20)")
     p.add_argument("--e2e-warmup", type=int, default=2, help="untimed end-to-end runs first (default 2)")
@@ -109,9 +118,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fanout-warmup", type=int, default=1)
     p.add_argument("--idle-seconds", type=float, default=60, help="idle agent window (default 60 s)")
     p.add_argument("--pickups", type=int, default=10, help="pick-ups timed per idle agent (default 10)")
+    p.add_argument(
+        "--checks-sizes",
+        default="100,1000",
+        help="CSV sizes in MB for the disclosure rules (default 100,1000)",
+    )
     p.add_argument("--no-postgres", action="store_true", help="SQLite only, even if PostgreSQL is configured")
-    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--before",
+        type=Path,
+        metavar="FILE.json",
+        help="an earlier run's JSON (docs/benchmarks/*.json): the page gets a before column for each target",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short smoke run of every part (small sizes, few requests); its page goes to "
+        "bench/results/quick/, not docs/",
+    )
+    p.add_argument("--no-docs", action="store_true", help="write only bench/results/latest.json")
+    if "--quick" in (sys.argv[1:] if argv is None else argv):
+        p.set_defaults(**QUICK)  # options given explicitly still win
+    args = p.parse_args(argv)
+    try:
+        args.checks_sizes_mb = [int(size) for size in args.checks_sizes.split(",")]
+    except ValueError:
+        p.error(f"--checks-sizes: comma-separated whole megabytes, not {args.checks_sizes!r}")
+    return args
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -266,6 +299,31 @@ class Bench:
             self.advance_overall()
         return result
 
+    def interleaved(
+        self, title: str, subjects: dict[str, tuple[Server, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]:
+        """Subject and ceiling measured in alternating rounds (the order reversed every other round),
+        each spec's requests split between the rounds and its warm-up run in the first, so that
+        drifting background load on the machine hits all of them alike. One merged figure each."""
+        rounds = max(1, self.args.rounds)
+        names = list(subjects)
+        parts: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else reversed(names):
+                server, spec = subjects[name]
+                this_round = {
+                    **spec,
+                    "warmup": spec["warmup"] if r == 0 else 0,
+                    "requests": max(1, spec["requests"] // rounds),
+                    "raw": True,
+                }
+                if "max_seconds" in spec:
+                    this_round["max_seconds"] = spec["max_seconds"] / rounds
+                label = f"{title}, {name}, round {r + 1} of {rounds}"
+                parts[name].append(self.run_load(label, server, this_round, advance=False))
+            self.advance_overall()
+        return {name: _merge(results) for name, results in parts.items()}
+
     # -- 1. create ------------------------------------------------------------------------------
 
     def create(self, backend: dataset.Backend) -> None:
@@ -274,7 +332,7 @@ class Bench:
         a = self.args
         url = backend.fresh("create")
         rounds = max(1, a.rounds)
-        per_round = max(1, a.create_requests // rounds)
+        per_round = max(1, a.create_requests // rounds)  # as interleaved() splits them
         try:
             owner_id, project_id = dataset.setup_federation(url, [CREATOR])[CREATOR]
             tres = ",".join(str(t) for t in dataset.tre_ids(url))
@@ -283,25 +341,21 @@ class Bench:
                 serve("ceiling", url, str(owner_id), str(project_id), tres) as ceiling,
                 serve("gateway", url) as gateway,
             ):
-                apps = {"ceiling": (ceiling, "/tasks"), "gateway": (gateway, f"{TES}/tasks")}
-                parts: dict[str, list[dict[str, Any]]] = {"ceiling": [], "gateway": []}
-                for r in range(rounds):
-                    for app in ("ceiling", "gateway") if r % 2 == 0 else ("gateway", "ceiling"):
-                        server, path = apps[app]
-                        spec = {
-                            "headers": headers,
-                            "concurrency": a.concurrency,
-                            "warmup": a.create_warmup if r == 0 else 0,
-                            "requests": per_round,
-                            "max_seconds": 120,
-                            "raw": True,
-                            "items": [{"method": "POST", "path": path, "json": TASK}],
-                        }
-                        label = f"{backend.name}: create via {app}, round {r + 1} of {rounds}"
-                        parts[app].append(self.run_load(label, server, spec, advance=False))
-                    self.advance_overall()
-            for app, results in parts.items():
-                result = _merge(results)
+                spec = {
+                    "headers": headers,
+                    "concurrency": a.concurrency,
+                    "warmup": a.create_warmup,
+                    "requests": a.create_requests,
+                    "max_seconds": 120 * rounds,
+                }
+                post = {"method": "POST", "json": TASK}
+                ceiling_spec = {**spec, "items": [{**post, "path": "/tasks"}]}
+                gateway_spec = {**spec, "items": [{**post, "path": f"{TES}/tasks"}]}
+                merged = self.interleaved(
+                    f"{backend.name}: create",
+                    {"ceiling": (ceiling, ceiling_spec), "gateway": (gateway, gateway_spec)},
+                )
+            for app, result in merged.items():
                 self.results["create"].append(
                     {"backend": backend.name, "app": app, "rounds": rounds, **result}
                 )
@@ -351,63 +405,86 @@ class Bench:
                 )
                 how = "reused from cache" if loaded.cached else f"loaded in {loaded.load_s:.1f} s"
                 self.log(f"{backend.name}: database of {loaded.all_tasks:,} tasks {how}")
-            cases = [("small", small, USER), ("large", large, USER), ("sparse", large, SPARSE_USER)]
-            for case, loaded, username in cases:
-                self.read_one(backend, case, loaded, loaded.users[username])
+            self.read_cases(backend, small, large)
         finally:
             backend.drop(small_url)
 
     def _load_progress(self, done: int, total: int) -> None:
         self.progress.update(self.step, completed=done, total=total)
 
-    def read_one(
-        self, backend: dataset.Backend, case: str, loaded: dataset.Loaded, scope: dataset.Scope
-    ) -> None:
+    def read_cases(self, backend: dataset.Backend, small: dataset.Loaded, large: dataset.Loaded) -> None:
+        """The small and the large database served side by side, the cases of each list query
+        measured in alternating rounds: the large cases are judged against the small one."""
         a = self.args
-        dataset.prepare_queries(loaded.url, scope, a.get_requests)
-        auth = {"authorization": f"Bearer {self.token(scope.username)}"}
-        other = {"authorization": f"Bearer {self.token(OTHER_USERS[0])}"}
-        what = f"{scope.tasks:,} of {loaded.all_tasks:,} tasks"
-        common = {
-            "backend": backend.name,
-            "case": case,
-            "user_tasks": scope.tasks,
-            "all_tasks": loaded.all_tasks,
-        }
-        with serve("gateway", loaded.url) as server:
-            check_pages(server.base_url, auth, other, scope)
+        cases = {"small": (small, USER), "large": (large, USER), "sparse": (large, SPARSE_USER)}
+        with serve("gateway", small.url) as small_server, serve("gateway", large.url) as large_server:
+            servers = {"small": small_server, "large": large_server, "sparse": large_server}
+            auths: dict[str, dict[str, str]] = {}
+            scopes: dict[str, dataset.Scope] = {}
+            other = {"authorization": f"Bearer {self.token(OTHER_USERS[0])}"}
+            for name, (loaded, username) in cases.items():
+                scope = scopes[name] = loaded.users[username]
+                dataset.prepare_queries(loaded.url, scope, a.get_requests)
+                auths[name] = {"authorization": f"Bearer {self.token(scope.username)}"}
+                check_pages(servers[name].base_url, auths[name], other, scope)
+
+            def common(name: str) -> dict[str, Any]:
+                loaded = cases[name][0]
+                return {"backend": backend.name, "case": name, "user_tasks": scopes[name].tasks,
+                        "all_tasks": loaded.all_tasks}  # fmt: skip
+
             for view in ("MINIMAL", "BASIC"):
                 for page in ("first", "deep"):
-                    path = f"{TES}/tasks?view={view}"
-                    if page == "deep":
-                        path += f"&page_token={scope.deep_token}"
-                    spec = {
-                        "headers": auth,
-                        "concurrency": 1,
-                        "warmup": a.list_warmup,
-                        "requests": a.list_requests,
-                        **self.caps,
-                        "items": [{"method": "GET", "path": path}],
-                    }
-                    result = self.run_load(
-                        f"{backend.name}: GET /tasks {view} {page} page, {what}", server, spec
-                    )
-                    self.results["list"].append({**common, "view": view, "page": page, **result})
-            items = [
-                {"method": "GET", "path": f"{TES}/tasks/{task_id}?view=MINIMAL"}
-                for task_id in scope.sample_ids
-            ]
-            spec = {
-                "headers": auth,
-                "concurrency": 1,
-                "warmup": a.get_warmup,
-                "requests": a.get_requests,
-                **self.caps,
-                "items": items,
-            }
-            result = self.run_load(f"{backend.name}: GET /tasks/{{id}} MINIMAL, {what}", server, spec)
-            self.results["get"].append({**common, **result})
-        self.log(f"{backend.name}: reads done for {scope.username}, {what}")
+                    subjects = {}
+                    for name in cases:
+                        path = f"{TES}/tasks?view={view}"
+                        if page == "deep":
+                            path += f"&page_token={scopes[name].deep_token}"
+                        spec = {
+                            "headers": auths[name],
+                            "concurrency": 1,
+                            "warmup": a.list_warmup,
+                            "requests": a.list_requests,
+                            **self.caps,
+                            "items": [{"method": "GET", "path": path}],
+                        }
+                        subjects[name] = (servers[name], spec)
+                    merged = self.interleaved(f"{backend.name}: GET /tasks {view} {page} page", subjects)
+                    for name, result in merged.items():
+                        self.results["list"].append({**common(name), "view": view, "page": page, **result})
+            for name in cases:
+                what = f"{scopes[name].tasks:,} of {cases[name][0].all_tasks:,} tasks"
+                items = [
+                    {"method": "GET", "path": f"{TES}/tasks/{task_id}?view=MINIMAL"}
+                    for task_id in scopes[name].sample_ids
+                ]
+                spec = {
+                    "headers": auths[name],
+                    "concurrency": 1,
+                    "warmup": a.get_warmup,
+                    "requests": a.get_requests,
+                    **self.caps,
+                    "items": items,
+                }
+                label = f"{backend.name}: GET /tasks/{{id}} MINIMAL, {what}"
+                result = self.run_load(label, servers[name], spec)
+                self.results["get"].append({**common(name), **result})
+        self.log(f"{backend.name}: reads done")
+
+    # -- 6. disclosure rules ---------------------------------------------------------------------
+
+    def checks(self) -> None:
+        """The disclosure rules against a plain read of the same file (``bench/checks_bench.py``)."""
+        sizes = self.args.checks_sizes_mb
+        self.begin("disclosure rules: generating the first file", len(sizes) * len(checks_bench.RULES))
+
+        def on_step(what: str) -> None:
+            self.progress.update(self.step, description=f"disclosure rules: {what}")
+            self.progress.advance(self.step)
+
+        self.results["checks"] = checks_bench.run(sizes, on_step=on_step)
+        self.log(f"disclosure rules measured on {', '.join(f'{s} MB' for s in sizes)} files")
+        self.advance_overall()
 
 
 def check_pages(base_url: str, auth: dict[str, str], other: dict[str, str], scope: dataset.Scope) -> None:
@@ -456,6 +533,7 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "server_cpu_pct": 100 * server_cpu / elapsed,
         "server_cpu_ms_per_request": 1000 * server_cpu / len(latencies),
         "round_throughputs_rps": [p["throughput_rps"] for p in parts],
+        "capped": any(p.get("capped") for p in parts),
     }
 
 
@@ -540,28 +618,37 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:  # make's output piped to a log: do not wrap the table at 80 columns
         console = Console(width=150)
+    try:
+        before = report.load(args.before) if args.before else None
+    except (ValueError, TypeError) as exc:
+        console.print(f"[red]bench:[/] {exc}")
+        return 2
     for directory in (RESULTS, SCRATCH, STATE):
         directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     started_at = datetime.now(UTC)
-    load_at_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    if float(load_at_start.split()[0]) > 0.5:
-        console.log(f"[yellow]load average {load_at_start}: other work on this machine will skew the figures")
+    run_info: dict[str, Any] = {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "date": started_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "quick": args.quick,
+        **provenance.commit(),
+        "load_before": provenance.load_average(),
+    }
+    if float(run_info["load_before"].split()[0]) > 0.5:
+        busy = run_info["load_before"]
+        console.log(f"[yellow]load average {busy}: other work on this machine will skew the figures")
     parts = set(args.only or PARTS)
     chosen = backends(args, console)
     docker_ok = _docker_available(console) if parts & {"e2e", "idle"} else False
     if not docker_ok:
         parts -= {"e2e", "idle"}
-    steps = (
-        len(chosen)
-        * (
-            (max(1, args.rounds) if "create" in parts else 0)
-            + (2 + 3 * 5 if "read" in parts else 0)
-            + (1 if "fanout" in parts else 0)
-        )
-        + (1 if "e2e" in parts else 0)
-        + (1 if "idle" in parts else 0)
-    )
+    rounds = max(1, args.rounds)
+    steps = len(chosen) * (
+        (rounds if "create" in parts else 0)
+        + (2 + 4 * rounds + 3 if "read" in parts else 0)
+        + (1 if "fanout" in parts else 0)
+    ) + len(parts & {"e2e", "idle", "checks"})
     load = LoadSampler()
     columns = (
         SpinnerColumn(),
@@ -595,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
             if "idle" in parts:
                 load.part = "idle"
                 federation.idle(bench)
+            if "checks" in parts:
+                load.part = "checks"
+                bench.checks()
             progress.update(bench.step, visible=False)
     except (BenchError, dataset.SchemaChanged, federation.FederationError) as exc:
         console.print(f"[red]bench failed:[/] {exc}")
@@ -605,21 +695,21 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(backend, dataset.PostgresBackend):
                 backend.close()
     results = bench.results
-    results["config"] = vars(args)
-    results["machine"] = report.machine(started_at, load_at_start)
-    results["machine"]["load_during"] = load.summary()
-    results["duration_s"] = time.perf_counter() - started
-    results["targets"] = report.targets(results)
-    paths = report.write_json(results)
+    results["run"] = {
+        **run_info,
+        "load_after": provenance.load_average(),
+        "load_during": load.summary(),
+        "duration_s": time.perf_counter() - started,
+    }
+    results["machine"] = provenance.machine()
+    results["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results["verdicts"] = targets.judge(results)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     console.print(report.table(results))
     if not args.no_docs:
-        report.write_markdown(results)
-        console.print(
-            f"figures written to {report.DOCS.relative_to(ROOT)}; raw results in {paths[0].relative_to(ROOT)}"
-        )
-    judged = [t for t in results["targets"] if t["pass"] is not None]
-    missed = [t for t in judged if not t["pass"]]
-    console.print(
-        f"{len(judged) - len(missed)} of {len(judged)} targets met in {results['duration_s']:.0f} s"
-    )
+        out = RESULTS / "quick" if args.quick else DOCS.parent
+        page = out / DOCS.name
+        written = report.write(results, page, out / "benchmarks", before)
+        console.print("written: " + ", ".join(str(p.relative_to(ROOT)) for p in written))
+    console.print(f"{report.summary(results['verdicts'])} in {results['run']['duration_s']:.0f} s")
     return 0

@@ -22,7 +22,7 @@ from fivesafes_tes.auth import DevIssuer
 from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.app import create_app, dev_issuer_url
 from fivesafes_tes.gateway.context import app_context
-from fivesafes_tes.settings import GatewaySettings
+from fivesafes_tes.settings import AirlockStoreSettings, GatewaySettings, ResultsStoreSettings
 
 # The embedded federation: two TREs and two projects. alice and carol share `diabetes-cancer`, which
 # runs in both TREs; bob alone is in `cardio`, in the UK TRE only. Each member's first project is
@@ -170,8 +170,8 @@ def start(
     s3 = s3_url = None
     if agents:
         s3, s3_url = _start_s3()
-        overrides.update(
-            results_endpoint_url=s3_url, results_access_key="dev", results_secret_key="dev-secret"
+        overrides["results"] = ResultsStoreSettings(
+            endpoint_url=s3_url, access_key="dev", secret_key="dev-secret"
         )
     settings = GatewaySettings(
         data_dir=data_dir,
@@ -246,10 +246,9 @@ def _start_tres(
             token=token,
             data_dir=home,
             executor=executor,
-            airlock_endpoint_url=stack.s3_url,
-            airlock_bucket=f"{tre}-airlock",
-            airlock_access_key="dev",
-            airlock_secret_key="dev-secret",
+            airlock=AirlockStoreSettings(
+                endpoint_url=stack.s3_url, bucket=f"{tre}-airlock", access_key="dev", secret_key="dev-secret"
+            ),
             poll_wait_s=10,
             heartbeat_s=5,
             sync_s=5,
@@ -264,7 +263,7 @@ def _start_tres(
             settings,
             client=GatewayClient(stack.url, lambda token=token: token),
             executor=create_executor(executor, tre=tre, deployment=deployment_id(db)),
-            store=ObjectStore(stack.s3_url, settings.airlock_bucket, "dev", "dev-secret"),
+            store=ObjectStore.from_settings(settings.airlock),
             policy=policy,
             db=db,
         )

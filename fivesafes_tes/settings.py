@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fivesafes_tes.egress.store import StoreSettings
 from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
 
 SYSTEM_DATA_DIR = Path("/var/lib/fivesafes-tes")
@@ -25,10 +27,27 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "fivesafes-tes"
 
 
+# A nested group's fields are read from PREFIX + GROUP + "_" + FIELD (FIVESAFES_RESULTS_BUCKET): split
+# once after the group's name, so field names keep their underscores.
+_NESTED = SettingsConfigDict(env_nested_delimiter="_", env_nested_max_split=1)
+
+
+class ResultsStoreSettings(StoreSettings):
+    """The gateway's results store: where released files are kept for researchers to download."""
+
+    bucket: str = Field(default="results", description="Bucket of released files.")
+
+
+class AirlockStoreSettings(StoreSettings):
+    """A TRE's airlock: where outputs are held until they are checked and released."""
+
+    bucket: str = Field(default="airlock", description="Bucket holding outputs until they are released.")
+
+
 class GatewaySettings(BaseSettings):
     """Settings of the gateway process (TES API, admin API, agent API, results)."""
 
-    model_config = SettingsConfigDict(env_prefix="FIVESAFES_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FIVESAFES_", extra="ignore", **_NESTED)
 
     data_dir: Path = Field(
         default_factory=default_data_dir, description="Where the embedded defaults keep state."
@@ -113,11 +132,10 @@ class GatewaySettings(BaseSettings):
     max_tags: int = Field(default=DEFAULT_CAPS.tags, ge=0, description="Most tags one task may carry.")
 
     # Results: where released files are kept, for researchers to download
-    results_endpoint_url: str | None = Field(default=None, description="S3 endpoint of the results store.")
-    results_bucket: str = Field(default="results", description="Bucket of released files.")
-    results_access_key: str | None = Field(default=None, description="Access key of the results store.")
-    results_secret_key: SecretStr | None = Field(default=None, description="Secret key of the results store.")
-    results_region: str = Field(default="us-east-1", description="Region of the results store.")
+    results: ResultsStoreSettings = Field(
+        default_factory=ResultsStoreSettings,
+        description="The results store (`FIVESAFES_RESULTS_*`); none unless its endpoint or access key is set.",
+    )
     delivery_buckets: list[str] = Field(
         default_factory=list,
         description="Buckets on the results store's endpoint that released outputs may be delivered to, when a "
@@ -177,9 +195,7 @@ class AgentSettings(BaseSettings):
     """Settings of one TRE's agent (`fivesafes-tes agent`). It only ever connects out: to the gateway,
     to the TRE's own S3 airlock and to its container engine."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="FIVESAFES_AGENT_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="FIVESAFES_AGENT_", extra="ignore", **_NESTED)
 
     tre: str = Field(
         description="This TRE's name, as registered at the gateway and named in the agent token."
@@ -201,15 +217,9 @@ class AgentSettings(BaseSettings):
     policy_file: Path | None = Field(
         default=None, description="YAML/JSON TRE policy: allowed images, limits, datasets and grants."
     )
-    airlock_endpoint_url: str | None = Field(default=None, description="S3 endpoint of the TRE's airlock.")
-    airlock_bucket: str = Field(
-        default="airlock", description="Bucket holding outputs until they are released."
+    airlock: AirlockStoreSettings = Field(
+        default_factory=AirlockStoreSettings, description="The TRE's airlock (`FIVESAFES_AGENT_AIRLOCK_*`)."
     )
-    airlock_access_key: str | None = Field(default=None, description="Access key of the airlock bucket.")
-    airlock_secret_key: SecretStr | None = Field(
-        default=None, description="Secret key of the airlock bucket."
-    )
-    airlock_region: str = Field(default="us-east-1", description="Region of the airlock bucket.")
     poll_wait_s: float = Field(default=20.0, ge=0, le=30, description="Long-poll wait for new work.")
     heartbeat_s: float = Field(default=15.0, gt=0, description="Heartbeat interval for held leases.")
     sync_s: float = Field(default=30.0, gt=0, description="How often projects and members are re-read.")
@@ -229,6 +239,14 @@ class AgentSettings(BaseSettings):
         le=50,
         description="Unexpected errors in a row one child's handling may hit at one stage before the agent "
         "ends that child system_failed (cleaning up its run and emptying its airlock).",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=50,
+        description="Attempts one child may take while its task is staged, run or checked: a lease the "
+        "gateway offers again there means this agent died or stalled with the task. Past this many the agent "
+        "ends the child system_failed (its run removed, audited child.give_up) instead of trying again.",
     )
     child_retry_s: float = Field(
         default=5.0,
@@ -262,6 +280,21 @@ class AgentSettings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'agent.db'}"
 
 
+def environment_variables(settings: type[BaseSettings]) -> dict[str, FieldInfo]:
+    """Every variable `settings` reads, each with its field: a nested group's fields under the group's
+    name (`FIVESAFES_RESULTS_BUCKET`). The docs and the secret scrubbing below both list from here."""
+    prefix = settings.model_config.get("env_prefix", "")
+    out: dict[str, FieldInfo] = {}
+    for name, field in settings.model_fields.items():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            for inner, inner_field in group.model_fields.items():
+                out[f"{prefix}{name}_{inner}".upper()] = inner_field
+        else:
+            out[f"{prefix}{name}".upper()] = field
+    return out
+
+
 def drop_secrets_from_environment(settings: BaseSettings) -> list[str]:
     """Remove the variables of `settings`' secret fields (and its database URL, which may carry a
     password) from this process's environment once they are read, so that no process it starts
@@ -269,9 +302,10 @@ def drop_secrets_from_environment(settings: BaseSettings) -> list[str]:
     key or password. Returns the names removed."""
     prefix = settings.model_config.get("env_prefix", "")
     removed = []
-    for name, field in type(settings).model_fields.items():
-        if field.annotation in (SecretStr, SecretStr | None) or name == "database_url":
-            variable = f"{prefix}{name}".upper()
-            if os.environ.pop(variable, None) is not None:
-                removed.append(variable)
+    for variable, field in environment_variables(type(settings)).items():
+        secret = (
+            field.annotation in (SecretStr, SecretStr | None) or variable == f"{prefix}DATABASE_URL".upper()
+        )
+        if secret and os.environ.pop(variable, None) is not None:
+            removed.append(variable)
     return removed

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from fivesafes_tes.db import Database
 from fivesafes_tes.devstack import seed_federation
 from fivesafes_tes.gateway.context import app_context
+from fivesafes_tes.settings import ResultsStoreSettings
 
 pytest_plugins = ["tests.s3"]
 
@@ -84,6 +85,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         yield from _fresh_pg_database(template)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """A URL of an empty database, no tables at all: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+    else:
+        need_service("PostgreSQL", bool(PG_URL), "set FIVESAFES_TEST_PG_URL or run scripts/services.sh")
+        yield from _fresh_pg_database("template0")
+
+
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
     db = Database(database_url)
@@ -136,13 +147,15 @@ class Gateway:
         self.db.dispose()
 
 
-def results_store_settings(s3_endpoint, bucket: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def results_store_settings(s3_endpoint, bucket: str) -> dict[str, ResultsStoreSettings]:  # type: ignore[no-untyped-def]
     """Gateway settings for a results store in `bucket` on the test S3 endpoint."""
     return {
-        "results_endpoint_url": s3_endpoint.url,
-        "results_bucket": bucket,
-        "results_access_key": s3_endpoint.access_key,
-        "results_secret_key": s3_endpoint.secret_key,
+        "results": ResultsStoreSettings(
+            endpoint_url=s3_endpoint.url,
+            bucket=bucket,
+            access_key=s3_endpoint.access_key,
+            secret_key=s3_endpoint.secret_key,
+        )
     }
 
 

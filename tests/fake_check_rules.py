@@ -160,6 +160,15 @@ class Threads(_Fake):
         return self.result(Verdict.PASS, Finding(Verdict.PASS, f"threads={threads()}"))
 
 
+class Pid(_Fake):
+    """Passes, saying which check process it ran in."""
+
+    name = "fake_pid"
+
+    def check(self, file: HeldFile, config: dict[str, Any], context: CheckContext) -> RuleResult:
+        return self.result(Verdict.PASS, Finding(Verdict.PASS, f"pid={os.getpid()}"))
+
+
 class Preloaded(_Fake):
     """Passes, saying whether the built-in rules were already imported when its process started."""
 

@@ -285,26 +285,6 @@ def test_an_agent_of_one_tre_cannot_see_or_touch_another_tres_work(gateway):
     assert [p["name"] for p in synced["projects"]] == ["alpha"]  # beta runs in uk-tre only
 
 
-AGENT_ROUTES = [
-    ("POST", f"{AGENT}/leases", {"wait_s": 0}),
-    ("POST", f"{AGENT}/heartbeat", {"children": []}),
-    ("GET", f"{AGENT}/sync", None),
-    ("POST", f"{AGENT}/decisions", {"decisions": []}),
-]
-
-
-@pytest.mark.parametrize(("method", "path", "body"), AGENT_ROUTES)
-def test_agent_routes_need_an_agent_token_of_a_registered_tre(gateway, method, path, body):
-    assert gateway.client.request(method, path, json=body).status_code == 401
-    for headers in (
-        gateway.headers("alice"),
-        gateway.headers("x", "tre-agent"),
-        {"Authorization": f"Bearer {gateway.token('x', 'tre-agent', tre='mars-tre')}"},
-    ):
-        assert gateway.client.request(method, path, json=body, headers=headers).status_code == 403
-    assert gateway.client.request(method, path, json=body, headers=agent_headers(gateway)).status_code == 200
-
-
 def test_decisions_are_recorded_once_and_only_for_the_tres_own_projects(gateway):
     body = {
         "decisions": [

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fivesafes_tes.agent import loop
+from fivesafes_tes.agent import loop, outbox
 from fivesafes_tes.agent.client import Rejected
 from fivesafes_tes.agent.loop import Agent
 from fivesafes_tes.agent.policy import TrePolicy
@@ -20,7 +20,7 @@ A, B = "01a30000-0000-7000-8000-00000000000a", "01a30000-0000-7000-8000-00000000
 
 
 class Clock:
-    """Stands in for the `time` module in the agent's loop: the test moves time on."""
+    """Stands in for the `time` module in the agent's loop and outbox: the test moves time on."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -65,6 +65,7 @@ class Airlock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
     monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(outbox, "time", clock)
     return clock
 
 
@@ -119,20 +120,22 @@ def test_stage_changes_after_the_run_starts_reach_the_gateway_only_at_the_granul
     assert taken(agent, B) == ["awaiting_tre_approval"]
     clock.now = 1007.5
     emit(agent, A, "awaiting_review")
-    assert agent._next_due() == 1010.0
+    assert agent.outbox.next_due() == 1010.0
     clock.now = 1009.99
-    agent._flush_outbox()
+    agent.outbox.flush()
     assert taken(agent, A) == ["running"]  # nothing before the boundary
     clock.now = 1010.0
-    agent._flush_outbox()
+    agent.outbox.flush()
     assert taken(agent, A) == ["running", "checking", "awaiting_review"]  # both at once, in order
     clock.now = 1031.0  # decided after review: the ending waits for the next boundary too
     emit(agent, A, "withheld", final=True)
-    assert taken(agent, A)[-1] == "awaiting_review" and agent._next_due() == 1040.0
+    assert taken(agent, A)[-1] == "awaiting_review"
+    assert agent.outbox.next_due() == 1040.0
     assert agent.store.emptied == []  # the held files stay until the gateway has the ending
     clock.now = 1040.0
-    agent._flush_outbox()
-    assert taken(agent, A)[-1] == "withheld" and unsent(agent) == []
+    agent.outbox.flush()
+    assert taken(agent, A)[-1] == "withheld"
+    assert unsent(agent) == []
     assert len(agent.store.emptied) == 1
 
 
@@ -142,19 +145,22 @@ def test_a_refused_event_is_sent_again_with_backoff_and_holds_back_only_its_own_
     emit(agent, A, "running")
     emit(agent, A, "checking")  # a later event of the same child never overtakes the refused one
     emit(agent, B, "running")
-    assert taken(agent, A) == [] and taken(agent, B) == ["running"]
+    assert taken(agent, A) == []
+    assert taken(agent, B) == ["running"]
     assert unsent(agent) == [(A, 0), (A, 1)]  # a refusal is not a delivery
     waits = []
     for _ in range(12):
-        due = agent._next_due()
+        due = agent.outbox.next_due()
         waits.append(due - clock.now)
         clock.now = due
-        agent._flush_outbox()
-    assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and max(waits) == loop.RETRY_CAP_S
+        agent.outbox.flush()
+    assert waits[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert max(waits) == outbox.RETRY_CAP_S
     del gateway.refuse[(A, 0)]
-    clock.now = agent._next_due()
-    agent._flush_outbox()
-    assert taken(agent, A) == ["running", "checking"] and unsent(agent) == []
+    clock.now = agent.outbox.next_due()
+    agent.outbox.flush()
+    assert taken(agent, A) == ["running", "checking"]
+    assert unsent(agent) == []
 
 
 @pytest.mark.parametrize(

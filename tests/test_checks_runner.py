@@ -30,6 +30,7 @@ FAKES = {
     "fake_memory": "MemoryHog",
     "fake_parquet": "ReadsParquet",
     "fake_threads": "Threads",
+    "fake_pid": "Pid",
     "fake_preloaded": "Preloaded",
     "fake_phones": "Phones",
     "fake_snoop": "Snoop",
@@ -227,9 +228,14 @@ def test_captured_stdout_and_stderr_go_through_the_same_rules(tmp_path):
 def test_many_files_share_a_few_processes_quickly(tmp_path):
     files = [text_file(tmp_path, f"t{i}.csv", "a,b\n1,2\n") for i in range(40)]
     started = time.monotonic()
-    reports = run_checks(files, ChecksConfig(enabled=["file_type", "acro"], workers=2), "alpha")
+    cfg = config("fake_pid", "file_type", "acro", workers=2)
+    reports = run_checks(files, cfg, "alpha")
     assert time.monotonic() - started < 10
     assert all(r.verdict is Verdict.PASS for r in reports)
+    pids = {r.findings[0].message for r in only(reports, "fake_pid")}
+    # one check process per worker for all 40 files and every rule, none of them this process
+    assert len(pids) == cfg.workers, pids
+    assert f"pid={os.getpid()}" not in pids
 
 
 # --- configuration ------------------------------------------------------------------------------

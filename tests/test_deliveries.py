@@ -18,9 +18,8 @@ from sqlalchemy import select, update
 
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.db.base import utcnow
-from fivesafes_tes.gateway import deliveries
 from fivesafes_tes.gateway.context import app_context
-from fivesafes_tes.submission import results
+from fivesafes_tes.submission import deliveries, results
 from fivesafes_tes.submission.tables import Child
 from tests.conftest import Gateway, results_store_settings
 from tests.test_agent_api import TES, approve, event, lease, upload
@@ -83,13 +82,13 @@ def release(gw: Gateway, bucket: str, *, attempt: bool = True, **report: object)
     final = event(gw, child, 1, 5, "released", report={"disclosure": disclosure, **report})
     assert final.status_code == 200, final.text
     if attempt:
-        deliveries.deliver(app_context(gw.app), child)
+        app_context(gw.app).deliverer.deliver(child)
     return task_id, child
 
 
 def due(gw: Gateway) -> list[str]:
     with gw.db.read() as session:
-        return results.deliveries_due(session, 100)
+        return deliveries.deliveries_due(session, 100)
 
 
 def delivered_urls(gw: Gateway, child_id: str) -> dict[str, str | None]:
@@ -146,7 +145,7 @@ def test_a_release_delivers_each_output_once_verified(gateway):
     assert outputs_view(gateway, task_id) == {
         name: f"s3://{gateway.outputs.bucket}/study{name}" for name in FILES
     }
-    deliveries.deliver(app_context(gateway.app), child)  # owed nothing more: no second copy, no record
+    app_context(gateway.app).deliverer.deliver(child)  # owed nothing more: no second copy, no record
     assert len(delivery_audit(gateway)) == len(FILES)
 
 
@@ -177,7 +176,7 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
     for _ in range(5):  # more passes than attempts allowed
         wait_until(lambda: child_row(gateway, child).delivery_due_at is None or due(gateway))
         for owed in due(gateway):
-            deliveries.deliver(ctx, owed)
+            ctx.deliverer.deliver(owed)
     row = child_row(gateway, child)
     assert row.delivery_attempts == 3 and row.delivery_due_at is None
     assert [outcome for outcome, _ in delivery_audit(gateway)] == ["failed"] * 3 * len(FILES)
@@ -231,7 +230,7 @@ def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway, monkeypatch)
     def replica() -> None:
         start.wait()
         try:
-            deliveries.deliver(ctx, child)
+            ctx.deliverer.deliver(child)
         except Exception as exc:  # noqa: BLE001 - a replica that crashed must fail the test
             errors.append(exc)
 
@@ -254,10 +253,10 @@ def test_a_delivery_held_by_a_replica_that_died_is_taken_over_when_its_claim_lap
     with gateway.db.write() as session:  # another replica claimed it a moment ago, then died
         claimed_until = utcnow() + timedelta(seconds=1)
         session.execute(update(Child).where(Child.id == child).values(delivery_due_at=claimed_until))
-    deliveries.deliver(ctx, child)
+    ctx.deliverer.deliver(child)
     assert [e for e in delivery_audit(gateway) if e[0] == "ok"] == []  # not while the claim holds
     wait_until(lambda: bool(due(gateway)), timeout=5)
-    deliveries.deliver(ctx, child)
+    ctx.deliverer.deliver(child)
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
 
 
@@ -287,11 +286,11 @@ def test_a_long_copy_keeps_its_claim_and_nobody_else_starts_the_delivery(make_ga
     monkeypatch.setattr(ObjectStore, "copy_verified", slow)
     ctx = app_context(gateway.app)
     wait_until(lambda: bool(due(gateway)))
-    first = threading.Thread(target=deliveries.deliver, args=(ctx, child))
+    first = threading.Thread(target=ctx.deliverer.deliver, args=(child,))
     first.start()
     assert copying.wait(10)
     time.sleep(0.5)  # past the first claim's end
-    deliveries.deliver(ctx, child)  # another replica's attempt: the claim is still held
+    ctx.deliverer.deliver(child)  # another replica's attempt: the claim is still held
     first.join(30)
     assert len(copies) == len(FILES)  # each file copied once: the second attempt never started
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
@@ -316,7 +315,7 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
     ctx = app_context(gateway.app)
     wait_until(lambda: bool(due(gateway)))
     audited, logged = delivery_audit(gateway), child_row(gateway, child).system_logs
-    deliveries.deliver(ctx, child)
+    ctx.deliverer.deliver(child)
     row = child_row(gateway, child)
     assert delivery_audit(gateway) == audited and row.system_logs == logged  # nothing recorded
     assert row.delivery_attempts == 1 and set(delivered_urls(gateway, child).values()) == {None}  # as before

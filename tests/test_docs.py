@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fivesafes_tes.settings import AgentSettings, GatewaySettings
+from fivesafes_tes.settings import AgentSettings, GatewaySettings, environment_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,15 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_gateway_setting_is_documented_and_nothing_else():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     section = doc.split("## Gateway", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"`FIVESAFES_([A-Z_]+)`", section))
-    assert documented == {name.upper() for name in GatewaySettings.model_fields}
+    documented = set(re.findall(r"`(FIVESAFES_[A-Z_]+)`", section))
+    assert documented == set(environment_variables(GatewaySettings))
 
 
 def test_every_agent_setting_is_documented_and_nothing_else():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     section = doc.split("## TRE agent", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"`FIVESAFES_AGENT_([A-Z_]+)`", section))
-    assert documented == {name.upper() for name in AgentSettings.model_fields}
+    documented = set(re.findall(r"`(FIVESAFES_AGENT_[A-Z_]+)`", section))
+    assert documented == set(environment_variables(AgentSettings))
 
 
 def test_the_policy_example_in_the_docs_loads(tmp_path):

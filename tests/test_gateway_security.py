@@ -1,14 +1,10 @@
-"""RELIABILITY 1 (401 matrix over every route), 6 (concurrent idempotency), 26 (one audit record
-per security event), and the operational routes."""
+"""RELIABILITY 6 (concurrent idempotency), 26 (one audit record per security event), and the operational
+routes. The 401/403 matrix over every route (RELIABILITY 1) is tests/test_route_auth.py."""
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
-import hashlib
-import hmac
 import json
-import time
 
 import httpx
 import pytest
@@ -21,93 +17,12 @@ from fivesafes_tes.auth import DevIssuer
 TES = "/ga4gh/tes/v1"
 ADMIN = "/admin/v1"
 SOME_ID = "01a00000-0000-7000-8000-000000000000"
-PROTECTED = [
-    ("POST", f"{TES}/tasks"),
-    ("GET", f"{TES}/tasks"),
-    ("GET", f"{TES}/tasks/{SOME_ID}"),
-    ("POST", f"{TES}/tasks/{SOME_ID}:cancel"),
-    ("POST", "/v1/tasks"),
-    ("GET", "/v1/tasks"),
-    ("GET", f"/v1/tasks/{SOME_ID}"),
-    ("POST", f"/v1/tasks/{SOME_ID}:cancel"),
-    ("GET", "/metrics"),
-]
-PUBLIC = [f"{TES}/service-info", "/v1/service-info", f"{TES}/tasks/service-info", "/healthz", "/readyz"]
 TASK = {"executors": [{"image": "alpine", "command": ["true"]}]}
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unsigned(claims: dict) -> str:
-    return f"{_b64(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{_b64(json.dumps(claims).encode())}."
-
-
-def _hs256_with_public_key(issuer: DevIssuer, claims: dict) -> str:
-    """The classic key-confusion attack: HMAC-sign with the RSA public key as the shared secret."""
-    from cryptography.hazmat.primitives import serialization
-    from jwt.algorithms import RSAAlgorithm
-
-    public = RSAAlgorithm.from_jwk(json.dumps(issuer.jwks()["keys"][0]))
-    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": issuer.kid}).encode())
-    body = _b64(json.dumps(claims).encode())
-    signature = hmac.new(pem, f"{header}.{body}".encode(), hashlib.sha256).digest()
-    return f"{header}.{body}.{_b64(signature)}"
-
-
-def _bad_tokens(gateway, tmp_path) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
-    aud = gateway.settings.oidc_audience
-    now = int(time.time())
-    valid_claims = {
-        "iss": gateway.issuer.issuer_url,
-        "sub": "alice",
-        "aud": aud,
-        "iat": now,
-        "exp": now + 600,
-        "roles": ["researcher"],
-    }
-    other_key = DevIssuer(tmp_path / "other-key", gateway.issuer.issuer_url)
-    other_issuer = DevIssuer(gateway.settings.dev_issuer_dir, "https://evil.example/issuer")
-    return {
-        "none": None,
-        "empty": "",
-        "garbage": "not-a-jwt",
-        "truncated": gateway.token()[:-10],
-        "expired": gateway.issuer.issue("alice", ["researcher"], audience=aud, ttl_s=-120),
-        "wrong issuer": other_issuer.issue("alice", ["researcher"], audience=aud),
-        "wrong audience": gateway.issuer.issue("alice", ["researcher"], audience="someone-else"),
-        "wrong key": other_key.issue("alice", ["researcher"], audience=aud),
-        "alg none": _unsigned(valid_claims),
-        "hs256 with public key": _hs256_with_public_key(gateway.issuer, valid_claims),
-    }
-
-
-@pytest.mark.parametrize(("method", "path"), PROTECTED)
-def test_every_protected_route_answers_401_to_every_bad_token(gateway, tmp_path, method, path):
-    for name, token in _bad_tokens(gateway, tmp_path).items():
-        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        response = gateway.client.request(
-            method, path, headers=headers, json=TASK if method == "POST" else None
-        )
-        assert response.status_code == 401, (name, response.text)
-        assert response.headers["www-authenticate"].startswith("Bearer")
-    # and the same route accepts a good token (so the 401s above are about the token, not the route)
-    ok = gateway.client.request(
-        method, path, headers=gateway.headers(), json=TASK if method == "POST" else None
-    )
-    assert ok.status_code in (200, 404), ok.text
 
 
 def test_basic_auth_scheme_is_refused(gateway):
     response = gateway.client.get(f"{TES}/tasks", headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
     assert response.status_code == 401
-
-
-@pytest.mark.parametrize("path", PUBLIC)
-def test_service_info_and_health_need_no_token(gateway, path):
-    assert gateway.client.get(path).status_code == 200
 
 
 def _audit(gateway) -> list[AuditRecord]:  # type: ignore[no-untyped-def]

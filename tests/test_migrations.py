@@ -1,80 +1,50 @@
-"""The Alembic history builds exactly the schema the table classes declare, on both databases."""
+"""The gateway's Alembic history: from every revision to the newest, on SQLite and PostgreSQL, nothing
+stored is lost, and the newest builds exactly the schema the table classes declare."""
 
 from __future__ import annotations
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
+from fivesafes_tes.db import Database
+from fivesafes_tes.db.migrate import GATEWAY, upgrade
 from fivesafes_tes.db.tables import metadata
+from tests.migrations import fill_every_table, row_counts, schema_diff
+
+REVISIONS = [
+    script.revision
+    for script in reversed(list(ScriptDirectory(str(GATEWAY.script_location)).walk_revisions()))
+]
 
 
-def test_migrations_match_the_models(database):
-    with database.engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), metadata)
-    assert diff == [], f"write a migration for: {diff}"
+def test_the_newest_schema_is_what_the_models_declare(database):
+    assert schema_diff(database.engine, metadata, GATEWAY.version_table) == [], "write a migration"
 
 
-def test_upgrade_is_idempotent(database):
+def test_upgrading_again_changes_nothing(database):
     database.upgrade()
     database.upgrade()
+    assert schema_diff(database.engine, metadata, GATEWAY.version_table) == []
 
 
-def test_upgrading_keeps_every_stored_task_and_tag(database_url):
-    """Upgrading from the first schema to the newest loses nothing already stored."""
-    from sqlalchemy import create_engine, text
-
-    from fivesafes_tes.db import Database
-    from fivesafes_tes.db.migrate import upgrade
-
-    if database_url.startswith("postgresql"):  # the fixture's database is already at head: start over
-        engine = create_engine(database_url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
-    else:
-        import pathlib
-
-        pathlib.Path(database_url.split("///", 1)[1]).unlink()
-    db = Database(database_url)
-    upgrade(db.engine, "0001")
-    with db.write() as session:
-        session.execute(
-            text(
-                "INSERT INTO users (id, issuer, subject, username, roles, created_at, last_seen_at) "
-                "VALUES (1, 'i', 's', 'alice', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-            )
-        )
-        session.execute(
-            text(
-                "INSERT INTO tasks (id, owner_id, name, state, created_at, updated_at, document, "
-                "system_logs) VALUES ('t1', 1, 'kept', 'QUEUED', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
-                "'{}', '[]')"
-            )
-        )
-        session.execute(text("INSERT INTO task_tags (task_id, key, value) VALUES ('t1', 'k', 'v')"))
-    db.upgrade()
-    with db.read() as session:
-        assert session.execute(text("SELECT name FROM tasks")).scalars().all() == ["kept"]
-        assert session.execute(text("SELECT key || '=' || value FROM task_tags")).scalars().all() == ["k=v"]
-    db.dispose()
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_from_each_revision_to_the_newest_every_row_survives(empty_database_url, revision):
+    db = Database(empty_database_url)
+    try:
+        upgrade(db.engine, revision)
+        filled = fill_every_table(db.engine)
+        db.upgrade()
+        assert row_counts(db.engine, filled) == dict.fromkeys(filled, 1)
+        assert schema_diff(db.engine, metadata, GATEWAY.version_table) == []
+        with db.read() as session:
+            assert session.scalar(text("SELECT version_num FROM alembic_version")) == REVISIONS[-1]
+    finally:
+        db.dispose()
 
 
-def test_0007_keeps_memberships_casefolded_and_binds_each_to_the_one_user_with_its_name(database_url):
-    from sqlalchemy import create_engine, text
-
-    from fivesafes_tes.db import Database
-    from fivesafes_tes.db.migrate import upgrade
-
-    if database_url.startswith("postgresql"):
-        engine = create_engine(database_url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
-    else:
-        import pathlib
-
-        pathlib.Path(database_url.split("///", 1)[1]).unlink()
-    db = Database(database_url)
+def test_0007_keeps_memberships_casefolded_and_binds_each_to_the_one_user_with_its_name(empty_database_url):
+    db = Database(empty_database_url)
     upgrade(db.engine, "0005")
     with db.write() as session:
         for user_id, subject, name in ((1, "s1", "Alice"), (2, "s2", "carol"), (3, "s3", "Carol")):
@@ -87,7 +57,8 @@ def test_0007_keeps_memberships_casefolded_and_binds_each_to_the_one_user_with_i
             )
         session.execute(
             text(
-                "INSERT INTO projects (id, name, title, created_at) VALUES (1, 'alpha', '', CURRENT_TIMESTAMP)"
+                "INSERT INTO projects (id, name, title, created_at) "
+                "VALUES (1, 'alpha', '', CURRENT_TIMESTAMP)"
             )
         )
         for name, default in (("alice", False), ("ALICE", True), ("Bob", False), ("carol", False)):
@@ -107,3 +78,7 @@ def test_0007_keeps_memberships_casefolded_and_binds_each_to_the_one_user_with_i
     # alice's two spellings are one membership, bound to the one user called Alice; nobody has signed in
     # as bob yet; two people present "carol", so that name waits for its first use.
     assert [tuple(r) for r in rows] == [("alice", 1, True), ("bob", None, False), ("carol", None, False)]
+
+
+def test_the_history_is_one_line_ending_at_its_head():
+    assert ScriptDirectory(str(GATEWAY.script_location)).get_heads() == [REVISIONS[-1]]

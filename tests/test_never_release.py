@@ -282,7 +282,7 @@ def test_the_child_ends_without_them_and_the_gateway_never_gets_them(stack):
     with devstack.Database(stack.settings.effective_database_url).read() as session:
         released = set(session.scalars(select(ReleasedFile.name)))
     assert released == {f.name for f in held if not f.never_releasable}
-    results = ObjectStore(stack.s3_url, stack.settings.results_bucket, "dev", "dev-secret")
+    results = ObjectStore.from_settings(stack.settings.results)
     stored = {o.key for o in results.list(f"released/{task_id}/")}  # (moto: one S3 per process)
     assert len(stored) == len(released)
     assert not any(name.lstrip("/") in key for key in stored for name in NEVER)

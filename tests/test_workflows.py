@@ -274,7 +274,7 @@ def test_a_workflow_runs_whole_in_each_tre_and_only_its_outputs_are_released(sta
         for name, file in outputs.items():
             body = alice.get(f"/api/v1/results/{file['id']}").content
             assert body == expected[name.rsplit("/", 1)[-1]], f"{tre['tre']} {name}"
-    results = ObjectStore(stack.s3_url, stack.settings.results_bucket, "dev", "dev-secret")
+    results = ObjectStore.from_settings(stack.settings.results)
     stored = [o.key for o in results.list(f"released/{task_id}/")]
     assert stored and not [k for k in stored if k.endswith("/cohort.csv")], stored
 

@@ -12,10 +12,8 @@ leases alive), and the worker (the only one that changes state).
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -25,41 +23,31 @@ from typing import Any
 
 from sqlalchemy import select
 
-from fivesafes_tes import audit, failpoints
-from fivesafes_tes.agent import approvals, checks, review, staging
+from fivesafes_tes import audit
+from fivesafes_tes.agent import approvals, holding, schema, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
+from fivesafes_tes.agent.outbox import ENDED_WITH_HELD_FILES, RETRY_CAP_S, Outbox
 from fivesafes_tes.agent.policy import TrePolicy
+from fivesafes_tes.agent.release import Release
 from fivesafes_tes.agent.tables import (
-    AgentBase,
     AgentIdentity,
-    HeldFileRecord,
     LocalChild,
     LocalProject,
     OutgoingEvent,
 )
-from fivesafes_tes.audit.tables import AuditHead, AuditRecord
 from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
-from fivesafes_tes.egress import airlock
-from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
-from fivesafes_tes.executors import Executor, Mount, RequestRefused, RunResult, RunSpec, sandbox
+from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
+from fivesafes_tes.executors import Executor, RequestRefused, sandbox
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
-ENDED_WITH_HELD_FILES = (
-    "released",
-    "partially_released",
-    "withheld",
-    "executor_failed",
-    "canceled",
-    "system_failed",
-)
-# A refused event is sent again after this many seconds, doubled each time up to the cap.
-RETRY_FIRST_S, RETRY_CAP_S = 1.0, 300.0
 # Stages before the run: a refusal there depends only on the request, so the researcher may read it.
 BEFORE_RUN = ("leased", "awaiting_tre_approval", "staging")
+# Stages where the task's own code runs or its outputs are read: an attempt lost there counts.
+TASK_ACTS = ("staging", "running", "checking")
 
 
 class CannotStart(RuntimeError):
@@ -81,10 +69,14 @@ def _submitter(child: LocalChild) -> Person:
 
 
 def open_database(settings: AgentSettings) -> Database:
-    """The agent's database, created on first start (its tables and its own audit chain)."""
+    """The agent's database, migrated to the newest schema (its tables and its own audit chain);
+    CannotStart, saying why, if it cannot be."""
     db = Database(settings.effective_database_url, pool_size=5)
-    AgentBase.metadata.create_all(db.engine)
-    AuditRecord.metadata.create_all(db.engine, tables=[AuditRecord.__table__, AuditHead.__table__])
+    try:
+        schema.upgrade(db.engine)
+    except schema.SchemaRefused as exc:
+        db.dispose()
+        raise CannotStart(f"FIVESAFES_AGENT_DATABASE_URL: {exc}") from None
     return db
 
 
@@ -137,20 +129,14 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._last_sync = 0.0
         self._progressed = False  # set by _emit: a child moved, so look again without waiting
-
-    @staticmethod
-    def store_from(settings: AgentSettings) -> ObjectStore:
-        from fivesafes_tes.egress.store import StoreSettings
-
-        return ObjectStore.from_settings(
-            StoreSettings(
-                endpoint_url=settings.airlock_endpoint_url,
-                bucket=settings.airlock_bucket,
-                access_key=settings.airlock_access_key,
-                secret_key=settings.airlock_secret_key,
-                region=settings.airlock_region,
-            )
+        self.outbox = Outbox(
+            self.db,
+            client,
+            granularity_s=settings.report_granularity_s,
+            on_canceled=lambda child_id: self.inbox.put(_Cancel(child_id)),
+            on_ended=self._empty_airlock,
         )
+        self.release = Release(self.db, store, client, self.tre, self._emit)
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
@@ -165,7 +151,7 @@ class Agent:
             settings,
             client=client,
             executor=create_executor(settings.executor, tre=settings.tre, deployment=deployment_id(db)),
-            store=Agent.store_from(settings),
+            store=ObjectStore.from_settings(settings.airlock),
             policy=TrePolicy.load(settings.policy_file),
             db=db,
         )
@@ -253,7 +239,7 @@ class Agent:
                 outcome="ok",
                 detail={"removed": sorted(removed), "kept": len(keep)},
             )
-        self._flush_outbox()
+        self.outbox.flush()
 
     # --- threads --------------------------------------------------------------------------------
 
@@ -316,7 +302,7 @@ class Agent:
         stage without a tick's pause between each; an idle agent waits a tick.
         """
         wait = 0.0 if self._progressed else self.settings.tick_s
-        due = self._next_due()
+        due = self.outbox.next_due()
         if due is not None:  # an event held back is sent when due, not up to a tick later
             wait = max(0.0, min(wait, due - time.time()))
         deadline = time.monotonic() + wait
@@ -332,7 +318,7 @@ class Agent:
                 self._cancel(item.child_id)
         if time.monotonic() - self._last_sync > self.settings.sync_s:
             self.sync()
-        self._flush_outbox()
+        self.outbox.flush()
         now = time.time()
         with self.db.read() as session:
             active = [
@@ -347,6 +333,7 @@ class Agent:
     # --- what the gateway tells us ------------------------------------------------------------
 
     def _accept(self, grant: dict[str, Any]) -> None:
+        given_up: tuple[str, int] | None = None
         with self.db.write() as session:
             child = session.get(LocalChild, grant["child_id"])
             if child is None:
@@ -373,6 +360,21 @@ class Agent:
                 ):
                     session.delete(stale)
                 child.attempt, child.next_seq, child.active = grant["attempt"], 0, True
+                if child.stage in TASK_ACTS:  # the last attempt was lost while the task acted
+                    child.attempts += 1
+                    if child.attempts > self.settings.max_attempts:
+                        given_up = (child.stage, child.attempts)
+        if given_up is not None:
+            self._give_up(grant["child_id"], *given_up)
+
+    def _give_up(self, child_id: str, stage: str, attempts: int) -> None:
+        """End a child whose task was taken up more than `max_attempts` times: it kills or stalls
+        this agent each time, so it is not tried again."""
+        reason = (
+            f"gave up after {attempts} attempts: each earlier one was lost while the task was {stage} "
+            f"(the cap is FIVESAFES_AGENT_MAX_ATTEMPTS={self.settings.max_attempts})"
+        )
+        self._fail(child_id, stage, reason, action="child.give_up")
 
     def _cancel(self, child_id: str) -> None:
         self.executor.cancel(child_id)
@@ -466,7 +468,7 @@ class Agent:
             self._errored(child_id, child.stage, exc)
 
     def _step(self, child: LocalChild) -> None:
-        if child.stage == "awaiting_review" and self._unsent(child.child_id):
+        if child.stage == "awaiting_review" and self.outbox.unsent(child.child_id):
             return  # the gateway takes released files only once it has heard the child awaits review
         handler = {
             "leased": self._approve_and_start,
@@ -478,13 +480,6 @@ class Agent:
         }.get(child.stage)
         if handler is not None:
             handler(child)
-
-    def _unsent(self, child_id: str) -> bool:
-        with self.db.read() as session:
-            query = select(OutgoingEvent.seq).where(
-                OutgoingEvent.child_id == child_id, OutgoingEvent.sent.is_(False)
-            )
-            return session.scalar(query.limit(1)) is not None
 
     def _approve_and_start(self, child: LocalChild) -> None:
         # Started before a crash: re-attach, never twice. A container exists only once `staging` was
@@ -514,7 +509,7 @@ class Agent:
         if child.stage != "staging":
             self._emit(child, "staging", verdict.message)
         with self.db.write() as session:
-            session.get(LocalChild, child.child_id).result = {"run": _spec_to_json(spec)}  # type: ignore[union-attr]
+            session.get(LocalChild, child.child_id).result = {"run": holding.spec_to_json(spec)}  # type: ignore[union-attr]
             approvals.bind(session, child.project, _submitter(child))
         self.executor.start(spec)
         self._emit(child, "running")
@@ -575,7 +570,7 @@ class Agent:
         log.error("child %s failed at %s %d times in a row: %s", child_id, stage, errors, error)
         self._fail(child_id, stage, error)
 
-    def _fail(self, child_id: str, stage: str, error: str) -> None:
+    def _fail(self, child_id: str, stage: str, error: str, *, action: str = "child.fail") -> None:
         """End a child `system_failed`: its run stopped and removed, its workspace deleted, and its
         airlock emptied once the gateway has the ending. The researcher reads the gateway's fixed line;
         what went wrong stays here, in the log and the audit."""
@@ -584,7 +579,7 @@ class Agent:
             audit.record(
                 session,
                 actor=f"agent:{self.tre}",
-                action="child.fail",
+                action=action,
                 object=f"child:{child_id}",
                 outcome="system_failed",
                 detail={"stage": stage, "error": error},
@@ -611,153 +606,23 @@ class Agent:
         with self.db.write() as session:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
-            local.result = {**(local.result or {}), "outcome": _result_to_json(result)}
+            local.result = {**(local.result or {}), "outcome": holding.result_to_json(result)}
         self._emit(child, "checking")
 
     def _hold(self, child: LocalChild) -> None:
         """Hold every output and log in the airlock, run the automated rules on them, then wait for review."""
-        with self.db.read() as session:
-            local = session.get(LocalChild, child.child_id)
-            assert local is not None and local.result is not None
-            run, outcome = local.result["run"], local.result.get("outcome", {})
-        spec = _spec_from_json(run, child)
-        files = staging.collect(child.task, spec, len(outcome.get("steps", [])))
-        try:
-            manifest = airlock.hold_outputs(self.store, child.child_id, child.attempt, files)
-        except StoreUnavailable:
-            log.warning("airlock unavailable; holding %s later", child.child_id)
+        if not holding.hold(self.db, self.store, self.policy.checks, child):
             return
-        local_paths = {(f.kind, f.container_path, f.step): f.host_path for f in files}
-        verdicts = checks.run(manifest, local_paths, self.policy.checks, child.project)
-        with self.db.write() as session:
-            for held in manifest.files:
-                verdict, results = verdicts[held.key]
-                session.merge(
-                    HeldFileRecord(
-                        child_id=child.child_id,
-                        key=held.key,
-                        name=held.container_path or f"step-{held.step}.{held.kind}",
-                        kind=held.kind,
-                        size=held.size,
-                        sha256=held.sha256,
-                        verdict=verdict,
-                        results=results,
-                    )
-                )
         # Nothing about the held files leaves with this event: not their number, sizes or verdicts.
         self._emit(child, "awaiting_review")
         self.executor.cleanup(child.child_id)
         shutil.rmtree(self._workspace(child.child_id), ignore_errors=True)
 
     def _settle(self, child: LocalChild) -> None:
-        """Once every held file is decided: copy the approved ones to the gateway, verified at both
-        ends, then end the child with its disclosure record, then empty the airlock."""
-        with self.db.read() as session:
-            local = session.get(LocalChild, child.child_id)
-            if local is None or (local.result or {}).get("blocked"):
-                return
-            settled = review.settle(session, child.child_id, self.policy.review)
-            if settled is None:
-                return
-            record = review.disclosure_record(session, local, self.tre, settled, self.policy.review)
-            held = {
-                h.key: h
-                for h in session.scalars(
-                    select(HeldFileRecord).where(HeldFileRecord.child_id == child.child_id)
-                )
-            }
-        if not (local.result or {}).get(review.RELEASING) and not self._begin_release(child, settled):
-            return
-        released_logs: dict[str, str] = {}
-        with tempfile.TemporaryDirectory(prefix="release-") as scratch:
-            # Every approved file is copied out and verified before any of them leaves: one changed
-            # file blocks the whole release.
-            copies: list[tuple[HeldFileRecord, Path]] = []
-            for n, (key, decision) in enumerate(sorted(settled.files.items())):
-                if decision is not review.FileOutcome.APPROVED:
-                    continue
-                copy = Path(scratch) / str(n)
-                try:
-                    self.store.get_to_file(key, copy, expect_sha256=held[key].sha256)
-                except ChecksumMismatch:
-                    self._block(child, held[key])
-                    return
-                except StoreUnavailable:
-                    return  # try again on the next tick
-                copies.append((held[key], copy))
-            failpoints.reach("release.copied")
-            if copies:
-                self.client.record_approvals(
-                    child.child_id,
-                    [
-                        {"name": f.name, "kind": f.kind, "step": _step(f), "sha256": f.sha256, "size": f.size}
-                        for f, _ in copies
-                    ],
-                )
-            for file, copy in copies:
-                step = _step(file)
-                self.client.upload_file(
-                    child.child_id,
-                    copy,
-                    name=file.name,
-                    kind=file.kind,
-                    step=step,
-                    sha256=file.sha256,
-                    size=file.size,
-                )
-                failpoints.reach("release.uploaded")
-                if file.kind != "output":
-                    released_logs[f"{step}.{file.kind}"] = _tail(copy)
-        outcome = (local.result or {}).get("outcome", {})
-        approved = any(d is review.FileOutcome.APPROVED for d in settled.files.values())
-        # Whether the run failed is said only with a release: a checker saw it (the exit codes) and
-        # let something out. After a full rejection the child ends withheld either way.
-        run_failed = outcome.get("outcome") not in (None, "succeeded")
-        ending = "executor_failed" if run_failed and approved else settled.outcome.value
-        with self.db.write() as session:  # the full record stays in the TRE, for its output checkers
-            kept = session.get(LocalChild, child.child_id)
-            assert kept is not None
-            kept.result = {**(kept.result or {}), "disclosure": record}
-        report: dict[str, Any] = {"disclosure": review.exported(record)}
-        if approved:
-            report |= {"steps": outcome.get("steps", []), "released_logs": released_logs}
-        self._emit(child, ending, report=report, final=True)  # the airlock is emptied once it is sent
-
-    def _begin_release(self, child: LocalChild, settled: review.Settled) -> bool:
-        """Make the child's decisions final, unless one changed since `settled` (the next tick settles
-        again): the approvals the gateway records are then the same on every try of this release."""
-        with self.db.write() as session:
-            if review.settle(session, child.child_id, self.policy.review) != settled:
-                return False
-            local = session.get(LocalChild, child.child_id)
-            assert local is not None
-            local.result = {**(local.result or {}), review.RELEASING: True}
-        return True
+        self.release.settle(child, self.policy.review)
 
     def _empty_airlock(self, child_id: str) -> None:
-        """Delete what the airlock holds for an ended child, once; recover() retries it after a crash."""
-        airlock.discard(self.store, child_id)
-        with self.db.write() as session:
-            local = session.get(LocalChild, child_id)
-            if local is not None:
-                local.result = {**(local.result or {}), "airlock_emptied": True}
-
-    def _block(self, child: LocalChild, file: HeldFileRecord) -> None:
-        """A held file no longer matches its SHA-256: nothing of this child is released, and it is audited."""
-        with self.db.write() as session:
-            local = session.get(LocalChild, child.child_id)
-            assert local is not None
-            local.result = {**(local.result or {}), "blocked": True}
-            audit.record(
-                session,
-                actor=f"agent:{self.tre}",
-                action="release.integrity",
-                object=f"child:{child.child_id}",
-                outcome="alert",
-                detail={"name": file.name, "expected_sha256": file.sha256},
-            )
-        log.error("held file %s of %s changed in the airlock; release blocked", file.name, child.child_id)
-        self._emit(child, "awaiting_review", report={"notice": "release_blocked"})
+        holding.empty_airlock(self.db, self.store, child_id)
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -767,176 +632,13 @@ class Agent:
         stage: str,
         message: str | None = None,
         *,
-        report: dict | None = None,
+        report: dict[str, Any] | None = None,
         final: bool = False,
     ) -> None:
-        """Write the event to the outbox (so a crash re-sends it with the same seq), then send it, once due.
-
-        From the moment the run starts, the task controls when stages change: those events are held
-        back to the next multiple of the reporting granularity after that moment, so the gateway
-        (outside the TRE) learns their timing only that coarsely."""
-        now = time.time()
-        with self.db.write() as session:
-            local = session.get(LocalChild, child.child_id)
-            assert local is not None
-            started = (local.result or {}).get("running_since")
-            if stage == "running" and started is None:
-                local.result = {**(local.result or {}), "running_since": now}
-            session.add(
-                OutgoingEvent(
-                    child_id=local.child_id,
-                    attempt=local.attempt,
-                    seq=local.next_seq,
-                    stage=stage,
-                    message=message,
-                    report=report,
-                    not_before=_next_boundary(started, now, self.settings.report_granularity_s),
-                )
-            )
-            local.next_seq += 1
-            # Errors are counted per stage: moving on starts the count again; an ending keeps it.
-            if local.stage != stage and not final:
-                local.errors, local.retry_at = 0, 0.0
-            local.stage = stage
-            if final:
-                local.active = False
-        child.stage = stage
+        """Record the stage change and send its event through the outbox; the worker then looks again
+        without waiting a tick."""
         self._progressed = True
-        self._flush_outbox()
-
-    def _flush_outbox(self) -> None:
-        """Send every due event, each child's in order: a child's event not yet due, or refused, holds
-        back that child's later ones and no other child's."""
-        now = time.time()
-        with self.db.read() as session:
-            pending = list(
-                session.scalars(
-                    select(OutgoingEvent)
-                    .where(OutgoingEvent.sent.is_(False))
-                    .order_by(OutgoingEvent.child_id, OutgoingEvent.attempt, OutgoingEvent.seq)
-                )
-            )
-        held_back: set[str] = set()
-        for event in pending:
-            if event.child_id in held_back or event.not_before > now:
-                held_back.add(event.child_id)
-                continue
-            try:
-                self.client.event(
-                    event.child_id, event.attempt, event.seq, event.stage, event.message, event.report
-                )
-            except Rejected as exc:
-                if not self._void(event, exc):
-                    held_back.add(event.child_id)
-                    self._retry_later(event, exc)
-                    continue
-            with self.db.write() as session:
-                row = session.get(OutgoingEvent, (event.child_id, event.attempt, event.seq))
-                if row is not None:
-                    row.sent = True
-            if event.stage in ENDED_WITH_HELD_FILES:  # the gateway has every file and the ending
-                failpoints.reach("release.final_sent")
-                self._empty_airlock(event.child_id)
-
-    def _void(self, event: OutgoingEvent, exc: Rejected) -> bool:
-        """Whether a refused event is void: its attempt was superseded, or the child was canceled (which
-        is then stopped here too). Any other refusal is not a delivery: the event is sent again."""
-        if exc.status != 409:
-            return False
-        if "superseded" in exc.detail:
-            log.info("event %s/%s/%s dropped: %s", event.child_id, event.attempt, event.seq, exc.detail)
-            return True
-        if "is canceled" in exc.detail:
-            self.inbox.put(_Cancel(event.child_id))
-            return True
-        return False
-
-    def _retry_later(self, event: OutgoingEvent, exc: Rejected) -> None:
-        with self.db.write() as session:
-            row = session.get(OutgoingEvent, (event.child_id, event.attempt, event.seq))
-            if row is None:
-                return
-            row.refusals += 1
-            wait = min(RETRY_CAP_S, RETRY_FIRST_S * 2 ** (row.refusals - 1))
-            row.not_before = time.time() + wait
-        log.warning(
-            "event %s/%s/%s (%s) refused (%s: %s); sending it again in %.0f s",
-            event.child_id,
-            event.attempt,
-            event.seq,
-            event.stage,
-            exc.status,
-            exc.detail,
-            wait,
-        )
-
-    def _next_due(self) -> float | None:
-        """When the first event held back (by the granularity or a retry) falls due: of each child's
-        first unsent event, the earliest."""
-        with self.db.read() as session:
-            rows = session.execute(
-                select(OutgoingEvent.child_id, OutgoingEvent.not_before)
-                .where(OutgoingEvent.sent.is_(False))
-                .order_by(OutgoingEvent.child_id, OutgoingEvent.attempt, OutgoingEvent.seq)
-            )
-            first: dict[str, float] = {}
-            for child_id, not_before in rows:
-                first.setdefault(child_id, not_before)
-        return min(first.values(), default=None)
+        self.outbox.emit(child, stage, message, report=report, final=final)
 
     def _workspace(self, child_id: str) -> Path:
         return self.settings.data_dir / "work" / child_id
-
-
-def _next_boundary(started: float | None, now: float, granularity_s: float) -> float:
-    """The first multiple of the granularity after the run started that is not before `now`; `now`
-    itself before the run (the request and the TRE's admins set that timing, not the task)."""
-    if started is None or granularity_s <= 0:
-        return now
-    return started + granularity_s * math.ceil((now - started) / granularity_s)
-
-
-def _step(file: HeldFileRecord) -> int | None:
-    """The step of a held log (named step-N.stdout|stderr); None for an output."""
-    return int(file.name.split("-")[1].split(".")[0]) if file.kind != "output" else None
-
-
-def _tail(path: Path, limit: int = 64 * 1024) -> str:
-    """The end of a released log, for the TES view (the whole file is downloadable)."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        handle.seek(max(0, size - limit))
-        return handle.read().decode("utf-8", errors="replace")
-
-
-def _spec_to_json(spec: RunSpec) -> dict[str, Any]:
-    return {
-        "mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts],
-        "logs_dir": str(spec.logs_dir),
-    }
-
-
-def _spec_from_json(run: dict[str, Any], child: LocalChild) -> RunSpec:
-    from fivesafes_tes.executors import Limits
-
-    mounts = [Mount(source=Path(s), target=t, read_only=ro) for s, t, ro in run["mounts"]]
-    return RunSpec(
-        child_id=child.child_id,
-        attempt=child.attempt,
-        tre="",
-        steps=[],
-        mounts=mounts,
-        limits=Limits(),
-        logs_dir=Path(run["logs_dir"]),
-    )
-
-
-def _result_to_json(result: RunResult) -> dict[str, Any]:
-    return {
-        "outcome": result.outcome.value,
-        "message": result.message,
-        "steps": [
-            {"exit_code": s.exit_code, "start_time": s.start_time, "end_time": s.end_time}
-            for s in result.steps
-        ],
-    }

@@ -39,6 +39,9 @@ class LocalChild(AgentBase):
     errors: Mapped[int] = mapped_column(Integer, default=0)
     retry_at: Mapped[float] = mapped_column(Float, default=0.0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # for the TRE's admins only
+    # Attempts this agent took on while the task was staged, run or checked (the first counts one): a
+    # lease re-offered there means the agent died or stalled with the task; past the cap it is given up.
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

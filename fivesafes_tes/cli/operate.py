@@ -114,8 +114,8 @@ def agent() -> None:
     logs.configure(logging.INFO)
     settings = AgentSettings()  # type: ignore[call-arg]
     drop_secrets_from_environment(settings)  # nothing the agent starts (check processes...) inherits them
-    worker = Agent.from_settings(settings)
     try:
+        worker = Agent.from_settings(settings)
         worker.start()
     except CannotStart as exc:
         _output.err.print(f"[red]Cannot start:[/] {exc}")

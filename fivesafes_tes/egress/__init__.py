@@ -15,6 +15,7 @@ from fivesafes_tes.egress.airlock import (
     manifest_key,
     read_manifest,
 )
+from fivesafes_tes.egress.keys import UnsafeKey, safe_key
 from fivesafes_tes.egress.store import (
     ChecksumMismatch,
     ObjectExists,
@@ -24,8 +25,6 @@ from fivesafes_tes.egress.store import (
     StoreError,
     StoreSettings,
     StoreUnavailable,
-    UnsafeKey,
-    safe_key,
 )
 
 __all__ = [

@@ -24,7 +24,8 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 
 from fivesafes_tes import failpoints
-from fivesafes_tes.egress.store import ObjectExists, ObjectMissing, ObjectStore, UnsafeKey, safe_key
+from fivesafes_tes.egress.keys import UnsafeKey, safe_key
+from fivesafes_tes.egress.store import ObjectExists, ObjectMissing, ObjectStore
 
 log = logging.getLogger(__name__)
 

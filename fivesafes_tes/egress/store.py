@@ -1,4 +1,6 @@
-"""S3 object store adapter: the one module that talks boto3.
+"""S3 object store adapter: the one module that talks boto3 (its multipart uploads in `multipart`, the
+layout of its keys in `keys`). The gateway's results store and a TRE's airlock are each built by
+`ObjectStore.from_settings` from one `StoreSettings` group, so neither side configures S3 by hand.
 
 Every object we write carries its SHA-256 as user metadata (`sha256`) and, where the endpoint
 supports it, as an S3 `ChecksumSHA256` the server verifies on arrival. Reads verify the bytes
@@ -6,9 +8,6 @@ against the SHA-256 the caller recorded (never against the object's own metadata
 overwrote the object could also have rewritten). A write only becomes visible after its bytes
 have matched the expected hash: single PUTs are hashed before sending, multipart uploads are
 completed only after the last part hashed correctly, otherwise aborted.
-
-Multipart uploads are driven here rather than by boto3's transfer manager because it can neither
-send `If-None-Match` on CompleteMultipartUpload nor hold back completion until a hash is checked.
 """
 
 from __future__ import annotations
@@ -21,9 +20,7 @@ import os
 import re
 import secrets
 import threading
-import unicodedata
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +39,12 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from pydantic import BaseModel, Field, SecretStr
 
+from fivesafes_tes.egress import multipart
+from fivesafes_tes.egress.keys import shown
+from fivesafes_tes.egress.multipart import MIN_PART, MiB, read_exact
+
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-_MIN_PART = 5 * MiB  # S3's smallest non-final part
-_MAX_PARTS = 10_000
 _READ_CHUNK = 1 * MiB
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _META_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -103,64 +101,6 @@ class ChecksumMismatch(StoreError):
         self.actual = actual
 
 
-class UnsafeKey(ValueError):
-    """A key part would escape its prefix or carries characters we never put in keys."""
-
-
-# --- keys ---------------------------------------------------------------------------------------
-
-_MAX_KEY_BYTES = 1024  # S3's limit
-_MAX_SEGMENT_BYTES = 255  # a file name on every filesystem the key may be downloaded to
-# Control, format (bidi overrides, zero-width), surrogate, private-use, unassigned, line/paragraph separators.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
-
-def _shown(value: str) -> str:
-    """A user-supplied string for an error message: escaped, and short."""
-    return repr(value if len(value) <= 80 else value[:77] + "...")
-
-
-def safe_key(*parts: str) -> str:
-    """Join parts into an object key, refusing anything that could escape the prefix.
-
-    Each part may hold several `/`-separated segments (a container path without its leading
-    `/`). Refused: no parts, an empty part or segment (`a//b`, a trailing `/`), an absolute part,
-    `..`, backslashes, control/format/private-use/unassigned/line-separator characters, over-long segments
-    or keys. `.` segments are dropped and text is NFC-normalised, so `safe_key(k) == k` for any
-    key this returns.
-    """
-    if not parts:
-        raise UnsafeKey("an object key needs at least one part")
-    segments: list[str] = []
-    for part in parts:
-        if not isinstance(part, str):
-            raise TypeError(f"key parts must be str, not {type(part).__name__}")
-        if not part:
-            raise UnsafeKey("a key part is empty")
-        if part.startswith("/"):
-            raise UnsafeKey(f"key part {_shown(part)} is absolute")
-        for segment in unicodedata.normalize("NFC", part).split("/"):
-            if segment == ".":
-                continue
-            if segment == "":
-                raise UnsafeKey(f"key part {_shown(part)} has an empty segment ('//' or a trailing '/')")
-            if segment == "..":
-                raise UnsafeKey(f"key part {_shown(part)} contains '..'")
-            if "\\" in segment:
-                raise UnsafeKey(f"key part {_shown(part)} contains a backslash")
-            if any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in segment):
-                raise UnsafeKey(f"key part {_shown(part)} contains a control or invisible character")
-            if len(segment.encode()) > _MAX_SEGMENT_BYTES:
-                raise UnsafeKey(f"key part {_shown(part)} has a segment over {_MAX_SEGMENT_BYTES} bytes")
-            segments.append(segment)
-    if not segments:
-        raise UnsafeKey("the key has no segments left after dropping '.'")
-    key = "/".join(segments)
-    if len(key.encode()) > _MAX_KEY_BYTES:
-        raise UnsafeKey(f"the key is over {_MAX_KEY_BYTES} bytes")
-    return key
-
-
 # --- values -------------------------------------------------------------------------------------
 
 
@@ -177,21 +117,34 @@ class StoredObject:
 
 
 class StoreSettings(BaseModel):
-    """Where one bucket lives and how to talk to it; nest it in a process's settings model."""
+    """Where one bucket lives and how to talk to it. Each process nests one per store it uses (the
+    gateway's `results`, the agent's `airlock`), so every field has an environment variable."""
 
-    endpoint_url: str | None = Field(default=None, description="S3 endpoint; None means AWS.")
-    bucket: str
-    access_key: str | None = Field(default=None, description="None: boto3's default credential chain.")
-    secret_key: SecretStr | None = None
-    region: str = "us-east-1"
-    addressing_style: Literal["path", "virtual", "auto"] = "path"
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint; unset means AWS.")
+    bucket: str = Field(description="The bucket.")
+    access_key: str | None = Field(
+        default=None, description="Access key; unset: boto3's default credential chain."
+    )
+    secret_key: SecretStr | None = Field(default=None, description="Secret key of that access key.")
+    region: str = Field(default="us-east-1", description="Region of the bucket.")
+    addressing_style: Literal["path", "virtual", "auto"] = Field(
+        default="path",
+        description="`path` (MinIO, Ceph, moto), `virtual` (bucket in the host name) or `auto`.",
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to wait for a connection.")
+    read_timeout_s: float = Field(default=60.0, gt=0, description="Seconds to wait for a response.")
     max_attempts: int = Field(default=3, ge=1, description="Tries per request, the first included.")
-    native_checksums: bool = Field(default=True, description="Send ChecksumSHA256 for the server to verify.")
-    conditional_writes: bool = Field(default=True, description="Use If-None-Match: * (else a HEAD check).")
-    multipart_threshold: int = Field(default=16 * MiB, ge=_MIN_PART)
-    part_size: int = Field(default=16 * MiB, ge=_MIN_PART)
+    native_checksums: bool = Field(
+        default=True,
+        description="Send ChecksumSHA256 for the server to verify (turn off for stores without it).",
+    )
+    conditional_writes: bool = Field(
+        default=True, description="Use If-None-Match: * (else a HEAD check before each write)."
+    )
+    multipart_threshold: int = Field(
+        default=16 * MiB, ge=MIN_PART, description="Bytes from which a file is uploaded in parts."
+    )
+    part_size: int = Field(default=16 * MiB, ge=MIN_PART, description="Bytes per part of a multipart upload.")
     max_concurrency: int = Field(default=4, ge=1, description="Parts in flight per upload.")
 
 
@@ -210,25 +163,12 @@ def _etag(raw: str | None) -> str:
     return (raw or "").strip('"')
 
 
-def _read_exact(stream: IO[bytes], size: int) -> bytes:
-    """Up to `size` bytes; fewer only at end of stream."""
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(min(remaining, 8 * MiB))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
 def _user_metadata(metadata: Mapping[str, str] | None, sha256: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in (metadata or {}).items():
         if not _META_NAME.match(name) or name == "sha256":
             raise ValueError(
-                f"metadata name {_shown(name)} must be lower-case letters, digits, '-' (not sha256)"
+                f"metadata name {shown(name)} must be lower-case letters, digits, '-' (not sha256)"
             )
         if not value.isascii() or not value.isprintable():
             raise ValueError(f"metadata {name!r} must be printable ASCII")
@@ -268,8 +208,8 @@ class ObjectStore:
         self.region = region
         self._native_checksums = native_checksums
         self._conditional_writes = conditional_writes
-        self._multipart_threshold = max(multipart_threshold, _MIN_PART)
-        self._part_size = max(part_size, _MIN_PART)
+        self._multipart_threshold = max(multipart_threshold, MIN_PART)
+        self._part_size = max(part_size, MIN_PART)
         self._max_concurrency = max(max_concurrency, 1)
         config = Config(
             region_name=region,
@@ -415,11 +355,11 @@ class ObjectStore:
         (the file changed underneath us, or `sha256` was wrong): `ChecksumMismatch`.
         With `if_absent`, an existing key is never overwritten: `ObjectExists`.
         """
-        with open(path, "rb") as handle:
+        with Path(path).open("rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if sha256 is None:
                 if size < self._multipart_threshold:
-                    data = _read_exact(handle, size)
+                    data = read_exact(handle, size)
                     return self._write_bytes(
                         key,
                         data,
@@ -463,7 +403,7 @@ class ObjectStore:
     ) -> StoredObject:
         if size < self._multipart_threshold:
             return self._write_bytes(
-                key, _read_exact(stream, size), sha256, metadata, if_absent, content_type, source=source
+                key, read_exact(stream, size), sha256, metadata, if_absent, content_type, source=source
             )
         return self._write_multipart(
             key, stream, size, sha256, metadata, if_absent, content_type, source=source
@@ -513,74 +453,25 @@ class ObjectStore:
         *,
         source: str,
     ) -> StoredObject:
-        part_size = max(self._part_size, -(-size // _MAX_PARTS))
         user_metadata = _user_metadata(metadata, sha256)
         create: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Metadata": user_metadata}
         if content_type:
             create["ContentType"] = content_type
         if self._native_checksums:
             create["ChecksumAlgorithm"] = "SHA256"
+
+        def finish(actual: str, complete: dict[str, Any]) -> dict[str, Any]:
+            if actual != sha256:
+                raise ChecksumMismatch(source, sha256, actual)
+            return self._conditional(self._client.complete_multipart_upload, key, if_absent, complete)
+
+        parts = multipart.Parts(self._part_size, self._max_concurrency, self._native_checksums)
         with self._translate("multipart upload", key):
             if if_absent:
                 self._refuse_existing(key)
-            upload_id = self._client.create_multipart_upload(**create)["UploadId"]
-            try:
-                digest = hashlib.sha256()
-                written = 0
-                parts: list[Future[dict[str, Any]]] = []
-                with ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="s3-part") as pool:
-                    while written < size:
-                        chunk = _read_exact(stream, min(part_size, size - written))
-                        if not chunk:
-                            break
-                        digest.update(chunk)
-                        written += len(chunk)
-                        in_flight = [f for f in parts if not f.done()]
-                        if len(in_flight) >= self._max_concurrency:
-                            wait(in_flight, return_when=FIRST_COMPLETED)
-                        for done in (f for f in parts if f.done()):
-                            done.result()  # surface a failed part now, not after reading the rest
-                        parts.append(pool.submit(self._upload_part, key, upload_id, len(parts) + 1, chunk))
-                    completed = [f.result() for f in parts]
-                actual = digest.hexdigest()
-                if actual != sha256:
-                    raise ChecksumMismatch(source, sha256, actual)
-                complete = {
-                    "Bucket": self.bucket,
-                    "Key": key,
-                    "UploadId": upload_id,
-                    "MultipartUpload": {"Parts": completed},
-                }
-                response = self._conditional(self._client.complete_multipart_upload, key, if_absent, complete)
-            except BaseException:
-                self._abort(key, upload_id)
-                raise
-        log.debug("stored %s (%d bytes, %d parts)", key, written, len(completed))
+            response, written, count = multipart.upload(self._client, create, stream, size, parts, finish)
+        log.debug("stored %s (%d bytes, %d parts)", key, written, count)
         return StoredObject(key, written, sha256, _etag(response.get("ETag")), user_metadata)
-
-    def _upload_part(self, key: str, upload_id: str, number: int, chunk: bytes) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Key": key,
-            "UploadId": upload_id,
-            "PartNumber": number,
-            "Body": chunk,
-        }
-        part: dict[str, Any] = {"PartNumber": number}
-        if self._native_checksums:
-            kwargs["ChecksumAlgorithm"] = "SHA256"
-            kwargs["ChecksumSHA256"] = part["ChecksumSHA256"] = base64.b64encode(
-                hashlib.sha256(chunk).digest()
-            ).decode()
-        part["ETag"] = self._client.upload_part(**kwargs)["ETag"]
-        return part
-
-    def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (ClientError, BotoCoreError) as exc:
-            # Left for the bucket's abort-incomplete-multipart lifecycle rule; never visible.
-            log.warning("could not abort the multipart upload of %s: %s", key, type(exc).__name__)
 
     def _refuse_existing(self, key: str) -> None:
         if self._head(key) is not None:
@@ -660,7 +551,7 @@ class ObjectStore:
                 stored = self.copy_to(key, out, expect_sha256=expect_sha256)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(partial, target)
+            partial.replace(target)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -673,7 +564,7 @@ class ObjectStore:
         digest = hashlib.sha256()
         size = 0
         with self._open(key) as (body, _, response):
-            for chunk in body.iter_chunks(_READ_CHUNK):
+            for chunk in iter(lambda: body.read(_READ_CHUNK), b""):
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
@@ -727,7 +618,7 @@ class ObjectStore:
             deleted += self._delete_batch(batch)
         return deleted
 
-    def _delete_batch(self, keys: list[str]) -> int:
+    def _delete_batch(self, keys: Sequence[str]) -> int:
         with self._translate("delete", keys[0]):
             response = self._client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}

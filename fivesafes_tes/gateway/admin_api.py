@@ -14,7 +14,7 @@ from fivesafes_tes.auth import Principal, Role
 from fivesafes_tes.gateway.context import context
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
-from fivesafes_tes.submission import federation, results
+from fivesafes_tes.submission import deliveries, federation
 from fivesafes_tes.submission.tables import Task
 from fivesafes_tes.tes.models import NulFree
 
@@ -161,7 +161,7 @@ def redeliver(request: Request, task_id: str, admin: Admin) -> RedeliverOut:
     """Try again the deliveries of a task's released outputs that were given up after
     `FIVESAFES_DELIVERY_ATTEMPTS` (once the destination is fixed)."""
     ctx = context(request)
-    if ctx.results_store is None or not ctx.destinations:
+    if ctx.deliverer is None:
         raise HTTPException(
             409,
             "this gateway delivers nowhere: set FIVESAFES_DELIVERY_BUCKETS or FIVESAFES_FILE_OUTPUT_ROOT, "
@@ -171,8 +171,8 @@ def redeliver(request: Request, task_id: str, admin: Admin) -> RedeliverOut:
         if session.get(Task, task_id) is None:
             raise HTTPException(404, f"no task {task_id}")
         try:
-            children = results.redeliver(session, admin.username, task_id)
-        except results.NothingGivenUp as exc:
+            children = deliveries.redeliver(session, admin.username, task_id)
+        except deliveries.NothingGivenUp as exc:
             raise HTTPException(409, str(exc)) from None
     ctx.wake_deliveries()
     return RedeliverOut(children=children)

@@ -1,13 +1,14 @@
-"""The agent API (`/agent/v1`): how a TRE's agent pulls work and reports on it. Outbound from the
-TRE only; each agent token is bound to one TRE by its `tre` claim and sees nothing else."""
+"""The agent API (`/agent/v1`), every route of it: how a TRE's agent pulls work, reports on it, records
+what its checkers approved and uploads exactly that. Outbound from the TRE only; each agent token is
+bound to one TRE by its `tre` claim and sees nothing else."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -160,15 +161,101 @@ def child_event(request: Request, child_id: str, body: EventRequest, tre: Curren
             ttl_s=ctx.settings.lease_ttl_s,
             paused_for_review=ctx.settings.paused_for_review,
         )
-        if Stage(result.stage) in leases.RELEASE_ENDINGS and ctx.destinations:
+        if Stage(result.stage) in leases.RELEASE_ENDINGS and ctx.deliverer is not None:
             child = session.get(Child, child_id)  # loaded by record_event: no second read
             # owed from the commit that releases the files, whatever happens next
-            owed = results.owe_delivery(session, child, ctx.destinations)
+            owed = ctx.deliverer.owe(session, child)
     if Stage(result.stage) in leases.RELEASE_ENDINGS:
         failpoints.reach("release.ended")
     if owed:  # the delivery loop copies; this request (the agent's) does not wait for it
         ctx.wake_deliveries()
     return EventResponse(stage=result.stage, applied=result.applied)
+
+
+class ApprovedFileIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field(
+        min_length=1, max_length=1024, description="Container path of an output, or step-N.stdout|stderr."
+    )
+    kind: Literal["output", "stdout", "stderr"]
+    step: int | None = Field(
+        default=None, ge=0, le=2**31 - 1, description="The step of a log; none for an output."
+    )
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=2**63 - 1)
+
+
+class ApprovalsIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    files: list[ApprovedFileIn] = Field(min_length=1, max_length=10000)
+
+
+class ApprovalsOut(BaseModel):
+    recorded: bool = Field(description="False when exactly these approvals were recorded before.")
+    files: int
+
+
+@router.put(
+    "/children/{child_id}/approvals",
+    response_model=ApprovalsOut,
+    responses={
+        404: {"model": ErrorResponse},
+        409: {
+            "model": ErrorResponse,
+            "description": "Other approvals were recorded already, or the child is not awaiting review.",
+        },
+    },
+)
+def record_approvals(request: Request, child_id: str, body: ApprovalsIn, tre: CurrentTre) -> ApprovalsOut:
+    """What the TRE's output checkers approved for this child, recorded once before any upload: the
+    gateway then stores exactly these files."""
+    files = [results.Incoming(**f.model_dump()) for f in body.files]
+    with context(request).db.write() as session:
+        recorded = results.record_approvals(session, tre, child_id, files)
+    return ApprovalsOut(recorded=recorded, files=len(files))
+
+
+class UploadOut(BaseModel):
+    name: str
+    stored: bool = Field(description="False when exactly this file was stored before.")
+
+
+@router.put(
+    "/children/{child_id}/files",
+    response_model=UploadOut,
+    responses={
+        403: {
+            "model": ErrorResponse,
+            "description": "Not an agent of the child's TRE, or a file not among the child's recorded "
+            "approvals (audited); nothing stored.",
+        },
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+        422: {"model": ErrorResponse, "description": "The bytes do not match the SHA-256 or size given."},
+    },
+)
+async def upload_released_file(
+    request: Request,
+    child_id: str,
+    tre: CurrentTre,
+    name: Annotated[str, Query(min_length=1, max_length=1024)],
+    kind: Literal["output", "stdout", "stderr"],
+    sha256: Annotated[str, Query(pattern="^[0-9a-f]{64}$")],
+    size: Annotated[int, Query(ge=0)],
+    step: Annotated[int | None, Query(ge=0)] = None,
+) -> UploadOut:
+    """One approved file, streamed; kept only if it is among the child's recorded approvals and its
+    bytes hash to what the TRE recorded."""
+    ctx = context(request)
+    file = results.Incoming(name=name, kind=kind, step=step, size=size, sha256=sha256)
+    upload = await run_in_threadpool(results.expect, ctx.db, ctx.results_store, tre, child_id, file)
+    with results.Spool() as spool:
+        async for chunk in request.stream():
+            spool.write(chunk)
+        stored = await run_in_threadpool(results.keep, ctx.db, ctx.results_store, tre, upload, spool)
+    return UploadOut(name=name, stored=stored)
 
 
 @router.post("/children/{child_id}/cancel-ack", responses={404: {"model": ErrorResponse}})

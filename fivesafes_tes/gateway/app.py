@@ -7,26 +7,30 @@ import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from fivesafes_tes import __version__
-from fivesafes_tes.auth import DevIssuer, RemoteJwks, StaticJwks, TokenValidator, discover_jwks_url
+from fivesafes_tes.auth import (
+    DevIssuer,
+    RemoteJwks,
+    StaticJwks,
+    TokenValidator,
+    discover_jwks_url,
+)
 from fivesafes_tes.db import Database
-from fivesafes_tes.gateway import admin_api, agent_api, deliveries, errors, ops, results_api, tes_api
+from fivesafes_tes.egress.store import ObjectStore
+from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, results_api, tes_api
 from fivesafes_tes.gateway.context import GatewayContext, app_context, attach
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
 from fivesafes_tes.settings import GatewaySettings
-from fivesafes_tes.submission import results
+from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
-
-if TYPE_CHECKING:
-    from fivesafes_tes.egress.store import ObjectStore
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 
@@ -63,29 +67,28 @@ RELEASE_UPLOADS = re.compile(r"^/agent/v1/children/[^/]+/files$")
 
 
 def _results_store(settings: GatewaySettings) -> ObjectStore | None:
-    if not settings.results_endpoint_url and not settings.results_access_key:
+    store = settings.results
+    if not store.endpoint_url and not store.access_key:
         return None
-    from fivesafes_tes.egress.store import ObjectStore, StoreSettings
-
-    return ObjectStore.from_settings(  # built as the agent builds its airlock's
-        StoreSettings(
-            endpoint_url=settings.results_endpoint_url,
-            bucket=settings.results_bucket,
-            access_key=settings.results_access_key,
-            secret_key=settings.results_secret_key,
-            region=settings.results_region,
-        )
-    )
+    return ObjectStore.from_settings(store)
 
 
-def _destinations(settings: GatewaySettings) -> results.Destinations:
+def _deliverer(
+    settings: GatewaySettings, db: Database, store: ObjectStore | None
+) -> deliveries.Deliverer | None:
     folder = settings.file_output_root
     if folder is not None and not (folder.is_absolute() and folder.is_dir() and os.access(folder, os.W_OK)):
         raise ConfigurationError(
             f"FIVESAFES_FILE_OUTPUT_ROOT={folder} must be an absolute path to a folder this gateway can write "
             "(create it, or unset the setting to refuse file:// outputs)"
         )
-    return results.Destinations(frozenset(settings.delivery_buckets), str(folder) if folder else None)
+    where = deliveries.Destinations(frozenset(settings.delivery_buckets), str(folder) if folder else None)
+    if store is None or not where:
+        return None
+    schedule = deliveries.Schedule(
+        settings.delivery_attempts, settings.delivery_retry_s, settings.delivery_claim_s
+    )
+    return deliveries.Deliverer(db, store, where, schedule)
 
 
 def dev_issuer_url(settings: GatewaySettings) -> str:
@@ -117,6 +120,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         caps=settings.task_caps,
         file_output_root=str(settings.file_output_root) if settings.file_output_root else None,
     )
+    results_store = _results_store(settings)
     ctx = GatewayContext(
         settings=settings,
         db=db,
@@ -125,14 +129,14 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         policy=policy,
         metrics=ops.Metrics(),
         dev_issuer=issuer,
-        results_store=_results_store(settings),
-        destinations=_destinations(settings),
+        results_store=results_store,
+        deliverer=_deliverer(settings, db, results_store),
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Deliveries that fell due: retries, and those owed by a gateway that died before making them.
-        loop = deliveries.DeliveryLoop(ctx) if ctx.results_store and ctx.destinations else None
+        loop = deliveries.DeliveryLoop(ctx.deliverer) if ctx.deliverer is not None else None
         if loop is not None:
             loop.start()
             ctx.deliveries = loop
@@ -160,7 +164,6 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     for alias in TES_PREFIXES[1:]:
         app.include_router(tes_api.router, prefix=alias, include_in_schema=False)
     app.include_router(agent_api.router)
-    app.include_router(results_api.agent_router)
     app.include_router(results_api.router)
     app.include_router(admin_api.router)
     app.include_router(ops.router)

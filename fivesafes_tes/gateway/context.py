@@ -13,7 +13,6 @@ from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
-from fivesafes_tes.submission import results
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import ServiceInfo
 
@@ -21,8 +20,8 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from fivesafes_tes.egress.store import ObjectStore
-    from fivesafes_tes.gateway.deliveries import DeliveryLoop
     from fivesafes_tes.gateway.ops import Metrics
+    from fivesafes_tes.submission.deliveries import Deliverer, DeliveryLoop
 
 TARGET_TTL_S = 5.0
 
@@ -41,9 +40,10 @@ class GatewayContext:
     # Where each user's tasks go (project, TREs): seen by other replicas within TARGET_TTL_S of a change.
     targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
     user_cache: UserCache = field(default_factory=UserCache)
-    # Where released outputs are delivered besides the results store (with a results store only).
-    destinations: results.Destinations = field(default_factory=results.Destinations)
-    deliveries: DeliveryLoop | None = None  # while the app runs, where it delivers anywhere
+    # Delivers released outputs where their TES urls say, if this gateway has a results store and
+    # somewhere to deliver to.
+    deliverer: Deliverer | None = None
+    deliveries: DeliveryLoop | None = None  # while the app runs, with a deliverer
 
     def wake_deliveries(self) -> None:
         """A delivery is owed now (else the loop finds it within seconds, or at the next start)."""

@@ -108,6 +108,18 @@ def install(app: FastAPI) -> None:
     async def _not_found(_: Request, exc: Exception) -> JSONResponse:
         return error(404, str(exc))
 
+    @app.exception_handler(results.Damaged)
+    async def _damaged(_: Request, exc: results.Damaged) -> JSONResponse:
+        return error(422, str(exc))
+
+    @app.exception_handler(results.NoResultsStore)
+    async def _no_results_store(_: Request, exc: results.NoResultsStore) -> JSONResponse:
+        return error(503, str(exc), {"Retry-After": "60"})
+
+    @app.exception_handler(results.IntegrityAlert)
+    async def _altered(_: Request, exc: results.IntegrityAlert) -> JSONResponse:
+        return error(503, str(exc))  # no Retry-After: the file stays altered until someone acts
+
     @app.exception_handler(results.ReleaseConflict)
     @app.exception_handler(results.ApprovalsConflict)
     @app.exception_handler(federation.Conflict)

@@ -1,5 +1,6 @@
-"""Released files at the gateway: accepted from a TRE's agent with their SHA-256 checked, listed and
-handed to the researchers of the task's project, and shown in the TES view once released.
+"""Released files at the gateway: accepted from a TRE's agent with their SHA-256 checked and kept in
+the results store (`expect`, then `keep`), listed and handed to the researchers of the task's project
+(`download`), and shown in the TES view once released. Routes only parse, call these and render.
 
 The gateway stores exactly the approved set (RELIABILITY 33): before uploading, the agent records the
 child's approvals (name, kind, step, size, SHA-256), once and unchangeably; an upload outside them is
@@ -9,19 +10,29 @@ exactly those files, all arrived intact.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fivesafes_tes import audit
-from fivesafes_tes.db.base import utcnow
-from fivesafes_tes.submission import file_outputs
+from fivesafes_tes import audit, failpoints
+from fivesafes_tes.db import Database
+from fivesafes_tes.egress.keys import UnsafeKey, released_key, safe_key
+from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, ObjectStore
 from fivesafes_tes.submission.leases import IllegalTransition, child_in_tre
 from fivesafes_tes.submission.researcher_view import VISIBLE_AFTER
 from fivesafes_tes.submission.stages import Stage
-from fivesafes_tes.submission.tables import ApprovedFile, Child, ReleasedFile, Task, Tre
+from fivesafes_tes.submission.tables import ApprovedFile, Child, ReleasedFile, Tre
+from fivesafes_tes.submission.tasks import Actor, TaskNotFound, visible_task
+
+log = logging.getLogger(__name__)
 
 KINDS = ("output", "stdout", "stderr")
 
@@ -40,6 +51,18 @@ class NotApproved(Exception):
 
 class ApprovalsConflict(Exception):
     """Approvals were recorded for this child already, and they were other files."""
+
+
+class Damaged(Exception):
+    """An upload's bytes do not hash to the SHA-256 (or size) the TRE recorded: nothing was stored."""
+
+
+class IntegrityAlert(Exception):
+    """A released file in the results store no longer matches its SHA-256: it is not sent, and audited."""
+
+
+class NoResultsStore(Exception):
+    """This gateway has no results store configured, so it neither keeps nor hands out released files."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,14 @@ class Incoming:
         return self.name
 
 
+def stored_name(file: Incoming) -> str:
+    """The file's name as a part of its key in the results store; InvalidRelease saying what is wrong."""
+    try:
+        return safe_key(file.key_part())
+    except (InvalidRelease, UnsafeKey) as exc:
+        raise InvalidRelease(f"name: {exc}") from None
+
+
 def _approval(row: ApprovedFile) -> Incoming:
     return Incoming(name=row.name, kind=row.kind, step=row.step, size=row.size, sha256=row.sha256)
 
@@ -80,6 +111,8 @@ def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Inco
     """Record what the TRE's checkers approved for one of its children awaiting review, before any of
     it is uploaded; audited once. The same list again changes nothing (False: an agent repeating
     itself after a restart); another list is refused: approvals never change once recorded."""
+    for file in files:
+        stored_name(file)
     child = child_in_tre(session, tre, child_id, for_update=True)  # two recordings take turns
     wanted = set(files)
     if len({f.name for f in wanted}) != len(files):
@@ -97,7 +130,6 @@ def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Inco
         )
     ordered = sorted(wanted, key=lambda f: f.name)
     for file in ordered:
-        file.key_part()
         session.add(
             ApprovedFile(
                 child_id=child.id,
@@ -186,6 +218,162 @@ def accept(
     return row, True
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An upload the gateway expects: this file, for this child, kept under `key`."""
+
+    child_id: str
+    file: Incoming
+    key: str
+
+
+class Spool:
+    """An upload's bytes on local disk as they arrive, hashed on the way: never held in memory."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.NamedTemporaryFile(prefix="release-")  # noqa: SIM115 - closed by __exit__
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self.size += len(chunk)
+        self._file.write(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    @property
+    def path(self) -> str:
+        self._file.flush()
+        return self._file.name
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._file.close()
+
+
+def _present(store: ObjectStore | None) -> ObjectStore:
+    if store is None:
+        raise NoResultsStore("this gateway has no results store configured (FIVESAFES_RESULTS_*)")
+    return store
+
+
+def expect(db: Database, store: ObjectStore | None, tre: Tre, child_id: str, file: Incoming) -> Upload:
+    """Before a byte of an upload is read: the TRE's own child, awaiting review, recorded `file` among
+    its approvals. A file outside them is refused (NotApproved) and audited."""
+    _present(store)
+    name = stored_name(file)
+    with db.read() as session:
+        try:
+            task_id = expect_upload(session, tre, child_id, file).task_id
+        except NotApproved as exc:
+            refused = exc
+        else:
+            try:
+                return Upload(child_id, file, released_key(task_id, tre.name, file.kind, name))
+            except UnsafeKey as exc:
+                raise InvalidRelease(f"name: {exc}") from None
+    with db.write() as session:
+        refuse_upload(session, tre, child_id, file, refused)
+    raise refused
+
+
+def keep(db: Database, store: ObjectStore | None, tre: Tre, upload: Upload, spool: Spool) -> bool:
+    """Keep an expected upload whose bytes hash to what the TRE recorded: stored once (a repeat of the
+    same bytes is a no-op, returning False), then recorded as released. Damaged bytes are refused
+    and audited as an integrity alert; nothing is stored."""
+    store = _present(store)
+    file = upload.file
+    if spool.sha256 != file.sha256 or spool.size != file.size:
+        with db.write() as session:
+            audit.record(
+                session,
+                actor=f"agent:{tre.name}",
+                action="release.integrity",
+                object=f"child:{upload.child_id}",
+                outcome="alert",
+                detail={"name": file.name, "expected": file.sha256, "received_bytes": spool.size},
+            )
+        raise Damaged(
+            f"{file.name} arrived damaged: its SHA-256 or size differs from the TRE's record; "
+            "nothing was stored"
+        )
+    try:
+        store.put_file(upload.key, spool.path, sha256=file.sha256, if_absent=True)
+        failpoints.reach("release.stored")
+    except ObjectExists:
+        held = store.head(upload.key)
+        if held is None or held.sha256 != file.sha256:
+            raise ReleaseConflict(f"{file.name} is already stored with other content") from None
+    with db.write() as session:
+        child = expect_upload(session, tre, upload.child_id, file)
+        stored = accept(session, tre, child, file, upload.key)[1]
+    failpoints.reach("release.recorded")
+    return stored
+
+
+def download(
+    db: Database, store: ObjectStore | None, actor: Actor, file_id: int
+) -> tuple[ReleasedFile, Path]:
+    """Released file `file_id` for `actor`, in a temporary file the caller removes once sent: only a
+    file of a child whose release the researcher may see, of a task of the actor's projects, and only
+    if its bytes still hash to the SHA-256 recorded at the TRE. Audited either way."""
+    with db.read() as session:
+        released = session.get(ReleasedFile, file_id)
+        try:
+            child = session.get(Child, released.child_id) if released is not None else None
+            if released is None or child is None or child.stage not in VISIBLE_AFTER:
+                raise LookupError(file_id)
+            visible_task(session, actor, released.task_id)
+        except LookupError:
+            raise TaskNotFound(
+                str(file_id),
+                actor=actor.name,
+                exists=released is not None,
+                object=f"released:{file_id}",
+                message=f"no released file {file_id} visible to you",
+            ) from None
+    store = _present(store)
+    handle, name = tempfile.mkstemp(prefix="download-")
+    os.close(handle)  # get_to_file writes beside it and renames over it
+    path = Path(name)
+    try:
+        store.get_to_file(released.key, path, expect_sha256=released.sha256)
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        if not isinstance(exc, ChecksumMismatch):
+            raise
+        with db.write() as session:
+            audit.record(
+                session,
+                actor=actor.name,
+                action="download",
+                object=f"released:{file_id}",
+                outcome="integrity_alert",
+                detail={"name": released.name},
+            )
+        log.error("released file %s no longer matches its SHA-256; download refused", file_id)
+        raise IntegrityAlert(
+            "this file failed its integrity check and was not sent; the TRE has been alerted"
+        ) from None
+    with db.write() as session:
+        audit.record(
+            session,
+            actor=actor.name,
+            action="download",
+            object=f"released:{file_id}",
+            outcome="ok",
+            detail={"name": released.name, "sha256": released.sha256},
+        )
+    return released, path
+
+
 def check_disclosure(session: Session, child: Child, disclosure: dict[str, Any]) -> None:
     """Before a child may end: its disclosure record approves exactly the recorded approvals, and
     every one of them has arrived, intact."""
@@ -222,126 +410,7 @@ def released_files(session: Session, task_ids: list[str]) -> dict[str, list[tupl
     return out
 
 
-@dataclass(frozen=True)
-class Destinations:
-    """Where this gateway delivers released outputs besides its results store: s3:// urls naming one
-    of `buckets` (on the results store's endpoint) and file:// urls, under `folder` only."""
-
-    buckets: frozenset[str] = frozenset()
-    folder: str | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.buckets) or self.folder is not None
-
-    def accepts(self, url: str) -> bool:
-        if url.startswith("s3://"):
-            return url[5:].split("/", 1)[0] in self.buckets
-        return self.folder is not None and file_outputs.is_file_url(url)
-
-
-def destinations(
-    task_document: dict[str, Any], released: list[ReleasedFile], where: Destinations
-) -> dict[str, str]:
-    """Where each released output goes besides the results store: name -> url, for outputs whose TES
-    `url` is one this gateway delivers to. Wildcard outputs keep their path under `path_prefix`, and
-    a DIRECTORY's files theirs under it, appended to the output's url."""
-    import fnmatch
-    import posixpath
-
-    out: dict[str, str] = {}
-    for file in released:
-        if file.kind != "output":
-            continue
-        for spec in task_document.get("outputs", []):
-            url = spec.get("url", "")
-            if not where.accepts(url):
-                continue
-            path = spec["path"]
-            if any(c in path for c in "*?[") and fnmatch.fnmatchcase(file.name, path):
-                prefix = spec.get("path_prefix") or posixpath.dirname(path)
-                out[file.name] = url.rstrip("/") + "/" + posixpath.relpath(file.name, prefix)
-                break
-            if file.name == path or (
-                spec.get("type") == "DIRECTORY" and file.name.startswith(path.rstrip("/") + "/")
-            ):
-                out[file.name] = (
-                    url if file.name == path else url.rstrip("/") + file.name[len(path.rstrip("/")) :]
-                )
-                break
-    return out
-
-
 def released_of(session: Session, child_id: str) -> list[ReleasedFile]:
     """A child's released files, in the order they arrived."""
     query = select(ReleasedFile).where(ReleasedFile.child_id == child_id).order_by(ReleasedFile.id)
-    return list(session.scalars(query))
-
-
-# Deliveries: released outputs copied where their TES output urls say ------------------------------
-
-
-class NothingGivenUp(LookupError):
-    """No delivery of this task was given up: nothing to try again."""
-
-
-def delivery_targets(session: Session, child: Child, where: Destinations) -> list[tuple[ReleasedFile, str]]:
-    """The child's released outputs whose TES url is one `where` delivers to, each with that url; none
-    unless the child's files are the researcher's (VISIBLE_AFTER)."""
-    if not where or child.stage not in VISIBLE_AFTER:
-        return []
-    task = session.get(Task, child.task_id)
-    files = released_of(session, child.id)
-    urls = destinations(task.document, files, where)
-    return [(file, urls[file.name]) for file in files if file.name in urls]
-
-
-def owe_delivery(session: Session, child: Child, where: Destinations) -> bool:
-    """In the transaction that releases `child`'s files: owe a delivery if some target is not yet
-    delivered there, unless one is owed or was given up already (so a repeated final event changes
-    nothing). Returns whether one is owed now."""
-    if child.delivery_due_at is not None or child.delivery_attempts:
-        return child.delivery_due_at is not None
-    if not any(file.delivered_url != url for file, url in delivery_targets(session, child, where)):
-        return False
-    child.delivery_due_at = utcnow()
-    return True
-
-
-def redeliver(session: Session, actor: str, task_id: str) -> list[str]:
-    """A federation admin's new start for the deliveries of `task_id` that were given up (the
-    destination is fixed now): owed again at once with a fresh count of attempts, never over a claim
-    just taken; audited. Returns the children owed again."""
-    given_up = list(
-        session.scalars(
-            update(Child)
-            .where(Child.task_id == task_id, Child.delivery_due_at.is_(None), Child.delivery_attempts > 0)
-            .values(delivery_due_at=utcnow(), delivery_attempts=0)
-            .returning(Child.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    if not given_up:
-        raise NothingGivenUp(
-            "no delivery of this task was given up: nothing to try again (one under way is retried by itself)"
-        )
-    for child_id in given_up:
-        audit.record(
-            session,
-            actor=actor,
-            action="admin.redeliver",
-            object=f"child:{child_id}",
-            outcome="ok",
-            detail={"task_id": task_id},
-        )
-    return given_up
-
-
-def deliveries_due(session: Session, limit: int) -> list[str]:
-    """Children whose delivery is due now, oldest first."""
-    query = (
-        select(Child.id)
-        .where(Child.delivery_due_at.is_not(None), Child.delivery_due_at <= utcnow())
-        .order_by(Child.delivery_due_at)
-        .limit(limit)
-    )
     return list(session.scalars(query))
