@@ -338,7 +338,7 @@ def test_a_gateway_that_delivers_nowhere_says_so_when_asked_to_redeliver(databas
 
 def test_an_agent_report_cannot_say_where_outputs_were_delivered(gateway):
     """What was delivered where is the gateway's own record, not anything an agent reports."""
-    claimed = {name: "s3://elsewhere/taken" for name in FILES}
+    claimed = dict.fromkeys(FILES, "s3://elsewhere/taken")
     task_id, child = release(gateway, gateway.later, delivered=claimed)  # fails: the bucket is missing
     assert all(url.startswith("http") for url in outputs_view(gateway, task_id).values())
     assert set(delivered_urls(gateway, child).values()) == {None}
