@@ -11,7 +11,7 @@ import io
 import pytest
 
 from fivesafes_tes.egress.store import ChecksumMismatch
-from fivesafes_tes.submission import deliveries
+from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.submission import file_outputs
 from tests.conftest import Gateway, results_store_settings
 from tests.test_agent_api import TES, approve, event, lease, upload
@@ -181,7 +181,7 @@ def release(gw: Gateway, outputs: list[dict], files: dict[str, bytes]) -> tuple[
         assert upload(gw, child, data, name=name).status_code == 200
     disclosure = {"files": [{"name": n, "sha256": sha(d), "decision": "approved"} for n, d in files.items()]}
     assert event(gw, child, 1, 5, "released", report={"disclosure": disclosure}).status_code == 200
-    gw.app.state.ctx.deliverer.deliver(child)
+    app_context(gw.app).deliverer.deliver(child)
     return task_id, child
 
 
@@ -218,7 +218,7 @@ def test_a_wildcard_output_cannot_climb_out_of_its_url(folder_gateway):
     _, child = release(folder_gateway, outputs, {"/outputs/summary.csv": SUMMARY})
     assert not (root / "summary.csv").exists() and not (root / "study").exists()
     wait_until(lambda: child in due(folder_gateway))  # the retry, after delivery_retry_s
-    folder_gateway.app.state.ctx.deliverer.deliver(child)  # the last of delivery_attempts=2
+    app_context(folder_gateway.app).deliverer.deliver(child)  # the last of delivery_attempts=2
     logs = child_row(folder_gateway, child).system_logs
     assert any(
         f"could not deliver /outputs/summary.csv to file://{root}/study/../summary.csv" in line
