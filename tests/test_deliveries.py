@@ -9,19 +9,20 @@ import contextlib
 import hashlib
 import secrets
 import threading
-import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
 
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.submission import deliveries, results
 from fivesafes_tes.submission.tables import Child
 from tests.conftest import Gateway, results_store_settings
 from tests.test_agent_api import TES, approve, event, lease, upload
+from tests.waiting import wait_for
 
 FILES = {"/outputs/summary.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt": b"two regions\n"}
 
@@ -81,7 +82,7 @@ def release(gw: Gateway, bucket: str, *, attempt: bool = True, **report: object)
     final = event(gw, child, 1, 5, "released", report={"disclosure": disclosure, **report})
     assert final.status_code == 200, final.text
     if attempt:
-        gw.app.state.ctx.deliverer.deliver(child)
+        app_context(gw.app).deliverer.deliver(child)
     return task_id, child
 
 
@@ -127,24 +128,22 @@ def serving(gw: Gateway) -> Iterator[str]:
         thread.join(10)
 
 
-def wait_until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+def _naive(moment: datetime) -> datetime:
+    """A UTC moment without its zone, as SQLite gives it back."""
+    return moment.replace(tzinfo=None)
 
 
 def test_a_release_delivers_each_output_once_verified(gateway):
     with gateway.client:  # the app's lifespan: its delivery loop, which the final event wakes
         task_id, child = release(gateway, gateway.outputs.bucket, attempt=False)
-        wait_until(lambda: child_row(gateway, child).delivery_due_at is None)
+        wait_for(lambda: child_row(gateway, child).delivery_due_at is None, 15, "the delivery")
     for name, data in FILES.items():
         assert gateway.outputs.get_bytes(f"study{name}") == data
     assert sorted(delivery_audit(gateway)) == sorted(("ok", name) for name in FILES)
     assert outputs_view(gateway, task_id) == {
         name: f"s3://{gateway.outputs.bucket}/study{name}" for name in FILES
     }
-    gateway.app.state.ctx.deliverer.deliver(child)  # owed nothing more: no second copy, no record
+    app_context(gateway.app).deliverer.deliver(child)  # owed nothing more: no second copy, no record
     assert len(delivery_audit(gateway)) == len(FILES)
 
 
@@ -157,7 +156,7 @@ def test_a_failed_delivery_is_retried_until_the_destination_works(gateway):
 
     gateway.s3.store(gateway.later)  # the destination comes back
     with gateway.client:  # the app's delivery loop retries by itself
-        wait_until(lambda: child_row(gateway, child).delivery_due_at is None)
+        wait_for(lambda: child_row(gateway, child).delivery_due_at is None, 15, "the delivery")
     assert child_row(gateway, child).delivery_attempts == 0  # done: nothing counts against it
     made = gateway.s3.store(gateway.later)
     for name, data in FILES.items():
@@ -171,9 +170,11 @@ def test_a_failed_delivery_is_retried_until_the_destination_works(gateway):
 
 def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
     task_id, child = release(gateway, gateway.later)
-    ctx = gateway.app.state.ctx
+    ctx = app_context(gateway.app)
     for _ in range(5):  # more passes than attempts allowed
-        wait_until(lambda: child_row(gateway, child).delivery_due_at is None or due(gateway))
+        wait_for(
+            lambda: child_row(gateway, child).delivery_due_at is None or due(gateway), 15, "the next attempt"
+        )
         for owed in due(gateway):
             ctx.deliverer.deliver(owed)
     row = child_row(gateway, child)
@@ -200,7 +201,7 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
         result = CliRunner().invoke(app, ["admin", "redeliver", task_id, "--url", base, "--token", token])
         assert result.exit_code == 0, result.output
         assert "owed again for 1 TRE(s)" in result.output
-        wait_until(lambda: child_row(gateway, child).delivery_due_at is None)  # delivered
+        wait_for(lambda: child_row(gateway, child).delivery_due_at is None, 15, "the delivery")
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
     refused = gateway.client.post(url, headers=admin)  # nothing given up any more
     assert refused.status_code == 409 and "nothing to try again" in refused.json()["detail"]
@@ -223,7 +224,7 @@ def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway, monkeypatch)
     monkeypatch.setattr(ObjectStore, "copy_verified", counted)
     with gateway.db.write() as session:  # due now, as if its retry time had come
         session.execute(update(Child).where(Child.id == child).values(delivery_due_at=utcnow()))
-    ctx = gateway.app.state.ctx
+    ctx = app_context(gateway.app)
     start, errors = threading.Barrier(4), []
 
     def replica() -> None:
@@ -248,13 +249,13 @@ def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway, monkeypatch)
 def test_a_delivery_held_by_a_replica_that_died_is_taken_over_when_its_claim_lapses(gateway):
     _, child = release(gateway, gateway.later)
     gateway.s3.store(gateway.later)
-    ctx = gateway.app.state.ctx
+    ctx = app_context(gateway.app)
     with gateway.db.write() as session:  # another replica claimed it a moment ago, then died
         claimed_until = utcnow() + timedelta(seconds=1)
         session.execute(update(Child).where(Child.id == child).values(delivery_due_at=claimed_until))
     ctx.deliverer.deliver(child)
     assert [e for e in delivery_audit(gateway) if e[0] == "ok"] == []  # not while the claim holds
-    wait_until(lambda: bool(due(gateway)), timeout=5)
+    wait_for(lambda: bool(due(gateway)), 5, "the dead replica's claim to lapse")
     ctx.deliverer.deliver(child)
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
 
@@ -274,22 +275,24 @@ def test_a_long_copy_keeps_its_claim_and_nobody_else_starts_the_delivery(make_ga
     gateway = make_gateway(delivery_claim_s=0.3)
     _, child = release(gateway, gateway.later)  # fails: the bucket is missing; retried below
     gateway.s3.store(gateway.later)
-    real, copying, copies = ObjectStore.copy_verified, threading.Event(), []
+    real, copying, finish, copies = ObjectStore.copy_verified, threading.Event(), threading.Event(), []
 
     def slow(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         copying.set()
         copies.append(args[1])
-        time.sleep(1.0)  # three times the claim: only its renewal keeps it
+        assert finish.wait(30)  # the copy outlasts the claim: only its renewal keeps it
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(ObjectStore, "copy_verified", slow)
-    ctx = gateway.app.state.ctx
-    wait_until(lambda: bool(due(gateway)))
+    ctx = app_context(gateway.app)
+    wait_for(lambda: bool(due(gateway)), 15, "the delivery to fall due")
     first = threading.Thread(target=ctx.deliverer.deliver, args=(child,))
     first.start()
     assert copying.wait(10)
-    time.sleep(0.5)  # past the first claim's end
+    claimed_until = _naive(child_row(gateway, child).delivery_due_at)
+    wait_for(lambda: _naive(utcnow()) > claimed_until, 10, "the first claim's end to pass")
     ctx.deliverer.deliver(child)  # another replica's attempt: the claim is still held
+    finish.set()
     first.join(30)
     assert len(copies) == len(FILES)  # each file copied once: the second attempt never started
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
@@ -311,8 +314,8 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(ObjectStore, "copy_verified", stalled)
-    ctx = gateway.app.state.ctx
-    wait_until(lambda: bool(due(gateway)))
+    ctx = app_context(gateway.app)
+    wait_for(lambda: bool(due(gateway)), 15, "the delivery to fall due")
     audited, logged = delivery_audit(gateway), child_row(gateway, child).system_logs
     ctx.deliverer.deliver(child)
     row = child_row(gateway, child)
@@ -337,7 +340,7 @@ def test_a_gateway_that_delivers_nowhere_says_so_when_asked_to_redeliver(databas
 
 def test_an_agent_report_cannot_say_where_outputs_were_delivered(gateway):
     """What was delivered where is the gateway's own record, not anything an agent reports."""
-    claimed = {name: "s3://elsewhere/taken" for name in FILES}
+    claimed = dict.fromkeys(FILES, "s3://elsewhere/taken")
     task_id, child = release(gateway, gateway.later, delivered=claimed)  # fails: the bucket is missing
     assert all(url.startswith("http") for url in outputs_view(gateway, task_id).values())
     assert set(delivered_urls(gateway, child).values()) == {None}

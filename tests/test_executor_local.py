@@ -13,6 +13,7 @@ import pytest
 from fivesafes_tes import executors
 from fivesafes_tes.executors import Limits, Mount, Outcome, RunResult, RunSpec, Step
 from fivesafes_tes.executors.local import WARNING, LocalExecutor, mount_rewriter
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -106,9 +107,14 @@ def test_the_deadline_kills_the_whole_process_group(local: LocalExecutor, tmp_pa
     assert result.outcome is Outcome.TIMED_OUT and len(result.steps) == 1
     assert time.monotonic() - t0 < 5
     stray = Path(f"/proc/{int(pidfile.read_text())}/stat")
-    time.sleep(0.2)
-    # gone, or a zombie its new parent has not reaped yet
-    assert not stray.exists() or stray.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+    def dead() -> bool:  # gone, or a zombie its new parent has not reaped yet
+        try:
+            return stray.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_for(dead, 5, "the step's background process to die with its group")
 
 
 def test_cancel_running_sweep_cleanup(local: LocalExecutor, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import io
 import pytest
 
 from fivesafes_tes.egress.store import ChecksumMismatch
+from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.submission import file_outputs
 from tests.conftest import Gateway, results_store_settings
 from tests.test_agent_api import TES, approve, event, lease, upload
@@ -180,7 +181,7 @@ def release(gw: Gateway, outputs: list[dict], files: dict[str, bytes]) -> tuple[
         assert upload(gw, child, data, name=name).status_code == 200
     disclosure = {"files": [{"name": n, "sha256": sha(d), "decision": "approved"} for n, d in files.items()]}
     assert event(gw, child, 1, 5, "released", report={"disclosure": disclosure}).status_code == 200
-    gw.app.state.ctx.deliverer.deliver(child)
+    app_context(gw.app).deliverer.deliver(child)
     return task_id, child
 
 

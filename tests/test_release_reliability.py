@@ -21,6 +21,7 @@ from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.submission.tables import ReleasedFile
 from tests import images
+from tests.waiting import wait_for
 
 docker_client = images.docker_client
 TES = "/ga4gh/tes/v1"
@@ -78,7 +79,8 @@ def _child(agent) -> str:  # type: ignore[no-untyped-def]
         return session.scalars(select(LocalChild.child_id).order_by(LocalChild.created_at.desc())).first()
 
 
-def test_an_airlock_outage_holds_back_and_resumes(stack):
+def test_an_airlock_outage_holds_back_and_resumes(stack, caplog):
+    caplog.set_level(logging.WARNING, logger="fivesafes_tes.agent.loop")
     http = httpx.Client(
         base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
     )
@@ -87,8 +89,17 @@ def test_an_airlock_outage_holds_back_and_resumes(stack):
     try:
         task_id = http.post(f"{TES}/tasks", json=task(SCRIPT)).json()["id"]
         _wait(http, task_id, "checking")
-        time.sleep(2)
-        assert _stage(http, task_id) == "checking"  # nothing skipped, nothing released unchecked
+        child = _child(uk)
+
+        def outages() -> int:
+            return sum(
+                "airlock unavailable" in r.getMessage() and child in r.getMessage() for r in caplog.records
+            )
+
+        # The agent tries the hold again and again while S3 is down; after two failed tries the child
+        # is still checking: nothing skipped, nothing released unchecked.
+        wait_for(lambda: outages() >= 2, 30, "the agent to find the airlock unavailable twice")
+        assert _stage(http, task_id) == "checking"
     finally:
         stack.s3.start()
     _wait(http, task_id, "awaiting_review")

@@ -31,6 +31,7 @@ from fivesafes_tes.submission.stages import TRANSITIONS, Stage
 from tests import images
 from tests.conftest import gateway_forgets_policies
 from tests.processes import agent_env, approve_all, start_agent
+from tests.waiting import wait_for
 
 docker_client = images.docker_client
 TES = "/ga4gh/tes/v1"
@@ -220,11 +221,9 @@ def test_unapproved_user_and_project_end_rejected_by_tre_with_a_clear_line(feder
 
 def test_cancel_stops_a_running_container_within_seconds(federation, docker_client):
     alice = Researcher(federation)
-    task_id = alice.submit(analysis("sleep 600\n", tags={"tres": "uk-tre"}))
+    script = "echo 'persons,1' > /outputs/prevalence.csv\necho counted-so-far\nsleep 600\n"
+    task_id = alice.submit(analysis(script, tags={"tres": "uk-tre"}))
     alice.wait(task_id, lambda d: d["logs"][0]["metadata"]["stage"] == "running")
-    started = time.monotonic()
-    assert alice.http.post(f"/tasks/{task_id}:cancel").json() == {}
-    assert alice.full(task_id)["state"] == "CANCELED"
     child = _children(federation.agents["uk-tre"])[0]
     label = f"org.fivesafes.child={child}"
 
@@ -233,14 +232,54 @@ def test_cancel_stops_a_running_container_within_seconds(federation, docker_clie
         filters = {"label": label, "status": "running"}
         return docker_client.containers.list(filters=filters, ignore_removed=True)
 
-    while running() and time.monotonic() - started < 10:
-        time.sleep(0.2)
-    assert not running()
+    def said_something() -> bool:  # the step has really produced output (its file is written first)
+        return any(b"counted-so-far" in c.logs() for c in running())
+
+    wait_for(said_something, 30, "the running step to produce output")
+    started = time.monotonic()
+    assert alice.http.post(f"/tasks/{task_id}:cancel").json() == {}
+    assert alice.full(task_id)["state"] == "CANCELED"
+    wait_for(lambda: not running(), 10, "the canceled container to stop")
     assert time.monotonic() - started < 10
     store = federation.agents["uk-tre"].store
-    while airlock.read_manifest(store, child) is not None and time.monotonic() - started < 20:
-        time.sleep(0.2)
-    assert airlock.read_manifest(store, child) is None  # nothing held
+    wait_for(lambda: _settled(federation.agents["uk-tre"], child), 20, "the agent to settle the cancel")
+    assert airlock.read_manifest(store, child) is None
+    assert list(store.list(airlock.held_prefix(child))) == []  # nothing it wrote was held
+    doc = alice.full(task_id)
+    assert all(not log.get("logs") for log in doc["logs"])  # no exit code, no stdout
+
+
+def _settled(agent, child: str) -> bool:  # type: ignore[no-untyped-def]
+    from fivesafes_tes.agent.tables import LocalChild
+
+    with agent.db.read() as session:
+        local = session.get(LocalChild, child)
+        return local is not None and bool((local.result or {}).get("airlock_emptied"))
+
+
+def test_cancel_while_awaiting_review_empties_the_airlock_and_releases_nothing(federation):
+    alice = Researcher(federation)
+    task_id = alice.submit(analysis(tags={"tres": "uk-tre"}))
+    alice.wait(task_id, _held)
+    agent = federation.agents["uk-tre"]
+    child = _children(agent)[0]
+    manifest = airlock.read_manifest(agent.store, child)
+    assert manifest is not None and len(manifest.files) == 3  # the output and both logs are held
+    keys = [held.key for held in manifest.files]
+    assert alice.http.post(f"/tasks/{task_id}:cancel").json() == {}
+
+    def emptied() -> bool:
+        gone = airlock.read_manifest(agent.store, child) is None
+        return gone and all(agent.store.head(key) is None for key in keys)
+
+    wait_for(emptied, 30, "the airlock to discard the canceled child's held files")
+    doc = alice.full(task_id)
+    assert doc["state"] == "CANCELED"
+    assert all(not log.get("logs") for log in doc["logs"])  # no exit code, no stdout
+    results = httpx.get(
+        f"{federation.url}/api/v1/tasks/{task_id}/results", headers=alice.http.headers, timeout=30
+    ).json()
+    assert [tre["files"] for tre in results["tres"]] == [[]]
 
 
 def test_each_tre_applies_its_own_image_policy_and_reserved_variables(federation, monkeypatch):

@@ -41,14 +41,12 @@ from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
 from fivesafes_tes.executors import Executor, RequestRefused, sandbox
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
-from fivesafes_tes.submission.stages import Stage
+from fivesafes_tes.submission.stages import TASK_ACTS, Stage
 
 log = logging.getLogger(__name__)
 
 # Stages before the run: a refusal there depends only on the request, so the researcher may read it.
 BEFORE_RUN = (Stage.LEASED, Stage.AWAITING_TRE_APPROVAL, Stage.STAGING)
-# Stages where the task's own code runs or its outputs are read: an attempt lost there counts.
-TASK_ACTS = (Stage.STAGING, Stage.RUNNING, Stage.CHECKING)
 
 
 class CannotStart(RuntimeError):

@@ -161,12 +161,9 @@ def settle(session: Session, child_id: str, policy: ReviewPolicy) -> Settled | N
         mine = [d for d in decisions if d.key == record.key]
         if releasable(record) is not None or any(d.decision == "rejected" for d in mine):
             files[record.key] = FileOutcome.REJECTED
-        elif (
-            len({(d.checker_issuer, d.checker_subject) for d in mine if d.decision == "approved"})
-            >= policy.required_approvals
-            or policy.auto_release
-            and all(r.verdict == "pass" for r in held)
-        ):
+        elif len(
+            {(d.checker_issuer, d.checker_subject) for d in mine if d.decision == "approved"}
+        ) >= policy.required_approvals or (policy.auto_release and all(r.verdict == "pass" for r in held)):
             files[record.key] = FileOutcome.APPROVED
         else:
             return None

@@ -22,7 +22,7 @@ from fivesafes_tes.auth.tables import User
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.submission import researcher_view
 from fivesafes_tes.submission.federation import describe_projects
-from fivesafes_tes.submission.stages import Stage, can_move, derive_parent_state
+from fivesafes_tes.submission.stages import TASK_ACTS, Stage, can_move, derive_parent_state
 from fivesafes_tes.submission.tables import (
     Child,
     ChildEvent,
@@ -87,8 +87,6 @@ class Decision:
 
 
 _IN_PROGRESS = tuple(s.value for s in Stage if not s.is_final and s is not Stage.RECEIVED)
-# Where the task's own code runs or its outputs are read: a lease lost here may be the task's doing.
-_TASK_ACTS = (Stage.STAGING.value, Stage.RUNNING.value, Stage.CHECKING.value)
 
 
 def _leasable(tre: Tre, now: datetime):  # type: ignore[no-untyped-def]
@@ -160,7 +158,7 @@ def lease(
     }
     grants = []
     for child in children:
-        if child.stage in _TASK_ACTS:
+        if child.stage in TASK_ACTS:
             child.lost_leases += 1
         child.attempt += 1
         child.lease_expires_at = expires
@@ -199,7 +197,7 @@ def give_up(session: Session, tre: Tre, *, max_lost_leases: int, now: datetime) 
     do not count. The researcher reads that stage's fixed line; the audit says why."""
     doomed = select(Child.task_id, Child.id).where(
         Child.tre_id == tre.id,
-        Child.stage.in_(_TASK_ACTS),
+        Child.stage.in_(TASK_ACTS),
         Child.lease_expires_at < now,
         Child.lost_leases + 1 >= max_lost_leases,
     )
@@ -209,7 +207,7 @@ def give_up(session: Session, tre: Tre, *, max_lost_leases: int, now: datetime) 
         task = session.scalars(select(Task).where(Task.id == task_id).with_for_update()).one()
         child = session.scalars(
             select(Child)
-            .where(Child.id == child_id, Child.lease_expires_at < now, Child.stage.in_(_TASK_ACTS))
+            .where(Child.id == child_id, Child.lease_expires_at < now, Child.stage.in_(TASK_ACTS))
             .with_for_update(skip_locked=True)
         ).first()
         if child is None:  # renewed, moved on or taken by another replica meanwhile

@@ -49,6 +49,10 @@ _IN_PROGRESS = (
 )
 PROGRESS_ORDER = {stage: rank for rank, stage in enumerate(_IN_PROGRESS)}
 
+# Where the task's own code runs or its outputs are read: a lease or an attempt lost here may be the
+# task's doing, so the gateway counts lost leases and the agent counts attempts in these stages only.
+TASK_ACTS = (Stage.STAGING, Stage.RUNNING, Stage.CHECKING)
+
 TES_STATE: dict[Stage, State] = {
     Stage.RECEIVED: State.QUEUED,
     Stage.LEASED: State.QUEUED,
