@@ -7,7 +7,6 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 VENV := .venv
-LINT_PATHS := fivesafes_tes tests bench
 ARGS ?=
 
 .PHONY: help demo test bench lint dev clean bootstrap services
@@ -27,9 +26,8 @@ bench: bootstrap ## run the benchmarks (one run) and write docs/benchmarks.md; A
 	@service_env="$$(bash scripts/services.sh --with-docker)"; eval "$$service_env"; \
 	  $(VENV)/bin/python -m bench $(ARGS)
 
-lint: bootstrap ## ruff check and ruff format --check
-	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+lint: bootstrap ## ruff check, ruff format --check and mypy (scripts/lint.sh)
+	bash scripts/lint.sh
 
 dev: bootstrap ## run the embedded federation and keep it up (starts Docker if needed)
 	@service_env="$$(bash scripts/services.sh --with-docker)"; eval "$$service_env"; \

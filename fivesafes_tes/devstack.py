@@ -21,6 +21,7 @@ import uvicorn
 from fivesafes_tes.auth import DevIssuer
 from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.app import create_app, dev_issuer_url
+from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.settings import AirlockStoreSettings, GatewaySettings, ResultsStoreSettings
 
 # The embedded federation: two TREs and two projects. alice and carol share `diabetes-cancer`, which
@@ -131,7 +132,7 @@ class DevStack:
     def stop(self) -> None:
         for agent in self.agents.values():
             agent.shutdown(timeout=2)
-        self.server.config.app.state.ctx.signal.close()
+        app_context(self.server.config.app).signal.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
         if self.s3 is not None:
@@ -183,8 +184,9 @@ def start(
     db.upgrade()
     seed_federation(db)
     app = create_app(settings, db=db)
-    if app.state.ctx.results_store is not None:
-        app.state.ctx.results_store.ensure_bucket()
+    store = app_context(app).results_store
+    if store is not None:
+        store.ensure_bucket()
     server, thread = serve(app, host, port)
     issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
     stack = DevStack(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite the way CI does: venvs, services, then pytest.
 #
-#   scripts/test.sh                         the whole suite
+#   scripts/test.sh                         lint (scripts/lint.sh), then the whole suite
 #   scripts/test.sh tests/test_audit.py -x  any arguments go straight to pytest
 #
 # Exits with pytest's status, except that "no tests collected" (pytest's 5) is a failure
@@ -12,6 +12,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 bash scripts/bootstrap.sh --with-pytes04
+
+# A full run (CI's `make test`) lints first; a run of chosen tests does not.
+if [ "$#" -eq 0 ]; then
+  bash scripts/lint.sh
+fi
 
 # Assign first, then eval: `eval "$(cmd)"` alone would hide a failing services.sh
 # (eval of empty text succeeds), while a failing assignment stops the script here.

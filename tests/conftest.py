@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from fivesafes_tes.db import Database
 from fivesafes_tes.devstack import seed_federation
+from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.settings import ResultsStoreSettings
 
 pytest_plugins = ["tests.s3"]
@@ -128,7 +129,7 @@ class Gateway:
         )
         self.db = Database(database_url)
         self.app = create_app(self.settings, db=self.db)
-        self.issuer = self.app.state.ctx.dev_issuer
+        self.issuer = app_context(self.app).dev_issuer
         self.client = TestClient(self.app)
         if seed:
             seed_federation(self.db, TEST_FEDERATION)
@@ -180,7 +181,7 @@ def gateway_forgets_policies(stack, monkeypatch, *tres: str) -> None:  # type: i
         while agent._last_sync == began:  # a sync under way published before: wait for the next one
             assert time.monotonic() < deadline, "the agent did not sync"
             time.sleep(0.05)
-    ctx = stack.server.config.app.state.ctx
+    ctx = app_context(stack.server.config.app)
     with ctx.db.write() as session:
         ids = select(Tre.id).where(Tre.name.in_(tres))
         assert session.execute(

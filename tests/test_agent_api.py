@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from fivesafes_tes import devstack
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.submission import leases, results
 from fivesafes_tes.submission.stages import TRANSITIONS, Stage, derive_parent_state
 from fivesafes_tes.submission.tables import Child, Project, ReleasedFile, Tre, TreDecision
@@ -344,7 +345,7 @@ def test_long_poll_returns_as_soon_as_work_arrives(database_url, tmp_path, monke
 
         poller = threading.Thread(target=poll)
         poller.start()
-        signal = stack.server.config.app.state.ctx.signal
+        signal = app_context(stack.server.config.app).signal
         deadline = time.monotonic() + 10
         while not any(signal._waiters.values()):  # the long poll is open and waiting
             assert time.monotonic() < deadline, "the long poll never started waiting"
@@ -714,7 +715,7 @@ def test_an_approved_file_that_never_arrived_holds_the_release(releasing):
 def test_an_idle_long_poll_opens_no_write_transaction(gateway, monkeypatch):
     """An idle agent rechecks every 0.5 s; on SQLite a write would queue with every task creation."""
     lease(gateway)  # the agent's first call (nothing to hand out either way)
-    db = gateway.app.state.ctx.db
+    db = app_context(gateway.app).db
     real, writes = db.write, []
 
     def counted(*args, **kwargs):  # type: ignore[no-untyped-def]

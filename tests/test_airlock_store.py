@@ -21,17 +21,21 @@ from hypothesis import strategies as st
 
 from fivesafes_tes.egress import (
     ChecksumMismatch,
-    HeldFileSpec,
+    HeldKey,
     HoldConflict,
+    LogKey,
     ObjectExists,
     ObjectMissing,
     ObjectStore,
+    OutputKey,
     StaleAttempt,
     StoreSettings,
     StoreUnavailable,
+    Stream,
     UnsafeKey,
     UnsafeOutput,
     discard,
+    held_key,
     hold_outputs,
     read_manifest,
     safe_key,
@@ -346,16 +350,24 @@ def test_safe_key_refuses_any_dotdot(segments: list[str], at: int) -> None:
 # --- holding outputs ----------------------------------------------------------------------------
 
 
+TABLE = OutputKey("/outputs/results/table.csv")
+STDOUT = LogKey(0, Stream.STDOUT)
+
+
 @pytest.fixture
-def task_files(tmp_path: Path) -> list[HeldFileSpec]:
+def task_files(tmp_path: Path) -> dict[HeldKey, Path]:
     work = tmp_path / "work"
-    return [
-        HeldFileSpec("/outputs/results/table.csv", write(work / "o1", b"a,b\n1,2\n"), "output"),
-        HeldFileSpec("/outputs/plot.png", write(work / "o2", os.urandom(50_000)), "output"),
-        HeldFileSpec("/outputs/empty.txt", write(work / "o3", b""), "output"),
-        HeldFileSpec(None, write(work / "logs" / "step-0.stdout", b"started\n"), "stdout", 0),
-        HeldFileSpec(None, write(work / "logs" / "step-0.stderr", b""), "stderr", 0),
-    ]
+    return {
+        TABLE: write(work / "o1", b"a,b\n1,2\n"),
+        OutputKey("/outputs/plot.png"): write(work / "o2", os.urandom(50_000)),
+        OutputKey("/outputs/empty.txt"): write(work / "o3", b""),
+        STDOUT: write(work / "logs" / "step-0.stdout", b"started\n"),
+        LogKey(0, Stream.STDERR): write(work / "logs" / "step-0.stderr", b""),
+    }
+
+
+def only_table(files: dict[HeldKey, Path]) -> dict[HeldKey, Path]:
+    return {TABLE: files[TABLE]}
 
 
 def keys_in(store: ObjectStore) -> list[str]:
@@ -363,45 +375,49 @@ def keys_in(store: ObjectStore) -> list[str]:
 
 
 def test_hold_outputs_twice_gives_the_same_manifest(
-    s3_store: ObjectStore, task_files: list[HeldFileSpec]
+    s3_store: ObjectStore, task_files: dict[HeldKey, Path]
 ) -> None:
     first = hold_outputs(s3_store, "c1", 1, task_files)
-    second = hold_outputs(s3_store, "c1", 1, list(reversed(task_files)))
+    second = hold_outputs(s3_store, "c1", 1, dict(reversed(task_files.items())))
 
     assert second == first
-    assert read_manifest(s3_store, "c1") == first
-    assert [f.key for f in first.files] == [
+    assert read_manifest(s3_store, "c1") == first  # a HeldFile is the same file wherever its copy is
+    assert [held_key("c1", f.key) for f in first.files] == [
         "held/c1/logs/step-0.stderr",
         "held/c1/logs/step-0.stdout",
         "held/c1/outputs/outputs/empty.txt",
         "held/c1/outputs/outputs/plot.png",
         "held/c1/outputs/outputs/results/table.csv",
     ]
-    assert keys_in(s3_store) == sorted([f.key for f in first.files] + ["held/c1/manifest.json"])
+    assert keys_in(s3_store) == sorted(
+        [held_key("c1", f.key) for f in first.files] + ["held/c1/manifest.json"]
+    )
     for held in first.files:
-        head = s3_store.head(held.key)
+        head = s3_store.head(held_key("c1", held.key))
         assert head is not None and head.sha256 == held.sha256 and head.size == held.size
 
 
 def test_hold_resumes_after_a_crash(
-    s3_endpoint: S3Endpoint, s3_store: ObjectStore, task_files: list[HeldFileSpec]
+    s3_endpoint: S3Endpoint, s3_store: ObjectStore, task_files: dict[HeldKey, Path]
 ) -> None:
     # A crashed earlier run: some files held, one stray the new run does not produce, no manifest.
-    s3_store.put_file("held/c1/outputs/outputs/results/table.csv", task_files[0].host_path)
+    s3_store.put_file("held/c1/outputs/outputs/results/table.csv", task_files[TABLE])
     s3_store.put_bytes("held/c1/outputs/outputs/partial-leftover.tmp", b"junk")
 
     manifest = hold_outputs(s3_store, "c1", 1, task_files)
 
-    assert keys_in(s3_store) == sorted([f.key for f in manifest.files] + ["held/c1/manifest.json"])
+    assert keys_in(s3_store) == sorted(
+        [held_key("c1", f.key) for f in manifest.files] + ["held/c1/manifest.json"]
+    )
     redo = hold_outputs(s3_store, "c1", 1, task_files)
     assert [(f.key, f.sha256, f.size) for f in redo.files] == [
         (f.key, f.sha256, f.size) for f in manifest.files
     ]
 
 
-def test_discard_removes_everything_held(s3_store: ObjectStore, task_files: list[HeldFileSpec]) -> None:
+def test_discard_removes_everything_held(s3_store: ObjectStore, task_files: dict[HeldKey, Path]) -> None:
     hold_outputs(s3_store, "c1", 1, task_files)
-    hold_outputs(s3_store, "c2", 1, task_files[:1])
+    hold_outputs(s3_store, "c2", 1, only_table(task_files))
 
     assert discard(s3_store, "c1") == 5
     assert read_manifest(s3_store, "c1") is None
@@ -415,42 +431,38 @@ def test_discard_removes_everything_held(s3_store: ObjectStore, task_files: list
     ["/outputs/../etc/passwd", "outputs/relative", "/outputs//x", "/outputs/a\nb", "/outputs/dir/"],
 )
 def test_hold_refuses_unsafe_paths_before_writing(
-    s3_store: ObjectStore, task_files: list[HeldFileSpec], container_path: str
+    s3_store: ObjectStore, task_files: dict[HeldKey, Path], container_path: str
 ) -> None:
-    bad = HeldFileSpec(container_path, task_files[0].host_path, "output")
     with pytest.raises(UnsafeOutput):
-        hold_outputs(s3_store, "c1", 1, [*task_files, bad])
+        hold_outputs(s3_store, "c1", 1, {**task_files, OutputKey(container_path): task_files[TABLE]})
     assert keys_in(s3_store) == []
 
 
 def test_hold_refuses_symlinks_duplicates_and_bad_logs(
-    s3_store: ObjectStore, task_files: list[HeldFileSpec], tmp_path: Path
+    s3_store: ObjectStore, task_files: dict[HeldKey, Path], tmp_path: Path
 ) -> None:
     secret = write(tmp_path / "host-secret", b"not an output")
     (tmp_path / "link").symlink_to(secret)
     attempts = [
-        [HeldFileSpec("/outputs/link", tmp_path / "link", "output")],
-        [HeldFileSpec("/outputs/dir", tmp_path, "output")],
-        [task_files[0], HeldFileSpec("/outputs/./results/table.csv", task_files[1].host_path, "output")],
-        [HeldFileSpec(None, task_files[3].host_path, "stdout")],
-        [HeldFileSpec("/x", task_files[0].host_path, "secret")],  # type: ignore[arg-type]
+        {OutputKey("/outputs/link"): tmp_path / "link"},
+        {OutputKey("/outputs/dir"): tmp_path},
+        {**only_table(task_files), OutputKey("/outputs/./results/table.csv"): task_files[STDOUT]},
+        {LogKey(-1, Stream.STDOUT): task_files[STDOUT]},
     ]
     for files in attempts:
         with pytest.raises(UnsafeOutput):
             hold_outputs(s3_store, "c1", 1, files)
     for child_id in ("../c2", "c1/sub", "", "c1\n"):
         with pytest.raises(UnsafeOutput):
-            hold_outputs(s3_store, child_id, 1, task_files[:1])
+            hold_outputs(s3_store, child_id, 1, only_table(task_files))
         with pytest.raises(UnsafeOutput):
             discard(s3_store, child_id)
     assert keys_in(s3_store) == []
 
 
-def test_hold_attempts(s3_store: ObjectStore, task_files: list[HeldFileSpec], tmp_path: Path) -> None:
+def test_hold_attempts(s3_store: ObjectStore, task_files: dict[HeldKey, Path], tmp_path: Path) -> None:
     hold_outputs(s3_store, "c1", 2, task_files)
-    changed = [
-        HeldFileSpec("/outputs/results/table.csv", write(tmp_path / "new.csv", b"a,b\n3,4\n"), "output")
-    ]
+    changed: dict[HeldKey, Path] = {TABLE: write(tmp_path / "new.csv", b"a,b\n3,4\n")}
 
     with pytest.raises(StaleAttempt):
         hold_outputs(s3_store, "c1", 1, task_files)
@@ -460,11 +472,9 @@ def test_hold_attempts(s3_store: ObjectStore, task_files: list[HeldFileSpec], tm
 
     newer = hold_outputs(s3_store, "c1", 3, changed)
 
-    assert newer.attempt == 3 and [f.key for f in newer.files] == [
-        "held/c1/outputs/outputs/results/table.csv"
-    ]
+    assert newer.attempt == 3 and [f.key for f in newer.files] == [TABLE]
     assert keys_in(s3_store) == ["held/c1/manifest.json", "held/c1/outputs/outputs/results/table.csv"]
-    assert s3_store.get_bytes(newer.files[0].key, expect_sha256=newer.files[0].sha256) == b"a,b\n3,4\n"
+    assert s3_store.get_bytes(held_key("c1", TABLE), expect_sha256=newer.files[0].sha256) == b"a,b\n3,4\n"
 
 
 # --- outages ------------------------------------------------------------------------------------
@@ -490,7 +500,7 @@ def every_operation(store: ObjectStore, tmp_path: Path) -> list:
         lambda: list(store.list("p/")),
         lambda: store.delete("k"),
         lambda: store.delete_prefix("p/"),
-        lambda: hold_outputs(store, "c1", 1, [HeldFileSpec("/outputs/f", source, "output")]),
+        lambda: hold_outputs(store, "c1", 1, {OutputKey("/outputs/f"): source}),
         lambda: read_manifest(store, "c1"),
     ]
 
@@ -554,7 +564,7 @@ def test_5xx_is_unavailable(failing_endpoint: str, tmp_path: Path) -> None:
 
 
 def test_no_secret_in_logs_or_errors(
-    s3_endpoint: S3Endpoint, tmp_path: Path, task_files: list[HeldFileSpec], caplog: pytest.LogCaptureFixture
+    s3_endpoint: S3Endpoint, tmp_path: Path, task_files: dict[HeldKey, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     secret = s3_endpoint.secret_key
@@ -565,10 +575,11 @@ def test_no_secret_in_logs_or_errors(
         big = airlock.put_file("big", write(tmp_path / "big", os.urandom(17 * MB)))
         results.copy_verified(airlock, big.key, "out/big", big.sha256 or "")
         for held in manifest.files:
-            airlock.get_to_file(held.key, tmp_path / "fetched", expect_sha256=held.sha256)
+            airlock.get_to_file(held_key("c1", held.key), tmp_path / "fetched", expect_sha256=held.sha256)
+        first = held_key("c1", manifest.files[0].key)
         for failing in (
-            lambda: airlock.get_to_file(manifest.files[0].key, tmp_path / "x", expect_sha256="0" * 64),
-            lambda: airlock.put_bytes(manifest.files[0].key, b"", if_absent=True),
+            lambda: airlock.get_to_file(first, tmp_path / "x", expect_sha256="0" * 64),
+            lambda: airlock.put_bytes(first, b"", if_absent=True),
             lambda: ObjectStore(f"http://127.0.0.1:{closed_port()}", "b", "ak", secret, **FAST_FAIL).head(
                 "k"
             ),

@@ -20,6 +20,7 @@ import pytest
 from fivesafes_tes.egress.checks import ChecksConfig, HeldFile, Verdict, run_checks
 from fivesafes_tes.egress.checks.acro import AcroRule
 from fivesafes_tes.egress.checks.base import CheckContext, RuleResult
+from fivesafes_tes.egress.held import OutputKey
 
 FOLDER = "/outputs/acro"
 
@@ -86,7 +87,7 @@ def held_tree(root: Path, prefix: str = FOLDER) -> list[HeldFile]:
         if path.is_file():
             data = path.read_bytes()
             name = f"{prefix}/{path.relative_to(root).as_posix()}"
-            files.append(HeldFile(path, name, "output", len(data), hashlib.sha256(data).hexdigest()))
+            files.append(HeldFile(OutputKey(name), len(data), hashlib.sha256(data).hexdigest(), path))
     return files
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -14,19 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from fivesafes_tes.egress.checks import ChecksConfig, HeldFile, Verdict
+from fivesafes_tes.egress.checks import ChecksConfig, Verdict
 from fivesafes_tes.egress.checks.base import CheckContext
 from fivesafes_tes.egress.checks.file_type import FileTypeRule, detect_type
+from tests.held_files import held
 
 
-def held(path: Path, name: str | None = None, kind: str = "output") -> HeldFile:
-    data = path.read_bytes()
-    return HeldFile(path, name or f"/outputs/{path.name}", kind, len(data), hashlib.sha256(data).hexdigest())
-
-
-def judge(path: Path, name: str | None = None, kind: str = "output", **overrides: object):
+def judge(path: Path, name: str | None = None, **overrides: object):
     cfg = ChecksConfig.model_validate({"file_type": overrides}).rule_config("file_type")
-    file = held(path, name, kind)
+    file = held(path, name)
     result = FileTypeRule().check(file, cfg, CheckContext(files=(file,)))
     assert result.rule == "file_type" and result.version == "1"
     return result
@@ -272,8 +267,8 @@ def test_size_limit_and_empty_files(tmp_path):
 
 def test_captured_output_must_be_text(tmp_path, files):
     log = write(tmp_path, "step-0.stdout", "iteration 1\x1b[2K\riteration 2\n")
-    assert judge(log, "step-0.stdout", "stdout").verdict is Verdict.PASS
+    assert judge(log, "step-0.stdout").verdict is Verdict.PASS
     shutil.copy(files["sqlite"], tmp_path / "step-1.stderr")
-    result = judge(tmp_path / "step-1.stderr", "step-1.stderr", "stderr")
+    result = judge(tmp_path / "step-1.stderr", "step-1.stderr")
     assert result.verdict is Verdict.FAIL
     assert "captured stderr says" in result.findings[1].message

@@ -5,7 +5,6 @@ like identifiers are not; excerpts never carry what they report."""
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import random
 import string
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fivesafes_tes.egress.checks import ChecksConfig, HeldFile, Verdict
+from fivesafes_tes.egress.checks import ChecksConfig, Verdict
 from fivesafes_tes.egress.checks.base import CheckContext, RuleResult
 from fivesafes_tes.egress.checks.identifiers import (
     Delimited,
@@ -30,19 +29,16 @@ from fivesafes_tes.egress.checks.identifiers import (
     nric_valid,
     scan_text,
 )
+from tests.held_files import held
 
 NHS = "943 476 5919"  # the NHS's own example of a valid number
 NRIC = "S1234567D"
 
 
-def held(path: Path, name: str | None = None, kind: str = "output") -> HeldFile:
-    data = path.read_bytes()
-    return HeldFile(path, name or f"/outputs/{path.name}", kind, len(data), hashlib.sha256(data).hexdigest())
 
-
-def judge(path: Path, name: str | None = None, kind: str = "output", **config: object) -> RuleResult:
+def judge(path: Path, name: str | None = None, **config: object) -> RuleResult:
     section = ChecksConfig.model_validate({"identifiers": config}).rule_config("identifiers")
-    file = held(path, name, kind)
+    file = held(path, name)
     result = IdentifiersRule().check(file, section, CheckContext(files=(file,)))
     assert result.rule == "identifiers" and result.version == "2"
     return result
@@ -51,7 +47,7 @@ def judge(path: Path, name: str | None = None, kind: str = "output", **config: o
 def log(tmp_path: Path, text: str, name: str = "step-1.stdout") -> RuleResult:
     path = tmp_path / name
     path.write_text(text)
-    return judge(path, name=name, kind="stdout")
+    return judge(path, name=name)
 
 
 def hits(result: RuleResult) -> list[tuple[str, str | None, int | None, str | None]]:
@@ -164,7 +160,7 @@ def test_each_written_form_is_found(tmp_path: Path, text: str, label: str) -> No
 def judge_text(tmp_path: Path, text: str, **config: object) -> RuleResult:
     path = tmp_path / "step-2.stderr"
     path.write_text(text)
-    return judge(path, name="step-2.stderr", kind="stderr", **config)
+    return judge(path, name="step-2.stderr", **config)
 
 
 def test_kinds_can_be_switched_off_and_unknown_kinds_are_refused(tmp_path: Path) -> None:
@@ -173,7 +169,7 @@ def test_kinds_can_be_switched_off_and_unknown_kinds_are_refused(tmp_path: Path)
     assert judge_text(tmp_path, text, kinds={"nhs_number": False}).verdict is Verdict.FAIL
     path = tmp_path / "x.stdout"
     path.write_text(text)
-    file = held(path, "x.stdout", "stdout")
+    file = held(path, "step-0.stdout")
     result = IdentifiersRule().check(file, {"kinds": {"passport": True}}, CheckContext(files=(file,)))
     assert result.verdict is Verdict.FAIL and "passport" in result.findings[0].message
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, Verdict
 from fivesafes_tes.egress.checks.identifiers import IdentifiersRule
 from fivesafes_tes.egress.checks.small_cell import SmallCellRule
+from fivesafes_tes.egress.held import parse
 
 CI = settings(
     derandomize=True,
@@ -46,8 +47,7 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
 
 def check(path: Path, name: str, rule: IdentifiersRule | SmallCellRule) -> list[Finding]:
     data = path.read_bytes()
-    kind = "stdout" if name.endswith(".stdout") else "output"
-    file = HeldFile(path, name, kind, len(data), hashlib.sha256(data).hexdigest())
+    file = HeldFile(parse(name), len(data), hashlib.sha256(data).hexdigest(), path)
     result = rule.check(file, {}, CheckContext(files=(file,)))
     assert result.error is None
     return result.findings

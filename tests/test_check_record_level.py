@@ -3,7 +3,6 @@ tables pass, and each sign (a per-person key, the event-data shape, length) has 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,19 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fivesafes_tes.egress.checks import ChecksConfig, HeldFile, Verdict
+from fivesafes_tes.egress.checks import ChecksConfig, Verdict
 from fivesafes_tes.egress.checks.base import CheckContext, RuleResult
 from fivesafes_tes.egress.checks.record_level import ID_WORDS, PERSON_WORDS, RecordLevelRule, _is_key_name
+from tests.held_files import held
 
 
-def held(path: Path, name: str | None = None, kind: str = "output") -> HeldFile:
-    data = path.read_bytes()
-    return HeldFile(path, name or f"/outputs/{path.name}", kind, len(data), hashlib.sha256(data).hexdigest())
-
-
-def judge(path: Path, name: str | None = None, kind: str = "output", **settings: object) -> RuleResult:
+def judge(path: Path, name: str | None = None, **settings: object) -> RuleResult:
     config = ChecksConfig.model_validate({"record_level": settings}).rule_config("record_level")
-    file = held(path, name, kind)
+    file = held(path, name)
     result = RecordLevelRule().check(file, config, CheckContext(files=(file,)))
     assert result.rule == "record_level" and result.version == "1"
     return result
@@ -166,7 +161,7 @@ def test_json_keys_changing_type_are_compared_as_text(tmp_path: Path) -> None:
 def test_not_a_table_passes_and_unreadable_fails(tmp_path: Path) -> None:
     log = tmp_path / "step-1.stderr"
     log.write_text("person_id\n1\n2\n")
-    assert judge(log, name="step-1.stderr", kind="stderr").verdict is Verdict.PASS
+    assert judge(log, name="step-1.stderr").verdict is Verdict.PASS
     ragged = tmp_path / "t.csv"
     ragged.write_text("a,b\n1,2\n3\n")
     result = judge(ragged)

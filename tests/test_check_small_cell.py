@@ -3,7 +3,6 @@ threshold, zeros under each policy, suppression markers, and tables larger than 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,19 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fivesafes_tes.egress.checks import ChecksConfig, HeldFile, Verdict
+from fivesafes_tes.egress.checks import ChecksConfig, Verdict
 from fivesafes_tes.egress.checks.base import CheckContext, RuleResult
 from fivesafes_tes.egress.checks.small_cell import SmallCellRule
+from tests.held_files import held
 
 
-def held(path: Path, name: str | None = None, kind: str = "output") -> HeldFile:
-    data = path.read_bytes()
-    return HeldFile(path, name or f"/outputs/{path.name}", kind, len(data), hashlib.sha256(data).hexdigest())
-
-
-def judge(path: Path, name: str | None = None, kind: str = "output", **settings: object) -> RuleResult:
+def judge(path: Path, name: str | None = None, **settings: object) -> RuleResult:
     config = ChecksConfig.model_validate({"small_cell": settings}).rule_config("small_cell")
-    file = held(path, name, kind)
+    file = held(path, name)
     result = SmallCellRule().check(file, config, CheckContext(files=(file,)))
     assert result.rule == "small_cell" and result.version == "2"
     return result
@@ -224,7 +219,7 @@ def test_json_that_is_not_records_is_not_a_table(tmp_path: Path) -> None:
 
 def test_text_and_logs_are_not_tables(tmp_path: Path) -> None:
     path = write(tmp_path, "step-1.stdout", "count,n\na,3\n")
-    result = judge(path, name="step-1.stdout", kind="stdout")
+    result = judge(path, name="step-1.stdout")
     assert result.verdict is Verdict.PASS and "not a table" in result.findings[0].message
 
 

@@ -7,7 +7,6 @@ every file is cut many times, and compare with Arrow parsing the whole file in o
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import re
 import time
@@ -20,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fivesafes_tes.egress.checks import _parallel, _tables
-from fivesafes_tes.egress.checks.base import CheckContext, HeldFile, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, Verdict
 from fivesafes_tes.egress.checks.small_cell import SmallCellRule
+from tests.held_files import held
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +30,6 @@ def tiny_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_tables, "_CSV_BLOCK_BYTES", 4096)
     monkeypatch.setattr(_parallel, "_threads", 2)
 
-
-def held(path: Path) -> HeldFile:
-    data = path.read_bytes()
-    return HeldFile(path, f"/outputs/{path.name}", "output", len(data), hashlib.sha256(data).hexdigest())
 
 
 def whole_file_parse(path: Path, columns: int) -> dict[str, list[str | None]]:

@@ -4,7 +4,6 @@ Also the checks configuration: defaults, the policy file's `checks:` section, pe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -14,7 +13,9 @@ import pytest
 
 from fivesafes_tes.egress import checks
 from fivesafes_tes.egress.checks import ChecksConfig, FileReport, HeldFile, Verdict, run_checks
+from fivesafes_tes.egress.held import OutputKey
 from tests.fake_check_rules import CANARY
+from tests.held_files import held
 
 FAKES = {
     "fake_echo": "Echo",
@@ -42,16 +43,6 @@ def fake_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, cls in FAKES.items():
         monkeypatch.setitem(checks.RULES, name, f"tests.fake_check_rules:{cls}")
 
-
-def held(path: Path, name: str | None = None, kind: str = "output") -> HeldFile:
-    data = path.read_bytes()
-    return HeldFile(
-        path=path,
-        name=name or f"/outputs/{path.name}",
-        kind=kind,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
 
 
 def text_file(tmp_path: Path, name: str, content: str) -> HeldFile:
@@ -218,7 +209,7 @@ def test_captured_stdout_and_stderr_go_through_the_same_rules(tmp_path):
     out.write_text("fitting model\ndone\n")
     err = tmp_path / "step-0.stderr"
     err.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(64))
-    files = [held(out, "step-0.stdout", "stdout"), held(err, "step-0.stderr", "stderr")]
+    files = [held(out, "step-0.stdout"), held(err, "step-0.stderr")]
     reports = run_checks(files, ChecksConfig(enabled=["file_type", "acro"]), "alpha")
     assert [r.verdict for r in reports] == [Verdict.PASS, Verdict.FAIL]
     messages = " ".join(f.message for f in reports[1].results[0].findings)
@@ -422,7 +413,7 @@ def test_a_held_file_that_is_a_link_grants_nothing_through_it(tmp_path: Path) ->
     link = tmp_path / "outputs" / "table.csv"
     link.parent.mkdir()
     link.symlink_to(secret)
-    held = HeldFile(link, "/outputs/table.csv", "output", 23, "")
+    held = HeldFile(OutputKey("/outputs/table.csv"), 23, "", link)
     section = {"secret": str(secret), "write": str(tmp_path / "agent" / "planted"), "pid": os.getpid()}
     [report] = run_checks([held], config("fake_snoop", confine_files=True, fake_snoop=section), "alpha")
     [finding] = report.results[0].findings

@@ -13,6 +13,7 @@ import logging
 import posixpath
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,13 +172,18 @@ class Injector:
         monkeypatch.setattr(target, attr, wrapper)
 
 
+def _workspace_child(agent: Agent, path: Path) -> str:
+    """The child whose workspace holds `path` (the checks read local copies made there)."""
+    return path.relative_to(agent.settings.data_dir / "work").parts[0]
+
+
 # Where each stage of a child's handling is broken, and which argument names the child there.
 STAGES: dict[str, Callable[[Agent], tuple[Any, str, Callable[..., str]]]] = {
     "prepare": lambda a: (staging, "prepare", lambda task, **kw: kw["child_id"]),
     "executor start": lambda a: (a.executor, "start", lambda spec: spec.child_id),
     "poll": lambda a: (a.executor, "poll", lambda child_id: child_id),
-    "collect": lambda a: (staging, "collect", lambda task, spec, n: spec.child_id),
-    "checks": lambda a: (checks, "run", lambda manifest, *rest: manifest.child_id),
+    "collect": lambda a: (staging, "collect", lambda task, workspace, n: workspace.root.name),
+    "checks": lambda a: (checks, "run", lambda files, *rest: _workspace_child(a, files[0].path)),
     "settle": lambda a: (review, "settle", lambda session, child_id, policy: child_id),
 }
 

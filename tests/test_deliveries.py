@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.submission import deliveries, results
 from fivesafes_tes.submission.tables import Child
 from tests.conftest import Gateway, results_store_settings
@@ -81,7 +82,7 @@ def release(gw: Gateway, bucket: str, *, attempt: bool = True, **report: object)
     final = event(gw, child, 1, 5, "released", report={"disclosure": disclosure, **report})
     assert final.status_code == 200, final.text
     if attempt:
-        gw.app.state.ctx.deliverer.deliver(child)
+        app_context(gw.app).deliverer.deliver(child)
     return task_id, child
 
 
@@ -142,7 +143,7 @@ def test_a_release_delivers_each_output_once_verified(gateway):
     assert outputs_view(gateway, task_id) == {
         name: f"s3://{gateway.outputs.bucket}/study{name}" for name in FILES
     }
-    gateway.app.state.ctx.deliverer.deliver(child)  # owed nothing more: no second copy, no record
+    app_context(gateway.app).deliverer.deliver(child)  # owed nothing more: no second copy, no record
     assert len(delivery_audit(gateway)) == len(FILES)
 
 
@@ -169,7 +170,7 @@ def test_a_failed_delivery_is_retried_until_the_destination_works(gateway):
 
 def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
     task_id, child = release(gateway, gateway.later)
-    ctx = gateway.app.state.ctx
+    ctx = app_context(gateway.app)
     for _ in range(5):  # more passes than attempts allowed
         wait_for(
             lambda: child_row(gateway, child).delivery_due_at is None or due(gateway), 15, "the next attempt"
@@ -223,7 +224,7 @@ def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway, monkeypatch)
     monkeypatch.setattr(ObjectStore, "copy_verified", counted)
     with gateway.db.write() as session:  # due now, as if its retry time had come
         session.execute(update(Child).where(Child.id == child).values(delivery_due_at=utcnow()))
-    ctx = gateway.app.state.ctx
+    ctx = app_context(gateway.app)
     start, errors = threading.Barrier(4), []
 
     def replica() -> None:
@@ -248,7 +249,7 @@ def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway, monkeypatch)
 def test_a_delivery_held_by_a_replica_that_died_is_taken_over_when_its_claim_lapses(gateway):
     _, child = release(gateway, gateway.later)
     gateway.s3.store(gateway.later)
-    ctx = gateway.app.state.ctx
+    ctx = app_context(gateway.app)
     with gateway.db.write() as session:  # another replica claimed it a moment ago, then died
         claimed_until = utcnow() + timedelta(seconds=1)
         session.execute(update(Child).where(Child.id == child).values(delivery_due_at=claimed_until))
@@ -283,7 +284,7 @@ def test_a_long_copy_keeps_its_claim_and_nobody_else_starts_the_delivery(make_ga
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(ObjectStore, "copy_verified", slow)
-    ctx = gateway.app.state.ctx
+    ctx = app_context(gateway.app)
     wait_for(lambda: bool(due(gateway)), 15, "the delivery to fall due")
     first = threading.Thread(target=ctx.deliverer.deliver, args=(child,))
     first.start()
@@ -313,7 +314,7 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(ObjectStore, "copy_verified", stalled)
-    ctx = gateway.app.state.ctx
+    ctx = app_context(gateway.app)
     wait_for(lambda: bool(due(gateway)), 15, "the delivery to fall due")
     audited, logged = delivery_audit(gateway), child_row(gateway, child).system_logs
     ctx.deliverer.deliver(child)
@@ -339,7 +340,7 @@ def test_a_gateway_that_delivers_nowhere_says_so_when_asked_to_redeliver(databas
 
 def test_an_agent_report_cannot_say_where_outputs_were_delivered(gateway):
     """What was delivered where is the gateway's own record, not anything an agent reports."""
-    claimed = {name: "s3://elsewhere/taken" for name in FILES}
+    claimed = dict.fromkeys(FILES, "s3://elsewhere/taken")
     task_id, child = release(gateway, gateway.later, delivered=claimed)  # fails: the bucket is missing
     assert all(url.startswith("http") for url in outputs_view(gateway, task_id).values())
     assert set(delivered_urls(gateway, child).values()) == {None}

@@ -558,7 +558,8 @@ def test_tasks_mount_inputs_and_outputs_below_tmp_and_beside_the_datasets(h: Har
     """Docker mounts parents first: a file or directory below the /tmp tmpfs, and a writable /data with the
     dataset read-only at /data/omop inside it, are each what the task sees."""
     from fivesafes_tes.agent.policy import Dataset, TrePolicy
-    from fivesafes_tes.agent.staging import collect, prepare
+    from fivesafes_tes.agent.staging import Workspace, collect, prepare
+    from fivesafes_tes.egress.held import OutputKey
 
     dataset = h.dir("omop")
     (dataset / "person.csv").write_text("person_id\n1\n")
@@ -599,7 +600,8 @@ def test_tasks_mount_inputs_and_outputs_below_tmp_and_beside_the_datasets(h: Har
     result = h.run(spec)
     assert result.outcome is Outcome.SUCCEEDED, (result, text(result.steps[0].stderr_path))
     assert text(result.steps[0].stdout_path).split() == ["dataset=read-only", "script=kept"]
-    held = {f.container_path: f.host_path.read_text() for f in collect(task, spec, 1) if f.kind == "output"}
+    collected = collect(task, Workspace(tmp_path / "work"), 1)
+    held = {key.path: host.read_text() for key, host in collected.items() if isinstance(key, OutputKey)}
     assert held == {"/data/outfile": "input under /data\n2\n", "/tmp/results/job.txt": "job ran\n"}
     assert sorted(p.name for p in dataset.iterdir()) == ["person.csv"]
 

@@ -24,6 +24,7 @@ from fivesafes_tes.auth import Person
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.egress import checks
 from fivesafes_tes.egress.checks import ChecksConfig, HeldFile, run_checks
+from fivesafes_tes.egress.held import OutputKey
 from fivesafes_tes.egress.store import ObjectStore
 from fivesafes_tes.settings import AgentSettings
 from fivesafes_tes.submission.tables import ReleasedFile
@@ -80,7 +81,7 @@ def _held_files(root: Path) -> list[HeldFile]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         digest = hashlib.sha256(text.encode()).hexdigest()
-        files.append(HeldFile(path=path, name=name, kind="output", size=len(text), sha256=digest))
+        files.append(HeldFile(OutputKey(name), len(text), digest, path))
     return files
 
 

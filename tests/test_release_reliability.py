@@ -117,7 +117,7 @@ def test_a_crash_during_the_copy_loses_and_doubles_nothing(stack, monkeypatch):
     real_upload, calls = uk.client.upload_file, []
 
     def crash_after_first(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(kwargs["name"])
+        calls.append(args[1].name)
         result = real_upload(*args, **kwargs)
         if len(calls) == 2:  # the second file reached the gateway, then the agent "died"
             raise RuntimeError("simulated crash between two uploads")

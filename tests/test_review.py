@@ -11,15 +11,14 @@ from fivesafes_tes.agent.loop import open_database
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, ReviewDecision
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.auth import Person
+from fivesafes_tes.egress.airlock import held_key
+from fivesafes_tes.egress.held import HeldFile, parse
 from fivesafes_tes.settings import AgentSettings
 
 CHILD = "01a20000-0000-7000-8000-000000000001"
 IDP = "https://idp.example"
-FILES = {
-    "held/c/outputs/table.csv": "pass",
-    "held/c/outputs/plot.png": "review",
-    "held/c/logs/step-0.stdout": "fail",
-}
+VERDICTS = {"/outputs/table.csv": "pass", "/outputs/plot.png": "review", "step-0.stdout": "fail"}
+FILES = {held_key(CHILD, parse(name)): verdict for name, verdict in VERDICTS.items()}
 
 
 @pytest.fixture
@@ -39,18 +38,9 @@ def db(tmp_path):  # type: ignore[no-untyped-def]
                 task={},
             )
         )
-        for key, verdict in FILES.items():
-            session.add(
-                HeldFileRecord(
-                    child_id=CHILD,
-                    key=key,
-                    name=key.rsplit("/", 1)[1],
-                    kind="output",
-                    size=1,
-                    sha256="0" * 64,
-                    verdict=verdict,
-                )
-            )
+        for name, verdict in VERDICTS.items():
+            file = HeldFile(parse(name), 1, "0" * 64)
+            session.add(HeldFileRecord.of(file, CHILD, held_key(CHILD, file.key), verdict, []))
     yield database
     database.dispose()
 
@@ -199,7 +189,7 @@ def api(db, tmp_path):  # type: ignore[no-untyped-def]
 
 def test_only_output_checkers_of_this_tre_use_the_review_api(api):
     client, as_ = api
-    body = {"name": "table.csv", "decision": "approved"}
+    body = {"name": "/outputs/table.csv", "decision": "approved"}
     url = f"/review/v1/children/{CHILD}/decisions"
     assert client.post(url, json=body).status_code == 401
     for headers in (
@@ -218,7 +208,7 @@ def test_only_output_checkers_of_this_tre_use_the_review_api(api):
     assert ok.status_code == 200 and ok.json()["checker"] == "carol"
     pending = client.get("/review/v1/children", headers=as_("carol", "output-checker")).json()
     shown = {f["name"]: f for f in pending[0]["files"]}
-    assert shown["table.csv"]["decisions"] == [["carol", "approved", ""]]
+    assert shown["/outputs/table.csv"]["decisions"] == [["carol", "approved", ""]]
     missing = client.post(
         url, json={"name": "nope.csv", "decision": "approved"}, headers=as_("carol", "output-checker")
     )
@@ -279,7 +269,7 @@ def test_the_checker_sees_the_run_and_the_whole_record_and_only_the_released_par
         )
         child.result = {**child.result, "disclosure": record}
     exported = review.exported(record)
-    assert [f["name"] for f in exported["files"]] == ["table.csv"]
+    assert [f["name"] for f in exported["files"]] == ["/outputs/table.csv"]
     assert exported["withheld_reasons"] == ["record-level output", "small cells"]  # distinct, sorted
     text = str(exported)
     assert "plot.png" not in text and "step-0.stdout" not in text and "10000001" not in text

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fivesafes_tes.agent.policy import Dataset, TrePolicy
-from fivesafes_tes.agent.staging import StagingRefused, collect, prepare, reserved_paths
+from fivesafes_tes.agent.staging import StagingRefused, Workspace, collect, prepare, reserved_paths
+from fivesafes_tes.egress.held import LogKey, OutputKey, Stream
 
 IMAGE = "registry.tre.example/stats:1"
 
@@ -66,9 +67,8 @@ def test_outputs_of_every_kind_are_collected_by_their_container_paths(tmp_path):
     (rw["/out/report"] / "sub" / "index.html").write_text("<p>")
     (rw["/out/report"] / "link").symlink_to("/etc/passwd")  # never followed, never held
     (spec.logs_dir / "step-0.stdout").write_text("ok")
-    held = {
-        (f.kind, f.container_path or f"step-{f.step}")
-        for f in collect(
+    held = set(
+        collect(
             task(
                 outputs=[
                     {"path": "/out/table.csv", "url": "s3://r/table.csv"},
@@ -76,15 +76,15 @@ def test_outputs_of_every_kind_are_collected_by_their_container_paths(tmp_path):
                     {"path": "/out/report", "type": "DIRECTORY", "url": "s3://r/report/"},
                 ]
             ),
-            spec,
+            Workspace(tmp_path / "work"),
             steps_run=1,
         )
-    }
+    )
     assert held == {
-        ("output", "/out/table.csv"),
-        ("output", "/out/plots/a.png"),
-        ("output", "/out/report/sub/index.html"),
-        ("stdout", "step-0"),
+        OutputKey("/out/table.csv"),
+        OutputKey("/out/plots/a.png"),
+        OutputKey("/out/report/sub/index.html"),
+        LogKey(0, Stream.STDOUT),
     }
 
 

@@ -14,6 +14,7 @@ import pytest
 from fivesafes_tes.agent.loop import Agent
 from fivesafes_tes.egress.store import MiB, ObjectStore
 from fivesafes_tes.gateway.app import create_app
+from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.settings import (
     AgentSettings,
     GatewaySettings,
@@ -53,7 +54,7 @@ def _gateway_results_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> O
     """The results store as `fivesafes-tes gateway` builds it from its environment."""
     monkeypatch.setenv("FIVESAFES_DEV_ISSUER", "true")
     monkeypatch.setenv("FIVESAFES_DATA_DIR", str(tmp_path))
-    store = create_app(GatewaySettings()).state.ctx.results_store
+    store = app_context(create_app(GatewaySettings())).results_store
     assert store is not None
     return store
 
@@ -113,7 +114,7 @@ def test_no_results_store_without_an_endpoint_or_key(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FIVESAFES_RESULTS_BUCKET", "outputs")
     monkeypatch.setenv("FIVESAFES_DEV_ISSUER", "true")
     monkeypatch.setenv("FIVESAFES_DATA_DIR", str(tmp_path))
-    assert create_app(GatewaySettings()).state.ctx.results_store is None
+    assert app_context(create_app(GatewaySettings())).results_store is None
 
 
 def test_a_bad_value_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -432,10 +432,10 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
         store = s3.store("uk-airlock")
         manifest_keys = [o.key for o in store.list("held/") if o.key.endswith("manifest.json")]
         assert len(manifest_keys) == 1  # one child, held once
-        manifest = airlock.Manifest.model_validate_json(store.get_bytes(manifest_keys[0]))
+        manifest = airlock.Manifest.from_json(store.get_bytes(manifest_keys[0]))
         output = next(f for f in manifest.files if f.kind == "output")
         # Re-attached, not started twice: the container wrote "started" once and then finished.
-        assert store.get_bytes(output.key).decode() == "started\nfinished\n"
+        assert store.get_bytes(airlock.held_key(manifest.child_id, output.key)).decode() == "started\nfinished\n"
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)

@@ -5,7 +5,7 @@ with the person's own token: every decision is taken by the token's issuer and s
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -50,13 +50,32 @@ class ProjectOut(BaseModel):
     decisions: list[DecisionOut]
 
 
+@dataclass(frozen=True)
+class TreApiState:
+    """What the routes of one TRE's API share: its database, its name and whose tokens it accepts."""
+
+    db: Database
+    tre: str
+    validator: TokenValidator
+    require_tre_claim: bool
+
+
+def tre_api_state(request: Request) -> TreApiState:
+    """The state `create_admin_app` attached to the app serving `request`."""
+    state = getattr(request.app.state, "tre_api", None)
+    if not isinstance(state, TreApiState):
+        raise TypeError("this app has no TRE API state: build it with create_admin_app")
+    return state
+
+
 def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, role: Role) -> Person:
     """The caller (issuer, subject, name) if their token is valid, for this TRE, with `role`; 401
     (audited) or 403.
 
     A token naming no TRE is refused unless the app was told its issuer serves this TRE alone: where
     TREs share an issuer, a checker of one would otherwise decide on another's outputs."""
-    db, tre, validator = request.app.state.db, request.app.state.tre, request.app.state.validator
+    state = tre_api_state(request)
+    db, tre, validator = state.db, state.tre, state.validator
     reason = "no bearer token"
     if credentials is not None:
         try:
@@ -68,7 +87,7 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, 
                 raise HTTPException(403, f"this route is for this TRE's {role.value}s (role {role.value})")
             if claims.tre and claims.tre != tre:
                 raise HTTPException(403, f"this token is for TRE {claims.tre!r}, not {tre!r}")
-            if not claims.tre and request.app.state.require_tre_claim:
+            if not claims.tre and state.require_tre_claim:
                 raise HTTPException(
                     403, f"this token names no TRE; this route needs one whose `tre` claim is {tre!r}"
                 )
@@ -123,8 +142,7 @@ def create_admin_app(
     must name this TRE; pass False only where `validator`'s issuer serves this TRE alone. `store` is
     the airlock, for previews of held files."""
     app = FastAPI(title=f"Five Safes TES: TRE admin ({tre})", docs_url=None, redoc_url=None)
-    app.state.db, app.state.tre, app.state.validator = db, tre, validator
-    app.state.require_tre_claim = require_tre_claim
+    app.state.tre_api = TreApiState(db, tre, validator, require_tre_claim)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

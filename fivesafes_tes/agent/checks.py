@@ -5,37 +5,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from fivesafes_tes.egress.airlock import Manifest
-from fivesafes_tes.egress.checks.base import HeldFile, Verdict
+from fivesafes_tes.egress.checks.base import Verdict
 from fivesafes_tes.egress.checks.config import ChecksConfig
+from fivesafes_tes.egress.held import HeldFile, HeldKey
 
 log = logging.getLogger(__name__)
 
 
 def run(
-    manifest: Manifest,
-    local_paths: dict[tuple[str, str | None, int | None], Path],
-    config: ChecksConfig,
-    project: str,
-) -> dict[str, tuple[str, list[dict[str, Any]]]]:
-    """held key -> (worst verdict, each rule's result as data)."""
-    files = {
-        held.key: HeldFile(
-            path=local_paths[(held.kind, held.container_path, held.step)],
-            name=held.container_path or f"step-{held.step}.{held.kind}",
-            kind=held.kind,
-            size=held.size,
-            sha256=held.sha256,
-        )
-        for held in manifest.files
-    }
+    files: list[HeldFile], config: ChecksConfig, project: str
+) -> dict[HeldKey, tuple[str, list[dict[str, Any]]]]:
+    """Each file's key -> (worst verdict, each rule's result as data). Every file has its local copy."""
     try:
         from fivesafes_tes.egress.checks.runner import run_checks
 
-        reports = run_checks(list(files.values()), config, project)
+        reports = run_checks(files, config, project)
     except Exception as exc:  # noqa: BLE001  no rule may be skipped silently: fail safe to human review
         log.error(
             "automated checks could not run (%s); every file goes to an output checker", type(exc).__name__
@@ -53,11 +39,9 @@ def run(
                 }
             ],
         }
-        return {key: (Verdict.FAIL.value, [note]) for key in files}
-    by_name = {report.file.name: report for report in reports}
+        return {file.key: (Verdict.FAIL.value, [note]) for file in files}
     return {
-        key: (by_name[file.name].verdict.value, [_as_data(r) for r in by_name[file.name].results])
-        for key, file in files.items()
+        report.file.key: (report.verdict.value, [_as_data(r) for r in report.results]) for report in reports
     }
 
 

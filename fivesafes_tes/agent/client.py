@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from fivesafes_tes.egress.held import HeldFile
+
 if TYPE_CHECKING:
     from fivesafes_tes.settings import AgentSettings
 
@@ -139,18 +141,17 @@ class GatewayClient:
             body["report"] = report
         return self._call("POST", f"/children/{child_id}/events", json=body)
 
-    def record_approvals(self, child_id: str, files: list[dict[str, Any]]) -> dict[str, Any]:
-        """Record the child's approved files ({name, kind, step, sha256, size}) at the gateway before any
-        upload; the same list again is a no-op, so a restarted release repeats it safely."""
-        return self._call("PUT", f"/children/{child_id}/approvals", json={"files": files})
+    def record_approvals(self, child_id: str, files: list[HeldFile]) -> dict[str, Any]:
+        """Record the child's approved files at the gateway before any upload; the same list again is
+        a no-op, so a restarted release repeats it safely."""
+        described = [f.described() for f in files]
+        return self._call("PUT", f"/children/{child_id}/approvals", json={"files": described})
 
-    def upload_file(
-        self, child_id: str, path: Path, *, name: str, kind: str, step: int | None, sha256: str, size: int
-    ) -> dict[str, Any]:
-        """Stream one approved file to the gateway, which keeps it only if the SHA-256 matches."""
-        params: dict[str, Any] = {"name": name, "kind": kind, "sha256": sha256, "size": size}
-        if step is not None:
-            params["step"] = step
+    def upload_file(self, child_id: str, file: HeldFile) -> dict[str, Any]:
+        """Stream one approved file from its local copy to the gateway, which keeps it only if the
+        SHA-256 matches."""
+        params = {k: v for k, v in file.described().items() if v is not None}
+        path = file.path
 
         def body():  # type: ignore[no-untyped-def]
             with path.open("rb") as handle:

@@ -17,7 +17,7 @@ from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.egress.checks.config import ChecksConfig
 from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
-from fivesafes_tes.executors import Limits, Mount, RunResult, RunSpec
+from fivesafes_tes.executors import RunResult, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,30 +30,19 @@ def hold(db: Database, store: ObjectStore, checks_config: ChecksConfig, child: L
         assert local is not None
         assert local.result is not None
         run, outcome = local.result["run"], local.result.get("outcome", {})
-    spec = spec_from_json(run, child)
-    files = staging.collect(child.task, spec, len(outcome.get("steps", [])))
+    workspace = staging.Workspace(Path(run["logs_dir"]).parent)  # the run record names its logs folder
+    files = staging.collect(child.task, workspace, len(outcome.get("steps", [])))
     try:
         manifest = airlock.hold_outputs(store, child.child_id, child.attempt, files)
     except StoreUnavailable:
         log.warning("airlock unavailable; holding %s later", child.child_id)
         return False
-    local_paths = {(f.kind, f.container_path, f.step): f.host_path for f in files}
-    verdicts = checks.run(manifest, local_paths, checks_config, child.project)
+    verdicts = checks.run(list(manifest.files), checks_config, child.project)
     with db.write() as session:
         for held in manifest.files:
             verdict, results = verdicts[held.key]
-            session.merge(
-                HeldFileRecord(
-                    child_id=child.child_id,
-                    key=held.key,
-                    name=held.container_path or f"step-{held.step}.{held.kind}",
-                    kind=held.kind,
-                    size=held.size,
-                    sha256=held.sha256,
-                    verdict=verdict,
-                    results=results,
-                )
-            )
+            key = airlock.held_key(child.child_id, held.key)
+            session.merge(HeldFileRecord.of(held, child.child_id, key, verdict, results))
     return True
 
 
@@ -71,19 +60,6 @@ def spec_to_json(spec: RunSpec) -> dict[str, Any]:
         "mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts],
         "logs_dir": str(spec.logs_dir),
     }
-
-
-def spec_from_json(run: dict[str, Any], child: LocalChild) -> RunSpec:
-    mounts = [Mount(source=Path(s), target=t, read_only=ro) for s, t, ro in run["mounts"]]
-    return RunSpec(
-        child_id=child.child_id,
-        attempt=child.attempt,
-        tre="",
-        steps=[],
-        mounts=mounts,
-        limits=Limits(),
-        logs_dir=Path(run["logs_dir"]),
-    )
 
 
 def result_to_json(result: RunResult) -> dict[str, Any]:

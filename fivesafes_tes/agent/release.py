@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fivesafes_tes.agent.client import GatewayClient
 from fivesafes_tes.agent.outbox import Emit
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild
 from fivesafes_tes.db import Database
+from fivesafes_tes.egress.held import HeldFile, LogKey
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore, StoreUnavailable
 from fivesafes_tes.submission.stages import Stage
 
@@ -59,7 +61,7 @@ class Release:
         with tempfile.TemporaryDirectory(prefix="release-") as scratch:
             # Every approved file is copied out and verified before any of them leaves: one changed
             # file blocks the whole release.
-            copies: list[tuple[HeldFileRecord, Path]] = []
+            copies: list[HeldFile] = []
             for n, (key, decision) in enumerate(sorted(settled.files.items())):
                 if decision is not review.FileOutcome.APPROVED:
                     continue
@@ -71,30 +73,15 @@ class Release:
                     return
                 except StoreUnavailable:
                     return  # try again on the next tick
-                copies.append((held[key], copy))
+                copies.append(replace(held[key].held, local=copy))
             failpoints.reach("release.copied")
             if copies:
-                self.client.record_approvals(
-                    child.child_id,
-                    [
-                        {"name": f.name, "kind": f.kind, "step": _step(f), "sha256": f.sha256, "size": f.size}
-                        for f, _ in copies
-                    ],
-                )
-            for file, copy in copies:
-                step = _step(file)
-                self.client.upload_file(
-                    child.child_id,
-                    copy,
-                    name=file.name,
-                    kind=file.kind,
-                    step=step,
-                    sha256=file.sha256,
-                    size=file.size,
-                )
+                self.client.record_approvals(child.child_id, copies)
+            for file in copies:
+                self.client.upload_file(child.child_id, file)
                 failpoints.reach("release.uploaded")
-                if file.kind != "output":
-                    released_logs[f"{step}.{file.kind}"] = _tail(copy)
+                if isinstance(file.key, LogKey):
+                    released_logs[f"{file.key.step}.{file.key.stream}"] = _tail(file.path)
         outcome = (local.result or {}).get("outcome", {})
         approved = any(d is review.FileOutcome.APPROVED for d in settled.files.values())
         # Whether the run failed is said only with a release: a checker saw it (the exit codes) and
@@ -137,11 +124,6 @@ class Release:
             )
         log.error("held file %s of %s changed in the airlock; release blocked", file.name, child.child_id)
         self.emit(child, Stage.AWAITING_REVIEW, report={"notice": "release_blocked"})
-
-
-def _step(file: HeldFileRecord) -> int | None:
-    """The step of a held log (named step-N.stdout|stderr); None for an output."""
-    return int(file.name.split("-")[1].split(".")[0]) if file.kind != "output" else None
 
 
 def _tail(path: Path, limit: int = 64 * 1024) -> str:

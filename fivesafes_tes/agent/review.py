@@ -161,12 +161,9 @@ def settle(session: Session, child_id: str, policy: ReviewPolicy) -> Settled | N
         mine = [d for d in decisions if d.key == record.key]
         if releasable(record) is not None or any(d.decision == "rejected" for d in mine):
             files[record.key] = FileOutcome.REJECTED
-        elif (
-            len({(d.checker_issuer, d.checker_subject) for d in mine if d.decision == "approved"})
-            >= policy.required_approvals
-            or policy.auto_release
-            and all(r.verdict == "pass" for r in held)
-        ):
+        elif len(
+            {(d.checker_issuer, d.checker_subject) for d in mine if d.decision == "approved"}
+        ) >= policy.required_approvals or (policy.auto_release and all(r.verdict == "pass" for r in held)):
             files[record.key] = FileOutcome.APPROVED
         else:
             return None
@@ -298,7 +295,9 @@ class StepView:
 
 @dataclass
 class FileView:
-    key: str
+    """A held file as its checkers see it, beside what the rules found and who decided what."""
+
+    key: str  # where the airlock holds it
     name: str
     kind: str
     size: int
@@ -353,19 +352,24 @@ def describe(session: Session, child_id: str) -> ChildView:
             for s in run.get("steps", [])
         ],
         files=[
-            FileView(
-                key=h.key,
-                name=h.name,
-                kind=h.kind,
-                size=h.size,
-                sha256=h.sha256,
-                verdict=h.verdict,
-                never_releasable=releasable(h),
-                findings=_findings(h.results),
-                decisions=[(d.checker, d.decision, d.reason) for d in decisions if d.key == h.key],
-            )
+            _file_view(h, [(d.checker, d.decision, d.reason) for d in decisions if d.key == h.key])
             for h in held
         ],
+    )
+
+
+def _file_view(record: HeldFileRecord, decisions: list[tuple[str, str, str]]) -> FileView:
+    file = record.held
+    return FileView(
+        key=record.key,
+        name=file.name,
+        kind=file.kind,
+        size=file.size,
+        sha256=file.sha256,
+        verdict=record.verdict,
+        never_releasable=releasable(record),
+        findings=_findings(record.results),
+        decisions=decisions,
     )
 
 

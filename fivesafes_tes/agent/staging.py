@@ -3,7 +3,6 @@ sees, and afterwards the files it wrote. Inputs come from allowed sources only."
 
 from __future__ import annotations
 
-import fnmatch
 import posixpath
 import shutil
 from collections.abc import Iterable
@@ -12,10 +11,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fivesafes_tes.agent.policy import TrePolicy
-from fivesafes_tes.egress.airlock import HeldFileSpec
+from fivesafes_tes.egress.held import HeldKey, LogKey, OutputKey, Stream, name_of
 from fivesafes_tes.executors import Limits, Mount, RequestRefused, RunSpec, Step
 from fivesafes_tes.executors.sandbox import POLICY as SANDBOX
-from fivesafes_tes.tes.admission import Admission, PublishedCaps, ReservedPath, normal_path, output_folder
+from fivesafes_tes.tes import outputs
+from fivesafes_tes.tes.admission import Admission, PublishedCaps, ReservedPath
 
 DATA_ROOT = "/data"  # datasets are mounted at DATA_ROOT/<name>; the rest of it is the task's
 RESERVED_ENV = ("FIVESAFES_", "DOCKER_", "KUBERNETES_", "AWS_")
@@ -26,8 +26,11 @@ class StagingRefused(RequestRefused):
     """The task asks for something this TRE does not allow; the message tells the researcher what."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Workspace:
+    """A run's folder on the host: its logs, and one folder per writable container path. Where a
+    file is follows from the child's folder alone, so collecting after a restart needs nothing else."""
+
     root: Path
 
     @property
@@ -82,7 +85,7 @@ def admission(policy: TrePolicy, tre: str) -> Admission:
 
 def _normal(path: str) -> str:
     """A path `admission` let through, as the engine reads it."""
-    normal = normal_path(path)
+    normal = outputs.normal_path(path)
     if normal is None:
         raise StagingRefused(f"{path!r} must be an absolute path below / without '..'")
     return normal
@@ -90,7 +93,7 @@ def _normal(path: str) -> str:
 
 def _output_dir(output: dict[str, Any]) -> str:
     """The container folder an output is collected from, mounted writable."""
-    return _normal(output_folder(output)[1])
+    return _normal(outputs.output_folder(output)[1])
 
 
 def prepare(
@@ -197,35 +200,21 @@ def _open_for(run_as: str, paths: list[Path]) -> None:
                     current.chmod(0o777)
 
 
-def collect(task: dict[str, Any], spec: RunSpec, steps_run: int) -> list[HeldFileSpec]:
-    """Every file the task produced that its outputs name, plus the captured logs of each step."""
-    files: list[HeldFileSpec] = []
-    rw = {m.target: m.source for m in spec.mounts if not m.read_only}
+def collect(task: dict[str, Any], workspace: Workspace, steps_run: int) -> dict[HeldKey, Path]:
+    """Every file the task produced that its outputs claim, plus the captured logs of each step: each
+    held key with the host file behind it. Symbolic links are never followed or collected."""
+    files: dict[HeldKey, Path] = {}
     for output in task.get("outputs") or []:
-        path = posixpath.normpath(output["path"])
-        base = _output_dir(output)
-        host_base = rw[base]
-        if any(c in path for c in "*?["):
-            pattern = posixpath.relpath(path, base)
-            for host in sorted(p for p in host_base.rglob("*") if p.is_file() and not p.is_symlink()):
-                rel = host.relative_to(host_base).as_posix()
-                if fnmatch.fnmatchcase(rel, pattern):
-                    files.append(
-                        HeldFileSpec(
-                            container_path=f"{base.rstrip('/')}/{rel}", host_path=host, kind="output"
-                        )
-                    )
-        elif output.get("type") == "DIRECTORY":
-            for host in sorted(p for p in host_base.rglob("*") if p.is_file() and not p.is_symlink()):
-                rel = host.relative_to(host_base).as_posix()
-                files.append(HeldFileSpec(container_path=f"{path}/{rel}", host_path=host, kind="output"))
-        else:
-            host = host_base / posixpath.basename(path)
-            if host.is_file() and not host.is_symlink():
-                files.append(HeldFileSpec(container_path=path, host_path=host, kind="output"))
+        folder = _output_dir(output)
+        host_folder = workspace.host_dir("rw", folder)
+        for host in sorted(p for p in host_folder.rglob("*") if p.is_file() and not p.is_symlink()):
+            path = f"{folder.rstrip('/')}/{host.relative_to(host_folder).as_posix()}"
+            if outputs.claim(output, path) is not None:
+                files.setdefault(OutputKey(path), host)
     for n in range(steps_run):
-        for kind in ("stdout", "stderr"):
-            host = spec.logs_dir / f"step-{n}.{kind}"
+        for stream in Stream:
+            key = LogKey(n, stream)
+            host = workspace.logs / name_of(key)
             if host.is_file():
-                files.append(HeldFileSpec(container_path=None, host_path=host, kind=kind, step=n))  # type: ignore[arg-type]
+                files[key] = host
     return files

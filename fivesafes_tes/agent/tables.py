@@ -10,6 +10,7 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fivesafes_tes.db.base import NAMING, utcnow
+from fivesafes_tes.egress.held import HeldFile, parse
 
 
 class AgentBase(DeclarativeBase):
@@ -108,6 +109,28 @@ class HeldFileRecord(AgentBase):
         String(16), default="review"
     )  # worst rule verdict: pass | review | fail
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # each rule's result, versioned
+
+    @classmethod
+    def of(
+        cls, file: HeldFile, child_id: str, key: str, verdict: str, results: list[dict[str, Any]]
+    ) -> HeldFileRecord:
+        """The row for a file held at store `key`, with what the rules found."""
+        return cls(
+            child_id=child_id,
+            key=key,
+            name=file.name,
+            kind=file.kind,
+            size=file.size,
+            sha256=file.sha256,
+            verdict=verdict,
+            results=results,
+        )
+
+    @property
+    def held(self) -> HeldFile:
+        """The file this row keeps, without a local copy."""
+        key = parse(self.name)
+        return HeldFile(key, self.size, self.sha256)
 
 
 class ReviewDecision(AgentBase):

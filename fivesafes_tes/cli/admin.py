@@ -37,7 +37,7 @@ def admin_add_tre(name: str, title: str = "", url: Url = DEFAULT_URL, token: Tok
 @app.command("add-project")
 def admin_add_project(
     name: str,
-    tre: Annotated[list[str], typer.Option(help="A TRE the project runs in; repeat.")] = [],  # noqa: B006
+    tre: Annotated[list[str], typer.Option(help="A TRE the project runs in; repeat.")] = [],
     title: str = "",
     starts: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD).")] = None,
     ends: Annotated[str | None, typer.Option(help="Last day (YYYY-MM-DD).")] = None,

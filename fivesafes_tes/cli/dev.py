@@ -21,7 +21,7 @@ app = typer.Typer()
 @app.command()
 def token(
     user: Annotated[str, typer.Option(help="Username (the token's subject).")],
-    role: Annotated[list[str], typer.Option(help="Role; repeat for several.")] = ["researcher"],  # noqa: B006
+    role: Annotated[list[str], typer.Option(help="Role; repeat for several.")] = ["researcher"],
     tre: Annotated[str | None, typer.Option(help="TRE name, for agent tokens.")] = None,
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 3600,
     audience: Annotated[
@@ -64,7 +64,7 @@ def dev(
         typer.Option(
             help="Another image pattern the dev TREs allow besides fivesafes/* (e.g. 'alpine*'); repeat."
         ),
-    ] = [],  # noqa: B006
+    ] = [],
     auto_release: Annotated[
         bool,
         typer.Option(

@@ -57,8 +57,8 @@ def submit_workflow(
     output: Annotated[
         list[str],
         typer.Option(help="Snakemake: a final output to release, relative to its working directory; repeat."),
-    ] = [],  # noqa: B006
-    config: Annotated[list[str], typer.Option(help="Snakemake: KEY=VALUE for --config; repeat.")] = [],  # noqa: B006
+    ] = [],
+    config: Annotated[list[str], typer.Option(help="Snakemake: KEY=VALUE for --config; repeat.")] = [],
     tres: Annotated[
         str | None, typer.Option(help="TREs to run in, comma separated (default: the project's).")
     ] = None,
@@ -131,7 +131,7 @@ def list_(
     token: Token = None,
     state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
     name_prefix: Annotated[str | None, typer.Option(help="Only names starting with this.")] = None,
-    tag: Annotated[list[str], typer.Option(help="KEY or KEY=VALUE; repeat for several.")] = [],  # noqa: B006
+    tag: Annotated[list[str], typer.Option(help="KEY or KEY=VALUE; repeat for several.")] = [],
     limit: Annotated[int, typer.Option(help="Show at most this many.")] = 50,
 ) -> None:
     """List your tasks, newest first, as a table."""

@@ -1,8 +1,6 @@
 """The airlock: object store access and holding outputs until they are checked and released."""
 
 from fivesafes_tes.egress.airlock import (
-    HeldFile,
-    HeldFileSpec,
     HoldConflict,
     Manifest,
     ManifestInvalid,
@@ -15,6 +13,7 @@ from fivesafes_tes.egress.airlock import (
     manifest_key,
     read_manifest,
 )
+from fivesafes_tes.egress.held import HeldFile, HeldKey, LogKey, OutputKey, Stream, name_of, parse
 from fivesafes_tes.egress.keys import UnsafeKey, safe_key
 from fivesafes_tes.egress.store import (
     ChecksumMismatch,
@@ -30,18 +29,21 @@ from fivesafes_tes.egress.store import (
 __all__ = [
     "ChecksumMismatch",
     "HeldFile",
-    "HeldFileSpec",
+    "HeldKey",
     "HoldConflict",
+    "LogKey",
     "Manifest",
     "ManifestInvalid",
     "ObjectExists",
     "ObjectMissing",
     "ObjectStore",
+    "OutputKey",
     "StaleAttempt",
     "StoreError",
     "StoreSettings",
     "StoreUnavailable",
     "StoredObject",
+    "Stream",
     "UnsafeKey",
     "UnsafeOutput",
     "discard",
@@ -49,6 +51,8 @@ __all__ = [
     "held_prefix",
     "hold_outputs",
     "manifest_key",
+    "name_of",
+    "parse",
     "read_manifest",
     "safe_key",
 ]

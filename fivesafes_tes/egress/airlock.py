@@ -16,20 +16,29 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
 from fivesafes_tes import failpoints
+from fivesafes_tes.egress.held import (
+    HeldFile,
+    HeldKey,
+    InvalidHeldName,
+    Kind,
+    OutputKey,
+    from_parts,
+    name_of,
+    parse,
+)
 from fivesafes_tes.egress.keys import UnsafeKey, safe_key
 from fivesafes_tes.egress.store import ObjectExists, ObjectMissing, ObjectStore
 
 log = logging.getLogger(__name__)
 
-HeldKind = Literal["output", "stdout", "stderr"]
 MANIFEST_NAME = "manifest.json"
 
 
@@ -49,30 +58,63 @@ class ManifestInvalid(Exception):
     """The stored manifest is not one we wrote."""
 
 
-@dataclass(frozen=True)
-class HeldFileSpec:
-    """One file the agent wants held. Logs need `step`; outputs need an absolute `container_path`."""
+class _StoredFile(BaseModel):
+    """A held file as the manifest stores it (the format holds written before `HeldFile` still read)."""
 
-    container_path: str | None
-    host_path: Path
-    kind: HeldKind
-    step: int | None = None
-
-
-class HeldFile(BaseModel):
     key: str
     container_path: str | None
-    kind: HeldKind
+    kind: Kind
     step: int | None
     size: int
     sha256: str
 
 
-class Manifest(BaseModel):
+class _StoredManifest(BaseModel):
     child_id: str
     attempt: int
     created_at: datetime
-    files: list[HeldFile]
+    files: list[_StoredFile]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A complete hold: which attempt's files, held when; the files sorted by their store key."""
+
+    child_id: str
+    attempt: int
+    created_at: datetime
+    files: tuple[HeldFile, ...]
+
+    def to_json(self) -> bytes:
+        stored = _StoredManifest(
+            child_id=self.child_id,
+            attempt=self.attempt,
+            created_at=self.created_at,
+            files=[
+                _StoredFile(
+                    key=held_key(self.child_id, f.key),
+                    container_path=f.key.path if isinstance(f.key, OutputKey) else None,
+                    kind=f.kind,
+                    step=f.step,
+                    size=f.size,
+                    sha256=f.sha256,
+                )
+                for f in self.files
+            ],
+        )
+        return stored.model_dump_json(indent=2).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        """Raises `ValidationError`, or `InvalidHeldName` for a file that is not one `hold_outputs` held."""
+        stored = _StoredManifest.model_validate_json(data)
+        files = []
+        for f in stored.files:
+            key = from_parts(f.container_path or f"step-{f.step}.{f.kind}", f.kind, f.step)
+            if held_key(stored.child_id, key) != f.key:
+                raise InvalidHeldName(f"{f.key!r} is not where {name_of(key)!r} is held")
+            files.append(HeldFile(key, f.size, f.sha256))
+        return cls(stored.child_id, stored.attempt, stored.created_at, tuple(files))
 
 
 def _child(child_id: str) -> str:
@@ -94,20 +136,17 @@ def manifest_key(child_id: str) -> str:
     return held_prefix(child_id) + MANIFEST_NAME
 
 
-def held_key(child_id: str, spec: HeldFileSpec) -> str:
-    """Where a file is held. Raises `UnsafeOutput` for paths that could escape the prefix."""
+def held_key(child_id: str, key: HeldKey) -> str:
+    """Where a file is held. Raises `UnsafeOutput` for a key `parse` would not give back (a path not
+    absolute or not normalised, a negative step): such a path could escape the prefix."""
+    name = name_of(key)
     try:
-        if spec.kind == "output":
-            path = spec.container_path or ""
-            if not path.startswith("/"):
-                raise UnsafeOutput(f"output path {path!r} must be an absolute container path")
-            return safe_key("held", _child(child_id), "outputs", path[1:])
-        if spec.kind not in ("stdout", "stderr"):
-            raise UnsafeOutput(f"unknown kind {spec.kind!r}: expected output, stdout or stderr")
-        if not isinstance(spec.step, int) or isinstance(spec.step, bool) or spec.step < 0:
-            raise UnsafeOutput(f"{spec.kind} needs the executor's step number (0, 1, ...)")
-        return safe_key("held", _child(child_id), "logs", f"step-{spec.step}.{spec.kind}")
-    except UnsafeKey as exc:
+        if parse(name) != key:
+            raise InvalidHeldName(f"{name[:80]!r} is not a normalised name")
+        if isinstance(key, OutputKey):
+            return safe_key("held", _child(child_id), "outputs", key.path[1:])
+        return safe_key("held", _child(child_id), "logs", name)
+    except (UnsafeKey, InvalidHeldName) as exc:
         raise UnsafeOutput(str(exc)) from exc
 
 
@@ -133,74 +172,67 @@ def read_manifest(store: ObjectStore, child_id: str) -> Manifest | None:
     """The manifest of a complete hold, or None while the hold is incomplete (or discarded)."""
     key = manifest_key(child_id)
     try:
-        manifest = Manifest.model_validate_json(store.get_bytes(key))
+        manifest = Manifest.from_json(store.get_bytes(key))
     except ObjectMissing:
         return None
-    except ValidationError as exc:
+    except (ValidationError, InvalidHeldName) as exc:
         raise ManifestInvalid(f"{key} is not a valid manifest") from exc
     if manifest.child_id != child_id:
         raise ManifestInvalid(f"{key} names child {manifest.child_id!r}, not {child_id!r}")
     return manifest
 
 
-def hold_outputs(store: ObjectStore, child_id: str, attempt: int, files: list[HeldFileSpec]) -> Manifest:
-    """Hold every file in the airlock under the child's prefix and return the manifest.
+def hold_outputs(store: ObjectStore, child_id: str, attempt: int, files: Mapping[HeldKey, Path]) -> Manifest:
+    """Hold every collected file in the airlock under the child's prefix and return the manifest,
+    whose files are the same keys, hashed (each with its local copy: the rules read those).
 
-    Every spec is validated and hashed before anything is written. Running this again for the same
+    Every file is validated and hashed before anything is written. Running this again for the same
     attempt and files returns the same manifest; the same attempt with different files raises
     `HoldConflict`; an attempt newer than the held one replaces it; an older one raises `StaleAttempt`.
     """
-    held: list[HeldFile] = []
-    paths: dict[str, Path] = {}
-    for spec in files:
-        key = held_key(child_id, spec)
-        if key in paths:
+    by_key: dict[str, HeldFile] = {}
+    for held_as, local in files.items():
+        key = held_key(child_id, held_as)
+        if key in by_key:
             raise UnsafeOutput(f"two files would be held as {key!r}")
-        paths[key] = path = Path(spec.host_path)
-        _regular_file(path)
-        sha256, size = _digest(path)
-        held.append(
-            HeldFile(
-                key=key,
-                container_path=spec.container_path,
-                kind=spec.kind,
-                step=spec.step,
-                size=size,
-                sha256=sha256,
-            )
-        )
-    held.sort(key=lambda f: f.key)
+        _regular_file(local)
+        sha256, size = _digest(local)
+        by_key[key] = HeldFile(held_as, size, sha256, local)
+    held = [by_key[key] for key in sorted(by_key)]
     mkey = manifest_key(child_id)
 
     existing = read_manifest(store, child_id)
     if existing is not None:
         if _settled(existing, attempt, held):
-            return existing
+            return _with_copies(existing, held)
         store.delete(mkey)  # superseded by this newer attempt: the hold is incomplete again
 
-    for entry in held:
-        current = store.head(entry.key)
+    for key, entry in by_key.items():
+        current = store.head(key)
         if current is None or current.sha256 != entry.sha256 or current.size != entry.size:
-            store.put_file(entry.key, paths[entry.key], sha256=entry.sha256)
+            store.put_file(key, entry.path, sha256=entry.sha256)
     for item in store.list(held_prefix(child_id)):
-        if item.key not in paths and item.key != mkey:
+        if item.key not in by_key and item.key != mkey:
             log.info("removing %s: left by an earlier, unfinished hold of child %s", item.key, child_id)
             store.delete(item.key)
 
-    manifest = Manifest(child_id=child_id, attempt=attempt, created_at=datetime.now(UTC), files=held)
+    manifest = Manifest(child_id, attempt, datetime.now(UTC), tuple(held))
     try:
-        store.put_bytes(
-            mkey, manifest.model_dump_json(indent=2).encode(), if_absent=True, content_type="application/json"
-        )
+        store.put_bytes(mkey, manifest.to_json(), if_absent=True, content_type="application/json")
     except ObjectExists:
         winner = read_manifest(store, child_id)
         if winner is None or not _settled(winner, attempt, held):
             raise HoldConflict(
                 f"child {child_id} attempt {attempt}: another hold completed meanwhile"
             ) from None
-        return winner
+        return _with_copies(winner, held)
     log.info("held %d file(s) of child %s attempt %d", len(held), child_id, attempt)
     return manifest
+
+
+def _with_copies(manifest: Manifest, held: list[HeldFile]) -> Manifest:
+    """The stored manifest with the local copies this hold was made from."""
+    return replace(manifest, files=tuple(held))
 
 
 def _settled(existing: Manifest, attempt: int, files: list[HeldFile]) -> bool:
@@ -212,7 +244,7 @@ def _settled(existing: Manifest, attempt: int, files: list[HeldFile]) -> bool:
         )
     if existing.attempt < attempt:
         return False
-    if existing.files != files:
+    if tuple(files) != existing.files:
         raise HoldConflict(
             f"child {existing.child_id} attempt {attempt} is already held with different files; "
             "a complete hold is never rewritten"

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fivesafes_tes.auth import Principal, Role
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
 from fivesafes_tes.submission import deliveries, federation
@@ -36,7 +37,7 @@ def federation_admin(request: Request, principal: CurrentPrincipal) -> Iterator[
     if (
         request.method != "GET"
     ):  # after the change committed: this replica sees it at once, others within seconds
-        request.app.state.ctx.targets.clear()
+        context(request).targets.clear()
 
 
 Admin = Annotated[Principal, Depends(federation_admin)]
@@ -81,25 +82,25 @@ class MemberIn(_Body):
 
 @router.get("/tres", response_model=list[TreOut])
 def list_tres(request: Request, _: Admin) -> list[TreOut]:
-    with request.app.state.ctx.db.read() as session:
+    with context(request).db.read() as session:
         return [TreOut(name=t.name, title=t.title) for t in federation.list_tres(session)]
 
 
 @router.post("/tres", response_model=TreOut, status_code=201)
 def add_tre(request: Request, body: TreIn, admin: Admin) -> TreOut:
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         tre = federation.add_tre(session, admin.username, body.name, body.title)
         return TreOut(name=tre.name, title=tre.title)
 
 
 @router.get("/projects", response_model=list[federation.ProjectView])
 def list_projects(request: Request, _: Admin) -> list[federation.ProjectView]:
-    with request.app.state.ctx.db.read() as session:
+    with context(request).db.read() as session:
         return [p for p in federation.describe_projects(session)]
 
 
 def _project(request: Request, name: str) -> federation.ProjectView:
-    with request.app.state.ctx.db.read() as session:
+    with context(request).db.read() as session:
         found = federation.describe_projects(session, [name])
     if not found:
         raise federation.NotFound(f"no project named {name!r}")
@@ -108,7 +109,7 @@ def _project(request: Request, name: str) -> federation.ProjectView:
 
 @router.post("/projects", response_model=federation.ProjectView, status_code=201)
 def add_project(request: Request, body: ProjectIn, admin: Admin) -> federation.ProjectView:
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         federation.add_project(
             session,
             admin.username,
@@ -123,7 +124,7 @@ def add_project(request: Request, body: ProjectIn, admin: Admin) -> federation.P
 
 @router.patch("/projects/{name}", response_model=federation.ProjectView)
 def update_project(request: Request, name: str, body: ProjectPatch, admin: Admin) -> federation.ProjectView:
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         federation.update_project(
             session, admin.username, name, title=body.title, starts_on=body.starts_on, ends_on=body.ends_on
         )
@@ -132,21 +133,21 @@ def update_project(request: Request, name: str, body: ProjectPatch, admin: Admin
 
 @router.put("/projects/{name}/tres", response_model=federation.ProjectView)
 def set_tres(request: Request, name: str, body: TresIn, admin: Admin) -> federation.ProjectView:
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         federation.set_project_tres(session, admin.username, name, body.tres)
     return _project(request, name)
 
 
 @router.post("/projects/{name}/members", response_model=federation.ProjectView)
 def add_member(request: Request, name: str, body: MemberIn, admin: Admin) -> federation.ProjectView:
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         federation.add_member(session, admin.username, name, body.username, default=body.default)
     return _project(request, name)
 
 
 @router.delete("/projects/{name}/members/{username}", response_model=federation.ProjectView)
 def remove_member(request: Request, name: str, username: str, admin: Admin) -> federation.ProjectView:
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         federation.remove_member(session, admin.username, name, username)
     return _project(request, name)
 
@@ -159,7 +160,7 @@ class RedeliverOut(BaseModel):
 def redeliver(request: Request, task_id: str, admin: Admin) -> RedeliverOut:
     """Try again the deliveries of a task's released outputs that were given up after
     `FIVESAFES_DELIVERY_ATTEMPTS` (once the destination is fixed)."""
-    ctx = request.app.state.ctx
+    ctx = context(request)
     if ctx.deliverer is None:
         raise HTTPException(
             409,

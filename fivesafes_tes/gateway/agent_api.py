@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from fivesafes_tes import failpoints
 from fivesafes_tes.auth import Role
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal
 from fivesafes_tes.submission import federation, leases, results
@@ -39,7 +40,7 @@ def current_tre(request: Request, principal: CurrentPrincipal) -> Tre:
         raise HTTPException(
             403, "this route is for TRE agents: the token needs role tre-agent and a tre claim"
         )
-    with request.app.state.ctx.db.read() as session:
+    with context(request).db.read() as session:
         tre = session.scalar(select(Tre).where(Tre.name == principal.tre))
     if tre is None:
         raise HTTPException(403, f"TRE {principal.tre!r} is not registered with this gateway")
@@ -63,7 +64,7 @@ class LeaseResponse(BaseModel):
 
 @router.post("/leases", response_model=LeaseResponse)
 async def lease_work(request: Request, body: LeaseRequest, tre: CurrentTre) -> LeaseResponse:
-    ctx = request.app.state.ctx
+    ctx = context(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_s
 
@@ -108,7 +109,7 @@ class HeartbeatResponse(BaseModel):
 
 @router.post("/heartbeat", response_model=HeartbeatResponse)
 def heartbeat(request: Request, body: HeartbeatRequest, tre: CurrentTre) -> HeartbeatResponse:
-    ctx = request.app.state.ctx
+    ctx = context(request)
     with ctx.db.write() as session:
         answer = leases.heartbeat(
             session, tre, [(c.child_id, c.attempt) for c in body.children], ttl_s=ctx.settings.lease_ttl_s
@@ -145,7 +146,7 @@ class EventResponse(BaseModel):
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
 def child_event(request: Request, child_id: str, body: EventRequest, tre: CurrentTre) -> EventResponse:
-    ctx = request.app.state.ctx
+    ctx = context(request)
     owed = False
     with ctx.db.write() as session:
         result = leases.record_event(
@@ -210,8 +211,8 @@ class ApprovalsOut(BaseModel):
 def record_approvals(request: Request, child_id: str, body: ApprovalsIn, tre: CurrentTre) -> ApprovalsOut:
     """What the TRE's output checkers approved for this child, recorded once before any upload: the
     gateway then stores exactly these files."""
-    files = [results.Incoming(**f.model_dump()) for f in body.files]
-    with request.app.state.ctx.db.write() as session:
+    files = [results.received(**f.model_dump()) for f in body.files]
+    with context(request).db.write() as session:
         recorded = results.record_approvals(session, tre, child_id, files)
     return ApprovalsOut(recorded=recorded, files=len(files))
 
@@ -247,8 +248,8 @@ async def upload_released_file(
 ) -> UploadOut:
     """One approved file, streamed; kept only if it is among the child's recorded approvals and its
     bytes hash to what the TRE recorded."""
-    ctx = request.app.state.ctx
-    file = results.Incoming(name=name, kind=kind, step=step, size=size, sha256=sha256)
+    ctx = context(request)
+    file = results.received(name, kind, step, size, sha256)
     upload = await run_in_threadpool(results.expect, ctx.db, ctx.results_store, tre, child_id, file)
     with results.Spool() as spool:
         async for chunk in request.stream():
@@ -259,7 +260,7 @@ async def upload_released_file(
 
 @router.post("/children/{child_id}/cancel-ack", responses={404: {"model": ErrorResponse}})
 def cancel_ack(request: Request, child_id: str, tre: CurrentTre) -> dict:
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         leases.acknowledge_cancel(session, tre, child_id)
     return {}
 
@@ -279,7 +280,7 @@ class SyncResponse(BaseModel):
 
 @router.get("/sync", response_model=SyncResponse)
 def sync(request: Request, tre: CurrentTre) -> SyncResponse:
-    with request.app.state.ctx.db.read() as session:
+    with context(request).db.read() as session:
         projects = leases.sync(session, tre)
     return SyncResponse(tre=tre.name, projects=[ProjectOut(**p) for p in projects])
 
@@ -292,7 +293,7 @@ class PolicyResponse(BaseModel):
 def publish_policy(request: Request, body: Admission, tre: CurrentTre) -> PolicyResponse:
     """What this TRE will run: the gateway refuses at submission, in the TRE's words, a task the
     TRE would refuse (the TRE checks again). Agents publish it at every sync."""
-    ctx = request.app.state.ctx
+    ctx = context(request)
     with ctx.db.write() as session:
         changed = federation.publish_policy(session, tre, body)
     if changed:  # cached targets carry the policies: the new one applies from the next submission
@@ -317,7 +318,7 @@ class DecisionsRequest(_Body):
 
 @router.post("/decisions")
 def decisions(request: Request, body: DecisionsRequest, tre: CurrentTre) -> dict:
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         changed = leases.record_decisions(
             session, tre, [leases.Decision(**d.model_dump()) for d in body.decisions]
         )

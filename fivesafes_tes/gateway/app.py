@@ -7,7 +7,6 @@ import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,16 +18,14 @@ from fivesafes_tes.auth import (
     RemoteJwks,
     StaticJwks,
     TokenValidator,
-    UserCache,
     discover_jwks_url,
 )
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress.store import ObjectStore
 from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, results_api, tes_api
+from fivesafes_tes.gateway.context import GatewayContext, app_context, attach
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
-from fivesafes_tes.gateway.signals import WorkSignal
-from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
 from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission.tasks import SubmissionPolicy
@@ -40,35 +37,6 @@ TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 
 class ConfigurationError(RuntimeError):
     """The gateway cannot start safely with these settings; the message names the fix."""
-
-
-@dataclass
-class GatewayContext:
-    settings: GatewaySettings
-    db: Database
-    validator: TokenValidator
-    service_info: ServiceInfo
-    policy: SubmissionPolicy
-    dev_issuer: DevIssuer | None = None
-    results_store: ObjectStore | None = None
-    signal: WorkSignal = field(default_factory=WorkSignal)
-    # Where each user's tasks go (project, TREs): seen by other replicas within `target_cache_ttl_s`
-    # of a change.
-    targets: TtlCache = field(init=False)
-    user_cache: UserCache = field(default_factory=UserCache)
-    metrics: ops.Metrics = field(default_factory=ops.Metrics)
-    # Delivers released outputs where their TES urls say, if this gateway has a results store and
-    # somewhere to deliver to.
-    deliverer: deliveries.Deliverer | None = None
-    deliveries: deliveries.DeliveryLoop | None = None  # while the app runs, with a deliverer
-
-    def __post_init__(self) -> None:
-        self.targets = TtlCache(self.settings.target_cache_ttl_s)
-
-    def wake_deliveries(self) -> None:
-        """A delivery is owed now (else the loop finds it within seconds, or at the next start)."""
-        if self.deliveries is not None:
-            self.deliveries.wake()
 
 
 def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | None]:
@@ -163,6 +131,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         validator=validator,
         service_info=service_info(settings),
         policy=policy,
+        metrics=ops.Metrics(),
         dev_issuer=issuer,
         results_store=results_store,
         deliverer=_deliverer(settings, db, results_store),
@@ -190,7 +159,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.ctx = ctx
+    attach(app, ctx)
     errors.install(app)
     app.add_middleware(ops.MeasureRequests, metrics=ctx.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed_paths=RELEASE_UPLOADS)
@@ -226,7 +195,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     }
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)
-    _publish_caps(schema["components"]["schemas"], app.state.ctx.policy.caps)
+    _publish_caps(schema["components"]["schemas"], app_context(app).policy.caps)
     _publish_nul_free(schema["paths"])
     _publish_nul_free(schema["components"]["schemas"])
     app.openapi_schema = schema

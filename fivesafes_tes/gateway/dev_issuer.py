@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from fivesafes_tes.gateway.context import context
+
 router = APIRouter(prefix="/dev-issuer", include_in_schema=False)
 
 
 @router.get("/.well-known/openid-configuration")
 def openid_configuration(request: Request) -> dict:
-    return request.app.state.ctx.dev_issuer.openid_configuration()
+    return context(request).dev_issuer.openid_configuration()
 
 
 @router.get("/jwks.json")
 def jwks(request: Request) -> dict:
-    return request.app.state.ctx.dev_issuer.jwks()
+    return context(request).dev_issuer.jwks()

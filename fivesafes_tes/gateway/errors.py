@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from fivesafes_tes.auth import JwksUnavailable
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.submission import federation, leases, results
 from fivesafes_tes.submission.ids import BadPageToken
 from fivesafes_tes.submission.tasks import IdempotencyConflict, InvalidTask, TaskNotFound, record_refusal
@@ -67,7 +68,7 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
 
 def _record_refusal(request: Request, refused: TaskNotFound) -> None:
     # Its own transaction: the one the route was in (a cancel's) has been rolled back.
-    with request.app.state.ctx.db.write() as session:
+    with context(request).db.write() as session:
         record_refusal(session, refused)
 
 

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.gateway.security import metrics_reader
 
 router = APIRouter(tags=["Operations"])
@@ -75,7 +76,7 @@ def healthz() -> dict:
 @router.get("/readyz", include_in_schema=False)
 def readyz(request: Request, response: Response) -> dict:
     try:
-        with request.app.state.ctx.db.read() as session:
+        with context(request).db.read() as session:
             session.execute(text("SELECT 1"))
     except Exception:  # noqa: BLE001  any failure means not ready
         response.status_code = 503
@@ -86,4 +87,4 @@ def readyz(request: Request, response: Response) -> dict:
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_reader)])
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(context(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
 from fivesafes_tes.submission import researcher_view, results, tasks
@@ -48,7 +49,7 @@ class ResultsOut(BaseModel):
 def list_results(request: Request, task_id: str, principal: CurrentPrincipal) -> ResultsOut:
     """What each TRE released for this task, with the decisions and reasons of its output checkers
     (the researcher view: nothing of what was not released)."""
-    ctx = request.app.state.ctx
+    ctx = context(request)
     base = ctx.settings.public_url.rstrip("/")
     with ctx.db.read() as session:
         visible_task(session, actor_of(principal), task_id)
@@ -75,7 +76,7 @@ def download(
     request: Request, file_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], principal: CurrentPrincipal
 ) -> FileResponse:
     """A released file, checked against its SHA-256 before a byte is sent."""
-    ctx = request.app.state.ctx
+    ctx = context(request)
     released, path = results.download(ctx.db, ctx.results_store, actor_of(principal), file_id)
     return FileResponse(
         path,

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fivesafes_tes import audit
 from fivesafes_tes.auth import AuthError, Principal, authenticate
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.submission.federation import claim_memberships
 from fivesafes_tes.submission.tasks import Actor
 
@@ -21,7 +22,7 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fivesafes-tes"'}
 
 
 def _fail(request: Request, reason: str) -> HTTPException:
-    ctx = request.app.state.ctx
+    ctx = context(request)
     client = request.client.host if request.client else "unknown"
     log.info("authentication failed on %s %s from %s: %s", request.method, request.url.path, client, reason)
     with ctx.db.write() as session:
@@ -41,7 +42,7 @@ def current_principal(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise _fail(request, "no bearer token")
-    ctx = request.app.state.ctx
+    ctx = context(request)
     try:
         return authenticate(
             ctx.db, ctx.validator, credentials.credentials, ctx.user_cache, on_provision=claim_memberships
@@ -54,7 +55,7 @@ def metrics_reader(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Prometheus may present the static metrics token; anyone else needs a valid JWT."""
-    static = request.app.state.ctx.settings.metrics_token
+    static = context(request).settings.metrics_token
     if (
         static
         and credentials

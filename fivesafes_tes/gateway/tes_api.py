@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import BearerToken, CurrentPrincipal, actor_of, current_principal
 from fivesafes_tes.submission import tasks as submission
@@ -53,14 +54,14 @@ _BAD = {400: ERROR_RESPONSES[400]}
     operation_id="GetServiceInfo",
 )
 def get_service_info(request: Request) -> ServiceInfo:
-    return request.app.state.ctx.service_info
+    return context(request).service_info
 
 
 # py-tes 0.4.x (pinned by the Snakemake and Toil TES plugins) asks here, and reads the TES 0.3
 # shape (name, doc, storage): it refuses any other field.
 @router.get("/tasks/service-info", include_in_schema=False)
 def get_service_info_legacy(request: Request) -> dict:
-    info: ServiceInfo = request.app.state.ctx.service_info
+    info: ServiceInfo = context(request).service_info
     return {"name": info.name, "doc": info.description or "", "storage": info.storage}
 
 
@@ -89,7 +90,7 @@ async def create_task(
 def _create(
     request: Request, body: TaskRequest, credentials, idempotency_key: str | None
 ) -> CreateTaskResponse:  # type: ignore[no-untyped-def]
-    ctx = request.app.state.ctx
+    ctx = context(request)
     actor = actor_of(current_principal(request, credentials))
     submission.check_policy(body, ctx.policy)
     key = submission.target_key(actor, body, utcnow().date())
@@ -146,7 +147,7 @@ def list_tasks(
         view=view,
         results_url=_results_url(request),
     )
-    with request.app.state.ctx.db.read() as session:
+    with context(request).db.read() as session:
         page = submission.list_tasks(session, actor_of(principal), query)
     result: dict = {"tasks": page.tasks}
     if page.next_page_token:
@@ -164,14 +165,14 @@ def list_tasks(
 def get_task(
     request: Request, id: str, principal: CurrentPrincipal, view: View = View.MINIMAL
 ) -> JSONResponse:
-    with request.app.state.ctx.db.read() as session:
+    with context(request).db.read() as session:
         return JSONResponse(
             submission.get_task(session, actor_of(principal), id, view, results_url=_results_url(request))
         )
 
 
 def _results_url(request: Request) -> str:
-    return request.app.state.ctx.settings.public_url.rstrip("/") + "/api/v1/results"
+    return context(request).settings.public_url.rstrip("/") + "/api/v1/results"
 
 
 @router.post(
@@ -181,7 +182,7 @@ def _results_url(request: Request) -> str:
     responses=_NOT_FOUND,
 )
 def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict:
-    ctx = request.app.state.ctx
+    ctx = context(request)
     with ctx.db.write() as session:
         tre_ids = submission.cancel_task(session, actor_of(principal), id)
     ctx.signal.notify(tre_ids)

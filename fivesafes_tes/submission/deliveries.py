@@ -17,9 +17,7 @@ admin may start it again: `redeliver`). They remain downloadable from the gatewa
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import posixpath
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +36,7 @@ from fivesafes_tes.submission import file_outputs
 from fivesafes_tes.submission.researcher_view import VISIBLE_AFTER
 from fivesafes_tes.submission.results import released_of
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Task, Tre
+from fivesafes_tes.tes import outputs
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +62,18 @@ def destinations(
     task_document: dict[str, Any], released: list[ReleasedFile], where: Destinations
 ) -> dict[str, str]:
     """Where each released output goes besides the results store: name -> url, for outputs whose TES
-    `url` is one this gateway delivers to. Wildcard outputs keep their path under `path_prefix`, and
-    a DIRECTORY's files theirs under it, appended to the output's url."""
+    `url` is one this gateway delivers to, by the rules that collected it (`tes.outputs.claim`): a
+    wildcard's file keeps its path below `path_prefix`, a DIRECTORY's its path below it, appended to
+    the output's url."""
     out: dict[str, str] = {}
     for file in released:
         if file.kind != "output":
             continue
         for spec in task_document.get("outputs", []):
             url = spec.get("url", "")
-            if not where.accepts(url):
-                continue
-            path = spec["path"]
-            if any(c in path for c in "*?[") and fnmatch.fnmatchcase(file.name, path):
-                prefix = spec.get("path_prefix") or posixpath.dirname(path)
-                out[file.name] = url.rstrip("/") + "/" + posixpath.relpath(file.name, prefix)
-                break
-            if file.name == path or (
-                spec.get("type") == "DIRECTORY" and file.name.startswith(path.rstrip("/") + "/")
-            ):
-                out[file.name] = (
-                    url if file.name == path else url.rstrip("/") + file.name[len(path.rstrip("/")) :]
-                )
+            below = outputs.claim(spec, file.name) if where.accepts(url) else None
+            if below is not None:
+                out[file.name] = url.rstrip("/") + "/" + below if below else url
                 break
     return out
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from fivesafes_tes.egress.held import LogKey, Stream
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, ReleasedFile, Task
 
@@ -101,7 +102,7 @@ def _system_logs(child: Child, tre: str) -> list[str]:
 
 def _executor_logs(child: Child, released: list[ReleasedFile]) -> list[dict[str, Any]]:
     """Exit codes and step times the checker saw, with the tails of the logs the checker released."""
-    shown = {(f.kind, f.step) for f in released if f.kind in ("stdout", "stderr")}
+    shown = {f.held.key for f in released}
     tails = child.report.get("released_logs") or {}
     entries = []
     for n, step in enumerate(child.report.get("steps") or []):
@@ -110,10 +111,10 @@ def _executor_logs(child: Child, released: list[ReleasedFile]) -> list[dict[str,
         entry = {
             k: step[k] for k in ("exit_code", "start_time", "end_time") if isinstance(step.get(k), (int, str))
         }
-        for kind in ("stdout", "stderr"):
-            text = tails.get(f"{n}.{kind}")
-            if (kind, n) in shown and isinstance(text, str):
-                entry[kind] = text
+        for stream in Stream:
+            text = tails.get(f"{n}.{stream}")
+            if LogKey(n, stream) in shown and isinstance(text, str):
+                entry[stream.value] = text
         entries.append(entry)
     return entries
 
@@ -124,18 +125,7 @@ def results_entry(child: Child, tre: str, released: list[ReleasedFile], results_
     return {
         "tre": tre,
         "stage": child.stage,
-        "files": [
-            {
-                "id": f.id,
-                "name": f.name,
-                "kind": f.kind,
-                "step": f.step,
-                "size": f.size,
-                "sha256": f.sha256,
-                "url": f"{results_url}/{f.id}",
-            }
-            for f in files
-        ],
+        "files": [{"id": f.id, **f.held.described(), "url": f"{results_url}/{f.id}"} for f in files],
         "disclosure": disclosure(child, tre, files) if child.stage in _REVIEWED else None,
     }
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit, failpoints
 from fivesafes_tes.db import Database
+from fivesafes_tes.egress.held import HeldFile, InvalidHeldName
 from fivesafes_tes.egress.keys import UnsafeKey, released_key, safe_key
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectExists, ObjectStore
 from fivesafes_tes.submission.leases import IllegalTransition, child_in_tre
@@ -65,49 +66,33 @@ class NoResultsStore(Exception):
     """This gateway has no results store configured, so it neither keeps nor hands out released files."""
 
 
-@dataclass(frozen=True)
-class Incoming:
-    name: str
-    kind: str
-    step: int | None
-    size: int
-    sha256: str
-
-    def key_part(self) -> str:
-        """What the name adds to the file's key in the results store: an output's container path
-        without its leading `/`, a log's `step-N.stdout|stderr`."""
-        if self.kind == "output":
-            if self.step is not None or not self.name.startswith("/"):
-                raise InvalidRelease(
-                    f"an output is named by its absolute container path, with no step: {self.name!r}"
-                )
-            return self.name[1:]
-        if self.kind not in KINDS or self.step is None or self.name != f"step-{self.step}.{self.kind}":
-            raise InvalidRelease(
-                f"a log is named step-N.stdout or step-N.stderr after its step N, not {self.name[:80]!r}"
-            )
-        return self.name
-
-
-def stored_name(file: Incoming) -> str:
-    """The file's name as a part of its key in the results store; InvalidRelease saying what is wrong."""
+def received(name: str, kind: str, step: int | None, size: int, sha256: str) -> HeldFile:
+    """The file a TRE describes; InvalidRelease when name, kind and step do not agree."""
     try:
-        return safe_key(file.key_part())
-    except (InvalidRelease, UnsafeKey) as exc:
+        return HeldFile.from_description(name, kind, step, size, sha256)
+    except InvalidHeldName as exc:
         raise InvalidRelease(f"name: {exc}") from None
 
 
-def _approval(row: ApprovedFile) -> Incoming:
-    return Incoming(name=row.name, kind=row.kind, step=row.step, size=row.size, sha256=row.sha256)
+def stored_name(file: HeldFile) -> str:
+    """The file's name as a part of its key in the results store; InvalidRelease saying what is wrong."""
+    try:
+        return safe_key(file.name.removeprefix("/"))  # an output's container path, a log's step-N.stream
+    except UnsafeKey as exc:
+        raise InvalidRelease(f"name: {exc}") from None
 
 
-def approvals_of(session: Session, child_id: str) -> list[Incoming]:
+def _approval(row: ApprovedFile) -> HeldFile:
+    return HeldFile.from_description(row.name, row.kind, row.step, row.size, row.sha256)
+
+
+def approvals_of(session: Session, child_id: str) -> list[HeldFile]:
     """The files recorded as approved for a child, by name."""
     query = select(ApprovedFile).where(ApprovedFile.child_id == child_id).order_by(ApprovedFile.name)
     return [_approval(row) for row in session.scalars(query)]
 
 
-def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Incoming]) -> bool:
+def record_approvals(session: Session, tre: Tre, child_id: str, files: list[HeldFile]) -> bool:
     """Record what the TRE's checkers approved for one of its children awaiting review, before any of
     it is uploaded; audited once. The same list again changes nothing (False: an agent repeating
     itself after a restart); another list is refused: approvals never change once recorded."""
@@ -131,14 +116,7 @@ def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Inco
     ordered = sorted(wanted, key=lambda f: f.name)
     for file in ordered:
         session.add(
-            ApprovedFile(
-                child_id=child.id,
-                name=file.name,
-                kind=file.kind,
-                step=file.step,
-                size=file.size,
-                sha256=file.sha256,
-            )
+            ApprovedFile(child_id=child.id, **file.described())
         )
     audit.record(
         session,
@@ -151,7 +129,7 @@ def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Inco
     return True
 
 
-def expect_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming) -> Child:
+def expect_upload(session: Session, tre: Tre, child_id: str, incoming: HeldFile) -> Child:
     """The child a TRE wants to release `incoming` into: its own, still waiting for review, and
     having recorded `incoming` (name, kind, step, size and SHA-256) among its approvals."""
     child = child_in_tre(session, tre, child_id)
@@ -171,7 +149,7 @@ def expect_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming)
     )
 
 
-def refuse_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming, why: NotApproved) -> None:
+def refuse_upload(session: Session, tre: Tre, child_id: str, incoming: HeldFile, why: NotApproved) -> None:
     """Audit an upload refused for not being approved: a TRE sending what no checker approved is
     a security event."""
     audit.record(
@@ -185,7 +163,7 @@ def refuse_upload(session: Session, tre: Tre, child_id: str, incoming: Incoming,
 
 
 def accept(
-    session: Session, tre: Tre, child: Child, incoming: Incoming, key: str
+    session: Session, tre: Tre, child: Child, incoming: HeldFile, key: str
 ) -> tuple[ReleasedFile, bool]:
     """Record a verified, stored file; a repeat of the same file is a no-op (returns created=False)."""
     existing = session.scalar(
@@ -195,16 +173,7 @@ def accept(
         if existing.sha256 != incoming.sha256:
             raise ReleaseConflict(f"{incoming.name} was already released with different content")
         return existing, False
-    row = ReleasedFile(
-        task_id=child.task_id,
-        child_id=child.id,
-        name=incoming.name,
-        kind=incoming.kind,
-        step=incoming.step,
-        size=incoming.size,
-        sha256=incoming.sha256,
-        key=key,
-    )
+    row = ReleasedFile.of(incoming, child.task_id, child.id, key)
     session.add(row)
     session.flush()
     audit.record(
@@ -223,7 +192,7 @@ class Upload:
     """An upload the gateway expects: this file, for this child, kept under `key`."""
 
     child_id: str
-    file: Incoming
+    file: HeldFile
     key: str
 
 
@@ -264,7 +233,7 @@ def _present(store: ObjectStore | None) -> ObjectStore:
     return store
 
 
-def expect(db: Database, store: ObjectStore | None, tre: Tre, child_id: str, file: Incoming) -> Upload:
+def expect(db: Database, store: ObjectStore | None, tre: Tre, child_id: str, file: HeldFile) -> Upload:
     """Before a byte of an upload is read: the TRE's own child, awaiting review, recorded `file` among
     its approvals. A file outside them is refused (NotApproved) and audited."""
     _present(store)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql import text
 
 from fivesafes_tes.db.base import Base, utcnow
+from fivesafes_tes.egress.held import HeldFile
 
 
 class Task(Base):
@@ -214,6 +215,16 @@ class ReleasedFile(Base):
     # Where it was also delivered (the url its TES output named), once the copy was verified.
     delivered_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     released_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @classmethod
+    def of(cls, file: HeldFile, task_id: str, child_id: str, key: str) -> ReleasedFile:
+        """The row of a released file stored at results-store `key`."""
+        return cls(task_id=task_id, child_id=child_id, key=key, **file.described())
+
+    @property
+    def held(self) -> HeldFile:
+        """The file this row records (rows are written by `of` only, so the parts agree)."""
+        return HeldFile.from_description(self.name, self.kind, self.step, self.size, self.sha256)
 
 
 class ApprovedFile(Base):

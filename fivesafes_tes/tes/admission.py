@@ -9,7 +9,6 @@ gateway, which checks each task against its target TREs' documents when it is su
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
@@ -20,6 +19,7 @@ from pydantic import ConfigDict, Field
 
 from fivesafes_tes.tes.caps import TaskCaps
 from fivesafes_tes.tes.models import NulFree
+from fivesafes_tes.tes.outputs import normal_path, output_folder
 
 _MANY = 10_000
 
@@ -43,27 +43,6 @@ class ReservedPath(NulFree):
         # POSIX keeps a leading "//" apart; the engine does not.
         p, mine = PurePosixPath("/" + target.lstrip("/")), PurePosixPath(self.path)
         return p == mine or (self.below and mine in p.parents)
-
-
-def normal_path(path: str) -> str | None:
-    """The path as the engine reads it, or None unless it is absolute, below / and free of '..'."""
-    normal = "/" + posixpath.normpath(path).lstrip("/")  # POSIX keeps a leading "//" apart; engines do not
-    if not path.startswith("/") or normal in ("/", "/.") or ".." in path.split("/"):
-        return None
-    return normal
-
-
-def output_folder(output: Mapping[str, Any]) -> tuple[str, str]:
-    """The field and the path of the folder a TES output is collected from (what is mounted writable):
-    a wildcard output's `path_prefix` (or the folder of its pattern), a DIRECTORY itself, a file's folder."""
-    path = str(output.get("path") or "")
-    if any(c in path for c in "*?["):
-        if output.get("path_prefix"):
-            return "path_prefix", str(output["path_prefix"])
-        return "path", posixpath.dirname(path) or "/"
-    if output.get("type") == "DIRECTORY":
-        return "path", path
-    return "path", posixpath.dirname(path) or "/"
 
 
 class PublishedCaps(NulFree):

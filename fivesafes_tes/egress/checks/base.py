@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
+
+from fivesafes_tes.egress.held import HeldFile
 
 
 class Verdict(StrEnum):
@@ -58,19 +59,9 @@ class RuleResult:
 
 
 @dataclass(frozen=True)
-class HeldFile:
-    """A held file as the rules see it: a local, read-only copy and what is known about it."""
-
-    path: Path
-    name: str  # container path of an output, or "step-N.stdout" / "step-N.stderr"
-    kind: str  # output | stdout | stderr
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class CheckContext:
-    """The other files held for the same child (ACRO's results.json speaks about its siblings)."""
+    """The other files held for the same child (ACRO's results.json speaks about its siblings). Every
+    `HeldFile` a rule sees has its local, read-only copy."""
 
     files: tuple[HeldFile, ...]
     project: str = ""
