@@ -18,7 +18,8 @@ __all__ = [
 
 @pytest.fixture(scope="session")
 def docker_client():  # type: ignore[no-untyped-def]
-    """A client of the engine from DOCKER_HOST (scripts/services.sh --with-docker); skip locally, fail in CI."""
+    """A client of the engine from DOCKER_HOST (scripts/services.sh --with-docker); skip locally,
+    fail in CI."""
     from tests.conftest import need_service
 
     try:

@@ -145,7 +145,8 @@ def test_paths_reserved_for_a_project_apply_to_that_projects_tasks_only(gateway)
 def test_an_agent_publishes_only_for_its_own_tre_and_a_repeat_changes_nothing(gateway):
     document = staging.admission(tre_policy(), "sg-tre").model_dump(mode="json")
     other = gateway.client.put(f"{AGENT}/policy", json=document, headers=agent_headers(gateway, "uk-tre"))
-    assert other.status_code == 400 and "publishes for 'uk-tre', not 'sg-tre'" in other.json()["detail"]
+    assert other.status_code == 400
+    assert "publishes for 'uk-tre', not 'sg-tre'" in other.json()["detail"]
     researcher = gateway.client.put(f"{AGENT}/policy", json=document, headers=gateway.headers())
     assert researcher.status_code == 403
     assert gateway.client.put(f"{AGENT}/policy", json=document).status_code == 401

@@ -153,7 +153,8 @@ def test_no_checker_can_approve_it_with_a_reason_nor_two_of_them(db, name):
             _decide(db, other, checker, reason="checked by hand")
     for required in (1, 2):
         settled = _settle(db, required_approvals=required)
-        assert settled is not None and settled.outcome is review.ChildOutcome.PARTIALLY_RELEASED
+        assert settled is not None
+        assert settled.outcome is review.ChildOutcome.PARTIALLY_RELEASED
         outcomes = _outcomes(settled)
         assert {n for n, o in outcomes.items() if o is review.FileOutcome.APPROVED} == set(FILES) - set(NEVER)
     with db.read() as session:
@@ -197,7 +198,8 @@ def test_the_review_api_answers_409_saying_why(tre_api):
                 json={"name": name, "decision": "approved", "reason": "fine by me"},
                 headers=headers,
             )
-            assert answer.status_code == 409 and words in answer.json()["detail"], answer.text
+            assert answer.status_code == 409, answer.text
+            assert words in answer.json()["detail"], answer.text
         shown = httpx.get(f"{url}/review/v1/children/{CHILD}", headers=headers).json()
         assert {f["name"] for f in shown["files"] if f["never_releasable"]} == set(NEVER)
         ok = httpx.post(
@@ -217,7 +219,8 @@ def test_the_cli_prints_why_and_exits_non_zero(db, tre_api):
         result = CliRunner().invoke(
             app, ["review", "approve", CHILD, name, "--reason", "fine by me"], env=env
         )
-        assert result.exit_code != 0 and words in " ".join(result.output.split()), result.output
+        assert result.exit_code != 0, result.output
+        assert words in " ".join(result.output.split()), result.output
     approved = CliRunner().invoke(app, ["review", "approve", CHILD, "/outputs/fine.csv"], env=env)
     assert approved.exit_code == 0, approved.output
     with db.read() as session:

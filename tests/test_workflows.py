@@ -194,7 +194,7 @@ def test_a_current_runner_image_is_not_built_again(monkeypatch):
     monkeypatch.setattr(devimages.shutil, "which", lambda name: f"/usr/sbin/{name}")
     assert devimages.ensure_runner_image(client) == devimages.RUNNER_IMAGE
     current.labels[devimages.CONTENT_LABEL] = "an older recipe"
-    with pytest.raises(BaseException, match="rebuilt: .*debootstrap"):
+    with pytest.raises(BaseException, match=r"rebuilt: .*debootstrap"):
         devimages.ensure_runner_image(client, log=lambda line: None)
 
 
@@ -250,7 +250,8 @@ def test_a_workflow_runs_whole_in_each_tre_and_only_its_outputs_are_released(sta
         assert held == RELEASED[engine]
         airlock = ObjectStore(stack.s3_url, f"{tre}-airlock", "dev", "dev-secret")
         keys = [o.key for o in airlock.list(f"held/{child['child_id']}/")]
-        assert keys and not [k for k in keys if k.endswith("/cohort.csv")], keys
+        assert keys, keys
+        assert not [k for k in keys if k.endswith("/cohort.csv")], keys
         for file in shown["files"]:
             if file["kind"] == "output":
                 assert file["verdict"] == "pass", file
@@ -276,7 +277,8 @@ def test_a_workflow_runs_whole_in_each_tre_and_only_its_outputs_are_released(sta
             assert body == expected[name.rsplit("/", 1)[-1]], f"{tre['tre']} {name}"
     results = ObjectStore.from_settings(stack.settings.results)
     stored = [o.key for o in results.list(f"released/{task_id}/")]
-    assert stored and not [k for k in stored if k.endswith("/cohort.csv")], stored
+    assert stored, stored
+    assert not [k for k in stored if k.endswith("/cohort.csv")], stored
 
 
 def _expected(steps, stack, tre: str) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
