@@ -96,7 +96,7 @@ class GatewayProcess:
 def agent_env(
     gateway_url: str,
     token: str,
-    s3,  # type: ignore[no-untyped-def]
+    s3,
     home: Path,
     tre: str = "uk-tre",
     *,

@@ -21,22 +21,22 @@ IMAGE = "registry.tre.example/stats:1"
 STEP = {"image": IMAGE, "command": ["run"]}
 
 
-def tre_policy(**changes) -> TrePolicy:  # type: ignore[no-untyped-def]
+def tre_policy(**changes) -> TrePolicy:
     return TrePolicy(**{"allowed_images": ["registry.tre.example/*"], **changes})
 
 
-def publish(gw, policy: TrePolicy, tre: str = "uk-tre"):  # type: ignore[no-untyped-def]
+def publish(gw, policy: TrePolicy, tre: str = "uk-tre"):
     """What the agent of `tre` sends at every sync, built as it builds it."""
     document = staging.admission(policy, tre).model_dump(mode="json")
     return gw.client.put(f"{AGENT}/policy", json=document, headers=agent_headers(gw, tre))
 
 
-def submit(gw, task: dict, tres: str = "uk-tre"):  # type: ignore[no-untyped-def]
+def submit(gw, task: dict, tres: str = "uk-tre"):
     body = {"executors": [STEP], **task, "tags": {"tres": tres}}
     return gw.client.post(f"{TES}/tasks", json=body, headers=gw.headers())
 
 
-def stored(gw) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def stored(gw) -> tuple[int, int]:
     with gw.db.read() as session:
         return session.scalar(select(func.count()).select_from(Task)), session.scalar(
             select(func.count()).select_from(Child)

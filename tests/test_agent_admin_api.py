@@ -20,7 +20,7 @@ ALICE = Person(FED, "alice-sub", "alice")
 
 
 @pytest.fixture
-def admin(tmp_path):  # type: ignore[no-untyped-def]
+def admin(tmp_path):
     settings = AgentSettings(tre="uk-tre", data_dir=tmp_path)
     db = open_database(settings)
     with db.write() as session:

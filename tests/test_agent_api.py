@@ -29,18 +29,18 @@ TES = "/ga4gh/tes/v1"
 AGENT = "/agent/v1"
 
 
-def agent_headers(gateway, tre="uk-tre"):  # type: ignore[no-untyped-def]
+def agent_headers(gateway, tre="uk-tre"):
     return {"Authorization": f"Bearer {gateway.token(f'agent-{tre}', 'tre-agent', tre=tre)}"}
 
 
-def submit(gateway, user="alice", **tags) -> str:  # type: ignore[no-untyped-def]
+def submit(gateway, user="alice", **tags) -> str:
     body = {"executors": [{"image": "alpine", "command": ["true"]}], "tags": tags}
     response = gateway.client.post(f"{TES}/tasks", json=body, headers=gateway.headers(user))
     assert response.status_code == 200, response.text
     return response.json()["id"]
 
 
-def lease(gateway, tre="uk-tre", wait_s=0):  # type: ignore[no-untyped-def]
+def lease(gateway, tre="uk-tre", wait_s=0):
     response = gateway.client.post(
         f"{AGENT}/leases", json={"wait_s": wait_s}, headers=agent_headers(gateway, tre)
     )
@@ -48,7 +48,7 @@ def lease(gateway, tre="uk-tre", wait_s=0):  # type: ignore[no-untyped-def]
     return response.json()
 
 
-def event(gateway, child_id, attempt, seq, stage, tre="uk-tre", **extra):  # type: ignore[no-untyped-def]
+def event(gateway, child_id, attempt, seq, stage, tre="uk-tre", **extra):
     return gateway.client.post(
         f"{AGENT}/children/{child_id}/events",
         json={"attempt": attempt, "seq": seq, "stage": stage, **extra},
@@ -56,11 +56,11 @@ def event(gateway, child_id, attempt, seq, stage, tre="uk-tre", **extra):  # typ
     )
 
 
-def state(gateway, task_id, user="alice"):  # type: ignore[no-untyped-def]
+def state(gateway, task_id, user="alice"):
     return gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers(user)).json()["state"]
 
 
-def stages(gateway, task_id):  # type: ignore[no-untyped-def]
+def stages(gateway, task_id):
     doc = gateway.client.get(
         f"{TES}/tasks/{task_id}", params={"view": "BASIC"}, headers=gateway.headers()
     ).json()
@@ -185,7 +185,7 @@ def test_expired_lease_is_reoffered_with_the_next_attempt_and_old_attempt_is_ref
     assert beats == {"children": {grant["child_id"]: "stale"}}
 
 
-def _lease_later(gateway, expiries: int):  # type: ignore[no-untyped-def]
+def _lease_later(gateway, expiries: int):
     """What the gateway hands out once the lease has expired `expiries` times over (no heartbeat)."""
     with gateway.db.write() as session:
         tre = session.scalar(select(Tre).where(Tre.name == "uk-tre"))
@@ -430,7 +430,7 @@ def test_only_legal_transitions_are_ever_stored(database, moves):
     assert all(not s.is_final for s in path[:-1])  # nothing ever left an ended stage
 
 
-def _user(session) -> int:  # type: ignore[no-untyped-def]
+def _user(session) -> int:
     from fivesafes_tes.auth.tables import User
 
     user = session.scalar(select(User).where(User.username == "prop"))
@@ -495,7 +495,7 @@ def test_siblings_reporting_at_once_leave_the_parent_in_the_right_state(database
 
 
 @pytest.fixture
-def releasing(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
+def releasing(database_url, tmp_path, s3_endpoint):
     from tests.conftest import Gateway, results_store_settings
 
     bucket = s3_endpoint.store()
@@ -504,7 +504,7 @@ def releasing(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-d
     gw.close()
 
 
-def upload(gateway, child_id, data, *, sha256=None, headers=None, name="/outputs/counts.csv"):  # type: ignore[no-untyped-def]
+def upload(gateway, child_id, data, *, sha256=None, headers=None, name="/outputs/counts.csv"):
     return gateway.client.put(
         f"{AGENT}/children/{child_id}/files",
         params={
@@ -522,7 +522,7 @@ def approved(name: str, data: bytes) -> dict:
     return {"name": name, "kind": "output", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
-def approve(gateway, child_id, files: dict[str, bytes], tre="uk-tre"):  # type: ignore[no-untyped-def]
+def approve(gateway, child_id, files: dict[str, bytes], tre="uk-tre"):
     """Record the child's approvals, as an agent does before uploading (name -> content)."""
     return gateway.client.put(
         f"{AGENT}/children/{child_id}/approvals",
@@ -569,7 +569,7 @@ def test_the_gateway_keeps_a_released_file_only_from_its_tre_in_review_and_intac
     assert stages(gateway, task_id) == {"uk-tre": "awaiting_review"}
 
 
-def _in_review(gateway) -> str:  # type: ignore[no-untyped-def]
+def _in_review(gateway) -> str:
     submit(gateway, tres="uk-tre")
     child = lease(gateway)["leases"][0]["child_id"]
     for seq, stage in enumerate(("staging", "running", "checking", "awaiting_review"), start=1):
@@ -577,7 +577,7 @@ def _in_review(gateway) -> str:  # type: ignore[no-untyped-def]
     return child
 
 
-def _audited(gateway, action):  # type: ignore[no-untyped-def]
+def _audited(gateway, action):
     with gateway.db.read() as session:
         return list(
             session.scalars(select(AuditRecord).where(AuditRecord.action == action).order_by(AuditRecord.seq))
@@ -681,7 +681,7 @@ def test_a_child_ends_only_with_a_disclosure_record_approving_exactly_the_record
     child = _in_review(gateway)
     files = {"/outputs/counts.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt": b"two regions\n"}
 
-    def disclosure(approved_names):  # type: ignore[no-untyped-def]
+    def disclosure(approved_names):
         return {
             "disclosure": {
                 "files": [
@@ -738,7 +738,7 @@ def test_an_idle_long_poll_opens_no_write_transaction(gateway, monkeypatch):
     db = app_context(gateway.app).db
     real, writes = db.write, []
 
-    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted(*args, **kwargs):
         writes.append(1)
         return real(*args, **kwargs)
 

@@ -111,7 +111,7 @@ def test_a_quote_free_file_larger_than_a_segment_is_parsed_in_segments(
     path.write_text("group,n\n" + "".join(f"g{i},{100 + i}\n" for i in range(200)))
     real, segments = pa_csv.read_csv, []
 
-    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted(*args, **kwargs):
         segments.append(1)
         return real(*args, **kwargs)
 

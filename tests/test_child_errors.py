@@ -88,14 +88,14 @@ def test_the_gateway_ends_a_child_system_failed_from_every_stage_with_its_fixed_
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[devstack.DevStack]:  # type: ignore[no-untyped-def]
+def stack(tmp_path_factory) -> Iterator[devstack.DevStack]:
     data = tmp_path_factory.mktemp("stack")
     with devstack.start(data, agents=True, executor="local", report_granularity_s=0) as running:
         yield running
 
 
 @pytest.fixture
-def uk(stack, monkeypatch) -> Agent:  # type: ignore[no-untyped-def]
+def uk(stack, monkeypatch) -> Agent:
     agent: Agent = stack.agents["uk-tre"]
     monkeypatch.setattr(agent.settings, "child_retry_s", RETRY_S)
     monkeypatch.setattr(agent.settings, "max_child_errors", MAX_ERRORS)
@@ -103,7 +103,7 @@ def uk(stack, monkeypatch) -> Agent:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def alice(stack) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+def alice(stack) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url=stack.url + TES, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
     ) as client:
@@ -163,7 +163,7 @@ class Injector:
             child = session.get(LocalChild, child_id)
             return child is not None and child.task.get("name") == self.name
 
-    def wrap(self, target: Any, attr: str, child_of: Callable[..., str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def wrap(self, target: Any, attr: str, child_of: Callable[..., str], monkeypatch) -> None:
         real = getattr(target, attr)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:

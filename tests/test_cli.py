@@ -15,7 +15,7 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def stack(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def stack(tmp_path, monkeypatch):
     data = tmp_path / "data"
     monkeypatch.setenv("FIVESAFES_DATA_DIR", str(data))
     with devstack.start(data) as running:
@@ -24,7 +24,7 @@ def stack(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
         yield running
 
 
-def invoke(*args: str, **env: str):  # type: ignore[no-untyped-def]
+def invoke(*args: str, **env: str):
     return runner.invoke(app, list(args), env=env or None)
 
 
@@ -130,7 +130,7 @@ def test_audit_anchor_exposes_a_cut_back_tail(stack, tmp_path):
 
 
 @pytest.fixture
-def tre_api(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def tre_api(tmp_path, monkeypatch):
     from fivesafes_tes.agent.loop import open_database
     from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, LocalProject
     from fivesafes_tes.settings import AgentSettings

@@ -28,10 +28,10 @@ FILES = {"/outputs/summary.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt":
 
 
 @pytest.fixture
-def make_gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
+def make_gateway(database_url, tmp_path, s3_endpoint):
     made = []
 
-    def make(**overrides):  # type: ignore[no-untyped-def]
+    def make(**overrides):
         results, outputs = s3_endpoint.store(), s3_endpoint.store()
         later = f"later-{secrets.token_hex(6)}"  # a destination bucket that does not exist yet
         settings = {"delivery_retry_s": 0.2, "delivery_attempts": 3, **overrides}
@@ -53,7 +53,7 @@ def make_gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untype
 
 
 @pytest.fixture
-def gateway(make_gateway):  # type: ignore[no-untyped-def]
+def gateway(make_gateway):
     return make_gateway()
 
 
@@ -220,7 +220,7 @@ def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway, monkeypatch)
     gateway.s3.store(gateway.later)
     real, copies = ObjectStore.copy_verified, []
 
-    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted(self, *args, **kwargs):
         copies.append(args[1])  # an overwrite in S3 leaves no trace: count the copies made
         return real(self, *args, **kwargs)
 
@@ -280,7 +280,7 @@ def test_a_long_copy_keeps_its_claim_and_nobody_else_starts_the_delivery(make_ga
     gateway.s3.store(gateway.later)
     real, copying, finish, copies = ObjectStore.copy_verified, threading.Event(), threading.Event(), []
 
-    def slow(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def slow(self, *args, **kwargs):
         copying.set()
         copies.append(args[1])
         assert finish.wait(30)  # the copy outlasts the claim: only its renewal keeps it
@@ -310,7 +310,7 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
     real = ObjectStore.copy_verified
     theirs = utcnow() + timedelta(hours=1)
 
-    def stalled(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def stalled(self, *args, **kwargs):
         # meanwhile this gateway stalled, its claim lapsed, and another replica claimed the delivery
         with gateway.db.write() as session:
             session.execute(update(Child).where(Child.id == child).values(delivery_due_at=theirs))

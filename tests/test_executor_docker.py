@@ -57,7 +57,7 @@ SMALL = Limits(cpu_cores=0.5, memory_bytes=64 << 20, disk_bytes=8 << 20, runtime
 class Harness:
     """Executors on per-test TREs, specs with fresh child ids, and a poll loop."""
 
-    def __init__(self, client, image: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, client, image: str, tmp_path: Path) -> None:
         self.client, self.image, self.tmp = client, image, tmp_path
         self.tres: list[str] = []
         self.tre = self.new_tre()
@@ -69,7 +69,7 @@ class Harness:
         self.tres.append(tre)
         return tre
 
-    def executor(self, tre: str | None = None, deployment: str | None = None):  # type: ignore[no-untyped-def]
+    def executor(self, tre: str | None = None, deployment: str | None = None):
         from fivesafes_tes.executors.docker import DockerExecutor
 
         return DockerExecutor(tre or self.tre, deployment=deployment or self.deployment, client=self.client)
@@ -81,13 +81,13 @@ class Harness:
             os.chown(path, NOBODY, NOBODY)  # the agent stages output dirs for the task's uid
         return path
 
-    def spec(self, *commands: list[str] | Step, tre: str | None = None, **kwargs) -> RunSpec:  # type: ignore[no-untyped-def]
+    def spec(self, *commands: list[str] | Step, tre: str | None = None, **kwargs) -> RunSpec:
         steps = [c if isinstance(c, Step) else Step(image=self.image, command=c) for c in commands]
         child = f"c{uuid.uuid4().hex[:12]}"
         defaults = {"mounts": [], "limits": SMALL, "logs_dir": self.tmp / "logs" / child}
         return RunSpec(child_id=child, attempt=1, tre=tre or self.tre, steps=steps, **{**defaults, **kwargs})
 
-    def wait(self, child: str, ex=None, timeout: float = 30) -> RunResult:  # type: ignore[no-untyped-def]
+    def wait(self, child: str, ex=None, timeout: float = 30) -> RunResult:
         ex = ex or self.ex
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -115,7 +115,7 @@ class Harness:
 
 
 @pytest.fixture
-def h(docker_client, busybox_image, tmp_path) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
+def h(docker_client, busybox_image, tmp_path) -> Iterator[Harness]:
     harness = Harness(docker_client, busybox_image, tmp_path)
     yield harness
     made = [c for tre in harness.tres for c in harness.containers(tre=tre)]
@@ -208,7 +208,7 @@ class _Hello(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+    def log_message(self, *args) -> None:
         pass
 
 
@@ -223,7 +223,7 @@ def loopback_server() -> Iterator[tuple[int, type[_Hello]]]:
     server.server_close()
 
 
-def test_no_network_after_a_positive_control(h: Harness, loopback_server) -> None:  # type: ignore[no-untyped-def]
+def test_no_network_after_a_positive_control(h: Harness, loopback_server) -> None:
     port, handler = loopback_server
     probes = (
         f"wget -q -O - http://127.0.0.1:{port}/ && echo tcp=reached || echo tcp=blocked\n"
@@ -329,7 +329,7 @@ def _pids_cgroup(container_id: str) -> tuple[int, str, int] | None:
 
 def test_memory_hog_fork_bomb_cpu_spinner_and_disk_filler_are_contained(
     h: Harness,
-    loopback_server,  # type: ignore[no-untyped-def]
+    loopback_server,
 ) -> None:
     port, _ = loopback_server
     short = Limits(cpu_cores=0.5, memory_bytes=32 << 20, disk_bytes=8 << 20, runtime_s=4, pids=32)
@@ -678,7 +678,7 @@ def test_check_container_config_catches_every_escape_vector(h: Harness) -> None:
     sound = h.containers(spec.child_id)[0].attrs
     assert violations(sound) == []
 
-    def broken(path: str, value) -> dict:  # type: ignore[no-untyped-def]
+    def broken(path: str, value) -> dict:
         cfg = copy.deepcopy(sound)
         *parents, key = path.split(".")
         node = cfg

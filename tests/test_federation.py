@@ -10,15 +10,15 @@ TES = "/ga4gh/tes/v1"
 ADMIN = "/admin/v1"
 
 
-def task(**tags):  # type: ignore[no-untyped-def]
+def task(**tags):
     return {"name": "t", "executors": [{"image": "alpine", "command": ["true"]}], "tags": tags}
 
 
-def submit(gateway, user="alice", **tags):  # type: ignore[no-untyped-def]
+def submit(gateway, user="alice", **tags):
     return gateway.client.post(f"{TES}/tasks", json=task(**tags), headers=gateway.headers(user))
 
 
-def full(gateway, task_id, user="alice"):  # type: ignore[no-untyped-def]
+def full(gateway, task_id, user="alice"):
     return gateway.client.get(
         f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers(user)
     ).json()

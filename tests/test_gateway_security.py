@@ -25,7 +25,7 @@ def test_basic_auth_scheme_is_refused(gateway):
     assert response.status_code == 401
 
 
-def _audit(gateway) -> list[AuditRecord]:  # type: ignore[no-untyped-def]
+def _audit(gateway) -> list[AuditRecord]:
     with gateway.db.read() as session:
         return list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
 
@@ -103,7 +103,7 @@ def test_twenty_concurrent_copies_with_one_idempotency_key_make_one_task(databas
         assert creates == 1
 
 
-def stack_db(stack):  # type: ignore[no-untyped-def]
+def stack_db(stack):
     from fivesafes_tes.db import Database
 
     return Database(stack.settings.effective_database_url).read()
@@ -136,7 +136,7 @@ def test_identity_provider_outage_is_503_not_401(database_url, tmp_path, monkeyp
 # --- RELIABILITY 34: people are their issuer and subject, never their username -------------------
 
 
-def _as(gateway, username: str, subject: str, *roles: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _as(gateway, username: str, subject: str, *roles: str) -> dict[str, str]:
     token = gateway.token(username, *roles, extra={"sub": subject})
     return {"Authorization": f"Bearer {token}"}
 
@@ -213,7 +213,7 @@ def test_members_are_added_by_casefolded_name_and_bound_to_who_first_uses_it(gat
 # --- NUL characters: refused with a 400 that says so, on SQLite and PostgreSQL ------------------
 
 
-def _with(**extra) -> dict:  # type: ignore[no-untyped-def]
+def _with(**extra) -> dict:
     return {**TASK, **extra}
 
 

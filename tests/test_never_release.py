@@ -86,7 +86,7 @@ def _held_files(root: Path) -> list[HeldFile]:
 
 
 @pytest.fixture
-def db(tmp_path):  # type: ignore[no-untyped-def]
+def db(tmp_path):
     """A child awaiting review whose files were judged by the real runner under CHECKS."""
     reports = run_checks(_held_files(tmp_path / "held"), ChecksConfig.model_validate(CHECKS), "alpha")
     database = open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path))
@@ -119,13 +119,13 @@ def db(tmp_path):  # type: ignore[no-untyped-def]
     database.dispose()
 
 
-def _decide(db, name: str, checker: str, decision: str = "approved", reason: str = "") -> None:  # type: ignore[no-untyped-def]
+def _decide(db, name: str, checker: str, decision: str = "approved", reason: str = "") -> None:
     person = Person(IDP, f"{checker}-sub", checker)
     with db.write() as session:
         review.decide(session, CHILD, review.key_for(session, CHILD, name), person, decision, reason=reason)
 
 
-def _settle(db, **policy) -> review.Settled | None:  # type: ignore[no-untyped-def]
+def _settle(db, **policy) -> review.Settled | None:
     with db.read() as session:
         return review.settle(session, CHILD, review.ReviewPolicy(**policy))
 
@@ -182,7 +182,7 @@ def test_auto_release_and_approvals_written_around_the_guard_release_none_of_the
 
 
 @pytest.fixture
-def tre_api(db, tmp_path):  # type: ignore[no-untyped-def]
+def tre_api(db, tmp_path):
     """The TRE's own API over HTTP, as the CLI and the pages reach it; yields its URL and a token maker."""
     with served_tre_api(db, tmp_path / "idp") as (url, issue):
         yield url, lambda checker: issue(checker, "output-checker", f"{checker}-sub")
@@ -248,7 +248,7 @@ docker_client = images.docker_client
 
 
 @pytest.fixture
-def stack(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def stack(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     with devstack.start(tmp_path / "stack", agents=True, executor="docker") as running:
         yield running

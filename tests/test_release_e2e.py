@@ -43,13 +43,13 @@ TASK = {
 
 
 @pytest.fixture
-def stack(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def stack(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     with devstack.start(tmp_path / "stack", agents=True, executor="docker") as running:
         yield running
 
 
-def _wait(http: httpx.Client, task_id: str, done, timeout: float = 60) -> dict:  # type: ignore[no-untyped-def]
+def _wait(http: httpx.Client, task_id: str, done, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         doc = http.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}).json()
@@ -61,7 +61,7 @@ def _wait(http: httpx.Client, task_id: str, done, timeout: float = 60) -> dict: 
     )
 
 
-def _child(agent) -> str:  # type: ignore[no-untyped-def]
+def _child(agent) -> str:
     with agent.db.read() as session:
         return session.scalars(select(LocalChild.child_id).order_by(LocalChild.created_at.desc())).first()
 
@@ -69,7 +69,7 @@ def _child(agent) -> str:  # type: ignore[no-untyped-def]
 TRE_IDP = "https://idp.tre.example"
 
 
-def _decide(agent, child, name, checker, decision, reason="") -> None:  # type: ignore[no-untyped-def]
+def _decide(agent, child, name, checker, decision, reason="") -> None:
     with agent.db.write() as session:
         review.decide(
             session,
@@ -215,7 +215,7 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     assert airlock.read_manifest(sg.store, sg_child) is None
 
 
-def uk_held(agent, child):  # type: ignore[no-untyped-def]
+def uk_held(agent, child):
     from fivesafes_tes.agent.tables import HeldFileRecord
 
     with agent.db.read() as session:

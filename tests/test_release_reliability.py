@@ -44,7 +44,7 @@ SCRIPT = f"echo {CANARY} > /outputs/a.txt; echo second > /outputs/b.txt; echo {C
 
 
 @pytest.fixture
-def stack(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def stack(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     with devstack.start(tmp_path / "stack", agents=True, executor="docker") as running:
         yield running
@@ -61,7 +61,7 @@ def _wait(http: httpx.Client, task_id: str, stage: str, timeout: float = 60) -> 
         time.sleep(0.1)
 
 
-def _approve_all(agent, child: str) -> None:  # type: ignore[no-untyped-def]
+def _approve_all(agent, child: str) -> None:
     with agent.db.write() as session:
         for file in review.describe(session, child).files:
             review.decide(
@@ -74,7 +74,7 @@ def _approve_all(agent, child: str) -> None:  # type: ignore[no-untyped-def]
             )
 
 
-def _child(agent) -> str:  # type: ignore[no-untyped-def]
+def _child(agent) -> str:
     with agent.db.read() as session:
         return session.scalars(select(LocalChild.child_id).order_by(LocalChild.created_at.desc())).first()
 
@@ -116,7 +116,7 @@ def test_a_crash_during_the_copy_loses_and_doubles_nothing(stack, monkeypatch):
     child = _child(uk)
     real_upload, calls = uk.client.upload_file, []
 
-    def crash_after_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def crash_after_first(*args, **kwargs):
         calls.append(args[1].name)
         result = real_upload(*args, **kwargs)
         if len(calls) == 2:  # the second file reached the gateway, then the agent "died"

@@ -84,7 +84,7 @@ def task(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, docker_client):  # type: ignore[no-untyped-def]
+def stack(tmp_path_factory, docker_client):
     images.ensure_busybox_image(docker_client)
     home = tmp_path_factory.mktemp("researcher-view")
     with devstack.start(
@@ -94,7 +94,7 @@ def stack(tmp_path_factory, docker_client):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def alice(stack):  # type: ignore[no-untyped-def]
+def alice(stack):
     with httpx.Client(
         base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
     ) as client:
@@ -125,7 +125,7 @@ def _other_extract(original: Path, into: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pairs(stack, alice, tmp_path_factory):  # type: ignore[no-untyped-def]
+def pairs(stack, alice, tmp_path_factory):
     """Two pairs (held, then rejected; held, then partly released), all four held for review."""
     uk = stack.agents["uk-tre"]
     names = ["pair-rejected", "pair-released"]
@@ -145,7 +145,7 @@ def pairs(stack, alice, tmp_path_factory):  # type: ignore[no-untyped-def]
     return list(zip(firsts, seconds, strict=True))
 
 
-def _child_of(agent, task_id: str) -> str:  # type: ignore[no-untyped-def]
+def _child_of(agent, task_id: str) -> str:
     with agent.db.read() as session:
         return session.scalar(select(LocalChild.child_id).where(LocalChild.task_id == task_id))
 

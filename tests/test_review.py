@@ -22,7 +22,7 @@ FILES = {held_key(CHILD, parse(name)): verdict for name, verdict in VERDICTS.ite
 
 
 @pytest.fixture
-def db(tmp_path):  # type: ignore[no-untyped-def]
+def db(tmp_path):
     database = open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path))
     with database.write() as session:
         session.add(
@@ -45,14 +45,14 @@ def db(tmp_path):  # type: ignore[no-untyped-def]
     database.dispose()
 
 
-def decide(db, key, checker, decision, reason="", *, subject=None):  # type: ignore[no-untyped-def]
+def decide(db, key, checker, decision, reason="", *, subject=None):
     """`checker` decides; their subject is `subject`, or else their name's (one subject per name)."""
     person = Person(IDP, subject or f"{checker.casefold()}-sub", checker)
     with db.write() as session:
         review.decide(session, CHILD, key, person, decision, reason=reason)
 
 
-def settle(db, **policy):  # type: ignore[no-untyped-def]
+def settle(db, **policy):
     with db.read() as session:
         return review.settle(session, CHILD, review.ReviewPolicy(**policy))
 
@@ -169,7 +169,7 @@ def test_no_decision_once_the_child_has_moved_on_and_each_decision_is_audited(db
 
 
 @pytest.fixture
-def api(db, tmp_path):  # type: ignore[no-untyped-def]
+def api(db, tmp_path):
     from fastapi.testclient import TestClient
 
     from fivesafes_tes.agent.admin_api import create_admin_app

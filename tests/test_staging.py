@@ -12,7 +12,7 @@ from fivesafes_tes.egress.held import LogKey, OutputKey, Stream
 IMAGE = "registry.tre.example/stats:1"
 
 
-def policy(tmp_path) -> TrePolicy:  # type: ignore[no-untyped-def]
+def policy(tmp_path) -> TrePolicy:
     data = tmp_path / "omop"
     data.mkdir()
     return TrePolicy(
@@ -24,11 +24,11 @@ def policy(tmp_path) -> TrePolicy:  # type: ignore[no-untyped-def]
     )
 
 
-def task(**extra):  # type: ignore[no-untyped-def]
+def task(**extra):
     return {"executors": [{"image": IMAGE, "command": ["run"]}], **extra}
 
 
-def stage(tmp_path, t, project="alpha"):  # type: ignore[no-untyped-def]
+def stage(tmp_path, t, project="alpha"):
     return prepare(
         t,
         child_id="c1",

@@ -14,7 +14,7 @@ TES = "/ga4gh/tes/v1"
 PREFIXES = ["/ga4gh/tes/v1", "/v1"]
 
 
-def minimal_task(**extra):  # type: ignore[no-untyped-def]
+def minimal_task(**extra):
     return {"executors": [{"image": "alpine:3.20", "command": ["echo", "hi"]}], **extra}
 
 
@@ -56,7 +56,7 @@ FULL_TASK = {
 }
 
 
-def create(gateway, task=None, user="alice", **headers) -> str:  # type: ignore[no-untyped-def]
+def create(gateway, task=None, user="alice", **headers) -> str:
     response = gateway.client.post(
         f"{TES}/tasks", json=task or minimal_task(), headers={**gateway.headers(user), **headers}
     )
@@ -64,7 +64,7 @@ def create(gateway, task=None, user="alice", **headers) -> str:  # type: ignore[
     return response.json()["id"]
 
 
-def audit_count(gateway, action: str) -> int:  # type: ignore[no-untyped-def]
+def audit_count(gateway, action: str) -> int:
     with gateway.db.read() as session:
         return session.scalar(
             select(func.count()).select_from(AuditRecord).where(AuditRecord.action == action)
@@ -244,7 +244,7 @@ CAPPED = {
 }
 
 
-def stored_rows(gateway) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def stored_rows(gateway) -> dict[str, int]:
     from fivesafes_tes.submission.tables import Child, IdempotencyKey, Task, TaskTag
 
     with gateway.db.read() as session:
@@ -381,7 +381,7 @@ def test_idempotency_key_same_body_same_id_other_body_409(gateway):
 # --- list: filters and pagination -------------------------------------------------------------
 
 
-def _dataset(gateway, seed: int = 7):  # type: ignore[no-untyped-def]
+def _dataset(gateway, seed: int = 7):
     """Tasks with names, tags and states drawn from a seeded generator; returns what was stored."""
     rng = random.Random(seed)
     stored = []
@@ -401,7 +401,7 @@ def _dataset(gateway, seed: int = 7):  # type: ignore[no-untyped-def]
     return stored
 
 
-def _matches(task, name_prefix, state, tags) -> bool:  # type: ignore[no-untyped-def]
+def _matches(task, name_prefix, state, tags) -> bool:
     if name_prefix and not task["name"].startswith(name_prefix):
         return False
     if state and task["state"] != state:
@@ -409,7 +409,7 @@ def _matches(task, name_prefix, state, tags) -> bool:  # type: ignore[no-untyped
     return all(key in task["tags"] and (value == "" or task["tags"][key] == value) for key, value in tags)
 
 
-def _list_all(gateway, params, page_size):  # type: ignore[no-untyped-def]
+def _list_all(gateway, params, page_size):
     seen, token, pages = [], None, 0
     while True:
         query = {**params, "page_size": page_size, **({"page_token": token} if token else {})}

@@ -45,7 +45,7 @@ echo "counted $persons people"
 """
 
 
-def analysis(script: str = PREVALENCE, **extra):  # type: ignore[no-untyped-def]
+def analysis(script: str = PREVALENCE, **extra):
     return {
         "name": "prevalence",
         "executors": [{"image": BUSYBOX_IMAGE, "command": ["sh", "/analysis/run.sh"]}],
@@ -56,7 +56,7 @@ def analysis(script: str = PREVALENCE, **extra):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def federation(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def federation(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     with devstack.start(tmp_path / "stack", agents=True, executor="docker") as stack:
         yield stack
@@ -80,7 +80,7 @@ class Researcher:
     def stages(self, task_id: str) -> dict[str, str]:
         return {log["metadata"]["tre"]: log["metadata"]["stage"] for log in self.full(task_id)["logs"]}
 
-    def wait(self, task_id: str, done, timeout: float = 60):  # type: ignore[no-untyped-def]
+    def wait(self, task_id: str, done, timeout: float = 60):
         """Poll until done(doc); return every (state, stages) seen on the way, in order."""
         seen: list[tuple[str, dict[str, str]]] = []
         deadline = time.monotonic() + timeout
@@ -158,7 +158,7 @@ def _reachable(stage: Stage) -> set[Stage]:
     return seen
 
 
-def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
+def _children(agent) -> list[str]:
     from sqlalchemy import select
 
     from fivesafes_tes.agent.tables import LocalChild
@@ -169,7 +169,7 @@ def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
         ]
 
 
-def _persons(stack, tre: str) -> int:  # type: ignore[no-untyped-def]
+def _persons(stack, tre: str) -> int:
     dataset = stack.agents[tre].policy.datasets["omop"].path
     return json.loads((dataset / "dataset.json").read_text())["tables"]["person"]["rows"]
 
@@ -251,7 +251,7 @@ def test_cancel_stops_a_running_container_within_seconds(federation, docker_clie
     assert all(not log.get("logs") for log in doc["logs"])  # no exit code, no stdout
 
 
-def _settled(agent, child: str) -> bool:  # type: ignore[no-untyped-def]
+def _settled(agent, child: str) -> bool:
     from fivesafes_tes.agent.tables import LocalChild
 
     with agent.db.read() as session:
@@ -381,7 +381,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def gateway_only(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def gateway_only(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     from tests.s3 import start_moto
 
@@ -391,7 +391,7 @@ def gateway_only(tmp_path, docker_client):  # type: ignore[no-untyped-def]
     s3.stop()
 
 
-def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:
     token = stack.issuer.issue(f"agent-{tre}", ["tre-agent"], audience=stack.settings.oidc_audience, tre=tre)
     return agent_env(stack.url, token, s3, home, tre)
 
