@@ -220,10 +220,11 @@ class ChecksConfig(BaseModel):
             raise ValueError(f"checks.enabled names unknown rules {unknown}; known rules: {', '.join(RULES)}")
         if len(set(self.enabled)) != len(self.enabled):
             raise ValueError("checks.enabled names a rule twice")
-        for key, value in (self.__pydantic_extra__ or {}).items():
+        extra = self.__pydantic_extra__ or {}
+        for key, value in extra.items():
             if key not in RULES:
                 raise ValueError(f"checks.{key} is neither a setting nor a registered rule")
-            self.__pydantic_extra__[key] = _TabularConfig.model_validate(value)
+            extra[key] = _TabularConfig.model_validate(value)
         for project, override in self.projects.items():
             if "projects" in override:
                 raise ValueError(f"checks.projects.{project} cannot itself have projects")
