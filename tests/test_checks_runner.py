@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.egress import checks
 from fivesafes_tes.egress.checks import ChecksConfig, FileReport, HeldFile, Verdict, run_checks
 from fivesafes_tes.egress.held import OutputKey
@@ -275,7 +276,7 @@ checks:
       identifiers: {kinds: {email: false}}
 """
     )
-    cfg = ChecksConfig.from_policy_file(policy)
+    cfg = TrePolicy.load(policy).checks  # parsed once, with the policy
     assert cfg.file_type.max_bytes == 1000
     assert cfg.timeout_for("small_cell") == 30
     assert cfg.rule_config("small_cell")["min_distinct"] == 3  # the tabular rules may add keys
@@ -300,7 +301,7 @@ checks:
         },
         "timeout_s": 60.0,
     }
-    assert ChecksConfig.from_policy({"allowed_images": []}) == ChecksConfig()
+    assert TrePolicy.model_validate({"allowed_images": []}).checks == ChecksConfig()
 
 
 def test_the_tabular_rules_get_only_what_the_tre_wrote_so_their_own_defaults_apply():
