@@ -130,8 +130,9 @@ class EventRequest(_Body):
     )
     report: dict[str, Any] | None = Field(
         default=None,
-        description="With an ending after review: the exported disclosure record, and, when something was "
-        "released, the steps' exit codes and times and the released logs' tails. `notice` names a fixed line.",
+        description="With an ending after review: the exported disclosure record, and, when something "
+        "was released, the steps' exit codes and times and the released logs' tails. "
+        "`notice` names a fixed line.",
     )
 
 

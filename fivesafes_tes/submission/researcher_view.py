@@ -40,7 +40,9 @@ _STAGE_LINES = {
     Stage.AWAITING_REVIEW: "{tre}: outputs are held in the TRE's airlock for review by its output checkers",
     Stage.RELEASED: "{tre}: the output checkers released the outputs",
     Stage.PARTIALLY_RELEASED: "{tre}: the output checkers released some outputs and withheld the others",
-    Stage.EXECUTOR_FAILED: "{tre}: a step of the task failed; the output checkers released what they approved",
+    Stage.EXECUTOR_FAILED: (
+        "{tre}: a step of the task failed; the output checkers released what they approved"
+    ),
     Stage.WITHHELD: "{tre}: the output checkers withheld every output",
     Stage.SYSTEM_FAILED: "{tre}: the TRE could not complete the task",
 }

@@ -137,8 +137,10 @@ def apply_backend_parameters(request: TaskRequest, supported: set[str]) -> list[
         return []
     if resources.backend_parameters_strict:
         raise InvalidTask(
-            f"resources.backend_parameters: unsupported key(s) {', '.join(unsupported)}; this server supports "
-            f"{', '.join(sorted(supported)) or 'none'} (see tesResources_backend_parameters in service-info), "
+            f"resources.backend_parameters: unsupported key(s) {', '.join(unsupported)}; "
+            "this server supports "
+            f"{', '.join(sorted(supported)) or 'none'} "
+            "(see tesResources_backend_parameters in service-info), "
             "or set backend_parameters_strict to false to have them ignored"
         )
     resources.backend_parameters = {
@@ -265,9 +267,12 @@ def check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
             )
     for n, executor in enumerate(request.executors):
         if not image_allowed(executor.image, policy.allowed_images):
+            allowed = ", ".join(policy.allowed_images) or (
+                "empty: ask the federation admin to set FIVESAFES_ALLOWED_IMAGES"
+            )
             raise InvalidTask(
                 f"executors.{n}.image: {executor.image!r} is not on this federation's image allow-list "
-                f"({', '.join(policy.allowed_images) or 'empty: ask the federation admin to set FIVESAFES_ALLOWED_IMAGES'})"
+                f"({allowed})"
             )
     for n, output in enumerate(request.outputs or []):
         if not file_outputs.is_file_url(output.url):
