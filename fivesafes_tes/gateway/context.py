@@ -13,6 +13,7 @@ from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
+from fivesafes_tes.submission.federation import Target
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import ServiceInfo
 
@@ -38,7 +39,7 @@ class GatewayContext:
     results_store: ObjectStore | None = None  # where released outputs are kept, when configured
     signal: WorkSignal = field(default_factory=WorkSignal)
     # Where each user's tasks go (project, TREs): seen by other replicas within TARGET_TTL_S of a change.
-    targets: TtlCache = field(default_factory=lambda: TtlCache(TARGET_TTL_S))
+    targets: TtlCache[Target] = field(default_factory=lambda: TtlCache[Target](TARGET_TTL_S))
     user_cache: UserCache = field(default_factory=UserCache)
     # Delivers released outputs where their TES urls say, if this gateway has a results store and
     # somewhere to deliver to.

@@ -163,7 +163,9 @@ def disclosure(child: Child, tre: str, released: list[ReleasedFile]) -> dict[str
 
 
 def _released_entry(entry: dict[str, Any], file: ReleasedFile) -> dict[str, Any]:
-    checks = entry.get("checks") if isinstance(entry.get("checks"), dict) else {}
+    checks = entry.get("checks")
+    if not isinstance(checks, dict):
+        checks = {}
     return {
         "name": file.name,
         "kind": file.kind,
