@@ -33,14 +33,30 @@ def create_app(db: Database, owner_id: int, project_id: int, tre_ids: list[int])
         tags = body.pop("tags", None) or {}
         now = utcnow()
         task = {
-            "id": task_id, "owner_id": owner_id, "project_id": project_id, "name": body.get("name"),
-            "state": "QUEUED", "created_at": now, "updated_at": now, "document": body, "system_logs": [],
-        }  # fmt: skip
+            "id": task_id,
+            "owner_id": owner_id,
+            "project_id": project_id,
+            "name": body.get("name"),
+            "state": "QUEUED",
+            "created_at": now,
+            "updated_at": now,
+            "document": body,
+            "system_logs": [],
+        }
         children = [
-            {"id": new_task_id(), "task_id": task_id, "tre_id": tre_id, "stage": Stage.RECEIVED.value, "attempt": 0,
-             "cancel_acknowledged": False, "updated_at": now, "system_logs": [], "report": {}}
+            {
+                "id": new_task_id(),
+                "task_id": task_id,
+                "tre_id": tre_id,
+                "stage": Stage.RECEIVED.value,
+                "attempt": 0,
+                "cancel_acknowledged": False,
+                "updated_at": now,
+                "system_logs": [],
+                "report": {},
+            }
             for tre_id in tre_ids
-        ]  # fmt: skip
+        ]
         with db.write() as session:
             session.execute(insert(_TASKS), [task])
             if tags:

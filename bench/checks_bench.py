@@ -45,12 +45,36 @@ RULES = {
 MB = 1_000_000
 _TEMPLATE_ROWS = 50_000
 
-REGIONS = ["North East", "North West", "Yorkshire", "East Midlands", "West Midlands", "East", "London",
-           "South East", "South West", "Wales", "Scotland", "Northern Ireland"]  # fmt: skip
+REGIONS = [
+    "North East",
+    "North West",
+    "Yorkshire",
+    "East Midlands",
+    "West Midlands",
+    "East",
+    "London",
+    "South East",
+    "South West",
+    "Wales",
+    "Scotland",
+    "Northern Ireland",
+]
 AGE_BANDS = ["0-17", "18-29", "30-44", "45-64", "65-74", "75+"]
 CODES = ["E11", "E10", "I10", "I21", "J45", "C50", "C61", "F32", "N18", "K21"]
-WORDS = ["admitted", "discharged", "reviewed", "referred", "follow", "up", "clinic", "ward", "stable", "improved",
-         "routine", "planned"]  # fmt: skip
+WORDS = [
+    "admitted",
+    "discharged",
+    "reviewed",
+    "referred",
+    "follow",
+    "up",
+    "clinic",
+    "ward",
+    "stable",
+    "improved",
+    "routine",
+    "planned",
+]
 
 
 def generate(path: Path, size_bytes: int, seed: int = 7) -> int:
@@ -265,9 +289,18 @@ def _announce(on_step: Callable[[str], None] | None, size_mb: int, name: str) ->
 
 def table(results: dict[str, Any]) -> str:
     header = (
-        "file", "run", "warm MB/s", "vs 1MiB", "vs lines", "cold MB/s", "vs cold read",
-        "RSS MiB", "arrow MiB", "py MiB", "verdict",
-    )  # fmt: skip
+        "file",
+        "run",
+        "warm MB/s",
+        "vs 1MiB",
+        "vs lines",
+        "cold MB/s",
+        "vs cold read",
+        "RSS MiB",
+        "arrow MiB",
+        "py MiB",
+        "verdict",
+    )
     rows = [header]
     for entry in results["files"]:
         label = f"{entry['size_bytes'] / MB:,.0f} MB"
@@ -287,7 +320,10 @@ def table(results: dict[str, Any]) -> str:
             rows.append((label, name, *cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
-        "  ".join(cell.ljust(w) if i == 1 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        "  ".join(
+            cell.ljust(w) if i == 1 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
         for row in rows
     )
 

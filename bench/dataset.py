@@ -15,7 +15,6 @@ the migration files, and rebuilt when missing.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sqlite3
 import time
@@ -51,9 +50,15 @@ from fivesafes_tes.tes import TaskRequest
 
 LOADER_VERSION = "2"  # bump when the rows below change, to invalidate cached databases
 NAMES = (
-    "diabetes-cancer-prevalence", "asthma-admissions-by-season", "statin-adherence", "covid-long-follow-up",
-    "hba1c-trajectories", "sepsis-readmission", "copd-exacerbations", "maternal-outcomes-linkage",
-)  # fmt: skip
+    "diabetes-cancer-prevalence",
+    "asthma-admissions-by-season",
+    "statin-adherence",
+    "covid-long-follow-up",
+    "hba1c-trajectories",
+    "sepsis-readmission",
+    "copd-exacerbations",
+    "maternal-outcomes-linkage",
+)
 # Mostly finished tasks, as in a long-lived deployment; each state with the stage its children are in.
 STATES = (
     ("COMPLETE", 0.80, Stage.RELEASED),
@@ -193,7 +198,8 @@ class PostgresBackend(Backend):
         with self.admin.connect() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname LIKE :p"
+                    "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname "
+                    "LIKE :p"
                 ),
                 {"p": f"{self.PREFIX}list_{n}_%"},
             ).all()
@@ -301,9 +307,19 @@ TASK_COLUMNS = (
 )
 TAG_COLUMNS = ("task_id", "key", "value")
 CHILD_COLUMNS = (
-    "id", "task_id", "tre_id", "stage", "attempt", "lease_expires_at", "cancel_acknowledged", "started_at",
-    "ended_at", "updated_at", "system_logs", "report",
-)  # fmt: skip
+    "id",
+    "task_id",
+    "tre_id",
+    "stage",
+    "attempt",
+    "lease_expires_at",
+    "cancel_acknowledged",
+    "started_at",
+    "ended_at",
+    "updated_at",
+    "system_logs",
+    "report",
+)
 
 
 def check_columns() -> None:
@@ -316,7 +332,8 @@ def check_columns() -> None:
         unknown = [name for name in filled if name not in columns]
         if missing or unknown:
             raise SchemaChanged(
-                f"{table.__tablename__}: the bench loader does not fill {missing} and fills {unknown} which are "
+                f"{table.__tablename__}: the bench loader does not fill {missing} and fills {unknown} which "
+                f"are "
                 "gone; update bench/dataset.py (and bench/ceiling.py) and bump LOADER_VERSION"
             )
 
@@ -369,10 +386,17 @@ def _rows(
         _, state, stage = next((t for t in thresholds if r < t[0]), thresholds[-1])
         user_id, project_id = scopes[owner]
         yield Row(
-            task_id=_uuid7(ms, getrandbits), owner_id=user_id, project_id=project_id, project=PROJECT_OF[owner],
-            name=NAMES[i % len(NAMES)], state=state, stage=stage, created_ms=ms, study=f"study-{i % 50}",
+            task_id=_uuid7(ms, getrandbits),
+            owner_id=user_id,
+            project_id=project_id,
+            project=PROJECT_OF[owner],
+            name=NAMES[i % len(NAMES)],
+            state=state,
+            stage=stage,
+            created_ms=ms,
+            study=f"study-{i % 50}",
             child_ids=[_uuid7(ms, getrandbits) for _ in range(n_tres)],
-        )  # fmt: skip
+        )
 
 
 def load(url: str, counts: dict[str, int], progress: Progress) -> None:
@@ -437,13 +461,38 @@ def _load_sqlite(path: Path, rows: Iterator[Row], tres: list[int], total: int, p
             for row in chunk:
                 created, started, ended = (as_datetime(t) if t else None for t in _times(row))
                 updated = ended or started or created
-                tasks.append((row.task_id, row.owner_id, row.project_id, row.name, row.state, created, updated,
-                              documents[row.name], empty_list))  # fmt: skip
+                tasks.append(
+                    (
+                        row.task_id,
+                        row.owner_id,
+                        row.project_id,
+                        row.name,
+                        row.state,
+                        created,
+                        updated,
+                        documents[row.name],
+                        empty_list,
+                    )
+                )
                 tags.append((row.task_id, "project", row.project))
                 tags.append((row.task_id, "study", row.study))
                 for child_id, tre_id in zip(row.child_ids, tres, strict=True):
-                    children.append((child_id, row.task_id, tre_id, row.stage, 1, None, 0, started, ended, updated,
-                                     empty_list, empty_dict))  # fmt: skip
+                    children.append(
+                        (
+                            child_id,
+                            row.task_id,
+                            tre_id,
+                            row.stage,
+                            1,
+                            None,
+                            0,
+                            started,
+                            ended,
+                            updated,
+                            empty_list,
+                            empty_dict,
+                        )
+                    )
             con.executemany(_insert("tasks", TASK_COLUMNS), tasks)
             con.executemany(_insert("task_tags", TAG_COLUMNS), tags)
             con.executemany(_insert("task_children", CHILD_COLUMNS), children)
@@ -475,16 +524,21 @@ def _load_postgres(url: str, rows: Iterator[Row], tres: list[int], total: int, p
                 for row in chunk:
                     created, started, ended = (t.isoformat(sep=" ") if t else "\\N" for t in _times(row))
                     updated = ended if ended != "\\N" else started if started != "\\N" else created
-                    tasks.append(f"{row.task_id}\t{row.owner_id}\t{row.project_id}\t{row.name}\t{row.state}\t"
-                                 f"{created}\t{updated}\t{documents[row.name]}\t[]\n")  # fmt: skip
+                    tasks.append(
+                        f"{row.task_id}\t{row.owner_id}\t{row.project_id}\t{row.name}\t{row.state}\t"
+                        f"{created}\t{updated}\t{documents[row.name]}\t[]\n"
+                    )
                     tags.append(f"{row.task_id}\tproject\t{row.project}\n{row.task_id}\tstudy\t{row.study}\n")
                     for child_id, tre_id in zip(row.child_ids, tres, strict=True):
-                        children.append(f"{child_id}\t{row.task_id}\t{tre_id}\t{row.stage}\t1\t\\N\tf\t{started}\t"
-                                        f"{ended}\t{updated}\t[]\t{{}}\n")  # fmt: skip
+                        children.append(
+                            f"{child_id}\t{row.task_id}\t{tre_id}\t{row.stage}\t1\t\\N\tf\t{started}\t"
+                            f"{ended}\t{updated}\t[]\t{{}}\n"
+                        )
                 for table, columns, lines in (
-                    ("tasks", TASK_COLUMNS, tasks), ("task_tags", TAG_COLUMNS, tags),
+                    ("tasks", TASK_COLUMNS, tasks),
+                    ("task_tags", TAG_COLUMNS, tags),
                     ("task_children", CHILD_COLUMNS, children),
-                ):  # fmt: skip
+                ):
                     with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                         copy.write("".join(lines))
                 done += len(chunk)
@@ -547,4 +601,5 @@ def file_size(url: str) -> int | None:
     if not url.startswith("sqlite"):
         return None
     path = url.split("///", 1)[1]
-    return sum(os.path.getsize(path + s) for s in ("", "-wal") if os.path.exists(path + s))
+    files = (Path(path + suffix) for suffix in ("", "-wal"))
+    return sum(file.stat().st_size for file in files if file.exists())

@@ -105,8 +105,12 @@ def stack(name: str, *flags: str) -> Iterator[Stack]:
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.stack", str(directory), *flags],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
     watchdog = threading.Timer(180, proc.kill)
     watchdog.start()
     try:
@@ -171,9 +175,14 @@ class Researcher:
         return response.json()
 
     def follow(
-        self, task_id: str, view: str, key: Callable[[dict[str, Any]], str], until: Callable[[str], bool],
-        started: float, timeout: float = 60,
-    ) -> dict[str, float]:  # fmt: skip
+        self,
+        task_id: str,
+        view: str,
+        key: Callable[[dict[str, Any]], str],
+        until: Callable[[str], bool],
+        started: float,
+        timeout: float = 60,
+    ) -> dict[str, float]:
         """Poll every ~20 ms until ``until(key(doc))``; return when each key value was first seen, in
         seconds after ``started`` (a perf_counter time)."""
         seen: dict[str, float] = {}
@@ -271,8 +280,9 @@ def bare_docker_run(client: Any) -> dict[str, float]:
     started = time.perf_counter()
     subprocess.run(
         ["docker", "run", "--rm", "--network", "none", BUSYBOX_IMAGE, *BARE_COMMAND],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     return {"sdk": sdk, "cli": time.perf_counter() - started}
 
 
@@ -310,8 +320,9 @@ def e2e(bench: Bench) -> None:
             stack_cpu += cpu_seconds(s.proc.pid) - cpu_before
             bare_run = bare_docker_run(client)
             if i >= a.e2e_warmup:
-                runs.append({"task_id": task_id, "submitted_at": wall, "seen": seen,
-                             "e2e_s": seen["awaiting_review"]})  # fmt: skip
+                runs.append(
+                    {"task_id": task_id, "submitted_at": wall, "seen": seen, "e2e_s": seen["awaiting_review"]}
+                )
                 for how, seconds in bare_run.items():
                     bare[how].append(seconds)
                 bench.progress.update(bench.step, completed=len(runs))
@@ -348,8 +359,11 @@ def summarise_e2e(runs: list[dict[str, Any]], bare: dict[str, list[float]]) -> d
     marks = ["submitted", "created", *E2E_STAGES[1:]]
     steps = []
     for before, after in itertools.pairwise(marks):
-        values = [r["audit"].get(after, float("nan")) - (r["audit"].get(before, float("nan")) if before != "submitted" else 0.0)
-                  for r in runs]  # fmt: skip
+        values = [
+            r["audit"].get(after, float("nan"))
+            - (r["audit"].get(before, float("nan")) if before != "submitted" else 0.0)
+            for r in runs
+        ]
         steps.append({"from": before, "to": after, "p50_s": p(values, 50), "p90_s": p(values, 90)})
     seen_lag = [r["e2e_s"] - r["audit"]["awaiting_review"] for r in runs if "awaiting_review" in r["audit"]]
     steps.append(
@@ -361,12 +375,24 @@ def summarise_e2e(runs: list[dict[str, Any]], bare: dict[str, list[float]]) -> d
         }
     )
     with_container = [r for r in runs if "container" in r]
-    container = {
-        "run_p50_s": p([r["container"]["exited"] - r["container"]["started"] for r in with_container], 50),
-        "running_to_started_p50_s": p([r["container"]["started"] - r["audit"]["running"] for r in with_container], 50),
-        "staging_to_started_p50_s": p([r["container"]["started"] - r["audit"]["staging"] for r in with_container], 50),
-        "exited_to_checking_p50_s": p([r["audit"]["checking"] - r["container"]["exited"] for r in with_container], 50),
-    } if with_container else {}  # fmt: skip
+    container = (
+        {
+            "run_p50_s": p(
+                [r["container"]["exited"] - r["container"]["started"] for r in with_container], 50
+            ),
+            "running_to_started_p50_s": p(
+                [r["container"]["started"] - r["audit"]["running"] for r in with_container], 50
+            ),
+            "staging_to_started_p50_s": p(
+                [r["container"]["started"] - r["audit"]["staging"] for r in with_container], 50
+            ),
+            "exited_to_checking_p50_s": p(
+                [r["audit"]["checking"] - r["container"]["exited"] for r in with_container], 50
+            ),
+        }
+        if with_container
+        else {}
+    )
     return {
         "runs": len(runs),
         "e2e_p50_s": p(e2e_s, 50),
@@ -413,10 +439,15 @@ class SimAgents:
 
     def __init__(self, base_url: str, agents: list[dict[str, str]], wait_s: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.simagents"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=open(SCRATCH / "simagents.log", "w"), text=True,  # noqa: SIM115  closed with the process
-        )  # fmt: skip
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+            [sys.executable, "-m", "bench.simagents"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(SCRATCH / "simagents.log", "w"),  # noqa: SIM115  closed with the process
+            text=True,
+        )
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write(json.dumps({"base_url": base_url, "agents": agents, "wait_s": wait_s}) + "\n")
         self.proc.stdin.flush()
         self.ready = threading.Event()
@@ -466,8 +497,15 @@ def fanout(bench: Bench, backend: dataset.Backend) -> None:
     try:
         _setup_fanout(url, tres)
         with serve("gateway", url) as server:
-            agents = [{"tre": tre, "token": bench.issuer.issue(f"agent-{tre}", ["tre-agent"], audience=bench.audience,
-                                                                tre=tre, ttl_s=6 * 3600)} for tre in tres]  # fmt: skip
+            agents = [
+                {
+                    "tre": tre,
+                    "token": bench.issuer.issue(
+                        f"agent-{tre}", ["tre-agent"], audience=bench.audience, tre=tre, ttl_s=6 * 3600
+                    ),
+                }
+                for tre in tres
+            ]
             sims = SimAgents(server.base_url, agents, wait_s=20)
             researcher = Researcher(server.base_url, bench.token(USER))
             cpu_before = cpu_seconds(server.proc.pid)
@@ -488,13 +526,15 @@ def fanout(bench: Bench, backend: dataset.Backend) -> None:
                         seen, stuck = {}, _stuck(researcher, task_id, len(tres))
                     events = sims.wait_running(task_id, len(tres))
                     if i >= a.fanout_warmup:
-                        runs.append({
-                            "polled_s": seen.get("RUNNING"),
-                            "stuck": stuck,
-                            "first_leased_s": min(e["leased_at"] for e in events) - wall,
-                            "last_leased_s": max(e["leased_at"] for e in events) - wall,
-                            "last_running_s": max(e["running_at"] for e in events) - wall,
-                        })  # fmt: skip
+                        runs.append(
+                            {
+                                "polled_s": seen.get("RUNNING"),
+                                "stuck": stuck,
+                                "first_leased_s": min(e["leased_at"] for e in events) - wall,
+                                "last_leased_s": max(e["leased_at"] for e in events) - wall,
+                                "last_running_s": max(e["running_at"] for e in events) - wall,
+                            }
+                        )
                         bench.progress.update(bench.step, completed=len(runs))
                     researcher.cancel(task_id)
                     sims.wait_acks(len(tres) * (i + 1))
@@ -525,7 +565,8 @@ def fanout(bench: Bench, backend: dataset.Backend) -> None:
     bench.results["fanout"].append(result)
     bench.log(
         f"{backend.name}: fan-out to {len(tres)} TREs RUNNING after p50 {result['p50_s']:.3f} s "
-        f"(all leased {result['last_leased_p50_s']:.3f} s, last running event {result['last_running_p50_s']:.3f} s)"
+        f"(all leased {result['last_leased_p50_s']:.3f} s, last running event "
+        f"{result['last_running_p50_s']:.3f} s)"
         + (f"; [red]{len(stuck)} of {len(runs)} runs never showed RUNNING[/]: {stuck[0]}" if stuck else "")
     )
     bench.advance_overall()
@@ -541,20 +582,30 @@ def _agent_env(s: Stack, home: Path, overrides: dict[str, str]) -> dict[str, str
     omop = home / "omop"
     generate(omop, "uk-tre", 1, n_persons=50)
     policy = home / "policy.yaml"
-    policy.write_text(yaml.safe_dump({
-        "allowed_images": ["fivesafes/*"],
-        "datasets": {"omop": {"path": str(omop)}},
-        "grants": {"diabetes-cancer": ["omop"]},
-    }))  # fmt: skip
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "allowed_images": ["fivesafes/*"],
+                "datasets": {"omop": {"path": str(omop)}},
+                "grants": {"diabetes-cancer": ["omop"]},
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIVESAFES_")}
-    env.update({
-        "FIVESAFES_AGENT_TRE": "uk-tre", "FIVESAFES_AGENT_GATEWAY_URL": s.url,
-        "FIVESAFES_AGENT_TOKEN": s.info["agent_tokens"]["uk-tre"], "FIVESAFES_AGENT_DATA_DIR": str(home),
-        "FIVESAFES_AGENT_POLICY_FILE": str(policy), "FIVESAFES_AGENT_AIRLOCK_ENDPOINT_URL": s.info["s3_url"],
-        "FIVESAFES_AGENT_AIRLOCK_ACCESS_KEY": "dev", "FIVESAFES_AGENT_AIRLOCK_SECRET_KEY": "dev-secret",
-        "FIVESAFES_AGENT_AIRLOCK_BUCKET": "uk-airlock",
-        **{f"FIVESAFES_AGENT_{k}": v for k, v in overrides.items()},
-    })  # fmt: skip
+    env.update(
+        {
+            "FIVESAFES_AGENT_TRE": "uk-tre",
+            "FIVESAFES_AGENT_GATEWAY_URL": s.url,
+            "FIVESAFES_AGENT_TOKEN": s.info["agent_tokens"]["uk-tre"],
+            "FIVESAFES_AGENT_DATA_DIR": str(home),
+            "FIVESAFES_AGENT_POLICY_FILE": str(policy),
+            "FIVESAFES_AGENT_AIRLOCK_ENDPOINT_URL": s.info["s3_url"],
+            "FIVESAFES_AGENT_AIRLOCK_ACCESS_KEY": "dev",
+            "FIVESAFES_AGENT_AIRLOCK_SECRET_KEY": "dev-secret",
+            "FIVESAFES_AGENT_AIRLOCK_BUCKET": "uk-airlock",
+            **{f"FIVESAFES_AGENT_{k}": v for k, v in overrides.items()},
+        }
+    )
     return env
 
 
@@ -598,9 +649,13 @@ def idle(bench: Bench) -> None:
             env = _agent_env(s, home, overrides)
             log_path = SCRATCH / f"idle-agent-{config}.log"
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fivesafes_tes.cli", "agent"], cwd=ROOT, env=env,
-                stdout=open(log_path, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,  # noqa: SIM115
-            )  # fmt: skip
+                [sys.executable, "-m", "fivesafes_tes.cli", "agent"],
+                cwd=ROOT,
+                env=env,
+                stdout=open(log_path, "w"),  # noqa: SIM115  closed with the process
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
             exits.callback(_stop_agent, proc)
             agents.append(IdleAgent(config, s, proc, log_path))
         deadline = time.monotonic() + 60
@@ -613,8 +668,11 @@ def idle(bench: Bench) -> None:
         bench.begin(f"idle agent: both agents left alone for {a.idle_seconds:.0f} s", int(a.idle_seconds))
         started = time.perf_counter()
         for agent in agents:
-            agent.samples = {"requests": agent_requests(agent.stack), "cpu": cpu_seconds(agent.proc.pid),
-                             "gateway_cpu": cpu_seconds(agent.stack.proc.pid)}  # fmt: skip
+            agent.samples = {
+                "requests": agent_requests(agent.stack),
+                "cpu": cpu_seconds(agent.proc.pid),
+                "gateway_cpu": cpu_seconds(agent.stack.proc.pid),
+            }
         while (elapsed := time.perf_counter() - started) < a.idle_seconds:
             bench.progress.update(bench.step, completed=int(elapsed))
             time.sleep(min(1.0, a.idle_seconds - elapsed))
@@ -690,8 +748,10 @@ def pickups(bench: Bench, agent: IdleAgent) -> list[dict[str, float]]:
 
 
 def stage_table(summary: dict[str, Any]) -> list[list[str]]:
-    return [[f"{s['from']} → {s['to']}", f"{s['p50_s'] * 1000:.0f}", f"{s['p90_s'] * 1000:.0f}"]
-            for s in summary["steps"]]  # fmt: skip
+    return [
+        [f"{s['from']} → {s['to']}", f"{s['p50_s'] * 1000:.0f}", f"{s['p90_s'] * 1000:.0f}"]
+        for s in summary["steps"]
+    ]
 
 
 def mean(values: list[float]) -> float:

@@ -235,12 +235,20 @@ def _count(r: dict[str, Any]) -> str:
 
 def _create_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     rows = [
-        [r["backend"], r["app"], f"{r['throughput_rps']:.0f}", f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}",
-         f"{r['p99_ms']:.1f}", f"{r['server_cpu_pct']:.0f}%", f"{r['server_cpu_ms_per_request']:.2f}",
-         f"{100 * r['client_cpu_s'] / r['elapsed_s']:.0f}%",
-         ", ".join(f"{x:.0f}" for x in r.get("round_throughputs_rps", []))]
+        [
+            r["backend"],
+            r["app"],
+            f"{r['throughput_rps']:.0f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p90_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['server_cpu_pct']:.0f}%",
+            f"{r['server_cpu_ms_per_request']:.2f}",
+            f"{100 * r['client_cpu_s'] / r['elapsed_s']:.0f}%",
+            ", ".join(f"{x:.0f}" for x in r.get("round_throughputs_rps", [])),
+        ]
         for r in results.get("create") or []
-    ]  # fmt: skip
+    ]
     if not rows:
         return []
     return [
@@ -273,10 +281,19 @@ def _create_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
 
 def _list_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     rows = [
-        [r["backend"], targets.case(r), r["view"], r["page"], f"**{r['p50_ms']:.1f}**", f"{r['p90_ms']:.1f}",
-         f"{r['p99_ms']:.1f}", _count(r), f"{r['server_cpu_ms_per_request']:.2f}"]
+        [
+            r["backend"],
+            targets.case(r),
+            r["view"],
+            r["page"],
+            f"**{r['p50_ms']:.1f}**",
+            f"{r['p90_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            _count(r),
+            f"{r['server_cpu_ms_per_request']:.2f}",
+        ]
         for r in results.get("list") or []
-    ]  # fmt: skip
+    ]
     if not rows:
         return []
     return [
@@ -329,10 +346,17 @@ def _datasets(results: dict[str, Any]) -> list[str]:
 
 def _get_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     rows = [
-        [r["backend"], targets.case(r), f"**{r['p50_ms']:.2f}**", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-         f"{r['throughput_rps']:.0f}", f"{r['server_cpu_ms_per_request']:.2f}"]
+        [
+            r["backend"],
+            targets.case(r),
+            f"**{r['p50_ms']:.2f}**",
+            f"{r['p90_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['throughput_rps']:.0f}",
+            f"{r['server_cpu_ms_per_request']:.2f}",
+        ]
         for r in results.get("get") or []
-    ]  # fmt: skip
+    ]
     if not rows:
         return []
     return [
@@ -358,24 +382,30 @@ def _checks_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         for name, r in entry["runs"].items():
             cold = r.get("cold") or {}
             paired = r.get("paired") or {}
-            rows.append([
-                label, name, f"{r['mb_per_s']:,.0f}",
-                f"{paired['plain_lines_mb_per_s']:,.0f} → {r['share_of_lines']:.0%}" if paired else "",
-                f"{cold['mb_per_s']:,.0f}" if cold else "",
-                f"{paired['plain_chunks_cold_mb_per_s']:,.0f} → {r['cold_share_of_chunks']:.0%}"
-                if paired else "",
-                f"{r['peak_rss_bytes'] / 2**20:,.0f}",
-                f"{r['arrow_peak_bytes'] / 2**20:,.0f}" if "arrow_peak_bytes" in r else "",
-                f"{r['python_peak_bytes'] / 2**20:,.0f}" if "python_peak_bytes" in r else "",
-                r.get("verdict", ""),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    label,
+                    name,
+                    f"{r['mb_per_s']:,.0f}",
+                    f"{paired['plain_lines_mb_per_s']:,.0f} → {r['share_of_lines']:.0%}" if paired else "",
+                    f"{cold['mb_per_s']:,.0f}" if cold else "",
+                    f"{paired['plain_chunks_cold_mb_per_s']:,.0f} → {r['cold_share_of_chunks']:.0%}"
+                    if paired
+                    else "",
+                    f"{r['peak_rss_bytes'] / 2**20:,.0f}",
+                    f"{r['arrow_peak_bytes'] / 2**20:,.0f}" if "arrow_peak_bytes" in r else "",
+                    f"{r['python_peak_bytes'] / 2**20:,.0f}" if "python_peak_bytes" in r else "",
+                    r.get("verdict", ""),
+                ]
+            )
     return [
         (
             "`bench/checks_bench.py`: a synthetic 8-column CSV of count tables (with a free-text note "
             f"column) of each size ({', '.join(f'{s} MB' for s in checks.get('sizes_mb', []))}); every run a "
             "fresh process. Each rule is run right after the plain read it is compared with: *warm* (file in "
             "the page cache) against a line-by-line read, *cold* (pages dropped first with "
-            "`posix_fadvise(DONTNEED)`) against a 1 MiB chunked read. The plain rows show the median of their "
+            "`posix_fadvise(DONTNEED)`) against a 1 MiB chunked read. The plain rows show the median of "
+            "their "
             "runs. Rules use the default `checks.threads`."
         ),
         "",
@@ -402,40 +432,54 @@ def _method(m: dict[str, Any]) -> list[str]:
         "## Method",
         "",
         (
-            "- Server under test: its own process, uvicorn with one worker, the same uvicorn settings for gateway "
-            "and ceiling (uvloop + httptools, access log off), on 127.0.0.1. `bench/server.py`. The federation "
+            "- Server under test: its own process, uvicorn with one worker, the same uvicorn settings for "
+            "gateway "
+            "and ceiling (uvloop + httptools, access log off), on 127.0.0.1. `bench/server.py`. The "
+            "federation "
             "benchmarks run the devstack (`fivesafes_tes.devstack.start`) in its own process too "
             "(`bench/stack.py`), and the polling client in the bench's process."
         ),
         (
-            "- Load generator: another process, `httpx.AsyncClient` with keep-alive; latency is measured per request "
+            "- Load generator: another process, `httpx.AsyncClient` with keep-alive; latency is measured per "
+            "request "
             "in the client, from send to the last byte of the response. `bench/loadgen.py`."
         ),
         (
-            "- Interleaving: where a figure is judged against a ceiling, the two are measured in alternating rounds "
-            "(the order reversed every other round) or, for single runs, one right after the other, within the "
+            "- Interleaving: where a figure is judged against a ceiling, the two are measured in alternating "
+            "rounds "
+            "(the order reversed every other round) or, for single runs, one right after the other, within "
+            "the "
             "same run."
         ),
         (
-            "- Each create run starts on a freshly created, migrated database (a new SQLite file; a new PostgreSQL "
-            "database). The large database is bulk-loaded with SQL (SQLite `executemany`, PostgreSQL `COPY`) with "
-            "the columns CreateTask writes, UUIDv7 ids and two tags per task, and cached under `bench/results/` "
-            "(PostgreSQL: as a database on the server) keyed by the newest migration revision and a digest of all "
+            "- Each create run starts on a freshly created, migrated database (a new SQLite file; a new "
+            "PostgreSQL "
+            "database). The large database is bulk-loaded with SQL (SQLite `executemany`, PostgreSQL `COPY`) "
+            "with "
+            "the columns CreateTask writes, UUIDv7 ids and two tags per task, and cached under "
+            "`bench/results/` "
+            "(PostgreSQL: as a database on the server) keyed by the newest migration revision and a digest "
+            "of all "
             "migration files; it is rebuilt when missing or when a migration changes."
         ),
         (
-            "- Server CPU is the server process's user + system time over the timed requests (from /proc); with "
-            f"{m['nproc']} CPUs shared by client, server and database, a server below ~100% is waiting on something."
+            "- Server CPU is the server process's user + system time over the timed requests (from /proc); "
+            "with "
+            f"{m['nproc']} CPUs shared by client, server and database, a server below ~100% is waiting on "
+            f"something."
         ),
         "- Percentiles are nearest-rank over the timed requests (or runs).",
         (
             "- End to end, fan-out and pick-up are timed by a client that polls the task every ~20 ms "
-            f"({int(POLL_S * 1000)} ms between request starts), so each figure carries up to one poll interval "
-            "plus one GET of lag; the gateway's audit log (`at` of `task.create`, `child.lease`, `child.stage`) "
+            f"({int(POLL_S * 1000)} ms between request starts), so each figure carries up to one poll "
+            f"interval "
+            "plus one GET of lag; the gateway's audit log (`at` of `task.create`, `child.lease`, "
+            "`child.stage`) "
             "gives the same moments without that lag."
         ),
         (
-            '- The e2e and idle-agent parts need a Docker engine (`eval "$(scripts/services.sh --with-docker)"`); '
+            "- The e2e and idle-agent parts need a Docker engine "
+            '(`eval "$(scripts/services.sh --with-docker)"`); '
             "without one they are skipped with a message, and their targets are absent from the page."
         ),
         "",
@@ -463,17 +507,24 @@ def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     ]
     return [
         (
-            f'`devstack.start(dir, agents=True, executor="docker")` in its own process: gateway (SQLite), moto S3 '
-            "and the devstack's two agents (poll 10 s, heartbeat 5 s, sync 5 s, tick 0.2 s, reporting granularity "
-            f"{cfg.get('e2e_granularity_s', 5.0):g} s: a TRE's granularity G holds each stage change after the run "
+            '`devstack.start(dir, agents=True, executor="docker")` in its own process: '
+            "gateway (SQLite), moto S3 "
+            "and the devstack's two agents (poll 10 s, heartbeat 5 s, sync 5 s, tick 0.2 s, reporting "
+            "granularity "
+            f"{cfg.get('e2e_granularity_s', 5.0):g} s: a TRE's granularity G holds each stage change after "
+            f"the run "
             "starts back to the next multiple of G, by design, so a deployment adds up to G). The task is "
             f"`{E2E_COMMAND}` in `{BUSYBOX_IMAGE}` with tag `tres=uk-tre`, so one child in one TRE. "
-            f"{sm['runs']} timed runs after {cfg['e2e_warmup']} untimed; each is canceled once held (the agent "
-            f"discards it) and the next starts {cfg['e2e_pause']:g} s later. The client polls the BASIC view, "
+            f"{sm['runs']} timed runs after {cfg['e2e_warmup']} untimed; each is canceled once held (the "
+            f"agent "
+            f"discards it) and the next starts {cfg['e2e_pause']:g} s later. The client polls the BASIC "
+            f"view, "
             "whose `logs[].metadata.stage` is the child's stage, until it reads `awaiting_review`. "
             f"The bare run is `docker run --rm --network none {BUSYBOX_IMAGE} sh -c 'echo hi > /tmp/x'` "
-            "through the Docker SDK (`containers.run(..., remove=True)`) and the CLI, on the same engine, once "
-            "each after every run through the stack (interleaved, so load hits both alike); the target compares "
+            "through the Docker SDK (`containers.run(..., remove=True)`) and the CLI, on the same engine, "
+            "once "
+            "each after every run through the stack (interleaved, so load hits both alike); the target "
+            "compares "
             "with the faster of the two."
         ),
         "",
@@ -506,7 +557,8 @@ def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
                 ],
             ],
         ),
-        "Where the time goes: each step's duration per run, from the gateway's audit log (the moment each stage",
+        "Where the time goes: each step's duration per run, from the gateway's audit log (the moment each "
+        "stage",
         "was recorded), the first from the client's send time; percentiles of each step over the runs.",
         "",
         *_table(["Step", "p50 ms", "p90 ms"], steps),
@@ -536,12 +588,14 @@ def _e2e_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
             if c
             else []
         ),
-        "When the polling client first saw each stage (p50 over the runs that saw it; fast stages are often missed):",
+        "When the polling client first saw each stage (p50 over the runs that saw it; fast stages are often "
+        "missed):",
         "",
         *_table(["Stage", "first seen p50 ms after submit", "runs that saw it"], polled),
         (
             f"Gateway + agents + S3 process CPU over all {sm['runs'] + cfg['e2e_warmup']} runs: "
-            f"{e2e['stack_cpu_s']:.1f} s ({e2e['stack_cpu_s'] / (sm['runs'] + cfg['e2e_warmup']):.2f} s per run, "
+            f"{e2e['stack_cpu_s']:.1f} s ({e2e['stack_cpu_s'] / (sm['runs'] + cfg['e2e_warmup']):.2f} s per "
+            f"run, "
             "from each submit until its bare run starts, including the cancel)."
         ),
         "",
@@ -553,9 +607,17 @@ def _fanout_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     header = [
-        "Database", "TREs", "runs RUNNING / stuck", "RUNNING seen p50", "p90", "max", "first leased p50",
-        "all leased p50", "last running accepted p50", "gateway CPU per run",
-    ]  # fmt: skip
+        "Database",
+        "TREs",
+        "runs RUNNING / stuck",
+        "RUNNING seen p50",
+        "p90",
+        "max",
+        "first leased p50",
+        "all leased p50",
+        "last running accepted p50",
+        "gateway CPU per run",
+    ]
     table = [
         [
             r["backend"],
@@ -579,16 +641,23 @@ def _fanout_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     ]
     return [
         (
-            f"{rows[0]['tres']} TREs and a project on all of them, registered with `submission.federation`; the "
+            f"{rows[0]['tres']} TREs and a project on all of them, registered with `submission.federation`; "
+            f"the "
             "gateway (`bench/server.py`) on a fresh database. "
-            f"{rows[0]['tres']} simulated agents (`bench/simagents.py`, one thread each in one process, each with "
-            "its own `GatewayClient` and agent token) long-poll for leases and, per child granted, post `staging` "
-            "then `running` at once. The client submits one task and polls the MINIMAL view until the parent is "
+            f"{rows[0]['tres']} simulated agents (`bench/simagents.py`, one thread each in one process, each "
+            f"with "
+            "its own `GatewayClient` and agent token) long-poll for leases and, per child granted, post "
+            "`staging` "
+            "then `running` at once. The client submits one task and polls the MINIMAL view until the parent "
+            "is "
             f"RUNNING (every child at least `running`). {cfg['fanout_runs']} timed runs after "
             f"{cfg['fanout_warmup']} untimed per database; after each the task is canceled and every agent "
-            "acknowledges. *All leased* and *last running* are the agents' own clocks: when the last lease answer "
-            "came back and when the last `running` event was accepted. A run whose parent does not show RUNNING "
-            f"within {STUCK_S:g} s although every child reads `running` (BASIC view) counts as *stuck* and is "
+            "acknowledges. *All leased* and *last running* are the agents' own clocks: when the last lease "
+            "answer "
+            "came back and when the last `running` event was accepted. A run whose parent does not show "
+            "RUNNING "
+            f"within {STUCK_S:g} s although every child reads `running` (BASIC view) counts as *stuck* and "
+            f"is "
             "left out of the percentiles."
         ),
         "",
@@ -605,9 +674,11 @@ def _idle_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     return [
         (
             "A real agent process (`python -m fivesafes_tes.cli agent`, Docker executor, configured as "
-            "`tests/test_tre_e2e.py::_agent_env` does) against a devstack gateway (gateway only, plus S3) in its "
+            "`tests/test_tre_e2e.py::_agent_env` does) against a devstack gateway (gateway only, plus S3) in "
+            "its "
             "own process. Two at once, each with its own gateway so that each gateway's `/metrics` "
-            "(`fivesafes_http_requests_total` by route) counts one agent: one with the devstack's agent settings, "
+            "(`fivesafes_http_requests_total` by route) counts one agent: one with the devstack's agent "
+            "settings, "
             "one with the agent's defaults. Both are left alone "
             f"{rows[0]['window_s']:.0f} s after start-up; agent CPU is its process's utime + stime from "
             "/proc/<pid>/stat. Then, per agent, "

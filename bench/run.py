@@ -213,7 +213,8 @@ def loadgen(
             stderr=errors,
             text=True,
         )
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         proc.stdin.write(json.dumps(spec))
         proc.stdin.close()
         result: dict[str, Any] | None = None

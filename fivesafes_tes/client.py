@@ -29,6 +29,7 @@ class TesClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The decoded JSON answer (Any: its shape is the TES schema's, which callers name)."""
         response = self._http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
@@ -39,14 +40,17 @@ class TesClient:
         return response.json()
 
     def service_info(self) -> dict[str, Any]:
-        return self._call("GET", "/service-info")
+        info: dict[str, Any] = self._call("GET", "/service-info")
+        return info
 
     def create(self, task: dict[str, Any], *, idempotency_key: str | None = None) -> str:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._call("POST", "/tasks", json=task, headers=headers)["id"]
+        task_id: str = self._call("POST", "/tasks", json=task, headers=headers)["id"]
+        return task_id
 
     def get(self, task_id: str, view: str = "MINIMAL") -> dict[str, Any]:
-        return self._call("GET", f"/tasks/{task_id}", params={"view": view})
+        task: dict[str, Any] = self._call("GET", f"/tasks/{task_id}", params={"view": view})
+        return task
 
     def cancel(self, task_id: str) -> None:
         self._call("POST", f"/tasks/{task_id}:cancel")

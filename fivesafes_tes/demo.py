@@ -13,6 +13,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -27,14 +28,15 @@ persons=$(($(wc -l < /data/omop/person.csv) - 1))
 diabetes=$(awk -F, 'NR>1 && $3==201826 {print $2}' /data/omop/condition_occurrence.csv | sort -u | wc -l)
 echo "persons,diabetes" > /outputs/prevalence.csv
 echo "$persons,$diabetes" >> /outputs/prevalence.csv
-awk -F, 'NR>1 {c[$2","int($3/10)*10]++} END {print "gender_concept_id,birth_decade,count"; for (k in c) print k","c[k]}' \
+awk -F, 'NR>1 {c[$2","int($3/10)*10]++}
+  END {print "gender_concept_id,birth_decade,count"; for (k in c) print k","c[k]}' \
   /data/omop/person.csv > /outputs/by_decade.csv
 echo "counted $persons people"
 """
 CHECKER = "demo-checker"
 
 
-def analysis(script: str, name: str, **tags: str) -> dict:
+def analysis(script: str, name: str, **tags: str) -> dict[str, Any]:
     return {
         "name": name,
         "description": "People with type 2 diabetes (OMOP concept 201826) among everyone in the TRE.",
@@ -181,9 +183,8 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         alice.cancel(long_task)
         while uk.executor.running().get(_children(uk)[0]) is not None and time.monotonic() - started < 15:
             time.sleep(0.1)
-        console.print(
-            f"canceled: {alice.get(long_task)['state']}, container stopped in {time.monotonic() - started:.1f} s"
-        )
+        stopped_s = time.monotonic() - started
+        console.print(f"canceled: {alice.get(long_task)['state']}, container stopped in {stopped_s:.1f} s")
 
     db = Database(stack.settings.effective_database_url)
     with db.read() as session:

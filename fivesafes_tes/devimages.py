@@ -240,6 +240,5 @@ def _quiet(command: list[str]) -> None:
     """Run a build step; its output is shown only when it fails."""
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(command[:3])} ... failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
-        )
+        output = done.stdout[-2000:] + done.stderr[-2000:]
+        raise RuntimeError(f"{' '.join(command[:3])} ... failed ({done.returncode}):\n{output}")

@@ -117,7 +117,7 @@ class Gateway:
 
     TES = "/ga4gh/tes/v1"
 
-    def __init__(self, database_url: str, data_dir, *, seed: bool = True, **overrides) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, database_url: str, data_dir, *, seed: bool = True, **overrides) -> None:
         from fastapi.testclient import TestClient
 
         from fivesafes_tes.gateway.app import create_app
@@ -134,7 +134,7 @@ class Gateway:
         if seed:
             seed_federation(self.db, TEST_FEDERATION)
 
-    def token(self, user: str = "alice", *roles: str, **kwargs) -> str:  # type: ignore[no-untyped-def]
+    def token(self, user: str = "alice", *roles: str, **kwargs) -> str:
         return self.issuer.issue(
             user, list(roles) or ["researcher"], audience=self.settings.oidc_audience, **kwargs
         )
@@ -147,7 +147,7 @@ class Gateway:
         self.db.dispose()
 
 
-def results_store_settings(s3_endpoint, bucket: str) -> dict[str, ResultsStoreSettings]:  # type: ignore[no-untyped-def]
+def results_store_settings(s3_endpoint, bucket: str) -> dict[str, ResultsStoreSettings]:
     """Gateway settings for a results store in `bucket` on the test S3 endpoint."""
     return {
         "results": ResultsStoreSettings(
@@ -160,13 +160,13 @@ def results_store_settings(s3_endpoint, bucket: str) -> dict[str, ResultsStoreSe
 
 
 @pytest.fixture
-def gateway(database_url: str, tmp_path) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+def gateway(database_url: str, tmp_path) -> Iterator[Gateway]:
     gw = Gateway(database_url, tmp_path / "data")
     yield gw
     gw.close()
 
 
-def gateway_forgets_policies(stack, monkeypatch, *tres: str) -> None:  # type: ignore[no-untyped-def]
+def gateway_forgets_policies(stack, monkeypatch, *tres: str) -> None:
     """The gateway no longer knows what these TREs will run (their agents stop publishing), as before
     they first published: it accepts what they would refuse, and each TRE must refuse it itself."""
     from sqlalchemy import delete, select

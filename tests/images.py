@@ -17,8 +17,9 @@ __all__ = [
 
 
 @pytest.fixture(scope="session")
-def docker_client():  # type: ignore[no-untyped-def]
-    """A client of the engine from DOCKER_HOST (scripts/services.sh --with-docker); skip locally, fail in CI."""
+def docker_client():
+    """A client of the engine from DOCKER_HOST (scripts/services.sh --with-docker); skip locally,
+    fail in CI."""
     from tests.conftest import need_service
 
     try:
@@ -33,6 +34,6 @@ def docker_client():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def busybox_image(docker_client) -> str:  # type: ignore[no-untyped-def]
+def busybox_image(docker_client) -> str:
     """The test image's name, built on first use. Needs a `docker_client` fixture (skip/fail if no engine)."""
     return ensure_busybox_image(docker_client)

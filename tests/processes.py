@@ -79,7 +79,8 @@ class GatewayProcess:
         self.wait_ready()
 
     def kill9(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None, "the gateway died before the kill"
+        assert self.proc is not None, "the gateway died before the kill"
+        assert self.proc.poll() is None, "the gateway died before the kill"
         self.proc.send_signal(signal.SIGKILL)
         assert self.proc.wait(timeout=10) == -signal.SIGKILL
 
@@ -95,7 +96,7 @@ class GatewayProcess:
 def agent_env(
     gateway_url: str,
     token: str,
-    s3,  # type: ignore[no-untyped-def]
+    s3,
     home: Path,
     tre: str = "uk-tre",
     *,

@@ -21,22 +21,22 @@ IMAGE = "registry.tre.example/stats:1"
 STEP = {"image": IMAGE, "command": ["run"]}
 
 
-def tre_policy(**changes) -> TrePolicy:  # type: ignore[no-untyped-def]
+def tre_policy(**changes) -> TrePolicy:
     return TrePolicy(**{"allowed_images": ["registry.tre.example/*"], **changes})
 
 
-def publish(gw, policy: TrePolicy, tre: str = "uk-tre"):  # type: ignore[no-untyped-def]
+def publish(gw, policy: TrePolicy, tre: str = "uk-tre"):
     """What the agent of `tre` sends at every sync, built as it builds it."""
     document = staging.admission(policy, tre).model_dump(mode="json")
     return gw.client.put(f"{AGENT}/policy", json=document, headers=agent_headers(gw, tre))
 
 
-def submit(gw, task: dict, tres: str = "uk-tre"):  # type: ignore[no-untyped-def]
+def submit(gw, task: dict, tres: str = "uk-tre"):
     body = {"executors": [STEP], **task, "tags": {"tres": tres}}
     return gw.client.post(f"{TES}/tasks", json=body, headers=gw.headers())
 
 
-def stored(gw) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def stored(gw) -> tuple[int, int]:
     with gw.db.read() as session:
         return session.scalar(select(func.count()).select_from(Task)), session.scalar(
             select(func.count()).select_from(Child)
@@ -145,7 +145,8 @@ def test_paths_reserved_for_a_project_apply_to_that_projects_tasks_only(gateway)
 def test_an_agent_publishes_only_for_its_own_tre_and_a_repeat_changes_nothing(gateway):
     document = staging.admission(tre_policy(), "sg-tre").model_dump(mode="json")
     other = gateway.client.put(f"{AGENT}/policy", json=document, headers=agent_headers(gateway, "uk-tre"))
-    assert other.status_code == 400 and "publishes for 'uk-tre', not 'sg-tre'" in other.json()["detail"]
+    assert other.status_code == 400
+    assert "publishes for 'uk-tre', not 'sg-tre'" in other.json()["detail"]
     researcher = gateway.client.put(f"{AGENT}/policy", json=document, headers=gateway.headers())
     assert researcher.status_code == 403
     assert gateway.client.put(f"{AGENT}/policy", json=document).status_code == 401

@@ -20,7 +20,7 @@ ALICE = Person(FED, "alice-sub", "alice")
 
 
 @pytest.fixture
-def admin(tmp_path):  # type: ignore[no-untyped-def]
+def admin(tmp_path):
     settings = AgentSettings(tre="uk-tre", data_dir=tmp_path)
     db = open_database(settings)
     with db.write() as session:
@@ -92,7 +92,8 @@ def test_only_this_tres_admins_may_decide(admin):
     )
     assert client.get("/tre/v1/projects", headers=token("output-checker")).status_code == 403
     nameless = client.put("/tre/v1/projects/alpha/decision", json=body, headers=token("tre-admin", tre=None))
-    assert nameless.status_code == 403 and "names no TRE" in nameless.json()["detail"]
+    assert nameless.status_code == 403
+    assert "names no TRE" in nameless.json()["detail"]
     with db.read() as session:
         assert approvals.clearance(session, "uk-tre", "alpha", ALICE).verdict is approvals.Verdict.UNDECIDED
         failures = [r for r in session.scalars(select(AuditRecord)) if r.action == "auth.failure"]
@@ -110,7 +111,8 @@ def test_only_this_tres_admins_may_decide(admin):
 def test_mistakes_are_explained(admin, path, body, status, words):
     client, _, token = admin
     response = client.put(path, json=body, headers=token("tre-admin"))
-    assert response.status_code == status and words in response.json()["detail"]
+    assert response.status_code == status
+    assert words in response.json()["detail"]
 
 
 def test_a_token_naming_no_tre_is_accepted_only_where_the_issuer_serves_this_tre_alone(admin, tmp_path):

@@ -3,6 +3,7 @@ RELIABILITY 7 (legal transitions only), 8 (lease expiry and attempts), 9 (replay
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -28,18 +29,18 @@ TES = "/ga4gh/tes/v1"
 AGENT = "/agent/v1"
 
 
-def agent_headers(gateway, tre="uk-tre"):  # type: ignore[no-untyped-def]
+def agent_headers(gateway, tre="uk-tre"):
     return {"Authorization": f"Bearer {gateway.token(f'agent-{tre}', 'tre-agent', tre=tre)}"}
 
 
-def submit(gateway, user="alice", **tags) -> str:  # type: ignore[no-untyped-def]
+def submit(gateway, user="alice", **tags) -> str:
     body = {"executors": [{"image": "alpine", "command": ["true"]}], "tags": tags}
     response = gateway.client.post(f"{TES}/tasks", json=body, headers=gateway.headers(user))
     assert response.status_code == 200, response.text
     return response.json()["id"]
 
 
-def lease(gateway, tre="uk-tre", wait_s=0):  # type: ignore[no-untyped-def]
+def lease(gateway, tre="uk-tre", wait_s=0):
     response = gateway.client.post(
         f"{AGENT}/leases", json={"wait_s": wait_s}, headers=agent_headers(gateway, tre)
     )
@@ -47,7 +48,7 @@ def lease(gateway, tre="uk-tre", wait_s=0):  # type: ignore[no-untyped-def]
     return response.json()
 
 
-def event(gateway, child_id, attempt, seq, stage, tre="uk-tre", **extra):  # type: ignore[no-untyped-def]
+def event(gateway, child_id, attempt, seq, stage, tre="uk-tre", **extra):
     return gateway.client.post(
         f"{AGENT}/children/{child_id}/events",
         json={"attempt": attempt, "seq": seq, "stage": stage, **extra},
@@ -55,11 +56,11 @@ def event(gateway, child_id, attempt, seq, stage, tre="uk-tre", **extra):  # typ
     )
 
 
-def state(gateway, task_id, user="alice"):  # type: ignore[no-untyped-def]
+def state(gateway, task_id, user="alice"):
     return gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers(user)).json()["state"]
 
 
-def stages(gateway, task_id):  # type: ignore[no-untyped-def]
+def stages(gateway, task_id):
     doc = gateway.client.get(
         f"{TES}/tasks/{task_id}", params={"view": "BASIC"}, headers=gateway.headers()
     ).json()
@@ -69,15 +70,20 @@ def stages(gateway, task_id):  # type: ignore[no-untyped-def]
 def test_lease_hands_out_new_work_once_with_attempt_1(gateway):
     task_id = submit(gateway, tres="uk-tre")
     got = lease(gateway)
-    assert len(got["leases"]) == 1 and got["cancel"] == []
+    assert len(got["leases"]) == 1
+    assert got["cancel"] == []
     grant = got["leases"][0]
-    assert grant["task_id"] == task_id and grant["attempt"] == 1 and grant["stage"] == "leased"
-    assert grant["project"] == "alpha" and grant["user"] == "alice"
+    assert grant["task_id"] == task_id
+    assert grant["attempt"] == 1
+    assert grant["stage"] == "leased"
+    assert grant["project"] == "alpha"
+    assert grant["user"] == "alice"
     # who submitted, as the TRE compares people: issuer and subject (the dev issuer's sub is the name)
     assert (grant["user_issuer"], grant["user_subject"]) == (gateway.issuer.issuer_url, "alice")
     assert grant["task"]["executors"][0]["image"] == "alpine"
     assert lease(gateway)["leases"] == []
-    assert stages(gateway, task_id) == {"uk-tre": "leased"} and state(gateway, task_id) == "QUEUED"
+    assert stages(gateway, task_id) == {"uk-tre": "leased"}
+    assert state(gateway, task_id) == "QUEUED"
 
 
 def test_parent_state_follows_children_through_every_stage(gateway):
@@ -125,7 +131,8 @@ def test_rejection_by_a_tre_reads_as_system_error_with_a_plain_line(gateway):
         f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
     ).json()
     assert doc["state"] == "SYSTEM_ERROR"
-    assert line in doc["logs"][0]["system_logs"] and "end_time" in doc["logs"][0]
+    assert line in doc["logs"][0]["system_logs"]
+    assert "end_time" in doc["logs"][0]
 
 
 def test_replayed_event_has_no_second_effect(gateway):
@@ -133,7 +140,8 @@ def test_replayed_event_has_no_second_effect(gateway):
     grant = lease(gateway)["leases"][0]
     first = event(gateway, grant["child_id"], 1, 1, "staging", message="staging inputs")
     again = event(gateway, grant["child_id"], 1, 1, "staging", message="staging inputs")
-    assert first.json()["applied"] is True and again.json() == {"stage": "staging", "applied": False}
+    assert first.json()["applied"] is True
+    assert again.json() == {"stage": "staging", "applied": False}
     with gateway.db.read() as session:
         assert (
             session.scalar(
@@ -149,7 +157,8 @@ def test_reordered_events_apply_once_each_in_a_legal_order(gateway):
     submit(gateway, tres="uk-tre")
     child = lease(gateway)["leases"][0]["child_id"]
     early = event(gateway, child, 1, 2, "running")  # arrives before its predecessor
-    assert early.status_code == 409 and "leased" in early.json()["detail"]
+    assert early.status_code == 409
+    assert "leased" in early.json()["detail"]
     assert event(gateway, child, 1, 1, "staging").json()["applied"] is True
     assert event(gateway, child, 1, 2, "running").json()["applied"] is True  # the agent's retry
     assert event(gateway, child, 1, 2, "running").json()["applied"] is False
@@ -165,7 +174,8 @@ def test_expired_lease_is_reoffered_with_the_next_attempt_and_old_attempt_is_ref
         regrant = leases.lease(session, tre, limit=10, ttl_s=60, now=later)
     assert [(g.child_id, g.attempt, g.stage) for g in regrant] == [(grant["child_id"], 2, "staging")]
     late = event(gateway, grant["child_id"], 1, 2, "running")
-    assert late.status_code == 409 and "superseded" in late.json()["detail"]
+    assert late.status_code == 409
+    assert "superseded" in late.json()["detail"]
     assert event(gateway, grant["child_id"], 2, 1, "running").json()["applied"] is True
     beats = gateway.client.post(
         f"{AGENT}/heartbeat",
@@ -175,7 +185,7 @@ def test_expired_lease_is_reoffered_with_the_next_attempt_and_old_attempt_is_ref
     assert beats == {"children": {grant["child_id"]: "stale"}}
 
 
-def _lease_later(gateway, expiries: int):  # type: ignore[no-untyped-def]
+def _lease_later(gateway, expiries: int):
     """What the gateway hands out once the lease has expired `expiries` times over (no heartbeat)."""
     with gateway.db.write() as session:
         tre = session.scalar(select(Tre).where(Tre.name == "uk-tre"))
@@ -246,7 +256,8 @@ def test_cancel_is_delivered_with_leases_until_acknowledged(gateway):
     assert delivered["cancel"] == [{"child_id": grant["child_id"], "attempt": 1}]
     assert lease(gateway)["cancel"] == delivered["cancel"]  # at least once, until acknowledged
     late = event(gateway, grant["child_id"], 1, 3, "checking")
-    assert late.status_code == 409 and "canceled" in late.json()["detail"]
+    assert late.status_code == 409
+    assert "canceled" in late.json()["detail"]
     beats = gateway.client.post(
         f"{AGENT}/heartbeat",
         json={"children": [{"child_id": grant["child_id"], "attempt": 1}]},
@@ -408,10 +419,8 @@ def test_only_legal_transitions_are_ever_stored(database, moves):
         )
         with database.write() as session:
             tre = session.get(Tre, tre_id)
-            try:
+            with contextlib.suppress(leases.StaleAttempt, leases.IllegalTransition):
                 leases.record_event(session, tre, child_id, attempt=attempt, seq=seq, stage=stage)
-            except (leases.StaleAttempt, leases.IllegalTransition):
-                pass
             stored = Stage(session.get(Child, child_id).stage)
         if legal:  # a legal move of the current attempt is stored: the property is not vacuous
             assert stored is stage, (path, stage, stored)
@@ -421,7 +430,7 @@ def test_only_legal_transitions_are_ever_stored(database, moves):
     assert all(not s.is_final for s in path[:-1])  # nothing ever left an ended stage
 
 
-def _user(session) -> int:  # type: ignore[no-untyped-def]
+def _user(session) -> int:
     from fivesafes_tes.auth.tables import User
 
     user = session.scalar(select(User).where(User.username == "prop"))
@@ -486,7 +495,7 @@ def test_siblings_reporting_at_once_leave_the_parent_in_the_right_state(database
 
 
 @pytest.fixture
-def releasing(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
+def releasing(database_url, tmp_path, s3_endpoint):
     from tests.conftest import Gateway, results_store_settings
 
     bucket = s3_endpoint.store()
@@ -495,7 +504,7 @@ def releasing(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-d
     gw.close()
 
 
-def upload(gateway, child_id, data, *, sha256=None, headers=None, name="/outputs/counts.csv"):  # type: ignore[no-untyped-def]
+def upload(gateway, child_id, data, *, sha256=None, headers=None, name="/outputs/counts.csv"):
     return gateway.client.put(
         f"{AGENT}/children/{child_id}/files",
         params={
@@ -513,7 +522,7 @@ def approved(name: str, data: bytes) -> dict:
     return {"name": name, "kind": "output", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
-def approve(gateway, child_id, files: dict[str, bytes], tre="uk-tre"):  # type: ignore[no-untyped-def]
+def approve(gateway, child_id, files: dict[str, bytes], tre="uk-tre"):
     """Record the child's approvals, as an agent does before uploading (name -> content)."""
     return gateway.client.put(
         f"{AGENT}/children/{child_id}/approvals",
@@ -547,9 +556,11 @@ def test_the_gateway_keeps_a_released_file_only_from_its_tre_in_review_and_intac
     assert alerts == 1
 
     first = upload(gateway, child, data)
-    assert first.status_code == 200 and first.json()["stored"] is True
+    assert first.status_code == 200
+    assert first.json()["stored"] is True
     again = upload(gateway, child, data)  # a retried upload: kept once
-    assert again.status_code == 200 and again.json()["stored"] is False
+    assert again.status_code == 200
+    assert again.json()["stored"] is False
     assert (
         upload(gateway, child, b"region,n_patients\nnorth,3\n").status_code == 403
     )  # same name, other bytes: not what was approved
@@ -558,7 +569,7 @@ def test_the_gateway_keeps_a_released_file_only_from_its_tre_in_review_and_intac
     assert stages(gateway, task_id) == {"uk-tre": "awaiting_review"}
 
 
-def _in_review(gateway) -> str:  # type: ignore[no-untyped-def]
+def _in_review(gateway) -> str:
     submit(gateway, tres="uk-tre")
     child = lease(gateway)["leases"][0]["child_id"]
     for seq, stage in enumerate(("staging", "running", "checking", "awaiting_review"), start=1):
@@ -566,7 +577,7 @@ def _in_review(gateway) -> str:  # type: ignore[no-untyped-def]
     return child
 
 
-def _audited(gateway, action):  # type: ignore[no-untyped-def]
+def _audited(gateway, action):
     with gateway.db.read() as session:
         return list(
             session.scalars(select(AuditRecord).where(AuditRecord.action == action).order_by(AuditRecord.seq))
@@ -578,7 +589,8 @@ def test_an_upload_outside_the_recorded_approvals_is_refused_audited_and_not_sto
     child = _in_review(gateway)
     counts, extract = b"region,n\nnorth,120\n", b"person_id\n1001\n"
     nothing_yet = upload(gateway, child, counts)
-    assert nothing_yet.status_code == 403 and "no approvals were recorded" in nothing_yet.json()["detail"]
+    assert nothing_yet.status_code == 403
+    assert "no approvals were recorded" in nothing_yet.json()["detail"]
     assert approve(gateway, child, {"/outputs/counts.csv": counts}).status_code == 200
     refused = [
         upload(gateway, child, extract, name="/outputs/extract.csv"),  # never approved
@@ -620,7 +632,8 @@ def test_approvals_are_recorded_once_by_the_childs_own_tre_and_never_change(rele
         {**files, "/outputs/notes.txt": b"three regions\n"},  # the same names, other bytes
     ):
         changed = approve(gateway, child, other)
-        assert changed.status_code == 409 and "never change" in changed.json()["detail"]
+        assert changed.status_code == 409
+        assert "never change" in changed.json()["detail"]
     assert len(_audited(gateway, "release.approvals")) == 1
     with gateway.db.read() as session:
         assert {(a.name, a.sha256) for a in results.approvals_of(session, child)} == {
@@ -651,13 +664,15 @@ def test_a_name_that_could_escape_or_does_not_fit_its_kind_gets_400(releasing, n
     recorded = gateway.client.put(
         f"{AGENT}/children/{child}/approvals", json={"files": [body]}, headers=agent_headers(gateway)
     )
-    assert recorded.status_code == 400 and recorded.json()["detail"].startswith("name: "), recorded.text
+    assert recorded.status_code == 400, recorded.text
+    assert recorded.json()["detail"].startswith("name: "), recorded.text
     uploaded = gateway.client.put(
         f"{AGENT}/children/{child}/files", params=body, content=data, headers=agent_headers(gateway)
     )
     # A NUL in the query is refused for the whole URL, before the route reads the name.
     expected = "the URL holds a NUL character" if "\x00" in name else "name: "
-    assert uploaded.status_code == 400 and uploaded.json()["detail"].startswith(expected), uploaded.text
+    assert uploaded.status_code == 400, uploaded.text
+    assert uploaded.json()["detail"].startswith(expected), uploaded.text
     assert list(bucket.list("")) == []
 
 
@@ -666,7 +681,7 @@ def test_a_child_ends_only_with_a_disclosure_record_approving_exactly_the_record
     child = _in_review(gateway)
     files = {"/outputs/counts.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt": b"two regions\n"}
 
-    def disclosure(approved_names):  # type: ignore[no-untyped-def]
+    def disclosure(approved_names):
         return {
             "disclosure": {
                 "files": [
@@ -686,10 +701,12 @@ def test_a_child_ends_only_with_a_disclosure_record_approving_exactly_the_record
     assert approve(gateway, child, {"/outputs/counts.csv": files["/outputs/counts.csv"]}).status_code == 200
     assert upload(gateway, child, files["/outputs/counts.csv"], name="/outputs/counts.csv").status_code == 200
     more = event(gateway, child, 1, 5, "released", report=disclosure(set(files)))
-    assert more.status_code == 409 and "must be the same" in more.json()["detail"]
+    assert more.status_code == 409
+    assert "must be the same" in more.json()["detail"]
     assert event(gateway, child, 1, 5, "withheld", report=disclosure(set())).status_code == 409
     ended = event(gateway, child, 1, 5, "partially_released", report=disclosure({"/outputs/counts.csv"}))
-    assert ended.status_code == 200 and ended.json()["stage"] == "partially_released"
+    assert ended.status_code == 200
+    assert ended.json()["stage"] == "partially_released"
 
 
 def test_an_approved_file_that_never_arrived_holds_the_release(releasing):
@@ -709,7 +726,8 @@ def test_an_approved_file_that_never_arrived_holds_the_release(releasing):
         }
     }
     missing = event(gateway, child, 1, 5, "released", report=report)
-    assert missing.status_code == 409 and "has not arrived intact" in missing.json()["detail"]
+    assert missing.status_code == 409
+    assert "has not arrived intact" in missing.json()["detail"]
     assert upload(gateway, child, data).status_code == 200
     assert event(gateway, child, 1, 5, "released", report=report).status_code == 200
 
@@ -720,7 +738,7 @@ def test_an_idle_long_poll_opens_no_write_transaction(gateway, monkeypatch):
     db = app_context(gateway.app).db
     real, writes = db.write, []
 
-    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted(*args, **kwargs):
         writes.append(1)
         return real(*args, **kwargs)
 
@@ -750,7 +768,8 @@ def test_the_gateway_shows_nothing_run_derived_that_an_agent_sends_before_a_rele
         assert event(gateway, child, 1, seq, stage, **extra).status_code == 200
     held = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers())
     log = held.json()["logs"][0]
-    assert log["logs"] == [] and log["system_logs"] == [
+    assert log["logs"] == []
+    assert log["system_logs"] == [
         "uk-tre approved project alpha and user alice",
         "uk-tre: outputs are held in the TRE's airlock for review by its output checkers",
     ]
@@ -773,7 +792,10 @@ def test_the_gateway_shows_nothing_run_derived_that_an_agent_sends_before_a_rele
     full = gateway.client.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers())
     results = gateway.client.get(f"/api/v1/tasks/{task_id}/results", headers=gateway.headers())
     for body in (full.text, results.text):
-        assert secret not in body and "112" not in body and "4096" not in body and "file(s)" not in body
+        assert secret not in body
+        assert "112" not in body
+        assert "4096" not in body
+        assert "file(s)" not in body
     assert full.json()["logs"][0]["logs"] == []
     assert full.json()["logs"][0]["system_logs"][-1] == (
         "uk-tre: the output checkers withheld every output; their reasons: record-level data"

@@ -35,7 +35,8 @@ def test_an_agent_whose_tasks_could_never_mount_their_work_refuses_to_start(tmp_
     policy = TrePolicy(datasets={"omop": Dataset(path=Path("/etc/omop")), "ok": Dataset(path=tmp_path)})
     problems = unmountable(settings, policy)
     assert len(problems) == 2
-    assert problems[0].startswith("FIVESAFES_AGENT_DATA_DIR: host path '/root/") and "/root" in problems[0]
+    assert problems[0].startswith("FIVESAFES_AGENT_DATA_DIR: host path '/root/")
+    assert "/root" in problems[0]
     assert problems[1].startswith("dataset omop: host path '/etc/omop'")
 
     agent = Agent(
@@ -75,9 +76,11 @@ def test_the_agent_command_says_in_one_line_why_it_cannot_start(tmp_path: Path) 
     policy.write_text("datasets: {omop: {path: /root/omop}}\n")
     with pytest.warns(UserWarning, match="NOT SANDBOXED"):
         result = CliRunner().invoke(app, ["agent"], env={**env, "FIVESAFES_AGENT_POLICY_FILE": str(policy)})
-    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
     expected = (
-        "Cannot start: dataset omop: host path '/root/omop' may not be mounted into a task: it is (under) one "
+        "Cannot start: dataset omop: host path '/root/omop' may not be mounted into a task: it is (under) "
+        "one "
         f"of {', '.join(POLICY.forbidden_sources)} or /"
     )
     assert result.output.strip().splitlines() == [expected]

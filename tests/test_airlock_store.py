@@ -81,10 +81,13 @@ def test_file_round_trip_records_and_verifies_sha256(
 
     assert (stored.key, stored.size, stored.sha256) == ("a/in.bin", len(data), sha(data))
     head = s3_store.head("a/in.bin")
-    assert head is not None and head.sha256 == sha(data) and head.size == len(data)
+    assert head is not None
+    assert head.sha256 == sha(data)
+    assert head.size == len(data)
     fetched = s3_store.get_to_file("a/in.bin", tmp_path / "out.bin", expect_sha256=sha(data))
     assert (tmp_path / "out.bin").read_bytes() == data
-    assert fetched.sha256 == sha(data) and fetched.size == len(data)
+    assert fetched.sha256 == sha(data)
+    assert fetched.size == len(data)
     assert leftovers(tmp_path) == []
 
 
@@ -97,9 +100,12 @@ def test_large_file_goes_multipart_and_round_trips(
     stored = s3_store.put_file("big.bin", source)
 
     assert stored.etag.endswith("-2")  # 20 MB in 16 MiB parts
-    assert stored.sha256 == sha(data) and stored.size == len(data)
+    assert stored.sha256 == sha(data)
+    assert stored.size == len(data)
     head = s3_store.head("big.bin")
-    assert head is not None and head.sha256 == sha(data) and head.etag == stored.etag
+    assert head is not None
+    assert head.sha256 == sha(data)
+    assert head.etag == stored.etag
     s3_store.get_to_file("big.bin", tmp_path / "back.bin", expect_sha256=sha(data))
     assert sha((tmp_path / "back.bin").read_bytes()) == sha(data)
     assert open_uploads(s3_endpoint, s3_store) == []
@@ -114,7 +120,8 @@ def test_small_parts_and_known_hash(s3_endpoint: S3Endpoint, tmp_path: Path) -> 
 
     stored = store.put_file("big.bin", source, sha256=sha(data).upper())
 
-    assert stored.etag.endswith("-5") and stored.sha256 == sha(data)
+    assert stored.etag.endswith("-5")
+    assert stored.sha256 == sha(data)
     store.get_to_file("big.bin", tmp_path / "back.bin", expect_sha256=sha(data))
     assert (tmp_path / "back.bin").read_bytes() == data
 
@@ -142,7 +149,7 @@ def test_put_bytes_list_delete(s3_store: ObjectStore) -> None:
     s3_store.delete("p/a")  # deleting a missing key is fine
     assert s3_store.delete_prefix("p/") == 1
     assert [o.key for o in s3_store.list()] == ["q/d"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="end with '/'"):
         s3_store.delete_prefix("q")  # would also match "q-other/..."
 
 
@@ -152,7 +159,8 @@ def test_missing_key(s3_store: ObjectStore, tmp_path: Path) -> None:
         s3_store.get_to_file("nope", tmp_path / "x", expect_sha256="0" * 64)
     with pytest.raises(ObjectMissing):
         s3_store.get_bytes("nope")
-    assert not (tmp_path / "x").exists() and leftovers(tmp_path) == []
+    assert not (tmp_path / "x").exists()
+    assert leftovers(tmp_path) == []
 
 
 # --- integrity ----------------------------------------------------------------------------------
@@ -175,8 +183,10 @@ def test_object_changed_behind_our_back_is_caught(s3_endpoint: S3Endpoint, tmp_p
 
     with pytest.raises(ChecksumMismatch) as caught:
         airlock.get_to_file("held/c1/outputs/out.csv", tmp_path / "fetched.csv", expect_sha256=recorded)
-    assert caught.value.expected == recorded and caught.value.actual == sha(bytes(forged))
-    assert not (tmp_path / "fetched.csv").exists() and leftovers(tmp_path) == []
+    assert caught.value.expected == recorded
+    assert caught.value.actual == sha(bytes(forged))
+    assert not (tmp_path / "fetched.csv").exists()
+    assert leftovers(tmp_path) == []
 
     with pytest.raises(ChecksumMismatch) as caught:
         results.copy_verified(airlock, "held/c1/outputs/out.csv", "released/c1/out.csv", recorded)
@@ -193,7 +203,9 @@ def test_copy_verified_is_idempotent_and_never_overwrites(s3_endpoint: S3Endpoin
     first = results.copy_verified(airlock, held.key, "released/c1/big.bin", held.sha256 or "")
     again = results.copy_verified(airlock, held.key, "released/c1/big.bin", held.sha256 or "")
 
-    assert first == again and first.sha256 == sha(data) and first.size == len(data)
+    assert first == again
+    assert first.sha256 == sha(data)
+    assert first.size == len(data)
     results.get_to_file("released/c1/big.bin", tmp_path / "released.bin", expect_sha256=sha(data))
     assert airlock.head(held.key) is not None  # the source is left for the caller to remove
     results.put_bytes("released/c1/other", b"something else")
@@ -332,8 +344,11 @@ def test_safe_key_never_escapes(parts: list[str]) -> None:
     except UnsafeKey:
         return
     segments = key.split("/")
-    assert "" not in segments and ".." not in segments and "." not in segments
-    assert not key.startswith("/") and "\\" not in key
+    assert "" not in segments
+    assert ".." not in segments
+    assert "." not in segments
+    assert not key.startswith("/")
+    assert "\\" not in key
     assert not any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for ch in key)
     assert len(key.encode()) <= 1024
     assert posixpath.normpath(posixpath.join("/base", key)).startswith("/base/")
@@ -394,7 +409,9 @@ def test_hold_outputs_twice_gives_the_same_manifest(
     )
     for held in first.files:
         head = s3_store.head(held_key("c1", held.key))
-        assert head is not None and head.sha256 == held.sha256 and head.size == held.size
+        assert head is not None
+        assert head.sha256 == held.sha256
+        assert head.size == held.size
 
 
 def test_hold_resumes_after_a_crash(
@@ -472,7 +489,8 @@ def test_hold_attempts(s3_store: ObjectStore, task_files: dict[HeldKey, Path], t
 
     newer = hold_outputs(s3_store, "c1", 3, changed)
 
-    assert newer.attempt == 3 and [f.key for f in newer.files] == [TABLE]
+    assert newer.attempt == 3
+    assert [f.key for f in newer.files] == [TABLE]
     assert keys_in(s3_store) == ["held/c1/manifest.json", "held/c1/outputs/outputs/results/table.csv"]
     assert s3_store.get_bytes(held_key("c1", TABLE), expect_sha256=newer.files[0].sha256) == b"a,b\n3,4\n"
 
@@ -595,4 +613,5 @@ def test_no_secret_in_logs_or_errors(
     assert any(r.name.startswith("fivesafes_tes.egress") for r in caplog.records)
     assert secret not in text
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("fivesafes_tes"))
-    assert "Signature=" not in ours and "X-Amz-Signature" not in ours
+    assert "Signature=" not in ours
+    assert "X-Amz-Signature" not in ours

@@ -101,14 +101,19 @@ def test_appended_records_link_and_verify(database: Database) -> None:
 
 def test_a_long_chain_verifies_across_batches(chained: Database) -> None:
     report = _verify(chained)
-    assert report.ok and report.records == N
+    assert report.ok
+    assert report.records == N
     assert report.head == Checkpoint(N, _row(chained, N)["hash"])
 
 
 def test_record_rolls_back_with_the_callers_transaction(database: Database) -> None:
-    with pytest.raises(RuntimeError), database.write() as session:
-        record(session, actor="alice", action="task.submit", object="task/1", outcome="ok")
-        raise RuntimeError("the event itself failed")
+    def fail_after_recording() -> None:
+        with database.write() as session:
+            record(session, actor="alice", action="task.submit", object="task/1", outcome="ok")
+            raise RuntimeError("the event itself failed")
+
+    with pytest.raises(RuntimeError, match="the event itself failed"):
+        fail_after_recording()
 
     assert _verify(database).records == 0
     with database.write() as session:
@@ -129,7 +134,7 @@ def test_a_session_holding_a_stale_head_sees_appends_made_elsewhere(database: Da
 
 
 def test_detail_that_cannot_be_stored_exactly_is_refused(database: Database) -> None:
-    with pytest.raises(ValueError), database.write() as session:
+    with pytest.raises(ValueError, match="not JSON compliant"), database.write() as session:
         record(session, actor="a", action="x", object="o", outcome="ok", detail={"score": float("nan")})
 
 
@@ -203,7 +208,8 @@ def test_deleted_head_is_found(chained: Database) -> None:
 
 
 def test_cut_tail_with_rewound_head_needs_an_anchor(chained: Database) -> None:
-    """The limit of an unkeyed chain: a consistent rewrite passes unless checked against a copy kept elsewhere."""
+    """The limit of an unkeyed chain: a consistent rewrite passes unless checked against a copy kept
+    elsewhere."""
     kept = _verify(chained).head
     before = Checkpoint(N - 1, _row(chained, N - 1)["hash"])
     _sql(
@@ -285,5 +291,7 @@ def test_concurrent_appends_form_one_contiguous_chain(database: Database) -> Non
     assert seqs == list(range(1, threads * each + 1))
     assert per_actor == {f"worker-{w}": each for w in range(threads)}
     report = _verify(database)
-    assert report.ok and report.records == threads * each
-    assert report.head is not None and report.head.seq == threads * each
+    assert report.ok
+    assert report.records == threads * each
+    assert report.head is not None
+    assert report.head.seq == threads * each

@@ -232,7 +232,8 @@ def test_refused(case: str, issuer: DevIssuer, validator: TokenValidator) -> Non
         validator.validate(token)
     assert reason is None or caught.value.reason == reason
     if len(token) > 20:
-        assert token not in str(caught.value) and token[-20:] not in repr(caught.value)
+        assert token not in str(caught.value)
+        assert token[-20:] not in repr(caught.value)
 
 
 def test_hs256_refused_even_if_allowed_by_mistake(issuer: DevIssuer) -> None:
@@ -240,7 +241,7 @@ def test_hs256_refused_even_if_allowed_by_mistake(issuer: DevIssuer) -> None:
         TokenValidator(ISSUER, AUDIENCE, StaticJwks(issuer.jwks()), ["RS256", "HS256"])
     with pytest.raises(ValueError, match="none"):
         TokenValidator(ISSUER, AUDIENCE, StaticJwks(issuer.jwks()), ["none"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot be used with a public JWKS"):
         TokenValidator(ISSUER, AUDIENCE, StaticJwks(issuer.jwks()), [])
 
 
@@ -482,7 +483,8 @@ def test_dev_issuers_starting_together_agree_on_one_key(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(kids) == 8 and len(set(kids)) == 1
+    assert len(kids) == 8
+    assert len(set(kids)) == 1
     assert [p.name for p in directory.iterdir()] == ["signing-key.pem"]
 
 
@@ -502,7 +504,9 @@ def test_dev_issuer_documents(issuer: DevIssuer) -> None:
     assert config["jwks_uri"] == ISSUER + "/jwks.json"
     assert config["id_token_signing_alg_values_supported"] == ["RS256"]
     (key,) = issuer.jwks()["keys"]
-    assert key["kid"] == issuer.kid and key["alg"] == "RS256" and key["use"] == "sig"
+    assert key["kid"] == issuer.kid
+    assert key["alg"] == "RS256"
+    assert key["use"] == "sig"
     assert not {"d", "p", "q", "dp", "dq", "qi"} & key.keys(), "no private material published"
 
 
@@ -510,9 +514,14 @@ def test_issued_token_claims(issuer: DevIssuer) -> None:
     token = issuer.issue("carol", ["tre-agent"], audience=AUDIENCE, ttl_s=60, tre="tre-b")
     assert jwt.get_unverified_header(token) == {"alg": "RS256", "kid": issuer.kid, "typ": "JWT"}
     payload = jwt.decode(token, options={"verify_signature": False})
-    assert payload["iss"] == ISSUER and payload["sub"] == "carol" and payload["preferred_username"] == "carol"
-    assert payload["exp"] - payload["iat"] == 60 and payload["nbf"] == payload["iat"]
-    assert payload["roles"] == ["tre-agent"] and payload["tre"] == "tre-b" and payload["jti"]
+    assert payload["iss"] == ISSUER
+    assert payload["sub"] == "carol"
+    assert payload["preferred_username"] == "carol"
+    assert payload["exp"] - payload["iat"] == 60
+    assert payload["nbf"] == payload["iat"]
+    assert payload["roles"] == ["tre-agent"]
+    assert payload["tre"] == "tre-b"
+    assert payload["jti"]
     assert "email" not in payload
 
 
@@ -617,7 +626,8 @@ def test_concurrent_first_use_creates_one_user(database: Database) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len(ids) == 10 and len(set(ids)) == 1
+    assert len(ids) == 10
+    assert len(set(ids)) == 1
     assert _user_count(database) == 1
 
 
@@ -643,7 +653,8 @@ def test_authenticate_uses_cache_on_the_hot_path(
     assert authenticate(database, validator, promoted, cache).user_id == principal.user_id
     with database.read() as session:
         user = session.get(User, principal.user_id)
-        assert user is not None and user.roles == ["tre-admin", "tre-agent"]
+        assert user is not None
+        assert user.roles == ["tre-admin", "tre-agent"]
 
     with pytest.raises(AuthError):
         authenticate(database, validator, token[:-5], cache)
@@ -657,7 +668,10 @@ def test_user_cache_expires_and_evicts() -> None:
     cache.put(bob, 2)
     assert cache.get(alice) == 1
     cache.put(carol, 3)  # evicts bob, the least recently used
-    assert cache.get(bob) is None and cache.get(alice) == 1 and cache.get(carol) == 3
+    assert cache.get(bob) is None
+    assert cache.get(alice) == 1
+    assert cache.get(carol) == 3
     assert cache.get(_claims_for("alice", roles=("tre-admin",))) is None, "role change misses"
     clock.now += 61
-    assert cache.get(alice) is None and len(cache) == 1
+    assert cache.get(alice) is None
+    assert len(cache) == 1

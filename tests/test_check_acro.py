@@ -50,7 +50,8 @@ ANALYSIS = textwrap.dedent(
         handle.write("Counts by year and grant type; see the tables.\\n")
     acro.custom_output("method.txt", "how the tables were made")            # output_4: custom, review
     pd.DataFrame({"id": [1, 2]}).to_csv("extract-DONT_RELEASE.csv", index=False)
-    acro.custom_output("extract-DONT_RELEASE.csv", "for my own checking")   # output_5: custom, named not to release
+    # output_5: custom, named not to release
+    acro.custom_output("extract-DONT_RELEASE.csv", "for my own checking")
     acro.add_exception("output_0", "grant type D is a national scheme; its counts are published")
     acro.finalise("acro_out", "json")
     """
@@ -117,9 +118,8 @@ def test_what_acro_really_writes(acro_folder):
     }
     assert records["output_0"]["exception"].startswith("grant type D")
     assert records["output_0"]["files"][0]["sdc"]["cells"]["MinimumThresholdCheck"]
-    assert (acro_folder / "config.json").exists() and (
-        acro_folder / "checksums" / "results.json.txt"
-    ).exists()
+    assert (acro_folder / "config.json").exists()
+    assert (acro_folder / "checksums" / "results.json.txt").exists()
 
 
 def test_each_output_gets_acros_status(folder):
@@ -131,10 +131,10 @@ def test_each_output_gets_acros_status(folder):
     assert [verdicts[f"output_3_{i}.csv"] for i in range(3)] == [Verdict.PASS] * 3
     assert verdicts["method.txt"] is Verdict.REVIEW
     assert verdicts["extract-DONT_RELEASE.csv"] is Verdict.FAIL
-    assert (
-        verdicts["session_summary.json"] is Verdict.FAIL and verdicts["session_summary.csv"] is Verdict.FAIL
-    )
-    assert verdicts["results.json"] is Verdict.REVIEW and verdicts["config.json"] is Verdict.REVIEW
+    assert verdicts["session_summary.json"] is Verdict.FAIL
+    assert verdicts["session_summary.csv"] is Verdict.FAIL
+    assert verdicts["results.json"] is Verdict.REVIEW
+    assert verdicts["config.json"] is Verdict.REVIEW
     checksums = {n: v for n, v in verdicts.items() if n.startswith("checksums/")}
     assert checksums.pop("checksums/extract-DONT_RELEASE.csv.txt") is Verdict.FAIL  # the name says so
     assert set(checksums.values()) == {Verdict.PASS}
@@ -164,23 +164,25 @@ def test_flagged_cells_name_row_column_check_and_threshold(folder):
     assert {(str(c.message.split("row '")[1].split("'")[0]), c.column) for c in cells} == flagged
     header = (folder / "output_1_0.csv").read_text().splitlines()[0].split(",")
     for cell in cells:
-        assert cell.verdict is Verdict.FAIL and cell.threshold == "safe_threshold=10"
-        assert cell.column in header and cell.row in (1, 2)
+        assert cell.verdict is Verdict.FAIL
+        assert cell.threshold == "safe_threshold=10"
+        assert cell.column in header
+        assert cell.row in (1, 2)
         assert cell.message.startswith("acro v1: /outputs/acro/output_1_0.csv: ACRO MinimumThresholdCheck")
     dominance = [f for f in results["output_1_0.csv"].findings if "NKCheck flagged" in f.message]
-    assert dominance and dominance[0].threshold == "safe_nk_n=2, safe_nk_k=0.9"
+    assert dominance
+    assert dominance[0].threshold == "safe_nk_n=2, safe_nk_k=0.9"
     capped = judge_all(held_tree(folder), max_cell_findings=1)["output_1_0.csv"]
-    assert (
-        "ACRO flagged" in capped.findings[-1].message
-        and capped.findings[-1].threshold == "max_cell_findings=1"
-    )
+    assert "ACRO flagged" in capped.findings[-1].message
+    assert capped.findings[-1].threshold == "max_cell_findings=1"
 
 
 def test_a_file_acro_never_saw_needs_review_or_fails(folder):
     (folder / "extra_table.csv").write_text("a,b\n1,2\n")
     assert judge_all(held_tree(folder))["extra_table.csv"].verdict is Verdict.REVIEW
     result = judge_all(held_tree(folder), unlisted="fail")["extra_table.csv"]
-    assert result.verdict is Verdict.FAIL and "does not list it: ACRO never checked it" in messages(result)
+    assert result.verdict is Verdict.FAIL
+    assert "does not list it: ACRO never checked it" in messages(result)
 
 
 def test_a_file_changed_after_acro_checked_it(folder):
@@ -211,7 +213,8 @@ def test_acros_passes_need_review_when_its_thresholds_were_weaker_or_unknown(fol
 
 def test_acros_own_files_may_pass_by_config(folder):
     results = judge_all(held_tree(folder), metadata="pass")
-    assert results["results.json"].verdict is Verdict.PASS and results["config.json"].verdict is Verdict.PASS
+    assert results["results.json"].verdict is Verdict.PASS
+    assert results["config.json"].verdict is Verdict.PASS
 
 
 def test_a_listed_output_that_was_not_held_is_reported(folder):
@@ -253,10 +256,8 @@ def test_an_unknown_acro_status_fails(folder):
     data["results"]["output_2"]["status"] = "probably fine"
     results_json.write_text(json.dumps(data))
     result = judge_all(held_tree(folder))["output_2_0.csv"]
-    assert (
-        result.verdict is Verdict.FAIL
-        and "has status 'probably fine', not pass, review or fail" in messages(result)
-    )
+    assert result.verdict is Verdict.FAIL
+    assert "has status 'probably fine', not pass, review or fail" in messages(result)
 
 
 def test_outside_an_acro_folder_the_rule_has_nothing_to_say_except_dont_release(tmp_path, folder):
@@ -288,4 +289,5 @@ def test_through_the_runner_the_worst_rule_wins(folder):
         for r in reports
         if any(f.never_release for result in r.results for f in result.findings)
     }
-    assert "extract-DONT_RELEASE.csv" in never and "output_1_0.csv" not in never
+    assert "extract-DONT_RELEASE.csv" in never
+    assert "output_1_0.csv" not in never

@@ -23,7 +23,8 @@ def judge(path: Path, name: str | None = None, **overrides: object):
     cfg = ChecksConfig.model_validate({"file_type": overrides}).rule_config("file_type")
     file = held(path, name)
     result = FileTypeRule().check(file, cfg, CheckContext(files=(file,)))
-    assert result.rule == "file_type" and result.version == "1"
+    assert result.rule == "file_type"
+    assert result.version == "1"
     return result
 
 
@@ -124,7 +125,9 @@ def test_binary_files_are_known_by_their_magic(files, key, media_type, verdict):
     result = judge(files[key])
     assert result.verdict is verdict
     [finding] = result.findings
-    assert finding.verdict is verdict and media_type in finding.message and files[key].name in finding.message
+    assert finding.verdict is verdict
+    assert media_type in finding.message
+    assert files[key].name in finding.message
     assert finding.message.startswith("file_type v1: /outputs/")
     if verdict is Verdict.FAIL:
         assert "export results as one of text/plain" in finding.message
@@ -142,7 +145,8 @@ def test_real_jpeg_and_xlsx_need_review(tmp_path):
     workbook.save(tmp_path / "counts.xlsx")
     for name, media_type in (("photo.jpg", "image/jpeg"), ("counts.xlsx", "spreadsheetml.sheet")):
         result = judge(tmp_path / name)
-        assert result.verdict is Verdict.REVIEW and media_type in result.findings[0].message
+        assert result.verdict is Verdict.REVIEW
+        assert media_type in result.findings[0].message
         assert len(result.findings) == 1  # the extension agrees
 
 
@@ -152,8 +156,9 @@ def test_parquet_is_record_level_data_unless_the_tre_allows_it(tmp_path):
 
     pq.write_table(pa.table({"person_id": [1, 2, 3], "age": [40, 51, 62]}), tmp_path / "cohort.parquet")
     result = judge(tmp_path / "cohort.parquet")
-    assert result.verdict is Verdict.FAIL and "Parquet table" in result.findings[0].message
-    allowed = ChecksConfig().file_type.allowed_types + ["application/vnd.apache.parquet"]
+    assert result.verdict is Verdict.FAIL
+    assert "Parquet table" in result.findings[0].message
+    allowed = [*ChecksConfig().file_type.allowed_types, "application/vnd.apache.parquet"]
     assert judge(tmp_path / "cohort.parquet", allowed_types=allowed).verdict is Verdict.PASS
 
 
@@ -218,7 +223,8 @@ def test_text_the_other_rules_cannot_read_fails_with_where_and_the_fix(tmp_path,
 def test_markup_is_not_let_out_by_default(tmp_path, content, media_type):
     path = write(tmp_path, "page.txt", content)
     result = judge(path)
-    assert detect_type(path).media_type == media_type and result.verdict is Verdict.FAIL
+    assert detect_type(path).media_type == media_type
+    assert result.verdict is Verdict.FAIL
 
 
 def test_a_name_that_lies_about_the_content(files, tmp_path):
@@ -236,21 +242,21 @@ def test_a_name_that_lies_about_the_content(files, tmp_path):
 
     shutil.copy(files["elf"], tmp_path / "results.txt")
     elf = judge(tmp_path / "results.txt")
-    assert elf.verdict is Verdict.FAIL and len(elf.findings) == 2
+    assert elf.verdict is Verdict.FAIL
+    assert len(elf.findings) == 2
 
     not_json = write(tmp_path, "model.json", "a,b\n1,2\n")
     result = judge(not_json)
-    assert (
-        result.verdict is Verdict.REVIEW
-        and "the extension .json says application/json" in result.findings[1].message
-    )
+    assert result.verdict is Verdict.REVIEW
+    assert "the extension .json says application/json" in result.findings[1].message
 
 
 def test_names_without_a_known_extension_are_judged_by_content_alone(tmp_path, files):
     assert judge(write(tmp_path, "Rplots", "a,b\n1,2\n")).findings[0].verdict is Verdict.PASS
     shutil.copy(files["gzip"], tmp_path / "model.rds")
     result = judge(tmp_path / "model.rds")
-    assert result.verdict is Verdict.FAIL and len(result.findings) == 1
+    assert result.verdict is Verdict.FAIL
+    assert len(result.findings) == 1
 
 
 def test_size_limit_and_empty_files(tmp_path):
@@ -262,7 +268,8 @@ def test_size_limit_and_empty_files(tmp_path):
     assert f"is {path.stat().st_size} bytes, over this TRE's limit of 1000 bytes" in finding.message
     assert judge(path).verdict is Verdict.PASS
     empty = judge(write(tmp_path, "empty.csv", b""))
-    assert empty.verdict is Verdict.PASS and empty.findings[0].message.endswith("is empty")
+    assert empty.verdict is Verdict.PASS
+    assert empty.findings[0].message.endswith("is empty")
 
 
 def test_captured_output_must_be_text(tmp_path, files):

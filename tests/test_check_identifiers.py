@@ -35,12 +35,12 @@ NHS = "943 476 5919"  # the NHS's own example of a valid number
 NRIC = "S1234567D"
 
 
-
 def judge(path: Path, name: str | None = None, **config: object) -> RuleResult:
     section = ChecksConfig.model_validate({"identifiers": config}).rule_config("identifiers")
     file = held(path, name)
     result = IdentifiersRule().check(file, section, CheckContext(files=(file,)))
-    assert result.rule == "identifiers" and result.version == "2"
+    assert result.rule == "identifiers"
+    assert result.version == "2"
     return result
 
 
@@ -130,7 +130,8 @@ def test_lookalikes_are_not_identifiers(tmp_path: Path) -> None:
     )
     result = log(tmp_path, text)
     assert hits(result) == []
-    assert result.verdict is Verdict.PASS and "11 lines" in result.findings[0].message
+    assert result.verdict is Verdict.PASS
+    assert "11 lines" in result.findings[0].message
 
 
 def test_a_birth_word_must_be_near_the_date(tmp_path: Path) -> None:
@@ -142,17 +143,28 @@ def test_a_birth_word_must_be_near_the_date(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "label"),
     [
-        ("B33 8TH", "full UK postcode"), ("EC1A 1BB", "full UK postcode"), ("M1 1AE", "full UK postcode"),
-        ("CR2 6XH", "full UK postcode"), ("DN55 1PT", "full UK postcode"), ("W1A0AX", "full UK postcode"),
-        ("(020) 7946 0958", "UK phone number"), ("0161 496 0000", "UK phone number"),
-        ("+44 (0) 7700 900123", "UK phone number"), ("0044 20 7946 0958", "UK phone number"),
-        ("07700900123", "UK phone number"), ("+6561234567", "Singapore phone number"),
-        ("0065 8123-4567", "Singapore phone number"), ("first.last+tag@mail.example.co.uk", "email address"),
-        ("DOB 1980/03/12", "full date of birth"), ("born 3rd Mar. 1975", "full date of birth"),
-        ("date_of_birth=March 12, 1980", "full date of birth"), ("BirthDate: 12.03.1980", "full date of birth"),
-        ("943-476-5919", "NHS number (valid check digit)"), ("g1234567x", "Singapore NRIC/FIN (valid check letter)"),
+        ("B33 8TH", "full UK postcode"),
+        ("EC1A 1BB", "full UK postcode"),
+        ("M1 1AE", "full UK postcode"),
+        ("CR2 6XH", "full UK postcode"),
+        ("DN55 1PT", "full UK postcode"),
+        ("W1A0AX", "full UK postcode"),
+        ("(020) 7946 0958", "UK phone number"),
+        ("0161 496 0000", "UK phone number"),
+        ("+44 (0) 7700 900123", "UK phone number"),
+        ("0044 20 7946 0958", "UK phone number"),
+        ("07700900123", "UK phone number"),
+        ("+6561234567", "Singapore phone number"),
+        ("0065 8123-4567", "Singapore phone number"),
+        ("first.last+tag@mail.example.co.uk", "email address"),
+        ("DOB 1980/03/12", "full date of birth"),
+        ("born 3rd Mar. 1975", "full date of birth"),
+        ("date_of_birth=March 12, 1980", "full date of birth"),
+        ("BirthDate: 12.03.1980", "full date of birth"),
+        ("943-476-5919", "NHS number (valid check digit)"),
+        ("g1234567x", "Singapore NRIC/FIN (valid check letter)"),
     ],
-)  # fmt: skip
+)
 def test_each_written_form_is_found(tmp_path: Path, text: str, label: str) -> None:
     assert [message for message, *_ in hits(judge_text(tmp_path, f"x: {text};\n"))] == [label]
 
@@ -171,7 +183,8 @@ def test_kinds_can_be_switched_off_and_unknown_kinds_are_refused(tmp_path: Path)
     path.write_text(text)
     file = held(path, "step-0.stdout")
     result = IdentifiersRule().check(file, {"kinds": {"passport": True}}, CheckContext(files=(file,)))
-    assert result.verdict is Verdict.FAIL and "passport" in result.findings[0].message
+    assert result.verdict is Verdict.FAIL
+    assert "passport" in result.findings[0].message
 
 
 def test_allowed_email_domains(tmp_path: Path) -> None:
@@ -333,13 +346,15 @@ def test_birth_date_columns_flag_every_full_date(tmp_path: Path) -> None:
 
 def test_parquet_columns_of_each_type(tmp_path: Path) -> None:
     path = tmp_path / "cohort.parquet"
-    table = pa.table({
-        "note": ["ok", f"nhs {NHS}", None],
-        "nhs": pa.array([9434765919, 9434765918, 123], pa.int64()),
-        "dob": [datetime.date(1980, 3, 12), None, datetime.date(1990, 1, 1)],
-        "tags": [["a"], [], ["b"]],
-        "value": [1.5, 2.5, 3.5],
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "note": ["ok", f"nhs {NHS}", None],
+            "nhs": pa.array([9434765919, 9434765918, 123], pa.int64()),
+            "dob": [datetime.date(1980, 3, 12), None, datetime.date(1990, 1, 1)],
+            "tags": [["a"], [], ["b"]],
+            "value": [1.5, 2.5, 3.5],
+        }
+    )
     pq.write_table(table, path)
     result = judge(path)
     assert hits(result) == [
@@ -373,7 +388,8 @@ def test_clean_tables_pass(tmp_path: Path) -> None:
         "region,year,n,rate\n" + "".join(f"r{i},{2000 + i % 20},{i * 37},{i / 7:.6f}\n" for i in range(5_000))
     )
     result = judge(path)
-    assert result.verdict is Verdict.PASS and "5,000 rows" in result.findings[0].message
+    assert result.verdict is Verdict.PASS
+    assert "5,000 rows" in result.findings[0].message
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -426,10 +442,12 @@ def test_an_nhs_number_between_numeric_fields_is_found_whatever_the_delimiter(
 
 def test_a_parquet_column_of_nhs_numbers_stored_as_floats_or_decimals(tmp_path: Path) -> None:
     path = tmp_path / "ids.parquet"
-    table = pa.table({
-        "nhs": [None, 9434765919.0, 9434765918.0, 9434765919.5],
-        "exact": pa.array([1, 9434765919, 3, 4], pa.decimal128(12, 0)),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "nhs": [None, 9434765919.0, 9434765918.0, 9434765919.5],
+            "exact": pa.array([1, 9434765919, 3, 4], pa.decimal128(12, 0)),
+        }
+    )
     pq.write_table(table, path)
     assert [(column, row, excerpt) for _, column, row, excerpt in hits(judge(path))] == [
         ("nhs", 2, "943*******"),

@@ -36,13 +36,45 @@ CI = settings(
 
 DELIMITERS = [",", "\t", ";", "|"]
 LABELS = [
-    "stage I", "stage II", "stage III", "stage IV", "female", "male", "north east", "0-17", "18-64",
-    "65+", "2019", "2020", "group A", "Q1", "yes", "no", "white", "mixed", "other", "missing", "a", "b",
-]  # fmt: skip
+    "stage I",
+    "stage II",
+    "stage III",
+    "stage IV",
+    "female",
+    "male",
+    "north east",
+    "0-17",
+    "18-64",
+    "65+",
+    "2019",
+    "2020",
+    "group A",
+    "Q1",
+    "yes",
+    "no",
+    "white",
+    "mixed",
+    "other",
+    "missing",
+    "a",
+    "b",
+]
 NHS_LABEL = "NHS number (valid check digit)"
 NRIC_LABEL = "Singapore NRIC/FIN (valid check letter)"
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December"]  # fmt: skip
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 def check(path: Path, name: str, rule: IdentifiersRule | SmallCellRule) -> list[Finding]:
@@ -139,11 +171,17 @@ def postcodes(draw: st.DrawFn) -> Planted:
         draw(st.integers(0, 9)),
     )
     outward = draw(
-        st.sampled_from([
-            f"{area}{digit}", f"{area}{digit}{digit}", f"{area}{second}{digit}", f"{area}{second}{digit}{digit}",
-            f"{area}{digit}{draw(st.sampled_from(_A9A))}", f"{area}{second}{digit}{draw(st.sampled_from(_AA9A))}",
-        ])
-    )  # fmt: skip
+        st.sampled_from(
+            [
+                f"{area}{digit}",
+                f"{area}{digit}{digit}",
+                f"{area}{second}{digit}",
+                f"{area}{second}{digit}{digit}",
+                f"{area}{digit}{draw(st.sampled_from(_A9A))}",
+                f"{area}{second}{digit}{draw(st.sampled_from(_AA9A))}",
+            ]
+        )
+    )
     inward = f"{draw(st.integers(0, 9))}{draw(st.sampled_from(_INWARD))}{draw(st.sampled_from(_INWARD))}"
     text = f"{outward}{draw(st.sampled_from([' ', '']))}{inward}"
     return Planted("full UK postcode", text, text)
@@ -243,7 +281,9 @@ def write_fixed_width(path: Path, rows: list[list[str]], gap: str) -> None:
         return value.rjust(width) if value.lstrip("-").replace(".", "", 1).isdigit() else value.ljust(width)
 
     path.write_text(
-        "".join(gap.join(field(v, w) for v, w in zip(row, widths)).rstrip() + "\n" for row in rows)
+        "".join(
+            gap.join(field(v, w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows
+        )
     )
 
 

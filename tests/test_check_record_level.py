@@ -20,7 +20,8 @@ def judge(path: Path, name: str | None = None, **settings: object) -> RuleResult
     config = ChecksConfig.model_validate({"record_level": settings}).rule_config("record_level")
     file = held(path, name)
     result = RecordLevelRule().check(file, config, CheckContext(files=(file,)))
-    assert result.rule == "record_level" and result.version == "1"
+    assert result.rule == "record_level"
+    assert result.version == "1"
     return result
 
 
@@ -44,11 +45,21 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
 @pytest.mark.parametrize(
     ("name", "key"),
     [
-        ("person_id", True), ("patient", True), ("PatientID", True), ("nhs_number", True), ("SubjectNo", True),
-        ("id", True), ("eid", True), ("n_patients", False), ("patient_age", False), ("region_id", False),
-        ("number", False), ("count", False), ("", False),
+        ("person_id", True),
+        ("patient", True),
+        ("PatientID", True),
+        ("nhs_number", True),
+        ("SubjectNo", True),
+        ("id", True),
+        ("eid", True),
+        ("n_patients", False),
+        ("patient_age", False),
+        ("region_id", False),
+        ("number", False),
+        ("count", False),
+        ("", False),
     ],
-)  # fmt: skip
+)
 def test_key_names(name: str, key: bool) -> None:
     assert _is_key_name(name, set(PERSON_WORDS), set(ID_WORDS)) is key
 
@@ -58,7 +69,8 @@ def test_person_level_csv_fails_naming_the_key(tmp_path: Path) -> None:
     assert result.verdict is Verdict.FAIL
     (finding,) = [f for f in result.findings if f.column == "person_id"]
     assert finding.verdict is Verdict.FAIL
-    assert "500 distinct among 500 values (100%)" in finding.message and finding.threshold
+    assert "500 distinct among 500 values (100%)" in finding.message
+    assert finding.threshold
 
 
 def test_the_key_verdict_can_be_review(tmp_path: Path) -> None:
@@ -96,14 +108,18 @@ def test_min_rows_is_configurable(tmp_path: Path) -> None:
 
 def test_events_with_dates_and_free_text_need_review(tmp_path: Path) -> None:
     rows = [
-        {"event_date": f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}", "note": f"seen at clinic {i * 7919 % 10007}",
-         "ward": "W" + str(i % 4)}
+        {
+            "event_date": f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}",
+            "note": f"seen at clinic {i * 7919 % 10007}",
+            "ward": "W" + str(i % 4),
+        }
         for i in range(300)
-    ]  # fmt: skip
+    ]
     result = judge(write_csv(tmp_path / "events.csv", rows))
     assert result.verdict is Verdict.REVIEW
     (finding,) = result.findings
-    assert "event_date" in finding.message and "note (100% distinct)" in finding.message
+    assert "event_date" in finding.message
+    assert "note (100% distinct)" in finding.message
     assert judge(tmp_path / "events.csv", row_shape="pass").verdict is Verdict.PASS
 
 
@@ -111,7 +127,8 @@ def test_a_long_table_needs_review(tmp_path: Path) -> None:
     rows = [{"year": 2000 + i % 20, "region": f"r{i % 7}", "count": 50 + i % 11} for i in range(1_500)]
     path = write_csv(tmp_path / "long.csv", rows)
     result = judge(path)
-    assert result.verdict is Verdict.REVIEW and "1,500 data rows" in result.findings[0].message
+    assert result.verdict is Verdict.REVIEW
+    assert "1,500 data rows" in result.findings[0].message
     assert judge(path, max_rows=5_000).verdict is Verdict.PASS
     assert judge(path, many_rows="fail").verdict is Verdict.FAIL
 
@@ -133,12 +150,14 @@ def test_parquet_dates_are_typed(tmp_path: Path) -> None:
     path = tmp_path / "events.parquet"
     start = datetime.date(2020, 1, 1)
     pq.write_table(
-        pa.table({
-            "admitted": [start + datetime.timedelta(days=i) for i in range(200)],
-            "diagnosis_text": [f"text {i}" for i in range(200)],
-        }),
+        pa.table(
+            {
+                "admitted": [start + datetime.timedelta(days=i) for i in range(200)],
+                "diagnosis_text": [f"text {i}" for i in range(200)],
+            }
+        ),
         path,
-    )  # fmt: skip
+    )
     assert judge(path).verdict is Verdict.REVIEW
 
 
@@ -165,10 +184,12 @@ def test_not_a_table_passes_and_unreadable_fails(tmp_path: Path) -> None:
     ragged = tmp_path / "t.csv"
     ragged.write_text("a,b\n1,2\n3\n")
     result = judge(ragged)
-    assert result.verdict is Verdict.FAIL and "field" in result.findings[0].message
+    assert result.verdict is Verdict.FAIL
+    assert "field" in result.findings[0].message
 
 
 def test_invalid_settings_fail(tmp_path: Path) -> None:
     file = held(write_csv(tmp_path / "t.csv", person_rows(5)))
     result = RecordLevelRule().check(file, {"max_unique_fraction": 2}, CheckContext(files=(file,)))
-    assert result.verdict is Verdict.FAIL and "max_unique_fraction" in result.findings[0].message
+    assert result.verdict is Verdict.FAIL
+    assert "max_unique_fraction" in result.findings[0].message

@@ -20,7 +20,8 @@ def judge(path: Path, name: str | None = None, **settings: object) -> RuleResult
     config = ChecksConfig.model_validate({"small_cell": settings}).rule_config("small_cell")
     file = held(path, name)
     result = SmallCellRule().check(file, config, CheckContext(files=(file,)))
-    assert result.rule == "small_cell" and result.version == "2"
+    assert result.rule == "small_cell"
+    assert result.version == "2"
     return result
 
 
@@ -40,7 +41,8 @@ AGGREGATE = "region,age_band,n_patients,rate\nNorth,0-17,120,1.5\nNorth,18-64,45
 def test_an_aggregate_table_with_every_count_at_or_above_the_threshold_passes(tmp_path: Path) -> None:
     result = judge(write(tmp_path, "table.csv", AGGREGATE))
     assert result.verdict is Verdict.PASS
-    assert "n_patients" in result.findings[-1].message and "3 rows" in result.findings[-1].message
+    assert "n_patients" in result.findings[-1].message
+    assert "3 rows" in result.findings[-1].message
 
 
 @pytest.mark.parametrize(("value", "verdict"), [(9, Verdict.FAIL), (10, Verdict.PASS), (3, Verdict.FAIL)])
@@ -214,13 +216,15 @@ def test_json_lines(tmp_path: Path) -> None:
 def test_json_that_is_not_records_is_not_a_table(tmp_path: Path) -> None:
     path = write(tmp_path, "summary.json", json.dumps({"counts": {"a": 3}}, indent=2))
     result = judge(path)
-    assert result.verdict is Verdict.PASS and "not a table" in result.findings[0].message
+    assert result.verdict is Verdict.PASS
+    assert "not a table" in result.findings[0].message
 
 
 def test_text_and_logs_are_not_tables(tmp_path: Path) -> None:
     path = write(tmp_path, "step-1.stdout", "count,n\na,3\n")
     result = judge(path, name="step-1.stdout")
-    assert result.verdict is Verdict.PASS and "not a table" in result.findings[0].message
+    assert result.verdict is Verdict.PASS
+    assert "not a table" in result.findings[0].message
 
 
 def test_a_ragged_table_fails_without_quoting_it(tmp_path: Path) -> None:
@@ -229,14 +233,16 @@ def test_a_ragged_table_fails_without_quoting_it(tmp_path: Path) -> None:
     assert result.verdict is Verdict.FAIL
     (finding,) = result.findings
     assert "1 field(s) where the header has 2" in finding.message
-    assert "secret" not in finding.message and "only-one" not in finding.message
+    assert "secret" not in finding.message
+    assert "only-one" not in finding.message
 
 
 def test_damaged_parquet_fails(tmp_path: Path) -> None:
     path = tmp_path / "t.parquet"
     path.write_bytes(b"PAR1 not really")
     result = judge(path)
-    assert result.verdict is Verdict.FAIL and "Parquet" in result.findings[0].message
+    assert result.verdict is Verdict.FAIL
+    assert "Parquet" in result.findings[0].message
 
 
 def test_an_empty_table_passes(tmp_path: Path) -> None:
@@ -264,7 +270,8 @@ def test_a_large_table_is_streamed_and_types_may_change_far_down(tmp_path: Path)
 def test_invalid_settings_fail_with_the_key_named(tmp_path: Path) -> None:
     file = held(write(tmp_path, "t.csv", AGGREGATE))
     result = SmallCellRule().check(file, {"treshold": 5}, CheckContext(files=(file,)))
-    assert result.verdict is Verdict.FAIL and "treshold" in result.findings[0].message
+    assert result.verdict is Verdict.FAIL
+    assert "treshold" in result.findings[0].message
 
 
 def test_the_three_tabular_rules_run_through_the_registry_and_runner(tmp_path: Path) -> None:

@@ -77,8 +77,10 @@ def test_the_gateway_ends_a_child_system_failed_from_every_stage_with_its_fixed_
         f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
     ).json()
     log = doc["logs"][0]
-    assert doc["state"] == "SYSTEM_ERROR" and log["metadata"]["stage"] == "system_failed"
-    assert log["system_logs"][-1] == FIXED_LINE and CANARY not in str(doc)
+    assert doc["state"] == "SYSTEM_ERROR"
+    assert log["metadata"]["stage"] == "system_failed"
+    assert log["system_logs"][-1] == FIXED_LINE
+    assert CANARY not in str(doc)
     assert "end_time" in log
 
 
@@ -86,14 +88,14 @@ def test_the_gateway_ends_a_child_system_failed_from_every_stage_with_its_fixed_
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[devstack.DevStack]:  # type: ignore[no-untyped-def]
+def stack(tmp_path_factory) -> Iterator[devstack.DevStack]:
     data = tmp_path_factory.mktemp("stack")
     with devstack.start(data, agents=True, executor="local", report_granularity_s=0) as running:
         yield running
 
 
 @pytest.fixture
-def uk(stack, monkeypatch) -> Agent:  # type: ignore[no-untyped-def]
+def uk(stack, monkeypatch) -> Agent:
     agent: Agent = stack.agents["uk-tre"]
     monkeypatch.setattr(agent.settings, "child_retry_s", RETRY_S)
     monkeypatch.setattr(agent.settings, "max_child_errors", MAX_ERRORS)
@@ -101,7 +103,7 @@ def uk(stack, monkeypatch) -> Agent:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def alice(stack) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+def alice(stack) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url=stack.url + TES, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
     ) as client:
@@ -161,7 +163,7 @@ class Injector:
             child = session.get(LocalChild, child_id)
             return child is not None and child.task.get("name") == self.name
 
-    def wrap(self, target: Any, attr: str, child_of: Callable[..., str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def wrap(self, target: Any, attr: str, child_of: Callable[..., str], monkeypatch) -> None:
         real = getattr(target, attr)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -210,18 +212,24 @@ def test_an_error_at_any_stage_is_retried_then_ends_that_child_while_another_mov
         lambda: stage_of(alice, good_task) in ("running", "checking", "awaiting_review"),
     )
     now = local(uk, bad_task)
-    assert now is not None and now.active and now.errors < MAX_ERRORS, "the good child waited for the bad one"
+    assert now is not None, "the good child waited for the bad one"
+    assert now.active, "the good child waited for the bad one"
+    assert now.errors < MAX_ERRORS, "the good child waited for the bad one"
 
     doc = _wait("the bad child to end", lambda: (d := view(alice, bad_task))["state"] == "SYSTEM_ERROR" and d)
     log = doc["logs"][0]
     assert log["metadata"]["stage"] == "system_failed"
-    assert log["system_logs"][-1] == FIXED_LINE and CANARY not in str(doc)
+    assert log["system_logs"][-1] == FIXED_LINE
+    assert CANARY not in str(doc)
     assert _wait("the good child held", lambda: stage_of(alice, good_task) == "awaiting_review")
 
     # Retried MAX_ERRORS times, each after double the wait before, then ended; all of it in the audit.
     ended = local(uk, bad_task)
-    assert ended is not None and not ended.active and ended.stage == "system_failed"
-    assert ended.errors == MAX_ERRORS and CANARY in (ended.last_error or "")
+    assert ended is not None
+    assert not ended.active
+    assert ended.stage == "system_failed"
+    assert ended.errors == MAX_ERRORS
+    assert CANARY in (ended.last_error or "")
     records = audit_of(uk, bad.child_id)
     errors = [r for r in records if r.action == "child.error"]
     assert [r.detail["errors"] for r in errors] == list(range(1, MAX_ERRORS + 1))
@@ -230,7 +238,8 @@ def test_an_error_at_any_stage_is_retried_then_ends_that_child_while_another_mov
     ]
     assert [r.outcome for r in errors] == ["retry"] * (MAX_ERRORS - 1) + ["gave_up"]
     failed = [r for r in records if r.action == "child.fail"]
-    assert len(failed) == 1 and CANARY in failed[0].detail["error"]
+    assert len(failed) == 1
+    assert CANARY in failed[0].detail["error"]
     # The waits were kept: no retry came before its time.
     gaps = [(b.at - a.at).total_seconds() for a, b in itertools.pairwise(errors)]
     assert all(gap >= RETRY_S * 2**n - 0.05 for n, gap in enumerate(gaps)), gaps
@@ -257,7 +266,8 @@ def test_a_refusal_before_the_run_ends_the_child_at_once_with_its_reason(uk, ali
         log["system_logs"][-1] == "uk-tre refused the task: mount target '/tmp/x' is reserved by the sandbox"
     )
     child = local(uk, task_id)
-    assert child is not None and child.errors == 0  # no retry: the request will not change
+    assert child is not None
+    assert child.errors == 0
     assert [r.outcome for r in audit_of(uk, child.child_id) if r.action == "child.refuse"] == [
         "rejected_by_tre"
     ]
@@ -270,9 +280,11 @@ def test_a_refusal_after_the_run_started_reads_as_the_fixed_line(uk, alice, monk
     task_id = post(alice, task("refused-at-collect"))
     doc = _wait("the ending", lambda: (d := view(alice, task_id))["state"] == "SYSTEM_ERROR" and d)
     assert doc["logs"][0]["metadata"]["stage"] == "system_failed"
-    assert doc["logs"][0]["system_logs"][-1] == FIXED_LINE and CANARY not in str(doc)
+    assert doc["logs"][0]["system_logs"][-1] == FIXED_LINE
+    assert CANARY not in str(doc)
     child = local(uk, task_id)
-    assert child is not None and child.errors == 0
+    assert child is not None
+    assert child.errors == 0
     assert [
         CANARY in r.detail["error"] for r in audit_of(uk, child.child_id) if r.action == "child.fail"
     ] == [True]
@@ -289,7 +301,8 @@ def test_the_error_count_and_the_wait_survive_a_restart(uk, alice, monkeypatch):
     restarted.recover()
     restarted.work_once()  # its first pass leaves the child to its wait
     after = local(uk, task_id)
-    assert after is not None and after.active
+    assert after is not None
+    assert after.active
     assert (after.errors, after.retry_at, after.stage) == (before.errors, before.retry_at, before.stage)
     assert alice.post(f"/tasks/{task_id}:cancel").status_code == 200
     _wait("the cancel", lambda: not local(uk, task_id).active)  # type: ignore[union-attr]
@@ -323,7 +336,9 @@ def test_a_job_script_or_a_volume_in_a_reserved_path_ends_that_task_while_anothe
         doc = _wait("the refusal", lambda: (d := view(http, refused))["state"] == "SYSTEM_ERROR" and d)
         assert doc["logs"][0]["metadata"]["stage"] == "rejected_by_tre"
         line = doc["logs"][0]["system_logs"][-1]
-        assert line.startswith("uk-tre refused the task: ") and path in line and "reserved" in line
+        assert line.startswith("uk-tre refused the task: ")
+        assert path in line
+        assert "reserved" in line
         assert _wait("the volume refused", lambda: stage_of(http, scratch) == "rejected_by_tre")
         _wait("the other task held", lambda: stage_of(http, good) == "awaiting_review")
         uk = stack.agents["uk-tre"]

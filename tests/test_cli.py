@@ -9,13 +9,13 @@ from typer.testing import CliRunner
 
 from fivesafes_tes import devstack
 from fivesafes_tes.cli import app
+from tests.conftest import TRE_IDP, served_tre_api
 
 runner = CliRunner()
-from tests.conftest import TRE_IDP, served_tre_api
 
 
 @pytest.fixture
-def stack(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def stack(tmp_path, monkeypatch):
     data = tmp_path / "data"
     monkeypatch.setenv("FIVESAFES_DATA_DIR", str(data))
     with devstack.start(data) as running:
@@ -24,9 +24,8 @@ def stack(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
         yield running
 
 
-def invoke(*args: str, **env: str):  # type: ignore[no-untyped-def]
-    result = runner.invoke(app, list(args), env=env or None)
-    return result
+def invoke(*args: str, **env: str):
+    return runner.invoke(app, list(args), env=env or None)
 
 
 def test_token_submit_status_list_cancel_round_trip(stack, tmp_path):
@@ -44,10 +43,13 @@ def test_token_submit_status_list_cancel_round_trip(stack, tmp_path):
     assert again.stdout.strip() == task_id
 
     status = invoke("status", task_id, "--token", token)
-    assert status.exit_code == 0 and json.loads(status.stdout)["name"] == "cli-task"
+    assert status.exit_code == 0
+    assert json.loads(status.stdout)["name"] == "cli-task"
 
     listed = invoke("list", "--token", token)
-    assert listed.exit_code == 0 and "cli-task" in listed.stdout and "QUEUED" in listed.stdout
+    assert listed.exit_code == 0
+    assert "cli-task" in listed.stdout
+    assert "QUEUED" in listed.stdout
 
     assert invoke("cancel", task_id, "--token", token).exit_code == 0
     assert (
@@ -77,7 +79,8 @@ def test_audit_verify_reports_an_intact_chain_and_a_tampered_one(stack, tmp_path
     invoke("submit", str(task_file), "--token", token)
     invoke("submit", str(task_file), "--token", token)
     intact = invoke("audit", "verify")
-    assert intact.exit_code == 0 and "intact" in intact.stdout
+    assert intact.exit_code == 0
+    assert "intact" in intact.stdout
 
     from sqlalchemy import text
 
@@ -88,7 +91,8 @@ def test_audit_verify_reports_an_intact_chain_and_a_tampered_one(stack, tmp_path
         session.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1"))
     db.dispose()
     broken = invoke("audit", "verify")
-    assert broken.exit_code == 1 and "hash_mismatch" in broken.stdout
+    assert broken.exit_code == 1
+    assert "hash_mismatch" in broken.stdout
 
 
 def test_audit_anchor_exposes_a_cut_back_tail(stack, tmp_path):
@@ -117,7 +121,8 @@ def test_audit_anchor_exposes_a_cut_back_tail(stack, tmp_path):
     db.dispose()
     assert invoke("audit", "verify").exit_code == 0  # the chain alone cannot tell
     caught = invoke("audit", "verify", "--anchor", anchor)
-    assert caught.exit_code == 1 and "anchor_mismatch" in caught.stdout
+    assert caught.exit_code == 1
+    assert "anchor_mismatch" in caught.stdout
     assert invoke("audit", "verify", "--anchor", "nonsense").exit_code == 2
 
 
@@ -125,7 +130,7 @@ def test_audit_anchor_exposes_a_cut_back_tail(stack, tmp_path):
 
 
 @pytest.fixture
-def tre_api(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def tre_api(tmp_path, monkeypatch):
     from fivesafes_tes.agent.loop import open_database
     from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild, LocalProject
     from fivesafes_tes.settings import AgentSettings
@@ -148,7 +153,12 @@ def tre_api(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
         )
         session.add(
             HeldFileRecord(
-                child_id=CHILD, key="held/table.csv", name="table.csv", kind="output", size=1, sha256="0" * 64
+                child_id=CHILD,
+                key="held/outputs/table.csv",
+                name="/outputs/table.csv",
+                kind="output",
+                size=1,
+                sha256="0" * 64,
             )
         )
     with served_tre_api(db, tmp_path / "idp") as (url, issue):
@@ -171,26 +181,29 @@ def test_checkers_and_tre_admins_decide_through_the_tre_api_as_their_token_says(
 
     db, token = tre_api
     carol = token("carol", "carol-sub", "output-checker")
-    assert invoke("review", "approve", CHILD, "table.csv", "--by", "carol").exit_code == 2  # no --by at all
-    missing = invoke("review", "approve", CHILD, "table.csv")
     assert (
-        missing.exit_code == 2
-        and "FIVESAFES_TRE_TOKEN" in missing.output
-        and "Traceback" not in missing.output
-    )
+        invoke("review", "approve", CHILD, "/outputs/table.csv", "--by", "carol").exit_code == 2
+    )  # no --by at all
+    missing = invoke("review", "approve", CHILD, "/outputs/table.csv")
+    assert missing.exit_code == 2
+    assert "FIVESAFES_TRE_TOKEN" in missing.output
+    assert "Traceback" not in missing.output
     listed = invoke("review", "list", "--token", carol)
-    assert listed.exit_code == 0 and "alice" in listed.stdout and "1 review" in listed.stdout
+    assert listed.exit_code == 0
+    assert "alice" in listed.stdout
+    assert "1 review" in listed.stdout
 
     # alice's own subject, whatever name her token shows, is refused with the reason
     own = invoke(
         "review",
         "approve",
         CHILD,
-        "table.csv",
+        "/outputs/table.csv",
         FIVESAFES_TRE_TOKEN=token("Dr A", "alice-sub", "output-checker"),
     )
-    assert own.exit_code == 1 and "submitted this task" in own.output
-    approved = invoke("review", "approve", CHILD, "table.csv", FIVESAFES_TRE_TOKEN=carol)
+    assert own.exit_code == 1
+    assert "submitted this task" in own.output
+    approved = invoke("review", "approve", CHILD, "/outputs/table.csv", FIVESAFES_TRE_TOKEN=carol)
     assert approved.exit_code == 0, approved.output
     rejected = invoke(
         "review",
@@ -207,16 +220,20 @@ def test_checkers_and_tre_admins_decide_through_the_tre_api_as_their_token_says(
     dora = token("dora", "dora-sub", "tre-admin")
     assert invoke("tre", "approve", "alpha", "--user", "Alice", "--token", dora).exit_code == 0
     refused = invoke("tre", "approve", "alpha", "--token", carol)  # a checker is no TRE admin
-    assert refused.exit_code == 1 and "Refused" in refused.output
+    assert refused.exit_code == 1
+    assert "Refused" in refused.output
     shown = invoke("tre", "projects", "--token", dora)
-    assert shown.exit_code == 0 and "approved by" in shown.stdout and "dora" in shown.stdout
+    assert shown.exit_code == 0
+    assert "approved by" in shown.stdout
+    assert "dora" in shown.stdout
     with db.read() as session:
         decisions = {
             (d.checker_subject, d.checker, d.decision) for d in session.scalars(select(ReviewDecision))
         }
         person = session.get(LocalDecision, ("alpha", "alice"))
     assert decisions == {("carol-sub", "carol", "approved"), ("erin-sub", "erin", "rejected")}
-    assert person.decided_by == f"{TRE_IDP}#dora-sub" and person.decided_by_name == "dora"
+    assert person.decided_by == f"{TRE_IDP}#dora-sub"
+    assert person.decided_by_name == "dora"
 
 
 @pytest.mark.parametrize(
@@ -238,7 +255,8 @@ def test_the_in_tre_commands_say_in_one_line_what_to_set(command):
     for env, code, words in cases:
         result = runner.invoke(app, command, env=env)
         assert result.exit_code == code, (env, result.output)
-        assert words in result.output and "Traceback" not in result.output, (env, result.output)
+        assert words in result.output, (env, result.output)
+        assert "Traceback" not in result.output, (env, result.output)
         assert len(result.output.strip().splitlines()) == 1, (env, result.output)
 
 
@@ -270,7 +288,8 @@ def test_dev_prints_each_roles_environment_and_it_works_as_printed(tmp_path, mon
             ["FIVESAFES_TRE_TOKEN", "FIVESAFES_TRE_URL"],
             ["FIVESAFES_TRE_TOKEN", "FIVESAFES_TRE_URL"],
         ]
-        assert "images fivesafes/*, alpine*" in printed and "an output checker decides" in printed
+        assert "images fivesafes/*, alpine*" in printed
+        assert "an output checker decides" in printed
         researcher, *checkers = exports
         listed = runner.invoke(app, ["list"], env=researcher)
         assert listed.exit_code == 0, listed.output
@@ -289,5 +308,6 @@ def test_dev_prints_each_roles_environment_and_it_works_as_printed(tmp_path, mon
 @pytest.mark.parametrize("command", [["results", "some-task"], ["admin", "projects"], ["list"]])
 def test_an_unreachable_gateway_is_one_line_too(command):
     result = runner.invoke(app, [*command, "--url", "http://127.0.0.1:9", "--token", "t"])
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output

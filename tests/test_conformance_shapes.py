@@ -53,7 +53,7 @@ FINAL = ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED")
 
 
 @pytest.fixture(scope="module")
-def researcher(docker_client, tmp_path_factory) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+def researcher(docker_client, tmp_path_factory) -> Iterator[httpx.Client]:
     images.ensure_busybox_image(docker_client)
     docker_client.images.get(BUSYBOX_IMAGE).tag("alpine", "latest")
     with (

@@ -28,10 +28,10 @@ FILES = {"/outputs/summary.csv": b"region,n\nnorth,120\n", "/outputs/notes.txt":
 
 
 @pytest.fixture
-def make_gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
+def make_gateway(database_url, tmp_path, s3_endpoint):
     made = []
 
-    def make(**overrides):  # type: ignore[no-untyped-def]
+    def make(**overrides):
         results, outputs = s3_endpoint.store(), s3_endpoint.store()
         later = f"later-{secrets.token_hex(6)}"  # a destination bucket that does not exist yet
         settings = {"delivery_retry_s": 0.2, "delivery_attempts": 3, **overrides}
@@ -53,7 +53,7 @@ def make_gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untype
 
 
 @pytest.fixture
-def gateway(make_gateway):  # type: ignore[no-untyped-def]
+def gateway(make_gateway):
     return make_gateway()
 
 
@@ -150,7 +150,8 @@ def test_a_release_delivers_each_output_once_verified(gateway):
 def test_a_failed_delivery_is_retried_until_the_destination_works(gateway):
     task_id, child = release(gateway, gateway.later)  # the bucket does not exist yet
     row = child_row(gateway, child)
-    assert row.delivery_attempts == 1 and row.delivery_due_at is not None
+    assert row.delivery_attempts == 1
+    assert row.delivery_due_at is not None
     assert sorted(delivery_audit(gateway)) == sorted(("failed", name) for name in FILES)
     assert all(url.startswith("http") for url in outputs_view(gateway, task_id).values())  # not there
 
@@ -178,7 +179,8 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
         for owed in due(gateway):
             ctx.deliverer.deliver(owed)
     row = child_row(gateway, child)
-    assert row.delivery_attempts == 3 and row.delivery_due_at is None
+    assert row.delivery_attempts == 3
+    assert row.delivery_due_at is None
     assert [outcome for outcome, _ in delivery_audit(gateway)] == ["failed"] * 3 * len(FILES)
     for name in FILES:
         assert any(f"could not deliver {name}" in line and "3 attempts" in line for line in row.system_logs)
@@ -204,7 +206,8 @@ def test_a_delivery_that_keeps_failing_is_given_up_and_said_so(gateway):
         wait_for(lambda: child_row(gateway, child).delivery_due_at is None, 15, "the delivery")
     assert sorted(e for e in delivery_audit(gateway) if e[0] == "ok") == sorted(("ok", n) for n in FILES)
     refused = gateway.client.post(url, headers=admin)  # nothing given up any more
-    assert refused.status_code == 409 and "nothing to try again" in refused.json()["detail"]
+    assert refused.status_code == 409
+    assert "nothing to try again" in refused.json()["detail"]
     with gateway.db.read() as session:
         [record] = session.scalars(select(AuditRecord).where(AuditRecord.action == "admin.redeliver"))
     assert (record.actor, record.object) == ("fran", f"child:{child}")
@@ -217,7 +220,7 @@ def test_replicas_trying_one_delivery_at_once_copy_it_once(gateway, monkeypatch)
     gateway.s3.store(gateway.later)
     real, copies = ObjectStore.copy_verified, []
 
-    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted(self, *args, **kwargs):
         copies.append(args[1])  # an overwrite in S3 leaves no trace: count the copies made
         return real(self, *args, **kwargs)
 
@@ -277,7 +280,7 @@ def test_a_long_copy_keeps_its_claim_and_nobody_else_starts_the_delivery(make_ga
     gateway.s3.store(gateway.later)
     real, copying, finish, copies = ObjectStore.copy_verified, threading.Event(), threading.Event(), []
 
-    def slow(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def slow(self, *args, **kwargs):
         copying.set()
         copies.append(args[1])
         assert finish.wait(30)  # the copy outlasts the claim: only its renewal keeps it
@@ -307,7 +310,7 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
     real = ObjectStore.copy_verified
     theirs = utcnow() + timedelta(hours=1)
 
-    def stalled(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def stalled(self, *args, **kwargs):
         # meanwhile this gateway stalled, its claim lapsed, and another replica claimed the delivery
         with gateway.db.write() as session:
             session.execute(update(Child).where(Child.id == child).values(delivery_due_at=theirs))
@@ -319,8 +322,10 @@ def test_an_attempt_whose_claim_was_taken_over_records_nothing(gateway, monkeypa
     audited, logged = delivery_audit(gateway), child_row(gateway, child).system_logs
     ctx.deliverer.deliver(child)
     row = child_row(gateway, child)
-    assert delivery_audit(gateway) == audited and row.system_logs == logged  # nothing recorded
-    assert row.delivery_attempts == 1 and set(delivered_urls(gateway, child).values()) == {None}  # as before
+    assert delivery_audit(gateway) == audited
+    assert row.system_logs == logged
+    assert row.delivery_attempts == 1
+    assert set(delivered_urls(gateway, child).values()) == {None}
     assert (
         abs((row.delivery_due_at.replace(tzinfo=None) - theirs.replace(tzinfo=None)).total_seconds()) < 1e-3
     )
@@ -333,7 +338,8 @@ def test_a_gateway_that_delivers_nowhere_says_so_when_asked_to_redeliver(databas
         answer = plain.client.post(
             "/admin/v1/tasks/any/redeliver", headers=plain.headers("fran", "federation-admin")
         )
-        assert answer.status_code == 409 and "FIVESAFES_DELIVERY_BUCKETS" in answer.json()["detail"]
+        assert answer.status_code == 409
+        assert "FIVESAFES_DELIVERY_BUCKETS" in answer.json()["detail"]
     finally:
         plain.close()
 

@@ -42,5 +42,7 @@ def test_the_policy_example_in_the_docs_loads(tmp_path):
 def test_readme_starts_with_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     setup = readme.split("## ", 2)[1]
-    assert setup.startswith("Set up") and "make demo" in setup and "make test" in setup
+    assert setup.startswith("Set up")
+    assert "make demo" in setup
+    assert "make test" in setup
     assert "make test" in (ROOT / ".ci" / "run").read_text()

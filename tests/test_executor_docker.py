@@ -57,7 +57,7 @@ SMALL = Limits(cpu_cores=0.5, memory_bytes=64 << 20, disk_bytes=8 << 20, runtime
 class Harness:
     """Executors on per-test TREs, specs with fresh child ids, and a poll loop."""
 
-    def __init__(self, client, image: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, client, image: str, tmp_path: Path) -> None:
         self.client, self.image, self.tmp = client, image, tmp_path
         self.tres: list[str] = []
         self.tre = self.new_tre()
@@ -69,7 +69,7 @@ class Harness:
         self.tres.append(tre)
         return tre
 
-    def executor(self, tre: str | None = None, deployment: str | None = None):  # type: ignore[no-untyped-def]
+    def executor(self, tre: str | None = None, deployment: str | None = None):
         from fivesafes_tes.executors.docker import DockerExecutor
 
         return DockerExecutor(tre or self.tre, deployment=deployment or self.deployment, client=self.client)
@@ -81,13 +81,13 @@ class Harness:
             os.chown(path, NOBODY, NOBODY)  # the agent stages output dirs for the task's uid
         return path
 
-    def spec(self, *commands: list[str] | Step, tre: str | None = None, **kwargs) -> RunSpec:  # type: ignore[no-untyped-def]
+    def spec(self, *commands: list[str] | Step, tre: str | None = None, **kwargs) -> RunSpec:
         steps = [c if isinstance(c, Step) else Step(image=self.image, command=c) for c in commands]
         child = f"c{uuid.uuid4().hex[:12]}"
         defaults = {"mounts": [], "limits": SMALL, "logs_dir": self.tmp / "logs" / child}
         return RunSpec(child_id=child, attempt=1, tre=tre or self.tre, steps=steps, **{**defaults, **kwargs})
 
-    def wait(self, child: str, ex=None, timeout: float = 30) -> RunResult:  # type: ignore[no-untyped-def]
+    def wait(self, child: str, ex=None, timeout: float = 30) -> RunResult:
         ex = ex or self.ex
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -115,7 +115,7 @@ class Harness:
 
 
 @pytest.fixture
-def h(docker_client, busybox_image, tmp_path) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
+def h(docker_client, busybox_image, tmp_path) -> Iterator[Harness]:
     harness = Harness(docker_client, busybox_image, tmp_path)
     yield harness
     made = [c for tre in harness.tres for c in harness.containers(tre=tre)]
@@ -161,7 +161,8 @@ def test_two_steps_share_an_output_mount_and_logs_are_captured(h: Harness) -> No
     assert text(logs / "step-2.stderr") == "oops\n" == text(out / "err.txt")
     assert text(logs / "step-2.stdout") == "fine\n"
     for step in result.steps:
-        assert step.start_time.endswith("Z") and step.start_time <= step.end_time
+        assert step.start_time.endswith("Z")
+        assert step.start_time <= step.end_time
     assert not list(logs.glob("*.part"))
     # polling an ended run again gives the same answer and rewrites nothing
     assert h.ex.poll(spec.child_id) == result
@@ -189,7 +190,8 @@ def test_ignore_error_continues_and_a_missing_command_is_reported(h: Harness) ->
     assert text(result.steps[2].stdout_path) == "ran\n"
 
     failed = h.run(h.spec(["no-such-program"]))
-    assert failed.outcome is Outcome.FAILED and "command not found" in failed.message
+    assert failed.outcome is Outcome.FAILED
+    assert "command not found" in failed.message
 
 
 # --- RELIABILITY 15: no network --------------------------------------------------------------
@@ -206,7 +208,7 @@ class _Hello(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+    def log_message(self, *args) -> None:
         pass
 
 
@@ -221,11 +223,12 @@ def loopback_server() -> Iterator[tuple[int, type[_Hello]]]:
     server.server_close()
 
 
-def test_no_network_after_a_positive_control(h: Harness, loopback_server) -> None:  # type: ignore[no-untyped-def]
+def test_no_network_after_a_positive_control(h: Harness, loopback_server) -> None:
     port, handler = loopback_server
     probes = (
         f"wget -q -O - http://127.0.0.1:{port}/ && echo tcp=reached || echo tcp=blocked\n"
-        f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc 127.0.0.1 {port} | grep -q '200 OK' && echo nc=reached || echo nc=blocked\n"
+        f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc 127.0.0.1 {port} | grep -q '200 OK' && echo nc=reached || "
+        f"echo nc=blocked\n"
         "nslookup example.org && echo dns=reached || echo dns=blocked\n"
         "wget -q -O - http://169.254.169.254/latest/meta-data/ && echo meta=reached || echo meta=blocked\n"
         "echo interfaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,)\n"
@@ -234,7 +237,8 @@ def test_no_network_after_a_positive_control(h: Harness, loopback_server) -> Non
     control = h.client.containers.run(
         h.image, ["sh", "-c", probes], network_mode="host", remove=True
     ).decode()
-    assert "tcp=reached" in control and "nc=reached" in control, control
+    assert "tcp=reached" in control, control
+    assert "nc=reached" in control, control
     assert handler.hits == 2
 
     result = h.run(h.spec(["sh", "-c", probes]))
@@ -243,7 +247,8 @@ def test_no_network_after_a_positive_control(h: Harness, loopback_server) -> Non
         assert f"{probe}=blocked" in out, out
     assert "interfaces=lo," in out, out
     # refused by the container's own loopback, or no route at all: not a crash, not a timeout
-    assert err.count("Connection refused") == 2 and err.count("Network is unreachable") == 2, err
+    assert err.count("Connection refused") == 2, err
+    assert err.count("Network is unreachable") == 2, err
     assert handler.hits == 2, "the sandboxed run must not reach the host's server"
 
 
@@ -279,7 +284,8 @@ def test_least_privilege_inside_the_container(h: Harness) -> None:
         "/in/f=denied",
     }
     assert expected <= lines, sorted(lines)
-    assert (out / "probe").exists() and not (data / "probe").exists()
+    assert (out / "probe").exists()
+    assert not (data / "probe").exists()
 
 
 def test_the_sandbox_refuses_unsafe_specs(h: Harness) -> None:
@@ -323,7 +329,7 @@ def _pids_cgroup(container_id: str) -> tuple[int, str, int] | None:
 
 def test_memory_hog_fork_bomb_cpu_spinner_and_disk_filler_are_contained(
     h: Harness,
-    loopback_server,  # type: ignore[no-untyped-def]
+    loopback_server,
 ) -> None:
     port, _ = loopback_server
     short = Limits(cpu_cores=0.5, memory_bytes=32 << 20, disk_bytes=8 << 20, runtime_s=4, pids=32)
@@ -395,7 +401,8 @@ def test_the_deadline_is_enforced_when_the_agent_is_dead(h: Harness) -> None:
     while first.status != "exited" and time.monotonic() < deadline:
         time.sleep(0.2)
         first.reload()
-    assert first.status == "exited" and first.attrs["State"]["ExitCode"] == 137  # the engine stopped it
+    assert first.status == "exited"
+    assert first.attrs["State"]["ExitCode"] == 137
     state = first.attrs["State"]
     ran = docker_time(state["FinishedAt"]) - docker_time(state["StartedAt"])
     assert ran.total_seconds() < limits.runtime_s + 1.5, ran  # at its deadline, not whenever
@@ -404,7 +411,8 @@ def test_the_deadline_is_enforced_when_the_agent_is_dead(h: Harness) -> None:
     agent = h.executor()  # the agent is back
     result = h.wait(stuck.child_id, ex=agent)
     assert result.outcome is Outcome.TIMED_OUT, result
-    assert len(result.steps) == 1 and "time limit of 2 s" in result.message
+    assert len(result.steps) == 1
+    assert "time limit of 2 s" in result.message
     # a step the returning agent starts after the deadline ends at once
     result = h.wait(late.child_id, ex=agent)
     assert result.outcome is Outcome.TIMED_OUT, result
@@ -495,11 +503,13 @@ def test_a_step_removed_behind_the_agents_back_ends_the_run_lost_and_never_runs_
     second = f"fst-{spec.child_id}-1-1"
     deadline = time.monotonic() + 20
     while second not in {c.name for c in h.containers(spec.child_id) if c.status == "running"}:
-        assert h.ex.poll(spec.child_id) is None and time.monotonic() < deadline
+        assert h.ex.poll(spec.child_id) is None
+        assert time.monotonic() < deadline
         time.sleep(0.1)
     h.client.containers.get(second).remove(force=True)
     result = h.ex.poll(spec.child_id)
-    assert result is not None and result.outcome is Outcome.LOST, result
+    assert result is not None, result
+    assert result.outcome is Outcome.LOST, result
     assert h.executor().poll(spec.child_id) == RunResult(
         Outcome.LOST, [], result.message
     )  # also after a restart
@@ -526,7 +536,8 @@ def test_sweep_removes_orphans_keeps_the_kept_and_other_tres(h: Harness) -> None
 
     h.ex.cleanup(kept.child_id)
     h.ex.cleanup(kept.child_id)
-    assert h.containers(kept.child_id) == [] and h.ex.running() == {}
+    assert h.containers(kept.child_id) == []
+    assert h.ex.running() == {}
 
 
 def test_two_deployments_with_the_same_tre_name_never_touch_each_others_runs(h: Harness) -> None:
@@ -538,8 +549,10 @@ def test_two_deployments_with_the_same_tre_name_never_touch_each_others_runs(h: 
     other.start(theirs)
     assert {c.labels[LABEL_DEPLOYMENT] for c in h.containers(mine.child_id)} == {h.deployment}
 
-    assert h.ex.running() == {mine.child_id: 1} and other.running() == {theirs.child_id: 1}
-    assert other.sweep(set()) == [theirs.child_id] and h.containers(theirs.child_id) == []
+    assert h.ex.running() == {mine.child_id: 1}
+    assert other.running() == {theirs.child_id: 1}
+    assert other.sweep(set()) == [theirs.child_id]
+    assert h.containers(theirs.child_id) == []
     assert h.ex.running() == {mine.child_id: 1}  # the other agent's start-up sweep left it alone
     assert h.ex.poll(theirs.child_id) == RunResult(
         Outcome.LOST, [], "the Docker engine has no containers for this run"
@@ -650,7 +663,8 @@ def test_agent_secrets_never_reach_the_container(h: Harness, monkeypatch: pytest
     ex.start(spec)
     result = h.wait(spec.child_id, ex=ex)
     logs = text(result.steps[0].stdout_path) + text(result.steps[0].stderr_path)
-    assert "MY_VAR=mine" in logs and "FIVESAFES_DEADLINE=" in logs
+    assert "MY_VAR=mine" in logs
+    assert "FIVESAFES_DEADLINE=" in logs
     assert canary not in logs
     for container in h.containers(spec.child_id):
         assert canary not in str(container.attrs)
@@ -664,7 +678,7 @@ def test_check_container_config_catches_every_escape_vector(h: Harness) -> None:
     sound = h.containers(spec.child_id)[0].attrs
     assert violations(sound) == []
 
-    def broken(path: str, value) -> dict:  # type: ignore[no-untyped-def]
+    def broken(path: str, value) -> dict:
         cfg = copy.deepcopy(sound)
         *parents, key = path.split(".")
         node = cfg

@@ -10,15 +10,15 @@ TES = "/ga4gh/tes/v1"
 ADMIN = "/admin/v1"
 
 
-def task(**tags):  # type: ignore[no-untyped-def]
+def task(**tags):
     return {"name": "t", "executors": [{"image": "alpine", "command": ["true"]}], "tags": tags}
 
 
-def submit(gateway, user="alice", **tags):  # type: ignore[no-untyped-def]
+def submit(gateway, user="alice", **tags):
     return gateway.client.post(f"{TES}/tasks", json=task(**tags), headers=gateway.headers(user))
 
 
-def full(gateway, task_id, user="alice"):  # type: ignore[no-untyped-def]
+def full(gateway, task_id, user="alice"):
     return gateway.client.get(
         f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers(user)
     ).json()
@@ -43,7 +43,8 @@ def test_project_tag_key_in_any_case(gateway, key):
     assert response.status_code == 200, response.text
     # bob's only project is beta: the tag is read (not his default), and alpha is not his
     refused = submit(gateway, "bob", **{key: "Alpha"})
-    assert refused.status_code == 403 and "beta" in refused.json()["detail"]
+    assert refused.status_code == 403
+    assert "beta" in refused.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -64,17 +65,21 @@ def test_tres_tag_picks_a_subset(gateway, tres, expected):
 def test_unknown_tre_in_tag_is_400_naming_the_choices(gateway):
     response = submit(gateway, tres="uk-tre|mars-tre")
     assert response.status_code == 400
-    assert "mars-tre" in response.json()["detail"] and "sg-tre" in response.json()["detail"]
+    assert "mars-tre" in response.json()["detail"]
+    assert "sg-tre" in response.json()["detail"]
     # bob's project runs in the UK only
     response = submit(gateway, user="bob", tres="sg-tre")
-    assert response.status_code == 400 and "uk-tre" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "uk-tre" in response.json()["detail"]
 
 
 def test_submitting_to_a_project_you_are_not_in_is_403(gateway):
     response = submit(gateway, user="bob", project="alpha")
-    assert response.status_code == 403 and "beta" in response.json()["detail"]
+    assert response.status_code == 403
+    assert "beta" in response.json()["detail"]
     response = submit(gateway, user="nobody")
-    assert response.status_code == 400 and "federation admin" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "federation admin" in response.json()["detail"]
 
 
 def test_project_dates_are_enforced(gateway):
@@ -83,12 +88,14 @@ def test_project_dates_are_enforced(gateway):
     yesterday = (date.today() - timedelta(days=1)).isoformat()
     gateway.client.patch(f"{ADMIN}/projects/alpha", json={"starts_on": tomorrow}, headers=admin)
     response = submit(gateway)
-    assert response.status_code == 403 and "starts on" in response.json()["detail"]
+    assert response.status_code == 403
+    assert "starts on" in response.json()["detail"]
     gateway.client.patch(
         f"{ADMIN}/projects/alpha", json={"starts_on": "2020-01-01", "ends_on": yesterday}, headers=admin
     )
     response = submit(gateway)
-    assert response.status_code == 403 and "ended" in response.json()["detail"]
+    assert response.status_code == 403
+    assert "ended" in response.json()["detail"]
 
 
 def test_members_of_a_project_see_its_tasks_others_never(gateway):
@@ -144,11 +151,13 @@ def test_admin_builds_a_project_and_its_member_can_submit(gateway):
         json={"name": "gamma", "tres": ["fr-tre", "uk-tre"], "ends_on": "2099-12-31"},
         headers=admin,
     )
-    assert created.status_code == 201 and created.json()["tres"] == ["fr-tre", "uk-tre"]
+    assert created.status_code == 201
+    assert created.json()["tres"] == ["fr-tre", "uk-tre"]
     member = gateway.client.post(
         f"{ADMIN}/projects/gamma/members", json={"username": "dave", "default": True}, headers=admin
     )
-    assert member.json()["members"] == ["dave"] and member.json()["default_for"] == ["dave"]
+    assert member.json()["members"] == ["dave"]
+    assert member.json()["default_for"] == ["dave"]
     response = submit(gateway, user="dave")
     assert response.status_code == 200
     assert [log["metadata"]["tre"] for log in full(gateway, response.json()["id"], "dave")["logs"]] == [
@@ -171,7 +180,8 @@ def test_admin_mistakes_are_explained_and_change_nothing(gateway, body, status, 
     admin = gateway.headers("fed", "federation-admin")
     before = gateway.client.get(f"{ADMIN}/projects", headers=admin).json()
     response = gateway.client.post(f"{ADMIN}/projects", json=body, headers=admin)
-    assert response.status_code == status and words in response.json()["detail"]
+    assert response.status_code == status
+    assert words in response.json()["detail"]
     assert gateway.client.get(f"{ADMIN}/projects", headers=admin).json() == before
 
 
@@ -181,7 +191,8 @@ def test_image_allow_list_is_enforced_at_the_gateway(database_url, tmp_path):
     gw = Gateway(database_url, tmp_path / "d", allowed_images=["registry.tre.example/*"])
     try:
         refused = gw.client.post(f"{TES}/tasks", json=task(), headers=gw.headers())
-        assert refused.status_code == 400 and "executors.0.image" in refused.json()["detail"]
+        assert refused.status_code == 400
+        assert "executors.0.image" in refused.json()["detail"]
         allowed = {"executors": [{"image": "registry.tre.example/stats:1", "command": ["true"]}]}
         assert gw.client.post(f"{TES}/tasks", json=allowed, headers=gw.headers()).status_code == 200
     finally:
@@ -194,7 +205,8 @@ def test_no_allow_list_refuses_every_image(database_url, tmp_path):
     gw = Gateway(database_url, tmp_path / "d", allowed_images=[])
     try:
         refused = gw.client.post(f"{TES}/tasks", json=task(), headers=gw.headers())
-        assert refused.status_code == 400 and "FIVESAFES_ALLOWED_IMAGES" in refused.json()["detail"]
+        assert refused.status_code == 400
+        assert "FIVESAFES_ALLOWED_IMAGES" in refused.json()["detail"]
     finally:
         gw.close()
 
@@ -204,4 +216,5 @@ def test_an_admin_change_applies_to_the_next_submission_at_once(gateway):
     admin = gateway.headers("fed", "federation-admin")
     assert gateway.client.delete(f"{ADMIN}/projects/alpha/members/alice", headers=admin).status_code == 200
     refused = submit(gateway)
-    assert refused.status_code == 400 and "your projects: none" in refused.json()["detail"]
+    assert refused.status_code == 400
+    assert "your projects: none" in refused.json()["detail"]

@@ -20,8 +20,8 @@ from tests.test_deliveries import child_row, delivered_urls, delivery_audit, out
 SUMMARY = b"region,n\nnorth,120\n"
 
 
-def filler(data: bytes):  # type: ignore[no-untyped-def]
-    def fill(out) -> None:  # type: ignore[no-untyped-def]
+def filler(data: bytes):
+    def fill(out) -> None:
         out.write(data)
 
     return fill
@@ -77,7 +77,7 @@ def test_a_file_with_other_content_is_never_replaced(tmp_path):
 
 
 def test_a_file_that_appears_while_writing_is_not_replaced(tmp_path):
-    def racing(out) -> None:  # type: ignore[no-untyped-def]
+    def racing(out) -> None:
         out.write(SUMMARY)
         (tmp_path / "summary.csv").write_bytes(b"someone else's")
 
@@ -87,7 +87,7 @@ def test_a_file_that_appears_while_writing_is_not_replaced(tmp_path):
 
 
 def test_bytes_that_do_not_match_their_sha256_never_appear(tmp_path):
-    def damaged(out) -> None:  # type: ignore[no-untyped-def]
+    def damaged(out) -> None:
         out.write(b"tampered")
         raise ChecksumMismatch("k", sha(SUMMARY), sha(b"tampered"))
 
@@ -112,7 +112,7 @@ def test_a_symbolic_link_inside_the_folder_never_leads_out(tmp_path):
 # --- at submission --------------------------------------------------------------------------------
 
 
-def submit(gw, outputs: list[dict]):  # type: ignore[no-untyped-def]
+def submit(gw, outputs: list[dict]):
     body = {
         "executors": [{"image": "alpine", "command": ["true"]}],
         "outputs": outputs,
@@ -132,7 +132,7 @@ def test_file_outputs_are_refused_at_submission_where_no_folder_is_configured(ga
 
 
 @pytest.fixture
-def folder_gateway(database_url, tmp_path, s3_endpoint):  # type: ignore[no-untyped-def]
+def folder_gateway(database_url, tmp_path, s3_endpoint):
     results = s3_endpoint.store()
     root = tmp_path / "shared"
     root.mkdir()

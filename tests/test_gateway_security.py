@@ -25,7 +25,7 @@ def test_basic_auth_scheme_is_refused(gateway):
     assert response.status_code == 401
 
 
-def _audit(gateway) -> list[AuditRecord]:  # type: ignore[no-untyped-def]
+def _audit(gateway) -> list[AuditRecord]:
     with gateway.db.read() as session:
         return list(session.scalars(select(AuditRecord).order_by(AuditRecord.seq)))
 
@@ -44,7 +44,8 @@ def test_each_security_event_writes_exactly_one_audit_record(gateway):
         ("task.cancel", f"task:{task_id}", "ok"),
         ("auth.failure", f"route:GET {TES}/tasks", "denied"),
     ]
-    assert records[0].actor == "alice" and records[2].actor == "anonymous"
+    assert records[0].actor == "alice"
+    assert records[2].actor == "anonymous"
     assert all(r.at is not None for r in records)
     assert "junk" not in json.dumps([r.detail for r in records])  # the token itself is never recorded
 
@@ -57,7 +58,8 @@ def test_metrics_need_a_token_or_the_static_metrics_token(database_url, tmp_path
         assert gw.client.get("/metrics").status_code == 401
         assert gw.client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
         scraped = gw.client.get("/metrics", headers={"Authorization": "Bearer scrape-secret-123"})
-        assert scraped.status_code == 200 and "fivesafes_http_requests_total" in scraped.text
+        assert scraped.status_code == 200
+        assert "fivesafes_http_requests_total" in scraped.text
         gw.client.post(f"{TES}/tasks", json=TASK, headers=gw.headers())
         after = gw.client.get("/metrics", headers=gw.headers()).text
         assert "fivesafes_tasks_created_total 1.0" in after
@@ -72,7 +74,8 @@ def test_database_outage_is_503_with_retry_after(tmp_path):
     gw = Gateway("postgresql+psycopg://nobody:nothing@127.0.0.1:1/none", tmp_path / "d", seed=False)
     try:
         response = gw.client.post(f"{TES}/tasks", json=TASK, headers=gw.headers())
-        assert response.status_code == 503 and response.headers["retry-after"]
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
         ready = gw.client.get("/readyz")
         assert ready.status_code == 503
         assert gw.client.get("/healthz").status_code == 200
@@ -100,7 +103,7 @@ def test_twenty_concurrent_copies_with_one_idempotency_key_make_one_task(databas
         assert creates == 1
 
 
-def stack_db(stack):  # type: ignore[no-untyped-def]
+def stack_db(stack):
     from fivesafes_tes.db import Database
 
     return Database(stack.settings.effective_database_url).read()
@@ -125,14 +128,15 @@ def test_identity_provider_outage_is_503_not_401(database_url, tmp_path, monkeyp
     client = TestClient(create_app(settings, db=db))
     token = issuer.issue("alice", ["researcher"], audience=settings.oidc_audience)
     response = client.get(f"{TES}/tasks", headers={"Authorization": f"Bearer {token}"})
-    assert response.status_code == 503 and response.headers["retry-after"]
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
     db.dispose()
 
 
 # --- RELIABILITY 34: people are their issuer and subject, never their username -------------------
 
 
-def _as(gateway, username: str, subject: str, *roles: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _as(gateway, username: str, subject: str, *roles: str) -> dict[str, str]:
     token = gateway.token(username, *roles, extra={"sub": subject})
     return {"Authorization": f"Bearer {token}"}
 
@@ -169,7 +173,8 @@ def test_another_subject_with_alices_username_gets_nothing_of_hers(gateway):
     assert gateway.client.get(f"/api/v1/results/{file_id}", headers=impostor).status_code == 404
     assert gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=impostor).status_code == 404
     refused = gateway.client.post(f"{TES}/tasks", json=TASK, headers=impostor)
-    assert refused.status_code == 400 and "none" in refused.json()["detail"]  # a member of nothing
+    assert refused.status_code == 400
+    assert "none" in refused.json()["detail"]
     with gateway.db.read() as session:
         conflicts = list(
             session.scalars(select(AuditRecord).where(AuditRecord.action == "auth.name_conflict"))
@@ -185,7 +190,8 @@ def test_another_subject_with_alices_username_gets_nothing_of_hers(gateway):
 def test_members_are_added_by_casefolded_name_and_bound_to_who_first_uses_it(gateway):
     admin = gateway.headers("fed", "federation-admin")
     added = gateway.client.post(f"{ADMIN}/projects/alpha/members", json={"username": "Dave"}, headers=admin)
-    assert added.status_code == 200 and "dave" in added.json()["members"]
+    assert added.status_code == 200
+    assert "dave" in added.json()["members"]
     dave = _as(gateway, "dave", "dave-sub")
     assert gateway.client.post(f"{TES}/tasks", json=TASK, headers=dave).status_code == 200
     # The name is dave-sub's now: a second subject calling itself DAVE is no member.
@@ -200,13 +206,14 @@ def test_members_are_added_by_casefolded_name_and_bound_to_who_first_uses_it(gat
     gateway.client.post(f"{ADMIN}/projects/alpha/members", json={"username": "ERIN"}, headers=admin)
     assert gateway.client.post(f"{TES}/tasks", json=TASK, headers=erin).status_code == 200
     removed = gateway.client.delete(f"{ADMIN}/projects/alpha/members/Erin", headers=admin)
-    assert removed.status_code == 200 and "erin" not in removed.json()["members"]
+    assert removed.status_code == 200
+    assert "erin" not in removed.json()["members"]
 
 
 # --- NUL characters: refused with a 400 that says so, on SQLite and PostgreSQL ------------------
 
 
-def _with(**extra) -> dict:  # type: ignore[no-untyped-def]
+def _with(**extra) -> dict:
     return {**TASK, **extra}
 
 
@@ -285,8 +292,8 @@ def test_a_body_over_the_limit_is_413_declared_or_chunked(database_url, tmp_path
             response = gw.client.post(f"{TES}/tasks", content=content, headers=headers)
             assert response.status_code == 413, response.text
             assert response.json() == {
-                "detail": "request body over this server's 65536-byte limit; send a smaller one (a large task "
-                "input belongs in the project's input store, named by its url)"
+                "detail": "request body over this server's 65536-byte limit; send a smaller one "
+                "(a large task input belongs in the project's input store, named by its url)"
             }
         small = json.dumps(TASK).encode()
         assert gw.client.post(f"{TES}/tasks", content=iter([small]), headers=headers).status_code == 200
@@ -348,5 +355,6 @@ def test_each_refused_attempt_on_someone_elses_task_or_file_is_404_and_audited_o
     assert [(r.actor, r.action, r.object, r.outcome, r.detail) for r in records] == expected
     # The owner is not refused, and the task was not canceled by bob's attempt.
     mine = gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers("alice"))
-    assert mine.status_code == 200 and mine.json()["state"] != "CANCELED"
+    assert mine.status_code == 200
+    assert mine.json()["state"] != "CANCELED"
     assert len(_audit(gateway)) == setup + len(expected)

@@ -86,7 +86,7 @@ def _held_files(root: Path) -> list[HeldFile]:
 
 
 @pytest.fixture
-def db(tmp_path):  # type: ignore[no-untyped-def]
+def db(tmp_path):
     """A child awaiting review whose files were judged by the real runner under CHECKS."""
     reports = run_checks(_held_files(tmp_path / "held"), ChecksConfig.model_validate(CHECKS), "alpha")
     database = open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path))
@@ -119,13 +119,13 @@ def db(tmp_path):  # type: ignore[no-untyped-def]
     database.dispose()
 
 
-def _decide(db, name: str, checker: str, decision: str = "approved", reason: str = "") -> None:  # type: ignore[no-untyped-def]
+def _decide(db, name: str, checker: str, decision: str = "approved", reason: str = "") -> None:
     person = Person(IDP, f"{checker}-sub", checker)
     with db.write() as session:
         review.decide(session, CHILD, review.key_for(session, CHILD, name), person, decision, reason=reason)
 
 
-def _settle(db, **policy) -> review.Settled | None:  # type: ignore[no-untyped-def]
+def _settle(db, **policy) -> review.Settled | None:
     with db.read() as session:
         return review.settle(session, CHILD, review.ReviewPolicy(**policy))
 
@@ -153,7 +153,8 @@ def test_no_checker_can_approve_it_with_a_reason_nor_two_of_them(db, name):
             _decide(db, other, checker, reason="checked by hand")
     for required in (1, 2):
         settled = _settle(db, required_approvals=required)
-        assert settled is not None and settled.outcome is review.ChildOutcome.PARTIALLY_RELEASED
+        assert settled is not None
+        assert settled.outcome is review.ChildOutcome.PARTIALLY_RELEASED
         outcomes = _outcomes(settled)
         assert {n for n, o in outcomes.items() if o is review.FileOutcome.APPROVED} == set(FILES) - set(NEVER)
     with db.read() as session:
@@ -181,7 +182,7 @@ def test_auto_release_and_approvals_written_around_the_guard_release_none_of_the
 
 
 @pytest.fixture
-def tre_api(db, tmp_path):  # type: ignore[no-untyped-def]
+def tre_api(db, tmp_path):
     """The TRE's own API over HTTP, as the CLI and the pages reach it; yields its URL and a token maker."""
     with served_tre_api(db, tmp_path / "idp") as (url, issue):
         yield url, lambda checker: issue(checker, "output-checker", f"{checker}-sub")
@@ -197,7 +198,8 @@ def test_the_review_api_answers_409_saying_why(tre_api):
                 json={"name": name, "decision": "approved", "reason": "fine by me"},
                 headers=headers,
             )
-            assert answer.status_code == 409 and words in answer.json()["detail"], answer.text
+            assert answer.status_code == 409, answer.text
+            assert words in answer.json()["detail"], answer.text
         shown = httpx.get(f"{url}/review/v1/children/{CHILD}", headers=headers).json()
         assert {f["name"] for f in shown["files"] if f["never_releasable"]} == set(NEVER)
         ok = httpx.post(
@@ -217,7 +219,8 @@ def test_the_cli_prints_why_and_exits_non_zero(db, tre_api):
         result = CliRunner().invoke(
             app, ["review", "approve", CHILD, name, "--reason", "fine by me"], env=env
         )
-        assert result.exit_code != 0 and words in " ".join(result.output.split()), result.output
+        assert result.exit_code != 0, result.output
+        assert words in " ".join(result.output.split()), result.output
     approved = CliRunner().invoke(app, ["review", "approve", CHILD, "/outputs/fine.csv"], env=env)
     assert approved.exit_code == 0, approved.output
     with db.read() as session:
@@ -245,7 +248,7 @@ docker_client = images.docker_client
 
 
 @pytest.fixture
-def stack(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def stack(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     with devstack.start(tmp_path / "stack", agents=True, executor="docker") as running:
         yield running

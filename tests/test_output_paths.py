@@ -76,9 +76,12 @@ def test_a_claimed_file_is_inside_the_mounted_folder_at_the_place_its_url_names(
     mounted = output_folder(output)[1]
     assert path.startswith(mounted + "/")  # staging sees only the mounted folder
     if below:  # delivered at url + "/" + below: the path below the folder, never outside it
-        assert posixpath.join(mounted, below) == path and not below.startswith(("/", ".."))
+        assert posixpath.join(mounted, below) == path
+        assert not below.startswith(("/", ".."))
     else:
-        assert output.get("type") != "DIRECTORY" and not is_pattern(output["path"]) and path == output["path"]
+        assert output.get("type") != "DIRECTORY"
+        assert not is_pattern(output["path"])
+        assert path == output["path"]
 
 
 @CI

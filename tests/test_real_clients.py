@@ -104,13 +104,15 @@ def test_pytes11_round_trip(stack: devstack.DevStack) -> None:
 
     info = client.get_service_info()
     assert info.type == {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"}
-    assert info.id == stack.settings.service_id and info.name == stack.settings.service_name
+    assert info.id == stack.settings.service_id
+    assert info.name == stack.settings.service_name
     assert sorted(info.tes_resources_backend_parameters) == sorted(stack.settings.backend_parameters)
     supported = info.tes_resources_backend_parameters[0]
 
     task = full_task(supported)
     task_id = client.create_task(task)
-    assert isinstance(task_id, str) and task_id
+    assert isinstance(task_id, str)
+    assert task_id
 
     # MINIMAL: id and state only.
     minimal = client.get_task(task_id, view="MINIMAL")
@@ -119,8 +121,10 @@ def test_pytes11_round_trip(stack: devstack.DevStack) -> None:
     # BASIC: every field as sent, except input content; no system logs.
     basic = client.get_task(task_id, view="BASIC")
     expected_resources = attr.evolve(task.resources, backend_parameters={supported: "x"})
-    assert basic.id == task_id and basic.state == "QUEUED"
-    assert basic.name == task.name and basic.description == task.description
+    assert basic.id == task_id
+    assert basic.state == "QUEUED"
+    assert basic.name == task.name
+    assert basic.description == task.description
     assert basic.inputs == [attr.evolve(i, content=None) for i in task.inputs]
     assert basic.outputs == task.outputs
     assert basic.resources == expected_resources
@@ -148,7 +152,8 @@ def test_pytes11_round_trip(stack: devstack.DevStack) -> None:
         for _ in range(2)
     }
     first = client.list_tasks(page_size=2)
-    assert len(first.tasks) == 2 and first.next_page_token
+    assert len(first.tasks) == 2
+    assert first.next_page_token
     second = client.list_tasks(page_size=2, page_token=first.next_page_token)
     assert not second.next_page_token
     ids = [t.id for t in first.tasks + second.tasks]
@@ -230,7 +235,8 @@ def test_pytes04_round_trip(stack: devstack.DevStack) -> None:
         assert full[name] == sent[name], name
     assert full["inputs"] == sent["inputs"]
     assert basic["inputs"] == [{k: v for k, v in i.items() if k != "content"} for i in sent["inputs"]]
-    assert basic["creation_time"] and full["creation_time"]
+    assert basic["creation_time"]
+    assert full["creation_time"]
 
     assert task_id in [t["id"] for t in step(report, "list_MINIMAL")["tasks"]]
     listed = {t["id"]: t for t in step(report, "list_BASIC")["tasks"]}

@@ -43,13 +43,13 @@ TASK = {
 
 
 @pytest.fixture
-def stack(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def stack(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     with devstack.start(tmp_path / "stack", agents=True, executor="docker") as running:
         yield running
 
 
-def _wait(http: httpx.Client, task_id: str, done, timeout: float = 60) -> dict:  # type: ignore[no-untyped-def]
+def _wait(http: httpx.Client, task_id: str, done, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         doc = http.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}).json()
@@ -57,11 +57,11 @@ def _wait(http: httpx.Client, task_id: str, done, timeout: float = 60) -> dict: 
             return doc
         time.sleep(0.1)
     raise AssertionError(
-        f"timed out: {[(l['metadata']['tre'], l['metadata']['stage']) for l in doc['logs']]}"
+        f"timed out: {[(log['metadata']['tre'], log['metadata']['stage']) for log in doc['logs']]}"
     )
 
 
-def _child(agent) -> str:  # type: ignore[no-untyped-def]
+def _child(agent) -> str:
     with agent.db.read() as session:
         return session.scalars(select(LocalChild.child_id).order_by(LocalChild.created_at.desc())).first()
 
@@ -69,7 +69,7 @@ def _child(agent) -> str:  # type: ignore[no-untyped-def]
 TRE_IDP = "https://idp.tre.example"
 
 
-def _decide(agent, child, name, checker, decision, reason="") -> None:  # type: ignore[no-untyped-def]
+def _decide(agent, child, name, checker, decision, reason="") -> None:
     with agent.db.write() as session:
         review.decide(
             session,
@@ -86,7 +86,7 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
         base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
     )
     task_id = alice.post(f"{TES}/tasks", json=TASK).json()["id"]
-    _wait(alice, task_id, lambda d: all(l["metadata"]["stage"] == "awaiting_review" for l in d["logs"]))
+    _wait(alice, task_id, lambda d: all(log["metadata"]["stage"] == "awaiting_review" for log in d["logs"]))
     uk, sg = stack.agents["uk-tre"], stack.agents["sg-tre"]
     uk_child, sg_child = _child(uk), _child(sg)
     held_before = {f.name: f.sha256 for f in uk_held(uk, uk_child)}
@@ -104,7 +104,8 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
         headers={"Authorization": f"Bearer {own}"},
         timeout=30,
     )
-    assert refused.status_code == 403 and "submitted this task" in refused.json()["detail"]
+    assert refused.status_code == 403
+    assert "submitted this task" in refused.json()["detail"]
 
     _decide(uk, uk_child, "/outputs/summary.csv", "uk-checker", "approved", "aggregate count")
     _decide(uk, uk_child, "step-0.stdout", "uk-checker", "approved", "a count only")
@@ -116,17 +117,19 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     doc = _wait(
         alice,
         task_id,
-        lambda d: all(l["metadata"]["stage"] in ("partially_released", "withheld") for l in d["logs"]),
+        lambda d: all(log["metadata"]["stage"] in ("partially_released", "withheld") for log in d["logs"]),
     )
     assert doc["state"] == "COMPLETE"
-    stages = {l["metadata"]["tre"]: l["metadata"]["stage"] for l in doc["logs"]}
+    stages = {log["metadata"]["tre"]: log["metadata"]["stage"] for log in doc["logs"]}
     assert stages == {"uk-tre": "partially_released", "sg-tre": "withheld"}
-    uk_log = next(l for l in doc["logs"] if l["metadata"]["tre"] == "uk-tre")
-    sg_log = next(l for l in doc["logs"] if l["metadata"]["tre"] == "sg-tre")
+    uk_log = next(log for log in doc["logs"] if log["metadata"]["tre"] == "uk-tre")
+    sg_log = next(log for log in doc["logs"] if log["metadata"]["tre"] == "sg-tre")
     assert [o["path"] for o in uk_log["outputs"]] == ["/outputs/summary.csv"]
-    assert uk_log["logs"][0]["stdout"].startswith("summarised ") and uk_log["logs"][0]["exit_code"] == 0
+    assert uk_log["logs"][0]["stdout"].startswith("summarised ")
+    assert uk_log["logs"][0]["exit_code"] == 0
     # Withheld: no outputs, no logs, not even the exit codes (which the checker did not let out).
-    assert sg_log["outputs"] == [] and sg_log["logs"] == []
+    assert sg_log["outputs"] == []
+    assert sg_log["logs"] == []
     assert (
         "sg-tre: the output checkers withheld every output; their reasons: not needed"
         in sg_log["system_logs"]
@@ -160,7 +163,8 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     ]
     assert disclosure["withheld_reasons"] == ["person-level rows"]
     for file in disclosure["files"]:
-        assert len(file["sha256"]) == 64 and file["checks"]["rules"]
+        assert len(file["sha256"]) == 64
+        assert file["checks"]["rules"]
         assert all(
             set(rule) == {"rule", "version", "verdict"} for rule in file["checks"]["rules"]
         )  # no findings
@@ -173,7 +177,8 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
     with uk.db.read() as session:
         record = review.kept_record(session, uk_child)
     detail = next(f for f in record["files"] if f["name"] == "/outputs/detail.csv")
-    assert detail["decision"] == "rejected" and detail["decisions"][0] == {
+    assert detail["decision"] == "rejected"
+    assert detail["decisions"][0] == {
         "checker": "uk-checker",
         "decision": "rejected",
         "reason": "person-level rows",
@@ -206,13 +211,11 @@ def test_exactly_the_approved_files_reach_the_researcher_intact(stack):
         airlock.read_manifest(uk.store, uk_child) or airlock.read_manifest(sg.store, sg_child)
     ):
         time.sleep(0.1)
-    assert (
-        airlock.read_manifest(uk.store, uk_child) is None
-        and airlock.read_manifest(sg.store, sg_child) is None
-    )
+    assert airlock.read_manifest(uk.store, uk_child) is None
+    assert airlock.read_manifest(sg.store, sg_child) is None
 
 
-def uk_held(agent, child):  # type: ignore[no-untyped-def]
+def uk_held(agent, child):
     from fivesafes_tes.agent.tables import HeldFileRecord
 
     with agent.db.read() as session:
@@ -246,7 +249,8 @@ def test_a_held_file_changed_behind_the_systems_back_blocks_the_release(stack):
     assert alice.get(f"/api/v1/tasks/{task_id}/results").json()["tres"][0]["files"] == []
     with uk.db.read() as session:
         alerts = list(session.scalars(select(AuditRecord).where(AuditRecord.action == "release.integrity")))
-    assert len(alerts) == 1 and alerts[0].detail["name"] == "/outputs/summary.csv"
+    assert len(alerts) == 1
+    assert alerts[0].detail["name"] == "/outputs/summary.csv"
 
 
 def test_released_outputs_are_delivered_where_the_task_asked_if_the_gateway_may_write_there(

@@ -66,7 +66,7 @@ def _stage(http: httpx.Client, gateway: str, task_id: str) -> str:
     return doc["logs"][0]["metadata"]["stage"]
 
 
-def _keys(store, prefix: str = "") -> list[str]:  # type: ignore[no-untyped-def]
+def _keys(store, prefix: str = "") -> list[str]:
     return sorted(o.key for o in store.list(prefix))
 
 

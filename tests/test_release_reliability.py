@@ -44,7 +44,7 @@ SCRIPT = f"echo {CANARY} > /outputs/a.txt; echo second > /outputs/b.txt; echo {C
 
 
 @pytest.fixture
-def stack(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def stack(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     with devstack.start(tmp_path / "stack", agents=True, executor="docker") as running:
         yield running
@@ -61,7 +61,7 @@ def _wait(http: httpx.Client, task_id: str, stage: str, timeout: float = 60) -> 
         time.sleep(0.1)
 
 
-def _approve_all(agent, child: str) -> None:  # type: ignore[no-untyped-def]
+def _approve_all(agent, child: str) -> None:
     with agent.db.write() as session:
         for file in review.describe(session, child).files:
             review.decide(
@@ -74,7 +74,7 @@ def _approve_all(agent, child: str) -> None:  # type: ignore[no-untyped-def]
             )
 
 
-def _child(agent) -> str:  # type: ignore[no-untyped-def]
+def _child(agent) -> str:
     with agent.db.read() as session:
         return session.scalars(select(LocalChild.child_id).order_by(LocalChild.created_at.desc())).first()
 
@@ -116,7 +116,7 @@ def test_a_crash_during_the_copy_loses_and_doubles_nothing(stack, monkeypatch):
     child = _child(uk)
     real_upload, calls = uk.client.upload_file, []
 
-    def crash_after_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def crash_after_first(*args, **kwargs):
         calls.append(args[1].name)
         result = real_upload(*args, **kwargs)
         if len(calls) == 2:  # the second file reached the gateway, then the agent "died"
@@ -129,9 +129,8 @@ def test_a_crash_during_the_copy_loses_and_doubles_nothing(stack, monkeypatch):
     assert len(calls) > 4  # the interrupted release was retried from the start
     with devstack.Database(stack.settings.effective_database_url).read() as session:
         names = list(session.scalars(select(ReleasedFile.name).where(ReleasedFile.child_id == child)))
-        assert (
-            sorted(names) == sorted(set(names)) and len(names) == 4
-        )  # 2 outputs + stdout + stderr, once each
+        assert sorted(names) == sorted(set(names))
+        assert len(names) == 4
         assert session.scalar(select(func.count()).select_from(ReleasedFile)) == 4
     held = airlock.held_prefix(child)  # (moto keeps one S3 per process: other tests' buckets are here too)
     deadline = (
@@ -144,7 +143,8 @@ def test_a_crash_during_the_copy_loses_and_doubles_nothing(stack, monkeypatch):
     assert sorted(f["name"] for f in listing) == sorted(names)
     for file in listing:
         body = http.get(f"/api/v1/results/{file['id']}")
-        assert body.status_code == 200 and hashlib.sha256(body.content).hexdigest() == file["sha256"]
+        assert body.status_code == 200
+        assert hashlib.sha256(body.content).hexdigest() == file["sha256"]
 
 
 def test_no_token_key_or_output_content_reaches_the_logs(stack, caplog):

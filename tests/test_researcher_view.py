@@ -84,7 +84,7 @@ def task(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, docker_client):  # type: ignore[no-untyped-def]
+def stack(tmp_path_factory, docker_client):
     images.ensure_busybox_image(docker_client)
     home = tmp_path_factory.mktemp("researcher-view")
     with devstack.start(
@@ -94,7 +94,7 @@ def stack(tmp_path_factory, docker_client):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def alice(stack):  # type: ignore[no-untyped-def]
+def alice(stack):
     with httpx.Client(
         base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=30
     ) as client:
@@ -125,7 +125,7 @@ def _other_extract(original: Path, into: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pairs(stack, alice, tmp_path_factory):  # type: ignore[no-untyped-def]
+def pairs(stack, alice, tmp_path_factory):
     """Two pairs (held, then rejected; held, then partly released), all four held for review."""
     uk = stack.agents["uk-tre"]
     names = ["pair-rejected", "pair-released"]
@@ -145,7 +145,7 @@ def pairs(stack, alice, tmp_path_factory):  # type: ignore[no-untyped-def]
     return list(zip(firsts, seconds, strict=True))
 
 
-def _child_of(agent, task_id: str) -> str:  # type: ignore[no-untyped-def]
+def _child_of(agent, task_id: str) -> str:
     with agent.db.read() as session:
         return session.scalar(select(LocalChild.child_id).where(LocalChild.task_id == task_id))
 
@@ -197,9 +197,11 @@ def test_held_outputs_look_the_same_whatever_the_task_did(stack, alice, pairs):
         with uk.db.read() as session:
             runs = [review.describe(session, c) for c in (one, two)]
         assert [s.exit_code for s in runs[0].steps] == [0, 3]
-        assert len(runs[1].steps) == 1 and 48 <= runs[1].steps[0].exit_code <= 57
+        assert len(runs[1].steps) == 1
+        assert 48 <= runs[1].steps[0].exit_code <= 57
         names = [sorted(f.name for f in run.files) for run in runs]
-        assert len(names[0]) != len(names[1]) and set(names[0]) != set(names[1])
+        assert len(names[0]) != len(names[1])
+        assert set(names[0]) != set(names[1])
         # ... and the researcher sees the same on every route.
         assert (
             json.loads(_routes(alice, first, name)["GET /api/v1/tasks/{id}/results"])["tres"][0]["disclosure"]
@@ -220,13 +222,15 @@ def test_after_a_full_rejection_only_the_reviewers_reasons_show(stack, alice, pa
     _assert_same(bodies, _routes(alice, second, "pair-rejected"))
     full = json.loads(bodies["GET /ga4gh/tes/v1/tasks/{id}?view=FULL"])
     assert full["state"] == "SYSTEM_ERROR"  # withheld, not EXECUTOR_ERROR: the failure stays in the TRE
-    assert full["logs"][0]["logs"] == [] and full["logs"][0]["outputs"] == []
+    assert full["logs"][0]["logs"] == []
+    assert full["logs"][0]["outputs"] == []
     assert (
         "uk-tre: the output checkers withheld every output; their reasons: record-level data"
         in full["logs"][0]["system_logs"]
     )
     disclosure = json.loads(bodies["GET /api/v1/tasks/{id}/results"])["tres"][0]["disclosure"]
-    assert disclosure["files"] == [] and disclosure["withheld_reasons"] == ["record-level data"]
+    assert disclosure["files"] == []
+    assert disclosure["withheld_reasons"] == ["record-level data"]
 
 
 def test_after_a_partial_release_only_the_released_file_and_the_run_the_checker_saw_show(stack, alice, pairs):
@@ -249,7 +253,8 @@ def test_after_a_partial_release_only_the_released_file_and_the_run_the_checker_
             continue
         runs = [json.loads(b[route])["logs"][0]["logs"] for b in bodies]
         assert [step["exit_code"] for step in runs[0]] == [0, 3], route
-        assert len(runs[1]) == 1 and 48 <= runs[1][0]["exit_code"] <= 57, route
+        assert len(runs[1]) == 1, route
+        assert 48 <= runs[1][0]["exit_code"] <= 57, route
         for b, run in zip(bodies, runs, strict=True):
             b[route] = b[route].replace(json.dumps(run, separators=(",", ":")), '"<the released run>"')
     _assert_same(*bodies)

@@ -22,7 +22,7 @@ FILES = {held_key(CHILD, parse(name)): verdict for name, verdict in VERDICTS.ite
 
 
 @pytest.fixture
-def db(tmp_path):  # type: ignore[no-untyped-def]
+def db(tmp_path):
     database = open_database(AgentSettings(tre="uk-tre", data_dir=tmp_path))
     with database.write() as session:
         session.add(
@@ -45,14 +45,14 @@ def db(tmp_path):  # type: ignore[no-untyped-def]
     database.dispose()
 
 
-def decide(db, key, checker, decision, reason="", *, subject=None):  # type: ignore[no-untyped-def]
+def decide(db, key, checker, decision, reason="", *, subject=None):
     """`checker` decides; their subject is `subject`, or else their name's (one subject per name)."""
     person = Person(IDP, subject or f"{checker.casefold()}-sub", checker)
     with db.write() as session:
         review.decide(session, CHILD, key, person, decision, reason=reason)
 
 
-def settle(db, **policy):  # type: ignore[no-untyped-def]
+def settle(db, **policy):
     with db.read() as session:
         return review.settle(session, CHILD, review.ReviewPolicy(**policy))
 
@@ -169,7 +169,7 @@ def test_no_decision_once_the_child_has_moved_on_and_each_decision_is_audited(db
 
 
 @pytest.fixture
-def api(db, tmp_path):  # type: ignore[no-untyped-def]
+def api(db, tmp_path):
     from fastapi.testclient import TestClient
 
     from fivesafes_tes.agent.admin_api import create_admin_app
@@ -205,7 +205,8 @@ def test_only_output_checkers_of_this_tre_use_the_review_api(api):
         client.post(url, json=body, headers=as_("alice", "output-checker")).status_code == 403
     )  # the submitter
     ok = client.post(url, json=body, headers=as_("carol", "output-checker"))
-    assert ok.status_code == 200 and ok.json()["checker"] == "carol"
+    assert ok.status_code == 200
+    assert ok.json()["checker"] == "carol"
     pending = client.get("/review/v1/children", headers=as_("carol", "output-checker")).json()
     shown = {f["name"]: f for f in pending[0]["files"]}
     assert shown["/outputs/table.csv"]["decisions"] == [["carol", "approved", ""]]
@@ -250,9 +251,8 @@ def test_the_checker_sees_the_run_and_the_whole_record_and_only_the_released_par
             }
         ]
     shown = client.get(f"/review/v1/children/{CHILD}", headers=carol).json()
-    assert (
-        shown["outcome"] == "failed" and shown["steps"] == steps
-    )  # what the researcher may see once released
+    assert shown["outcome"] == "failed"
+    assert shown["steps"] == steps
     assert (
         client.get(f"/review/v1/children/{CHILD}/disclosure", headers=carol).status_code == 404
     )  # not settled
@@ -272,10 +272,13 @@ def test_the_checker_sees_the_run_and_the_whole_record_and_only_the_released_par
     assert [f["name"] for f in exported["files"]] == ["/outputs/table.csv"]
     assert exported["withheld_reasons"] == ["record-level output", "small cells"]  # distinct, sorted
     text = str(exported)
-    assert "plot.png" not in text and "step-0.stdout" not in text and "10000001" not in text
+    assert "plot.png" not in text
+    assert "step-0.stdout" not in text
+    assert "10000001" not in text
 
     kept = client.get(f"/review/v1/children/{CHILD}/disclosure", headers=carol)
-    assert kept.status_code == 200 and kept.json() == record  # the whole record stays in the TRE
+    assert kept.status_code == 200
+    assert kept.json() == record
     assert "a row quotes person 10000001" in str(kept.json())
     assert (
         client.get(f"/review/v1/children/{CHILD}/disclosure", headers=as_("alice", "researcher")).status_code

@@ -12,7 +12,7 @@ from fivesafes_tes.egress.held import LogKey, OutputKey, Stream
 IMAGE = "registry.tre.example/stats:1"
 
 
-def policy(tmp_path) -> TrePolicy:  # type: ignore[no-untyped-def]
+def policy(tmp_path) -> TrePolicy:
     data = tmp_path / "omop"
     data.mkdir()
     return TrePolicy(
@@ -24,11 +24,11 @@ def policy(tmp_path) -> TrePolicy:  # type: ignore[no-untyped-def]
     )
 
 
-def task(**extra):  # type: ignore[no-untyped-def]
+def task(**extra):
     return {"executors": [{"image": IMAGE, "command": ["run"]}], **extra}
 
 
-def stage(tmp_path, t, project="alpha"):  # type: ignore[no-untyped-def]
+def stage(tmp_path, t, project="alpha"):
     return prepare(
         t,
         child_id="c1",
@@ -57,8 +57,10 @@ def test_outputs_of_every_kind_are_collected_by_their_container_paths(tmp_path):
     rw = {m.target: m.source for m in spec.mounts if not m.read_only}
     ro = {m.target: m.source for m in spec.mounts if m.read_only}
     assert set(rw) == {"/out", "/out/plots", "/out/report"}
-    assert set(ro) == {"/data/omop", "/in/script.R"} and ro["/in/script.R"].read_text() == "print(1)"
-    assert spec.limits.cpu_cores == 2 and spec.limits.memory_bytes == 1 << 29  # min(request, TRE maximum)
+    assert set(ro) == {"/data/omop", "/in/script.R"}
+    assert ro["/in/script.R"].read_text() == "print(1)"
+    assert spec.limits.cpu_cores == 2
+    assert spec.limits.memory_bytes == 1 << 29
     (rw["/out"] / "table.csv").write_text("n\n12\n")
     (rw["/out"] / "scratch.tmp").write_text("not an output")
     (rw["/out/plots"] / "a.png").write_bytes(b"png")

@@ -145,7 +145,8 @@ def test_files_are_utf8_csv_with_omop_column_names(default_sets: dict[str, Path]
     for table, required in REQUIRED_COLUMNS.items():
         raw = (out / f"{table}.csv").read_bytes()
         raw.decode("utf-8")
-        assert b"\r" not in raw and raw.endswith(b"\n")
+        assert b"\r" not in raw
+        assert raw.endswith(b"\n")
         header = raw.split(b"\n", 1)[0].decode().split(",")
         assert header == list(COLUMNS[table])
         assert required <= set(header)
@@ -157,7 +158,8 @@ def test_files_are_utf8_csv_with_omop_column_names(default_sets: dict[str, Path]
 
 def test_column_lists_are_omop_v54() -> None:
     # Spot checks against the CDM v5.4 DDL: first columns, v5.4-only columns, table sizes.
-    assert COLUMNS["person"][:2] == ("person_id", "gender_concept_id") and len(COLUMNS["person"]) == 18
+    assert COLUMNS["person"][:2] == ("person_id", "gender_concept_id")
+    assert len(COLUMNS["person"]) == 18
     assert COLUMNS["condition_occurrence"][0] == "condition_occurrence_id"
     assert "condition_status_concept_id" in COLUMNS["condition_occurrence"]
     assert len(COLUMNS["condition_occurrence"]) == 16
@@ -229,7 +231,8 @@ def test_dataset_json_describes_the_files(default_sets: dict[str, Path], tre: st
     assert meta["name"] == f"synthetic-omop-{tre}"
     assert meta["seed"] == 0
     assert meta["synthetic"] is True
-    assert "SYNTHETIC" in meta["notice"] and "NOT REAL PATIENTS" in meta["notice"]
+    assert "SYNTHETIC" in meta["notice"]
+    assert "NOT REAL PATIENTS" in meta["notice"]
     assert meta["profile"]["name"] == tre
     assert meta["cdm"]["version"] == "5.4"
     assert set(meta["tables"]) == set(REQUIRED_COLUMNS)
@@ -254,7 +257,9 @@ def test_verify_dataset_notices_tampering(tmp_path: Path) -> None:
 
 def test_generate_result_matches_manifest(tmp_path: Path) -> None:
     info = generate(tmp_path, PROFILES["uk-tre"], seed=5, n_persons=100)
-    assert info.n_persons == 100 and info.seed == 5 and info.profile.n_persons == 100
+    assert info.n_persons == 100
+    assert info.seed == 5
+    assert info.profile.n_persons == 100
     assert info.manifest == tmp_path / "dataset.json"
     assert info.to_json() == load_info(tmp_path)
     assert info.tables["person"].rows == 100
@@ -264,7 +269,7 @@ def test_generate_result_matches_manifest(tmp_path: Path) -> None:
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown TRE profile"):
         generate(tmp_path, "xx-tre", seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n_persons must be in"):
         generate(tmp_path, "uk-tre", seed=0, n_persons=-1)
 
 

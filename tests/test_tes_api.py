@@ -14,7 +14,7 @@ TES = "/ga4gh/tes/v1"
 PREFIXES = ["/ga4gh/tes/v1", "/v1"]
 
 
-def minimal_task(**extra):  # type: ignore[no-untyped-def]
+def minimal_task(**extra):
     return {"executors": [{"image": "alpine:3.20", "command": ["echo", "hi"]}], **extra}
 
 
@@ -56,7 +56,7 @@ FULL_TASK = {
 }
 
 
-def create(gateway, task=None, user="alice", **headers) -> str:  # type: ignore[no-untyped-def]
+def create(gateway, task=None, user="alice", **headers) -> str:
     response = gateway.client.post(
         f"{TES}/tasks", json=task or minimal_task(), headers={**gateway.headers(user), **headers}
     )
@@ -64,7 +64,7 @@ def create(gateway, task=None, user="alice", **headers) -> str:  # type: ignore[
     return response.json()["id"]
 
 
-def audit_count(gateway, action: str) -> int:  # type: ignore[no-untyped-def]
+def audit_count(gateway, action: str) -> int:
     with gateway.db.read() as session:
         return session.scalar(
             select(func.count()).select_from(AuditRecord).where(AuditRecord.action == action)
@@ -89,7 +89,8 @@ def test_service_info_is_public_and_complete(gateway, path):
     assert {"id", "name", "organization", "version", "storage", "tesResources_backend_parameters"} <= set(
         info
     )
-    assert info["organization"]["name"] and info["organization"]["url"]
+    assert info["organization"]["name"]
+    assert info["organization"]["url"]
     assert sorted(info["tesResources_backend_parameters"]) == sorted(gateway.settings.backend_parameters)
 
 
@@ -111,7 +112,8 @@ def test_full_view_returns_the_task_as_submitted(gateway):
     full = gateway.client.get(
         f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
     ).json()
-    assert full["id"] == task_id and full["state"] == "QUEUED"
+    assert full["id"] == task_id
+    assert full["state"] == "QUEUED"
     for key in ("name", "description", "outputs", "executors", "volumes"):
         expected = FULL_TASK[key]
         if key == "outputs":
@@ -124,7 +126,8 @@ def test_full_view_returns_the_task_as_submitted(gateway):
     assert full["resources"]["backend_parameters"] == {
         "TRE": "uk-tre"
     }  # VmSize unsupported: dropped, not stored
-    assert full["resources"]["ram_gb"] == 4.5 and full["resources"]["cpu_cores"] == 2
+    assert full["resources"]["ram_gb"] == 4.5
+    assert full["resources"]["cpu_cores"] == 2
     assert full["creation_time"].endswith("Z")
     assert any("VmSize" in line for log in full["logs"] for line in log["system_logs"])
 
@@ -206,7 +209,8 @@ def test_read_only_fields_in_the_body_are_ignored(gateway):
     got = gateway.client.get(
         f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
     ).json()
-    assert got["state"] == "QUEUED" and not got["creation_time"].startswith("1999")
+    assert got["state"] == "QUEUED"
+    assert not got["creation_time"].startswith("1999")
 
 
 def test_content_over_the_limit_is_400_and_128_kib_is_accepted(gateway):
@@ -215,7 +219,8 @@ def test_content_over_the_limit_is_400_and_128_kib_is_accepted(gateway):
     limit = gateway.settings.max_content_bytes
     over = minimal_task(inputs=[{"path": "/x", "content": "é" * (limit // 2 + 1)}])  # 2 bytes each in UTF-8
     response = gateway.client.post(f"{TES}/tasks", json=over, headers=gateway.headers())
-    assert response.status_code == 400 and "inputs.0.content" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "inputs.0.content" in response.json()["detail"]
 
 
 def test_oversized_body_is_413_and_stores_nothing(gateway):
@@ -239,7 +244,7 @@ CAPPED = {
 }
 
 
-def stored_rows(gateway) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def stored_rows(gateway) -> dict[str, int]:
     from fivesafes_tes.submission.tables import Child, IdempotencyKey, Task, TaskTag
 
     with gateway.db.read() as session:
@@ -329,12 +334,14 @@ def test_invalid_view_is_400(gateway):
 def test_cancel_is_immediate_returns_empty_and_is_a_no_op_once_ended(gateway):
     task_id = create(gateway)
     first = gateway.client.post(f"{TES}/tasks/{task_id}:cancel", headers=gateway.headers())
-    assert first.status_code == 200 and first.json() == {}
+    assert first.status_code == 200
+    assert first.json() == {}
     assert (
         gateway.client.get(f"{TES}/tasks/{task_id}", headers=gateway.headers()).json()["state"] == "CANCELED"
     )
     again = gateway.client.post(f"/v1/tasks/{task_id}:cancel", headers=gateway.headers())
-    assert again.status_code == 200 and again.json() == {}
+    assert again.status_code == 200
+    assert again.json() == {}
     assert audit_count(gateway, "task.cancel") == 1
     full = gateway.client.get(
         f"{TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
@@ -362,7 +369,8 @@ def test_idempotency_key_same_body_same_id_other_body_409(gateway):
     clash = gateway.client.post(
         f"{TES}/tasks", json=minimal_task(name="b"), headers={**gateway.headers(), "Idempotency-Key": "k-1"}
     )
-    assert clash.status_code == 409 and "Idempotency-Key" in clash.json()["detail"]
+    assert clash.status_code == 409
+    assert "Idempotency-Key" in clash.json()["detail"]
     # Keys belong to their user: bob's k-1 is his own task.
     assert create(gateway, minimal_task(name="a"), user="bob", **{"Idempotency-Key": "k-1"}) != first
     assert audit_count(gateway, "task.create") == 2
@@ -373,7 +381,7 @@ def test_idempotency_key_same_body_same_id_other_body_409(gateway):
 # --- list: filters and pagination -------------------------------------------------------------
 
 
-def _dataset(gateway, seed: int = 7):  # type: ignore[no-untyped-def]
+def _dataset(gateway, seed: int = 7):
     """Tasks with names, tags and states drawn from a seeded generator; returns what was stored."""
     rng = random.Random(seed)
     stored = []
@@ -393,7 +401,7 @@ def _dataset(gateway, seed: int = 7):  # type: ignore[no-untyped-def]
     return stored
 
 
-def _matches(task, name_prefix, state, tags) -> bool:  # type: ignore[no-untyped-def]
+def _matches(task, name_prefix, state, tags) -> bool:
     if name_prefix and not task["name"].startswith(name_prefix):
         return False
     if state and task["state"] != state:
@@ -401,7 +409,7 @@ def _matches(task, name_prefix, state, tags) -> bool:  # type: ignore[no-untyped
     return all(key in task["tags"] and (value == "" or task["tags"][key] == value) for key, value in tags)
 
 
-def _list_all(gateway, params, page_size):  # type: ignore[no-untyped-def]
+def _list_all(gateway, params, page_size):
     seen, token, pages = [], None, 0
     while True:
         query = {**params, "page_size": page_size, **({"page_token": token} if token else {})}
@@ -458,7 +466,8 @@ def test_tag_key_without_value_matches_any_value_and_missing_key_does_not(gatewa
 
 def test_more_tag_values_than_keys_is_400(gateway):
     response = gateway.client.get(f"{TES}/tasks", params={"tag_value": "x"}, headers=gateway.headers())
-    assert response.status_code == 400 and "tag_value" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "tag_value" in response.json()["detail"]
 
 
 def test_default_page_size_is_256_and_token_only_when_more(gateway):
@@ -473,24 +482,28 @@ def test_default_page_size_is_256_and_token_only_when_more(gateway):
     assert [t["id"] for t in second["tasks"]] == [ids[0]]
     assert "next_page_token" not in second
     exact = gateway.client.get(f"{TES}/tasks", params={"page_size": 257}, headers=gateway.headers()).json()
-    assert len(exact["tasks"]) == 257 and "next_page_token" not in exact
+    assert len(exact["tasks"]) == 257
+    assert "next_page_token" not in exact
 
 
 @pytest.mark.parametrize("page_size", [0, -1, 2048, "many"])
 def test_page_size_out_of_range_is_400(gateway, page_size):
     response = gateway.client.get(f"{TES}/tasks", params={"page_size": page_size}, headers=gateway.headers())
-    assert response.status_code == 400 and "page_size" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "page_size" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("token", ["garbage!", "bm90LWFuLWlk", "x" * 64])
 def test_forged_page_token_is_400(gateway, token):
     response = gateway.client.get(f"{TES}/tasks", params={"page_token": token}, headers=gateway.headers())
-    assert response.status_code == 400 and "page_token" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "page_token" in response.json()["detail"]
 
 
 def test_invalid_state_filter_is_400(gateway):
     response = gateway.client.get(f"{TES}/tasks", params={"state": "DONE"}, headers=gateway.headers())
-    assert response.status_code == 400 and "state" in response.json()["detail"]
+    assert response.status_code == 400
+    assert "state" in response.json()["detail"]
 
 
 def test_full_list_view_includes_content_basic_does_not(gateway):

@@ -45,7 +45,7 @@ echo "counted $persons people"
 """
 
 
-def analysis(script: str = PREVALENCE, **extra):  # type: ignore[no-untyped-def]
+def analysis(script: str = PREVALENCE, **extra):
     return {
         "name": "prevalence",
         "executors": [{"image": BUSYBOX_IMAGE, "command": ["sh", "/analysis/run.sh"]}],
@@ -56,7 +56,7 @@ def analysis(script: str = PREVALENCE, **extra):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def federation(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def federation(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     with devstack.start(tmp_path / "stack", agents=True, executor="docker") as stack:
         yield stack
@@ -80,7 +80,7 @@ class Researcher:
     def stages(self, task_id: str) -> dict[str, str]:
         return {log["metadata"]["tre"]: log["metadata"]["stage"] for log in self.full(task_id)["logs"]}
 
-    def wait(self, task_id: str, done, timeout: float = 60):  # type: ignore[no-untyped-def]
+    def wait(self, task_id: str, done, timeout: float = 60):
         """Poll until done(doc); return every (state, stages) seen on the way, in order."""
         seen: list[tuple[str, dict[str, str]]] = []
         deadline = time.monotonic() + timeout
@@ -117,7 +117,8 @@ def test_one_task_runs_in_both_tres_and_holds_outputs_with_checksums(federation)
             assert Stage(after) in _reachable(Stage(before)), (tre, path)
     order = ["QUEUED", "INITIALIZING", "RUNNING"]
     states = [state for state, _ in seen]
-    assert states == sorted(states, key=order.index) and states[-1] == "RUNNING"
+    assert states == sorted(states, key=order.index)
+    assert states[-1] == "RUNNING"
     assert doc["state"] == "RUNNING"
 
     counts = {}
@@ -133,7 +134,8 @@ def test_one_task_runs_in_both_tres_and_holds_outputs_with_checksums(federation)
         assert kinds == [("output", "/outputs/prevalence.csv"), ("stderr", "step-0"), ("stdout", "step-0")]
         for held in manifest.files:
             body = agent.store.get_bytes(held.key)
-            assert hashlib.sha256(body).hexdigest() == held.sha256 and len(body) == held.size
+            assert hashlib.sha256(body).hexdigest() == held.sha256
+            assert len(body) == held.size
         table = agent.store.get_bytes(next(f.key for f in manifest.files if f.kind == "output")).decode()
         stdout = agent.store.get_bytes(next(f.key for f in manifest.files if f.kind == "stdout")).decode()
         row = next(csv.DictReader(io.StringIO(table)))
@@ -156,7 +158,7 @@ def _reachable(stage: Stage) -> set[Stage]:
     return seen
 
 
-def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
+def _children(agent) -> list[str]:
     from sqlalchemy import select
 
     from fivesafes_tes.agent.tables import LocalChild
@@ -167,7 +169,7 @@ def _children(agent) -> list[str]:  # type: ignore[no-untyped-def]
         ]
 
 
-def _persons(stack, tre: str) -> int:  # type: ignore[no-untyped-def]
+def _persons(stack, tre: str) -> int:
     dataset = stack.agents[tre].policy.datasets["omop"].path
     return json.loads((dataset / "dataset.json").read_text())["tables"]["person"]["rows"]
 
@@ -249,7 +251,7 @@ def test_cancel_stops_a_running_container_within_seconds(federation, docker_clie
     assert all(not log.get("logs") for log in doc["logs"])  # no exit code, no stdout
 
 
-def _settled(agent, child: str) -> bool:  # type: ignore[no-untyped-def]
+def _settled(agent, child: str) -> bool:
     from fivesafes_tes.agent.tables import LocalChild
 
     with agent.db.read() as session:
@@ -264,7 +266,8 @@ def test_cancel_while_awaiting_review_empties_the_airlock_and_releases_nothing(f
     agent = federation.agents["uk-tre"]
     child = _children(agent)[0]
     manifest = airlock.read_manifest(agent.store, child)
-    assert manifest is not None and len(manifest.files) == 3  # the output and both logs are held
+    assert manifest is not None
+    assert len(manifest.files) == 3
     keys = [held.key for held in manifest.files]
     assert alice.http.post(f"/tasks/{task_id}:cancel").json() == {}
 
@@ -355,7 +358,7 @@ def _listening_sockets(pid: int) -> list[str]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            target = os.readlink(fd)
+            target = str(Path(fd).readlink())
         except OSError:
             continue
         if target.startswith("socket:["):
@@ -378,7 +381,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def gateway_only(tmp_path, docker_client):  # type: ignore[no-untyped-def]
+def gateway_only(tmp_path, docker_client):
     images.ensure_busybox_image(docker_client)
     from tests.s3 import start_moto
 
@@ -388,7 +391,7 @@ def gateway_only(tmp_path, docker_client):  # type: ignore[no-untyped-def]
     s3.stop()
 
 
-def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _agent_env(stack, s3, home: Path, tre: str = "uk-tre") -> dict[str, str]:
     token = stack.issuer.issue(f"agent-{tre}", ["tre-agent"], audience=stack.settings.oidc_audience, tre=tre)
     return agent_env(stack.url, token, s3, home, tre)
 
@@ -435,7 +438,9 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
         manifest = airlock.Manifest.from_json(store.get_bytes(manifest_keys[0]))
         output = next(f for f in manifest.files if f.kind == "output")
         # Re-attached, not started twice: the container wrote "started" once and then finished.
-        assert store.get_bytes(airlock.held_key(manifest.child_id, output.key)).decode() == "started\nfinished\n"
+        assert (
+            store.get_bytes(airlock.held_key(manifest.child_id, output.key)).decode() == "started\nfinished\n"
+        )
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)
@@ -472,7 +477,8 @@ def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker
                 logs_dir=logs,
             )
         )
-    assert orphan in executor.running() and theirs in neighbour.running()
+    assert orphan in executor.running()
+    assert theirs in neighbour.running()
     agent = start_agent(env, tmp_path / "agent.log")
     try:
         deadline = time.monotonic() + 30
@@ -494,4 +500,5 @@ def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker
     with db.read() as session:
         sweeps = list(session.scalars(select(AuditRecord).where(AuditRecord.action == "agent.sweep")))
     db.dispose()
-    assert sweeps and orphan in sweeps[0].detail["removed"]
+    assert sweeps
+    assert orphan in sweeps[0].detail["removed"]

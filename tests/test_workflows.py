@@ -38,7 +38,7 @@ RELEASED = {
 }
 
 
-def _analysis():  # type: ignore[no-untyped-def]
+def _analysis():
     spec = importlib.util.spec_from_file_location("omop_analysis", ROOT / "analysis" / "omop_analysis.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -194,7 +194,7 @@ def test_a_current_runner_image_is_not_built_again(monkeypatch):
     monkeypatch.setattr(devimages.shutil, "which", lambda name: f"/usr/sbin/{name}")
     assert devimages.ensure_runner_image(client) == devimages.RUNNER_IMAGE
     current.labels[devimages.CONTENT_LABEL] = "an older recipe"
-    with pytest.raises(BaseException, match="rebuilt: .*debootstrap"):
+    with pytest.raises(BaseException, match=r"rebuilt: .*debootstrap"):
         devimages.ensure_runner_image(client, log=lambda line: None)
 
 
@@ -205,7 +205,7 @@ docker_client = images.docker_client
 
 
 @pytest.fixture(scope="module")
-def runner_image(docker_client) -> str:  # type: ignore[no-untyped-def]
+def runner_image(docker_client) -> str:
     """Built once per engine and recipe (a minute or two: debootstrap and PyPI), then reused."""
     from tests.conftest import need_service
 
@@ -216,7 +216,7 @@ def runner_image(docker_client) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, docker_client, runner_image):  # type: ignore[no-untyped-def]
+def stack(tmp_path_factory, docker_client, runner_image):
     images.ensure_busybox_image(docker_client)
     with devstack.start(
         tmp_path_factory.mktemp("workflows") / "stack", agents=True, executor="docker", report_granularity_s=0
@@ -250,7 +250,8 @@ def test_a_workflow_runs_whole_in_each_tre_and_only_its_outputs_are_released(sta
         assert held == RELEASED[engine]
         airlock = ObjectStore(stack.s3_url, f"{tre}-airlock", "dev", "dev-secret")
         keys = [o.key for o in airlock.list(f"held/{child['child_id']}/")]
-        assert keys and not [k for k in keys if k.endswith("/cohort.csv")], keys
+        assert keys, keys
+        assert not [k for k in keys if k.endswith("/cohort.csv")], keys
         for file in shown["files"]:
             if file["kind"] == "output":
                 assert file["verdict"] == "pass", file
@@ -276,10 +277,11 @@ def test_a_workflow_runs_whole_in_each_tre_and_only_its_outputs_are_released(sta
             assert body == expected[name.rsplit("/", 1)[-1]], f"{tre['tre']} {name}"
     results = ObjectStore.from_settings(stack.settings.results)
     stored = [o.key for o in results.list(f"released/{task_id}/")]
-    assert stored and not [k for k in stored if k.endswith("/cohort.csv")], stored
+    assert stored, stored
+    assert not [k for k in stored if k.endswith("/cohort.csv")], stored
 
 
-def _expected(steps, stack, tre: str) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+def _expected(steps, stack, tre: str) -> dict[str, bytes]:
     """The two tables computed here, outside any sandbox, from the TRE's own dataset."""
     dataset = stack.agents[tre].policy.datasets["omop"].path
     scratch = Path(stack.settings.data_dir) / "expected" / tre

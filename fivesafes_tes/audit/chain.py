@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from fivesafes_tes.audit.tables import AuditHead, AuditRecord
@@ -30,10 +30,15 @@ from fivesafes_tes.db.base import utcnow
 GENESIS = "0" * 64
 _HEAD_ID = 1
 _BATCH = 1000
-_INSERT = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
-# Plain tables for the append path, which runs inside every audited transaction.
-_RECORDS = AuditRecord.__table__
-_HEAD = AuditHead.__table__
+# The dialects' own INSERTs, for ON CONFLICT DO NOTHING.
+_INSERT: dict[str, Callable[[Any], postgresql.Insert | sqlite.Insert]] = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+}
+# Plain tables for the append path, which runs inside every audited transaction. SQLAlchemy types
+# a declarative class's __table__ as FromClause; for a class mapped to one table it is that Table.
+_RECORDS = cast(Table, AuditRecord.__table__)
+_HEAD = cast(Table, AuditHead.__table__)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Anyone who can read that directory can mint any role: never trust it in producti
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -96,13 +97,13 @@ class DevIssuer:
 
 def _load_or_create_key(directory: Path) -> rsa.RSAPrivateKey:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    directory.chmod(0o700)
     path = directory / KEY_FILE
     if not path.exists():
         _create_key(path)
     if path.stat().st_mode & 0o077:
         log.warning("tightening permissions of %s to 0600", path)
-        os.chmod(path, 0o600)
+        path.chmod(0o600)
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise TypeError(f"{path} does not hold an RSA private key")
@@ -119,18 +120,17 @@ def _create_key(path: Path) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".signing-key.", suffix=".tmp")  # mode 0600
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".signing-key.", suffix=".tmp")  # mode 0600
+    tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
             handle.flush()
             os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
+        with contextlib.suppress(FileExistsError):
+            path.hardlink_to(tmp)
     finally:
-        os.unlink(tmp)
+        tmp.unlink()
 
 
 def _thumbprint(jwk: dict[str, Any]) -> str:

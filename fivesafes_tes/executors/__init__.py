@@ -34,13 +34,14 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def backend(name: str) -> type:
+def backend(name: str) -> type[Executor]:
     """The class of the backend called `name`."""
     try:
-        module, _, cls = BACKENDS[name].partition(":")
+        module, _, class_name = BACKENDS[name].partition(":")
     except KeyError:
         raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
-    return getattr(importlib.import_module(module), cls)
+    found: type[Executor] = getattr(importlib.import_module(module), class_name)
+    return found
 
 
 def create(name: str, **kwargs: Any) -> Executor:

@@ -19,14 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import struct
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import docker
 import requests
@@ -103,7 +102,7 @@ def _rfc3339(value: datetime) -> str:
     return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _started(state: dict) -> bool:
+def _started(state: dict[str, Any]) -> bool:
     return _time(state.get("StartedAt") or "0001-01-01T00:00:00Z").year > 1
 
 
@@ -144,7 +143,7 @@ def _plan_dir(logs_dir: Path, attempt: int) -> Path:
     return logs_dir / f".run-{attempt}"
 
 
-def _plan_to_json(spec: RunSpec) -> dict:
+def _plan_to_json(spec: RunSpec) -> dict[str, Any]:
     return {
         "child_id": spec.child_id,
         "attempt": spec.attempt,
@@ -157,7 +156,7 @@ def _plan_to_json(spec: RunSpec) -> dict:
     }
 
 
-def _plan_from_json(plan: dict) -> RunSpec:
+def _plan_from_json(plan: dict[str, Any]) -> RunSpec:
     return RunSpec(
         child_id=plan["child_id"],
         attempt=plan["attempt"],
@@ -206,8 +205,8 @@ class DockerExecutor:
         self._busybox = Path(busybox)
         if not self._busybox.is_file() or not _is_static_elf(self._busybox):
             raise ExecutorError(
-                f"{self._busybox} is not a static busybox; the Docker executor mounts it into every container "
-                "to enforce the deadline (Debian: apt-get install busybox-static)"
+                f"{self._busybox} is not a static busybox; the Docker executor mounts it into every "
+                "container to enforce the deadline (Debian: apt-get install busybox-static)"
             )
         self._client = client or docker.from_env()
 
@@ -300,7 +299,11 @@ class DockerExecutor:
         wanted = {LABEL_TRE: self.tre, LABEL_DEPLOYMENT: self.deployment, **labels}
         filters = {"label": [f"{k}={v}" for k, v in wanted.items()] + [LABEL_CHILD]}
         try:
-            return self._client.containers.list(all=True, filters=filters, ignore_removed=True)
+            # The Docker SDK is untyped; containers.list returns Container objects.
+            found: list[Container] = self._client.containers.list(
+                all=True, filters=filters, ignore_removed=True
+            )
+            return found
         except APIError as exc:
             raise ExecutorError(
                 f"the Docker engine could not list containers: {exc.explanation or exc}"
@@ -363,7 +366,9 @@ class DockerExecutor:
             "end", ended=ended, outcome=Outcome.SUCCEEDED, message=f"all {run.count} step(s) succeeded"
         )
 
-    def _classify(self, run: _Run, i: int, state: dict, container: Container) -> tuple[Outcome | None, str]:
+    def _classify(
+        self, run: _Run, i: int, state: dict[str, Any], container: Container
+    ) -> tuple[Outcome | None, str]:
         code = int(state.get("ExitCode", -1))
         if code == 0:
             return None, ""
@@ -381,7 +386,7 @@ class DockerExecutor:
         return Outcome.FAILED, f"{which} exited with code {code}{hint}"
 
     def _oom_noticed(self, container: Container) -> bool:
-        last = self._client.api.logs(container.id, stdout=False, stderr=True, tail=1)
+        last: bytes = self._client.api.logs(container.id, stdout=False, stderr=True, tail=1)
         return last.decode(errors="replace").strip() == OOM_NOTICE
 
     # --- actions --------------------------------------------------------------------------------
@@ -396,7 +401,7 @@ class DockerExecutor:
         plan.mkdir(parents=True, exist_ok=True)
         part = plan / "plan.json.part"
         part.write_text(json.dumps(_plan_to_json(spec)))
-        os.replace(part, plan / "plan.json")
+        part.replace(plan / "plan.json")
         return _Run(spec.child_id, spec.attempt, steps={0: self._create_step(spec, 0, deadline)})
 
     def _create_next(self, run: _Run, i: int) -> Container:
@@ -428,7 +433,7 @@ class DockerExecutor:
                 f"the Docker engine could not look up image {image}: {exc.explanation or exc}"
             ) from exc
 
-    def _create_container(self, config: dict) -> Container:
+    def _create_container(self, config: dict[str, Any]) -> Container:
         try:
             try:
                 container = self._client.containers.create(**config)
@@ -457,7 +462,7 @@ class DockerExecutor:
                 f"image {image} is not on this TRE's engine and could not be pulled: {exc}"
             ) from exc
 
-    def _sandbox_config(self, user: str, limits: Limits) -> dict:
+    def _sandbox_config(self, user: str, limits: Limits) -> dict[str, Any]:
         """Everything the sandbox policy fixes, whatever the step."""
         p = self._policy
         return {
@@ -487,7 +492,7 @@ class DockerExecutor:
             f"{self._policy.tools_dir}/busybox", str(self._busybox), type="bind", read_only=True
         )
 
-    def _step_config(self, spec: RunSpec, i: int, deadline: int) -> dict:
+    def _step_config(self, spec: RunSpec, i: int, deadline: int) -> dict[str, Any]:
         step = spec.steps[i]
         entrypoint, command = step_argv(step, deadline, self._policy)
         reserved = {f"{self._policy.reserved_env_prefix}DEADLINE": str(deadline)}
@@ -580,7 +585,7 @@ class DockerExecutor:
             with part.open("wb") as f:
                 for chunk in chunks:
                     f.write(chunk)
-            os.replace(part, path)
+            part.replace(path)
         state = container.attrs["State"]
         # The engine stamps StartedAt after the process began, so a quick step can "end" before it.
         started, finished = _time(state["StartedAt"]), _time(state["FinishedAt"])

@@ -15,6 +15,7 @@ What it cannot do, it does simply and says so:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -57,17 +58,15 @@ class _Run:
     thread: threading.Thread | None = None
     canceled: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     result: RunResult | None = None
 
 
-def _kill_group(proc: subprocess.Popen | None) -> None:
+def _kill_group(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class LocalExecutor:
@@ -163,14 +162,14 @@ class LocalExecutor:
                 out_path, err_path = spec.logs_dir / f"step-{i}.stdout", spec.logs_dir / f"step-{i}.stderr"
                 start = _now()
                 with out_path.open("wb") as out, err_path.open("wb") as err:
-                    stdin = open(rewrite(step.stdin), "rb") if step.stdin else subprocess.DEVNULL  # noqa: SIM115
+                    stdin = Path(rewrite(step.stdin)).open("rb") if step.stdin else None  # noqa: SIM115
                     try:
                         with run.lock:
                             if run.canceled.is_set():
                                 return Outcome.CANCELED, "the run was canceled", results
                             run.proc = subprocess.Popen(
                                 [rewrite(a) for a in step.command],
-                                stdin=stdin,
+                                stdin=subprocess.DEVNULL if stdin is None else stdin,
                                 stdout=out,
                                 stderr=err,
                                 cwd=rewrite(step.workdir) if step.workdir else scratch,
@@ -187,7 +186,7 @@ class LocalExecutor:
                         err.write(f"fivesafes: {exc}\n".encode())
                         code = 127
                     finally:
-                        if stdin is not subprocess.DEVNULL:
+                        if stdin is not None:
                             stdin.close()
                 results.append(StepResult(code, start, _now(), out_path, err_path))
                 for wanted, captured in ((step.stdout, out_path), (step.stderr, err_path)):

@@ -31,9 +31,8 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -211,12 +210,22 @@ PROFILES: dict[str, TreProfile] = {
         history_start="2005-01-01",
         male_fraction=0.49,
         age_bands=((18, 29, 0.17), (30, 44, 0.23), (45, 59, 0.25), (60, 74, 0.21), (75, 95, 0.14)),
-        race_weights=((RACE_WHITE, 0.82), (RACE_ASIAN, 0.09), (RACE_BLACK, 0.04), (NO_MATCHING_CONCEPT, 0.05)),
+        race_weights=(
+            (RACE_WHITE, 0.82),
+            (RACE_ASIAN, 0.09),
+            (RACE_BLACK, 0.04),
+            (NO_MATCHING_CONCEPT, 0.05),
+        ),
         hispanic_fraction=0.005,
         diabetes_prevalence=0.075,
         cancer_prevalence=0.06,
         hypertension_prevalence=0.28,
-        cancer_sites=((CANCER_BREAST, 0.34), (CANCER_PROSTATE, 0.27), (CANCER_LUNG, 0.17), (CANCER_COLON, 0.22)),
+        cancer_sites=(
+            (CANCER_BREAST, 0.34),
+            (CANCER_PROSTATE, 0.27),
+            (CANCER_LUNG, 0.17),
+            (CANCER_COLON, 0.22),
+        ),
         hba1c_screening_fraction=0.30,
         metformin_given_diabetes=0.78,
         metformin_without_diabetes=0.01,
@@ -235,7 +244,12 @@ PROFILES: dict[str, TreProfile] = {
         diabetes_prevalence=0.14,
         cancer_prevalence=0.03,
         hypertension_prevalence=0.24,
-        cancer_sites=((CANCER_BREAST, 0.30), (CANCER_PROSTATE, 0.15), (CANCER_LUNG, 0.20), (CANCER_COLON, 0.35)),
+        cancer_sites=(
+            (CANCER_BREAST, 0.30),
+            (CANCER_PROSTATE, 0.15),
+            (CANCER_LUNG, 0.20),
+            (CANCER_COLON, 0.35),
+        ),
         hba1c_screening_fraction=0.45,
         metformin_given_diabetes=0.72,
         metformin_without_diabetes=0.01,
@@ -276,7 +290,8 @@ class DatasetInfo:
 
     def to_json(self) -> dict[str, Any]:
         """The content of ``dataset.json`` (JSON types only: tuples become lists)."""
-        return _json_native(_manifest(self.name, self.profile, self.seed, self.n_persons, self.tables))
+        manifest = _manifest(self.name, self.profile, self.seed, self.n_persons, self.tables)
+        return {key: _json_native(value) for key, value in manifest.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +350,7 @@ def _age_distribution(profile: TreProfile) -> list[tuple[int, float]]:
     return out
 
 
-def _risk_function(profile: TreProfile, prevalence: float, slope: float):
+def _risk_function(profile: TreProfile, prevalence: float, slope: float) -> Callable[[int], float]:
     ages = _age_distribution(profile)
     mean_rr = sum(p * math.exp(slope * (age - 50)) for age, p in ages)
 
@@ -376,7 +391,7 @@ class _Writer:
         self.final = out_dir / self.file
         self.tmp = out_dir / f".{self.file}.tmp"
         # Open across many write() calls; closed by close() or discard().
-        self._fh = open(self.tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        self._fh = self.tmp.open("w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._fh, lineterminator="\n")
         self._csv.writerow(COLUMNS[table])
         self.rows = 0
@@ -393,7 +408,7 @@ class _Writer:
         self._fh.close()
 
     def commit(self) -> TableInfo:
-        os.replace(self.tmp, self.final)
+        self.tmp.replace(self.final)
         return TableInfo(self.table, self.file, self.rows, COLUMNS[self.table], _sha256(self.final))
 
     def discard(self) -> None:
@@ -403,7 +418,7 @@ class _Writer:
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -455,7 +470,7 @@ def generate(
     text = json.dumps(info.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     tmp = out / f".{DATASET_JSON}.tmp"
     tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, out / DATASET_JSON)
+    tmp.replace(out / DATASET_JSON)
     return info
 
 
@@ -632,7 +647,10 @@ def _manifest(
 
 def load_info(out_dir: Path | str) -> dict[str, Any]:
     """The parsed ``dataset.json`` of a generated dataset."""
-    return json.loads((Path(out_dir) / DATASET_JSON).read_text(encoding="utf-8"))
+    info = json.loads((Path(out_dir) / DATASET_JSON).read_text(encoding="utf-8"))
+    if not isinstance(info, dict):
+        raise ValueError(f"{DATASET_JSON} is not a JSON object")
+    return info
 
 
 def verify_dataset(out_dir: Path | str) -> list[str]:
@@ -650,7 +668,7 @@ def verify_dataset(out_dir: Path | str) -> list[str]:
             continue
         if _sha256(path) != entry["sha256"]:
             problems.append(f"{table}: sha256 of {entry['file']} does not match {DATASET_JSON}")
-        with open(path, encoding="utf-8", newline="") as fh:
+        with path.open(encoding="utf-8", newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, [])
             rows = sum(1 for _ in reader)

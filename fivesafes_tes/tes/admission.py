@@ -66,7 +66,9 @@ class Admission(NulFree):
     allowed_images: list[str] = Field(max_length=_MANY, description="fnmatch patterns; empty allows none.")
     input_url_schemes: list[str] = Field(
         max_length=100,
-        description="Schemes of the input urls the TRE fetches (`s3`, ...); literal `content` is always staged.",
+        description=(
+            "Schemes of the input urls the TRE fetches (`s3`, ...); literal `content` is always staged."
+        ),
     )
     reserved_paths: list[ReservedPath] = Field(
         max_length=_MANY,
@@ -75,7 +77,9 @@ class Admission(NulFree):
     project_reserved_paths: dict[str, list[ReservedPath]] = Field(
         default_factory=dict,
         max_length=_MANY,
-        description="More such paths for the named projects' tasks (where their granted datasets are mounted).",
+        description=(
+            "More such paths for the named projects' tasks (where their granted datasets are mounted)."
+        ),
     )
     reserved_env_prefixes: list[str] = Field(
         max_length=100, description="Environment variable names starting with one of these are refused."
@@ -140,7 +144,10 @@ class Admission(NulFree):
             path = str(output.get("path") or "")
             field, folder = output_folder(output) if normal_path(path) is not None else ("path", path)
             if field == "path" and folder != path and normal_path(folder) is None:
-                return f"outputs.{n}.path: {path!r} is directly under /; put outputs in a folder, such as /outputs"
+                return (
+                    f"outputs.{n}.path: {path!r} is directly under /; put outputs in a folder, "
+                    "such as /outputs"
+                )
             places.append((f"outputs.{n}.{field}", folder))
         places += [(f"volumes.{n}", v) for n, v in enumerate(task.get("volumes") or [])]
         for field, path in places:

@@ -25,7 +25,7 @@ import requests
 import tes
 
 
-def jsonable(value):  # type: ignore[no-untyped-def]
+def jsonable(value):
     if hasattr(value, "as_dict"):
         return jsonable(value.as_dict())
     if isinstance(value, dict):
@@ -51,7 +51,7 @@ def describe(exc: BaseException) -> dict:
     return out
 
 
-def _text(body):  # type: ignore[no-untyped-def]
+def _text(body):
     return body.decode(errors="replace") if isinstance(body, bytes) else body
 
 
@@ -59,7 +59,7 @@ def main(url: str, token: str) -> dict:
     client = tes.HTTPClient(url, token=token)
     steps: dict = {}
 
-    def run(name, call):  # type: ignore[no-untyped-def]
+    def run(name, call):
         try:
             steps[name] = {"ok": True, "value": jsonable(call())}
         except Exception as exc:  # noqa: BLE001  every failure is reported, none stops the run

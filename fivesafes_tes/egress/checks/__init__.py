@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 
-from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, Rule, RuleResult, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, Finding, Rule, RuleResult, Verdict
 from fivesafes_tes.egress.checks.config import ChecksConfig
 from fivesafes_tes.egress.checks.runner import FileReport, run_checks
+from fivesafes_tes.egress.held import HeldFile
 
 RULES: dict[str, str] = {
     "file_type": "fivesafes_tes.egress.checks.file_type:FileTypeRule",
@@ -27,7 +28,8 @@ def load_rule(spec: str) -> Rule:
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise ValueError(f"rule spec {spec!r} is not 'module:Class'")
-    return getattr(importlib.import_module(module_name), class_name)()
+    rule: Rule = getattr(importlib.import_module(module_name), class_name)()
+    return rule
 
 
 def rule(name: str) -> Rule:

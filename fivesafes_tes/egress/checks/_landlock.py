@@ -87,9 +87,10 @@ def code_paths() -> tuple[list[Path], list[Path]]:
 
 def confine(readable_files: Iterable[Path]) -> None:
     """Confine this process, for good: read `readable_files` (regular files only, not followed
-    through a link), the code already imported and the system's libraries; write nothing. Import what the process will run first. Raises OSError if the kernel
-    cannot, and RuntimeError when more than one thread runs (the others would stay free)."""
-    if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
+    through a link), the code already imported and the system's libraries; write nothing. Import
+    what the process will run first. Raises OSError if the kernel cannot, and RuntimeError when
+    more than one thread runs (the others would stay free)."""
+    if threading.active_count() != 1 or len(list(Path("/proc/self/task").iterdir())) != 1:
         raise RuntimeError("a process with several threads cannot be confined as a whole")
     abi = abi_version()
     handled = _ALL_V1 | (_REFER if abi >= 2 else 0) | (_TRUNCATE if abi >= 3 else 0)

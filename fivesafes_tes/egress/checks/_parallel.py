@@ -18,6 +18,7 @@ import resource
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -52,7 +53,7 @@ def _room_for(count: int) -> bool:
     if limit == resource.RLIM_INFINITY:
         return True
     try:
-        status = open("/proc/self/status").read()  # noqa: SIM115 - one read of a small file
+        status = Path("/proc/self/status").read_text()
     except OSError:
         return False  # cannot tell: one thread is always safe
     used = re.search(r"VmSize:\s+(\d+) kB", status)

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from fivesafes_tes.egress.checks._parallel import ordered, threads
-from fivesafes_tes.egress.checks.base import Finding, HeldFile, Verdict
+from fivesafes_tes.egress.checks.base import Finding, Verdict
+from fivesafes_tes.egress.held import HeldFile
 
 CSV, TSV, PARQUET, JSON = "csv", "tsv", "parquet", "json"
 _SUFFIXES = {
@@ -122,7 +123,8 @@ def settings_problem(exc: ValidationError) -> Finding:
 
 def row_indices(mask: pa.Array | pa.ChunkedArray) -> list[int]:
     """0-based positions where a boolean mask is true (nulls count as false)."""
-    return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
+    indices: list[int] = pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()  # pyarrow is untyped
+    return indices
 
 
 def name_words(name: str) -> list[str]:
@@ -278,9 +280,11 @@ def _delimited_batches(
 
     def parse_segment(data: memoryview) -> list[pa.RecordBatch]:
         source = pa.BufferReader(pa.py_buffer(data))
-        return pa_csv.read_csv(
+        table = pa_csv.read_csv(
             source, read_options=read, parse_options=parse_unquoted, convert_options=convert
-        ).to_batches()
+        )
+        batches: list[pa.RecordBatch] = table.to_batches()  # pyarrow is untyped
+        return batches
 
     for batches in ordered(parse_segment, segments(), count):
         yield from batches

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, RuleResult, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, Finding, RuleResult, Verdict
+from fivesafes_tes.egress.held import HeldFile
 
 RESULTS = "results.json"
 CONFIG = "config.json"
@@ -120,8 +121,9 @@ def _judge(
         return [
             Finding(
                 Verdict.FAIL,
-                f"{label}: the results.json of {where} cannot be read ({folder.problem}); ACRO's verdicts cannot "
-                "be honoured, so nothing in this folder leaves until results.json is fixed or removed",
+                f"{label}: the results.json of {where} cannot be read ({folder.problem}); ACRO's "
+                "verdicts cannot be honoured, so nothing in this folder leaves until results.json is "
+                "fixed or removed",
             )
         ]
     rel = _relative(file, folder.root)
@@ -374,6 +376,11 @@ def _looks_like_acro(data: Any) -> bool:
     return "version" in data and isinstance(data.get("results"), dict)
 
 
+def _mapping(value: Any) -> dict[Any, Any]:
+    """`value` if the metadata has a mapping there, else an empty one (ACRO omits what is empty)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _outputs(data: dict[str, Any]) -> dict[str, _Output]:
     records = data.get("results")
     if not isinstance(records, dict):
@@ -386,15 +393,14 @@ def _outputs(data: dict[str, Any]) -> dict[str, _Output]:
         if not isinstance(status, str) or not isinstance(files, list):
             raise _Malformed(f"output {str(uid)[:40]!r} has no status or no files list")
         comments = record.get("comments") or []
-        outcome = record.get("outcome") if isinstance(record.get("outcome"), dict) else {}
+        outcome = _mapping(record.get("outcome"))
         columns = tuple(str(c) for c in outcome)
-        first = next(iter(outcome.values()), {}) if outcome else {}
+        first: Any = next(iter(outcome.values()), {})
         rows = tuple(str(r) for r in first) if isinstance(first, dict) else ()
         for entry in files:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise _Malformed(f"output {str(uid)[:40]!r} lists a file without a name")
-            sdc = entry.get("sdc") if isinstance(entry.get("sdc"), dict) else {}
-            cells = sdc.get("cells") if isinstance(sdc.get("cells"), dict) else {}
+            cells = _mapping(_mapping(entry.get("sdc")).get("cells"))
             outputs[PurePosixPath(entry["name"]).as_posix()] = _Output(
                 uid=str(uid),
                 status=status,

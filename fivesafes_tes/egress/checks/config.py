@@ -20,10 +20,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MIB = 1 << 20
@@ -220,10 +218,11 @@ class ChecksConfig(BaseModel):
             raise ValueError(f"checks.enabled names unknown rules {unknown}; known rules: {', '.join(RULES)}")
         if len(set(self.enabled)) != len(self.enabled):
             raise ValueError("checks.enabled names a rule twice")
-        for key, value in (self.__pydantic_extra__ or {}).items():
+        extra = self.__pydantic_extra__ or {}
+        for key, value in extra.items():
             if key not in RULES:
                 raise ValueError(f"checks.{key} is neither a setting nor a registered rule")
-            self.__pydantic_extra__[key] = _TabularConfig.model_validate(value)
+            extra[key] = _TabularConfig.model_validate(value)
         for project, override in self.projects.items():
             if "projects" in override:
                 raise ValueError(f"checks.projects.{project} cannot itself have projects")
@@ -271,23 +270,6 @@ class ChecksConfig(BaseModel):
         settings = self.model_dump(mode="json", exclude={"projects"})
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-    @classmethod
-    def from_policy(cls, policy: dict[str, Any] | None) -> ChecksConfig:
-        """The `checks:` section of a parsed TRE policy document (defaults when absent)."""
-        section = (policy or {}).get("checks")
-        return cls.model_validate(section or {})
-
-    @classmethod
-    def from_policy_file(cls, path: Path) -> ChecksConfig:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path}: a TRE policy is a mapping")
-        try:
-            return cls.from_policy(data)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

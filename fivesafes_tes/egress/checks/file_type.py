@@ -10,15 +10,15 @@ import codecs
 import csv
 import io
 import json
-import os
 import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, RuleResult, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, Finding, RuleResult, Verdict
 from fivesafes_tes.egress.checks.config import DOCX, XLSX
+from fivesafes_tes.egress.held import HeldFile
 
 PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
 ELF = "application/x-elf"
@@ -258,7 +258,7 @@ class FileTypeRule:
 
     def _judge(self, file: HeldFile, config: dict[str, Any]) -> list[Finding]:
         label = f"{self.name} v{self.version}: {file.name}"
-        size = os.stat(file.path).st_size
+        size = file.path.stat().st_size
         max_bytes = int(config["max_bytes"])
         if size > max_bytes:
             return [

@@ -18,8 +18,9 @@ column of floats or decimals.
 Text is read in large pieces that end at a line end (a line longer than a piece is cut with an
 overlap, so an identifier across the cut is still found exactly once). A fast vectorised pre-filter
 (RE2 through Arrow, on `checks.threads` threads, one piece each) finds the few lines that could
-hold an identifier; only those are matched precisely and validated, in file order. CSV and TSV are read the same way, with each hit placed in its data row
-(quoted line breaks accounted for) and column. Parquet is read column by column. Once
+hold an identifier; only those are matched precisely and validated, in file order. CSV and TSV
+are read the same way, with each hit placed in its data row (quoted line breaks accounted for)
+and column. Parquet is read column by column. Once
 `max_findings` hits are listed, what the pre-filter lets through is only counted, so a file full
 of identifiers costs no more time than a clean one.
 
@@ -69,7 +70,8 @@ from fivesafes_tes.egress.checks._tables import (
     settings_problem,
     table_format,
 )
-from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, RuleResult, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, Finding, RuleResult, Verdict
+from fivesafes_tes.egress.held import HeldFile
 
 KINDS = ("nhs_number", "nric_fin", "email", "phone", "postcode", "date_of_birth")
 DOB_COLUMN_WORDS = ["dob", "birth", "born", "birthdate", "birthday", "bdate"]
@@ -531,7 +533,7 @@ class _Part:
     lines_into: int
 
 
-def _lines(array: pa.Array, text: bytes) -> pa.Array:
+def _lines(array: pa.Array, text: bytes | bytearray) -> pa.Array:
     lines = pc.list_flatten(pc.split_pattern(array, b"\n"))
     return lines.slice(0, len(lines) - 1) if text.endswith(b"\n") else lines
 
@@ -664,7 +666,7 @@ def _nhs_numbers(values: pa.Array) -> pa.Array:
 
 
 def _numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind))
 
 
 def _whole_numbers(values: pa.Array) -> pa.Array:

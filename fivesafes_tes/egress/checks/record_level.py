@@ -48,7 +48,8 @@ from fivesafes_tes.egress.checks._tables import (
     open_table,
     settings_problem,
 )
-from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, RuleResult, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, Finding, RuleResult, Verdict
+from fivesafes_tes.egress.held import HeldFile
 
 PERSON_WORDS = [
     "person", "patient", "subject", "participant", "individual", "pupil", "student", "member",

@@ -14,6 +14,7 @@ it dumps no core.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,10 +28,12 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
-from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, RuleResult, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, Finding, RuleResult, Verdict
 from fivesafes_tes.egress.checks.config import ChecksConfig
+from fivesafes_tes.egress.held import HeldFile
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,9 @@ MAX_FINDINGS = 500  # per rule and file: enough for a person, bounded for the di
 _STOP = b""
 _JOIN_S = 5.0
 _context_lock = threading.Lock()
-_mp_context: multiprocessing.context.BaseContext | None = None
+# The two start methods used; typeshed gives BaseContext no Process, so name them.
+_Context = multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext
+_mp_context: _Context | None = None
 
 
 @dataclass
@@ -190,16 +195,16 @@ def _preload() -> list[str]:
     return modules
 
 
-def _mp() -> multiprocessing.context.BaseContext:
+def _mp() -> _Context:
     global _mp_context
     with _context_lock:
         if _mp_context is None:
             if "forkserver" in multiprocessing.get_all_start_methods():
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(_preload())
+                forkserver = multiprocessing.get_context("forkserver")
+                forkserver.set_forkserver_preload(_preload())
+                _mp_context = forkserver
             else:
-                ctx = multiprocessing.get_context("spawn")
-            _mp_context = ctx
+                _mp_context = multiprocessing.get_context("spawn")
         return _mp_context
 
 
@@ -253,10 +258,8 @@ class _Worker:
 
     def close(self) -> None:
         if self._conn is not None and self._process is not None and self._process.is_alive():
-            try:
+            with contextlib.suppress(OSError):
                 self._conn.send_bytes(_STOP)
-            except OSError:
-                pass
             self._process.join(_JOIN_S)
         self._kill()
 
@@ -350,12 +353,13 @@ def _parse_result(expected_rule: str, data: dict[str, Any]) -> RuleResult:
     verdict = Verdict.worst([verdict, *(f.verdict for f in findings)])
     if len(findings) > MAX_FINDINGS:
         rest = findings[MAX_FINDINGS:]
-        findings = findings[:MAX_FINDINGS] + [
+        findings = [
+            *findings[:MAX_FINDINGS],
             Finding(
                 Verdict.worst([f.verdict for f in rest]),
                 f"rule {expected_rule}: {len(rest)} more findings not shown",
                 never_release=any(f.never_release for f in rest),
-            )
+            ),
         ]
     return RuleResult(rule=expected_rule, version=version, verdict=verdict, findings=findings, error=error)
 
@@ -492,7 +496,7 @@ def _describe(exc: BaseException) -> str:
     if not frames:
         return f"raised {type(exc).__name__}"
     last = frames[-1]
-    return f"raised {type(exc).__name__} at {os.path.basename(last.filename)}:{last.lineno} in {last.name}"
+    return f"raised {type(exc).__name__} at {Path(last.filename).name}:{last.lineno} in {last.name}"
 
 
 def _isolate(memory_bytes: int | None) -> None:

@@ -65,7 +65,8 @@ from fivesafes_tes.egress.checks._tables import (
     row_indices,
     settings_problem,
 )
-from fivesafes_tes.egress.checks.base import CheckContext, Finding, HeldFile, RuleResult, Verdict
+from fivesafes_tes.egress.checks.base import CheckContext, Finding, RuleResult, Verdict
+from fivesafes_tes.egress.held import HeldFile
 
 COUNT_WORDS = [
     "n", "count", "counts", "freq", "frequency", "num", "number", "total", "totals", "sum", "size",
