@@ -14,9 +14,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypedDict
 
 import uvicorn
+from pydantic import SecretStr
+from starlette.applications import Starlette
 
 from fivesafes_tes.auth import DevIssuer
 from fivesafes_tes.db import Database
@@ -24,10 +26,18 @@ from fivesafes_tes.gateway.app import create_app, dev_issuer_url
 from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.settings import AirlockStoreSettings, GatewaySettings, ResultsStoreSettings
 
+
+class FederationSpec(TypedDict):
+    """A federation to seed: TRE name -> title; project name -> (its TREs, its members)."""
+
+    tres: dict[str, str]
+    projects: dict[str, tuple[list[str], list[str]]]
+
+
 # The embedded federation: two TREs and two projects. alice and carol share `diabetes-cancer`, which
 # runs in both TREs; bob alone is in `cardio`, in the UK TRE only. Each member's first project is
 # their default.
-DEV_FEDERATION: dict = {
+DEV_FEDERATION: FederationSpec = {
     "tres": {"uk-tre": "UK TRE (synthetic)", "sg-tre": "Singapore TRE (synthetic)"},
     "projects": {
         "diabetes-cancer": (["uk-tre", "sg-tre"], ["alice", "carol"]),
@@ -41,7 +51,7 @@ DATASET_SEED = 20261123
 TRE_AUDIENCE = "fivesafes-tre"  # of tokens for each TRE's own API (the agent's default)
 
 
-def seed_federation(db: Database, federation_spec: dict = DEV_FEDERATION) -> None:
+def seed_federation(db: Database, federation_spec: FederationSpec = DEV_FEDERATION) -> None:
     """Create the embedded federation unless it is already there (restarts keep their state)."""
     from fivesafes_tes.submission import federation
 
@@ -61,7 +71,8 @@ def seed_federation(db: Database, federation_spec: dict = DEV_FEDERATION) -> Non
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (host, port) for an IPv4 socket
+        return port
 
 
 def serve(app: Any, host: str, port: int) -> tuple[uvicorn.Server, threading.Thread]:
@@ -95,6 +106,7 @@ class DevStack:
     server: uvicorn.Server
     thread: threading.Thread
     issuer: DevIssuer
+    app: Starlette
     s3: Any = None  # moto's ThreadedMotoServer when agents run
     s3_url: str | None = None
     agents: dict[str, Any] = field(default_factory=dict)  # TRE name -> fivesafes_tes.agent.loop.Agent
@@ -125,14 +137,14 @@ class DevStack:
         """Where TRE `tre`'s own admin and review API listens (FIVESAFES_TRE_URL for the CLI)."""
         return f"http://{self.agents[tre].settings.admin_listen}"
 
-    def tre_token(self, user: str, role: str, tre: str, **kwargs) -> str:  # type: ignore[no-untyped-def]
+    def tre_token(self, user: str, role: str, tre: str, **kwargs: Any) -> str:
         """A token for TRE `tre`'s own API: a TRE admin's or an output checker's."""
         return self.issuer.issue(user, [role], audience=TRE_AUDIENCE, tre=tre, **kwargs)
 
     def stop(self) -> None:
         for agent in self.agents.values():
             agent.shutdown(timeout=2)
-        app_context(self.server.config.app).signal.close()
+        app_context(self.app).signal.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
         if self.s3 is not None:
@@ -171,7 +183,7 @@ def start(
     if agents:
         s3, s3_url = _start_s3()
         overrides["results"] = ResultsStoreSettings(
-            endpoint_url=s3_url, access_key="dev", secret_key="dev-secret"
+            endpoint_url=s3_url, access_key="dev", secret_key=SecretStr("dev-secret")
         )
     settings = GatewaySettings(
         data_dir=data_dir,
@@ -190,7 +202,14 @@ def start(
     server, thread = serve(app, host, port)
     issuer = DevIssuer(settings.dev_issuer_dir, dev_issuer_url(settings))
     stack = DevStack(
-        settings=settings, server=server, thread=thread, issuer=issuer, s3=s3, s3_url=s3_url, db=db
+        settings=settings,
+        server=server,
+        thread=thread,
+        issuer=issuer,
+        app=app,
+        s3=s3,
+        s3_url=s3_url,
+        db=db,
     )
     if agents:
         try:
@@ -240,20 +259,27 @@ def _start_tres(
             tre=tre,
             ttl_s=30 * 24 * 3600,
         )
+        # unset, the setting keeps its default (or FIVESAFES_REPORT_GRANULARITY_S)
+        granularity: dict[str, Any] = (
+            {} if report_granularity_s is None else {"report_granularity_s": report_granularity_s}
+        )
         settings = AgentSettings(
             tre=tre,
             gateway_url=stack.url,
-            token=token,
+            token=SecretStr(token),
             data_dir=home,
             executor=executor,
             airlock=AirlockStoreSettings(
-                endpoint_url=stack.s3_url, bucket=f"{tre}-airlock", access_key="dev", secret_key="dev-secret"
+                endpoint_url=stack.s3_url,
+                bucket=f"{tre}-airlock",
+                access_key="dev",
+                secret_key=SecretStr("dev-secret"),
             ),
             poll_wait_s=10,
             heartbeat_s=5,
             sync_s=5,
             tick_s=0.2,
-            **({} if report_granularity_s is None else {"report_granularity_s": report_granularity_s}),
+            **granularity,
             admin_listen=f"127.0.0.1:{free_port()}",
             oidc_issuer=stack.issuer.issuer_url,
             oidc_audience=TRE_AUDIENCE,

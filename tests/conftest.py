@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from fivesafes_tes.db import Database
-from fivesafes_tes.devstack import seed_federation
+from fivesafes_tes.devstack import FederationSpec, seed_federation
 from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.settings import ResultsStoreSettings
 
@@ -102,7 +102,7 @@ def database(database_url: str) -> Iterator[Database]:
     db.dispose()
 
 
-TEST_FEDERATION = {
+TEST_FEDERATION: FederationSpec = {
     "tres": {"uk-tre": "UK", "sg-tre": "Singapore"},
     # alice and carol share `alpha` (both TREs); bob alone is in `beta` (UK only)
     "projects": {

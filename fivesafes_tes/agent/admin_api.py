@@ -6,7 +6,7 @@ with the person's own token: every decision is taken by the token's issuer and s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -175,7 +175,7 @@ def create_admin_app(
                 for p in session.scalars(select(LocalProject).order_by(LocalProject.name))
             ]
 
-    def _decide(admin: Person, project: str, body: DecisionIn, username: str = "") -> dict:
+    def _decide(admin: Person, project: str, body: DecisionIn, username: str = "") -> dict[str, str]:
         try:
             with db.write() as session:
                 approvals.decide(
@@ -193,20 +193,20 @@ def create_admin_app(
         }
 
     @app.put("/tre/v1/projects/{project}/decision")
-    def decide_project(project: str, body: DecisionIn, admin: Admin) -> dict:
+    def decide_project(project: str, body: DecisionIn, admin: Admin) -> dict[str, str]:
         return _decide(admin, project, body)
 
     @app.put("/tre/v1/projects/{project}/members/{username}/decision")
-    def decide_member(project: str, username: str, body: DecisionIn, admin: Admin) -> dict:
+    def decide_member(project: str, username: str, body: DecisionIn, admin: Admin) -> dict[str, str]:
         return _decide(admin, project, body, username)
 
     @app.get("/review/v1/children")
-    def pending(_: Checker) -> list[dict]:
+    def pending(_: Checker) -> list[dict[str, Any]]:
         with db.read() as session:
             return [asdict(child) for child in review.pending(session)]
 
     @app.get("/review/v1/children/{child_id}")
-    def show(child_id: str, _: Checker) -> dict:
+    def show(child_id: str, _: Checker) -> dict[str, Any]:
         try:
             with db.read() as session:
                 return asdict(review.describe(session, child_id))
@@ -214,7 +214,7 @@ def create_admin_app(
             raise HTTPException(404, str(exc)) from None
 
     @app.get("/review/v1/children/{child_id}/disclosure")
-    def disclosure(child_id: str, _: Checker) -> dict:
+    def disclosure(child_id: str, _: Checker) -> dict[str, Any]:
         """The full disclosure record of a settled child (every held file, finding and decision): it
         stays inside the TRE; the gateway gets only its released part."""
         try:
@@ -227,7 +227,7 @@ def create_admin_app(
         "/review/v1/children/{child_id}/decisions",
         responses={409: {"description": "The file can never be released; `detail` says why."}},
     )
-    def decide_file(child_id: str, body: FileDecisionIn, checker: Checker) -> dict:
+    def decide_file(child_id: str, body: FileDecisionIn, checker: Checker) -> dict[str, str]:
         try:
             with db.write() as session:
                 review.decide(
@@ -249,7 +249,7 @@ def create_admin_app(
         return {"child_id": child_id, "name": body.name, "decision": body.decision, "checker": checker.name}
 
     @app.get("/review/v1/children/{child_id}/preview")
-    def preview(child_id: str, name: str, _: Checker) -> dict:
+    def preview(child_id: str, name: str, _: Checker) -> dict[str, str | None]:
         """The first lines of a held file (up to 64 KiB of it), for the checker's eye; never binary."""
         if store is None:
             raise HTTPException(404, "this TRE's review API has no airlock to preview from")

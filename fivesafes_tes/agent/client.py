@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,8 +81,9 @@ class GatewayClient:
         retry: bool = True,
         content_factory: Callable[[], Any] | None = None,
         **kwargs: Any,
-    ) -> Any:
-        """Retry connection errors, 5xx and 429 with jittered backoff; raise Rejected on any other 4xx."""
+    ) -> dict[str, Any]:
+        """Retry connection errors, 5xx and 429 with jittered backoff; raise Rejected on any other 4xx.
+        Every agent route answers with a JSON object."""
         delay = 0.2
         while True:
             if self._closed.is_set():
@@ -94,7 +95,8 @@ class GatewayClient:
                     method, path, headers={"Authorization": f"Bearer {self._token()}"}, **kwargs
                 )
                 if response.status_code < 400:
-                    return response.json()
+                    answer: dict[str, Any] = response.json()
+                    return answer
                 if response.status_code < 500 and response.status_code != 429:
                     try:
                         detail = response.json().get("detail", response.text)
@@ -123,7 +125,8 @@ class GatewayClient:
 
     def heartbeat(self, held: list[tuple[str, int]]) -> dict[str, str]:
         body = {"children": [{"child_id": c, "attempt": a} for c, a in held]}
-        return self._call("POST", "/heartbeat", json=body)["children"]
+        children: dict[str, str] = self._call("POST", "/heartbeat", json=body)["children"]
+        return children
 
     def event(
         self,
@@ -153,7 +156,7 @@ class GatewayClient:
         params = {k: v for k, v in file.described().items() if v is not None}
         path = file.path
 
-        def body():  # type: ignore[no-untyped-def]
+        def body() -> Iterator[bytes]:
             with path.open("rb") as handle:
                 while chunk := handle.read(1 << 20):
                     yield chunk

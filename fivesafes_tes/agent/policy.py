@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -95,7 +96,7 @@ class TrePolicy(BaseModel):
     def image_allowed(self, image: str) -> bool:
         return image_allowed(image, self.allowed_images)
 
-    def limits_for(self, resources: dict | None) -> Limits:
+    def limits_for(self, resources: dict[str, Any] | None) -> Limits:
         """min(request, TRE maximum) for each resource; the maximum when nothing was asked."""
         resources = resources or {}
         cpu = min(float(resources.get("cpu_cores") or self.max_cpu_cores), self.max_cpu_cores)

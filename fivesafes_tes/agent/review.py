@@ -280,7 +280,7 @@ def kept_record(session: Session, child_id: str) -> dict[str, Any]:
     child = session.get(LocalChild, child_id)
     if child is None:
         raise LookupError(f"no child {child_id} in this TRE")
-    record = (child.result or {}).get("disclosure")
+    record: dict[str, Any] | None = (child.result or {}).get("disclosure")
     if record is None:
         raise LookupError(f"child {child_id} is {child.stage}: it has no disclosure record yet")
     return record

@@ -16,13 +16,14 @@ from sqlalchemy.engine import Engine
 from fivesafes_tes.agent.tables import AgentBase
 from fivesafes_tes.audit.tables import AuditHead, AuditRecord
 from fivesafes_tes.db import migrate
-from fivesafes_tes.db.base import NAMING
+from fivesafes_tes.db.base import NAMING, Base
 
 HISTORY = migrate.History(Path(__file__).parent / "migrations", version_table="agent_alembic_version")
 
 metadata = MetaData(naming_convention=NAMING)
 """Every table the agent's history makes: the agent's own and its audit chain."""
-for _table in (*AgentBase.metadata.sorted_tables, AuditRecord.__table__, AuditHead.__table__):
+_AUDIT = (Base.metadata.tables[m.__tablename__] for m in (AuditRecord, AuditHead))
+for _table in (*AgentBase.metadata.sorted_tables, *_AUDIT):
     _table.to_metadata(metadata)
 
 # The agent's tables as `create_all` made them at each release that changed them before the history

@@ -46,7 +46,8 @@ def tes_client(url: str, token: str | None) -> TesClient:
     """A client for the gateway's TES API; no token ends the command with how to get one."""
     if not token:
         _output.err.print(
-            "[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN (dev: `fivesafes-tes token --user alice`)."
+            "[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN "
+            "(dev: `fivesafes-tes token --user alice`)."
         )
         raise typer.Exit(2)
     return TesClient(url, token)

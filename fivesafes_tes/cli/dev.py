@@ -68,7 +68,8 @@ def dev(
     auto_release: Annotated[
         bool,
         typer.Option(
-            help="FOR TRYING CLIENTS ONLY: release outputs that pass every automated rule without an output checker."
+            help="FOR TRYING CLIENTS ONLY: release outputs that pass every automated rule "
+            "without an output checker."
         ),
     ] = False,
 ) -> None:
@@ -147,7 +148,8 @@ def _print_dev_guide(
         )
     review = "AUTO-RELEASE when every rule passes" if auto_release else "an output checker decides"
     say(
-        f"TREs      {', '.join(stack.agents)} ({executor} executor; images {', '.join(['fivesafes/*', *images])}; "
+        f"TREs      {', '.join(stack.agents)} ({executor} executor; "
+        f"images {', '.join(['fivesafes/*', *images])}; "
         f"datasets at /data/omop; review: {review})"
     )
     say()
@@ -166,12 +168,14 @@ def _print_dev_guide(
             f"FIVESAFES_TRE_TOKEN={stack.tre_token(checker, 'output-checker', tre, ttl_s=12 * 3600)}"
         )
         say(
-            '  fivesafes-tes review list; fivesafes-tes review show CHILD; fivesafes-tes review approve CHILD all --reason "..."'
+            "  fivesafes-tes review list; fivesafes-tes review show CHILD; "
+            'fivesafes-tes review approve CHILD all --reason "..."'
         )
     say()
     say("More tokens (other people, roles tre-admin or output-checker):")
     say(
-        f"  FIVESAFES_DATA_DIR={stack.settings.data_dir} FIVESAFES_PUBLIC_URL={stack.url} fivesafes-tes token "
+        f"  FIVESAFES_DATA_DIR={stack.settings.data_dir} FIVESAFES_PUBLIC_URL={stack.url} "
+        "fivesafes-tes token "
         f"--user NAME --role output-checker --tre {next(iter(stack.agents))} --audience {TRE_AUDIENCE}"
     )
     if auto_release:

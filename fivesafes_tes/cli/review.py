@@ -51,7 +51,8 @@ def review_show(child_id: str, url: TreUrl = None, token: TreToken = None) -> No
         )
     for file in view["files"]:
         _output.console.print(
-            f"[bold]{escape(file['name'])}[/]  {file['kind']}, {file['size']} bytes, sha256 {file['sha256'][:16]}…, "
+            f"[bold]{escape(file['name'])}[/]  {file['kind']}, {file['size']} bytes, "
+            f"sha256 {file['sha256'][:16]}…, "
             f"automated checks: [bold]{file['verdict']}[/]",
             highlight=False,
         )

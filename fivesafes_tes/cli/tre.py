@@ -11,7 +11,8 @@ from fivesafes_tes.cli import _output
 from fivesafes_tes.cli._common import TreToken, TreUrl, tre_call
 
 app = typer.Typer(
-    help="TRE admin: this TRE's decisions on projects and people (through the TRE's own API, with your token).",
+    help="TRE admin: this TRE's decisions on projects and people "
+    "(through the TRE's own API, with your token).",
     no_args_is_help=True,
 )
 
@@ -44,7 +45,8 @@ def _decide(
     )
     tre_call(url, token, "PUT", path + "/decision", json={"decision": decision, "reason": reason})
     _output.console.print(
-        f"{decision}: {'user ' + user + ' in ' if user else ''}project {project} (sent to the gateway at the next sync)"
+        f"{decision}: {'user ' + user + ' in ' if user else ''}project {project} "
+        "(sent to the gateway at the next sync)"
     )
 
 

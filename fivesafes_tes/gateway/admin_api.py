@@ -96,7 +96,7 @@ def add_tre(request: Request, body: TreIn, admin: Admin) -> TreOut:
 @router.get("/projects", response_model=list[federation.ProjectView])
 def list_projects(request: Request, _: Admin) -> list[federation.ProjectView]:
     with context(request).db.read() as session:
-        return [p for p in federation.describe_projects(session)]
+        return list(federation.describe_projects(session))
 
 
 def _project(request: Request, name: str) -> federation.ProjectView:

@@ -16,15 +16,16 @@ from sqlalchemy import select
 from fivesafes_tes import failpoints
 from fivesafes_tes.auth import Role
 from fivesafes_tes.gateway.context import context
-from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
+from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse, Responses
 from fivesafes_tes.gateway.security import CurrentPrincipal
 from fivesafes_tes.submission import federation, leases, results
+from fivesafes_tes.submission.leases import Cancellation, Grant
 from fivesafes_tes.submission.stages import Stage
 from fivesafes_tes.submission.tables import Child, Tre
 from fivesafes_tes.tes.admission import Admission
 from fivesafes_tes.tes.models import NulFree
 
-AGENT_RESPONSES: dict[int | str, dict] = {
+AGENT_RESPONSES: Responses = {
     **ERROR_RESPONSES,
     403: {"model": ErrorResponse, "description": "Not an agent of a known TRE."},
 }
@@ -58,8 +59,8 @@ class LeaseRequest(_Body):
 
 
 class LeaseResponse(BaseModel):
-    leases: list[leases.Grant]
-    cancel: list[leases.Cancellation]
+    leases: list[Grant]  # the field's name hides the module inside the class: import the types
+    cancel: list[Cancellation]
 
 
 @router.post("/leases", response_model=LeaseResponse)
@@ -68,7 +69,7 @@ async def lease_work(request: Request, body: LeaseRequest, tre: CurrentTre) -> L
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_s
 
-    def attempt() -> tuple[list[leases.Grant], list[leases.Cancellation]]:
+    def attempt() -> tuple[list[Grant], list[Cancellation]]:
         with ctx.db.read() as session:
             if not leases.work_waiting(session, tre):
                 return [], leases.pending_cancellations(session, tre)
@@ -129,9 +130,9 @@ class EventRequest(_Body):
     )
     report: dict[str, Any] | None = Field(
         default=None,
-        description="With an ending after review: the exported disclosure record, and, when something was "
-        "released, the steps' exit codes and times and the released logs' tails. `notice` names a fixed "
-        "line.",
+        description="With an ending after review: the exported disclosure record, and, when something "
+        "was released, the steps' exit codes and times and the released logs' tails. "
+        "`notice` names a fixed line.",
     )
 
 
@@ -163,6 +164,7 @@ def child_event(request: Request, child_id: str, body: EventRequest, tre: Curren
         )
         if Stage(result.stage) in leases.RELEASE_ENDINGS and ctx.deliverer is not None:
             child = session.get(Child, child_id)  # loaded by record_event: no second read
+            assert child is not None  # record_event raised UnknownChild otherwise
             # owed from the commit that releases the files, whatever happens next
             owed = ctx.deliverer.owe(session, child)
     if Stage(result.stage) in leases.RELEASE_ENDINGS:
@@ -259,7 +261,7 @@ async def upload_released_file(
 
 
 @router.post("/children/{child_id}/cancel-ack", responses={404: {"model": ErrorResponse}})
-def cancel_ack(request: Request, child_id: str, tre: CurrentTre) -> dict:
+def cancel_ack(request: Request, child_id: str, tre: CurrentTre) -> dict[str, Any]:
     with context(request).db.write() as session:
         leases.acknowledge_cancel(session, tre, child_id)
     return {}
@@ -317,7 +319,7 @@ class DecisionsRequest(_Body):
 
 
 @router.post("/decisions")
-def decisions(request: Request, body: DecisionsRequest, tre: CurrentTre) -> dict:
+def decisions(request: Request, body: DecisionsRequest, tre: CurrentTre) -> dict[str, int]:
     with context(request).db.write() as session:
         changed = leases.record_decisions(
             session, tre, [leases.Decision(**d.model_dump()) for d in body.decisions]

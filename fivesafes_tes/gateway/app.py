@@ -79,8 +79,9 @@ def _deliverer(
     folder = settings.file_output_root
     if folder is not None and not (folder.is_absolute() and folder.is_dir() and os.access(folder, os.W_OK)):
         raise ConfigurationError(
-            f"FIVESAFES_FILE_OUTPUT_ROOT={folder} must be an absolute path to a folder this gateway can "
-            "write (create it, or unset the setting to refuse file:// outputs)"
+            f"FIVESAFES_FILE_OUTPUT_ROOT={folder} must be an absolute path to a folder "
+            "this gateway can write "
+            "(create it, or unset the setting to refuse file:// outputs)"
         )
     where = deliveries.Destinations(frozenset(settings.delivery_buckets), str(folder) if folder else None)
     if store is None or not where:

@@ -13,6 +13,7 @@ from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.signals import WorkSignal
 from fivesafes_tes.gateway.ttlcache import TtlCache
 from fivesafes_tes.settings import GatewaySettings
+from fivesafes_tes.submission.federation import Target
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import ServiceInfo
 
@@ -37,7 +38,7 @@ class GatewayContext:
     signal: WorkSignal = field(default_factory=WorkSignal)
     # Where each user's tasks go (project, TREs): seen by other replicas within `target_cache_ttl_s`
     # of a change.
-    targets: TtlCache = field(init=False)
+    targets: TtlCache[Target] = field(init=False)
     user_cache: UserCache = field(default_factory=UserCache)
     # Delivers released outputs where their TES urls say, if this gateway has a results store and
     # somewhere to deliver to.
@@ -45,7 +46,7 @@ class GatewayContext:
     deliveries: DeliveryLoop | None = None  # while the app runs, with a deliverer
 
     def __post_init__(self) -> None:
-        self.targets = TtlCache(self.settings.target_cache_ttl_s)
+        self.targets = TtlCache[Target](self.settings.target_cache_ttl_s)
 
     def wake_deliveries(self) -> None:
         """A delivery is owed now (else the loop finds it within seconds, or at the next start)."""

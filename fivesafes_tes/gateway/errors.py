@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -29,7 +30,10 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-ERROR_RESPONSES: dict[int | str, dict] = {
+Responses = dict[int | str, dict[str, Any]]
+"""OpenAPI `responses` for a route or router: status code to model and description."""
+
+ERROR_RESPONSES: Responses = {
     400: {"model": ErrorResponse, "description": "The request is invalid; `detail` names the field."},
     401: {"model": ErrorResponse, "description": "No valid bearer token."},
     413: {"model": ErrorResponse, "description": "The request body is too large."},

@@ -69,12 +69,12 @@ class MeasureRequests:
 
 
 @router.get("/healthz", include_in_schema=False)
-def healthz() -> dict:
+def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz", include_in_schema=False)
-def readyz(request: Request, response: Response) -> dict:
+def readyz(request: Request, response: Response) -> dict[str, str]:
     try:
         with context(request).db.read() as session:
             session.execute(text("SELECT 1"))

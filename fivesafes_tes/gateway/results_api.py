@@ -4,7 +4,7 @@ authorised by project and audited. Agents upload them through the agent API (`ag
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
@@ -37,7 +37,7 @@ class TreResults(BaseModel):
     tre: str
     stage: str
     files: list[ReleasedFileOut]
-    disclosure: dict | None
+    disclosure: dict[str, Any] | None
 
 
 class ResultsOut(BaseModel):

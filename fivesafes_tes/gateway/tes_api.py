@@ -6,16 +6,17 @@ construction); the response models document them in OpenAPI without re-validatin
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.gateway.context import context
-from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
+from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse, Responses
 from fivesafes_tes.gateway.security import BearerToken, CurrentPrincipal, actor_of, current_principal
 from fivesafes_tes.submission import tasks as submission
 from fivesafes_tes.submission.federation import resolve_target
@@ -43,8 +44,8 @@ router = APIRouter(tags=["TaskService"], responses={k: v for k, v in ERROR_RESPO
 # Query maxima keep the longest valid URL, percent-encoded, inside the HTTP server's 64 KiB request head.
 MAX_TAG_FILTERS = 8
 MAX_FILTER_CHARS = 255
-_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such task visible to you."}}
-_BAD = {400: ERROR_RESPONSES[400]}
+_NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "No such task visible to you."}}
+_BAD: Responses = {400: ERROR_RESPONSES[400]}
 
 
 @router.get(
@@ -60,7 +61,7 @@ def get_service_info(request: Request) -> ServiceInfo:
 # py-tes 0.4.x (pinned by the Snakemake and Toil TES plugins) asks here, and reads the TES 0.3
 # shape (name, doc, storage): it refuses any other field.
 @router.get("/tasks/service-info", include_in_schema=False)
-def get_service_info_legacy(request: Request) -> dict:
+def get_service_info_legacy(request: Request) -> dict[str, Any]:
     info: ServiceInfo = context(request).service_info
     return {"name": info.name, "doc": info.description or "", "storage": info.storage}
 
@@ -88,8 +89,11 @@ async def create_task(
 
 
 def _create(
-    request: Request, body: TaskRequest, credentials, idempotency_key: str | None
-) -> CreateTaskResponse:  # type: ignore[no-untyped-def]
+    request: Request,
+    body: TaskRequest,
+    credentials: HTTPAuthorizationCredentials,
+    idempotency_key: str | None,
+) -> CreateTaskResponse:
     ctx = context(request)
     actor = actor_of(current_principal(request, credentials))
     submission.check_policy(body, ctx.policy)
@@ -149,7 +153,7 @@ def list_tasks(
     )
     with context(request).db.read() as session:
         page = submission.list_tasks(session, actor_of(principal), query)
-    result: dict = {"tasks": page.tasks}
+    result: dict[str, Any] = {"tasks": page.tasks}
     if page.next_page_token:
         result["next_page_token"] = page.next_page_token
     return JSONResponse(result)
@@ -181,7 +185,7 @@ def _results_url(request: Request) -> str:
     operation_id="CancelTask",
     responses=_NOT_FOUND,
 )
-def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict:
+def cancel_task(request: Request, id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     ctx = context(request)
     with ctx.db.write() as session:
         tre_ids = submission.cancel_task(session, actor_of(principal), id)

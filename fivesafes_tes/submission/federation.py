@@ -396,7 +396,8 @@ def resolve_target(session: Session, user_id: int, tags: dict[str, str | None], 
     unknown = [t for t in wanted if t not in by_name]
     if unknown:
         raise InvalidRequest(
-            f"tag tres names {', '.join(repr(u) for u in unknown)}, not among project {project.name!r}'s TREs: "
+            f"tag tres names {', '.join(repr(u) for u in unknown)}, "
+            f"not among project {project.name!r}'s TREs: "
             f"{', '.join(by_name)}"
         )
     chosen = [by_name[t] for t in dict.fromkeys(wanted)]

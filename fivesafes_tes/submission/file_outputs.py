@@ -10,6 +10,7 @@ A file already there is never replaced by other content.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -69,10 +70,8 @@ def write(root: str, url: str, fill: Callable[[BinaryIO], None], sha256: str) ->
     folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # the deployment's folder may be a link itself
     try:
         for part in relative.parts[:-1]:
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(part, dir_fd=folder)
-            except FileExistsError:
-                pass
             try:
                 inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
             except OSError as exc:

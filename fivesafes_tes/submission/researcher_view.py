@@ -40,7 +40,9 @@ _STAGE_LINES = {
     Stage.AWAITING_REVIEW: "{tre}: outputs are held in the TRE's airlock for review by its output checkers",
     Stage.RELEASED: "{tre}: the output checkers released the outputs",
     Stage.PARTIALLY_RELEASED: "{tre}: the output checkers released some outputs and withheld the others",
-    Stage.EXECUTOR_FAILED: "{tre}: a step of the task failed; the output checkers released what they approved",
+    Stage.EXECUTOR_FAILED: (
+        "{tre}: a step of the task failed; the output checkers released what they approved"
+    ),
     Stage.WITHHELD: "{tre}: the output checkers withheld every output",
     Stage.SYSTEM_FAILED: "{tre}: the TRE could not complete the task",
 }
@@ -161,7 +163,9 @@ def disclosure(child: Child, tre: str, released: list[ReleasedFile]) -> dict[str
 
 
 def _released_entry(entry: dict[str, Any], file: ReleasedFile) -> dict[str, Any]:
-    checks = entry.get("checks") if isinstance(entry.get("checks"), dict) else {}
+    checks = entry.get("checks")
+    if not isinstance(checks, dict):
+        checks = {}
     return {
         "name": file.name,
         "kind": file.kind,

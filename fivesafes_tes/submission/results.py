@@ -115,9 +115,7 @@ def record_approvals(session: Session, tre: Tre, child_id: str, files: list[Held
         )
     ordered = sorted(wanted, key=lambda f: f.name)
     for file in ordered:
-        session.add(
-            ApprovedFile(child_id=child.id, **file.described())
-        )
+        session.add(ApprovedFile(child_id=child.id, **file.described()))
     audit.record(
         session,
         actor=f"agent:{tre.name}",
@@ -142,7 +140,8 @@ def expect_upload(session: Session, tre: Tre, child_id: str, incoming: HeldFile)
         return child
     if not approvals_of(session, child.id):
         raise NotApproved(
-            f"no approvals were recorded for child {child_id}: record them (PUT .../approvals) before uploading"
+            f"no approvals were recorded for child {child_id}: "
+            "record them (PUT .../approvals) before uploading"
         )
     raise NotApproved(
         f"{incoming.name} with SHA-256 {incoming.sha256} is not among the files approved for child {child_id}"

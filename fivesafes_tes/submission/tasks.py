@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import Table, and_, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
-from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.db.base import Base, utcnow
 from fivesafes_tes.submission import file_outputs, researcher_view
 from fivesafes_tes.submission.federation import Target
 from fivesafes_tes.submission.ids import decode_page_token, encode_page_token, new_task_id
@@ -137,8 +137,10 @@ def apply_backend_parameters(request: TaskRequest, supported: set[str]) -> list[
         return []
     if resources.backend_parameters_strict:
         raise InvalidTask(
-            f"resources.backend_parameters: unsupported key(s) {', '.join(unsupported)}; this server supports "
-            f"{', '.join(sorted(supported)) or 'none'} (see tesResources_backend_parameters in service-info), "
+            f"resources.backend_parameters: unsupported key(s) {', '.join(unsupported)}; "
+            "this server supports "
+            f"{', '.join(sorted(supported)) or 'none'} "
+            "(see tesResources_backend_parameters in service-info), "
             "or set backend_parameters_strict to false to have them ignored"
         )
     resources.backend_parameters = {
@@ -209,7 +211,9 @@ def create_task(
             with session.begin_nested():
                 _insert(session, rows)
                 session.execute(
-                    IdempotencyKey.__table__.insert().values(
+                    _core(IdempotencyKey)
+                    .insert()
+                    .values(
                         owner_id=actor.user_id,
                         key=idempotency_key,
                         body_sha256=fingerprint,
@@ -237,10 +241,16 @@ def create_task(
 def _insert(session: Session, rows: dict[str, Any]) -> None:
     """Core inserts: one statement per table, no ORM unit of work on the hot path."""
     # The tables, not the mapped classes: an ORM-enabled insert costs more per call on this hot path.
-    session.execute(Task.__table__.insert().values(**rows["task"]))
+    session.execute(_core(Task).insert().values(**rows["task"]))
     if rows["tags"]:
-        session.execute(TaskTag.__table__.insert(), rows["tags"])
-    session.execute(Child.__table__.insert(), rows["children"])
+        session.execute(_core(TaskTag).insert(), rows["tags"])
+    session.execute(_core(Child).insert(), rows["children"])
+
+
+def _core(model: type[Base]) -> Table:
+    """The Core table behind a mapped class: SQLAlchemy types `__table__` as any FROM clause, and the
+    shared metadata holds it as the Table it is."""
+    return Base.metadata.tables[model.__tablename__]
 
 
 def check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
@@ -265,9 +275,12 @@ def check_policy(request: TaskRequest, policy: SubmissionPolicy) -> None:
             )
     for n, executor in enumerate(request.executors):
         if not image_allowed(executor.image, policy.allowed_images):
+            allowed = ", ".join(policy.allowed_images) or (
+                "empty: ask the federation admin to set FIVESAFES_ALLOWED_IMAGES"
+            )
             raise InvalidTask(
                 f"executors.{n}.image: {executor.image!r} is not on this federation's image allow-list "
-                f"({', '.join(policy.allowed_images) or 'empty: ask the federation admin to set FIVESAFES_ALLOWED_IMAGES'})"
+                f"({allowed})"
             )
     for n, output in enumerate(request.outputs or []):
         if not file_outputs.is_file_url(output.url):
@@ -388,7 +401,7 @@ def list_tasks(session: Session, actor: Actor, query: ListQuery) -> Page:
     # One query per scope, merged newest first: an OR across scopes would make the database read and
     # sort every visible row; each scope alone is a backward walk of one index, stopping at the page.
     fetch = session.execute if minimal else session.scalars
-    per_scope = [list(fetch(stmt.where(scope))) for scope in _scopes(session, actor)]  # type: ignore[operator]
+    per_scope = [list(fetch(stmt.where(scope))) for scope in _scopes(session, actor)]
     rows: list[Any] = list(
         itertools.islice(heapq.merge(*per_scope, key=lambda r: r.id, reverse=True), query.page_size + 1)
     )
