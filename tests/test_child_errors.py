@@ -276,7 +276,7 @@ def test_a_refusal_before_the_run_ends_the_child_at_once_with_its_reason(uk, ali
 
 def test_a_refusal_after_the_run_started_reads_as_the_fixed_line(uk, alice, monkeypatch):
     injector = Injector(uk, "refused-at-collect", lambda: RequestRefused(f"output {CANARY} is odd"))
-    injector.wrap(staging, "collect", lambda task, spec, n: spec.child_id, monkeypatch)
+    injector.wrap(staging, "collect", lambda task, workspace, n: workspace.root.name, monkeypatch)
     task_id = post(alice, task("refused-at-collect"))
     doc = _wait("the ending", lambda: (d := view(alice, task_id))["state"] == "SYSTEM_ERROR" and d)
     assert doc["logs"][0]["metadata"]["stage"] == "system_failed"

@@ -130,14 +130,18 @@ def test_one_task_runs_in_both_tres_and_holds_outputs_with_checksums(federation)
         child_id = next(c for c in _children(agent))
         manifest = airlock.read_manifest(agent.store, child_id)
         assert manifest is not None
-        kinds = sorted((f.kind, f.container_path or f"step-{f.step}") for f in manifest.files)
-        assert kinds == [("output", "/outputs/prevalence.csv"), ("stderr", "step-0"), ("stdout", "step-0")]
-        for held in manifest.files:
-            body = agent.store.get_bytes(held.key)
-            assert hashlib.sha256(body).hexdigest() == held.sha256
-            assert len(body) == held.size
-        table = agent.store.get_bytes(next(f.key for f in manifest.files if f.kind == "output")).decode()
-        stdout = agent.store.get_bytes(next(f.key for f in manifest.files if f.kind == "stdout")).decode()
+        kinds = sorted((f.kind, f.name) for f in manifest.files)
+        assert kinds == [
+            ("output", "/outputs/prevalence.csv"),
+            ("stderr", "step-0.stderr"),
+            ("stdout", "step-0.stdout"),
+        ]
+        held = {f.kind: agent.store.get_bytes(airlock.held_key(child_id, f.key)) for f in manifest.files}
+        for file in manifest.files:
+            assert hashlib.sha256(held[file.kind]).hexdigest() == file.sha256
+            assert len(held[file.kind]) == file.size
+        table = held["output"].decode()
+        stdout = held["stdout"].decode()
         row = next(csv.DictReader(io.StringIO(table)))
         counts[tre] = row
         assert stdout == f"counted {row['persons']} people\n"
@@ -268,7 +272,7 @@ def test_cancel_while_awaiting_review_empties_the_airlock_and_releases_nothing(f
     manifest = airlock.read_manifest(agent.store, child)
     assert manifest is not None
     assert len(manifest.files) == 3
-    keys = [held.key for held in manifest.files]
+    keys = [airlock.held_key(child, held.key) for held in manifest.files]
     assert alice.http.post(f"/tasks/{task_id}:cancel").json() == {}
 
     def emptied() -> bool:
@@ -344,7 +348,7 @@ def test_no_secret_of_the_gateway_or_agent_reaches_a_task(federation, monkeypatc
     alice.wait(task_id, _held)
     child = _children(agent)[0]
     manifest = airlock.read_manifest(agent.store, child)
-    everything = b"".join(agent.store.get_bytes(f.key) for f in manifest.files)
+    everything = b"".join(agent.store.get_bytes(airlock.held_key(child, f.key)) for f in manifest.files)
     assert b"FIVESAFES_DEADLINE" in everything  # the dump ran
     for secret in (canary, token, "dev-secret"):
         assert secret.encode() not in everything
