@@ -239,6 +239,16 @@ def test_a_nul_character_anywhere_in_a_task_is_400_saying_so(gateway, field, tas
     assert not [r for r in _audit(gateway) if r.action == "task.create"]
 
 
+def test_a_refusal_quotes_what_was_sent_without_its_control_characters(gateway):
+    # A tag whose value is not a string is refused naming the tag: its key comes back escaped.
+    task = _with(tags={"a\x00b\x1b[31m": 5})
+    response = gateway.client.post(f"{TES}/tasks", json=task, headers=gateway.headers())
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert "tags.a\\u0000b\\u001b[31m: " in detail
+    assert all(c.isprintable() for c in detail)
+
+
 def test_a_nul_character_in_a_url_is_400_on_every_route(gateway):
     task_id = gateway.client.post(f"{TES}/tasks", json=TASK, headers=gateway.headers()).json()["id"]
     admin = gateway.headers("root", "federation-admin")

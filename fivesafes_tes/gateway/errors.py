@@ -41,8 +41,17 @@ ERROR_RESPONSES: Responses = {
 }
 
 
+def _printable(text: str) -> str:
+    """`text` with each control character written as its escape: a detail may quote what a client
+    sent (a field name, a tag key), and a NUL or terminal escape must not come back raw (nor break
+    the no-NUL pattern the OpenAPI document promises for every string)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\u{ord(c):04x}" for c in text)
+
+
 def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    return JSONResponse({"detail": _printable(detail)}, status_code=status, headers=headers)
 
 
 def describe_validation(exc: RequestValidationError) -> str:
