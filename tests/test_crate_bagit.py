@@ -783,6 +783,12 @@ def test_written_bags_validate_with_the_bagit_library_and_read_back(tmp_path: Pa
     oracle = bagit.Bag(str(tmp_path / "out" / "query-12389"))
     oracle.validate()  # every manifest and tag manifest recomputed, Payload-Oxum, completeness
     assert set(oracle.algorithms) == {"sha512", "sha256"}
+    tag_files = {"bagit.txt", "bag-info.txt", "manifest-sha512.txt", "manifest-sha256.txt"}
+    assert {
+        name: set(hashes) for name, hashes in oracle.entries.items() if name in tag_files
+    } == dict.fromkeys(
+        tag_files, {"sha512", "sha256"}
+    )  # the tag manifests cover every tag file, in both algorithms (and the oracle checked them)
     assert oracle.version_info == (1, 0)
     assert oracle.info["Source-Organization"] == "Five Safes TES"
     assert oracle.info["External-Identifier"].startswith("urn:uuid:")
