@@ -481,13 +481,18 @@ class Scanned:
 
 
 def scan(
-    fd: int, size: int, members: Sequence[Member], algorithms: Callable[[Member], Sequence[str]]
+    fd: int,
+    size: int,
+    members: Sequence[Member],
+    algorithms: Callable[[Member], Sequence[str]],
+    archive_sha512: str | None = None,
 ) -> Scanned:
-    """One pass over the whole file in order: the archive's SHA-512, and every member expanded (size
-    and CRC-32 checked) and hashed with the algorithms asked for it. Memory stays flat: a chunk at a
-    time, a few queued for the hashing threads."""
+    """One pass over the whole file in order: the archive's SHA-512 (unless the caller has it), and
+    every member expanded (size and CRC-32 checked) and hashed with the algorithms asked for it.
+    Memory stays flat: a chunk at a time, a few queued for the hashing threads."""
     archive_hash = hashlib.sha512()
-    archive_thread, member_thread = _Offload(), _Offload()
+    archive_thread = _Offload() if archive_sha512 is None else None
+    member_thread = _Offload()
     position = 0
     pread = pread_range(fd)
 
@@ -496,7 +501,8 @@ def scan(
         if start < position:
             raise BagRefused(f"entries of the zip overlap (a zip bomb trick, or damage): {REMAKE}")
         for chunk in pread(position, end):
-            archive_thread.update(archive_hash, chunk)
+            if archive_thread is not None:
+                archive_thread.update(archive_hash, chunk)
             position += len(chunk)
             if position > start:
                 yield chunk[max(0, len(chunk) - (position - start)) :]
@@ -517,8 +523,8 @@ def scan(
                 digests[m.name] = {h.name: h.hexdigest() for h in hashers}
         for _ in sequential(size, size):
             pass
-        archive_thread.wait()
     finally:
-        archive_thread.close()
+        if archive_thread is not None:
+            archive_thread.close()
         member_thread.close()
-    return Scanned(archive_hash.hexdigest(), position, digests)
+    return Scanned(archive_sha512 or archive_hash.hexdigest(), position, digests)
