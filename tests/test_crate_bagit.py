@@ -150,9 +150,9 @@ def spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     read: list[str] = []
     expand = _zip._expand
 
-    def spy(member: _zip.Member, raw: Iterator[bytes]) -> Iterator[bytes]:
+    def spy(member: _zip.Member, raw: Iterator[bytes], crc_check: bool = True) -> Iterator[bytes]:
         read.append(member.name)
-        return expand(member, raw)
+        return expand(member, raw, crc_check)
 
     monkeypatch.setattr(_zip, "_expand", spy)
     return read
@@ -456,13 +456,27 @@ def test_a_stored_member_whose_sizes_disagree_is_refused(tmp_path: Path, spy_rea
     assert spy_reads == []
 
 
-def test_a_damaged_member_fails_its_crc(tmp_path: Path) -> None:
-    path, name = lying_bag(tmp_path, zipfile.ZIP_STORED)
+def damage(path: Path, name: str) -> Path:
+    """One byte of a stored member flipped in place: its CRC-32 no longer matches."""
     offset = central(path, name)["offset"]
     data = bytearray(path.read_bytes())
     data[offset + 30 + len(name) + 10] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert f"entry '{name}' fails its CRC-32 check" in refusal(path)
+    return path
+
+
+def test_a_damaged_tag_file_fails_its_crc(tmp_path: Path) -> None:
+    members = bag_members(tagmanifest=False)  # no tag manifest: the CRC-32 is its only check
+    path = damage(
+        zip_members(tmp_path / "crate.zip", members, compression=zipfile.ZIP_STORED), "bag/bag-info.txt"
+    )
+    assert "entry 'bag/bag-info.txt' fails its CRC-32 check: the zip is damaged" in refusal(path)
+
+
+def test_a_damaged_payload_file_fails_its_sha512(tmp_path: Path) -> None:
+    path, name = lying_bag(tmp_path, zipfile.ZIP_STORED)
+    message = refusal(damage(path, name))
+    assert "payload file 'data/big.csv' does not match its SHA-512 checksum" in message
 
 
 def test_an_encrypted_entry_is_refused(tmp_path: Path, spy_reads: list[str]) -> None:
