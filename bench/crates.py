@@ -10,7 +10,8 @@ The crates are made in a temporary folder with `write_bag` (the gateway's own wr
 file of random bytes stored uncompressed (as a zip tool stores data that does not compress), and for
 comparison a CSV table a quarter of that size, deflated, and a small stored crate for memory. Each
 intake (`open_bag`: the central directory judged, the tag files read, then one pass over the whole
-zip hashing every member with SHA-512 and SHA-256 and the zip itself with SHA-512) runs in a fresh
+zip hashing every member with SHA-512 and SHA-256 and the zip itself with SHA-512; once more with
+the zip's SHA-512 given, as when the gateway hashed the upload while spooling it) runs in a fresh
 process, right after `sha512sum` on the payload file, in alternating order over the rounds; files
 are in the page cache. Peak memory is the process's high-water mark (VmHWM, reset before the
 intake) above its RSS before it. Refusals run in fresh processes under a Python audit hook that
