@@ -11,8 +11,10 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import struct
+import subprocess
 import sys
 import unicodedata
 import warnings
@@ -908,6 +910,29 @@ class Forward(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self.source.readinto(buffer)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("zip") and shutil.which("unzip")), reason="needs Info-ZIP zip and unzip"
+)
+def test_info_zip_reads_our_bags_and_its_bags_and_links_are_judged(tmp_path: Path) -> None:
+    """The common zip tool: it tests what write_bag writes; a bag it zips is read, with its links
+    kept (`zip -y`) refused."""
+    written = tmp_path / "written.zip"
+    with written.open("wb") as out:
+        write_bag(out, "req", entries(), {})
+    assert (
+        "No errors detected"
+        in subprocess.run(["unzip", "-t", written], capture_output=True, text=True).stdout
+    )
+    with zipfile.ZipFile(written) as archive:
+        archive.extractall(tmp_path / "out")
+    subprocess.run(["zip", "-qr", "../infozip.zip", "req"], cwd=tmp_path / "out", check=True)
+    with open_bag(tmp_path / "infozip.zip") as bag:
+        assert set(bag.payload) == set(PAYLOAD)
+    (tmp_path / "out" / "req" / "data" / "link").symlink_to("/etc/passwd")
+    subprocess.run(["zip", "-qry", "../links.zip", "req"], cwd=tmp_path / "out", check=True)
+    assert "entry 'req/data/link' is a symbolic link" in refusal(tmp_path / "links.zip")
 
 
 def test_percent_and_large_files_round_trip(tmp_path: Path) -> None:
