@@ -253,3 +253,26 @@ class PublishedPolicy(Base):
     tre_id: Mapped[int] = mapped_column(ForeignKey("tres.id", ondelete="CASCADE"), primary_key=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RequestCrate(Base):
+    """The Five Safes request crate a task was submitted as (`POST /api/v1/crates`): its metadata as
+    kept after intake (client AssessActions removed, agent and project mapped to the submitter), the
+    BagIt identifiers, and what intake checked. Bare TES tasks have no row; their activity record is
+    built from the task alone."""
+
+    __tablename__ = "request_crates"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    # bag-info.txt's External-Identifier, and the SHA-512 of the received zip as a whole.
+    external_identifier: Mapped[str] = mapped_column(String(1024))
+    zip_sha512: Mapped[str] = mapped_column(String(128))
+    zip_size: Mapped[int] = mapped_column(BigInteger)
+    language: Mapped[str] = mapped_column(String(16))  # tes | cwl
+    # ro-crate-metadata.json as kept: the JSON-LD document the activity record grows from.
+    metadata_doc: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What intake checked, in order: [{"check": "bagit"|"profile", "passed": true, "detail": "..."}].
+    checks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # How many client-supplied AssessActions intake removed (RELIABILITY 5).
+    stripped_assess_actions: Mapped[int] = mapped_column(Integer, default=0)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
