@@ -263,7 +263,7 @@ REFUSED = [
     ),
     pytest.param(
         lambda: Crate().workflow("main.nf", "https://w3id.org/workflowhub/workflow-ro-crate#nextflow", {"main.nf": "x"}),
-        "the workflow workflow/main.nf is in Nextflow; this gateway runs a TES task document (programmingLanguage "
+        "the workflow data/workflow/main.nf is in Nextflow; this gateway runs a TES task document (programmingLanguage "
         f"{TES_LANGUAGE}, or a file named *.tes.json) or a CWL workflow",
         id="other-language",
     ),

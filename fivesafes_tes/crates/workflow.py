@@ -209,6 +209,11 @@ def _main_workflow(
     else from how the request crate describes the folder, else from the one file named for a language."""
     nested = f"{folder}/{_METADATA}"
     if nested in bag.payload:
+        if bag.payload[nested].size > MAX_METADATA_BYTES:
+            raise WorkflowRefused(
+                f"data/{nested}: over {MAX_METADATA_BYTES} bytes; a Workflow RO-Crate's metadata need only "
+                "describe the workflow: make it smaller"
+            )
         inner = _graph(_parse_json(bag.read(nested, MAX_METADATA_BYTES), f"data/{nested}"))
         root = _ids(inner.get(_METADATA, {}).get("about")) or ["./"]
         main = _ids(inner.get(root[0], {}).get("mainEntity"))
@@ -262,8 +267,8 @@ def _language(graph: Mapping[str, dict[str, Any]], entity: Mapping[str, Any], pa
             return "tes"
         if name == CWL_LANGUAGE or name.startswith(("https://w3id.org/cwl", "https://www.commonwl.org")):
             return "cwl"
-    label = _OTHER_LANGUAGES.get(said[0]) or described.get("name") or said[0]
-    raise WorkflowRefused(f"the workflow {path} is in {label}; {_ACCEPTED}")
+    label = _OTHER_LANGUAGES.get(said[0]) or str(described.get("name") or said[0])
+    raise WorkflowRefused(f"the workflow data/{path} is in {label}; {_ACCEPTED}")
 
 
 def _parse_json(data: bytes, where: str) -> dict[str, Any]:
