@@ -93,7 +93,11 @@ class Crate:
     ) -> Crate:
         entity = {"@id": entity_id, "@type": kind, **{k: v for k, v in about.items() if k != "kind"}}
         if parameter is not None:
-            formal: dict[str, Any] = {"@id": f"#param-{parameter}", "@type": "FormalParameter", "name": parameter}
+            formal: dict[str, Any] = {
+                "@id": f"#param-{parameter}",
+                "@type": "FormalParameter",
+                "name": parameter,
+            }
             if about.get("kind"):
                 formal["additionalType"] = about["kind"]
             if many:
@@ -207,7 +211,10 @@ def test_a_cwl_crate_is_the_runner_task_submit_workflow_sends_with_a_job_from_it
     assert {p: t for p, t in given.items() if p.startswith("/workflow/")} == {
         i["path"]: i["content"] for i in sent["inputs"]
     }
-    assert json.loads(given[JOB_PATH]) == {"omop": {"class": "Directory", "path": "/data/omop"}, "min_cell": 20}
+    assert json.loads(given[JOB_PATH]) == {
+        "omop": {"class": "Directory", "path": "/data/omop"},
+        "min_cell": 20,
+    }
     assert set(given) == {*(i["path"] for i in sent["inputs"]), JOB_PATH}  # no crate metadata sent
     assert [o.path for o in ran.task.outputs or []] == ["/outputs"]
     assert (ran.task.tags or {})["project"] == PROJECT
@@ -251,7 +258,9 @@ def _many_inputs() -> Crate:
 
 def _outside_the_folder() -> Crate:
     crate = Crate().workflow("x", None, {"x": "y"})
-    crate.files["workflow/ro-crate-metadata.json"] = json.dumps(workflow_crate("../../etc/passwd", CWL_LANGUAGE))
+    crate.files["workflow/ro-crate-metadata.json"] = json.dumps(
+        workflow_crate("../../etc/passwd", CWL_LANGUAGE)
+    )
     return crate
 
 
@@ -262,9 +271,11 @@ REFUSED = [
         id="url-main-entity",
     ),
     pytest.param(
-        lambda: Crate().workflow("main.nf", "https://w3id.org/workflowhub/workflow-ro-crate#nextflow", {"main.nf": "x"}),
-        "the workflow data/workflow/main.nf is in Nextflow; this gateway runs a TES task document (programmingLanguage "
-        f"{TES_LANGUAGE}, or a file named *.tes.json) or a CWL workflow",
+        lambda: Crate().workflow(
+            "main.nf", "https://w3id.org/workflowhub/workflow-ro-crate#nextflow", {"main.nf": "x"}
+        ),
+        "the workflow data/workflow/main.nf is in Nextflow; this gateway runs a TES task document "
+        f"(programmingLanguage {TES_LANGUAGE}, or a file named *.tes.json) or a CWL workflow",
         id="other-language",
     ),
     pytest.param(
@@ -346,7 +357,8 @@ REFUSED = [
     ),
     pytest.param(
         lambda: cwl_crate().value("#a", "1", "min_cell").value("#b", "2", "min_cell"),
-        "two inputs are given for the CWL input 'min_cell'; give one, or mark its FormalParameter multipleValues",
+        "two inputs are given for the CWL input 'min_cell'; give one, or mark its FormalParameter "
+        "multipleValues",
         id="cwl-input-twice",
     ),
     pytest.param(
@@ -387,15 +399,21 @@ def test_a_tre_policy_names_known_languages_each_with_a_runner_and_always_runs_t
 
 
 def test_the_language_refusal_is_one_sentence_for_gateway_and_tre():
-    tes_only = staging.admission(TrePolicy(allowed_images=["fivesafes/*"], workflow_languages=["tes"]), "uk-tre")
+    tes_only = staging.admission(
+        TrePolicy(allowed_images=["fivesafes/*"], workflow_languages=["tes"]), "uk-tre"
+    )
     assert tes_only.language_refusal("tes") is None
     why = "uk-tre does not run CWL workflows; it runs TES (its TRE admin sets workflow_languages)"
     assert tes_only.language_refusal("cwl") == why
     task = cwl_crate().task().task.model_dump(mode="json", exclude_none=True, exclude={"tags"})
     assert tes_only.refusal(task, PROJECT) == f"executors.0.command: {why}"
-    assert staging.admission(TrePolicy(allowed_images=["fivesafes/*"]), "uk-tre").refusal(task, PROJECT) is None
+    assert (
+        staging.admission(TrePolicy(allowed_images=["fivesafes/*"]), "uk-tre").refusal(task, PROJECT) is None
+    )
     # whoever calls the runner: a path to it, and Snakemake too
-    snakemake = {"executors": [{"image": RUNNER, "command": ["/usr/local/bin/fivesafes-workflow", "snakemake"]}]}
+    snakemake = {
+        "executors": [{"image": RUNNER, "command": ["/usr/local/bin/fivesafes-workflow", "snakemake"]}]
+    }
     assert tes_only.refusal(snakemake, PROJECT) == (
         "executors.0.command: uk-tre does not run Snakemake workflows; it runs TES (its TRE admin sets "
         "workflow_languages)"
@@ -433,7 +451,9 @@ def test_a_tre_that_runs_no_cwl_is_refused_at_the_gateway_in_its_words_and_again
         task = cwl_crate().value("#omop", "/data/omop", "omop", kind="Dataset").task().task
         body = task.model_dump(mode="json", exclude_none=True)
         answer = gateway.client.post(
-            f"{TES}/tasks", json={**body, "tags": {**body["tags"], "tres": "uk-tre"}}, headers=gateway.headers()
+            f"{TES}/tasks",
+            json={**body, "tags": {**body["tags"], "tres": "uk-tre"}},
+            headers=gateway.headers(),
         )
         assert answer.status_code == 400, answer.text
         words = (
@@ -455,7 +475,9 @@ def test_a_tre_that_runs_no_cwl_is_refused_at_the_gateway_in_its_words_and_again
         assert str(at_the_tre.value) == words
         tes_task = tes_crate().file("cohort.csv", COHORT, "cohort-definition").task().task
         accepted = gateway.client.post(
-            f"{TES}/tasks", json=tes_task.model_dump(mode="json", exclude_none=True), headers=gateway.headers()
+            f"{TES}/tasks",
+            json=tes_task.model_dump(mode="json", exclude_none=True),
+            headers=gateway.headers(),
         )
         assert accepted.status_code == 200, accepted.text
     finally:
@@ -471,6 +493,6 @@ def test_an_agent_that_publishes_no_languages_is_not_refused_for(gateway):
     document = staging.admission(TrePolicy(allowed_images=["*"]), "uk-tre").model_dump(mode="json")
     del document["workflow_languages"], document["workflow_runners"]
     assert Admission.model_validate(document).language_refusal("cwl") is None
-    assert gateway.client.put(f"{AGENT}/policy", json=document, headers=agent_headers(gateway, "uk-tre")).json() == {
-        "changed": True
-    }
+    assert gateway.client.put(
+        f"{AGENT}/policy", json=document, headers=agent_headers(gateway, "uk-tre")
+    ).json() == {"changed": True}
