@@ -85,21 +85,21 @@ class Crate:
         self.files[path] = text
         return self.entity(path, "File", parameter, **about)
 
-    def value(self, entity_id: str, value: Any, parameter: str, kind: str | None = None) -> Crate:
-        return self.entity(entity_id, "PropertyValue", parameter, kind=kind, value=value)
+    def value(self, entity_id: str, value: Any, parameter: str, typed: str | None = None) -> Crate:
+        return self.entity(entity_id, "PropertyValue", parameter, typed=typed, value=value)
 
     def entity(
         self, entity_id: str, kind: str, parameter: str | None, *, many: bool = False, **about: Any
     ) -> Crate:
-        entity = {"@id": entity_id, "@type": kind, **{k: v for k, v in about.items() if k != "kind"}}
+        entity = {"@id": entity_id, "@type": kind, **{k: v for k, v in about.items() if k != "typed"}}
         if parameter is not None:
             formal: dict[str, Any] = {
                 "@id": f"#param-{parameter}",
                 "@type": "FormalParameter",
                 "name": parameter,
             }
-            if about.get("kind"):
-                formal["additionalType"] = about["kind"]
+            if about.get("typed"):
+                formal["additionalType"] = about["typed"]
             if many:
                 formal["multipleValues"] = True
             entity["exampleOfWork"] = {"@id": formal["@id"]}
@@ -198,8 +198,8 @@ def test_a_tes_task_is_found_by_its_file_name_without_a_workflow_crate():
 def test_a_cwl_crate_is_the_runner_task_submit_workflow_sends_with_a_job_from_its_inputs():
     crate = (
         cwl_crate()
-        .value("#omop", "/data/omop", "omop", kind="Dataset")
-        .value("#min-cell", "20", "min_cell", kind="Integer")
+        .value("#omop", "/data/omop", "omop", typed="Dataset")
+        .value("#min-cell", "20", "min_cell", typed="Integer")
     )
     ran = crate.task()
     assert ran.language == "cwl"
@@ -230,7 +230,7 @@ def test_cwl_files_folders_and_arrays_come_from_the_payload():
         .entity("tables/", "Dataset", "tables")
         .entity("#flag-1", "PropertyValue", "flags", many=True, value="a")
         .entity("#flag-2", "PropertyValue", "flags", many=True, value="b")
-        .value("#fast", "True", "fast", kind="Boolean")
+        .value("#fast", "True", "fast", typed="Boolean")
     )
     crate.inputs.remove("tables/sites.csv")  # described, but only as a part of tables/
     task = crate.task().task
@@ -362,7 +362,7 @@ REFUSED = [
         id="cwl-input-twice",
     ),
     pytest.param(
-        lambda: cwl_crate().value("#m", "ten", "min_cell", kind="Integer"),
+        lambda: cwl_crate().value("#m", "ten", "min_cell", typed="Integer"),
         "input #m: 'ten' is not a valid Integer, the additionalType of its FormalParameter",
         id="cwl-input-type",
     ),
@@ -387,9 +387,14 @@ def test_a_cwl_crate_without_a_runner_image_is_refused():
 def test_a_tre_policy_names_known_languages_each_with_a_runner_and_always_runs_tes(tmp_path):
     assert TrePolicy().workflow_languages == ["tes", "cwl", "snakemake"]
     assert TrePolicy(workflow_languages=["cwl"]).workflow_languages == ["tes", "cwl"]
+    assert TrePolicy(workflow_runners={"cwl": "tre.example/r:2"}).workflow_languages == ["tes", "cwl"]
+    assert TrePolicy(workflow_runners={}).workflow_languages == ["tes"]
     path = tmp_path / "policy.yaml"
     path.write_text("workflow_languages: [tes, nextflow]\n")
     with pytest.raises(InvalidPolicy, match="'nextflow' unknown; a TRE here can run tes, cwl, snakemake"):
+        TrePolicy.load(path)
+    path.write_text("workflow_runners: {nextflow: x}\n")
+    with pytest.raises(InvalidPolicy, match="workflow_runners: 'nextflow' unknown"):
         TrePolicy.load(path)
     path.write_text("workflow_languages: [tes, cwl]\nworkflow_runners: {snakemake: x}\n")
     with pytest.raises(InvalidPolicy, match="CWL needs a runner image: name it in workflow_runners"):
@@ -426,7 +431,10 @@ def test_the_gateway_picks_the_runner_image_every_target_tre_offers():
     tes_only = staging.admission(TrePolicy(workflow_languages=["tes"]), "sg-tre")
     assert shared_runner([one, tes_only], "cwl", "default") == RUNNER
     assert shared_runner([tes_only], "cwl", "default") == "default"
-    with pytest.raises(ValueError, match="uk-tre runs it with fivesafes/workflow-runner:1; sg-tre runs it"):
+    with pytest.raises(
+        ValueError,
+        match="sg-tre runs it with tre.example/runner-r:2; uk-tre runs it with fivesafes/workflow-runner:1",
+    ):
         shared_runner([one, other], "cwl", "default")
 
 
@@ -448,7 +456,7 @@ def test_a_tre_that_runs_no_cwl_is_refused_at_the_gateway_in_its_words_and_again
     )
     try:
         agent.sync()
-        task = cwl_crate().value("#omop", "/data/omop", "omop", kind="Dataset").task().task
+        task = cwl_crate().value("#omop", "/data/omop", "omop", typed="Dataset").task().task
         body = task.model_dump(mode="json", exclude_none=True)
         answer = gateway.client.post(
             f"{TES}/tasks",
