@@ -26,7 +26,9 @@ from fivesafes_tes.crates.profile import CrateRefused, NotYourProject, RequestCr
 from fivesafes_tes.crates.workflow import CrateWorkflow, WorkflowRefused, task_from_crate
 from fivesafes_tes.db import Database
 from fivesafes_tes.db.base import utcnow
+from fivesafes_tes.devimages import RUNNER_IMAGE
 from fivesafes_tes.submission import federation
+from fivesafes_tes.submission.federation import Target
 from fivesafes_tes.submission.tables import Membership, Project
 from fivesafes_tes.submission.tables import RequestCrate as RequestCrateRow
 from fivesafes_tes.submission.tasks import (
@@ -40,6 +42,7 @@ from fivesafes_tes.submission.tasks import (
     create_task,
 )
 from fivesafes_tes.tes import TaskRequest
+from fivesafes_tes.tes.admission import shared_runner
 
 # Every refusal a crate can meet on its way in, each with words that say what to change.
 REFUSALS: tuple[type[Exception], ...] = (
@@ -70,11 +73,11 @@ class BagFacts:
 @dataclass(frozen=True)
 class CrateIntake:
     """How this gateway takes crates: its task policy, the limits a zip is read within, and the runner
-    image a CWL workflow is run by when the crate names none the TREs allow."""
+    image a CWL workflow runs in where the target TREs have published none."""
 
     policy: SubmissionPolicy
     limits: BagLimits
-    runner_image: str | None = None
+    default_runner: str = RUNNER_IMAGE
 
 
 def submitter_of(session: Session, principal: Principal) -> Submitter:
@@ -107,12 +110,15 @@ def accept_crate(
     actor = Actor(user_id=principal.user_id, name=principal.username)
     facts: BagFacts | None = None
     with refusals_audited(db, actor, lambda: facts):
-        with db.read() as session:
-            submitter = submitter_of(session, principal)
         with open_bag(zip_path, intake.limits) as bag:
             facts = BagFacts.of(bag)
+            with db.read() as session:
+                submitter = submitter_of(session, principal)
             request = read_request(bag, submitter)
-            workflow = task_from_crate(bag, request, intake.runner_image)
+            with db.read() as session:
+                tags = {"project": request.project, "tres": tres or ""}
+                target = federation.resolve_target(session, actor.user_id, tags, utcnow().date())
+            workflow = _workflow(bag, request, target, intake.default_runner)
         with db.write() as session:
             return submit_crate(
                 session,
@@ -124,6 +130,21 @@ def accept_crate(
                 tres=tres,
                 idempotency_key=idempotency_key,
             )
+
+
+def _workflow(bag: VerifiedBag, request: RequestCrate, target: Target, default_runner: str) -> CrateWorkflow:
+    """The crate's workflow as a task, a CWL workflow in the runner image every target TRE offers."""
+    try:
+        runner: str | None = shared_runner(target.policies.values(), "cwl", default_runner)
+        differ = ""
+    except ValueError as exc:  # only a CWL workflow needs the one image
+        runner, differ = None, str(exc)
+    try:
+        return task_from_crate(bag, request, runner)
+    except WorkflowRefused as exc:
+        if differ:
+            raise WorkflowRefused(f"{exc} ({differ})") from None
+        raise
 
 
 def submit_crate(
