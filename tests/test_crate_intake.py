@@ -135,7 +135,8 @@ def bag_zip(
     }
     for algorithm in ("sha512", "sha256"):
         tags[f"manifest-{algorithm}.txt"] = "".join(
-            f"{hashlib.new(algorithm, data).hexdigest()}  data/{path}\n" for path, data in sorted(listed.items())
+            f"{hashlib.new(algorithm, data).hexdigest()}  data/{path}\n"
+            for path, data in sorted(listed.items())
         ).encode()
     tags["tagmanifest-sha512.txt"] = "".join(
         f"{hashlib.sha512(data).hexdigest()}  {name}\n" for name, data in sorted(tags.items())
@@ -180,7 +181,9 @@ def stored(gw: Gateway) -> tuple[int, int, int]:
 
 def audited(gw: Gateway, action: str) -> list[AuditRecord]:
     with gw.db.read() as session:
-        return list(session.scalars(select(AuditRecord).where(AuditRecord.action == action).order_by(AuditRecord.seq)))
+        return list(
+            session.scalars(select(AuditRecord).where(AuditRecord.action == action).order_by(AuditRecord.seq))
+        )
 
 
 def spooled(gw: Gateway) -> list[Path]:
@@ -212,7 +215,9 @@ def test_a_valid_crate_becomes_a_task_with_its_request_crate_row(gateway: Gatewa
     assert response.status_code == 201, response.text
     task_id = response.json()["id"]
 
-    task = gateway.client.get(f"{Gateway.TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers())
+    task = gateway.client.get(
+        f"{Gateway.TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
+    )
     assert task.status_code == 200
     document = task.json()
     assert document["tags"]["project"] == "alpha"
@@ -236,7 +241,8 @@ def test_a_valid_crate_becomes_a_task_with_its_request_crate_row(gateway: Gatewa
     assert created[0].detail["crate"]["zip_sha512"] == row.zip_sha512
 
     again = submit(gateway, body, **{"Idempotency-Key": "crate-1"})  # a retry makes nothing new
-    assert again.status_code == 201 and again.json()["id"] == task_id
+    assert again.status_code == 201
+    assert again.json()["id"] == task_id
     assert stored(gateway)[2] == 1
     assert spooled(gateway) == []
 
@@ -386,7 +392,9 @@ def test_each_must_broken_is_refused_with_what_to_change_and_nothing_stored(gate
         assert stored(gateway) == before, case
     refusals = audited(gateway, "crate.refused")
     assert len(refusals) == len(MUSTS)
-    assert all(r.actor == "alice" and r.outcome == "denied" and r.object.startswith("crate:") for r in refusals)
+    assert all(
+        r.actor == "alice" and r.outcome == "denied" and r.object.startswith("crate:") for r in refusals
+    )
     assert spooled(gateway) == []
 
 
@@ -397,9 +405,11 @@ def test_a_crate_for_a_project_the_submitter_is_not_in_is_refused_naming_theirs(
     response = submit(gateway, crate(metadata("alpha")), user="bob")
     assert response.status_code == 403, response.text
     detail = response.json()["detail"]
-    assert "not a project you are a member of" in detail and "beta" in detail
+    assert "not a project you are a member of" in detail
+    assert "beta" in detail
     unknown = submit(gateway, crate(metadata("no-such-project")), user="alice")
-    assert unknown.status_code == 403 and "alpha" in unknown.json()["detail"]
+    assert unknown.status_code == 403
+    assert "alpha" in unknown.json()["detail"]
     assert stored(gateway) == (0, 0, 0)
     assert [r.actor for r in audited(gateway, "crate.refused")] == ["bob", "alice"]
 
@@ -423,13 +433,16 @@ def test_a_crate_naming_someone_else_is_kept_as_the_submitters_own(gateway: Gate
     run = entity(doc, "#run-1")
     assert run["agent"] == {"@id": me}
     person = entity(doc, me)
-    assert person["name"] == "alice" and person["memberOf"] == [{"@id": "#project-1"}]
+    assert person["name"] == "alice"
+    assert person["memberOf"] == [{"@id": "#project-1"}]
     identifier = entity(doc, person["identifier"]["@id"])
     assert (identifier["propertyID"], identifier["value"]) == alice
     members = [e["@id"] for e in doc["@graph"] if {"@id": "#project-1"} in _as_list(e.get("memberOf"))]
     assert members == [me]  # nobody else is in the project by the crate's say-so
     assert entity(doc, "#project-1")["member"] == [{"@id": "https://ror.org/027m9bs27"}]
-    assert all(e["@id"] != "https://orcid.org/0000-0002-1825-0097" for e in doc["@graph"])  # unreferenced: gone
+    assert all(
+        e["@id"] != "https://orcid.org/0000-0002-1825-0097" for e in doc["@graph"]
+    )  # unreferenced: gone
     assert "memberOf" not in entity(doc, "#mallory")  # kept as the author, in no project
     with gateway.db.read() as session:
         owner = session.get(Task, task_id).owner_id
@@ -493,14 +506,17 @@ def test_forged_assess_actions_never_survive_into_what_is_kept(gateway: Gateway)
     text = json.dumps(row.metadata_doc)
     for forged in FORGED:
         assert forged["@id"] not in text
-    assert "shp#" not in text and "AssessAction" not in text
+    assert "shp#" not in text
+    assert "AssessAction" not in text
     assert entity(row.metadata_doc, "./")["mentions"] == [{"@id": "#run-1"}]
     assert "potentialAction" not in entity(row.metadata_doc, "#run-1")
     assert f"{len(FORGED)} client-supplied AssessAction(s) removed" in row.checks[1]["detail"]
     assert audited(gateway, "task.create")[0].detail["crate"]["stripped_assess_actions"] == len(FORGED)
 
 
-def test_a_create_action_that_is_also_an_assessment_is_removed_and_the_crate_refused(gateway: Gateway) -> None:
+def test_a_create_action_that_is_also_an_assessment_is_removed_and_the_crate_refused(
+    gateway: Gateway,
+) -> None:
     meta = metadata()
     entity(meta, "#run-1")["additionalType"] = {"@id": "https://w3id.org/shp#SignOff"}
     response = submit(gateway, crate(meta))
@@ -569,9 +585,7 @@ def test_a_crate_over_the_size_cap_is_refused_413_declared_or_streamed(small_gat
         for start in range(0, len(big), 8192):
             yield big[start : start + 8192]
 
-    streamed = small_gateway.client.post(
-        CRATES, content=chunks(), headers={**small_gateway.headers(), **ZIP}
-    )
+    streamed = small_gateway.client.post(CRATES, content=chunks(), headers={**small_gateway.headers(), **ZIP})
     assert streamed.status_code == 413, streamed.text
     assert stored(small_gateway) == (0, 0, 0)
     assert spooled(small_gateway) == []

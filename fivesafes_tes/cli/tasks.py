@@ -117,9 +117,7 @@ def _submit_crate(
                 _output.err.print(f"[red]Cannot reach the gateway[/] (FIVESAFES_TES_URL): {exc}")
                 raise typer.Exit(1) from None
     if response.status_code >= 400:
-        _output.err.print(
-            f"[red]Refused:[/] {response.status_code}: {escape(refusal_detail(response))}"
-        )
+        _output.err.print(f"[red]Refused:[/] {response.status_code}: {escape(refusal_detail(response))}")
         raise typer.Exit(1)
     typer.echo(response.json()["id"])
 
@@ -142,7 +140,9 @@ def zip_bag(folder: Path, out: Path) -> None:
                 path = Path(here) / name
                 relative = path.relative_to(folder).as_posix()
                 if path.is_symlink() or not path.is_file():
-                    raise ValueError(f"{relative} is a link or not a regular file; crates hold plain files only")
+                    raise ValueError(
+                        f"{relative} is a link or not a regular file; crates hold plain files only"
+                    )
                 archive.write(path, f"{top}/{relative}")
 
 

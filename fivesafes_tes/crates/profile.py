@@ -16,10 +16,10 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from urllib.parse import unquote
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from fivesafes_tes.crates.bagit import VerifiedBag
@@ -120,10 +120,10 @@ def read_request(bag: VerifiedBag, submitter: Submitter) -> RequestCrate:
     _check_descriptor(entities)
     root = entities[ROOT]
     if "Dataset" not in _types(root):
-        raise CrateRefused("the root data entity (@id \"./\") must have @type Dataset")
+        raise CrateRefused('the root data entity (@id "./") must have @type Dataset')
     if FIVE_SAFES_PROFILE not in _refs(root.get("conformsTo")):
         raise CrateRefused(
-            f"the root data entity (@id \"./\") must declare the Five Safes profile: add "
+            f'the root data entity (@id "./") must declare the Five Safes profile: add '
             f'"conformsTo": {{"@id": "{FIVE_SAFES_PROFILE}"}} to it'
         )
     main = _main_entity(root, entities, bag)
@@ -161,7 +161,7 @@ def _check_graph(metadata: Any) -> None:
     """A flattened RO-Crate graph of bounded size, every reference of which stays inside the crate."""
     if not isinstance(metadata, dict) or not isinstance(metadata.get("@graph"), list):
         raise CrateRefused(
-            f"data/{METADATA_FILE} must be a JSON object with an \"@graph\" array of entities "
+            f'data/{METADATA_FILE} must be a JSON object with an "@graph" array of entities '
             "(RO-Crate 1.2 flattened JSON-LD)"
         )
     _check_context(metadata.get("@context"))
@@ -173,7 +173,7 @@ def _check_graph(metadata: Any) -> None:
         )
     for n, entity in enumerate(graph):
         if not isinstance(entity, dict) or not isinstance(entity.get("@id"), str) or not entity["@id"]:
-            raise CrateRefused(f"@graph[{n}] must be an object with a non-empty string \"@id\"")
+            raise CrateRefused(f'@graph[{n}] must be an object with a non-empty string "@id"')
     for entity in graph:
         _check_entity(entity)
 
@@ -184,25 +184,25 @@ def _check_context(context: Any) -> None:
     items = context if isinstance(context, list) else [context]
     if not any(isinstance(i, str) and _RO_CRATE_CONTEXT.match(i) for i in items):
         raise CrateRefused(
-            "\"@context\" must name the RO-Crate context, e.g. "
+            '"@context" must name the RO-Crate context, e.g. '
             '"@context": "https://w3id.org/ro/crate/1.2/context"'
         )
     for item in items:
         if isinstance(item, str):
             if not _RO_CRATE_CONTEXT.match(item):
                 raise CrateRefused(
-                    f"\"@context\" names {item!r}; only the RO-Crate context (and terms defined inline) "
+                    f'"@context" names {item!r}; only the RO-Crate context (and terms defined inline) '
                     "is accepted, since nothing is fetched here"
                 )
         elif isinstance(item, dict):
             redefined = sorted(k for k in item if k.startswith("@") or k in _READ_TERMS)
             if redefined:
                 raise CrateRefused(
-                    f"\"@context\" redefines {', '.join(redefined)}; remove these from the crate's own "
+                    f'"@context" redefines {", ".join(redefined)}; remove these from the crate\'s own '
                     "context (the RO-Crate context defines them)"
                 )
         else:
-            raise CrateRefused("\"@context\" must be the RO-Crate context URL, or a list of it and objects")
+            raise CrateRefused('"@context" must be the RO-Crate context URL, or a list of it and objects')
 
 
 def _index(graph: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -210,7 +210,7 @@ def _index(graph: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for entity in graph:
         if entity["@id"] in entities:
             raise CrateRefused(
-                f"two entities have \"@id\": {entity['@id']!r}; merge them into one (each @id appears "
+                f'two entities have "@id": {entity["@id"]!r}; merge them into one (each @id appears '
                 "once in a flattened RO-Crate)"
             )
         entities[entity["@id"]] = entity
@@ -250,7 +250,7 @@ def _walk(node: Any) -> Iterator[tuple[dict[str, Any], int]]:
         if seen > MAX_REFERENCES or depth > MAX_DEPTH:
             raise CrateRefused(
                 f"data/{METADATA_FILE} nests too deeply or holds too many values; a flattened RO-Crate "
-                f"refers to entities by {{\"@id\": ...}} (at most {MAX_DEPTH} levels here)"
+                f'refers to entities by {{"@id": ...}} (at most {MAX_DEPTH} levels here)'
             )
         if isinstance(value, dict):
             yield value, depth
@@ -272,7 +272,7 @@ def _check_entity(entity: dict[str, Any]) -> None:
         if depth and ("@type" in node or _is_assessment(node)):
             raise CrateRefused(
                 f"entity {entity['@id']!r} describes another entity inside one of its properties; "
-                "describe each entity at the top level of @graph and refer to it by {\"@id\": ...}"
+                'describe each entity at the top level of @graph and refer to it by {"@id": ...}'
             )
 
 
@@ -295,7 +295,7 @@ def unsafe_reference(ref: str) -> str | None:
     decoded = re.sub(r"%2[eE]", ".", re.sub(r"%2[fF]", "/", ref))
     if any(part == ".." for part in decoded.split("/")):
         return (
-            "points outside the crate (\"..\"); the RO-Crate root is data/, and only files inside it may "
+            'points outside the crate (".."); the RO-Crate root is data/, and only files inside it may '
             "be referenced"
         )
     return None
@@ -326,15 +326,14 @@ def _check_descriptor(entities: dict[str, dict[str, Any]]) -> None:
         )
     if ROOT not in entities:
         raise CrateRefused(
-            'the root data entity must have "@id": "./" (the crate is stored in a BagIt zip); '
-            "rename it"
+            'the root data entity must have "@id": "./" (the crate is stored in a BagIt zip); rename it'
         )
 
 
 def _one(entity: dict[str, Any], prop: str, what: str, fix: str) -> str:
     refs = _refs(entity.get(prop))
     if len(refs) != 1 or (isinstance(entity.get(prop), list) and len(entity[prop]) != 1):
-        raise CrateRefused(f"{what} must have exactly one \"{prop}\" {{\"@id\": ...}}: {fix}")
+        raise CrateRefused(f'{what} must have exactly one "{prop}" {{"@id": ...}}: {fix}')
     return refs[0]
 
 
@@ -343,7 +342,7 @@ def _main_entity(root: dict[str, Any], entities: dict[str, dict[str, Any]], bag:
         root,
         "mainEntity",
         'the root data entity ("./")',
-        "the Workflow RO-Crate to run (a folder in data/, e.g. \"workflow/\", or its versioned URL)",
+        'the Workflow RO-Crate to run (a folder in data/, e.g. "workflow/", or its versioned URL)',
     )
     entity = entities.get(main)
     if entity is None:
@@ -353,7 +352,7 @@ def _main_entity(root: dict[str, Any], entities: dict[str, dict[str, Any]], bag:
         )
     if "Dataset" not in _types(entity) or WORKFLOW_CRATE_PROFILE not in _refs(entity.get("conformsTo")):
         raise CrateRefused(
-            f"mainEntity {main!r} must be a Workflow RO-Crate: give it \"@type\": \"Dataset\" and "
+            f'mainEntity {main!r} must be a Workflow RO-Crate: give it "@type": "Dataset" and '
             f'"conformsTo": {{"@id": "{WORKFLOW_CRATE_PROFILE}"}}'
         )
     if _is_path(main):
@@ -373,12 +372,14 @@ def _create_action(
     bag: VerifiedBag,
     stripped: int,
 ) -> dict[str, Any]:
-    actions = [entities[r] for r in _refs(root.get("mentions")) if "CreateAction" in _types(entities.get(r, {}))]
+    actions = [
+        entities[r] for r in _refs(root.get("mentions")) if "CreateAction" in _types(entities.get(r, {}))
+    ]
     if len(actions) != 1:
         removed = f" ({stripped} AssessAction(s) the client wrote were removed first)" if stripped else ""
         raise CrateRefused(
             f"the root data entity must mention exactly one CreateAction, the requested run; it mentions "
-            f"{len(actions)}{removed}: add \"mentions\": {{\"@id\": \"#run-...\"}} naming a CreateAction"
+            f'{len(actions)}{removed}: add "mentions": {{"@id": "#run-..."}} naming a CreateAction'
         )
     action = actions[0]
     name = action["@id"]
@@ -413,7 +414,7 @@ def _create_action(
         ref = _refs(item)
         if not ref:
             raise CrateRefused(
-                f"the object (inputs) of CreateAction {name!r} must be references {{\"@id\": ...}} to "
+                f'the object (inputs) of CreateAction {name!r} must be references {{"@id": ...}} to '
                 f"entities of the @graph; found {item!r}"
             )
         entity = entities.get(ref[0])
@@ -516,9 +517,7 @@ def _strip_assessments(metadata: dict[str, Any]) -> int:
     return len(gone)
 
 
-def _drop_references(
-    entity: dict[str, Any], gone: set[str], *, keys: tuple[str, ...] | None = None
-) -> None:
+def _drop_references(entity: dict[str, Any], gone: set[str], *, keys: tuple[str, ...] | None = None) -> None:
     """Remove from `entity`'s properties (or only `keys`) every reference to an @id in `gone`."""
 
     def refers(value: Any) -> bool:
