@@ -643,3 +643,63 @@ def test_submit_sends_a_crate_zip_or_a_bag_folder_and_explains_refusals(
     assert result.exit_code == 1
     assert "PotentialActionStatus" in result.output
     assert runner.invoke(cli_app, ["submit", str(tmp_path), "--url", served, "--token", token]).exit_code == 2
+
+
+# --- a CWL crate: the runner image the target TREs publish ------------------------------------------
+
+
+def cwl_crate() -> bytes:
+    meta = metadata()
+    entity(meta, "workflow/")["mainEntity"] = {"@id": "workflow/count.cwl"}
+    entity(meta, "workflow/count.tes.json")["@id"] = "workflow/count.cwl"
+    files = payload(meta)
+    del files["workflow/count.tes.json"]
+    files["workflow/count.cwl"] = b"cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: wc\n"
+    return bag_zip(files)
+
+
+def publish(gw: Gateway, tre: str, **policy: Any) -> None:
+    from fivesafes_tes.agent import staging
+    from fivesafes_tes.agent.policy import TrePolicy
+
+    document = staging.admission(TrePolicy(allowed_images=["*"], **policy), tre).model_dump(mode="json")
+    headers = {"Authorization": f"Bearer {gw.token('agent', 'tre-agent', tre=tre)}"}
+    assert gw.client.put("/agent/v1/policy", json=document, headers=headers).status_code == 200
+
+
+def test_a_cwl_crate_runs_in_the_runner_image_its_tres_offer_or_is_refused(gateway: Gateway) -> None:
+    from fivesafes_tes.devimages import RUNNER_IMAGE
+
+    accepted = submit(gateway, cwl_crate())  # no TRE has published: the gateway's default runner
+    assert accepted.status_code == 201, accepted.text
+    task_id = accepted.json()["id"]
+    assert kept(gateway, task_id).language == "cwl"
+    task = gateway.client.get(
+        f"{Gateway.TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
+    )
+    assert task.json()["executors"][0]["image"] == RUNNER_IMAGE
+
+    publish(gateway, "uk-tre", workflow_languages=["cwl"], workflow_runners={"cwl": "tre.example/runner-a:1"})
+    publish(gateway, "sg-tre", workflow_languages=["cwl"], workflow_runners={"cwl": "tre.example/runner-b:1"})
+    before = stored(gateway)
+    differ = submit(gateway, cwl_crate())
+    assert differ.status_code == 400, differ.text
+    assert "offer different runner images" in differ.json()["detail"]
+    one = gateway.client.post(
+        CRATES, params={"tres": "uk-tre"}, content=cwl_crate(), headers={**gateway.headers(), **ZIP}
+    )
+    assert one.status_code == 201, one.text
+    sent = gateway.client.get(
+        f"{Gateway.TES}/tasks/{one.json()['id']}", params={"view": "FULL"}, headers=gateway.headers()
+    ).json()
+    assert sent["executors"][0]["image"] == "tre.example/runner-a:1"
+    assert {log["metadata"]["tre"] for log in sent["logs"]} == {"uk-tre"}
+
+    publish(gateway, "sg-tre", workflow_languages=["tes"])
+    refused = gateway.client.post(
+        CRATES, params={"tres": "sg-tre"}, content=cwl_crate(), headers={**gateway.headers(), **ZIP}
+    )
+    assert refused.status_code == 400, refused.text
+    assert "sg-tre does not run CWL workflows" in refused.json()["detail"]
+    assert stored(gateway)[0] == before[0] + 1  # only the one accepted
+    assert stored(gateway)[2] == before[2] + 1
