@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -703,3 +705,61 @@ def test_a_cwl_crate_runs_in_the_runner_image_its_tres_offer_or_is_refused(gatew
     assert "sg-tre does not run CWL workflows" in refused.json()["detail"]
     assert stored(gateway)[0] == before[0] + 1  # only the one accepted
     assert stored(gateway)[2] == before[2] + 1
+
+
+# --- any metadata: refused in words, never a crash ---------------------------------------------------
+
+
+class _Bag:
+    """What read_request reads of a verified bag, for metadata no zip needs to carry."""
+
+    def __init__(self, meta: Any) -> None:
+        self._meta = meta
+        self.payload = dict.fromkeys(payload(metadata()))
+        self.external_identifier = "urn:uuid:00000000-0000-4000-8000-000000000000"
+
+    def metadata(self) -> Any:
+        return self._meta
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=20)
+    | st.sampled_from(["./", "#run-1", "../x"]),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["@id", "@type", "type", "name", "additionalType", "x"]), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+_PROPERTIES = [
+    *("@id", "@type", "conformsTo", "about", "mainEntity", "mentions", "sourceOrganization", "agent"),
+    *("instrument", "object", "actionStatus", "memberOf", "identifier", "value", "additionalType"),
+]
+
+
+@given(index=st.integers(0, 10), prop=st.sampled_from(_PROPERTIES), value=_JSON)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_metadata_with_any_value_anywhere_is_accepted_or_refused_in_words(
+    index: int, prop: str, value: Any
+) -> None:
+    from fivesafes_tes.crates.profile import CrateRefused, read_request
+
+    meta = metadata()
+    meta["@graph"][index][prop] = value
+    me = Submitter(username="alice", subject="alice", issuer="https://idp.example", projects=("alpha",))
+    try:
+        kept = read_request(_Bag(meta), me)  # type: ignore[arg-type]
+    except CrateRefused as refused:
+        why = str(refused)
+    else:
+        why = ""
+    if why:
+        return
+    run = entity(kept.metadata, kept.create_action)
+    assert run["agent"] == {"@id": agent_id(me)}
+    assert kept.project == "alpha"
