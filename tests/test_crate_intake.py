@@ -349,6 +349,10 @@ def _duplicate_ids(m: dict[str, Any]) -> None:
     m["@graph"].append({"@id": "#run-1", "@type": "CreateAction"})
 
 
+def _nul(m: dict[str, Any]) -> None:
+    entity(m, "#project-1")["description"] = "alpha\x00beta"
+
+
 def _nested_entity(m: dict[str, Any]) -> None:
     entity(m, "#run-1")["agent"] = {"@type": "Person", "name": "inline"}
 
@@ -379,6 +383,7 @@ MUSTS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "@context redefines agent": (_context_redefines_agent, "redefines agent"),
     "two entities with one @id": (_duplicate_ids, "two entities"),
     "entity nested in a property": (_nested_entity, "top level of @graph"),
+    "a NUL character": (_nul, "NUL character"),
 }
 
 

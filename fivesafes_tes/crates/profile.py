@@ -181,6 +181,8 @@ def _check_graph(metadata: Any) -> None:
 def _check_context(context: Any) -> None:
     """The RO-Crate context, optionally extended with terms of the crate's own, none of which may change
     what the terms this module reads mean, or where relative @ids resolve."""
+    for _ in _walk(context):  # no NUL anywhere, and bounded
+        pass
     items = context if isinstance(context, list) else [context]
     if not any(isinstance(i, str) and _RO_CRATE_CONTEXT.match(i) for i in items):
         raise CrateRefused(
@@ -253,10 +255,17 @@ def _walk(node: Any) -> Iterator[tuple[dict[str, Any], int]]:
                 f'refers to entities by {{"@id": ...}} (at most {MAX_DEPTH} levels here)'
             )
         if isinstance(value, dict):
+            if any("\x00" in key for key in value):
+                raise CrateRefused(_NUL)
             yield value, depth
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
             stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str) and "\x00" in value:
+            raise CrateRefused(_NUL)
+
+
+_NUL = f"data/{METADATA_FILE} holds a NUL character (\\u0000), which is accepted nowhere here; remove it"
 
 
 def _check_entity(entity: dict[str, Any]) -> None:

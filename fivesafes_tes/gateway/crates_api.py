@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from fivesafes_tes.auth import Principal
 from fivesafes_tes.crates.bagit import BagLimits
@@ -95,11 +96,14 @@ async def submit_crate(
     spool_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=spool_dir, prefix="crate-", suffix=".zip") as spool:
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                return await _refuse(ctx, principal, 413, _too_large(cap))
-            spool.write(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    return await _refuse(ctx, principal, 413, _too_large(cap))
+                spool.write(chunk)
+        except ClientDisconnect:
+            return error(400, "the upload was cut off before its end; send the crate again")
         spool.flush()
         intake = crates.CrateIntake(
             policy=ctx.policy, limits=dataclasses.replace(BagLimits(), max_zip_bytes=cap)
