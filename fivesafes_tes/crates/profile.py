@@ -517,15 +517,27 @@ def _is_assessment(entity: dict[str, Any]) -> bool:
 
 
 def _strip_assessments(metadata: dict[str, Any]) -> int:
-    """Remove every AssessAction the client wrote, and every reference to one; return how many."""
+    """Remove every AssessAction the client wrote, every reference to one, and the entities only they
+    referred to (a forged sign-off's "checker", its "policy"); return how many actions."""
     graph = metadata["@graph"]
-    gone = {e["@id"] for e in graph if _is_assessment(e)}
-    if not gone:
+    stripped = [e for e in graph if _is_assessment(e)]
+    if not stripped:
         return 0
-    metadata["@graph"] = [e for e in graph if e["@id"] not in gone]
-    for entity in metadata["@graph"]:
+    gone = {e["@id"] for e in stripped}
+    named = {node["@id"] for e in stripped for node, _ in _walk(e) if node is not e and "@id" in node}
+    kept = [e for e in graph if e["@id"] not in gone]
+    for entity in kept:
         _drop_references(entity, gone)
+    orphans = named - gone - _references(kept) - {ROOT, METADATA_FILE}
+    metadata["@graph"] = [e for e in kept if e["@id"] not in orphans]
     return len(gone)
+
+
+def _references(graph: list[dict[str, Any]]) -> set[str]:
+    """Every @id some entity of `graph` refers to (not its own)."""
+    return {
+        node["@id"] for entity in graph for node, _ in _walk(entity) if node is not entity and "@id" in node
+    }
 
 
 def _drop_references(entity: dict[str, Any], gone: set[str], *, keys: tuple[str, ...] | None = None) -> None:
@@ -571,7 +583,7 @@ def _make_submitters(
             _drop_references(entity, {project_id}, keys=("memberOf",))
     _drop_references(entities[project_id], people, keys=("member",))
     action["agent"] = {"@id": person}
-    if not _referenced(graph, claimed):
+    if claimed not in _references([e for e in graph if e["@id"] != claimed]):
         graph = [e for e in graph if e["@id"] != claimed]
     graph += [
         {
@@ -590,12 +602,3 @@ def _make_submitters(
         },
     ]
     metadata["@graph"] = graph
-
-
-def _referenced(graph: list[dict[str, Any]], ref: str) -> bool:
-    return any(
-        node.get("@id") == ref and node is not entity
-        for entity in graph
-        if entity["@id"] != ref
-        for node, _ in _walk(entity)
-    )
