@@ -646,6 +646,12 @@ def test_submit_sends_a_crate_zip_or_a_bag_folder_and_explains_refusals(
     assert again.exit_code == 0, again.output
     assert stored(gateway)[2] == 2
 
+    big = tmp_path / "big.zip"  # over 8 MiB: sent with a progress bar, streamed to the spool
+    big.write_bytes(bag_zip(payload(metadata()) | {"extra/noise.bin": os.urandom(9 * 1024 * 1024)}))
+    large = runner.invoke(cli_app, ["submit", str(big), "--url", served, "--token", token])
+    assert large.exit_code == 0, large.output
+    assert kept(gateway, large.stdout.strip()).zip_size == big.stat().st_size
+
     broken = metadata()
     _already_completed(broken)
     refused = tmp_path / "refused.zip"
