@@ -292,7 +292,7 @@ def test_a_bare_tes_tasks_record_before_release_shows_nothing_the_task_controls(
     assert validation["actionStatus"] == "http://schema.org/CompletedActionStatus"
     person = graph[ids(graph[f"{OURS}run-{task_id}"]["agent"])[0]]
     assert person["name"] == "alice"
-    assert person["@id"].startswith("urn:uuid:") and "idp" not in person["@id"]
+    assert person["@id"].startswith("#agent-") and "idp" not in person["@id"]
 
 
 def test_each_tres_sign_off_is_its_admins_decisions_on_the_project_and_the_person(gw):

@@ -83,9 +83,10 @@ def task_facts(session: Session, actor: Actor, task_id: str, *, now: datetime | 
 
 
 def _person_iri(owner: User | None) -> str:
-    """A stable IRI for the submitter that names neither their identity provider nor their subject."""
+    """The submitter's @id, stable per (issuer, subject) and naming neither: the one request crates'
+    agents are given at intake (`crates.profile.agent_id`)."""
     who = f"{owner.issuer}#{owner.subject}" if owner is not None else ""
-    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'fivesafes-tes:person:{who}')}"
+    return f"#agent-{uuid.uuid5(uuid.NAMESPACE_URL, who)}"
 
 
 def _decisions(
