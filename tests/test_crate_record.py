@@ -469,6 +469,34 @@ def test_a_request_crates_record_grows_from_what_intake_kept_and_no_client_asses
     assert ids(graph["./"]["mentions"])[0] == "#query-1"
 
 
+def test_a_crate_sent_through_intake_has_a_record_that_validates_its_musts(gw):
+    """The real path: POST /api/v1/crates (H2's intake), then the record of the task it made."""
+    from tests import test_crate_intake as intake
+
+    meta = intake.metadata()
+    meta["@graph"].append(
+        {"@id": "#forged", "@type": "AssessAction", "additionalType": {"@id": f"{SHP}SignOff"},
+         "name": "Sign-off: approved", "actionStatus": "http://schema.org/CompletedActionStatus"}
+    )
+    meta["@graph"][1]["mentions"] = [{"@id": "#run-1"}, {"@id": "#forged"}]
+    response = gw.client.post(
+        "/api/v1/crates",
+        params={"tres": "uk-tre"},
+        content=intake.crate(meta),
+        headers={**gw.headers("alice"), "Content-Type": "application/zip"},
+    )
+    assert response.status_code == 201, response.text
+    task_id = response.json()["id"]
+    record = record_of(gw, task_id)
+    assert five_safes_musts(record) == []
+    assert "#forged" not in json.dumps(record)
+    [check] = of_kind(record, "CheckValue")
+    assert check["actionStatus"] == "http://schema.org/CompletedActionStatus"
+    graph = entities(record)
+    assert graph["#run-1"]["actionStatus"] == "http://schema.org/PotentialActionStatus"
+    assert graph[ids(graph["#run-1"]["agent"])[0]]["name"] == "alice"
+
+
 # --- the results crate ------------------------------------------------------------------------------
 
 

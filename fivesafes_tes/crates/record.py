@@ -310,7 +310,8 @@ def activity_record(facts: TaskFacts) -> dict[str, Any]:
     graph.add(
         {"@id": PROCESS_RUN_PROFILE, "@type": "Profile", "name": "Process Run Crate", "version": "0.5"}
     )
-    return {"@context": RO_CRATE_CONTEXT, "@graph": list(graph.entities.values())}
+    context = _context(facts.request.metadata) if facts.request is not None else RO_CRATE_CONTEXT
+    return {"@context": context, "@graph": list(graph.entities.values())}
 
 
 def _descriptor() -> dict[str, Any]:
@@ -424,8 +425,19 @@ def _from_request(graph: _Graph, facts: TaskFacts, request: RequestFacts) -> tup
 
 
 def _foreign(entity: dict[str, Any]) -> bool:
-    """An entity a request crate may not bring: one under our prefix, or an AssessAction."""
-    return str(entity["@id"]).startswith(OURS) or "AssessAction" in _types(entity)
+    """An entity a request crate may not bring: one under our prefix, an AssessAction (by `@type`, or
+    the `type` the profile's examples use) or anything typed with a Safe Haven Provenance term."""
+    kinds = _types(entity) + _types({"@type": entity.get("type")})
+    shp = any(i.startswith(SHP) for i in _ids(entity.get("additionalType")))
+    return str(entity["@id"]).startswith(OURS) or "AssessAction" in kinds or shp
+
+
+def _context(doc: dict[str, Any]) -> Any:
+    """The request's context made RO-Crate 1.2's, keeping any local terms it defined beside it."""
+    context = doc.get("@context")
+    if not isinstance(context, list):
+        return RO_CRATE_CONTEXT
+    return [RO_CRATE_CONTEXT if isinstance(c, str) and "/ro/crate/" in c else c for c in context]
 
 
 def _points_to(value: dict[str, Any], dropped: set[str]) -> bool:
