@@ -163,8 +163,9 @@ def disclosure(approved: bool) -> dict[str, Any]:
     return {"policy": {"required_approvals": 1}, "files": files, "withheld_reasons": ["record-level data"]}
 
 
-def release_keep(gw: Gateway, child: str) -> None:
-    """uk-tre's checkers released keep.csv and withheld the file with the person in it."""
+def release_keep(gw: Gateway, child: str, *, end: bool = True) -> None:
+    """uk-tre's checkers released keep.csv and withheld the file with the person in it (with `end`
+    False: keep.csv has arrived at the gateway, but the child has not ended yet)."""
     approved = {
         "name": "/outputs/keep.csv",
         "kind": "output",
@@ -184,8 +185,9 @@ def release_keep(gw: Gateway, child: str) -> None:
         headers=agent(gw, "uk-tre"),
     )
     assert uploaded.status_code == 200, uploaded.text
-    report = {"disclosure": disclosure(True), "steps": [{"exit_code": 112}], "released_logs": {}}
-    event(gw, "uk-tre", child, 5, "partially_released", report=report)
+    if end:
+        report = {"disclosure": disclosure(True), "steps": [{"exit_code": 112}], "released_logs": {}}
+        event(gw, "uk-tre", child, 5, "partially_released", report=report)
 
 
 @pytest.fixture
@@ -397,6 +399,19 @@ def test_after_a_partial_release_the_record_has_the_released_file_and_the_decisi
     # the requested run as a whole: the task is QUEUED while sg-tre's admins have not decided
     assert graph[f"{OURS}run-{task_id}"]["actionStatus"] == "http://schema.org/PotentialActionStatus"
     assert ids(graph[f"{OURS}run-{task_id}"]["result"]) == ["outputs/uk-tre/outputs/keep.csv"]
+
+
+def test_a_file_that_arrived_before_its_tre_ended_the_release_is_not_in_the_record_yet(gw, tmp_path):
+    """The TRE may still stop a release it has begun (a changed file blocks it): until the child ends,
+    what arrived is not the researcher's, in the record or in the results crate."""
+    task_id, uk, _ = held_run(gw)
+    release_keep(gw, uk, end=False)
+    record = record_of(gw, task_id)
+    assert "keep.csv" not in json.dumps(record)
+    held = tmp_path / "held.zip"
+    held.write_bytes(crate_of(gw, task_id))
+    with open_bag(held) as bag:
+        assert sorted(bag.payload) == ["ro-crate-metadata.json", "workflow/tes-task.json"]
 
 
 def test_a_full_rejection_records_a_failed_disclosure_check_and_no_results(gw):
