@@ -355,6 +355,12 @@ def test_each_tres_sign_off_is_its_admins_decisions_on_the_project_and_the_perso
     assert sg["actionStatus"] == "http://schema.org/PotentialActionStatus"
     assert "endTime" not in sg
     decide(
+        gw, "sg-tre", {"project": "alpha", "username": "", "decision": "approved", "decided_by": "sg-admin"}
+    )
+    sg = entities(record_of(gw, task_id))[f"{OURS}signoff-sg-tre"]
+    assert sg["actionStatus"] == "http://schema.org/PotentialActionStatus"  # the person: undecided
+    assert sg["description"] == "project alpha: approved by sg-admin; alice: undecided"
+    decide(
         gw,
         "sg-tre",
         {"project": "alpha", "username": "", "decision": "approved", "decided_by": "sg-admin"},
