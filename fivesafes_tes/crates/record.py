@@ -391,8 +391,8 @@ def _from_task(graph: _Graph, facts: TaskFacts) -> tuple[str, str, str, str]:
         {
             "@id": project,
             "@type": "Project",
-            "name": facts.project_title or facts.project,
-            "identifier": facts.project,
+            "name": facts.project_title or facts.project or "no project (a task stored before projects)",
+            "identifier": facts.project or "none",
         }
     )
     run = f"{OURS}run-{facts.task_id}"
@@ -415,7 +415,7 @@ _TES_LANGUAGE = "https://ga4gh.github.io/task-execution-schemas/"  # as request 
 
 
 def _project_id(facts: TaskFacts) -> str:
-    return f"{OURS}project-{facts.project}"
+    return f"{OURS}project-{facts.project or 'none'}"
 
 
 def _from_request(graph: _Graph, facts: TaskFacts, request: RequestFacts) -> tuple[str, str, str, str]:
