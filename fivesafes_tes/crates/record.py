@@ -26,6 +26,7 @@ import mimetypes
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any, BinaryIO
 from urllib.parse import quote, unquote
 
@@ -295,8 +296,8 @@ def activity_record(facts: TaskFacts) -> dict[str, Any]:
 
     action = graph[run]
     action["actionStatus"] = _TASK_STATUS.get(facts.state, POTENTIAL)
-    starts = sorted(t.started_at for t in facts.tres if t.started_at)
-    ends = sorted(t.ended_at for t in facts.tres if t.ended_at)
+    starts = sorted((t.started_at for t in facts.tres if t.started_at), key=_moment)
+    ends = sorted((t.ended_at for t in facts.tres if t.ended_at), key=_moment)
     if starts:
         action["startTime"] = starts[0]
     if facts.state in _FINAL_STATES and ends:
@@ -323,6 +324,10 @@ def activity_record(facts: TaskFacts) -> dict[str, Any]:
     )
     context = _context(facts.request.metadata) if facts.request is not None else RO_CRATE_CONTEXT
     return {"@context": context, "@graph": [_compact(e) for e in graph.entities.values()]}
+
+
+def _moment(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _compact(entity: dict[str, Any]) -> dict[str, Any]:
@@ -641,7 +646,7 @@ def _sign_off(
         "actionStatus": status,
     }
     if times and status is not POTENTIAL:
-        action["endTime"] = max(times)
+        action["endTime"] = max(times, key=_moment)
     return graph.add(action)
 
 
