@@ -265,14 +265,29 @@ def cancel(task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
 @app.command()
 def results(
     task_id: str,
-    out: Annotated[Path, typer.Option(help="Directory to download into (one folder per TRE).")] = Path(
-        "results"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory to download into (one folder per TRE; default results/), or with --crate "
+            "the zip file to write (default task-ID-results.zip)."
+        ),
+    ] = None,
+    crate: Annotated[
+        bool,
+        typer.Option(
+            "--crate", help="Download the results crate (a BagIt-zipped Five Safes RO-Crate) instead."
+        ),
+    ] = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
     """Download the files each TRE released for a task, checking every SHA-256; print the decisions
-    (and the reasons for what was withheld)."""
+    (and the reasons for what was withheld). With --crate, download the task's results crate, verify
+    its BagIt manifests and the SHA-256 its record gives each file, and print what it says."""
+    if crate:
+        _results_crate(task_id, out or Path(f"task-{task_id}-results.zip"), url, token)
+        return
+    out = out or Path("results")
     import hashlib
 
     import httpx
@@ -335,3 +350,60 @@ def results(
         f"files in {out}/ (one folder per TRE){'' if not bad else f'; {bad} failed verification'}"
     )
     raise typer.Exit(1 if bad else 0)
+
+
+def _results_crate(task_id: str, out: Path, url: str, token: str | None) -> None:
+    """Fetch the results crate into `out`, verify it and print each TRE's part of its record."""
+    import httpx
+
+    from fivesafes_tes.crates.bagit import BagRefused, open_bag
+    from fivesafes_tes.crates.record import summarise
+
+    if not token:
+        _output.err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN.")
+        raise typer.Exit(2)
+    partial = out.with_name(out.name + ".part")
+    try:
+        with httpx.stream(
+            "GET",
+            f"{url.rstrip('/')}/api/v1/tasks/{task_id}/crate",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=300,
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _output.err.print(f"[red]Refused:[/] {response.status_code}: {refusal_detail(response)}")
+                raise typer.Exit(1)
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        _output.err.print(f"[red]Cannot reach {url}:[/] {exc}")
+        raise typer.Exit(1) from None
+    try:
+        with open_bag(partial) as bag:
+            record = bag.metadata()
+            payload = {path: file.sha256 for path, file in bag.payload.items()}
+    except BagRefused as exc:
+        partial.unlink(missing_ok=True)
+        _output.err.print(f"[red]The results crate failed verification; discarded:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    summary = summarise(record)
+    wrong = [path for tre in summary for path, _, sha256 in tre.files if payload.get(path) != sha256]
+    if wrong:
+        partial.unlink(missing_ok=True)
+        _output.err.print(
+            f"[red]The results crate's record and its files disagree ({', '.join(wrong)}); discarded[/]"
+        )
+        raise typer.Exit(1)
+    partial.replace(out)
+    table = Table(
+        "TRE", "run", "sign-off", "disclosure", "released files", title=f"results crate of {task_id}"
+    )
+    for tre in summary:
+        names = "\n".join(escape(name) for _, name, _ in tre.files) or "-"
+        table.add_row(tre.tre, tre.run, tre.sign_off, tre.disclosure, names)
+    _output.console.print(table)
+    files = sum(len(t.files) for t in summary)
+    _output.console.print(f"{out}: BagIt manifests and {files} file SHA-256(s) verified")
