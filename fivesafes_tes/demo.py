@@ -3,7 +3,8 @@
 A researcher submits one TES task; it runs in the UK and in the Singapore TRE next to each TRE's own
 synthetic data; each TRE holds the outputs in its airlock, runs the automated disclosure checks, and
 its output checker decides; the approved files reach the researcher, who combines the two TREs'
-counts. Along the way: a project a TRE has not approved waits and is then rejected with a reason,
+counts. The same analysis then goes in as a Five Safes request crate (ro-crates/tes-task), and the
+results crate comes back with the record of every decision. Along the way: a project a TRE has not approved waits and is then rejected with a reason,
 and a long task is canceled.
 """
 
@@ -22,6 +23,9 @@ from fivesafes_tes import audit, devstack
 from fivesafes_tes.client import TesClient
 from fivesafes_tes.db import Database
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
+
+EXAMPLE_CRATES = Path(__file__).resolve().parent.parent / "ro-crates"
+DEMO_CRATE = "tes-task"
 
 PREVALENCE = """set -e
 persons=$(($(wc -l < /data/omop/person.csv) - 1))
@@ -130,23 +134,7 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
             "each checker uses their own token (FIVESAFES_TRE_TOKEN) with "
             "`fivesafes-tes review approve|reject CHILD FILE --reason ...`; here, the same API calls:"
         )
-        for tre, agent in sorted(stack.agents.items()):
-            child = _children(agent)[0]
-            for file in _as_checker(stack, tre, "GET", f"/review/v1/children/{child}")["files"]:
-                failed = file["verdict"] == "fail"
-                _as_checker(
-                    stack,
-                    tre,
-                    "POST",
-                    f"/review/v1/children/{child}/decisions",
-                    json={
-                        "name": file["name"],
-                        "decision": "rejected" if failed else "approved",
-                        "reason": "failed an automated disclosure check"
-                        if failed
-                        else "aggregate counts above the threshold",
-                    },
-                )
+        _review(stack, task_id)
         state, _, _ = _follow(
             console,
             alice,
@@ -158,7 +146,10 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         combined = _download_and_combine(stack, alice_token, task_id, console, problems)
         console.print(combined)
 
-        console.rule("3. bob's project has not been approved by uk-tre")
+        console.rule("3. alice sends the same kind of analysis as a Five Safes request crate")
+        walk_crate(stack, console, alice_token, problems)
+
+        console.rule("4. bob's project has not been approved by uk-tre")
         bob_task = bob.create(analysis(PREVALENCE, "cardio-prevalence"))
         _follow(console, bob, bob_task, lambda s: s.get("uk-tre") == "awaiting_tre_approval")
         uk = stack.agents["uk-tre"]
@@ -176,7 +167,7 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         if state != "SYSTEM_ERROR":
             problems.append("a rejected task did not end SYSTEM_ERROR")
 
-        console.rule("4. alice cancels a long task")
+        console.rule("5. alice cancels a long task")
         long_task = alice.create(analysis("sleep 600\n", "long-running", tres="uk-tre"))
         _follow(console, alice, long_task, lambda s: s.get("uk-tre") == "running")
         started = time.monotonic()
@@ -195,6 +186,109 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         problems.append("the audit chain is broken")
     console.rule("demo finished" if not problems else "demo found problems: " + "; ".join(problems))
     return 0 if not problems else 1
+
+
+def walk_crate(stack: devstack.DevStack, console: Console, token: str, problems: list[str]) -> str:
+    """Submit the example request crate ro-crates/tes-task, have each TRE's checker decide, and print
+    the summary of the results crate the researcher gets back. Returns the task id."""
+    import io
+
+    import httpx
+
+    from fivesafes_tes.crates import scaffold
+
+    zipped = io.BytesIO()
+    scaffold.zip_directory(EXAMPLE_CRATES / DEMO_CRATE, zipped)
+    console.print(
+        f"`fivesafes-tes crate zip ro-crates/{DEMO_CRATE} --out request.zip` then "
+        "`fivesafes-tes submit request.zip`; here, the same call:"
+    )
+    http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    submitted = http.post(
+        "/api/v1/crates", content=zipped.getvalue(), headers={"Content-Type": "application/zip"}
+    )
+    if submitted.status_code != 201:
+        problems.append(f"the example crate was refused: {submitted.status_code} {submitted.text}")
+        return ""
+    task_id: str = submitted.json()["id"]
+    console.print(f"request crate accepted: task {task_id}")
+    with TesClient(stack.url, token) as alice:
+        _follow(console, alice, task_id, lambda s: all(v == "awaiting_review" for v in s.values()))
+        _review(stack, task_id)
+        _follow(
+            console,
+            alice,
+            task_id,
+            lambda s: all(v in ("released", "partially_released", "withheld") for v in s.values()),
+        )
+    response = http.get(f"/api/v1/tasks/{task_id}/crate")
+    if response.status_code != 200:
+        problems.append(f"no results crate: {response.status_code} {response.text[:200]}")
+        return task_id
+    console.print(results_crate_summary(response.content, problems))
+    return task_id
+
+
+def results_crate_summary(zipped: bytes, problems: list[str]) -> Table:
+    """What a results crate says: each action of the record, and each released file with its SHA-256
+    (the bag's manifests verified first)."""
+    from fivesafes_tes.crates.bagit import BagRefused, open_bag
+
+    table = Table("what", "status", "detail", title="the results crate: the record of every decision")
+    with tempfile.TemporaryDirectory(prefix="fivesafes-crate-") as scratch:
+        path = Path(scratch) / "results.zip"
+        path.write_bytes(zipped)
+        try:
+            with open_bag(path) as bag:
+                graph = {e["@id"]: e for e in bag.metadata()["@graph"]}
+                payload = dict(bag.payload)
+        except BagRefused as exc:
+            problems.append(f"the results crate does not verify: {exc}")
+            return table
+    root = graph["./"]
+    for ref in _as_list(root.get("mentions")):
+        action = graph.get(ref["@id"], {})
+        kind = _short(_as_list(action.get("additionalType")) or _as_list(action.get("@type")))
+        table.add_row(kind, _short(_as_list(action.get("actionStatus"))), str(action.get("name", "")))
+        for result in _as_list(action.get("result")):
+            entry = payload.get(result["@id"])
+            if entry is not None:
+                table.add_row("  released file", "", f"{entry.path}  sha256 {(entry.sha256 or '')[:16]}…")
+    return table
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _short(values: list[Any]) -> str:
+    """The last segment of an IRI (`http://schema.org/CompletedActionStatus` -> CompletedActionStatus)."""
+    names = [v["@id"] if isinstance(v, dict) else str(v) for v in values]
+    return ", ".join(n.rstrip("/").rsplit("/", 1)[-1].rsplit("#", 1)[-1] for n in names)
+
+
+def _review(stack: devstack.DevStack, task_id: str) -> None:
+    """Each TRE's output checker approves what passed the automated checks and rejects the rest."""
+    for tre in sorted(stack.agents):
+        children = _as_checker(stack, tre, "GET", "/review/v1/children")
+        for child in [c["child_id"] for c in children if c["task_id"] == task_id]:
+            for file in _as_checker(stack, tre, "GET", f"/review/v1/children/{child}")["files"]:
+                failed = file["verdict"] == "fail"
+                _as_checker(
+                    stack,
+                    tre,
+                    "POST",
+                    f"/review/v1/children/{child}/decisions",
+                    json={
+                        "name": file["name"],
+                        "decision": "rejected" if failed else "approved",
+                        "reason": "failed an automated disclosure check"
+                        if failed
+                        else "aggregate counts above the threshold",
+                    },
+                )
 
 
 def _as_checker(stack: devstack.DevStack, tre: str, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]

@@ -1,0 +1,189 @@
+"""The example request crates (ro-crates/) through the whole system: the gateway takes the BagIt zip,
+each TRE's agent runs it in the Docker sandbox next to its synthetic OMOP data, holds the outputs in
+its S3 airlock, the checks and the TRE's output checker decide, the approved files are released, and
+the researcher gets a results crate: a bag that verifies, valid RO-Crate 1.2 (roc-validator, offline),
+with the released files and each TRE's SignOff and DisclosureCheck.
+
+One federation serves every test here; both crates run at once in it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from rich.console import Console
+
+from fivesafes_tes import demo, devstack
+from fivesafes_tes.crates import scaffold
+from fivesafes_tes.crates.bagit import open_bag
+from tests import images
+from tests.waiting import wait_for
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "ro-crates"
+TES = "/ga4gh/tes/v1"
+TRES = ("sg-tre", "uk-tre")
+SHP = "https://w3id.org/shp#"
+# What each example releases, per TRE, as the record names the files.
+RELEASED = {
+    "tes-task": {"/outputs/prevalence.csv", "/outputs/by_decade.csv"},
+    "cwl-omop": {"/outputs/cohort_counts.csv", "/outputs/regression.csv"},
+}
+ENDED = {"withheld", "system_failed", "rejected_by_tre", "executor_failed", "canceled"}
+
+docker_client = images.docker_client
+
+
+@pytest.fixture(scope="module")
+def runner_image(docker_client) -> str:
+    """The workflow runner image: built once per engine and recipe (tests/test_workflows.py builds the
+    same one), then reused."""
+    from tests.conftest import need_service
+
+    need_service(
+        "debootstrap", shutil.which("debootstrap") is not None, "run scripts/services.sh --with-docker"
+    )
+    return images.ensure_runner_image(docker_client)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, docker_client, runner_image):
+    images.ensure_busybox_image(docker_client)
+    with devstack.start(
+        tmp_path_factory.mktemp("crates") / "stack", agents=True, executor="docker", report_granularity_s=0
+    ) as running:
+        yield running
+
+
+def _researcher(stack) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"}, timeout=60
+    )
+
+
+def _submit(http: httpx.Client, example: str) -> str:
+    zipped = io.BytesIO()
+    scaffold.zip_directory(EXAMPLES / example, zipped)
+    response = http.post(
+        "/api/v1/crates", content=zipped.getvalue(), headers={"Content-Type": "application/zip"}
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _stages(http: httpx.Client, task_id: str) -> dict[str, str]:
+    task = http.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}).json()
+    seen = {log["metadata"]["tre"]: log["metadata"]["stage"] for log in task["logs"]}
+    assert not ENDED & set(seen.values()), (seen, [log.get("system_logs") for log in task["logs"]])
+    return seen
+
+
+def _all_at(http: httpx.Client, task_id: str, stage: str) -> bool:
+    seen = _stages(http, task_id)
+    return sorted(seen) == list(TRES) and set(seen.values()) == {stage}
+
+
+def _approve_everything(stack, task_id: str) -> None:
+    """Each TRE's output checker approves every held file of the task, with a reason."""
+    for tre in TRES:
+        checker = httpx.Client(
+            base_url=stack.tre_url(tre),
+            headers={"Authorization": f"Bearer {stack.tre_token(f'{tre}-checker', 'output-checker', tre)}"},
+            timeout=30,
+        )
+        (child,) = [c for c in checker.get("/review/v1/children").json() if c["task_id"] == task_id]
+        for file in checker.get(f"/review/v1/children/{child['child_id']}").json()["files"]:
+            decided = checker.post(
+                f"/review/v1/children/{child['child_id']}/decisions",
+                json={"name": file["name"], "decision": "approved", "reason": "aggregates only"},
+            )
+            assert decided.status_code == 200, decided.text
+
+
+def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_crate(stack, tmp_path):
+    from tests.rocrate_validation import validate
+
+    alice = _researcher(stack)
+    tasks = {example: _submit(alice, example) for example in sorted(RELEASED)}
+    for example, task_id in tasks.items():
+        wait_for(lambda t=task_id: _all_at(alice, t, "awaiting_review"), 240, f"{example} held for review")
+        _approve_everything(stack, task_id)
+    for example, task_id in tasks.items():
+        wait_for(lambda t=task_id: _all_at(alice, t, "released"), 120, f"{example} released")
+
+    for example, task_id in tasks.items():
+        listing = alice.get(f"/api/v1/tasks/{task_id}/results").json()
+        released = {
+            (tre["tre"], f["name"]): f["sha256"] for tre in listing["tres"] for f in tre["files"]
+        }
+        assert {name for (_, name) in released} >= RELEASED[example]
+
+        response = alice.get(f"/api/v1/tasks/{task_id}/crate")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/zip")
+        path = tmp_path / f"{example}-results.zip"
+        path.write_bytes(response.content)
+        with open_bag(path) as bag:
+            metadata = bag.metadata()
+            files = {p: f.sha256 or hashlib.sha256(bag.read(p, 1 << 24)).hexdigest() for p, f in bag.payload.items()}
+        text = str(metadata)
+        internal = [stack.s3_url, *(stack.tre_url(tre) for tre in TRES)]
+        assert not [url for url in internal if url in text], "an internal URL in the results crate"
+        assert "eyJ" not in text, "a token in the results crate"
+
+        profiles = ["ro-crate-1.2"] + (["workflow-run-crate"] if example == "cwl-omop" else [])
+        for profile in profiles:
+            issues = validate(path, profile)
+            assert not issues, f"{example} results crate against {profile}: {issues}"
+
+        graph = {e["@id"]: e for e in metadata["@graph"]}
+        action = graph[next(r["@id"] for r in _list(graph["./"]["mentions"]) if _has_type(graph[r["@id"]], "CreateAction"))]
+        assert action["actionStatus"] in ("http://schema.org/CompletedActionStatus", {"@id": "http://schema.org/CompletedActionStatus"})
+        results = [graph[r["@id"]] for r in _list(action.get("result"))]
+        # Every released file is in the bag, with the SHA-256 the gateway released it with.
+        assert len(results) == len(released)
+        in_bag = set(files.values())
+        assert set(released.values()) <= in_bag
+        for (tre, name), sha256 in released.items():
+            assert any(sha256 == files.get(r["@id"]) for r in results), (tre, name)
+
+        assessments = [graph[r["@id"]] for r in _list(graph["./"]["mentions"]) if r["@id"] in graph]
+        kinds = [_additional(a) for a in assessments]
+        for kind in ("CheckValue", "ValidationCheck"):
+            assert kinds.count(kind) == 1, kinds
+        for kind in ("SignOff", "DisclosureCheck"):
+            assert kinds.count(kind) == len(TRES), kinds
+        for assessment in assessments:
+            if _additional(assessment) in ("SignOff", "DisclosureCheck"):
+                assert assessment["actionStatus"] in (
+                    "http://schema.org/CompletedActionStatus",
+                    {"@id": "http://schema.org/CompletedActionStatus"},
+                ), assessment
+                assert assessment.get("name") and assessment.get("agent"), assessment
+
+
+def test_the_demo_submits_the_example_crate_and_prints_its_record(stack):
+    problems: list[str] = []
+    console = Console(record=True, width=160)
+    task_id = demo.walk_crate(stack, console, stack.token("alice"), problems)
+    assert not problems, problems
+    assert task_id
+    shown = console.export_text()
+    assert "SignOff" in shown and "DisclosureCheck" in shown
+    assert "/outputs/prevalence.csv" in shown or "prevalence.csv" in shown
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _has_type(entity: dict, name: str) -> bool:
+    return name in _list(entity.get("@type"))
+
+
+def _additional(entity: dict) -> str:
+    kinds = [k["@id"] if isinstance(k, dict) else k for k in _list(entity.get("additionalType"))]
+    return next((k.removeprefix(SHP) for k in kinds if k.startswith(SHP)), "")
