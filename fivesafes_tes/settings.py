@@ -115,6 +115,12 @@ class GatewaySettings(BaseSettings):
     # Limits
     max_body_bytes: int = Field(default=4 * 1024 * 1024, description="Largest request body accepted.")
     max_content_bytes: int = Field(default=1024 * 1024, description="Largest tesInput.content accepted.")
+    max_crate_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Largest request crate (BagIt zip, POST /api/v1/crates) accepted; the body is spooled "
+        "to DATA_DIR/crate-spool, never held in memory, and removed once answered.",
+    )
     # Per-task caps: what one task may ask of a TRE. Each TRE's policy may set lower ones.
     max_executors: int = Field(
         default=DEFAULT_CAPS.executors, ge=1, description="Most executors (steps) one task may have."

@@ -7,7 +7,8 @@ A TRE gives a task neither, so here the engine itself is the task: the runner im
 datasets the TRE grants, intermediates stay in the container's /tmp, and only what the runner puts
 in /outputs, the task's one declared output, is held in the TRE's airlock for review.
 
-`workflow_task` builds that task from the workflow's files; `read_workflow` collects them from disk.
+`workflow_task` builds that task from the workflow's files, held in memory; `read_workflow` collects
+them from disk (`fivesafes-tes submit-workflow`), `crates.workflow` from a request crate's payload.
 The files travel as literal `content` inputs (the one kind of input every TRE stages), under /workflow.
 """
 
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fivesafes_tes.devimages import RUNNER_IMAGE
+from fivesafes_tes.tes.admission import RUNNER_COMMAND
 from fivesafes_tes.tes.caps import DEFAULT_CAPS
 from fivesafes_tes.workflow_runner import OUTPUTS, safe_target
 
@@ -37,6 +40,12 @@ class Workflow:
     engine: str
     main: str  # path of the workflow file relative to the root
     files: dict[str, str]  # relative path -> text, everything under the root
+
+
+def travels(relative: str) -> bool:
+    """Whether a file at `relative` under a workflow's root folder is sent with it: hidden files and
+    caches (`__pycache__`, `.snakemake`, `.git`) are not."""
+    return not any(part.startswith(".") or part in _SKIPPED_DIRS for part in PurePosixPath(relative).parts)
 
 
 def engine_for(path: str) -> str:
@@ -61,7 +70,7 @@ def read_workflow(main: Path, root: Path | None = None) -> Workflow:
     files: dict[str, str] = {}
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
-        if any(part.startswith(".") or part in _SKIPPED_DIRS for part in relative.parts):
+        if not travels(relative.as_posix()):
             continue
         if path.is_symlink() or not path.is_file():
             continue
@@ -92,24 +101,32 @@ def workflow_task(
     ram_gb: float | None = None,
     output_url: str | None = None,
     image: str = RUNNER_IMAGE,
+    data: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The TES task that runs `workflow` whole inside each TRE.
 
-    `job` (CWL) is the job file's path relative to the root; `outputs` (Snakemake) are the final
-    targets, relative to the working directory, that the runner publishes; `config` are Snakemake
-    KEY=VALUE settings. Raises WorkflowError naming what to change.
+    `job` (CWL) is the job file's path relative to the root, or one of `data`'s container paths;
+    `outputs` (Snakemake) are the final targets, relative to the working directory, that the runner
+    publishes; `config` are Snakemake KEY=VALUE settings; `data` are more text files the run reads,
+    by absolute container path outside /workflow (a request crate's inputs). Raises WorkflowError
+    naming what to change.
     """
-    outputs, config = list(outputs or []), list(config or [])
+    outputs, config, data = list(outputs or []), list(config or []), dict(data or {})
     if workflow.main not in workflow.files:
         raise WorkflowError(f"the workflow file {workflow.main} is not among the files sent")
-    command = ["fivesafes-workflow", workflow.engine, f"{WORKFLOW_DIR}/{workflow.main}"]
+    for path in data:
+        if not path.startswith("/") or PurePosixPath(WORKFLOW_DIR) in PurePosixPath(path).parents:
+            raise WorkflowError(f"{path}: a data file needs an absolute path outside {WORKFLOW_DIR}")
+    command = [RUNNER_COMMAND, workflow.engine, f"{WORKFLOW_DIR}/{workflow.main}"]
     if workflow.engine == "cwl":
         if outputs or config:
             raise WorkflowError(
                 "--output and --config are for Snakemake; cwltool publishes the CWL workflow's own "
                 "outputs, and its inputs come from the job file (--job)"
             )
-        if job is not None:
+        if job in data:
+            command.append(job)
+        elif job is not None:
             if job not in workflow.files:
                 raise WorkflowError(f"the job file {job} must be under the root folder, which is sent whole")
             command.append(f"{WORKFLOW_DIR}/{job}")
@@ -131,9 +148,10 @@ def workflow_task(
             if "=" not in setting:
                 raise WorkflowError(f"--config {setting!r} must be KEY=VALUE")
             command += ["--config", setting]
-    if len(workflow.files) > DEFAULT_CAPS.inputs:
+    if len(workflow.files) + len(data) > DEFAULT_CAPS.inputs:
+        with_data = f" and {len(data)} data files" if data else ""
         raise WorkflowError(
-            f"{len(workflow.files)} files under the root folder; a task carries at most "
+            f"{len(workflow.files)} files under the root folder{with_data}; a task carries at most "
             f"{DEFAULT_CAPS.inputs} inputs: send a smaller folder (--root)"
         )
     resources: dict[str, Any] = {"cpu_cores": cores}
@@ -153,8 +171,11 @@ def workflow_task(
         ),
         "executors": [{"image": image, "command": command}],
         "inputs": [
-            {"name": path, "path": f"{WORKFLOW_DIR}/{path}", "content": text}
-            for path, text in sorted(workflow.files.items())
+            *(
+                {"name": path, "path": f"{WORKFLOW_DIR}/{path}", "content": text}
+                for path, text in sorted(workflow.files.items())
+            ),
+            *({"name": path, "path": path, "content": text} for path, text in sorted(data.items())),
         ],
         "outputs": [
             {

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fivesafes_tes.agent.review import ReviewPolicy
+from fivesafes_tes.devimages import RUNNER_IMAGE
 from fivesafes_tes.egress.checks.config import ChecksConfig
 from fivesafes_tes.executors import Limits
-from fivesafes_tes.tes.admission import image_allowed
+from fivesafes_tes.tes.admission import WORKFLOW_LANGUAGES, image_allowed, language_name
 from fivesafes_tes.tes.caps import DEFAULT_CAPS, TaskCaps
 
 GIB = 1 << 30
@@ -64,6 +65,39 @@ class TrePolicy(BaseModel):
     checks: ChecksConfig = Field(
         default_factory=ChecksConfig, description="Automated rule settings (egress.checks), parsed once."
     )
+    # Which workflows the TRE runs. A language is a promise, not a wall: an allowed image that holds an
+    # engine can run it under any command, so a TRE that must never run one does not allow its image.
+    workflow_languages: list[str] = Field(
+        default_factory=lambda: list(WORKFLOW_LANGUAGES),
+        description=(
+            "tes (a TES task as given, always run) and the languages run whole by a runner image: cwl, "
+            "snakemake. Any other executor running `fivesafes-workflow <language>` is refused."
+        ),
+    )
+    workflow_runners: dict[str, str] = Field(
+        default_factory=lambda: {"cwl": RUNNER_IMAGE, "snakemake": RUNNER_IMAGE},
+        description="language -> the runner image a request crate's workflow in it runs in; still subject "
+        "to allowed_images.",
+    )
+
+    @model_validator(mode="after")
+    def _languages_have_runners(self) -> TrePolicy:
+        unknown = [name for name in self.workflow_languages if name not in WORKFLOW_LANGUAGES]
+        if unknown:
+            raise ValueError(
+                f"workflow_languages: {', '.join(map(repr, unknown))} unknown; a TRE here can run "
+                f"{', '.join(WORKFLOW_LANGUAGES)}"
+            )
+        bare = [n for n in self.workflow_languages if n != "tes" and not self.workflow_runners.get(n)]
+        if bare:
+            raise ValueError(
+                f"workflow_languages: {', '.join(language_name(n) for n in bare)} needs a runner image: "
+                f"name it in workflow_runners (for example {bare[0]}: {RUNNER_IMAGE}) or leave the "
+                "language out"
+            )
+        if "tes" not in self.workflow_languages:  # a TES task is what every task is
+            self.workflow_languages = ["tes", *self.workflow_languages]
+        return self
 
     @classmethod
     def load(cls, path: Path | None) -> TrePolicy:

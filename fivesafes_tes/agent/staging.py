@@ -80,6 +80,12 @@ def admission(policy: TrePolicy, tre: str) -> Admission:
             volumes=caps.volumes,
             env_vars=caps.env_vars,
         ),
+        workflow_languages=list(policy.workflow_languages),
+        workflow_runners={
+            language: policy.workflow_runners[language]
+            for language in policy.workflow_languages
+            if language != "tes"
+        },
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -28,12 +29,24 @@ app = typer.Typer()
 
 @app.command()
 def submit(
-    task_file: Annotated[Path, typer.Argument(help="TES task JSON; '-' reads standard input.")],
+    task_file: Annotated[
+        Path,
+        typer.Argument(
+            help="TES task JSON ('-' reads standard input), or a Five Safes request crate: a BagIt zip "
+            "(*.zip) or a bag folder (zipped on the fly)."
+        ),
+    ],
     url: Url = DEFAULT_URL,
     token: Token = None,
     idempotency_key: IdempotencyKey = None,
+    tres: Annotated[
+        str | None, typer.Option(help="Crates: TREs to run in, comma separated (default: the project's).")
+    ] = None,
 ) -> None:
-    """Submit a TES task and print its id."""
+    """Submit a TES task or a request crate and print its id."""
+    if str(task_file) != "-" and (task_file.suffix.lower() == ".zip" or task_file.is_dir()):
+        _submit_crate(task_file, url, token, idempotency_key, tres)
+        return
     text = sys.stdin.read() if str(task_file) == "-" else task_file.read_text()
     try:
         task = json.loads(text)
@@ -42,6 +55,95 @@ def submit(
         raise typer.Exit(2) from None
     with tes_client(url, token) as client:
         typer.echo(run_or_exit(lambda: client.create(task, idempotency_key=idempotency_key)))
+
+
+def _submit_crate(
+    source: Path, url: str, token: str | None, idempotency_key: str | None, tres: str | None
+) -> None:
+    """POST a request crate to /api/v1/crates with a progress bar; a bag folder is zipped first."""
+    import tempfile
+
+    import httpx
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    tes_client(url, token).close()  # no token: says how to get one
+    with tempfile.TemporaryDirectory(prefix="fivesafes-crate-") as scratch:
+        if source.is_dir():
+            zipped = Path(scratch) / f"{source.resolve().name}.zip"
+            try:
+                zip_bag(source, zipped)
+            except ValueError as exc:
+                _output.err.print(f"[red]Cannot send {source}:[/] {escape(str(exc))}")
+                raise typer.Exit(2) from None
+        elif source.is_file():
+            zipped = source
+        else:
+            _output.err.print(f"[red]No such file:[/] {source}")
+            raise typer.Exit(2)
+        size = zipped.stat().st_size
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/zip",
+            "Content-Length": str(size),
+        }
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=_output.err,
+            transient=True,
+            disable=size < 8 * 1024 * 1024,
+        ) as progress:
+            job = progress.add_task(f"sending {source.name}", total=size)
+
+            def chunks() -> Iterator[bytes]:
+                with zipped.open("rb") as handle:
+                    while chunk := handle.read(1024 * 1024):
+                        progress.advance(job, len(chunk))
+                        yield chunk
+
+            try:
+                response = httpx.post(
+                    url.rstrip("/") + "/api/v1/crates",
+                    content=chunks(),
+                    headers=headers,
+                    params={"tres": tres} if tres else None,
+                    timeout=httpx.Timeout(60, read=600),
+                )
+            except httpx.HTTPError as exc:
+                _output.err.print(f"[red]Cannot reach the gateway[/] (FIVESAFES_TES_URL): {exc}")
+                raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        _output.err.print(f"[red]Refused:[/] {response.status_code}: {escape(refusal_detail(response))}")
+        raise typer.Exit(1)
+    typer.echo(response.json()["id"])
+
+
+def zip_bag(folder: Path, out: Path) -> None:
+    """Zip a BagIt bag folder as the profile wants it: one top-level folder holding the bag. Links are
+    refused rather than followed (the gateway would refuse them too)."""
+    import os
+    import zipfile
+
+    if not (folder / "bagit.txt").is_file():
+        raise ValueError(
+            f"{folder} is not a BagIt bag (no bagit.txt); make one (see ro-crates/README.md) or pass its zip"
+        )
+    top = folder.resolve().name
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for here, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files) + [d for d in dirs if (Path(here) / d).is_symlink()]:
+                path = Path(here) / name
+                relative = path.relative_to(folder).as_posix()
+                if path.is_symlink() or not path.is_file():
+                    raise ValueError(
+                        f"{relative} is a link or not a regular file; crates hold plain files only"
+                    )
+                archive.write(path, f"{top}/{relative}")
 
 
 @app.command("submit-workflow")
@@ -163,14 +265,29 @@ def cancel(task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
 @app.command()
 def results(
     task_id: str,
-    out: Annotated[Path, typer.Option(help="Directory to download into (one folder per TRE).")] = Path(
-        "results"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory to download into (one folder per TRE; default results/), or with --crate "
+            "the zip file to write (default task-ID-results.zip)."
+        ),
+    ] = None,
+    crate: Annotated[
+        bool,
+        typer.Option(
+            "--crate", help="Download the results crate (a BagIt-zipped Five Safes RO-Crate) instead."
+        ),
+    ] = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
     """Download the files each TRE released for a task, checking every SHA-256; print the decisions
-    (and the reasons for what was withheld)."""
+    (and the reasons for what was withheld). With --crate, download the task's results crate, verify
+    its BagIt manifests and the SHA-256 its record gives each file, and print what it says."""
+    if crate:
+        _results_crate(task_id, out or Path(f"task-{task_id}-results.zip"), url, token)
+        return
+    out = out or Path("results")
     import hashlib
 
     import httpx
@@ -233,3 +350,58 @@ def results(
         f"files in {out}/ (one folder per TRE){'' if not bad else f'; {bad} failed verification'}"
     )
     raise typer.Exit(1 if bad else 0)
+
+
+def _results_crate(task_id: str, out: Path, url: str, token: str | None) -> None:
+    """Fetch the results crate into `out`, verify it and print each TRE's part of its record."""
+    import httpx
+
+    from fivesafes_tes.crates.bagit import BagRefused, open_bag
+    from fivesafes_tes.crates.record import summarise
+
+    if not token:
+        _output.err.print("[red]No token.[/] Pass --token or set FIVESAFES_TES_TOKEN.")
+        raise typer.Exit(2)
+    partial = out.with_name(out.name + ".part")
+    try:
+        with httpx.stream(
+            "GET",
+            f"{url.rstrip('/')}/api/v1/tasks/{task_id}/crate",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=300,
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _output.err.print(f"[red]Refused:[/] {response.status_code}: {refusal_detail(response)}")
+                raise typer.Exit(1)
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        _output.err.print(f"[red]Cannot reach {url}:[/] {exc}")
+        raise typer.Exit(1) from None
+    try:
+        with open_bag(partial) as bag:
+            record = bag.metadata()
+            payload = {path: file.sha256 for path, file in bag.payload.items()}
+    except BagRefused as exc:
+        partial.unlink(missing_ok=True)
+        _output.err.print(f"[red]The results crate failed verification; discarded:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    summary = summarise(record)
+    wrong = [path for tre in summary for path, _, sha256 in tre.files if payload.get(path) != sha256]
+    if wrong:
+        partial.unlink(missing_ok=True)
+        _output.err.print(
+            f"[red]The results crate's record and its files disagree ({', '.join(wrong)}); discarded[/]"
+        )
+        raise typer.Exit(1)
+    partial.replace(out)
+    table = Table("TRE", "run", "sign-off", "disclosure", "released files", title=f"results crate of {task_id}")
+    for tre in summary:
+        names = "\n".join(escape(name) for _, name, _ in tre.files) or "-"
+        table.add_row(tre.tre, tre.run, tre.sign_off, tre.disclosure, names)
+    _output.console.print(table)
+    files = sum(len(t.files) for t in summary)
+    _output.console.print(f"{out}: BagIt manifests and {files} file SHA-256(s) verified")

@@ -22,7 +22,7 @@ from fivesafes_tes.auth import (
 )
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress.store import ObjectStore
-from fivesafes_tes.gateway import admin_api, agent_api, errors, ops, results_api, tes_api
+from fivesafes_tes.gateway import admin_api, agent_api, crates_api, errors, ops, results_api, tes_api
 from fivesafes_tes.gateway.context import GatewayContext, app_context, attach
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
@@ -62,8 +62,10 @@ def _validator(settings: GatewaySettings) -> tuple[TokenValidator, DevIssuer | N
     return validator, None
 
 
-# Released files stream to disk with their SHA-256 checked; they are not held in memory.
+# Released files stream to disk with their SHA-256 checked; they are not held in memory. So do request
+# crates, under their own cap.
 RELEASE_UPLOADS = re.compile(r"^/agent/v1/children/[^/]+/files$")
+STREAMED_UPLOADS = re.compile(f"{RELEASE_UPLOADS.pattern}|{crates_api.CRATE_UPLOADS.pattern}")
 
 
 def _results_store(settings: GatewaySettings) -> ObjectStore | None:
@@ -163,13 +165,14 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     attach(app, ctx)
     errors.install(app)
     app.add_middleware(ops.MeasureRequests, metrics=ctx.metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed_paths=RELEASE_UPLOADS)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed_paths=STREAMED_UPLOADS)
     app.add_middleware(NulFreeUrl)
     app.include_router(tes_api.router, prefix=TES_PREFIXES[0])
     for alias in TES_PREFIXES[1:]:
         app.include_router(tes_api.router, prefix=alias, include_in_schema=False)
     app.include_router(agent_api.router)
     app.include_router(results_api.router)
+    app.include_router(crates_api.router)
     app.include_router(admin_api.router)
     app.include_router(ops.router)
     if issuer is not None:

@@ -15,6 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from fivesafes_tes.auth import JwksUnavailable
+from fivesafes_tes.crates.bagit import BagRefused
+from fivesafes_tes.crates.profile import CrateRefused, NotYourProject
+from fivesafes_tes.crates.workflow import WorkflowRefused
 from fivesafes_tes.gateway.context import context
 from fivesafes_tes.submission import federation, leases, results
 from fivesafes_tes.submission.ids import BadPageToken
@@ -94,6 +97,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(BadPageToken)
     @app.exception_handler(results.InvalidRelease)
     @app.exception_handler(federation.InvalidRequest)
+    @app.exception_handler(BagRefused)
+    @app.exception_handler(CrateRefused)
+    @app.exception_handler(WorkflowRefused)
     async def _bad(_: Request, exc: Exception) -> JSONResponse:
         return error(400, str(exc))
 
@@ -104,6 +110,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(federation.Forbidden)
     @app.exception_handler(results.NotApproved)
+    @app.exception_handler(NotYourProject)
     async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
         return error(403, str(exc))
 

@@ -3,19 +3,21 @@ authorised by project and audited. Agents upload them through the agent API (`ag
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
+from fivesafes_tes.crates.record import activity_record, write_results_crate
 from fivesafes_tes.gateway.context import context
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
-from fivesafes_tes.submission import researcher_view, results, tasks
+from fivesafes_tes.submission import records, researcher_view, results, tasks
 from fivesafes_tes.submission.tasks import visible_task
 
 router = APIRouter(
@@ -85,3 +87,59 @@ def download(
         headers={"X-Content-SHA256": released.sha256},
         background=BackgroundTask(path.unlink, missing_ok=True),
     )
+
+
+# The 5s-crate profile's HTTP signposting: a results crate is an RO-Crate in a zip.
+_CRATE_PROFILE_LINK = '<https://w3id.org/ro/crate>; rel="profile"'
+
+
+@router.get(
+    "/tasks/{task_id}/crate",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {"application/zip": {}},
+            "description": "The results crate: a BagIt zip of the activity record and the released files.",
+        }
+    },
+)
+def results_crate(request: Request, task_id: str, principal: CurrentPrincipal) -> FileResponse:
+    """The task's results crate (Five Safes RO-Crate, BagIt-zipped): its activity record and every file
+    its TREs released, each checked against its SHA-256; nothing unreleased."""
+    ctx = context(request)
+    actor = actor_of(principal)
+    with ctx.db.read() as session:
+        facts = records.task_facts(session, actor, task_id)
+    handle, name = tempfile.mkstemp(prefix="crate-", suffix=".zip")
+    path = Path(name)
+    try:
+        with open(handle, "wb") as out:
+            write_results_crate(
+                out, facts, lambda fact: records.open_released(ctx.db, ctx.results_store, actor, fact)
+            )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return FileResponse(
+        path,
+        filename=f"task-{task_id}-results.zip",
+        media_type="application/zip",
+        headers={"Link": _CRATE_PROFILE_LINK},
+        background=BackgroundTask(path.unlink, missing_ok=True),
+    )
+
+
+_RO_CRATE_JSONLD = 'application/ld+json; profile="https://w3id.org/ro/crate"'
+
+
+@router.get(
+    "/tasks/{task_id}/crate/metadata",
+    response_class=JSONResponse,
+    responses={200: {"content": {_RO_CRATE_JSONLD: {}}, "description": "ro-crate-metadata.json"}},
+)
+def crate_metadata(request: Request, task_id: str, principal: CurrentPrincipal) -> JSONResponse:
+    """The task's activity record alone (its ro-crate-metadata.json), as it stands now."""
+    ctx = context(request)
+    with ctx.db.read() as session:
+        facts = records.task_facts(session, actor_of(principal), task_id)
+    return JSONResponse(activity_record(facts), media_type=_RO_CRATE_JSONLD)

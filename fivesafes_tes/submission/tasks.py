@@ -165,9 +165,10 @@ def create_task(
     target: Target,
     *,
     idempotency_key: str | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> Created:
     """Store a new task with one child per target TRE; with an Idempotency-Key, a repeat returns the
-    first task."""
+    first task. `detail` joins the audit record of its creation (a crate's identifiers)."""
     fingerprint = request_fingerprint(request) if idempotency_key is not None else ""  # of the body as sent
     if idempotency_key is not None:
         existing = _replayed(session, actor, idempotency_key, fingerprint)
@@ -233,7 +234,7 @@ def create_task(
         action="task.create",
         object=f"task:{task_id}",
         outcome="ok",
-        detail={"project": target.project.name, "tres": [t.name for t in target.tres]},
+        detail={"project": target.project.name, "tres": [t.name for t in target.tres], **(detail or {})},
     )
     return Created(task_id, [t.id for t in target.tres])
 

@@ -1,5 +1,6 @@
 """What a TRE will run, as it tells the gateway: the part of its policy that depends on the request
-alone (images, where inputs may come from, reserved container paths and variables, per-task caps).
+alone (images, where inputs may come from, reserved container paths and variables, per-task caps, the
+workflow languages it runs).
 
 A TRE's agent builds this document from the policy it enforces (`agent.staging.admission`), checks
 every task it leases against it before staging anything, and publishes the same document to the
@@ -9,7 +10,7 @@ gateway, which checks each task against its target TREs' documents when it is su
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 from typing import Any
@@ -22,6 +23,28 @@ from fivesafes_tes.tes.models import NulFree
 from fivesafes_tes.tes.outputs import normal_path, output_folder
 
 _MANY = 10_000
+# The workflow runner's entry point (`workflow_runner.py`, in the runner image): an executor running
+# `fivesafes-workflow <language> ...` runs a whole workflow in that language.
+RUNNER_COMMAND = "fivesafes-workflow"
+# `tes`: a TES task as given, what every TRE runs; the others run whole inside the TRE by a runner image.
+WORKFLOW_LANGUAGES = ("tes", "cwl", "snakemake")
+
+
+def runner_language(command: Sequence[str]) -> str | None:
+    """The workflow language an executor's command runs through the workflow runner; None when the
+    command is not the runner's."""
+    if len(command) > 1 and PurePosixPath(str(command[0])).name == RUNNER_COMMAND:
+        return str(command[1])
+    return None
+
+
+def language_name(language: str) -> str:
+    """A workflow language as people write it."""
+    return {"tes": "TES", "cwl": "CWL", "snakemake": "Snakemake"}.get(language, language or "unnamed")
+
+
+def _listing(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def image_allowed(image: str, patterns: list[str] | tuple[str, ...]) -> bool:
@@ -85,19 +108,53 @@ class Admission(NulFree):
         max_length=100, description="Environment variable names starting with one of these are refused."
     )
     caps: PublishedCaps
+    # Defaults for a TRE whose agent publishes no languages: it checks none, so none is refused for it.
+    workflow_languages: list[str] = Field(
+        default_factory=lambda: list(WORKFLOW_LANGUAGES),
+        max_length=100,
+        description=(
+            "Languages of the workflows it runs: `tes` (a TES task, always) and those its runner images "
+            "run whole inside the TRE (`cwl`, `snakemake`)."
+        ),
+    )
+    workflow_runners: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="The runner image it offers for each workflow language but `tes`.",
+    )
 
     def refusal(self, task: Mapping[str, Any], project: str) -> str | None:
         """Why this TRE will not run `task` (a task document as the TRE receives it: no tags) for
         `project`, naming the field and what to change; None when nothing here refuses it."""
         return (
             self._caps().refusal(task, self.tre)
+            or self._workflow_refusal(task)
             or self._executors_refusal(task)
             or self._inputs_refusal(task)
             or self._paths_refusal(task, project)
         )
 
+    def language_refusal(self, language: str) -> str | None:
+        """Why this TRE will not run a workflow in `language` (`tes`, `cwl`, ...); None when it runs it."""
+        if language in self.workflow_languages:
+            return None
+        runs = [language_name(name) for name in self.workflow_languages]
+        return (
+            f"{self.tre} does not run {language_name(language)} workflows; it runs "
+            f"{_listing(runs) if runs else 'none'} (its TRE admin sets workflow_languages)"
+        )
+
     def _caps(self) -> TaskCaps:
         return TaskCaps(**self.caps.model_dump())
+
+    def _workflow_refusal(self, task: Mapping[str, Any]) -> str | None:
+        # Read from the task itself: tags, where a workflow task names its engine, never reach a TRE.
+        for n, executor in enumerate(task.get("executors") or []):
+            language = runner_language(executor.get("command") or [])
+            why = None if language is None else self.language_refusal(language)
+            if why:
+                return f"executors.{n}.command: {why}"
+        return None
 
     def _executors_refusal(self, task: Mapping[str, Any]) -> str | None:
         for n, executor in enumerate(task.get("executors") or []):
@@ -162,3 +219,18 @@ class Admission(NulFree):
                     "use another folder, such as /outputs"
                 )
         return None
+
+
+def shared_runner(admissions: Iterable[Admission], language: str, default: str) -> str:
+    """The runner image for `language` that every one of these TREs offers (`default` when none has
+    published one); ValueError naming each TRE's image when they differ, since one task runs one image
+    in every TRE it goes to."""
+    offered = {a.tre: a.workflow_runners[language] for a in admissions if language in a.workflow_runners}
+    images = sorted(set(offered.values()))
+    if len(images) > 1:
+        each = "; ".join(f"{tre} runs it with {image}" for tre, image in sorted(offered.items()))
+        raise ValueError(
+            f"the target TREs offer different runner images for {language_name(language)} ({each}); send the "
+            "workflow to TREs that share one"
+        )
+    return images[0] if images else default
