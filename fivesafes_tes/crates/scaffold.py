@@ -305,7 +305,8 @@ def _crate(name: str, description: str, when: str) -> Any:
     crate = ROCrate()
     crate.metadata.PROFILE = RO_CRATE_1_2  # the context generate() names
     crate.metadata["conformsTo"] = {"@id": RO_CRATE_1_2}
-    crate.root_dataset.update({"name": name, "description": description, "datePublished": when})
+    for key, value in (("name", name), ("description", description), ("datePublished", when)):
+        crate.root_dataset[key] = value  # rocrate entities take no update()
     return crate
 
 
