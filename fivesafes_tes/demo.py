@@ -201,7 +201,7 @@ def walk_crate(stack: devstack.DevStack, console: Console, token: str, problems:
     scaffold.zip_directory(EXAMPLE_CRATES / DEMO_CRATE, zipped)
     console.print(
         f"`fivesafes-tes crate zip ro-crates/{DEMO_CRATE} --out request.zip` then "
-        "`fivesafes-tes submit request.zip`; here, the same call:"
+        "`fivesafes-tes submit request.zip`, and later `fivesafes-tes results ID --crate`; here, the same calls:"
     )
     http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
     submitted = http.post(
@@ -230,43 +230,31 @@ def walk_crate(stack: devstack.DevStack, console: Console, token: str, problems:
 
 
 def results_crate_summary(zipped: bytes, problems: list[str]) -> Table:
-    """What a results crate says: each action of the record, and each released file with its SHA-256
-    (the bag's manifests verified first)."""
+    """What `fivesafes-tes results ID --crate` prints: per TRE, the run, the sign-off, the disclosure
+    check and the released files, once the bag's manifests and each file's SHA-256 are verified."""
     from fivesafes_tes.crates.bagit import BagRefused, open_bag
+    from fivesafes_tes.crates.record import summarise
 
-    table = Table("what", "status", "detail", title="the results crate: the record of every decision")
+    table = Table(
+        "TRE", "run", "sign-off", "disclosure", "released files (SHA-256)", title="the results crate's record"
+    )
     with tempfile.TemporaryDirectory(prefix="fivesafes-crate-") as scratch:
         path = Path(scratch) / "results.zip"
         path.write_bytes(zipped)
         try:
             with open_bag(path) as bag:
-                graph = {e["@id"]: e for e in bag.metadata()["@graph"]}
-                payload = dict(bag.payload)
+                record = bag.metadata()
+                carried = {p: f.sha256 for p, f in bag.payload.items()}
         except BagRefused as exc:
             problems.append(f"the results crate does not verify: {exc}")
             return table
-    root = graph["./"]
-    for ref in _as_list(root.get("mentions")):
-        action = graph.get(ref["@id"], {})
-        kind = _short(_as_list(action.get("additionalType")) or _as_list(action.get("@type")))
-        table.add_row(kind, _short(_as_list(action.get("actionStatus"))), str(action.get("name", "")))
-        for result in _as_list(action.get("result")):
-            entry = payload.get(result["@id"])
-            if entry is not None:
-                table.add_row("  released file", "", f"{entry.path}  sha256 {(entry.sha256 or '')[:16]}…")
+    for tre in summarise(record):
+        for where, _, sha256 in tre.files:
+            if carried.get(where) != sha256:
+                problems.append(f"{where} in the results crate does not match its SHA-256")
+        files = "\n".join(f"{name}  {sha256[:12]}…" for _, name, sha256 in tre.files) or "-"
+        table.add_row(tre.tre, tre.run, tre.sign_off, tre.disclosure, files)
     return table
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def _short(values: list[Any]) -> str:
-    """The last segment of an IRI (`http://schema.org/CompletedActionStatus` -> CompletedActionStatus)."""
-    names = [v["@id"] if isinstance(v, dict) else str(v) for v in values]
-    return ", ".join(n.rstrip("/").rsplit("/", 1)[-1].rsplit("#", 1)[-1] for n in names)
 
 
 def _review(stack: devstack.DevStack, task_id: str) -> None:
