@@ -1,8 +1,8 @@
 """A request crate (5s-crate 0.4) scaffolded from a TES task file or a CWL workflow: what
 `fivesafes-tes crate new` writes, and what `ro-crates/` holds.
 
-The metadata is built with `rocrate` (ro-crate-py) and declared RO-Crate 1.2, as the profile asks
-(ro-crate-py 0.16 declares 1.1 unless told otherwise). The bag is written by `crates.bagit.write_bag`.
+The metadata is built with `rocrate` (ro-crate-py 0.16, `ROCrate(version="1.2")`: the descriptor's
+`conformsTo` and the context are RO-Crate 1.2, as the profile asks). The bag is written by `crates.bagit.write_bag`.
 The workflow in `mainEntity` follows the conventions `crates.workflow` reads at intake: a folder
 `workflow/` that is a Workflow RO-Crate of its own (its `ro-crate-metadata.json` names the workflow
 file, with its `programmingLanguage`: the GA4GH TES schema for a TES task document `*.tes.json`, or
@@ -253,7 +253,8 @@ def request_crate(
     root = crate.root_dataset
     root["conformsTo"] = {"@id": PROFILE}
     if license:
-        root["license"] = crate.add(ContextEntity(crate, license, {"@type": "CreativeWork", "name": license}))
+        named = license.rstrip("/").rsplit("/", 1)[-1]  # an SPDX URL's identifier, e.g. Apache-2.0
+        root["license"] = crate.add(ContextEntity(crate, license, {"@type": "CreativeWork", "name": named}))
     crate.add(ContextEntity(crate, PROFILE, {"@type": "Profile", "name": "Five Safes RO-Crate profile"}))
     team = crate.add(ContextEntity(crate, f"#project-{_slug(project)}", {"@type": "Project", "name": project}))
     root["sourceOrganization"] = team
@@ -302,9 +303,7 @@ def _crate(name: str, description: str, when: str) -> Any:
     """An empty crate declared RO-Crate 1.2 (descriptor and context)."""
     from rocrate.rocrate import ROCrate
 
-    crate = ROCrate()
-    crate.metadata.PROFILE = RO_CRATE_1_2  # the context generate() names
-    crate.metadata["conformsTo"] = {"@id": RO_CRATE_1_2}
+    crate = ROCrate(version="1.2")  # rocrate 0.16 defaults to 1.3; the profile names 1.2
     for key, value in (("name", name), ("description", description), ("datePublished", when)):
         crate.root_dataset[key] = value  # rocrate entities take no update()
     return crate
