@@ -28,6 +28,7 @@ TITLES = {
     "fanout": "Fan-out: one task to many TREs, until RUNNING",
     "idle": "Idle agent: what it costs, and how soon it picks up work",
     "checks": "Disclosure rules: throughput and memory against a plain read",
+    "crates": "Crate intake: verifying a BagIt zip against `sha512sum`, and refusing hostile ones",
 }
 
 
@@ -731,6 +732,51 @@ def _idle_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     ]
 
 
+def _crates_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    crates = results.get("crates") or {}
+    if not crates.get("verify"):
+        return []
+    mib = 2**20
+    rows = [
+        [
+            f"{v['crate']}: {v['compression']}",
+            f"{v['payload_bytes'] / mib:,.0f}",
+            f"{v['zip_bytes'] / mib:,.0f}",
+            f"**{v['intake_mb_per_s']:,.0f}**",
+            f"{v['sha512sum_mb_per_s']:,.0f}",
+            f"{v['share']:.0%}",
+            f"{v['cpu_s'] / v['seconds']:.1f}",
+            f"{v['rss_growth_bytes'] / mib:,.1f}",
+        ]
+        for v in crates["verify"]
+    ]
+    refusals = [
+        [r["case"], r["what"], f"{r['zip_bytes'] / mib:,.1f}", ", ".join(f"{s * 1000:,.0f}" for s in r["runs_s"]),
+         str(len(r["writes"])), (r["message"] or "not refused")[:160]]
+        for r in crates["refusals"]
+    ]  # fmt: skip
+    return [
+        (
+            "`bench/crates.py`: crates made with `write_bag`, each intake (`open_bag`: central directory "
+            "judged, tag files read, then one pass over the whole zip hashing every member with SHA-512 and "
+            "SHA-256 and the zip with SHA-512) in a fresh process right after `sha512sum` on the payload "
+            f"file, alternating over {crates.get('rounds')} rounds, files in the page cache; medians shown. "
+            "*CPU* is the intake's CPU seconds per wall second (hashing runs on two threads besides the "
+            "reader). *RSS growth* is the high-water mark (VmHWM, reset first) above the RSS before intake, "
+            "the largest of the rounds. Refusals run in fresh processes under an audit hook that records "
+            "every file opened for writing, created, renamed or removed, in an empty working folder that "
+            "is also TMPDIR."
+        ),
+        "",
+        *_table(
+            ["Crate", "payload MiB", "zip MiB", "intake MiB/s", "`sha512sum` MiB/s", "share", "CPU",
+             "RSS growth MiB"],
+            rows,
+        ),  # fmt: skip
+        *_table(["Refused", "What", "zip MiB", "time of each run, ms", "files written", "message"], refusals),
+    ]
+
+
 _DETAILS = {
     "create": _create_section,
     "list": _list_section,
@@ -739,4 +785,5 @@ _DETAILS = {
     "fanout": _fanout_section,
     "idle": _idle_section,
     "checks": _checks_section,
+    "crates": _crates_section,
 }

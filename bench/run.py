@@ -34,7 +34,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bench import checks_bench, dataset, federation, provenance, report, targets
+from bench import checks_bench, crates, dataset, federation, provenance, report, targets
 from bench.common import (
     CREATOR,
     DOCS,
@@ -57,13 +57,13 @@ from fivesafes_tes.gateway.app import dev_issuer_url
 from fivesafes_tes.submission.ids import decode_page_token
 
 PG_ENV = ("FIVESAFES_BENCH_PG_URL", "FIVESAFES_TEST_PG_URL")
-PARTS = ("create", "read", "e2e", "fanout", "idle", "checks")
+PARTS = ("create", "read", "e2e", "fanout", "idle", "checks", "crates")
 #: ``--quick``: a smoke run of every part in a few minutes; its figures are not the targets'.
 QUICK: dict[str, Any] = {
     "create_requests": 200, "create_warmup": 20, "rounds": 2, "list_requests": 20, "list_warmup": 5,
     "max_seconds": 5, "get_requests": 100, "get_warmup": 20, "large": 10_000, "e2e_runs": 3,
     "e2e_warmup": 1, "e2e_pause": 0.5, "fanout_tres": 5, "fanout_runs": 2, "idle_seconds": 10, "pickups": 3,
-    "checks_sizes": "10,20",
+    "checks_sizes": "10,20", "crates_mb": 64, "crates_rounds": 2,
 }  # fmt: skip
 
 
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         choices=PARTS,
         help="run only this part (repeatable): create, read (list and get), e2e, fanout, idle, "
-        "checks (disclosure rules)",
+        "checks (disclosure rules), crates (crate intake)",
     )
     p.add_argument("--e2e-runs", type=int, default=20, help="timed end-to-end runs (default 20)")
     p.add_argument("--e2e-warmup", type=int, default=2, help="untimed end-to-end runs first (default 2)")
@@ -123,6 +123,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="100,1000",
         help="CSV sizes in MB for the disclosure rules (default 100,1000)",
     )
+    p.add_argument(
+        "--crates-mb", type=int, default=1024, help="payload of the large crate in MiB (default 1024)"
+    )
+    p.add_argument("--crates-rounds", type=int, default=3, help="intake runs per crate (default 3)")
     p.add_argument("--no-postgres", action="store_true", help="SQLite only, even if PostgreSQL is configured")
     p.add_argument(
         "--before",
@@ -488,6 +492,20 @@ class Bench:
         self.advance_overall()
 
 
+    # -- 7. crate intake ---------------------------------------------------------------------------
+
+    def crates(self) -> None:
+        """Crate intake against `sha512sum`, and hostile crates refused (``bench/crates.py``)."""
+        self.begin("crate intake", None)
+
+        def on_step(what: str) -> None:
+            self.progress.update(self.step, description=f"crate intake: {what}")
+
+        self.results["crates"] = crates.run(self.args.crates_mb, self.args.crates_rounds, on_step=on_step)
+        self.log(f"crate intake measured at {self.args.crates_mb:,} MiB")
+        self.advance_overall()
+
+
 def check_pages(base_url: str, auth: dict[str, str], other: dict[str, str], scope: dataset.Scope) -> None:
     """Before timing anything: the pages are what a client would get, and scoped to their owner."""
     expected = min(256, scope.tasks)
@@ -649,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         (rounds if "create" in parts else 0)
         + (2 + 4 * rounds + 3 if "read" in parts else 0)
         + (1 if "fanout" in parts else 0)
-    ) + len(parts & {"e2e", "idle", "checks"})
+    ) + len(parts & {"e2e", "idle", "checks", "crates"})
     load = LoadSampler()
     columns = (
         SpinnerColumn(),
@@ -686,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
             if "checks" in parts:
                 load.part = "checks"
                 bench.checks()
+            if "crates" in parts:
+                load.part = "crates"
+                bench.crates()
             progress.update(bench.step, visible=False)
     except (BenchError, dataset.SchemaChanged, federation.FederationError) as exc:
         console.print(f"[red]bench failed:[/] {exc}")

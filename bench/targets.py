@@ -12,6 +12,7 @@ from typing import Any
 ISSUE_2 = "issue 2 (make bench: create, list, get)"
 ISSUE_3 = "issue 3 (make bench: end to end, fan-out, idle agent)"
 ISSUE_4 = "issue 4 (make bench: disclosure rules)"
+ISSUE_11 = "issue 11 (Five Safes RO-Crates)"
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,14 @@ CHECKS_COLD = Target("checks", ">= 50% of a plain 1 MiB read, file from disk", 0
 #: peak at the smallest.
 CHECKS_MEMORY = Target("checks", "peak RSS flat: largest file <= 1.25x smallest", 1.25, ISSUE_4)
 
+CRATE_SPEED = Target("crates", ">= 50% of `sha512sum` on the payload file", 0.5, ISSUE_11)
+#: "In flat memory" (issue 11), read as: whatever the crate's size, intake's peak RSS stays within
+#: 32 MiB of what the process held before it (a chunk read, a few queued for hashing, the manifests).
+CRATE_MEMORY = Target("crates", "peak RSS growth <= 32 MiB, at any size (flat)", 32.0, ISSUE_11)
+CRATE_REFUSAL = Target("crates", "refused in < 1 s, nothing written", 1.0, ISSUE_11)
+
 #: The sections of the page, in order.
-BENCHMARKS = ("create", "list", "get", "e2e", "fanout", "idle", "checks")
+BENCHMARKS = ("create", "list", "get", "e2e", "fanout", "idle", "checks", "crates")
 
 
 def _verdict(
@@ -76,6 +83,7 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
         *_fanout(results),
         *_idle(results),
         *_checks(results),
+        *_crates(results),
     ]
 
 
@@ -204,4 +212,29 @@ def _checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{small['size_bytes'] / 1_000_000:,.0f} MB CSV"
             )
             out.append(_verdict(CHECKS_MEMORY, what, "—", figure, growth, growth <= CHECKS_MEMORY.limit))
+    return out
+
+
+def _crates(results: dict[str, Any]) -> list[dict[str, Any]]:
+    crates = results.get("crates")
+    if not crates:
+        return []
+    out = []
+    mib = 2**20
+    for v in crates["verify"]:
+        size = f"{v['payload_bytes'] / mib:,.0f} MiB"
+        if v["crate"] == "stored":
+            what = f"intake of a {size} crate ({v['compression']}) vs `sha512sum` of its payload file"
+            figure = f"{v['intake_mb_per_s']:,.0f} vs {v['sha512sum_mb_per_s']:,.0f} MiB/s = {v['share']:.0%}"
+            out.append(_verdict(CRATE_SPEED, what, "—", figure, v["share"], v["share"] >= CRATE_SPEED.limit))
+        growth = v["rss_growth_bytes"] / mib
+        what = f"intake of a {size} crate ({v['compression']}): peak RSS growth"
+        figure = f"{growth:,.1f} MiB"
+        out.append(_verdict(CRATE_MEMORY, what, "—", figure, growth, growth <= CRATE_MEMORY.limit))
+    for r in crates["refusals"]:
+        written = len(r["writes"])
+        what = f"refusing a {r['case']} crate ({r['zip_bytes'] / mib:,.1f} MiB zip)"
+        figure = f"{r['seconds'] * 1000:,.0f} ms (slowest of {len(r['runs_s'])}), {written} files written"
+        ok = r["seconds"] < CRATE_REFUSAL.limit and not written and bool(r["message"])
+        out.append(_verdict(CRATE_REFUSAL, what, "—", figure, r["seconds"], ok))
     return out

@@ -12,6 +12,7 @@ cache does not hold rather than reaching out.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -51,16 +52,23 @@ class _LocalContexts:
 
     def send(self, request: Any, **_: Any) -> Any:
         import requests
+        from requests.structures import CaseInsensitiveDict
+        from urllib3 import HTTPResponse
 
         name = URLS.get(str(request.url).split("#")[0])
         if name is None:
             raise requests.ConnectionError(f"offline test: {request.url} is not one of the kept contexts")
+        content = (CONTEXTS / name).read_bytes()
+        headers = {"Content-Type": "application/ld+json", "Content-Length": str(len(content))}
         response = requests.Response()
         response.status_code = 200
         response.url = request.url
         response.request = request
-        response.headers["Content-Type"] = "application/ld+json"
-        response._content = (CONTEXTS / name).read_bytes()
+        response.headers = CaseInsensitiveDict(headers)
+        response.raw = HTTPResponse(
+            body=io.BytesIO(content), headers=headers, status=200, preload_content=False, request_url=request.url
+        )
+        response._content = content
         response.encoding = "utf-8"
         return response
 
@@ -94,15 +102,16 @@ class Validator:
         """Validate a crate folder (or RO-Crate zip) against `profile`, at REQUIRED severity."""
         command = [
             str(COMMAND),
+            "--no-interactive",
             "validate",
             "--offline",
             "--cache-path",
             str(self.cache),
-            "-p",
+            "--profile-identifier",
             profile,
             "--requirement-severity",
-            "REQUIRED",
-            "--no-interactive",
+            "required",
+            "--no-paging",
             "--output-format",
             "json",
             str(crate),
@@ -180,20 +189,33 @@ def _minimal_crate() -> dict[str, Any]:
 
 
 def _seed(cache: str, crate: str) -> None:
-    """Fill the validator's HTTP cache (sqlite, requests-cache) at `cache` from the kept contexts: one
-    validation of `crate` per profile, online, through a transport that reaches nothing else."""
+    """Fill the validator's HTTP cache (sqlite, requests-cache) at `cache` from the kept contexts: the
+    validator fetches them itself, once per profile, through a transport that reaches nothing else
+    (every session it makes gets it; rdflib's own fallback to urllib is shut)."""
+    import rdflib._networking
+    from requests_cache import CachedSession
     from rocrate_validator import services
     from rocrate_validator.utils.http import HttpRequester
 
+    original = CachedSession.__init__
+
+    def local_only(session: CachedSession, *args: Any, **kwargs: Any) -> None:
+        original(session, *args, **kwargs)
+        for scheme in ("https://", "http://"):
+            session.mount(scheme, _LocalContexts())  # type: ignore[arg-type]
+
+    def no_network(request: Any) -> Any:
+        raise OSError(f"offline test: rdflib tried to fetch {request.full_url} itself")
+
+    CachedSession.__init__ = local_only  # type: ignore[method-assign]
+    rdflib._networking._urlopen = no_network
     requester = HttpRequester.initialize_cache(cache_path=cache, offline=False)
-    for scheme in ("https://", "http://"):
-        requester.session.mount(scheme, _LocalContexts())
-    for version in ("1.1", "1.2", "1.3"):
-        for url, name in URLS.items():
-            if name == f"{version}.jsonld":
-                requester.get(url, headers={"Accept": "application/ld+json, application/json, */*;q=0.1"})
+    for url in URLS:
+        requester.get(url, headers={"Accept": "application/ld+json, application/json, */*;q=0.1"})
     for profile in PROFILES:
-        services.validate({"rocrate_uri": crate, "profile_identifier": profile, "offline": False})
+        services.validate(
+            {"rocrate_uri": crate, "profile_identifier": profile, "offline": False, "cache_path": cache}
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover - by hand: python -m tests.rocrate_validation CRATE

@@ -5,10 +5,12 @@ oracle and read back by `open_bag`."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
+import re
 import stat
 import struct
 import sys
@@ -817,3 +819,19 @@ def test_write_bag_refuses_what_would_make_a_bad_bag(
 def test_write_bag_refuses_duplicate_paths() -> None:
     with pytest.raises(ValueError, match="given twice"):
         write_bag(io.BytesIO(), "bag", [*entries({"a.csv": b"1"}), *entries({"A.csv": b"2"})], {})
+
+
+def test_every_limit_is_documented_with_its_default() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "crates.md").read_text()
+    section = doc.split("### Intake limits", 1)[1].split("\n## ", 1)[0]
+    documented = dict(re.findall(r"^\| `(max_[a-z_]+)` \| ([^|]+) \|", section, re.MULTILINE))
+    defaults = {f.name: f.default for f in dataclasses.fields(BagLimits)}
+    assert set(documented) == set(defaults)
+    for name, default in defaults.items():
+        shown = documented[name].strip()
+        if shown.endswith("GiB"):
+            assert default == int(shown.split()[0]) << 30, name
+        elif shown.endswith("MiB"):
+            assert default == int(shown.split()[0]) << 20, name
+        else:
+            assert default == float(shown.replace(",", "")), name

@@ -265,7 +265,7 @@ def _verify(fd: int, size: int, limits: BagLimits) -> VerifiedBag:
         wanted[prefix + "data/" + path] = list(manifests)
     for algorithm, listed in tag_manifests.items():
         for path in listed:
-            wanted.setdefault(prefix + path, []).append(algorithm)
+            wanted.setdefault(prefix + by_nfc[unicodedata.normalize("NFC", path)], []).append(algorithm)
     scanned = _zip.scan(fd, size, members, lambda m: wanted.get(m.name, ()))
 
     def digest(path: str, algorithm: str) -> str:

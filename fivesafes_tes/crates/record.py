@@ -34,13 +34,15 @@ from fivesafes_tes.crates.bagit import BagEntry, write_bag
 RO_CRATE_CONTEXT = "https://w3id.org/ro/crate/1.2/context"
 RO_CRATE_SPEC = "https://w3id.org/ro/crate/1.2"
 FIVE_SAFES_PROFILE = "https://w3id.org/5s-crate/0.4"
-PROCESS_RUN_PROFILE = "https://w3id.org/ro/wfrun/process/0.5"
 WORKFLOW_RO_CRATE = "https://w3id.org/workflowhub/workflow-ro-crate/1.0"
 TES_SPEC = "https://github.com/ga4gh/task-execution-schemas/tree/v1.1.0"
 SHP = "https://w3id.org/shp#"
 SHA512 = "https://www.iana.org/assignments/named-information#sha-512"
 SHA256 = "https://www.iana.org/assignments/named-information#sha-256"
 METADATA = "ro-crate-metadata.json"
+# The software that writes the record, runs the rules and the TRE's agent (RO-Crate 1.2 wants a `url`
+# for every SoftwareApplication): the package, never a deployment's own address.
+SOFTWARE_URL = "https://pypi.org/project/fivesafes-tes/"
 
 # Every entity the gateway adds has an @id under this prefix; a request crate's entities under it are
 # dropped at the start, so a crate cannot pose as one of the gateway's own (a TRE, a sign-off, a checker).
@@ -263,6 +265,12 @@ def activity_record(facts: TaskFacts) -> dict[str, Any]:
     else:
         main, run, person, project = _from_task(graph, facts)
     root = graph["./"]
+    root.setdefault("name", facts.name or f"Five Safes request, task {facts.task_id}")
+    root.setdefault(
+        "description",
+        f"Activity record of task {facts.task_id} in project {facts.project}: who asked, what ran where, "
+        "what each TRE decided and what it released.",
+    )
     mentions: list[str] = [run]
     gateway = _gateway(graph)
 
@@ -303,15 +311,17 @@ def activity_record(facts: TaskFacts) -> dict[str, Any]:
         root["publisher"] = [ref(p) for p in publishers]
     if "license" not in root:
         root["license"] = ref(_conditions(graph, facts))
-    _add_refs(root, "conformsTo", [FIVE_SAFES_PROFILE, PROCESS_RUN_PROFILE])
+    _add_refs(root, "conformsTo", [FIVE_SAFES_PROFILE])
     graph.add(
         {"@id": FIVE_SAFES_PROFILE, "@type": "Profile", "name": "Five Safes RO-Crate profile", "version": "0.4"}
     )
-    graph.add(
-        {"@id": PROCESS_RUN_PROFILE, "@type": "Profile", "name": "Process Run Crate", "version": "0.5"}
-    )
     context = _context(facts.request.metadata) if facts.request is not None else RO_CRATE_CONTEXT
-    return {"@context": context, "@graph": list(graph.entities.values())}
+    return {"@context": context, "@graph": [_compact(e) for e in graph.entities.values()]}
+
+
+def _compact(entity: dict[str, Any]) -> dict[str, Any]:
+    """One value rather than a list of one, as RO-Crate 1.2's JSON-LD recommends."""
+    return {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in entity.items()}
 
 
 def _descriptor() -> dict[str, Any]:
@@ -339,7 +349,7 @@ def _from_task(graph: _Graph, facts: TaskFacts) -> tuple[str, str, str, str]:
     graph.add(
         {
             "@id": TASK_FOLDER,
-            "@type": ["Dataset", "SoftwareSourceCode"],
+            "@type": "Dataset",
             "name": "The analysis as a TES task",
             "description": "The GA4GH TES task the researcher submitted, run as given in each TRE.",
             "conformsTo": ref(WORKFLOW_RO_CRATE),
@@ -356,7 +366,15 @@ def _from_task(graph: _Graph, facts: TaskFacts) -> tuple[str, str, str, str]:
             "programmingLanguage": ref(_TES_LANGUAGE),
         }
     )
-    graph.add({"@id": _TES_LANGUAGE, "@type": "ComputerLanguage", "name": "GA4GH TES", "version": "1.1.0"})
+    graph.add(
+        {
+            "@id": _TES_LANGUAGE,
+            "@type": "ComputerLanguage",
+            "name": "GA4GH Task Execution Service task",
+            "url": _TES_LANGUAGE,
+            "version": "1.1.0",
+        }
+    )
     graph.add({"@id": WORKFLOW_RO_CRATE, "@type": "CreativeWork", "name": "Workflow RO-Crate", "version": "1.0"})
     person = facts.submitter_id
     project = _project_id(facts)
@@ -385,7 +403,7 @@ def _from_task(graph: _Graph, facts: TaskFacts) -> tuple[str, str, str, str]:
 
 TASK_FOLDER = "workflow/"
 TASK_DOCUMENT = "workflow/tes-task.json"
-_TES_LANGUAGE = f"{OURS}tes"
+_TES_LANGUAGE = "https://ga4gh.github.io/task-execution-schemas/"  # as request crates name it
 
 
 def _project_id(facts: TaskFacts) -> str:
@@ -418,9 +436,6 @@ def _from_request(graph: _Graph, facts: TaskFacts, request: RequestFacts) -> tup
     run = next(i for i in _ids(root.get("mentions")) if "CreateAction" in _types(graph[i]))
     person = _ids(graph[run].get("agent"))[0]
     project = _ids(root.get("sourceOrganization"))[0]
-    workflow = graph[main]
-    if "SoftwareSourceCode" not in _types(workflow):  # the run's instrument, for Process Run Crate
-        workflow["@type"] = [*_types(workflow), "SoftwareSourceCode"]
     return main, run, person, project
 
 
@@ -458,7 +473,8 @@ def _gateway(graph: _Graph) -> str:
             "@id": f"{OURS}gateway",
             "@type": "SoftwareApplication",
             "name": "Five Safes TES gateway",
-            "softwareVersion": __version__,
+            "url": SOFTWARE_URL,
+            "version": __version__,
             "provider": ref(federation),
         }
     )
@@ -631,6 +647,8 @@ def _disclosure(graph: _Graph, facts: TaskFacts, tre: TreFacts, org: str, files:
             "@id": f"{OURS}agent-{tre.name}",
             "@type": "SoftwareApplication",
             "name": f"Five Safes TES agent of {tre.name}: the airlock's automated disclosure rules",
+            "url": SOFTWARE_URL,
+            "version": __version__,
             "provider": ref(org),
         }
     )
@@ -670,7 +688,8 @@ def _disclosure(graph: _Graph, facts: TaskFacts, tre: TreFacts, org: str, files:
                     "@id": f"{OURS}rule-{tre.name}-{_key(tre.name, verdict.rule, verdict.version)}",
                     "@type": "SoftwareApplication",
                     "name": f"disclosure rule {verdict.rule}",
-                    "softwareVersion": verdict.version,
+                    "url": SOFTWARE_URL,
+                    "version": verdict.version or "unversioned",
                     "provider": ref(org),
                 }
             )
@@ -798,6 +817,7 @@ def results_record(facts: TaskFacts) -> dict[str, Any]:
     graph.append(action)
     root = next(e for e in graph if e["@id"] == "./")
     _add_refs(root, "mentions", [action["@id"]])
+    record["@graph"] = [_compact(e) for e in graph]
     return record
 
 

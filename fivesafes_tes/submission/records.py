@@ -44,9 +44,10 @@ def task_facts(session: Session, actor: Actor, task_id: str, *, now: datetime | 
     tags = {t.key: t.value for t in session.scalars(select(TaskTag).where(TaskTag.task_id == task_id))}
     children = children_of(session, [task_id]).get(task_id, [])
     released = results.released_files(session, [task_id]).get(task_id, [])
-    titles = dict(
-        session.execute(select(Tre.name, Tre.title).where(Tre.name.in_([t for _, t in children]))).tuples()
-    )
+    titles = {
+        name: title
+        for name, title in session.execute(select(Tre.name, Tre.title).where(Tre.name.in_([t for _, t in children])))
+    }
     username = owner.username if owner is not None else ""
     decisions = _decisions(session, task.project_id, [c.tre_id for c, _ in children], username)
     tres = []
