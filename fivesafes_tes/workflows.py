@@ -15,8 +15,8 @@ The files travel as literal `content` inputs (the one kind of input every TRE st
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 

@@ -85,17 +85,21 @@ class Crate:
         self.files[path] = text
         return self.entity(path, "File", parameter, **about)
 
-    def value(self, entity_id: str, value: Any, parameter: str, kind: str | None = None) -> Crate:
-        return self.entity(entity_id, "PropertyValue", parameter, kind=kind, value=value)
+    def value(self, entity_id: str, value: Any, parameter: str, typed: str | None = None) -> Crate:
+        return self.entity(entity_id, "PropertyValue", parameter, typed=typed, value=value)
 
     def entity(
         self, entity_id: str, kind: str, parameter: str | None, *, many: bool = False, **about: Any
     ) -> Crate:
-        entity = {"@id": entity_id, "@type": kind, **{k: v for k, v in about.items() if k != "kind"}}
+        entity = {"@id": entity_id, "@type": kind, **{k: v for k, v in about.items() if k != "typed"}}
         if parameter is not None:
-            formal: dict[str, Any] = {"@id": f"#param-{parameter}", "@type": "FormalParameter", "name": parameter}
-            if about.get("kind"):
-                formal["additionalType"] = about["kind"]
+            formal: dict[str, Any] = {
+                "@id": f"#param-{parameter}",
+                "@type": "FormalParameter",
+                "name": parameter,
+            }
+            if about.get("typed"):
+                formal["additionalType"] = about["typed"]
             if many:
                 formal["multipleValues"] = True
             entity["exampleOfWork"] = {"@id": formal["@id"]}
@@ -194,8 +198,8 @@ def test_a_tes_task_is_found_by_its_file_name_without_a_workflow_crate():
 def test_a_cwl_crate_is_the_runner_task_submit_workflow_sends_with_a_job_from_its_inputs():
     crate = (
         cwl_crate()
-        .value("#omop", "/data/omop", "omop", kind="Dataset")
-        .value("#min-cell", "20", "min_cell", kind="Integer")
+        .value("#omop", "/data/omop", "omop", typed="Dataset")
+        .value("#min-cell", "20", "min_cell", typed="Integer")
     )
     ran = crate.task()
     assert ran.language == "cwl"
@@ -207,7 +211,10 @@ def test_a_cwl_crate_is_the_runner_task_submit_workflow_sends_with_a_job_from_it
     assert {p: t for p, t in given.items() if p.startswith("/workflow/")} == {
         i["path"]: i["content"] for i in sent["inputs"]
     }
-    assert json.loads(given[JOB_PATH]) == {"omop": {"class": "Directory", "path": "/data/omop"}, "min_cell": 20}
+    assert json.loads(given[JOB_PATH]) == {
+        "omop": {"class": "Directory", "path": "/data/omop"},
+        "min_cell": 20,
+    }
     assert set(given) == {*(i["path"] for i in sent["inputs"]), JOB_PATH}  # no crate metadata sent
     assert [o.path for o in ran.task.outputs or []] == ["/outputs"]
     assert (ran.task.tags or {})["project"] == PROJECT
@@ -223,7 +230,7 @@ def test_cwl_files_folders_and_arrays_come_from_the_payload():
         .entity("tables/", "Dataset", "tables")
         .entity("#flag-1", "PropertyValue", "flags", many=True, value="a")
         .entity("#flag-2", "PropertyValue", "flags", many=True, value="b")
-        .value("#fast", "True", "fast", kind="Boolean")
+        .value("#fast", "True", "fast", typed="Boolean")
     )
     crate.inputs.remove("tables/sites.csv")  # described, but only as a part of tables/
     task = crate.task().task
@@ -251,7 +258,9 @@ def _many_inputs() -> Crate:
 
 def _outside_the_folder() -> Crate:
     crate = Crate().workflow("x", None, {"x": "y"})
-    crate.files["workflow/ro-crate-metadata.json"] = json.dumps(workflow_crate("../../etc/passwd", CWL_LANGUAGE))
+    crate.files["workflow/ro-crate-metadata.json"] = json.dumps(
+        workflow_crate("../../etc/passwd", CWL_LANGUAGE)
+    )
     return crate
 
 
@@ -262,9 +271,11 @@ REFUSED = [
         id="url-main-entity",
     ),
     pytest.param(
-        lambda: Crate().workflow("main.nf", "https://w3id.org/workflowhub/workflow-ro-crate#nextflow", {"main.nf": "x"}),
-        "the workflow data/workflow/main.nf is in Nextflow; this gateway runs a TES task document (programmingLanguage "
-        f"{TES_LANGUAGE}, or a file named *.tes.json) or a CWL workflow",
+        lambda: Crate().workflow(
+            "main.nf", "https://w3id.org/workflowhub/workflow-ro-crate#nextflow", {"main.nf": "x"}
+        ),
+        "the workflow data/workflow/main.nf is in Nextflow; this gateway runs a TES task document "
+        f"(programmingLanguage {TES_LANGUAGE}, or a file named *.tes.json) or a CWL workflow",
         id="other-language",
     ),
     pytest.param(
@@ -346,11 +357,12 @@ REFUSED = [
     ),
     pytest.param(
         lambda: cwl_crate().value("#a", "1", "min_cell").value("#b", "2", "min_cell"),
-        "two inputs are given for the CWL input 'min_cell'; give one, or mark its FormalParameter multipleValues",
+        "two inputs are given for the CWL input 'min_cell'; give one, or mark its FormalParameter "
+        "multipleValues",
         id="cwl-input-twice",
     ),
     pytest.param(
-        lambda: cwl_crate().value("#m", "ten", "min_cell", kind="Integer"),
+        lambda: cwl_crate().value("#m", "ten", "min_cell", typed="Integer"),
         "input #m: 'ten' is not a valid Integer, the additionalType of its FormalParameter",
         id="cwl-input-type",
     ),
@@ -375,9 +387,14 @@ def test_a_cwl_crate_without_a_runner_image_is_refused():
 def test_a_tre_policy_names_known_languages_each_with_a_runner_and_always_runs_tes(tmp_path):
     assert TrePolicy().workflow_languages == ["tes", "cwl", "snakemake"]
     assert TrePolicy(workflow_languages=["cwl"]).workflow_languages == ["tes", "cwl"]
+    assert TrePolicy(workflow_runners={"cwl": "tre.example/r:2"}).workflow_languages == ["tes", "cwl"]
+    assert TrePolicy(workflow_runners={}).workflow_languages == ["tes"]
     path = tmp_path / "policy.yaml"
     path.write_text("workflow_languages: [tes, nextflow]\n")
     with pytest.raises(InvalidPolicy, match="'nextflow' unknown; a TRE here can run tes, cwl, snakemake"):
+        TrePolicy.load(path)
+    path.write_text("workflow_runners: {nextflow: x}\n")
+    with pytest.raises(InvalidPolicy, match="workflow_runners: 'nextflow' unknown"):
         TrePolicy.load(path)
     path.write_text("workflow_languages: [tes, cwl]\nworkflow_runners: {snakemake: x}\n")
     with pytest.raises(InvalidPolicy, match="CWL needs a runner image: name it in workflow_runners"):
@@ -387,15 +404,21 @@ def test_a_tre_policy_names_known_languages_each_with_a_runner_and_always_runs_t
 
 
 def test_the_language_refusal_is_one_sentence_for_gateway_and_tre():
-    tes_only = staging.admission(TrePolicy(allowed_images=["fivesafes/*"], workflow_languages=["tes"]), "uk-tre")
+    tes_only = staging.admission(
+        TrePolicy(allowed_images=["fivesafes/*"], workflow_languages=["tes"]), "uk-tre"
+    )
     assert tes_only.language_refusal("tes") is None
     why = "uk-tre does not run CWL workflows; it runs TES (its TRE admin sets workflow_languages)"
     assert tes_only.language_refusal("cwl") == why
     task = cwl_crate().task().task.model_dump(mode="json", exclude_none=True, exclude={"tags"})
     assert tes_only.refusal(task, PROJECT) == f"executors.0.command: {why}"
-    assert staging.admission(TrePolicy(allowed_images=["fivesafes/*"]), "uk-tre").refusal(task, PROJECT) is None
+    assert (
+        staging.admission(TrePolicy(allowed_images=["fivesafes/*"]), "uk-tre").refusal(task, PROJECT) is None
+    )
     # whoever calls the runner: a path to it, and Snakemake too
-    snakemake = {"executors": [{"image": RUNNER, "command": ["/usr/local/bin/fivesafes-workflow", "snakemake"]}]}
+    snakemake = {
+        "executors": [{"image": RUNNER, "command": ["/usr/local/bin/fivesafes-workflow", "snakemake"]}]
+    }
     assert tes_only.refusal(snakemake, PROJECT) == (
         "executors.0.command: uk-tre does not run Snakemake workflows; it runs TES (its TRE admin sets "
         "workflow_languages)"
@@ -408,7 +431,10 @@ def test_the_gateway_picks_the_runner_image_every_target_tre_offers():
     tes_only = staging.admission(TrePolicy(workflow_languages=["tes"]), "sg-tre")
     assert shared_runner([one, tes_only], "cwl", "default") == RUNNER
     assert shared_runner([tes_only], "cwl", "default") == "default"
-    with pytest.raises(ValueError, match="uk-tre runs it with fivesafes/workflow-runner:1; sg-tre runs it"):
+    with pytest.raises(
+        ValueError,
+        match="sg-tre runs it with tre.example/runner-r:2; uk-tre runs it with fivesafes/workflow-runner:1",
+    ):
         shared_runner([one, other], "cwl", "default")
 
 
@@ -430,10 +456,12 @@ def test_a_tre_that_runs_no_cwl_is_refused_at_the_gateway_in_its_words_and_again
     )
     try:
         agent.sync()
-        task = cwl_crate().value("#omop", "/data/omop", "omop", kind="Dataset").task().task
+        task = cwl_crate().value("#omop", "/data/omop", "omop", typed="Dataset").task().task
         body = task.model_dump(mode="json", exclude_none=True)
         answer = gateway.client.post(
-            f"{TES}/tasks", json={**body, "tags": {**body["tags"], "tres": "uk-tre"}}, headers=gateway.headers()
+            f"{TES}/tasks",
+            json={**body, "tags": {**body["tags"], "tres": "uk-tre"}},
+            headers=gateway.headers(),
         )
         assert answer.status_code == 400, answer.text
         words = (
@@ -455,7 +483,9 @@ def test_a_tre_that_runs_no_cwl_is_refused_at_the_gateway_in_its_words_and_again
         assert str(at_the_tre.value) == words
         tes_task = tes_crate().file("cohort.csv", COHORT, "cohort-definition").task().task
         accepted = gateway.client.post(
-            f"{TES}/tasks", json=tes_task.model_dump(mode="json", exclude_none=True), headers=gateway.headers()
+            f"{TES}/tasks",
+            json=tes_task.model_dump(mode="json", exclude_none=True),
+            headers=gateway.headers(),
         )
         assert accepted.status_code == 200, accepted.text
     finally:
@@ -471,6 +501,6 @@ def test_an_agent_that_publishes_no_languages_is_not_refused_for(gateway):
     document = staging.admission(TrePolicy(allowed_images=["*"]), "uk-tre").model_dump(mode="json")
     del document["workflow_languages"], document["workflow_runners"]
     assert Admission.model_validate(document).language_refusal("cwl") is None
-    assert gateway.client.put(f"{AGENT}/policy", json=document, headers=agent_headers(gateway, "uk-tre")).json() == {
-        "changed": True
-    }
+    assert gateway.client.put(
+        f"{AGENT}/policy", json=document, headers=agent_headers(gateway, "uk-tre")
+    ).json() == {"changed": True}

@@ -68,10 +68,11 @@ class TrePolicy(BaseModel):
     # Which workflows the TRE runs. A language is a promise, not a wall: an allowed image that holds an
     # engine can run it under any command, so a TRE that must never run one does not allow its image.
     workflow_languages: list[str] = Field(
-        default_factory=lambda: list(WORKFLOW_LANGUAGES),
+        default_factory=list,
         description=(
             "tes (a TES task as given, always run) and the languages run whole by a runner image: cwl, "
-            "snakemake. Any other executor running `fivesafes-workflow <language>` is refused."
+            "snakemake. Unset: tes and every language workflow_runners names. An executor running "
+            "`fivesafes-workflow <language>` in another is refused."
         ),
     )
     workflow_runners: dict[str, str] = Field(
@@ -82,12 +83,20 @@ class TrePolicy(BaseModel):
 
     @model_validator(mode="after")
     def _languages_have_runners(self) -> TrePolicy:
-        unknown = [name for name in self.workflow_languages if name not in WORKFLOW_LANGUAGES]
-        if unknown:
-            raise ValueError(
-                f"workflow_languages: {', '.join(map(repr, unknown))} unknown; a TRE here can run "
-                f"{', '.join(WORKFLOW_LANGUAGES)}"
-            )
+        if "workflow_languages" not in self.model_fields_set:
+            self.workflow_languages = [
+                n for n in WORKFLOW_LANGUAGES if n == "tes" or n in self.workflow_runners
+            ]
+        for field, names in (
+            ("workflow_languages", self.workflow_languages),
+            ("workflow_runners", self.workflow_runners),
+        ):
+            unknown = [name for name in names if name not in WORKFLOW_LANGUAGES]
+            if unknown:
+                raise ValueError(
+                    f"{field}: {', '.join(map(repr, unknown))} unknown; a TRE here can run "
+                    f"{', '.join(WORKFLOW_LANGUAGES)}"
+                )
         bare = [n for n in self.workflow_languages if n != "tes" and not self.workflow_runners.get(n)]
         if bare:
             raise ValueError(

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from fivesafes_tes.tes.caps import DEFAULT_CAPS
 from fivesafes_tes.tes.models import TaskRequest
-from fivesafes_tes.workflows import WorkflowError, Workflow, travels, workflow_task
+from fivesafes_tes.workflows import Workflow, WorkflowError, travels, workflow_task
 
 TES_LANGUAGE = "https://ga4gh.github.io/task-execution-schemas/"
 CWL_LANGUAGE = "https://w3id.org/workflowhub/workflow-ro-crate#cwl"
@@ -299,7 +299,9 @@ def _input(graph: Mapping[str, dict[str, Any]], bag: Bag, entity_id: str) -> _In
         if "value" not in entity:
             raise WorkflowRefused(f"input {entity_id}: a PropertyValue needs a value")
         if not isinstance(entity["value"], str | int | float | bool):
-            raise WorkflowRefused(f"input {entity_id}: a PropertyValue's value is text, a number or true/false")
+            raise WorkflowRefused(
+                f"input {entity_id}: a PropertyValue's value is text, a number or true/false"
+            )
         value = _typed(entity["value"], parameter, entity_id)
         return _Input(entity_id, name, many, (), None, value)
     if not types & {"File", "Dataset"}:
@@ -376,7 +378,9 @@ class _Reader:
                 "send it as text (CSV, JSON...) or leave it out"
             ) from None
         if not text:
-            raise WorkflowRefused(f"data/{path} is empty; TES content cannot be empty: add a line or leave it out")
+            raise WorkflowRefused(
+                f"data/{path} is empty; TES content cannot be empty: add a line or leave it out"
+            )
         return text
 
 
@@ -407,7 +411,10 @@ def _tes_task(
     open_slots = {
         i["name"]: n
         for n, i in enumerate(task_inputs)
-        if isinstance(i, dict) and isinstance(i.get("name"), str) and not i.get("content") and not i.get("url")
+        if isinstance(i, dict)
+        and isinstance(i.get("name"), str)
+        and not i.get("content")
+        and not i.get("url")
     }
     for item in inputs:
         if item.files:
@@ -427,7 +434,9 @@ def _tes_task(
             filled.add(item.parameter or "")
             task_inputs[slot]["content"] = text
         else:
-            task_inputs.append({"name": item.parameter or path, "path": f"{INPUTS_DIR}/{path}", "content": text})
+            task_inputs.append(
+                {"name": item.parameter or path, "path": f"{INPUTS_DIR}/{path}", "content": text}
+            )
     for slot_name, n in open_slots.items():
         if slot_name not in filled:
             raise WorkflowRefused(
@@ -523,7 +532,8 @@ def _valid(document: dict[str, Any], where: str) -> TaskRequest:
         task = TaskRequest.model_validate_json(json.dumps(document))
     except ValidationError as exc:
         mistakes = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'task'}: {error['msg']}" for error in exc.errors()
+            f"{'.'.join(str(part) for part in error['loc']) or 'task'}: {error['msg']}"
+            for error in exc.errors()
         )
         raise WorkflowRefused(f"{where} is not a valid TES task: {mistakes}") from None
     over = DEFAULT_CAPS.refusal(task.model_dump(exclude_none=True), "this gateway")
