@@ -43,7 +43,6 @@ LANGUAGES: dict[str, dict[str, Any]] = {
         "@type": "ComputerLanguage",
         "name": "Common Workflow Language",
         "alternateName": "CWL",
-        "identifier": {"@id": "https://w3id.org/cwl/v1.2/"},
         "url": {"@id": "https://www.commonwl.org/"},
     },
     "tes": {
@@ -312,7 +311,11 @@ def _crate(name: str, description: str, when: str) -> Any:
 def _workflow_entity(crate: Any, source: WorkflowSource, path: str, title: str) -> Any:
     from rocrate.model.contextentity import ContextEntity
 
-    language = crate.add(ContextEntity(crate, LANGUAGES[source.language]["@id"], dict(LANGUAGES[source.language])))
+    properties = dict(LANGUAGES[source.language])
+    if source.language == "cwl":  # RO-Crate 1.2: a ComputerLanguage MUST have its version
+        version = _cwl_version(source.files[source.main])
+        properties.update({"version": version, "identifier": {"@id": f"https://w3id.org/cwl/{version}/"}})
+    language = crate.add(ContextEntity(crate, properties["@id"], properties))
     return crate.add_file(
         dest_path=path,
         properties={
@@ -322,6 +325,19 @@ def _workflow_entity(crate: Any, source: WorkflowSource, path: str, title: str) 
             "encodingFormat": "application/json" if source.language == "tes" else "text/x-yaml",
         },
     )
+
+
+def _cwl_version(text: bytes) -> str:
+    import yaml
+
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScaffoldError(f"the CWL workflow is not YAML ({exc})") from None
+    version = document.get("cwlVersion") if isinstance(document, dict) else None
+    if not isinstance(version, str) or not version.startswith("v1."):
+        raise ScaffoldError("the CWL workflow must say its cwlVersion (v1.0 to v1.2) at the top")
+    return version
 
 
 def _describe_workflow(crate: Any, source: WorkflowSource, title: str) -> Any:
