@@ -462,7 +462,11 @@ def test_a_request_crates_record_grows_from_what_intake_kept_and_no_client_asses
     run = graph["#query-1"]
     assert ids(run["result"]) == ["outputs/uk-tre/outputs/keep.csv"]
     assert run["actionStatus"] == "http://schema.org/PotentialActionStatus"  # sg-tre still waits
-    assert ids(run["agent"]) == ["#alice"] and ids(run["object"]) == ["inputs/regions.csv"]
+    assert ids(run["agent"]) == ["#alice"]
+    # the request's own files stay in the request crate: named absolutely, from its zip's SHA-512
+    [regions] = ids(run["object"])
+    assert regions.startswith("arcp://ni,sha-512;") and regions.endswith("/inputs/regions.csv")
+    assert ids(graph["./"]["mainEntity"])[0].endswith("/workflow/")
     [check] = of_kind(record, "CheckValue")
     assert check["name"] == "BagIt checksums of the request crate: OK"
     assert check["actionStatus"] == "http://schema.org/CompletedActionStatus"

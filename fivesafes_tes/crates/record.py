@@ -18,6 +18,7 @@ RO-Crate 1.1 unless told otherwise; none of that helps here. The tests read the 
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -431,12 +432,37 @@ def _from_request(graph: _Graph, facts: TaskFacts, request: RequestFacts) -> tup
                 else:
                     del entity[key]
         graph.add(entity)
+    _rebase(graph, request)
     root = graph["./"]
     main = _ids(root.get("mainEntity"))[0]
     run = next(i for i in _ids(root.get("mentions")) if "CreateAction" in _types(graph[i]))
     person = _ids(graph[run].get("agent"))[0]
     project = _ids(root.get("sourceOrganization"))[0]
     return main, run, person, project
+
+
+def _rebase(graph: _Graph, request: RequestFacts) -> None:
+    """The request's own files and folders (its workflow, its inputs) stay in the request crate, which
+    the gateway does not keep: they are named by absolute `arcp://ni,...` URIs made from the SHA-512
+    of the zip they came in, so that neither the record nor a results crate claims to carry them."""
+    digest = base64.urlsafe_b64encode(bytes.fromhex(request.zip_sha512)).decode().rstrip("=")
+    base = f"arcp://ni,sha-512;{digest}/"
+    moved = {
+        entity_id: base + entity_id
+        for entity_id in graph.entities
+        if entity_id not in ("./", METADATA) and not entity_id.startswith(("#", "_:")) and ":" not in entity_id
+    }
+    if not moved:
+        return
+
+    def move(value: Any) -> Any:
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        if isinstance(value, dict):
+            return {k: moved.get(v, v) if k == "@id" and isinstance(v, str) else move(v) for k, v in value.items()}
+        return value
+
+    graph.entities = {moved.get(i, i): move(e) for i, e in graph.entities.items()}
 
 
 def _foreign(entity: dict[str, Any]) -> bool:
