@@ -4,7 +4,9 @@ A researcher submits one TES task; it runs in the UK and in the Singapore TRE ne
 synthetic data; each TRE holds the outputs in its airlock, runs the automated disclosure checks, and
 its output checker decides; the approved files reach the researcher, who combines the two TREs'
 counts. The same analysis then goes in as a Five Safes request crate (ro-crates/tes-task), and the
-results crate comes back with the record of every decision. Along the way: a project a TRE has not approved waits and is then rejected with a reason,
+results crate comes back with the record of every decision.
+
+Along the way: a project a TRE has not approved waits and is then rejected with a reason,
 and a long task is canceled.
 """
 
@@ -200,8 +202,9 @@ def walk_crate(stack: devstack.DevStack, console: Console, token: str, problems:
     zipped = io.BytesIO()
     scaffold.zip_directory(EXAMPLE_CRATES / DEMO_CRATE, zipped)
     console.print(
-        f"`fivesafes-tes crate zip ro-crates/{DEMO_CRATE} --out request.zip` then "
-        "`fivesafes-tes submit request.zip`, and later `fivesafes-tes results ID --crate`; here, the same calls:"
+        f"the example crate ro-crates/{DEMO_CRATE} (a BagIt bag: the task, its script as a file, the "
+        "request's metadata), sent as `fivesafes-tes submit` sends it and fetched back as "
+        "`fivesafes-tes results ID --crate` does; here, the same calls:"
     )
     http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
     submitted = http.post(

@@ -37,7 +37,7 @@ RELEASED = {
 }
 # roc-validator has no 5s-crate profile, and the results crate claims no run-crate profile (its
 # instrument is the workflow Dataset 5s-crate names, not software as Process Run Crate requires).
-PROFILES = {example: ("ro-crate-1.2",) for example in RELEASED}
+PROFILES = dict.fromkeys(RELEASED, ("ro-crate-1.2",))
 ENDED = {"withheld", "system_failed", "rejected_by_tre", "executor_failed", "canceled"}
 
 docker_client = images.docker_client
@@ -122,7 +122,9 @@ def test_each_example_request_crate_is_valid_ro_crate_1_2(validator, tmp_path, e
     assert result.passed, result.issues
 
 
-def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_crate(stack, validator, tmp_path):
+def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_crate(
+    stack, validator, tmp_path
+):
     alice = _researcher(stack)
     tasks = {example: _submit(alice, example) for example in sorted(RELEASED)}  # both run at once
     for example, task_id in tasks.items():
@@ -144,7 +146,9 @@ def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_cr
         path.write_bytes(response.content)
         with open_bag(path) as bag:
             metadata = bag.metadata()
-            carried = {p: f.sha256 or hashlib.sha256(bag.read(p, f.size)).hexdigest() for p, f in bag.payload.items()}
+            carried = {
+                p: f.sha256 or hashlib.sha256(bag.read(p, f.size)).hexdigest() for p, f in bag.payload.items()
+            }
         text = json.dumps(metadata)
         internal = [stack.s3_url, *(stack.tre_url(tre) for tre in TRES)]
         assert not [url for url in internal if url in text], "an internal URL in the results crate"
@@ -153,7 +157,11 @@ def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_cr
         # Every file each TRE released is in the bag, with the SHA-256 it was released with, and is a
         # result of the requested run; per TRE, the sign-off and the disclosure check are recorded.
         graph = {e["@id"]: e for e in metadata["@graph"]}
-        (run,) = [graph[r] for r in _ids(graph["./"]["mentions"]) if r in graph and _typed(graph[r], "CreateAction") and not r.startswith(OURS)]
+        (run,) = [
+            graph[r]
+            for r in _ids(graph["./"]["mentions"])
+            if r in graph and _typed(graph[r], "CreateAction") and not r.startswith(OURS)
+        ]
         assert run["actionStatus"] == "http://schema.org/CompletedActionStatus"
         results = {graph[r]["sha256"]: unquote(r) for r in _ids(run.get("result"))}
         assert set(results) == set(released.values())
@@ -163,7 +171,9 @@ def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_cr
         assert sorted(summary) == list(TRES)
         for tre in TRES:
             assert (summary[tre].run, summary[tre].sign_off, summary[tre].disclosure) == (
-                "completed", "completed", "completed"
+                "completed",
+                "completed",
+                "completed",
             ), summary[tre]
             names = {name for _, name, _ in summary[tre].files}
             assert names == {name for (where, name) in released if where == tre}

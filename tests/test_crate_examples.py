@@ -20,7 +20,9 @@ from fivesafes_tes.crates.profile import Submitter, read_request
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "ro-crates"
 WORKFLOWS = REPO / "workflows"
-ALICE = Submitter(username="alice", subject="alice", issuer="https://idp.example", projects=("diabetes-cancer",))
+ALICE = Submitter(
+    username="alice", subject="alice", issuer="https://idp.example", projects=("diabetes-cancer",)
+)
 # How each example is made: the arguments of `fivesafes-tes crate new` (ro-crates/README.md shows the same).
 # The TES example is made from ro-crates/tes-task.json (the analysis `make demo` sends as a TES task);
 # the CWL example from workflows/, which it must carry as it is.
@@ -96,7 +98,8 @@ def test_crate_new_writes_a_bag_our_intake_accepts(tmp_path, example):
     assert graph[main]["@type"] == "Dataset"
     assert _ids(graph[main]["conformsTo"]) == [scaffold.WORKFLOW_RO_CRATE]
     parts = _ids(graph[main]["hasPart"])
-    assert parts and all(p.startswith("workflow/") and p in payload for p in parts)
+    assert parts
+    assert all(p.startswith("workflow/") and p in payload for p in parts)
     (project,) = _ids(root["sourceOrganization"])
     assert graph[project]["@type"] == "Project"
     assert graph[project]["name"] == "diabetes-cancer"
@@ -129,7 +132,10 @@ def test_the_cwl_crate_carries_the_job_as_inputs_and_the_workflow_folder_as_it_i
     assert main["@id"] == "workflow/cwl/omop.cwl"
     assert "ComputationalWorkflow" in main["@type"]
     assert _ids(main["programmingLanguage"]) == ["https://w3id.org/workflowhub/workflow-ro-crate#cwl"]
-    assert sent["workflow/analysis/omop_analysis.py"] == (WORKFLOWS / "analysis" / "omop_analysis.py").read_bytes()
+    assert (
+        sent["workflow/analysis/omop_analysis.py"]
+        == (WORKFLOWS / "analysis" / "omop_analysis.py").read_bytes()
+    )
     assert "workflow/cwl/job.yml" not in sent  # its values are the CreateAction's object
 
 
@@ -203,12 +209,17 @@ def test_a_tampered_bag_folder_is_not_zipped(tmp_path):
         (["--project", "p", "--tes", "{good}", "--job", "j.yml"], "--job and --root are for --cwl"),
         (["--project", " ", "--tes", "{good}"], "--project"),
         (["--project", "p", "--tes", "{good}", "--orcid", "0000-0001"], "https://orcid.org/"),
-        (["--project", "p", "--cwl", str(WORKFLOWS / "cwl" / "omop.cwl"), "--root", "{tmp}"], "not under --root"),
+        (
+            ["--project", "p", "--cwl", str(WORKFLOWS / "cwl" / "omop.cwl"), "--root", "{tmp}"],
+            "not under --root",
+        ),
     ],
 )
 def test_what_cannot_make_a_crate_is_refused_with_the_fix(tmp_path, args, fix):
     (tmp_path / "bad.json").write_text('{"name": "no executors"}')
-    (tmp_path / "good.json").write_text('{"executors": [{"image": "fivesafes/busybox:1", "command": ["true"]}]}')
+    (tmp_path / "good.json").write_text(
+        '{"executors": [{"image": "fivesafes/busybox:1", "command": ["true"]}]}'
+    )
     values = {
         "missing": str(tmp_path / "missing.json"),
         "bad": str(tmp_path / "bad.json"),

@@ -11,19 +11,29 @@ from rich.markup import escape
 
 from fivesafes_tes.cli import _output
 
-app = typer.Typer(help="Five Safes request crates: scaffold one, zip one for submission.", no_args_is_help=True)
+app = typer.Typer(
+    help="Five Safes request crates: scaffold one, zip one for submission.", no_args_is_help=True
+)
 
 
 @app.command("new")
 def new(
     out: Annotated[
         Path,
-        typer.Option(help="Where to write it: request.zip (a BagIt zip to submit), or a new folder (the bag)."),
+        typer.Option(
+            help="Where to write it: request.zip (a BagIt zip to submit), or a new folder (the bag)."
+        ),
     ],
-    project: Annotated[str, typer.Option(help="The project the request is for (the crate's sourceOrganization).")],
+    project: Annotated[
+        str, typer.Option(help="The project the request is for (the crate's sourceOrganization).")
+    ],
     tes: Annotated[Path | None, typer.Option(help="A TES task JSON file: the task runs as given.")] = None,
-    cwl: Annotated[Path | None, typer.Option(help="A CWL workflow (*.cwl), run whole inside each TRE.")] = None,
-    job: Annotated[Path | None, typer.Option(help="CWL: the job file; its values become the crate's inputs.")] = None,
+    cwl: Annotated[
+        Path | None, typer.Option(help="A CWL workflow (*.cwl), run whole inside each TRE.")
+    ] = None,
+    job: Annotated[
+        Path | None, typer.Option(help="CWL: the job file; its values become the crate's inputs.")
+    ] = None,
     root: Annotated[
         Path | None, typer.Option(help="CWL: the folder sent with the workflow (default: its own folder).")
     ] = None,
@@ -43,7 +53,9 @@ def new(
     try:
         if tes is not None:
             if job is not None or root is not None:
-                raise scaffold.ScaffoldError("--job and --root are for --cwl; a TES task carries its own inputs")
+                raise scaffold.ScaffoldError(
+                    "--job and --root are for --cwl; a TES task carries its own inputs"
+                )
             source = scaffold.from_tes(tes)
         else:
             assert cwl is not None

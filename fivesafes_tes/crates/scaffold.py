@@ -2,7 +2,8 @@
 `fivesafes-tes crate new` writes, and what `ro-crates/` holds.
 
 The metadata is built with `rocrate` (ro-crate-py 0.16, `ROCrate(version="1.2")`: the descriptor's
-`conformsTo` and the context are RO-Crate 1.2, as the profile asks). The bag is written by `crates.bagit.write_bag`.
+`conformsTo` and the context are RO-Crate 1.2, as the profile asks). The bag is written by
+`crates.bagit.write_bag`.
 The workflow in `mainEntity` follows the conventions `crates.workflow` reads at intake: a folder
 `workflow/` that is a Workflow RO-Crate of its own (its `ro-crate-metadata.json` names the workflow
 file, with its `programmingLanguage`: the GA4GH TES schema for a TES task document `*.tes.json`, or
@@ -163,7 +164,9 @@ def from_cwl(workflow: Path, job: Path | None = None, root: Path | None = None) 
         if base in job.parents:
             files.pop(job.relative_to(base).as_posix(), None)  # its values are the CreateAction's object
         inputs = _job_inputs(job)
-    return WorkflowSource(language="cwl", main=workflow.relative_to(base).as_posix(), files=files, inputs=inputs)
+    return WorkflowSource(
+        language="cwl", main=workflow.relative_to(base).as_posix(), files=files, inputs=inputs
+    )
 
 
 def _job_inputs(job: Path) -> list[Input]:
@@ -255,7 +258,9 @@ def request_crate(
         named = license.rstrip("/").rsplit("/", 1)[-1]  # an SPDX URL's identifier, e.g. Apache-2.0
         root["license"] = crate.add(ContextEntity(crate, license, {"@type": "CreativeWork", "name": named}))
     crate.add(ContextEntity(crate, PROFILE, {"@type": "Profile", "name": "Five Safes RO-Crate profile"}))
-    team = crate.add(ContextEntity(crate, f"#project-{_slug(project)}", {"@type": "Project", "name": project}))
+    team = crate.add(
+        ContextEntity(crate, f"#project-{_slug(project)}", {"@type": "Project", "name": project})
+    )
     root["sourceOrganization"] = team
     person_properties: dict[str, Any] = {"memberOf": [{"@id": team.id}]}
     if requester.name:
@@ -371,7 +376,9 @@ def _describe_workflow(crate: Any, source: WorkflowSource, title: str) -> Any:
 def _workflow_crate(source: WorkflowSource, title: str, when: str) -> dict[str, Any]:
     """The Workflow RO-Crate's own metadata (workflow/ro-crate-metadata.json): its mainEntity is the
     workflow file, with its language; this is what intake reads first."""
-    crate = _crate(title, f"The {LANGUAGES[source.language]['alternateName']} workflow of a Five Safes request.", when)
+    crate = _crate(
+        title, f"The {LANGUAGES[source.language]['alternateName']} workflow of a Five Safes request.", when
+    )
     crate.root_dataset["conformsTo"] = {"@id": WORKFLOW_RO_CRATE}
     parts = []
     for relative in sorted(source.files):
@@ -459,7 +466,10 @@ def zip_directory(bag: Path, out: BinaryIO, *, fresh_identifier: bool = True) ->
         try:
             with open_bag(spooled) as verified:
                 bag_info = {key: values[0] for key, values in verified.bag_info.items() if values}
-                payload = {path: verified.read(path, verified.payload[path].size) for path in sorted(verified.payload)}
+                payload = {
+                    path: verified.read(path, verified.payload[path].size)
+                    for path in sorted(verified.payload)
+                }
         except BagRefused as exc:
             raise ScaffoldError(f"{bag} is not a valid bag: {exc}") from None
     for written_anew in ("Bagging-Date", "Payload-Oxum", "Bag-Size"):
@@ -473,7 +483,9 @@ def zip_directory(bag: Path, out: BinaryIO, *, fresh_identifier: bool = True) ->
 def _write_bag(out: BinaryIO, root: str, payload: Mapping[str, bytes], bag_info: Mapping[str, str]) -> None:
     from fivesafes_tes.crates.bagit import BagEntry, write_bag
 
-    write_bag(out, root, [BagEntry(path=path, open=_opener(payload[path])) for path in sorted(payload)], bag_info)
+    write_bag(
+        out, root, [BagEntry(path=path, open=_opener(payload[path])) for path in sorted(payload)], bag_info
+    )
 
 
 def _opener(data: bytes) -> Callable[[], IO[bytes]]:
