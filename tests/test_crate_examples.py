@@ -171,6 +171,45 @@ def test_what_runs_is_the_task_or_the_workflow_it_was_made_from(tmp_path):
     assert sent == {f"/workflow/{path}": text for path, text in expected.items()}
 
 
+def test_a_cwl_job_s_values_and_files_arrive_typed_as_the_job_gave_them(tmp_path):
+    """Values keep their CWL type through the crate (FormalParameter additionalType); a file next to
+    the job travels in the crate (inputs/) and is given to the run at its place under /inputs."""
+    from fivesafes_tes.crates.workflow import task_from_crate
+    from fivesafes_tes.devimages import RUNNER_IMAGE
+
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "wf" / "main.cwl").write_text(
+        "cwlVersion: v1.2\nclass: Workflow\ninputs: []\noutputs: []\nsteps: []\n"
+    )
+    (tmp_path / "codes.csv").write_text("code\n201826\n")
+    (tmp_path / "job.yml").write_text(
+        "min_cell: 20\nratio: 0.5\nstrict: true\nlabel: cohort\n"
+        "codes: {class: File, path: codes.csv}\nomop: {class: Directory, location: /data/omop}\n"
+    )
+    source = scaffold.from_cwl(tmp_path / "wf" / "main.cwl", tmp_path / "job.yml")
+    crate = scaffold.request_crate(source, project="diabetes-cancer")
+    zipped = tmp_path / "request.zip"
+    with zipped.open("wb") as handle:
+        scaffold.write_zip(crate, handle)
+    with open_bag(zipped) as bag:
+        assert bag.read("inputs/codes.csv", 100) == b"code\n201826\n"
+        ran = task_from_crate(bag, read_request(bag, ALICE), RUNNER_IMAGE)
+    sent = {i.path: i.content for i in ran.task.inputs or []}
+    job = json.loads(sent[ran.task.executors[0].command[3]])
+    assert job == {
+        "min_cell": 20,
+        "ratio": 0.5,
+        "strict": True,
+        "label": "cohort",
+        "codes": {"class": "File", "path": "/inputs/inputs/codes.csv"},
+        "omop": {"class": "Directory", "path": "/data/omop"},
+    }
+    assert sent["/inputs/inputs/codes.csv"] == "code\n201826\n"
+    (tmp_path / "job.yml").write_text("steps: [1, 2]\n")
+    with pytest.raises(scaffold.ScaffoldError, match="by hand"):
+        scaffold.from_cwl(tmp_path / "wf" / "main.cwl", tmp_path / "job.yml")
+
+
 def test_a_bag_folder_zips_again_verified_under_a_fresh_identifier(tmp_path):
     folder = _new(tmp_path, "tes-task", out="tes-task")
     assert (folder / "bagit.txt").is_file()
