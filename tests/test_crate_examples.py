@@ -210,6 +210,26 @@ def test_a_cwl_job_s_values_and_files_arrive_typed_as_the_job_gave_them(tmp_path
         scaffold.from_cwl(tmp_path / "wf" / "main.cwl", tmp_path / "job.yml")
 
 
+def test_the_readme_s_rocrate_example_makes_a_crate_that_runs(tmp_path, monkeypatch):
+    """ro-crates/README.md's `rocrate` example, run as written, then `crate zip`: intake accepts it and
+    it runs the CWL workflow."""
+    from fivesafes_tes.crates.workflow import task_from_crate
+    from fivesafes_tes.devimages import RUNNER_IMAGE
+
+    readme = (EXAMPLES / "README.md").read_text()
+    example = readme.split("## Make one with `rocrate`", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "omop.cwl").write_bytes((WORKFLOWS / "cwl" / "omop.cwl").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "ro-crates/README.md", "exec"), {})
+    result = CliRunner().invoke(app, ["crate", "zip", "my-crate", "--out", "request.zip"])
+    assert result.exit_code == 0, result.output
+    with open_bag(tmp_path / "request.zip") as bag:
+        assert set(bag.payload) == {"ro-crate-metadata.json", "workflow/omop.cwl"}
+        ran = task_from_crate(bag, read_request(bag, ALICE), RUNNER_IMAGE)
+    assert ran.language == "cwl"
+    assert ran.task.executors[0].command[1:3] == ["cwl", "/workflow/omop.cwl"]
+
+
 def test_a_bag_folder_zips_again_verified_under_a_fresh_identifier(tmp_path):
     folder = _new(tmp_path, "tes-task", out="tes-task")
     assert (folder / "bagit.txt").is_file()

@@ -81,19 +81,32 @@ def new(
 
 @app.command("zip")
 def zip_(
-    bag: Annotated[Path, typer.Argument(help="A request crate as a bag folder, e.g. ro-crates/tes-task.")],
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A bag folder (e.g. ro-crates/tes-task), or an RO-Crate folder (its "
+            "ro-crate-metadata.json at the top)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="The zip to write, e.g. request.zip.")],
 ) -> None:
-    """Check a bag folder against its own manifests and zip it for `fivesafes-tes submit`, under a
-    new External-Identifier (each request has its own)."""
+    """Zip a request crate for `fivesafes-tes submit`, under a new External-Identifier (each request
+    has its own): a bag folder is checked against its own manifests first; an RO-Crate folder is
+    bagged (BagIt 1.0, sha512 and sha256 manifests)."""
     from fivesafes_tes.crates import scaffold
 
-    if not (bag / "bagit.txt").is_file():
-        _output.err.print(f"[red]{escape(str(bag))} is not a bag folder:[/] it has no bagit.txt")
+    if not (folder / "bagit.txt").is_file() and not (folder / scaffold.METADATA).is_file():
+        _output.err.print(
+            f"[red]{escape(str(folder))} is neither a bag folder (bagit.txt) nor an RO-Crate folder "
+            f"({scaffold.METADATA})[/]"
+        )
         raise typer.Exit(2)
     try:
         with out.open("wb") as handle:
-            identifier = scaffold.zip_directory(bag, handle)
+            if (folder / "bagit.txt").is_file():
+                identifier = scaffold.zip_directory(folder, handle)
+            else:
+                identifier = scaffold.bag_crate_folder(folder, handle)
     except scaffold.ScaffoldError as exc:
         out.unlink(missing_ok=True)
         _output.err.print(f"[red]Cannot zip this crate:[/] {escape(str(exc))}")

@@ -480,6 +480,23 @@ def zip_directory(bag: Path, out: BinaryIO, *, fresh_identifier: bool = True) ->
     return bag_info["External-Identifier"]
 
 
+def bag_crate_folder(folder: Path, out: BinaryIO) -> str:
+    """An RO-Crate folder (its ro-crate-metadata.json at the top, as `rocrate`'s `crate.write` or a
+    hand-made crate leaves it) bagged as the payload of a new bag, zipped: BagIt 1.0, sha512 and
+    sha256 manifests, a fresh External-Identifier. Returns that identifier."""
+    if not (folder / METADATA).is_file():
+        raise ScaffoldError(f"{folder} has no {METADATA}: it is not an RO-Crate folder")
+    payload: dict[str, bytes] = {}
+    for file in sorted(folder.rglob("*")):
+        if file.is_symlink():
+            raise ScaffoldError(f"{file} is a link; a crate holds regular files only")
+        if file.is_file():
+            payload[file.relative_to(folder).as_posix()] = file.read_bytes()
+    identifier = f"urn:uuid:{uuid.uuid4()}"
+    _write_bag(out, folder.resolve().name, payload, {"External-Identifier": identifier})
+    return identifier
+
+
 def _write_bag(out: BinaryIO, root: str, payload: Mapping[str, bytes], bag_info: Mapping[str, str]) -> None:
     from fivesafes_tes.crates.bagit import BagEntry, write_bag
 
