@@ -247,7 +247,11 @@ def run(size_mb: int, rounds: int = 3, on_step: Callable[[str], None] | None = N
     step = on_step or (lambda what: print(f"  {what}", file=sys.stderr, flush=True))
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
         "size_mb": size_mb,
         "rounds": rounds,
         "verify": [],
@@ -265,7 +269,9 @@ def run(size_mb: int, rounds: int = 3, on_step: Callable[[str], None] | None = N
             payload = folder / f"{label}.payload"
             fill(payload, mb * MiB)
             crate = folder / f"{label}.zip"
-            make_crate(crate, {"payload.bin" if label != "deflated" else "table.csv": _opener(payload)}, compression)
+            make_crate(
+                crate, {"payload.bin" if label != "deflated" else "table.csv": _opener(payload)}, compression
+            )
             step(f"verifying the {mb:,} MiB {label} crate ({rounds} rounds)")
             results["verify"].append(verify(crate, payload, rounds, label, what))
             payload.unlink()
@@ -305,7 +311,8 @@ def table(results: dict[str, Any]) -> str:
             )
         )
     for r in results["refusals"]:
-        rows.append((r["case"], "", f"{r['zip_bytes'] / MiB:,.1f}", f"refused in {r['seconds'] * 1000:,.0f} ms",
+        refused = f"refused in {r['seconds'] * 1000:,.0f} ms"
+        rows.append((r["case"], "", f"{r['zip_bytes'] / MiB:,.1f}", refused,
                      f"writes: {len(r['writes'])}", "", ""))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
@@ -313,7 +320,9 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mb", type=int, default=1024, help="payload of the large crate in MiB (default 1024)")
+    parser.add_argument(
+        "--mb", type=int, default=1024, help="payload of the large crate in MiB (default 1024)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="intake runs per crate (default 3)")
     parser.add_argument("--out", type=Path, default=OUT, help="where the JSON results go")
     args = parser.parse_args()

@@ -751,10 +751,16 @@ def _crates_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         for v in crates["verify"]
     ]
     refusals = [
-        [r["case"], r["what"], f"{r['zip_bytes'] / mib:,.1f}", ", ".join(f"{s * 1000:,.0f}" for s in r["runs_s"]),
-         str(len(r["writes"])), (r["message"] or "not refused")[:160]]
+        [
+            r["case"],
+            r["what"],
+            f"{r['zip_bytes'] / mib:,.1f}",
+            ", ".join(f"{seconds * 1000:,.0f}" for seconds in r["runs_s"]),
+            str(len(r["writes"])),
+            (r["message"] or "not refused")[:160],
+        ]
         for r in crates["refusals"]
-    ]  # fmt: skip
+    ]
     return [
         (
             "`bench/crates.py`: crates made with `write_bag`, each intake (`open_bag`: central directory "
@@ -769,10 +775,18 @@ def _crates_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         ),
         "",
         *_table(
-            ["Crate", "payload MiB", "zip MiB", "intake MiB/s", "`sha512sum` MiB/s", "share", "CPU",
-             "RSS growth MiB"],
+            [
+                "Crate",
+                "payload MiB",
+                "zip MiB",
+                "intake MiB/s",
+                "`sha512sum` MiB/s",
+                "share",
+                "CPU",
+                "RSS growth MiB",
+            ],
             rows,
-        ),  # fmt: skip
+        ),
         *_table(["Refused", "What", "zip MiB", "time of each run, ms", "files written", "message"], refusals),
     ]
 

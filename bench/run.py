@@ -491,7 +491,6 @@ class Bench:
         self.log(f"disclosure rules measured on {', '.join(f'{s} MB' for s in sizes)} files")
         self.advance_overall()
 
-
     # -- 7. crate intake ---------------------------------------------------------------------------
 
     def crates(self) -> None:

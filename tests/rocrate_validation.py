@@ -66,7 +66,11 @@ class _LocalContexts:
         response.request = request
         response.headers = CaseInsensitiveDict(headers)
         response.raw = HTTPResponse(
-            body=io.BytesIO(content), headers=headers, status=200, preload_content=False, request_url=request.url
+            body=io.BytesIO(content),
+            headers=headers,
+            status=200,
+            preload_content=False,
+            request_url=request.url,
         )
         response._content = content
         response.encoding = "utf-8"
@@ -90,7 +94,11 @@ class Validator:
         (seed / "ro-crate-metadata.json").write_text(json.dumps(_minimal_crate()))
         # In a child process: the validator's HTTP requester is a process-wide singleton.
         subprocess.run(
-            [sys.executable, "-c", f"from tests.rocrate_validation import _seed; _seed({str(cache)!r}, {str(seed)!r})"],
+            [
+                sys.executable,
+                "-c",
+                f"from tests.rocrate_validation import _seed; _seed({str(cache)!r}, {str(seed)!r})",
+            ],
             check=True,
             cwd=Path(__file__).parent.parent,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},

@@ -207,17 +207,21 @@ def test_parts_that_did_not_run_leave_no_targets() -> None:
 
 def _crates(share: float, growth_mib: float, refusal_s: float, writes: int = 0) -> dict[str, Any]:
     def verify(label: str, mib: int, compression: str) -> dict[str, Any]:
-        return {"crate": label, "compression": compression, "payload_bytes": mib * 2**20,
-                "zip_bytes": mib * 2**20 + 4096, "sha512sum_mb_per_s": 700.0, "intake_mb_per_s": 700.0 * share,
-                "share": share, "rss_growth_bytes": growth_mib * 2**20, "cpu_s": 3.0, "seconds": 1.5, "runs": []}  # fmt: skip
+        return {
+            "crate": label, "compression": compression, "payload_bytes": mib * 2**20,
+            "zip_bytes": mib * 2**20 + 4096, "sha512sum_mb_per_s": 700.0, "intake_mb_per_s": 700.0 * share,
+            "share": share, "rss_growth_bytes": growth_mib * 2**20, "cpu_s": 3.0, "seconds": 1.5, "runs": [],
+        }  # fmt: skip
 
     def refused(case: str) -> dict[str, Any]:
-        return {"case": case, "what": "…", "zip_bytes": 2**20, "seconds": refusal_s, "runs_s": [refusal_s] * 3,
-                "message": "the zip has 60,004 entries; the limit is 10,000", "writes": [["open", "x"]] * writes}  # fmt: skip
+        return {
+            "case": case, "what": "…", "zip_bytes": 2**20, "seconds": refusal_s, "runs_s": [refusal_s] * 3,
+            "message": "the zip has 60,004 entries; the limit is 10,000", "writes": [["open", "x"]] * writes,
+        }  # fmt: skip
 
     return {
         "size_mb": 1024, "rounds": 3,
-        "verify": [verify("stored", 1024, "random bytes, stored"), verify("small", 64, "random bytes, stored")],
+        "verify": [verify("stored", 1024, "random bytes, stored"), verify("small", 64, "random, stored")],
         "refusals": [refused("zip bomb"), refused("60,000 entries")],
     }  # fmt: skip
 
@@ -230,7 +234,7 @@ def test_crate_intake_targets_are_judged_and_shown() -> None:
     assert "434 vs 700 MiB/s = 62%" in speed
     assert targets.ISSUE_11 in speed
     assert "**PASS**" in speed
-    assert "**PASS**" in _row(page, "intake of a 64 MiB crate (random bytes, stored): peak RSS growth")
+    assert "**PASS**" in _row(page, "intake of a 64 MiB crate (random, stored): peak RSS growth")
     assert "4 ms (slowest of 3), 0 files written" in _row(page, "refusing a zip bomb crate")
     assert "**PASS**" in _row(page, "refusing a 60,000 entries crate")
     assert "## Crate intake" in page
@@ -239,7 +243,9 @@ def test_crate_intake_targets_are_judged_and_shown() -> None:
 def test_slow_crate_intake_growing_memory_or_a_refusal_that_writes_are_misses() -> None:
     run = {**results(), "crates": _crates(share=0.4, growth_mib=300, refusal_s=0.004, writes=1)}
     verdicts = {v["target"]: v["pass"] for v in targets.judge(run) if v["benchmark"] == "crates"}
-    assert verdicts and not any(verdicts.values())
+    assert verdicts
+    assert not any(verdicts.values())
     slow = {**results(), "crates": _crates(share=0.9, growth_mib=1, refusal_s=1.5)}
     refusals = [v for v in targets.judge(slow) if v["target"].startswith("refusing")]
-    assert refusals and not any(v["pass"] for v in refusals)
+    assert refusals
+    assert not any(v["pass"] for v in refusals)

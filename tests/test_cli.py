@@ -305,7 +305,10 @@ def test_dev_prints_each_roles_environment_and_it_works_as_printed(tmp_path, mon
         stack.stop()
 
 
-@pytest.mark.parametrize("command", [["results", "some-task"], ["admin", "projects"], ["list"]])
+@pytest.mark.parametrize(
+    "command",
+    [["results", "some-task"], ["results", "some-task", "--crate"], ["admin", "projects"], ["list"]],
+)
 def test_an_unreachable_gateway_is_one_line_too(command):
     result = runner.invoke(app, [*command, "--url", "http://127.0.0.1:9", "--token", "t"])
     assert result.exit_code == 1, result.output

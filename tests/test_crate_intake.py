@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -643,3 +645,121 @@ def test_submit_sends_a_crate_zip_or_a_bag_folder_and_explains_refusals(
     assert result.exit_code == 1
     assert "PotentialActionStatus" in result.output
     assert runner.invoke(cli_app, ["submit", str(tmp_path), "--url", served, "--token", token]).exit_code == 2
+
+
+# --- a CWL crate: the runner image the target TREs publish ------------------------------------------
+
+
+def cwl_crate() -> bytes:
+    meta = metadata()
+    entity(meta, "workflow/")["mainEntity"] = {"@id": "workflow/count.cwl"}
+    entity(meta, "workflow/count.tes.json")["@id"] = "workflow/count.cwl"
+    files = payload(meta)
+    del files["workflow/count.tes.json"]
+    files["workflow/count.cwl"] = b"cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: wc\n"
+    return bag_zip(files)
+
+
+def publish(gw: Gateway, tre: str, **policy: Any) -> None:
+    from fivesafes_tes.agent import staging
+    from fivesafes_tes.agent.policy import TrePolicy
+
+    document = staging.admission(TrePolicy(allowed_images=["*"], **policy), tre).model_dump(mode="json")
+    headers = {"Authorization": f"Bearer {gw.token('agent', 'tre-agent', tre=tre)}"}
+    assert gw.client.put("/agent/v1/policy", json=document, headers=headers).status_code == 200
+
+
+def test_a_cwl_crate_runs_in_the_runner_image_its_tres_offer_or_is_refused(gateway: Gateway) -> None:
+    from fivesafes_tes.devimages import RUNNER_IMAGE
+
+    accepted = submit(gateway, cwl_crate())  # no TRE has published: the gateway's default runner
+    assert accepted.status_code == 201, accepted.text
+    task_id = accepted.json()["id"]
+    assert kept(gateway, task_id).language == "cwl"
+    task = gateway.client.get(
+        f"{Gateway.TES}/tasks/{task_id}", params={"view": "FULL"}, headers=gateway.headers()
+    )
+    assert task.json()["executors"][0]["image"] == RUNNER_IMAGE
+
+    publish(gateway, "uk-tre", workflow_languages=["cwl"], workflow_runners={"cwl": "tre.example/runner-a:1"})
+    publish(gateway, "sg-tre", workflow_languages=["cwl"], workflow_runners={"cwl": "tre.example/runner-b:1"})
+    before = stored(gateway)
+    differ = submit(gateway, cwl_crate())
+    assert differ.status_code == 400, differ.text
+    assert "offer different runner images" in differ.json()["detail"]
+    one = gateway.client.post(
+        CRATES, params={"tres": "uk-tre"}, content=cwl_crate(), headers={**gateway.headers(), **ZIP}
+    )
+    assert one.status_code == 201, one.text
+    sent = gateway.client.get(
+        f"{Gateway.TES}/tasks/{one.json()['id']}", params={"view": "FULL"}, headers=gateway.headers()
+    ).json()
+    assert sent["executors"][0]["image"] == "tre.example/runner-a:1"
+    assert {log["metadata"]["tre"] for log in sent["logs"]} == {"uk-tre"}
+
+    publish(gateway, "sg-tre", workflow_languages=["tes"])
+    refused = gateway.client.post(
+        CRATES, params={"tres": "sg-tre"}, content=cwl_crate(), headers={**gateway.headers(), **ZIP}
+    )
+    assert refused.status_code == 400, refused.text
+    assert "sg-tre does not run CWL workflows" in refused.json()["detail"]
+    assert stored(gateway)[0] == before[0] + 1  # only the one accepted
+    assert stored(gateway)[2] == before[2] + 1
+
+
+# --- any metadata: refused in words, never a crash ---------------------------------------------------
+
+
+class _Bag:
+    """What read_request reads of a verified bag, for metadata no zip needs to carry."""
+
+    def __init__(self, meta: Any) -> None:
+        self._meta = meta
+        self.payload = dict.fromkeys(payload(metadata()))
+        self.external_identifier = "urn:uuid:00000000-0000-4000-8000-000000000000"
+
+    def metadata(self) -> Any:
+        return self._meta
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=20)
+    | st.sampled_from(["./", "#run-1", "../x"]),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["@id", "@type", "type", "name", "additionalType", "x"]), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+_PROPERTIES = [
+    *("@id", "@type", "conformsTo", "about", "mainEntity", "mentions", "sourceOrganization", "agent"),
+    *("instrument", "object", "actionStatus", "memberOf", "identifier", "value", "additionalType"),
+]
+
+
+@given(index=st.integers(0, 10), prop=st.sampled_from(_PROPERTIES), value=_JSON)
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_metadata_with_any_value_anywhere_is_accepted_or_refused_in_words(
+    index: int, prop: str, value: Any
+) -> None:
+    from fivesafes_tes.crates.profile import CrateRefused, read_request
+
+    meta = metadata()
+    meta["@graph"][index][prop] = value
+    me = Submitter(username="alice", subject="alice", issuer="https://idp.example", projects=("alpha",))
+    try:
+        kept = read_request(_Bag(meta), me)  # type: ignore[arg-type]
+    except CrateRefused as refused:
+        why = str(refused)
+    else:
+        why = ""
+    if why:
+        return
+    run = entity(kept.metadata, kept.create_action)
+    assert run["agent"] == {"@id": agent_id(me)}
+    assert kept.project == "alpha"

@@ -28,6 +28,7 @@ from fivesafes_tes.tes.admission import shared_runner
 from fivesafes_tes.tes.models import TaskRequest
 from fivesafes_tes.workflows import read_workflow, workflow_task
 from tests.test_agent_api import AGENT, TES, agent_headers
+from tests.test_workflows import _analysis, docker_client, runner_image  # noqa: F401  (fixtures)
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 RUNNER = "fivesafes/workflow-runner:1"
@@ -433,7 +434,7 @@ def test_the_gateway_picks_the_runner_image_every_target_tre_offers():
     assert shared_runner([tes_only], "cwl", "default") == "default"
     with pytest.raises(
         ValueError,
-        match="sg-tre runs it with tre.example/runner-r:2; uk-tre runs it with fivesafes/workflow-runner:1",
+        match=r"sg-tre runs it with tre\.example/runner-r:2; uk-tre runs it with fivesafes/workflow-runner:1",
     ):
         shared_runner([one, other], "cwl", "default")
 
@@ -504,3 +505,88 @@ def test_an_agent_that_publishes_no_languages_is_not_refused_for(gateway):
     assert gateway.client.put(
         f"{AGENT}/policy", json=document, headers=agent_headers(gateway, "uk-tre")
     ).json() == {"changed": True}
+
+
+# --- end to end: a CWL crate's task runs in the runner image inside a TRE ---------------------------------
+
+COPY_TOOL = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: [python3, -c, "import shutil, sys; shutil.copyfile(sys.argv[1], 'copy.csv')"]
+inputs:
+  table: {type: File, inputBinding: {position: 1}}
+outputs:
+  copy: {type: File, outputBinding: {glob: copy.csv}}
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, docker_client, runner_image):  # noqa: F811
+    from fivesafes_tes import devstack
+    from tests import images
+
+    images.ensure_busybox_image(docker_client)
+    with devstack.start(
+        tmp_path_factory.mktemp("crates") / "stack", agents=True, executor="docker", report_granularity_s=0
+    ) as running:
+        yield running
+
+
+def _run_and_release(stack, task: TaskRequest) -> dict[str, bytes]:
+    """Submit to uk-tre, approve every held output, and return the released outputs by name."""
+    import time
+
+    import httpx
+
+    alice = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.token('alice')}"})
+    body = task.model_dump(mode="json", exclude_none=True)
+    body["tags"] = {**body["tags"], "project": "diabetes-cancer", "tres": "uk-tre"}
+    answer = alice.post(f"{TES}/tasks", json=body)
+    assert answer.status_code == 200, answer.text
+    task_id = answer.json()["id"]
+
+    def stage() -> str:
+        (log,) = alice.get(f"{TES}/tasks/{task_id}", params={"view": "FULL"}).json()["logs"]
+        assert log["metadata"]["stage"] not in {"system_failed", "rejected_by_tre", "executor_failed"}, log
+        return str(log["metadata"]["stage"])
+
+    deadline = time.monotonic() + 180
+    while stage() != "awaiting_review":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    token = stack.tre_token("uk-tre-checker", "output-checker", "uk-tre")
+    checker = httpx.Client(base_url=stack.tre_url("uk-tre"), headers={"Authorization": f"Bearer {token}"})
+    (child,) = [c for c in checker.get("/review/v1/children").json() if c["task_id"] == task_id]
+    shown = checker.get(f"/review/v1/children/{child['child_id']}").json()
+    assert shown["outcome"] == "succeeded", shown
+    for file in shown["files"]:
+        decision = {"name": file["name"], "decision": "approved", "reason": "aggregates"}
+        assert checker.post(f"/review/v1/children/{child['child_id']}/decisions", json=decision).is_success
+    while stage() != "released":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    (tre,) = alice.get(f"/api/v1/tasks/{task_id}/results").json()["tres"]
+    return {
+        f["name"]: alice.get(f"/api/v1/results/{f['id']}").content
+        for f in tre["files"]
+        if f["kind"] == "output"
+    }
+
+
+def test_a_cwl_crate_runs_in_the_runner_with_its_job_and_its_input_files(stack, tmp_path):
+    omop = (
+        cwl_crate()
+        .value("#omop", "/data/omop", "omop", typed="Dataset")
+        .value("#min-cell", 20, "min_cell", typed="Integer")
+    )
+    released = _run_and_release(stack, omop.task().task)
+    steps, dataset = _analysis(), stack.agents["uk-tre"].policy.datasets["omop"].path
+    steps.cohort(dataset, tmp_path / "cohort.csv")
+    steps.counts(tmp_path / "cohort.csv", tmp_path / "counts.csv", 20)  # the job's min_cell, not 10
+    assert released["/outputs/cohort_counts.csv"] == (tmp_path / "counts.csv").read_bytes()
+
+    copy = (
+        Crate()
+        .workflow("copy.cwl", CWL_LANGUAGE, {"copy.cwl": COPY_TOOL})
+        .file("tables/people.csv", COHORT, parameter="table")
+    )
+    assert _run_and_release(stack, copy.task().task)["/outputs/copy.csv"] == COHORT.encode()

@@ -106,6 +106,9 @@ SEMANTIC_400 = {
     "POST /api/v1/crates": re.compile(r".", re.DOTALL),
 }
 
+# A request crate is sent as bytes, as any binary body is.
+schemathesis.serializer.alias("application/zip", "application/octet-stream")
+
 
 def _openapi_document() -> dict:
     """The app's own OpenAPI document, from a throwaway instance (nothing is left on disk).

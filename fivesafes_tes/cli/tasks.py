@@ -398,7 +398,9 @@ def _results_crate(task_id: str, out: Path, url: str, token: str | None) -> None
         )
         raise typer.Exit(1)
     partial.replace(out)
-    table = Table("TRE", "run", "sign-off", "disclosure", "released files", title=f"results crate of {task_id}")
+    table = Table(
+        "TRE", "run", "sign-off", "disclosure", "released files", title=f"results crate of {task_id}"
+    )
     for tre in summary:
         names = "\n".join(escape(name) for _, name, _ in tre.files) or "-"
         table.add_row(tre.tre, tre.run, tre.sign_off, tre.disclosure, names)

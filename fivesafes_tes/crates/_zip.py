@@ -103,7 +103,9 @@ def check_relative_path(path: str, what: str, fix: str) -> list[str]:
     if not path:
         raise BagRefused(f"{what} has an empty name: {fix}")
     if _CONTROL.search(path):
-        raise BagRefused(f"{what} has a control character (line break, tab, NUL…) in its name: rename it; {fix}")
+        raise BagRefused(
+            f"{what} has a control character (line break, tab, NUL…) in its name: rename it; {fix}"
+        )
     if "\\" in path:
         raise BagRefused(
             f"{what} has a backslash in its name (a Windows path?): zip paths use '/' between folders; {fix}"
@@ -136,14 +138,18 @@ def name_key(path: str) -> str:
 def _pread(fd: int, n: int, offset: int) -> bytes:
     data = os.pread(fd, n, offset)
     if len(data) != n:
-        raise BagRefused(f"the zip ends early (at byte {offset + len(data):,}): it is truncated; upload it again")
+        raise BagRefused(
+            f"the zip ends early (at byte {offset + len(data):,}): it is truncated; upload it again"
+        )
     return data
 
 
 def _directory_span(fd: int, size: int, limits: ZipLimits) -> tuple[int, int, int]:
     """(entries, directory offset, directory size) from the end records, checked against the limits
     and against the file: nothing before the first entry, nothing after the end record."""
-    not_zip = "the upload is not a zip file (no end-of-archive record): send the crate as a .zip of the bag folder"
+    not_zip = (
+        "the upload is not a zip file (no end-of-archive record): send the crate as a .zip of the bag folder"
+    )
     if size < _EOCD.size:
         raise BagRefused(not_zip)
     tail_len = min(size, _EOCD.size + 0xFFFF)
@@ -176,7 +182,8 @@ def _directory_span(fd: int, size: int, limits: ZipLimits) -> tuple[int, int, in
         )
     if cd_size > limits.max_directory_bytes:
         raise BagRefused(
-            f"the zip's directory is {size_text(cd_size)}; the limit is {size_text(limits.max_directory_bytes)}: "
+            f"the zip's directory is {size_text(cd_size)}; the limit is "
+            f"{size_text(limits.max_directory_bytes)}: "
             "use fewer files or shorter names"
         )
     if cd_offset + cd_size != cd_end:
@@ -231,13 +238,16 @@ def _entries(fd: int, count: int, cd_offset: int, cd_size: int, limits: ZipLimit
             name = raw_name.decode("utf-8" if flags & _UTF8 else "cp437")
         except UnicodeDecodeError:
             raise BagRefused(
-                f"an entry's name {raw_name[:100]!r} is not valid UTF-8 although the zip says it is: rename it"
+                f"an entry's name {raw_name[:100]!r} is not valid UTF-8 although the zip says it is: "
+                "rename it"
             ) from None
         _judge_flags(name, flags, method, system, attributes)
         size, compressed, offset = _zip64_extra(extra, size, compressed, offset, name)
         members.append((name, raw_name, size, compressed, method, crc, offset))
     if len(members) != count:
-        raise BagRefused(f"the zip's directory holds {len(members):,} entries, its end record {count:,}: {REMAKE}")
+        raise BagRefused(
+            f"the zip's directory holds {len(members):,} entries, its end record {count:,}: {REMAKE}"
+        )
     ends = sorted({offset for *_, offset in members} | {cd_offset})
     next_start = {start: ends[i + 1] for i, start in enumerate(ends[:-1])}
     return [
@@ -325,7 +335,8 @@ def judge(fd: int, size: int, limits: ZipLimits) -> tuple[str, list[Member]]:
         if m.size > RATIO_FLOOR and m.size > limits.max_ratio * m.compressed:
             raise BagRefused(
                 f"{what} would expand from {size_text(m.compressed)} to {size_text(m.size)} "
-                f"({m.size / max(m.compressed, 1):,.0f}:1); the limit is {limits.max_ratio:g}:1, as such ratios "
+                f"({m.size / max(m.compressed, 1):,.0f}:1); the limit is {limits.max_ratio:g}:1, as such "
+                "ratios "
                 "are how zip bombs work: if it is real data, compress it yourself (e.g. gzip) before putting "
                 "it in the bag"
             )
@@ -345,7 +356,8 @@ def judge(fd: int, size: int, limits: ZipLimits) -> tuple[str, list[Member]]:
     for m in members:
         if m.offset + _LOCAL.size + len(m.raw_name) + m.compressed > m.end_limit:
             raise BagRefused(
-                f"entry {show(m.name)} overlaps the next entry in the zip (a zip bomb trick, or damage): {REMAKE}"
+                f"entry {show(m.name)} overlaps the next entry in the zip (a zip bomb trick, or damage): "
+                f"{REMAKE}"
             )
     return root, members
 
@@ -372,9 +384,10 @@ def _data_start(read: Reader, m: Member) -> int:
     name = b"".join(read(m.offset + _LOCAL.size, m.offset + _LOCAL.size + n_name))
     if sig != _LOCAL_SIG or name != m.raw_name or method != m.method or flags & _ENCRYPTED:
         raise BagRefused(
-            f"entry {show(m.name)}: its header does not match the zip's directory (damaged or forged): {REMAKE}"
+            f"entry {show(m.name)}: its header does not match the zip's directory (damaged or forged): "
+            f"{REMAKE}"
         )
-    start = m.offset + _LOCAL.size + n_name + n_extra
+    start: int = m.offset + _LOCAL.size + n_name + n_extra
     if start + m.compressed > m.end_limit:
         raise BagRefused(
             f"entry {show(m.name)} overlaps the next entry in the zip (a zip bomb trick, or damage): {REMAKE}"
@@ -406,14 +419,21 @@ def _expand(m: Member, raw: Iterator[bytes]) -> Iterator[bytes]:
                         raise BagRefused(lying)
                     crc = zlib.crc32(data, crc)
                     yield data
-                    data = inflate.decompress(inflate.unconsumed_tail, CHUNK) if inflate.unconsumed_tail else b""
+                    data = (
+                        inflate.decompress(inflate.unconsumed_tail, CHUNK) if inflate.unconsumed_tail else b""
+                    )
         except zlib.error:
-            raise BagRefused(f"entry {show(m.name)} is not valid deflate data: the zip is damaged; {REMAKE}") from None
+            raise BagRefused(
+                f"entry {show(m.name)} is not valid deflate data: the zip is damaged; {REMAKE}"
+            ) from None
         if not inflate.eof or inflate.unused_data:
-            raise BagRefused(f"entry {show(m.name)}: its compressed data is cut short or has extra bytes; {REMAKE}")
+            raise BagRefused(
+                f"entry {show(m.name)}: its compressed data is cut short or has extra bytes; {REMAKE}"
+            )
     if produced != m.size:
         raise BagRefused(
-            f"entry {show(m.name)} holds {produced:,} bytes, not the {m.size:,} the zip's directory declares: "
+            f"entry {show(m.name)} holds {produced:,} bytes, not the {m.size:,} the zip's directory "
+            "declares: "
             f"the zip is damaged or forged; {REMAKE}"
         )
     if crc != m.crc:
@@ -460,7 +480,9 @@ class Scanned:
     digests: dict[str, dict[str, str]]  # member name -> algorithm -> hex digest
 
 
-def scan(fd: int, size: int, members: Sequence[Member], algorithms: Callable[[Member], Sequence[str]]) -> Scanned:
+def scan(
+    fd: int, size: int, members: Sequence[Member], algorithms: Callable[[Member], Sequence[str]]
+) -> Scanned:
     """One pass over the whole file in order: the archive's SHA-512, and every member expanded (size
     and CRC-32 checked) and hashed with the algorithms asked for it. Memory stays flat: a chunk at a
     time, a few queued for the hashing threads."""

@@ -48,7 +48,7 @@ REQUIRED_ALGORITHM, OPTIONAL_ALGORITHM = "sha512", "sha256"
 _HEX_LENGTH = {"sha512": 128, "sha256": 64}
 _ALGORITHM_NAMES = {"sha512": "SHA-512", "sha256": "SHA-256"}
 METADATA = "ro-crate-metadata.json"
-REMAKE_BAG = "re-make the bag (e.g. `fivesafes-tes crate new`, or `bagit.py --sha512 FOLDER`) and zip it again"
+REMAKE_BAG = "re-make the bag (`fivesafes-tes crate new`, or a BagIt 1.0 tool with SHA-512) and zip it again"
 _PERCENT = re.compile(r"%(0[AaDd]|25)")
 _LINE = re.compile(r"\r\n|\r|\n")
 _MANIFEST_LINE = re.compile(r"([0-9A-Fa-f]+)[ \t]+(.+)")
@@ -67,7 +67,11 @@ class BagLimits:
 
     def zip_limits(self) -> _zip.ZipLimits:
         return _zip.ZipLimits(
-            self.max_zip_bytes, self.max_entries, self.max_total_bytes, self.max_ratio, self.max_directory_bytes
+            self.max_zip_bytes,
+            self.max_entries,
+            self.max_total_bytes,
+            self.max_ratio,
+            self.max_directory_bytes,
         )
 
 
@@ -145,9 +149,13 @@ class VerifiedBag:
         except UnicodeDecodeError:
             raise BagRefused(f"data/{METADATA} is not UTF-8 text: save it as UTF-8") from None
         except (ValueError, RecursionError) as exc:
-            raise BagRefused(f"data/{METADATA} is not valid JSON ({_json_problem(exc)}): correct it") from None
+            raise BagRefused(
+                f"data/{METADATA} is not valid JSON ({_json_problem(exc)}): correct it"
+            ) from None
         if not isinstance(parsed, dict):
-            raise BagRefused(f"data/{METADATA} is JSON but not an object ({{...}}): it must be a JSON-LD object")
+            raise BagRefused(
+                f"data/{METADATA} is JSON but not an object ({{...}}): it must be a JSON-LD object"
+            )
         return parsed
 
     def close(self) -> None:
@@ -181,7 +189,7 @@ class _MemberStream(io.RawIOBase):
 
 
 @contextmanager
-def open_bag(source: Path, limits: BagLimits = BagLimits()) -> Iterator[VerifiedBag]:  # noqa: B008
+def open_bag(source: Path, limits: BagLimits = BagLimits()) -> Iterator[VerifiedBag]:
     """The BagIt zip at ``source``, verified; BagRefused (with what to change) if it is not a bag
     this gateway takes. Nothing is written anywhere: members are read from the zip as streams."""
     fd = os.open(source, os.O_RDONLY)
@@ -220,7 +228,7 @@ def _verify(fd: int, size: int, limits: BagLimits) -> VerifiedBag:
     if "bagit.txt" not in files:
         raise BagRefused(
             f"the zip's folder {show(root)} has no bagit.txt, so it is not a BagIt bag: make the crate a bag "
-            "(e.g. `fivesafes-tes crate new`, or `bagit.py --sha512 FOLDER`) and zip the bag folder"
+            "(`fivesafes-tes crate new`, or a BagIt 1.0 tool with SHA-512) and zip the bag folder"
         )
     _check_declaration(_tags(text("bagit.txt"), "bagit.txt"))
     if not any(m.name.startswith(prefix + "data/") for m in members):
@@ -285,7 +293,15 @@ def _verify(fd: int, size: int, limits: BagLimits) -> VerifiedBag:
         for path, m in payload_members.items()
     }
     return VerifiedBag(
-        fd, root, external_identifier, bag_info, payload, payload_members, scanned.zip_sha512, scanned.zip_size, limits
+        fd,
+        root,
+        external_identifier,
+        bag_info,
+        payload,
+        payload_members,
+        scanned.zip_sha512,
+        scanned.zip_size,
+        limits,
     )
 
 
@@ -302,7 +318,9 @@ def _tags(content: str, name: str) -> dict[str, list[str]]:
         label, colon, value = line.partition(":")
         label = label.strip()
         if not colon or not label:
-            raise BagRefused(f"line {number} of the bag's {name} is not 'Label: value': correct it or {REMAKE_BAG}")
+            raise BagRefused(
+                f"line {number} of the bag's {name} is not 'Label: value': correct it or {REMAKE_BAG}"
+            )
         tags.setdefault(label, []).append(value.strip())
     return tags
 
@@ -312,10 +330,16 @@ def _check_declaration(tags: dict[str, list[str]]) -> None:
     match = re.fullmatch(r"(\d+)\.(\d+)", version)
     if not match or (int(match[1]), int(match[2])) < (1, 0):
         said = f"says BagIt-Version {version!r}" if version else "has no BagIt-Version"
-        raise BagRefused(f"the bag's bagit.txt {said}: 5s-crate requires BagIt 1.0 or later; {REMAKE_BAG}")
+        raise BagRefused(
+            f"the bag's bagit.txt {said}: 5s-crate requires BagIt 1.0 or later; {REMAKE_BAG} (the `bagit` "
+            "Python tool writes 0.97: set 'BagIt-Version: 1.0' in bagit.txt, then update the tag manifests "
+            "with `python -c \"import bagit; bagit.Bag('FOLDER').save()\"`)"
+        )
     encoding = (tags.get("Tag-File-Character-Encoding") or [""])[0]
     if encoding.upper().replace("_", "-") not in ("UTF-8", "UTF8"):
-        said = f"declares the encoding {encoding!r}" if encoding else "declares no Tag-File-Character-Encoding"
+        said = (
+            f"declares the encoding {encoding!r}" if encoding else "declares no Tag-File-Character-Encoding"
+        )
         raise BagRefused(f"the bag's bagit.txt {said}: this gateway reads UTF-8 bags only; {REMAKE_BAG}")
 
 
@@ -330,7 +354,8 @@ def _manifest(content: str, name: str, algorithm: str, payload: bool) -> dict[st
         match = _MANIFEST_LINE.fullmatch(line)
         if not match or len(match[1]) != hex_length:
             raise BagRefused(
-                f"line {number} of the bag's {name} is not '<{_ALGORITHM_NAMES[algorithm]} checksum> <path>': "
+                f"line {number} of the bag's {name} is not "
+                f"'<{_ALGORITHM_NAMES[algorithm]} checksum> <path>': "
                 f"{REMAKE_BAG}"
             )
         checksum, path = match[1], _PERCENT.sub(lambda m: chr(int(m[1], 16)), match[2])
@@ -339,7 +364,9 @@ def _manifest(content: str, name: str, algorithm: str, payload: bool) -> dict[st
         if payload and (parts[0] != "data" or len(parts) < 2):
             raise BagRefused(f"{what} names a file outside the payload folder data/: {REMAKE_BAG}")
         if not payload and parts[0] == "data":
-            raise BagRefused(f"{what} names a payload file: a tag manifest lists tag files only; {REMAKE_BAG}")
+            raise BagRefused(
+                f"{what} names a payload file: a tag manifest lists tag files only; {REMAKE_BAG}"
+            )
         key = _zip.name_key(path)
         if key in keys:
             raise BagRefused(f"the bag's {name} lists {show(path)} twice: {REMAKE_BAG}")
@@ -364,7 +391,8 @@ def _check_complete(listed: dict[str, str], payload: dict[str, Member], name: st
     if unlisted:
         more = f" (and {len(unlisted) - 1:,} more)" if len(unlisted) > 1 else ""
         raise BagRefused(
-            f"payload file {show(unlisted[0])}{more} is not listed in the bag's {name}: every file under data/ "
+            f"payload file {show(unlisted[0])}{more} is not listed in the bag's {name}: every file under "
+            "data/ "
             f"must be listed; {REMAKE_BAG} after adding files"
         )
 
@@ -404,7 +432,8 @@ def _check_oxum(bag_info: dict[str, list[str]], payload: dict[str, Member]) -> N
         actual = sum(m.size for m in payload.values())
         if (octets, files) != (actual, len(payload)):
             raise BagRefused(
-                f"the bag's Payload-Oxum says {files:,} files of {octets:,} bytes, but data/ holds {len(payload):,} "
+                f"the bag's Payload-Oxum says {files:,} files of {octets:,} bytes, but data/ holds "
+                f"{len(payload):,} "
                 f"files of {actual:,} bytes: files were added, removed or changed after the bag was made; "
                 f"{REMAKE_BAG}"
             )
@@ -436,7 +465,9 @@ def write_bag(
         raise ValueError(f"bag name {root!r}: a single folder name, without '/'")
     for label, value in bag_info.items():
         if not label or ":" in label or _LINE.search(label + value) or label != label.strip():
-            raise ValueError(f"bag-info label {label!r} or its value cannot be written as one 'Label: value' line")
+            raise ValueError(
+                f"bag-info label {label!r} or its value cannot be written as one 'Label: value' line"
+            )
     now = time.gmtime()
     stamp = (now.tm_year, now.tm_mon, now.tm_mday, now.tm_hour, now.tm_min, now.tm_sec)
     lines: dict[str, list[str]] = {"sha512": [], "sha256": []}
@@ -486,9 +517,12 @@ def write_bag(
             archive.writestr(_tag_info(root, name, stamp, compression), content.encode())
         for algorithm in lines:
             tag_manifest = "".join(
-                f"{hashlib.new(algorithm, content.encode()).hexdigest()} {name}\n" for name, content in tag_files.items()
+                f"{hashlib.new(algorithm, content.encode()).hexdigest()} {name}\n"
+                for name, content in tag_files.items()
             )
-            archive.writestr(_tag_info(root, f"tagmanifest-{algorithm}.txt", stamp, compression), tag_manifest.encode())
+            archive.writestr(
+                _tag_info(root, f"tagmanifest-{algorithm}.txt", stamp, compression), tag_manifest.encode()
+            )
 
 
 def _tag_info(

@@ -314,7 +314,12 @@ def activity_record(facts: TaskFacts) -> dict[str, Any]:
         root["license"] = ref(_conditions(graph, facts))
     _add_refs(root, "conformsTo", [FIVE_SAFES_PROFILE])
     graph.add(
-        {"@id": FIVE_SAFES_PROFILE, "@type": "Profile", "name": "Five Safes RO-Crate profile", "version": "0.4"}
+        {
+            "@id": FIVE_SAFES_PROFILE,
+            "@type": "Profile",
+            "name": "Five Safes RO-Crate profile",
+            "version": "0.4",
+        }
     )
     context = _context(facts.request.metadata) if facts.request is not None else RO_CRATE_CONTEXT
     return {"@context": context, "@graph": [_compact(e) for e in graph.entities.values()]}
@@ -376,7 +381,9 @@ def _from_task(graph: _Graph, facts: TaskFacts) -> tuple[str, str, str, str]:
             "version": "1.1.0",
         }
     )
-    graph.add({"@id": WORKFLOW_RO_CRATE, "@type": "CreativeWork", "name": "Workflow RO-Crate", "version": "1.0"})
+    graph.add(
+        {"@id": WORKFLOW_RO_CRATE, "@type": "CreativeWork", "name": "Workflow RO-Crate", "version": "1.0"}
+    )
     person = facts.submitter_id
     project = _project_id(facts)
     graph.add({"@id": person, "@type": "Person", "name": facts.submitter, "memberOf": [ref(project)]})
@@ -450,7 +457,9 @@ def _rebase(graph: _Graph, request: RequestFacts) -> None:
     moved = {
         entity_id: base + entity_id
         for entity_id in graph.entities
-        if entity_id not in ("./", METADATA) and not entity_id.startswith(("#", "_:")) and ":" not in entity_id
+        if entity_id not in ("./", METADATA)
+        and not entity_id.startswith(("#", "_:"))
+        and ":" not in entity_id
     }
     if not moved:
         return
@@ -459,7 +468,9 @@ def _rebase(graph: _Graph, request: RequestFacts) -> None:
         if isinstance(value, list):
             return [move(v) for v in value]
         if isinstance(value, dict):
-            return {k: moved.get(v, v) if k == "@id" and isinstance(v, str) else move(v) for k, v in value.items()}
+            return {
+                k: moved.get(v, v) if k == "@id" and isinstance(v, str) else move(v) for k, v in value.items()
+            }
         return value
 
     graph.entities = {moved.get(i, i): move(e) for i, e in graph.entities.items()}
@@ -574,7 +585,12 @@ def _task_validation(graph: _Graph, facts: TaskFacts, gateway: str) -> str:
 
 def _tre_org(graph: _Graph, tre: TreFacts) -> str:
     return graph.add(
-        {"@id": f"{OURS}tre-{tre.name}", "@type": "Organization", "name": tre.title or tre.name, "identifier": tre.name}
+        {
+            "@id": f"{OURS}tre-{tre.name}",
+            "@type": "Organization",
+            "name": tre.title or tre.name,
+            "identifier": tre.name,
+        }
     )
 
 
@@ -629,9 +645,7 @@ def _sign_off(
     return graph.add(action)
 
 
-def _tre_run(
-    graph: _Graph, facts: TaskFacts, tre: TreFacts, main: str, person: str, files: list[str]
-) -> str:
+def _tre_run(graph: _Graph, facts: TaskFacts, tre: TreFacts, main: str, person: str, files: list[str]) -> str:
     """The run in one TRE: its status and times as the researcher view shows them, and its results."""
     action: dict[str, Any] = {
         "@id": f"{OURS}run-in-{tre.name}",
@@ -798,7 +812,7 @@ def summarise(record: dict[str, Any]) -> list[TreSummary]:
     """Each TRE's part of an activity record this gateway wrote, in the order of its TREs."""
     by_id = {e["@id"]: e for e in record.get("@graph", []) if isinstance(e, dict) and "@id" in e}
     out = []
-    for entity_id, entity in by_id.items():
+    for entity_id in by_id:
         if not entity_id.startswith(f"{OURS}tre-"):
             continue
         tre = entity_id.removeprefix(f"{OURS}tre-")
@@ -829,7 +843,7 @@ def results_record(facts: TaskFacts) -> dict[str, Any]:
     graph = record["@graph"]
     if not any(e["@id"] == SHA512 for e in graph):
         graph.append({"@id": SHA512, "@type": "DefinedTerm", "name": "sha-512 algorithm"})
-    action = {
+    action: dict[str, Any] = {
         "@id": f"{OURS}bagit",
         "@type": "UpdateAction",
         "additionalType": ref(f"{SHP}GenerateCheckValue"),
@@ -842,7 +856,7 @@ def results_record(facts: TaskFacts) -> dict[str, Any]:
     }
     graph.append(action)
     root = next(e for e in graph if e["@id"] == "./")
-    _add_refs(root, "mentions", [action["@id"]])
+    _add_refs(root, "mentions", [f"{OURS}bagit"])
     record["@graph"] = [_compact(e) for e in graph]
     return record
 
@@ -878,7 +892,9 @@ def _bytes(data: bytes) -> Callable[[], IO[bytes]]:
     return lambda: io.BytesIO(data)
 
 
-def _opener(open_released: Callable[[ReleasedFact], IO[bytes]], fact: ReleasedFact) -> Callable[[], IO[bytes]]:
+def _opener(
+    open_released: Callable[[ReleasedFact], IO[bytes]], fact: ReleasedFact
+) -> Callable[[], IO[bytes]]:
     return lambda: open_released(fact)
 
 

@@ -116,7 +116,7 @@ def accept_crate(
                 submitter = submitter_of(session, principal)
             request = read_request(bag, submitter)
             with db.read() as session:
-                tags = {"project": request.project, "tres": tres or ""}
+                tags: dict[str, str | None] = {"project": request.project, "tres": tres}
                 target = federation.resolve_target(session, actor.user_id, tags, utcnow().date())
             workflow = _workflow(bag, request, target, intake.default_runner)
         with db.write() as session:

@@ -44,10 +44,8 @@ def task_facts(session: Session, actor: Actor, task_id: str, *, now: datetime | 
     tags = {t.key: t.value for t in session.scalars(select(TaskTag).where(TaskTag.task_id == task_id))}
     children = children_of(session, [task_id]).get(task_id, [])
     released = results.released_files(session, [task_id]).get(task_id, [])
-    titles = {
-        name: title
-        for name, title in session.execute(select(Tre.name, Tre.title).where(Tre.name.in_([t for _, t in children])))
-    }
+    names = [t for _, t in children]
+    titles = dict(session.execute(select(Tre.name, Tre.title).where(Tre.name.in_(names))).tuples().all())
     username = owner.username if owner is not None else ""
     decisions = _decisions(session, task.project_id, [c.tre_id for c, _ in children], username)
     tres = []
@@ -144,7 +142,9 @@ def _tre_facts(
                 size=file["size"],
                 sha256=file["sha256"],
                 verdict=checks.get("verdict", ""),
-                rules=tuple(RuleVerdict(r["rule"], r["version"], r["verdict"]) for r in checks.get("rules", [])),
+                rules=tuple(
+                    RuleVerdict(r["rule"], r["version"], r["verdict"]) for r in checks.get("rules", [])
+                ),
                 decisions=tuple(
                     ReviewDecision(d["checker"], d["decision"], d["reason"], d["at"])
                     for d in described.get("decisions", [])
