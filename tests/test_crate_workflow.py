@@ -167,6 +167,32 @@ def inputs_of(task: TaskRequest) -> dict[str, str]:
     return {i.path: i.content or "" for i in task.inputs or []}
 
 
+def zipped(crate: Crate, tmp_path: Path) -> tuple[Path, Request]:
+    """The crate as a real BagIt zip (`crates.bagit.write_bag`), with its request."""
+    import io
+
+    from fivesafes_tes.crates.bagit import BagEntry, write_bag
+
+    fake, request = crate.build()
+    files = {**fake.files, "ro-crate-metadata.json": json.dumps(request.metadata).encode()}
+    path = tmp_path / "crate.zip"
+    with path.open("wb") as out:
+        write_bag(out, "crate", [BagEntry(p, lambda d=d: io.BytesIO(d)) for p, d in files.items()], {})
+    return path, request
+
+
+def test_a_verified_bag_gives_the_same_tasks_as_its_payload(tmp_path):
+    from fivesafes_tes.crates.bagit import open_bag
+
+    for crate in (
+        tes_crate().file("cohort.csv", COHORT, parameter="cohort-definition"),
+        cwl_crate().value("#omop", "/data/omop", "omop", typed="Dataset"),
+    ):
+        path, request = zipped(crate, tmp_path)
+        with open_bag(path) as bag:
+            assert task_from_crate(bag, request, RUNNER) == crate.task()
+
+
 # --- a TES task document ---------------------------------------------------------------------------
 
 

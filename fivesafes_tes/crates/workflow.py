@@ -405,7 +405,8 @@ def _tes_task(
     reader: _Reader, main: str, inputs: list[_Input], project: str, name: str | None
 ) -> TaskRequest:
     document = _parse_json(reader.text(main).encode(), f"data/{main}")
-    declared = document.get("inputs") if isinstance(document.get("inputs"), list) else []
+    given = document.get("inputs")
+    declared: list[Any] = given if isinstance(given, list) else []
     task_inputs = [dict(i) if isinstance(i, dict) else i for i in declared]
     # The task's own inputs with neither content nor url, by name: the crate's files fill them.
     open_slots = {
@@ -444,7 +445,8 @@ def _tes_task(
                 f"fills it: add a File to the CreateAction's object whose exampleOfWork is a FormalParameter "
                 f"named {slot_name!r}"
             )
-    tags = document.get("tags") if isinstance(document.get("tags"), dict) else {}
+    given = document.get("tags")
+    tags: dict[str, Any] = given if isinstance(given, dict) else {}
     named = {str(v).strip().lower() for k, v in tags.items() if k.lower() == "project" and v}
     if named - {project}:
         raise WorkflowRefused(
