@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -743,6 +743,9 @@ _PROPERTIES = [
 
 
 @given(index=st.integers(0, 10), prop=st.sampled_from(_PROPERTIES), value=_JSON)
+@example(
+    index=5, prop="object", value=[{"@id": ["inputs/cohort.csv"]}]
+)  # found by hypothesis: an @id not a string
 @settings(max_examples=300, deadline=None, derandomize=True)
 def test_metadata_with_any_value_anywhere_is_accepted_or_refused_in_words(
     index: int, prop: str, value: Any

@@ -264,8 +264,10 @@ def _check_entity(entity: dict[str, Any]) -> None:
     (which this gateway never fetches); never a path outside the crate, nor a file on some machine.
     Entities are described at the top level of the graph, not nested in another's properties."""
     for node, depth in _walk(entity):
-        ref = node.get("@id")
-        if isinstance(ref, str):
+        if "@id" in node:
+            ref = node["@id"]
+            if not isinstance(ref, str):
+                raise CrateRefused(f'entity {entity["@id"]!r} has an "@id" that is not a string: {ref!r}')
             why = unsafe_reference(ref)
             if why:
                 raise CrateRefused(f"@id {ref!r} {why}")
@@ -521,7 +523,7 @@ def _drop_references(entity: dict[str, Any], gone: set[str], *, keys: tuple[str,
     """Remove from `entity`'s properties (or only `keys`) every reference to an @id in `gone`."""
 
     def refers(value: Any) -> bool:
-        return isinstance(value, dict) and value.get("@id") in gone
+        return isinstance(value, dict) and isinstance(value.get("@id"), str) and value["@id"] in gone
 
     for key in [k for k in entity if k != "@id" and (keys is None or k in keys)]:
         value = entity[key]
