@@ -163,6 +163,10 @@ def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_cr
             if r in graph and _typed(graph[r], "CreateAction") and not r.startswith(OURS)
         ]
         assert run["actionStatus"] == "http://schema.org/CompletedActionStatus"
+        # The crate named "Alice Example" (#requester); the record names who submitted it, as intake did.
+        (agent,) = _ids(run["agent"])
+        assert graph[agent]["name"] == "alice"
+        assert "#requester" not in graph
         results = {graph[r]["sha256"]: unquote(r) for r in _ids(run.get("result"))}
         assert set(results) == set(released.values())
         for sha256, where in results.items():
