@@ -291,6 +291,14 @@ def test_what_cannot_make_a_crate_is_refused_with_the_fix(tmp_path, args, fix):
     assert fix in result.output
 
 
+def test_an_unwritable_destination_is_one_line_not_a_traceback(tmp_path):
+    out = tmp_path / "missing" / "request.zip"
+    result = CliRunner().invoke(app, ["crate", "new", *EXAMPLE_ARGS["tes-task"], "--out", str(out)])
+    assert result.exit_code == 2
+    assert "Cannot make this crate" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_a_crate_is_never_written_over_a_folder_with_something_in_it(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")

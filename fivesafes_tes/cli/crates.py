@@ -72,7 +72,7 @@ def new(
                 scaffold.write_zip(crate, handle)
         else:
             scaffold.write_directory(crate, out)
-    except scaffold.ScaffoldError as exc:
+    except (scaffold.ScaffoldError, OSError) as exc:
         _output.err.print(f"[red]Cannot make this crate:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     _output.err.print(f"request crate {crate.bag_info['External-Identifier']} for project {project}")
@@ -107,7 +107,7 @@ def zip_(
                 identifier = scaffold.zip_directory(folder, handle)
             else:
                 identifier = scaffold.bag_crate_folder(folder, handle)
-    except scaffold.ScaffoldError as exc:
+    except (scaffold.ScaffoldError, OSError) as exc:
         out.unlink(missing_ok=True)
         _output.err.print(f"[red]Cannot zip this crate:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
