@@ -10,7 +10,8 @@ The crates are made in a temporary folder with `write_bag` (the gateway's own wr
 file of random bytes stored uncompressed (as a zip tool stores data that does not compress), and for
 comparison a CSV table a quarter of that size, deflated, and a small stored crate for memory. Each
 intake (`open_bag`: the central directory judged, the tag files read, then one pass over the whole
-zip hashing every member with SHA-512 and SHA-256 and the zip itself with SHA-512) runs in a fresh
+zip hashing every member with SHA-512 and SHA-256 and the zip itself with SHA-512; once more with
+the zip's SHA-512 given, as when the gateway hashed the upload while spooling it) runs in a fresh
 process, right after `sha512sum` on the payload file, in alternating order over the rounds; files
 are in the page cache. Peak memory is the process's high-water mark (VmHWM, reset before the
 intake) above its RSS before it. Refusals run in fresh processes under a Python audit hook that
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import multiprocessing
@@ -127,7 +129,7 @@ def _writes_watch() -> list[Any]:
     return seen
 
 
-def _child(conn: Any, kind: str, path: str) -> None:
+def _child(conn: Any, kind: str, path: str, known: str | None) -> None:
     from fivesafes_tes.crates.bagit import BagRefused, open_bag
 
     result: dict[str, Any] = {}
@@ -137,7 +139,7 @@ def _child(conn: Any, kind: str, path: str) -> None:
         rss = _status("VmRSS")
         cpu = time.process_time()
         started = time.perf_counter()
-        with open_bag(Path(path)) as bag:
+        with open_bag(Path(path), zip_sha512=known) as bag:
             result["seconds"] = time.perf_counter() - started
             result["payload_bytes"] = sum(f.size for f in bag.payload.values())
         result["cpu_s"] = time.process_time() - cpu
@@ -164,10 +166,10 @@ def _child(conn: Any, kind: str, path: str) -> None:
     conn.close()
 
 
-def measure(kind: str, path: Path) -> dict[str, Any]:
+def measure(kind: str, path: Path, known: str | None = None) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: its memory is this run's
     parent, child = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(child, kind, str(path)))
+    process = context.Process(target=_child, args=(child, kind, str(path), known))
     process.start()
     child.close()
     try:
@@ -175,6 +177,14 @@ def measure(kind: str, path: Path) -> dict[str, Any]:
         return result
     finally:
         process.join()
+
+
+def _sha512(path: Path) -> str:
+    digest = hashlib.sha512()
+    with path.open("rb") as stream:
+        while chunk := stream.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sha512sum(path: Path) -> float:
@@ -190,16 +200,19 @@ def _warm(*paths: Path) -> None:
                 pass
 
 
-def verify(crate: Path, payload: Path, rounds: int, label: str, compression: str) -> dict[str, Any]:
-    """Intake of ``crate`` against `sha512sum` of ``payload``, alternating over ``rounds``."""
+def verify(
+    crate: Path, payload: Path, rounds: int, label: str, compression: str, known: str | None = None
+) -> dict[str, Any]:
+    """Intake of ``crate`` against `sha512sum` of ``payload``, alternating over ``rounds``; with
+    ``known``, the zip's SHA-512 is given to `open_bag` as the gateway's spooling would."""
     _warm(crate, payload)
     runs = []
     for r in range(rounds):
         if r % 2 == 0:
             plain = sha512sum(payload)
-            intake = measure("intake", crate)
+            intake = measure("intake", crate, known)
         else:
-            intake = measure("intake", crate)
+            intake = measure("intake", crate, known)
             plain = sha512sum(payload)
         runs.append({"sha512sum_s": plain, **intake})
     size = payload.stat().st_size
@@ -274,6 +287,11 @@ def run(size_mb: int, rounds: int = 3, on_step: Callable[[str], None] | None = N
             )
             step(f"verifying the {mb:,} MiB {label} crate ({rounds} rounds)")
             results["verify"].append(verify(crate, payload, rounds, label, what))
+            if label == "stored":
+                step(f"verifying the {mb:,} MiB {label} crate, its SHA-512 given ({rounds} rounds)")
+                known = _sha512(crate)
+                what += ", zip SHA-512 given"
+                results["verify"].append(verify(crate, payload, rounds, "stored, hash given", what, known))
             payload.unlink()
             crate.unlink()
 

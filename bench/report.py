@@ -769,7 +769,9 @@ def _crates_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
             f"file, alternating over {crates.get('rounds')} rounds, files in the page cache; medians shown. "
             "*CPU* is the intake's CPU seconds per wall second (hashing runs on two threads besides the "
             "reader). *RSS growth* is the high-water mark (VmHWM, reset first) above the RSS before intake, "
-            "the largest of the rounds. Refusals run in fresh processes under an audit hook that records "
+            "the largest of the rounds. *zip SHA-512 given*: the zip's hash passed to `open_bag`, as when "
+            "the gateway hashed the upload while spooling it (a second SHA-512 over the whole file "
+            "spared). Refusals run in fresh processes under an audit hook that records "
             "every file opened for writing, created, renamed or removed, in an empty working folder that "
             "is also TMPDIR."
         ),

@@ -150,9 +150,9 @@ def spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     read: list[str] = []
     expand = _zip._expand
 
-    def spy(member: _zip.Member, raw: Iterator[bytes]) -> Iterator[bytes]:
+    def spy(member: _zip.Member, raw: Iterator[bytes], crc_check: bool = True) -> Iterator[bytes]:
         read.append(member.name)
-        return expand(member, raw)
+        return expand(member, raw, crc_check)
 
     monkeypatch.setattr(_zip, "_expand", spy)
     return read
@@ -185,6 +185,16 @@ def test_a_valid_bag_opens_with_its_payload_identifier_and_hashes(tmp_path: Path
         assert bag.zip_size == path.stat().st_size
     with pytest.raises(ValueError, match="closed"):
         bag.open("inputs/cohort.csv")
+
+
+def test_a_zip_hash_the_caller_already_has_is_taken_as_given(tmp_path: Path) -> None:
+    path = zip_members(tmp_path / "crate.zip", bag_members())
+    with open_bag(path, zip_sha512="ab" * 64) as bag:
+        assert bag.zip_sha512 == "ab" * 64
+        assert (
+            bag.payload["inputs/cohort.csv"].sha512
+            == hashlib.sha512(PAYLOAD["inputs/cohort.csv"]).hexdigest()
+        )
 
 
 def test_sha256_is_optional_and_then_not_reported(tmp_path: Path) -> None:
@@ -446,13 +456,27 @@ def test_a_stored_member_whose_sizes_disagree_is_refused(tmp_path: Path, spy_rea
     assert spy_reads == []
 
 
-def test_a_damaged_member_fails_its_crc(tmp_path: Path) -> None:
-    path, name = lying_bag(tmp_path, zipfile.ZIP_STORED)
+def damage(path: Path, name: str) -> Path:
+    """One byte of a stored member flipped in place: its CRC-32 no longer matches."""
     offset = central(path, name)["offset"]
     data = bytearray(path.read_bytes())
     data[offset + 30 + len(name) + 10] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert f"entry '{name}' fails its CRC-32 check" in refusal(path)
+    return path
+
+
+def test_a_damaged_tag_file_fails_its_crc(tmp_path: Path) -> None:
+    members = bag_members(tagmanifest=False)  # no tag manifest: the CRC-32 is its only check
+    path = damage(
+        zip_members(tmp_path / "crate.zip", members, compression=zipfile.ZIP_STORED), "bag/bag-info.txt"
+    )
+    assert "entry 'bag/bag-info.txt' fails its CRC-32 check: the zip is damaged" in refusal(path)
+
+
+def test_a_damaged_payload_file_fails_its_sha512(tmp_path: Path) -> None:
+    path, name = lying_bag(tmp_path, zipfile.ZIP_STORED)
+    message = refusal(damage(path, name))
+    assert "payload file 'data/big.csv' does not match its SHA-512 checksum" in message
 
 
 def test_an_encrypted_entry_is_refused(tmp_path: Path, spy_reads: list[str]) -> None:
@@ -783,6 +807,9 @@ def test_written_bags_validate_with_the_bagit_library_and_read_back(tmp_path: Pa
     oracle = bagit.Bag(str(tmp_path / "out" / "query-12389"))
     oracle.validate()  # every manifest and tag manifest recomputed, Payload-Oxum, completeness
     assert set(oracle.algorithms) == {"sha512", "sha256"}
+    tag_files = {"bagit.txt", "bag-info.txt", "manifest-sha512.txt", "manifest-sha256.txt"}
+    covered = {name: set(hashes) for name, hashes in oracle.entries.items() if name in tag_files}
+    assert covered == {name: {"sha512", "sha256"} for name in tag_files}  # by both tag manifests
     assert oracle.version_info == (1, 0)
     assert oracle.info["Source-Organization"] == "Five Safes TES"
     assert oracle.info["External-Identifier"].startswith("urn:uuid:")

@@ -349,6 +349,10 @@ def _duplicate_ids(m: dict[str, Any]) -> None:
     m["@graph"].append({"@id": "#run-1", "@type": "CreateAction"})
 
 
+def _nul(m: dict[str, Any]) -> None:
+    entity(m, "#project-1")["description"] = "alpha\x00beta"
+
+
 def _nested_entity(m: dict[str, Any]) -> None:
     entity(m, "#run-1")["agent"] = {"@type": "Person", "name": "inline"}
 
@@ -379,6 +383,7 @@ MUSTS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "@context redefines agent": (_context_redefines_agent, "redefines agent"),
     "two entities with one @id": (_duplicate_ids, "two entities"),
     "entity nested in a property": (_nested_entity, "top level of @graph"),
+    "a NUL character": (_nul, "NUL character"),
 }
 
 
@@ -471,8 +476,10 @@ FORGED = [
         "additionalType": {"@id": "https://w3id.org/shp#SignOff"},
         "name": "Sign-off of execution according to Agreement policy: approved",
         "object": [{"@id": "./"}, {"@id": "#project-1"}],
+        "agent": {"@id": "#fake-checker"},
         "actionStatus": "http://schema.org/CompletedActionStatus",
     },
+    {"@id": "#fake-checker", "@type": "Person", "name": "A TRE's checker, or so it says"},
     {  # as the profile's own examples write it: "type", not "@type"
         "@id": "#disclosure-1",
         "type": "AssessAction",
@@ -499,12 +506,14 @@ FORGED = [
 def test_forged_assess_actions_never_survive_into_what_is_kept(gateway: Gateway) -> None:
     meta = metadata()
     meta["@graph"] += copy.deepcopy(FORGED)
-    entity(meta, "./")["mentions"] = [{"@id": "#run-1"}] + [{"@id": f["@id"]} for f in FORGED]
+    entity(meta, "./")["mentions"] = [{"@id": "#run-1"}] + [
+        {"@id": f["@id"]} for f in FORGED if "checker" not in f["@id"]
+    ]
     entity(meta, "#run-1")["potentialAction"] = {"@id": "#signoff-1"}
     response = submit(gateway, crate(meta))
     assert response.status_code == 201, response.text
     row = kept(gateway, response.json()["id"])
-    assert row.stripped_assess_actions == len(FORGED)
+    assert row.stripped_assess_actions == len(FORGED) - 1  # the checker is no action: gone with its sign-off
     text = json.dumps(row.metadata_doc)
     for forged in FORGED:
         assert forged["@id"] not in text
@@ -512,8 +521,8 @@ def test_forged_assess_actions_never_survive_into_what_is_kept(gateway: Gateway)
     assert "AssessAction" not in text
     assert entity(row.metadata_doc, "./")["mentions"] == [{"@id": "#run-1"}]
     assert "potentialAction" not in entity(row.metadata_doc, "#run-1")
-    assert f"{len(FORGED)} client-supplied AssessAction(s) removed" in row.checks[1]["detail"]
-    assert audited(gateway, "task.create")[0].detail["crate"]["stripped_assess_actions"] == len(FORGED)
+    assert f"{len(FORGED) - 1} client-supplied AssessAction(s) removed" in row.checks[1]["detail"]
+    assert audited(gateway, "task.create")[0].detail["crate"]["stripped_assess_actions"] == len(FORGED) - 1
 
 
 def test_a_create_action_that_is_also_an_assessment_is_removed_and_the_crate_refused(
@@ -636,6 +645,12 @@ def test_submit_sends_a_crate_zip_or_a_bag_folder_and_explains_refusals(
     again = runner.invoke(cli_app, ["submit", str(folder), "--url", served, "--token", token])
     assert again.exit_code == 0, again.output
     assert stored(gateway)[2] == 2
+
+    big = tmp_path / "big.zip"  # over 8 MiB: sent with a progress bar, streamed to the spool
+    big.write_bytes(bag_zip(payload(metadata()) | {"extra/noise.bin": os.urandom(9 * 1024 * 1024)}))
+    large = runner.invoke(cli_app, ["submit", str(big), "--url", served, "--token", token])
+    assert large.exit_code == 0, large.output
+    assert kept(gateway, large.stdout.strip()).zip_size == big.stat().st_size
 
     broken = metadata()
     _already_completed(broken)

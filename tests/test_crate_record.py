@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -85,7 +86,7 @@ def decide(gw: Gateway, tre: str, *decisions: dict[str, Any]) -> None:
     assert response.status_code == 200, response.text
 
 
-def held_run(gw: Gateway) -> tuple[str, str, str]:
+def held_run(gw: Gateway, secret: str = SECRET, code: int = 112) -> tuple[str, str, str]:
     """alice's task in uk-tre (approved, run, held for review, with a run report that must not show)
     and sg-tre (undecided). Returns the task and the two children."""
     decide(
@@ -110,11 +111,11 @@ def held_run(gw: Gateway) -> tuple[str, str, str]:
         "awaiting_tre_approval",
         message="waiting for sg-tre's admins to approve project alpha",
     )
-    run = {"steps": [{"exit_code": 112, "start_time": "2026-01-01T00:00:00.123456Z"}]}
+    run = {"steps": [{"exit_code": code, "start_time": "2026-01-01T00:00:00.123456Z"}] * (code % 3 + 1)}
     event(gw, "uk-tre", uk, 1, "staging", message="uk-tre approved project alpha and user alice")
-    event(gw, "uk-tre", uk, 2, "running", message=f"started {SECRET}")
-    event(gw, "uk-tre", uk, 3, "checking", message="exit codes: 112", report=run)
-    event(gw, "uk-tre", uk, 4, "awaiting_review", message="3 file(s) held", report={"held_files": 3})
+    event(gw, "uk-tre", uk, 2, "running", message=f"started {secret}")
+    event(gw, "uk-tre", uk, 3, "checking", message=f"exit codes: {code}", report=run)
+    event(gw, "uk-tre", uk, 4, "awaiting_review", message=f"{code} file(s) held", report={"held_files": code})
     return task_id, uk, sg
 
 
@@ -342,6 +343,19 @@ def test_a_bare_tes_tasks_record_before_release_shows_nothing_the_task_controls(
     assert "idp" not in person["@id"]
 
 
+def test_two_held_tasks_that_did_different_things_have_the_same_record_up_to_ids_and_times(gw):
+    """RELIABILITY 31 for the record: what differs between two runs (what they read, their exit codes,
+    how many steps and files, what their agents said) leaves no trace in it before a release."""
+    first, _, _ = held_run(gw, SECRET, 112)
+    second, _, _ = held_run(gw, "20000002,8532,1991", 3)
+
+    def masked(task_id: str) -> str:
+        text = json.dumps(record_of(gw, task_id), sort_keys=True).replace(task_id, "<task>")
+        return re.sub(r"\d{4}-\d\d-\d\dT[0-9:.]+Z", "<time>", text)
+
+    assert masked(first) == masked(second)
+
+
 def test_each_tres_sign_off_is_its_admins_decisions_on_the_project_and_the_person(gw):
     task_id, _, _ = held_run(gw)
     graph = entities(record_of(gw, task_id))
@@ -354,6 +368,12 @@ def test_each_tres_sign_off_is_its_admins_decisions_on_the_project_and_the_perso
     assert "endTime" in uk
     assert sg["actionStatus"] == "http://schema.org/PotentialActionStatus"
     assert "endTime" not in sg
+    decide(
+        gw, "sg-tre", {"project": "alpha", "username": "", "decision": "approved", "decided_by": "sg-admin"}
+    )
+    sg = entities(record_of(gw, task_id))[f"{OURS}signoff-sg-tre"]
+    assert sg["actionStatus"] == "http://schema.org/PotentialActionStatus"  # the person: undecided
+    assert sg["description"] == "project alpha: approved by sg-admin; alice: undecided"
     decide(
         gw,
         "sg-tre",

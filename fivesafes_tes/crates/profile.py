@@ -181,6 +181,8 @@ def _check_graph(metadata: Any) -> None:
 def _check_context(context: Any) -> None:
     """The RO-Crate context, optionally extended with terms of the crate's own, none of which may change
     what the terms this module reads mean, or where relative @ids resolve."""
+    for _ in _walk(context):  # no NUL anywhere, and bounded
+        pass
     items = context if isinstance(context, list) else [context]
     if not any(isinstance(i, str) and _RO_CRATE_CONTEXT.match(i) for i in items):
         raise CrateRefused(
@@ -253,10 +255,17 @@ def _walk(node: Any) -> Iterator[tuple[dict[str, Any], int]]:
                 f'refers to entities by {{"@id": ...}} (at most {MAX_DEPTH} levels here)'
             )
         if isinstance(value, dict):
+            if any("\x00" in key for key in value):
+                raise CrateRefused(_NUL)
             yield value, depth
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
             stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str) and "\x00" in value:
+            raise CrateRefused(_NUL)
+
+
+_NUL = f"data/{METADATA_FILE} holds a NUL character (\\u0000), which is accepted nowhere here; remove it"
 
 
 def _check_entity(entity: dict[str, Any]) -> None:
@@ -508,15 +517,27 @@ def _is_assessment(entity: dict[str, Any]) -> bool:
 
 
 def _strip_assessments(metadata: dict[str, Any]) -> int:
-    """Remove every AssessAction the client wrote, and every reference to one; return how many."""
+    """Remove every AssessAction the client wrote, every reference to one, and the entities only they
+    referred to (a forged sign-off's "checker", its "policy"); return how many actions."""
     graph = metadata["@graph"]
-    gone = {e["@id"] for e in graph if _is_assessment(e)}
-    if not gone:
+    stripped = [e for e in graph if _is_assessment(e)]
+    if not stripped:
         return 0
-    metadata["@graph"] = [e for e in graph if e["@id"] not in gone]
-    for entity in metadata["@graph"]:
+    gone = {e["@id"] for e in stripped}
+    named = {node["@id"] for e in stripped for node, _ in _walk(e) if node is not e and "@id" in node}
+    kept = [e for e in graph if e["@id"] not in gone]
+    for entity in kept:
         _drop_references(entity, gone)
+    orphans = named - gone - _references(kept) - {ROOT, METADATA_FILE}
+    metadata["@graph"] = [e for e in kept if e["@id"] not in orphans]
     return len(gone)
+
+
+def _references(graph: list[dict[str, Any]]) -> set[str]:
+    """Every @id some entity of `graph` refers to (not its own)."""
+    return {
+        node["@id"] for entity in graph for node, _ in _walk(entity) if node is not entity and "@id" in node
+    }
 
 
 def _drop_references(entity: dict[str, Any], gone: set[str], *, keys: tuple[str, ...] | None = None) -> None:
@@ -562,7 +583,7 @@ def _make_submitters(
             _drop_references(entity, {project_id}, keys=("memberOf",))
     _drop_references(entities[project_id], people, keys=("member",))
     action["agent"] = {"@id": person}
-    if not _referenced(graph, claimed):
+    if claimed not in _references([e for e in graph if e["@id"] != claimed]):
         graph = [e for e in graph if e["@id"] != claimed]
     graph += [
         {
@@ -581,12 +602,3 @@ def _make_submitters(
         },
     ]
     metadata["@graph"] = graph
-
-
-def _referenced(graph: list[dict[str, Any]], ref: str) -> bool:
-    return any(
-        node.get("@id") == ref and node is not entity
-        for entity in graph
-        if entity["@id"] != ref
-        for node, _ in _walk(entity)
-    )

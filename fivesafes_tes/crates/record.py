@@ -26,6 +26,7 @@ import mimetypes
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any, BinaryIO
 from urllib.parse import quote, unquote
 
@@ -295,8 +296,8 @@ def activity_record(facts: TaskFacts) -> dict[str, Any]:
 
     action = graph[run]
     action["actionStatus"] = _TASK_STATUS.get(facts.state, POTENTIAL)
-    starts = sorted(t.started_at for t in facts.tres if t.started_at)
-    ends = sorted(t.ended_at for t in facts.tres if t.ended_at)
+    starts = sorted((t.started_at for t in facts.tres if t.started_at), key=_moment)
+    ends = sorted((t.ended_at for t in facts.tres if t.ended_at), key=_moment)
     if starts:
         action["startTime"] = starts[0]
     if facts.state in _FINAL_STATES and ends:
@@ -323,6 +324,10 @@ def activity_record(facts: TaskFacts) -> dict[str, Any]:
     )
     context = _context(facts.request.metadata) if facts.request is not None else RO_CRATE_CONTEXT
     return {"@context": context, "@graph": [_compact(e) for e in graph.entities.values()]}
+
+
+def _moment(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _compact(entity: dict[str, Any]) -> dict[str, Any]:
@@ -391,8 +396,8 @@ def _from_task(graph: _Graph, facts: TaskFacts) -> tuple[str, str, str, str]:
         {
             "@id": project,
             "@type": "Project",
-            "name": facts.project_title or facts.project,
-            "identifier": facts.project,
+            "name": facts.project_title or facts.project or "no project (a task stored before projects)",
+            "identifier": facts.project or "none",
         }
     )
     run = f"{OURS}run-{facts.task_id}"
@@ -415,7 +420,7 @@ _TES_LANGUAGE = "https://ga4gh.github.io/task-execution-schemas/"  # as request 
 
 
 def _project_id(facts: TaskFacts) -> str:
-    return f"{OURS}project-{facts.project}"
+    return f"{OURS}project-{facts.project or 'none'}"
 
 
 def _from_request(graph: _Graph, facts: TaskFacts, request: RequestFacts) -> tuple[str, str, str, str]:
@@ -641,7 +646,7 @@ def _sign_off(
         "actionStatus": status,
     }
     if times and status is not POTENTIAL:
-        action["endTime"] = max(times)
+        action["endTime"] = max(times, key=_moment)
     return graph.add(action)
 
 

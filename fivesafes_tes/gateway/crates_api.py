@@ -8,6 +8,7 @@ is sent, whatever the answer was.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from fivesafes_tes.auth import Principal
 from fivesafes_tes.crates.bagit import BagLimits
@@ -94,12 +96,16 @@ async def submit_crate(
     spool_dir = ctx.settings.data_dir / "crate-spool"
     spool_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=spool_dir, prefix="crate-", suffix=".zip") as spool:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                return await _refuse(ctx, principal, 413, _too_large(cap))
-            spool.write(chunk)
+        size, digest = 0, hashlib.sha512()  # hashed as it arrives: the bag's reader need not again
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    return await _refuse(ctx, principal, 413, _too_large(cap))
+                digest.update(chunk)
+                spool.write(chunk)
+        except ClientDisconnect:
+            return error(400, "the upload was cut off before its end; send the crate again")
         spool.flush()
         intake = crates.CrateIntake(
             policy=ctx.policy, limits=dataclasses.replace(BagLimits(), max_zip_bytes=cap)
@@ -112,6 +118,7 @@ async def submit_crate(
             intake,
             tres=tres,
             idempotency_key=idempotency_key,
+            zip_sha512=digest.hexdigest(),
         )
     ctx.signal.notify(created.tre_ids)
     if created.tre_ids:

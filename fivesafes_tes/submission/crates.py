@@ -104,13 +104,15 @@ def accept_crate(
     *,
     tres: str | None = None,
     idempotency_key: str | None = None,
+    zip_sha512: str | None = None,
 ) -> Created:
     """Read the BagIt zip at `zip_path` (nothing extracted), judge its request against the profile and
-    the submitter, and create its task; a refusal raises one of REFUSALS and is audited."""
+    the submitter, and create its task; a refusal raises one of REFUSALS and is audited. `zip_sha512`:
+    the zip's SHA-512 if the caller hashed it as it arrived."""
     actor = Actor(user_id=principal.user_id, name=principal.username)
     facts: BagFacts | None = None
     with refusals_audited(db, actor, lambda: facts):
-        with open_bag(zip_path, intake.limits) as bag:
+        with open_bag(zip_path, intake.limits, zip_sha512=zip_sha512) as bag:
             facts = BagFacts.of(bag)
             with db.read() as session:
                 submitter = submitter_of(session, principal)
