@@ -28,6 +28,7 @@ CHUNK = 1 << 20
 RATIO_FLOOR = 1 << 20
 MAX_PATH_BYTES = 1024
 MAX_COMPONENT_BYTES = 255
+MAX_DEPTH = 64  # folders deep: bounds the work of judging each name
 
 STORED, DEFLATED = 0, 8
 _METHODS = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard", 95: "xz"}
@@ -119,11 +120,13 @@ def check_relative_path(path: str, what: str, fix: str) -> list[str]:
         raise BagRefused(f"{what} leaves the bag: paths must stay inside its one top-level folder; {fix}")
     if "" in parts or "." in parts:
         raise BagRefused(f"{what} has an empty or '.' folder in its path ('//' or '/./'): {fix}")
-    if len(path.encode()) > MAX_PATH_BYTES or any(len(p.encode()) > MAX_COMPONENT_BYTES for p in parts):
+    if len(path.encode()) > MAX_PATH_BYTES or max(map(len, map(str.encode, parts))) > MAX_COMPONENT_BYTES:
         raise BagRefused(
             f"{what} has a name longer than {MAX_PATH_BYTES} bytes, or a part longer than "
             f"{MAX_COMPONENT_BYTES}: use shorter names"
         )
+    if len(parts) > MAX_DEPTH:
+        raise BagRefused(f"{what} is more than {MAX_DEPTH} folders deep: flatten the folders")
     return parts
 
 
@@ -298,7 +301,7 @@ def judge(fd: int, size: int, limits: ZipLimits) -> tuple[str, list[Member]]:
         raise BagRefused("the zip is empty: it must hold one folder, the bag")
     root = ""
     seen: dict[str, str] = {}
-    folders: dict[str, str] = {}
+    tree: dict[str, Any] = {}
     total = 0
     for m in members:
         what = f"entry {show(m.name)}"
@@ -323,8 +326,7 @@ def judge(fd: int, size: int, limits: ZipLimits) -> tuple[str, list[Member]]:
                 "many file systems do): rename or remove one of them"
             )
         seen[key] = m.name
-        for depth in range(1, len(parts) if not m.is_dir else len(parts) + 1):
-            folders.setdefault(name_key("/".join(parts[:depth])), m.name)
+        _place(tree, key.split("/"), m)
         if m.is_dir and m.size:
             raise BagRefused(f"{what} is a folder with {m.size:,} bytes of data: {REMAKE}")
         if m.method == STORED and m.compressed != m.size:
@@ -346,11 +348,6 @@ def judge(fd: int, size: int, limits: ZipLimits) -> tuple[str, list[Member]]:
                 f"the zip would expand to more than {size_text(limits.max_total_bytes)} (the limit), at "
                 f"{what}: make the crate smaller, e.g. refer to large inputs by URL instead of including them"
             )
-    for key, name in seen.items():
-        if key in folders and not name.endswith("/"):
-            raise BagRefused(
-                f"entry {show(name)} is both a file and a folder (holding {show(folders[key])}): rename one"
-            )
     if len({m.offset for m in members}) != len(members):
         raise BagRefused(f"two entries of the zip share their data (a zip bomb trick, or damage): {REMAKE}")
     for m in members:
@@ -360,6 +357,26 @@ def judge(fd: int, size: int, limits: ZipLimits) -> tuple[str, list[Member]]:
                 f"{REMAKE}"
             )
     return root, members
+
+
+_FILE: dict[str, Any] = {}  # marks a file in the tree of names (compared by identity)
+
+
+def _place(tree: dict[str, Any], parts: list[str], m: Member) -> None:
+    """One entry put in the tree of names, in time linear in its length: refused if a name on its
+    path is both a file and a folder."""
+    node = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        child = node.get(part)
+        if child is _FILE or (last and child is not None and not m.is_dir):
+            clash = "/".join(m.name.split("/")[: depth + 1])
+            raise BagRefused(
+                f"entry {show(m.name)}: {show(clash)} is both a file and a folder in the zip: rename one"
+            )
+        if child is None:
+            child = node[part] = _FILE if last and not m.is_dir else {}
+        node = child
 
 
 # --- reading members ---------------------------------------------------------------------------

@@ -313,21 +313,22 @@ def _verify(fd: int, size: int, limits: BagLimits, zip_sha512: str | None) -> Ve
 
 def _tags(content: str, name: str) -> dict[str, list[str]]:
     """A tag file's labels and values (RFC 8493 2.2.2): 'Label: value', continued on indented lines."""
-    tags: dict[str, list[str]] = {}
-    label = ""
+    pieces: list[tuple[str, list[str]]] = []  # joined at the end: folding stays linear in the file
     for number, line in enumerate(_LINE.split(content), start=1):
         if not line.strip():
             continue
-        if line[0] in " \t" and label:
-            tags[label][-1] = f"{tags[label][-1]} {line.strip()}".strip()
+        if line[0] in " \t" and pieces:
+            pieces[-1][1].append(line.strip())
             continue
         label, colon, value = line.partition(":")
-        label = label.strip()
-        if not colon or not label:
+        if not colon or not label.strip():
             raise BagRefused(
                 f"line {number} of the bag's {name} is not 'Label: value': correct it or {REMAKE_BAG}"
             )
-        tags.setdefault(label, []).append(value.strip())
+        pieces.append((label.strip(), [value.strip()]))
+    tags: dict[str, list[str]] = {}
+    for label, parts in pieces:
+        tags.setdefault(label, []).append(" ".join(p for p in parts if p))
     return tags
 
 
