@@ -4,7 +4,8 @@ its S3 airlock, the checks and the TRE's output checker decide, the approved fil
 the researcher gets a results crate: a bag that verifies, valid RO-Crate 1.2 (roc-validator, offline),
 with the released files and each TRE's SignOff and DisclosureCheck.
 
-One federation serves every test here; both crates run at once in it."""
+One federation serves every test here; both crates run at once in it. One goes in and comes back
+through the CLI (`crate zip`, `submit`, `results --crate`), the other through the HTTP API."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from urllib.parse import unquote
 import httpx
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from fivesafes_tes import demo, devstack
+from fivesafes_tes.cli import app
 from fivesafes_tes.crates import scaffold
 from fivesafes_tes.crates.bagit import open_bag
 from fivesafes_tes.crates.record import OURS, summarise
@@ -70,14 +73,39 @@ def _researcher(stack) -> httpx.Client:
     )
 
 
-def _submit(http: httpx.Client, example: str) -> str:
-    zipped = io.BytesIO()
-    scaffold.zip_directory(EXAMPLES / example, zipped)
+def _submit(stack, http: httpx.Client, example: str, tmp_path: Path) -> str:
+    """tes-task as ro-crates/README.md tells a researcher (`crate zip`, then `submit`, the CLI);
+    cwl-omop by the HTTP call itself (`POST /api/v1/crates`)."""
+    if example == "tes-task":
+        zipped = tmp_path / "request.zip"
+        made = CliRunner().invoke(app, ["crate", "zip", str(EXAMPLES / example), "--out", str(zipped)])
+        assert made.exit_code == 0, made.output
+        env = {"FIVESAFES_TES_URL": stack.url, "FIVESAFES_TES_TOKEN": stack.token("alice")}
+        sent = CliRunner().invoke(app, ["submit", str(zipped)], env=env)
+        assert sent.exit_code == 0, sent.output
+        return sent.output.strip().splitlines()[-1]
+    body = io.BytesIO()
+    scaffold.zip_directory(EXAMPLES / example, body)
     response = http.post(
-        "/api/v1/crates", content=zipped.getvalue(), headers={"Content-Type": "application/zip"}
+        "/api/v1/crates", content=body.getvalue(), headers={"Content-Type": "application/zip"}
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
+
+
+def _results_crate(stack, http: httpx.Client, example: str, task_id: str, path: Path) -> None:
+    """tes-task's by `fivesafes-tes results ID --crate` (which verifies it too); cwl-omop's by
+    `GET /api/v1/tasks/ID/crate`."""
+    if example == "tes-task":
+        env = {"FIVESAFES_TES_URL": stack.url, "FIVESAFES_TES_TOKEN": stack.token("alice")}
+        got = CliRunner().invoke(app, ["results", task_id, "--crate", "--out", str(path)], env=env)
+        assert got.exit_code == 0, got.output
+        assert "verified" in got.output
+        return
+    response = http.get(f"/api/v1/tasks/{task_id}/crate")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/zip")
+    path.write_bytes(response.content)
 
 
 def _stages(http: httpx.Client, task_id: str) -> dict[str, str]:
@@ -126,7 +154,7 @@ def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_cr
     stack, validator, tmp_path
 ):
     alice = _researcher(stack)
-    tasks = {example: _submit(alice, example) for example in sorted(RELEASED)}  # both run at once
+    tasks = {example: _submit(stack, alice, example, tmp_path) for example in sorted(RELEASED)}  # at once
     for example, task_id in tasks.items():
         wait_for(lambda t=task_id: _all_at(alice, t, "awaiting_review"), 300, f"{example} held for review")
         _approve_everything(stack, task_id)
@@ -139,11 +167,8 @@ def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_cr
         for tre in TRES:
             assert {name for (where, name) in released if where == tre} >= RELEASED[example], (tre, released)
 
-        response = alice.get(f"/api/v1/tasks/{task_id}/crate")
-        assert response.status_code == 200, response.text
-        assert response.headers["content-type"].startswith("application/zip")
         path = tmp_path / f"{example}-results.zip"
-        path.write_bytes(response.content)
+        _results_crate(stack, alice, example, task_id, path)
         with open_bag(path) as bag:
             metadata = bag.metadata()
             carried = {
