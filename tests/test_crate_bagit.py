@@ -11,8 +11,10 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import struct
+import subprocess
 import sys
 import unicodedata
 import warnings
@@ -195,6 +197,30 @@ def test_a_zip_hash_the_caller_already_has_is_taken_as_given(tmp_path: Path) -> 
             bag.payload["inputs/cohort.csv"].sha512
             == hashlib.sha512(PAYLOAD["inputs/cohort.csv"]).hexdigest()
         )
+
+
+def test_zip64_records_and_fields_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZIP64 end records and ZIP64 sizes and offsets in the directory, as a zip past 4 GiB or 65,535
+    entries has them: zipfile is made to write them for a small bag by lowering its thresholds."""
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 100)
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
+    path = zip_members(tmp_path / "crate.zip", bag_members())
+    monkeypatch.undo()
+    data = path.read_bytes()
+    assert b"PK\x06\x06" in data  # the ZIP64 end record
+    assert central(path, "bag/data/inputs/cohort.csv")["size"] == 0xFFFFFFFF  # sizes in the ZIP64 extra
+    with open_bag(path) as bag:
+        assert bag.payload["inputs/cohort.csv"].size == len(PAYLOAD["inputs/cohort.csv"])
+        assert bag.metadata() == json.loads(METADATA)
+
+
+def test_the_entry_count_of_a_zip64_end_record_is_held_to_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
+    path = zip_members(tmp_path / "crate.zip", bag_members())
+    monkeypatch.undo()
+    assert "the zip has 8 entries; the limit is 5" in refusal(path, BagLimits(max_entries=5))
 
 
 def test_sha256_is_optional_and_then_not_reported(tmp_path: Path) -> None:
@@ -873,13 +899,51 @@ def zip_folder(path: Path, folder: Path) -> None:
             archive.write(file, file.relative_to(folder.parent).as_posix())
 
 
+class Forward(io.RawIOBase):
+    """A source that can only be read forward (a pipe, a download): its size is not known ahead."""
+
+    def __init__(self, data: bytes) -> None:
+        self.source = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self.source.readinto(buffer)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("zip") and shutil.which("unzip")), reason="needs Info-ZIP zip and unzip"
+)
+def test_info_zip_reads_our_bags_and_its_bags_and_links_are_judged(tmp_path: Path) -> None:
+    """The common zip tool: it tests what write_bag writes; a bag it zips is read, with its links
+    kept (`zip -y`) refused."""
+    written = tmp_path / "written.zip"
+    with written.open("wb") as out:
+        write_bag(out, "req", entries(), {})
+    assert (
+        "No errors detected"
+        in subprocess.run(["unzip", "-t", written], capture_output=True, text=True).stdout
+    )
+    with zipfile.ZipFile(written) as archive:
+        archive.extractall(tmp_path / "out")
+    subprocess.run(["zip", "-qr", "../infozip.zip", "req"], cwd=tmp_path / "out", check=True)
+    with open_bag(tmp_path / "infozip.zip") as bag:
+        assert set(bag.payload) == set(PAYLOAD)
+    (tmp_path / "out" / "req" / "data" / "link").symlink_to("/etc/passwd")
+    subprocess.run(["zip", "-qry", "../links.zip", "req"], cwd=tmp_path / "out", check=True)
+    assert "entry 'req/data/link' is a symbolic link" in refusal(tmp_path / "links.zip")
+
+
 def test_percent_and_large_files_round_trip(tmp_path: Path) -> None:
-    """'%' is written as %25 (RFC 8493) and read back; a payload larger than a chunk streams through."""
+    """'%' is written as %25 (RFC 8493) and read back; a payload larger than a chunk, of a size not
+    known ahead (so written with ZIP64 headers), streams through."""
     big = os.urandom(3 * _zip.CHUNK + 17)
-    payload = {**PAYLOAD, "50% sample.csv": b"half", "big.bin": big}
+    payload = {**PAYLOAD, "50% sample.csv": b"half"}
     path = tmp_path / "crate.zip"
     with path.open("wb") as out:
-        write_bag(out, "bag", entries(payload), {}, compression=zipfile.ZIP_STORED)
+        forward = BagEntry("big.bin", lambda: io.BufferedReader(Forward(big)))
+        write_bag(out, "bag", [*entries(payload), forward], {}, compression=zipfile.ZIP_STORED)
     with zipfile.ZipFile(path) as archive:
         assert b"  data/50%25 sample.csv\n" in archive.read("bag/manifest-sha512.txt")
         assert all(i.compress_type == zipfile.ZIP_STORED for i in archive.infolist())

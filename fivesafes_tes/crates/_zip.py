@@ -165,17 +165,20 @@ def _directory_span(fd: int, size: int, limits: ZipLimits) -> tuple[int, int, in
     if eocd + _EOCD.size + comment != size:
         raise BagRefused(f"the zip has data after its end: {REMAKE}")
     cd_end = eocd
-    if 0xFFFF in (disk_entries, entries) or 0xFFFFFFFF in (cd_size, cd_offset):
-        if eocd < _ZIP64_LOCATOR.size + _ZIP64_EOCD.size:
-            raise BagRefused(f"the zip's ZIP64 end records are missing: {REMAKE}")
-        sig, _, z64_at, _ = _ZIP64_LOCATOR.unpack(_pread(fd, _ZIP64_LOCATOR.size, eocd - _ZIP64_LOCATOR.size))
-        if sig != _ZIP64_LOCATOR_SIG or z64_at > eocd - _ZIP64_LOCATOR.size - _ZIP64_EOCD.size:
+    locator = b""
+    if eocd >= _ZIP64_LOCATOR.size + _ZIP64_EOCD.size:
+        locator = _pread(fd, _ZIP64_LOCATOR.size, eocd - _ZIP64_LOCATOR.size)
+    if locator.startswith(_ZIP64_LOCATOR_SIG):  # ZIP64 end records, whatever the plain one says
+        _, _, z64_at, _ = _ZIP64_LOCATOR.unpack(locator)
+        if z64_at > eocd - _ZIP64_LOCATOR.size - _ZIP64_EOCD.size:
             raise BagRefused(f"the zip's ZIP64 end records are damaged: {REMAKE}")
         record = _ZIP64_EOCD.unpack(_pread(fd, _ZIP64_EOCD.size, z64_at))
         sig, _, _, _, disk, cd_disk, disk_entries, entries, cd_size, cd_offset = record
         if sig != _ZIP64_EOCD_SIG:
             raise BagRefused(f"the zip's ZIP64 end records are damaged: {REMAKE}")
         cd_end = z64_at
+    elif 0xFFFF in (disk_entries, entries) or 0xFFFFFFFF in (cd_size, cd_offset):
+        raise BagRefused(f"the zip's ZIP64 end records are missing: {REMAKE}")
     if disk or cd_disk or disk_entries != entries:
         raise BagRefused("the zip is split over several files (a spanned archive): send it as one .zip file")
     if entries > limits.max_entries:
