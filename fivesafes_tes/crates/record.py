@@ -8,12 +8,12 @@ sizes or counts of outputs, verdicts, finding text), only the request, the stage
 on the project and the person, and the reviewers' reasons; after a release the released files with
 their SHA-256, the rules' versions and verdicts on them and each checker's decision and reason.
 
-It is plain JSON-LD rather than `rocrate` objects: the record must be a deterministic function of the
+It is plain JSON-LD rather than `rocrate` objects. ro-crate-py 0.16 does speak RO-Crate 1.2
+(`ROCrate(version="1.2")`), but it writes crates to a directory or a zip of its own layout and
+re-serialises what it loads on its own terms, while the record must be a deterministic function of the
 facts (the route serves it, the results crate embeds it, the tests compare it), grown entity by entity
-from the metadata a request crate came with, and written into a bag that `crates.bagit.write_bag`
-streams. ro-crate-py 0.16 writes crates to a directory or a zip of its own layout and declares
-RO-Crate 1.1 unless told otherwise; none of that helps here. The tests read the records back with
-`rocrate`, as an independent RO-Crate reader.
+from a request crate's own JSON-LD, and streamed into a bag by `crates.bagit.write_bag`. The tests
+read the records back with `rocrate`, as an independent RO-Crate reader.
 """
 
 from __future__ import annotations
