@@ -3,7 +3,10 @@
 A researcher submits one TES task; it runs in the UK and in the Singapore TRE next to each TRE's own
 synthetic data; each TRE holds the outputs in its airlock, runs the automated disclosure checks, and
 its output checker decides; the approved files reach the researcher, who combines the two TREs'
-counts. Along the way: a project a TRE has not approved waits and is then rejected with a reason,
+counts. The same analysis then goes in as a Five Safes request crate (ro-crates/tes-task), and the
+results crate comes back with the record of every decision.
+
+Along the way: a project a TRE has not approved waits and is then rejected with a reason,
 and a long task is canceled.
 """
 
@@ -22,6 +25,9 @@ from fivesafes_tes import audit, devstack
 from fivesafes_tes.client import TesClient
 from fivesafes_tes.db import Database
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
+
+EXAMPLE_CRATES = Path(__file__).resolve().parent.parent / "ro-crates"
+DEMO_CRATE = "tes-task"
 
 PREVALENCE = """set -e
 persons=$(($(wc -l < /data/omop/person.csv) - 1))
@@ -130,23 +136,7 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
             "each checker uses their own token (FIVESAFES_TRE_TOKEN) with "
             "`fivesafes-tes review approve|reject CHILD FILE --reason ...`; here, the same API calls:"
         )
-        for tre, agent in sorted(stack.agents.items()):
-            child = _children(agent)[0]
-            for file in _as_checker(stack, tre, "GET", f"/review/v1/children/{child}")["files"]:
-                failed = file["verdict"] == "fail"
-                _as_checker(
-                    stack,
-                    tre,
-                    "POST",
-                    f"/review/v1/children/{child}/decisions",
-                    json={
-                        "name": file["name"],
-                        "decision": "rejected" if failed else "approved",
-                        "reason": "failed an automated disclosure check"
-                        if failed
-                        else "aggregate counts above the threshold",
-                    },
-                )
+        _review(stack, task_id)
         state, _, _ = _follow(
             console,
             alice,
@@ -158,7 +148,10 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         combined = _download_and_combine(stack, alice_token, task_id, console, problems)
         console.print(combined)
 
-        console.rule("3. bob's project has not been approved by uk-tre")
+        console.rule("3. alice sends the same kind of analysis as a Five Safes request crate")
+        walk_crate(stack, console, alice_token, problems)
+
+        console.rule("4. bob's project has not been approved by uk-tre")
         bob_task = bob.create(analysis(PREVALENCE, "cardio-prevalence"))
         _follow(console, bob, bob_task, lambda s: s.get("uk-tre") == "awaiting_tre_approval")
         uk = stack.agents["uk-tre"]
@@ -176,7 +169,7 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         if state != "SYSTEM_ERROR":
             problems.append("a rejected task did not end SYSTEM_ERROR")
 
-        console.rule("4. alice cancels a long task")
+        console.rule("5. alice cancels a long task")
         long_task = alice.create(analysis("sleep 600\n", "long-running", tres="uk-tre"))
         _follow(console, alice, long_task, lambda s: s.get("uk-tre") == "running")
         started = time.monotonic()
@@ -195,6 +188,98 @@ def _walk(stack: devstack.DevStack, console: Console) -> int:
         problems.append("the audit chain is broken")
     console.rule("demo finished" if not problems else "demo found problems: " + "; ".join(problems))
     return 0 if not problems else 1
+
+
+def walk_crate(stack: devstack.DevStack, console: Console, token: str, problems: list[str]) -> str:
+    """Submit the example request crate ro-crates/tes-task, have each TRE's checker decide, and print
+    the summary of the results crate the researcher gets back. Returns the task id."""
+    import io
+
+    import httpx
+
+    from fivesafes_tes.crates import scaffold
+
+    zipped = io.BytesIO()
+    scaffold.zip_directory(EXAMPLE_CRATES / DEMO_CRATE, zipped)
+    console.print(
+        f"the example crate ro-crates/{DEMO_CRATE} (a BagIt bag: the task, its script as a file, the "
+        "request's metadata), sent as `fivesafes-tes submit` sends it and fetched back as "
+        "`fivesafes-tes results ID --crate` does; here, the same calls:"
+    )
+    http = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    submitted = http.post(
+        "/api/v1/crates", content=zipped.getvalue(), headers={"Content-Type": "application/zip"}
+    )
+    if submitted.status_code != 201:
+        problems.append(f"the example crate was refused: {submitted.status_code} {submitted.text}")
+        return ""
+    task_id: str = submitted.json()["id"]
+    console.print(f"request crate accepted: task {task_id}")
+    with TesClient(stack.url, token) as alice:
+        _follow(console, alice, task_id, lambda s: all(v == "awaiting_review" for v in s.values()))
+        _review(stack, task_id)
+        _follow(
+            console,
+            alice,
+            task_id,
+            lambda s: all(v in ("released", "partially_released", "withheld") for v in s.values()),
+        )
+    response = http.get(f"/api/v1/tasks/{task_id}/crate")
+    if response.status_code != 200:
+        problems.append(f"no results crate: {response.status_code} {response.text[:200]}")
+        return task_id
+    console.print(results_crate_summary(response.content, problems))
+    return task_id
+
+
+def results_crate_summary(zipped: bytes, problems: list[str]) -> Table:
+    """What `fivesafes-tes results ID --crate` prints: per TRE, the run, the sign-off, the disclosure
+    check and the released files, once the bag's manifests and each file's SHA-256 are verified."""
+    from fivesafes_tes.crates.bagit import BagRefused, open_bag
+    from fivesafes_tes.crates.record import summarise
+
+    table = Table(
+        "TRE", "run", "sign-off", "disclosure", "released files (SHA-256)", title="the results crate's record"
+    )
+    with tempfile.TemporaryDirectory(prefix="fivesafes-crate-") as scratch:
+        path = Path(scratch) / "results.zip"
+        path.write_bytes(zipped)
+        try:
+            with open_bag(path) as bag:
+                record = bag.metadata()
+                carried = {p: f.sha256 for p, f in bag.payload.items()}
+        except BagRefused as exc:
+            problems.append(f"the results crate does not verify: {exc}")
+            return table
+    for tre in summarise(record):
+        for where, _, sha256 in tre.files:
+            if carried.get(where) != sha256:
+                problems.append(f"{where} in the results crate does not match its SHA-256")
+        files = "\n".join(f"{name}  {sha256[:12]}…" for _, name, sha256 in tre.files) or "-"
+        table.add_row(tre.tre, tre.run, tre.sign_off, tre.disclosure, files)
+    return table
+
+
+def _review(stack: devstack.DevStack, task_id: str) -> None:
+    """Each TRE's output checker approves what passed the automated checks and rejects the rest."""
+    for tre in sorted(stack.agents):
+        children = _as_checker(stack, tre, "GET", "/review/v1/children")
+        for child in [c["child_id"] for c in children if c["task_id"] == task_id]:
+            for file in _as_checker(stack, tre, "GET", f"/review/v1/children/{child}")["files"]:
+                failed = file["verdict"] == "fail"
+                _as_checker(
+                    stack,
+                    tre,
+                    "POST",
+                    f"/review/v1/children/{child}/decisions",
+                    json={
+                        "name": file["name"],
+                        "decision": "rejected" if failed else "approved",
+                        "reason": "failed an automated disclosure check"
+                        if failed
+                        else "aggregate counts above the threshold",
+                    },
+                )
 
 
 def _as_checker(stack: devstack.DevStack, tre: str, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
