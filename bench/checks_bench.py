@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import os
 import platform
@@ -349,9 +348,9 @@ def main() -> None:
     code = str(Path(args.code).resolve()) if args.code else None
     results = run([int(s) for s in args.sizes.split(",")], code)
     print(table(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    from bench.common import write_results  # here, not at the top: spawned children import this module
+
+    write_results(results, args.out, ROOT)
 
 
 if __name__ == "__main__":

@@ -108,3 +108,12 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_results(results: dict[str, Any], out: Path, root: Path) -> None:
+    """A bench part's JSON results at `out`, and a line saying where (relative to `root` when inside)."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out.relative_to(root) if out.is_relative_to(root) else out}")

@@ -346,9 +346,9 @@ def main() -> None:
     args = parser.parse_args()
     results = run(args.mb, args.rounds)
     print(table(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    from bench.common import write_results  # here, not at the top: spawned children import this module
+
+    write_results(results, args.out, ROOT)
 
 
 if __name__ == "__main__":

@@ -95,14 +95,22 @@ def call_json(url: str, token: str, method: str, path: str, api: str, **kwargs: 
     except httpx.HTTPError as exc:
         _output.err.print(f"[red]Cannot reach {url}:[/] {exc}")
         raise typer.Exit(1) from None
-    if response.status_code >= 400:
-        _output.err.print(f"[red]Refused:[/] {response.status_code}: {refusal_detail(response)}")
-        raise typer.Exit(1)
+    exit_if_refused(response)
     try:
         return response.json()
     except ValueError:
         _output.err.print(f"[red]{url} is not {api}[/]: it answered {path} with no JSON")
         raise typer.Exit(1) from None
+
+
+def exit_if_refused(response: httpx.Response) -> None:
+    """A refusal (4xx, 5xx) is one line on standard error, in the server's words (never read as
+    markup), and exit 1; a streamed response must have been read first."""
+    if response.status_code >= 400:
+        from rich.markup import escape
+
+        _output.err.print(f"[red]Refused:[/] {response.status_code}: {escape(refusal_detail(response))}")
+        raise typer.Exit(1)
 
 
 def refusal_detail(response: httpx.Response) -> str:

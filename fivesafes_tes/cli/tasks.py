@@ -19,7 +19,7 @@ from fivesafes_tes.cli._common import (
     IdempotencyKey,
     Token,
     Url,
-    refusal_detail,
+    exit_if_refused,
     run_or_exit,
     tes_client,
 )
@@ -116,9 +116,7 @@ def _submit_crate(
             except httpx.HTTPError as exc:
                 _output.err.print(f"[red]Cannot reach the gateway[/] (FIVESAFES_TES_URL): {exc}")
                 raise typer.Exit(1) from None
-    if response.status_code >= 400:
-        _output.err.print(f"[red]Refused:[/] {response.status_code}: {escape(refusal_detail(response))}")
-        raise typer.Exit(1)
+    exit_if_refused(response)
     typer.echo(response.json()["id"])
 
 
@@ -302,9 +300,7 @@ def results(
     except httpx.HTTPError as exc:
         _output.err.print(f"[red]Cannot reach {url}:[/] {exc}")
         raise typer.Exit(1) from None
-    if listing.status_code >= 400:
-        _output.err.print(f"[red]Refused:[/] {listing.status_code}: {refusal_detail(listing)}")
-        raise typer.Exit(1)
+    exit_if_refused(listing)
     decisions = Table("TRE", "file", "decision", "reason", title=f"disclosure decisions for {task_id}")
     bad = 0
     with Progress(
@@ -372,8 +368,7 @@ def _results_crate(task_id: str, out: Path, url: str, token: str | None) -> None
         ) as response:
             if response.status_code >= 400:
                 response.read()
-                _output.err.print(f"[red]Refused:[/] {response.status_code}: {refusal_detail(response)}")
-                raise typer.Exit(1)
+                exit_if_refused(response)
             with partial.open("wb") as handle:
                 for chunk in response.iter_bytes():
                     handle.write(chunk)
