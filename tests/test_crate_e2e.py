@@ -120,6 +120,12 @@ def _all_at(http: httpx.Client, task_id: str, stage: str) -> bool:
     return sorted(seen) == list(TRES) and set(seen.values()) == {stage}
 
 
+def _signed_off(http: httpx.Client, task_id: str) -> bool:
+    record = http.get(f"/api/v1/tasks/{task_id}/crate/metadata")
+    assert record.status_code == 200, record.text
+    return {tre.sign_off for tre in summarise(record.json())} == {"completed"}
+
+
 def _approve_everything(stack, task_id: str) -> None:
     """Each TRE's output checker approves every held file of the task, with a reason."""
     for tre in TRES:
@@ -167,6 +173,9 @@ def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_cr
         for tre in TRES:
             assert {name for (where, name) in released if where == tre} >= RELEASED[example], (tre, released)
 
+        # A TRE's decisions on the project and the person reach the gateway at its agent's next sync,
+        # which may come after the release: the record says "potential" until then.
+        wait_for(lambda t=task_id: _signed_off(alice, t), 60, f"{example}: every TRE's sign-off synced")
         path = tmp_path / f"{example}-results.zip"
         _results_crate(stack, alice, example, task_id, path)
         with open_bag(path) as bag:
