@@ -384,3 +384,11 @@ def test_every_object_of_the_schema_is_closed(chart):
                 walk(value, f"{path}/{key}")
 
     walk(schema, "")
+
+
+def test_the_tre_values_in_the_deployment_guide_render():
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    example = doc.split("# uk-tre.yaml", 1)[1].split("```", 1)[0]
+    objects = _helm.render(TRE, yaml.safe_load(example), namespace="fivesafes-tre")
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "fivesafes-tasks"
