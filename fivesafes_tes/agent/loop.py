@@ -507,6 +507,10 @@ class Agent:
         with self.db.write() as session:
             session.get(LocalChild, child.child_id).result = {"run": holding.spec_to_json(spec)}  # type: ignore[union-attr]
             approvals.bind(session, child.project, _submitter(child))
+            if approvals.unpushed(session):
+                # The decisions that let this child run reach the gateway before anything it does can
+                # be released: its activity record's sign-off is never behind its results.
+                self._last_sync = 0.0
         self.executor.start(spec)
         self._emit(child, Stage.RUNNING)
 
