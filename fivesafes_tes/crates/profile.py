@@ -121,7 +121,7 @@ def read_request(bag: VerifiedBag, submitter: Submitter) -> RequestCrate:
     root = entities[ROOT]
     if "Dataset" not in _types(root):
         raise CrateRefused('the root data entity (@id "./") must have @type Dataset')
-    if FIVE_SAFES_PROFILE not in _refs(root.get("conformsTo")):
+    if FIVE_SAFES_PROFILE not in refs(root.get("conformsTo")):
         raise CrateRefused(
             f'the root data entity (@id "./") must declare the Five Safes profile: add '
             f'"conformsTo": {{"@id": "{FIVE_SAFES_PROFILE}"}} to it'
@@ -236,7 +236,7 @@ def _local(term: str) -> str:
     return term
 
 
-def _refs(value: Any) -> list[str]:
+def refs(value: Any) -> list[str]:
     """The @ids a property refers to ({"@id": ...}, or a list of them); other values are not references."""
     items = value if isinstance(value, list) else [value]
     return [i["@id"] for i in items if isinstance(i, dict) and isinstance(i.get("@id"), str)]
@@ -280,7 +280,7 @@ def _check_entity(entity: dict[str, Any]) -> None:
             why = unsafe_reference(ref)
             if why:
                 raise CrateRefused(f"@id {ref!r} {why}")
-        if depth and ("@type" in node or _is_assessment(node)):
+        if depth and ("@type" in node or is_assessment(node)):
             raise CrateRefused(
                 f"entity {entity['@id']!r} describes another entity inside one of its properties; "
                 'describe each entity at the top level of @graph and refer to it by {"@id": ...}'
@@ -323,14 +323,14 @@ def _check_descriptor(entities: dict[str, dict[str, Any]]) -> None:
             f'"{METADATA_FILE}", "@type": "CreativeWork", "about": {{"@id": "./"}}, "conformsTo": '
             '{"@id": "https://w3id.org/ro/crate/1.2"}}'
         )
-    if _refs(descriptor.get("about")) != [ROOT]:
+    if refs(descriptor.get("about")) != [ROOT]:
         raise CrateRefused(
             f'the metadata descriptor ("{METADATA_FILE}") must be "about": {{"@id": "./"}}: the crate\'s '
             "root is its data/ folder"
         )
-    versions = [m for r in _refs(descriptor.get("conformsTo")) if (m := _RO_CRATE.match(r))]
+    versions = [m for r in refs(descriptor.get("conformsTo")) if (m := _RO_CRATE.match(r))]
     if not any(int(m.group(1)) >= 2 for m in versions):
-        named = ", ".join(_refs(descriptor.get("conformsTo"))) or "none"
+        named = ", ".join(refs(descriptor.get("conformsTo"))) or "none"
         raise CrateRefused(
             f"the metadata descriptor must declare RO-Crate 1.2 or a later 1.x (it names {named}): set "
             f'"conformsTo": {{"@id": "https://w3id.org/ro/crate/1.2"}} on "{METADATA_FILE}"'
@@ -342,10 +342,10 @@ def _check_descriptor(entities: dict[str, dict[str, Any]]) -> None:
 
 
 def _one(entity: dict[str, Any], prop: str, what: str, fix: str) -> str:
-    refs = _refs(entity.get(prop))
-    if len(refs) != 1 or (isinstance(entity.get(prop), list) and len(entity[prop]) != 1):
+    ids = refs(entity.get(prop))
+    if len(ids) != 1 or (isinstance(entity.get(prop), list) and len(entity[prop]) != 1):
         raise CrateRefused(f'{what} must have exactly one "{prop}" {{"@id": ...}}: {fix}')
-    return refs[0]
+    return ids[0]
 
 
 def _main_entity(root: dict[str, Any], entities: dict[str, dict[str, Any]], bag: VerifiedBag) -> str:
@@ -361,7 +361,7 @@ def _main_entity(root: dict[str, Any], entities: dict[str, dict[str, Any]], bag:
             f"mainEntity {main!r} has no entity in the @graph; describe it as a Dataset with "
             f'"conformsTo": {{"@id": "{WORKFLOW_CRATE_PROFILE}"}}'
         )
-    if "Dataset" not in _types(entity) or WORKFLOW_CRATE_PROFILE not in _refs(entity.get("conformsTo")):
+    if "Dataset" not in _types(entity) or WORKFLOW_CRATE_PROFILE not in refs(entity.get("conformsTo")):
         raise CrateRefused(
             f'mainEntity {main!r} must be a Workflow RO-Crate: give it "@type": "Dataset" and '
             f'"conformsTo": {{"@id": "{WORKFLOW_CRATE_PROFILE}"}}'
@@ -384,7 +384,7 @@ def _create_action(
     stripped: int,
 ) -> dict[str, Any]:
     actions = [
-        entities[r] for r in _refs(root.get("mentions")) if "CreateAction" in _types(entities.get(r, {}))
+        entities[r] for r in refs(root.get("mentions")) if "CreateAction" in _types(entities.get(r, {}))
     ]
     if len(actions) != 1:
         removed = f" ({stripped} AssessAction(s) the client wrote were removed first)" if stripped else ""
@@ -422,7 +422,7 @@ def _create_action(
     raw = action.get("object")
     items = raw if isinstance(raw, list) else ([] if raw is None else [raw])
     for item in items:
-        ref = _refs(item)
+        ref = refs(item)
         if not ref:
             raise CrateRefused(
                 f'the object (inputs) of CreateAction {name!r} must be references {{"@id": ...}} to '
@@ -506,11 +506,13 @@ def _project_names(entity: dict[str, Any], entities: dict[str, dict[str, Any]]) 
 # --- what the gateway decides ---------------------------------------------------------------------
 
 
-def _is_assessment(entity: dict[str, Any]) -> bool:
+def is_assessment(entity: dict[str, Any]) -> bool:
+    """An AssessAction or one of its subtypes (by `@type`, or the `type` the profile's examples use),
+    or anything typed with a Safe Haven Provenance term: a judgement only a TRE may record."""
     if _types(entity, keys=("@type", "type")) & ASSESS_TYPES:
         return True
     additional = entity.get("additionalType")
-    terms = _refs(additional) + [
+    terms = refs(additional) + [
         a for a in (additional if isinstance(additional, list) else [additional]) if isinstance(a, str)
     ]
     return any(t.startswith((SHP, "shp:")) for t in terms)
@@ -520,7 +522,7 @@ def _strip_assessments(metadata: dict[str, Any]) -> int:
     """Remove every AssessAction the client wrote, every reference to one, and the entities only they
     referred to (a forged sign-off's "checker", its "policy"); return how many actions."""
     graph = metadata["@graph"]
-    stripped = [e for e in graph if _is_assessment(e)]
+    stripped = [e for e in graph if is_assessment(e)]
     if not stripped:
         return 0
     gone = {e["@id"] for e in stripped}
@@ -561,7 +563,12 @@ def _drop_references(entity: dict[str, Any], gone: set[str], *, keys: tuple[str,
 
 def agent_id(submitter: Submitter) -> str:
     """The submitter's @id in crates: stable per (issuer, subject), naming neither."""
-    return f"#agent-{uuid.uuid5(uuid.NAMESPACE_URL, f'{submitter.issuer}#{submitter.subject}')}"
+    return person_id(submitter.issuer, submitter.subject)
+
+
+def person_id(issuer: str, subject: str) -> str:
+    """A person's @id in crates (request crates' agents, every record's submitter): one formula."""
+    return f"#agent-{uuid.uuid5(uuid.NAMESPACE_URL, f'{issuer}#{subject}')}"
 
 
 def _make_submitters(
@@ -573,7 +580,7 @@ def _make_submitters(
 ) -> None:
     """The requesting agent becomes the authenticated person, a member of the project; nobody else in
     the crate stays a member of it by the crate's say-so."""
-    claimed = _refs(action.get("agent"))[0]
+    claimed = refs(action.get("agent"))[0]
     person = agent_id(submitter)
     identifier = f"{person}-identifier"
     graph = [e for e in metadata["@graph"] if e["@id"] not in (person, identifier)]

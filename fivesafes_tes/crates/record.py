@@ -32,13 +32,13 @@ from urllib.parse import quote, unquote
 
 from fivesafes_tes import __version__
 from fivesafes_tes.crates.bagit import BagEntry, write_bag
+from fivesafes_tes.crates.profile import SHP, is_assessment, refs
 
 RO_CRATE_CONTEXT = "https://w3id.org/ro/crate/1.2/context"
 RO_CRATE_SPEC = "https://w3id.org/ro/crate/1.2"
 FIVE_SAFES_PROFILE = "https://w3id.org/5s-crate/0.4"
 WORKFLOW_RO_CRATE = "https://w3id.org/workflowhub/workflow-ro-crate/1.0"
 TES_SPEC = "https://github.com/ga4gh/task-execution-schemas/tree/v1.1.0"
-SHP = "https://w3id.org/shp#"
 SHA512 = "https://www.iana.org/assignments/named-information#sha-512"
 SHA256 = "https://www.iana.org/assignments/named-information#sha-256"
 METADATA = "ro-crate-metadata.json"
@@ -223,19 +223,13 @@ def ref(entity_id: str) -> dict[str, str]:
     return {"@id": entity_id}
 
 
-def _ids(value: Any) -> list[str]:
-    """The @ids a property refers to, whether it holds one reference or a list."""
-    values = value if isinstance(value, list) else [value]
-    return [v["@id"] for v in values if isinstance(v, dict) and isinstance(v.get("@id"), str)]
-
-
 def _types(entity: dict[str, Any]) -> list[str]:
     kind = entity.get("@type")
     return [kind] if isinstance(kind, str) else [t for t in kind or [] if isinstance(t, str)]
 
 
 def _add_refs(entity: dict[str, Any], key: str, ids: list[str]) -> None:
-    present = _ids(entity.get(key))
+    present = refs(entity.get(key))
     entity[key] = [ref(i) for i in present + [i for i in ids if i not in present]]
 
 
@@ -446,10 +440,10 @@ def _from_request(graph: _Graph, facts: TaskFacts, request: RequestFacts) -> tup
         graph.add(entity)
     _rebase(graph, request)
     root = graph["./"]
-    main = _ids(root.get("mainEntity"))[0]
-    run = next(i for i in _ids(root.get("mentions")) if "CreateAction" in _types(graph[i]))
-    person = _ids(graph[run].get("agent"))[0]
-    project = _ids(root.get("sourceOrganization"))[0]
+    main = refs(root.get("mainEntity"))[0]
+    run = next(i for i in refs(root.get("mentions")) if "CreateAction" in _types(graph[i]))
+    person = refs(graph[run].get("agent"))[0]
+    project = refs(root.get("sourceOrganization"))[0]
     return main, run, person, project
 
 
@@ -482,11 +476,9 @@ def _rebase(graph: _Graph, request: RequestFacts) -> None:
 
 
 def _foreign(entity: dict[str, Any]) -> bool:
-    """An entity a request crate may not bring: one under our prefix, an AssessAction (by `@type`, or
-    the `type` the profile's examples use) or anything typed with a Safe Haven Provenance term."""
-    kinds = _types(entity) + _types({"@type": entity.get("type")})
-    shp = any(i.startswith(SHP) for i in _ids(entity.get("additionalType")))
-    return str(entity["@id"]).startswith(OURS) or "AssessAction" in kinds or shp
+    """An entity a request crate may not bring: one under our prefix, or an assessment as intake
+    judges one (`profile.is_assessment`; intake has already removed those, this is a second guard)."""
+    return str(entity["@id"]).startswith(OURS) or is_assessment(entity)
 
 
 def _context(doc: dict[str, Any]) -> Any:
@@ -823,7 +815,7 @@ def summarise(record: dict[str, Any]) -> list[TreSummary]:
         tre = entity_id.removeprefix(f"{OURS}tre-")
         run = by_id.get(f"{OURS}run-in-{tre}")
         files = []
-        for file_id in _ids((run or {}).get("result")):
+        for file_id in refs((run or {}).get("result")):
             file = by_id.get(file_id, {})
             files.append((unquote(file_id), str(file.get("name", "")), str(file.get("sha256", ""))))
         out.append(

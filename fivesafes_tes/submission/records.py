@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from fivesafes_tes.auth.principal import name_key
 from fivesafes_tes.auth.tables import User
+from fivesafes_tes.crates.profile import person_id
 from fivesafes_tes.crates.record import (
     ReleasedFact,
     RequestFacts,
@@ -84,8 +85,9 @@ def task_facts(session: Session, actor: Actor, task_id: str, *, now: datetime | 
 def _person_iri(owner: User | None) -> str:
     """The submitter's @id, stable per (issuer, subject) and naming neither: the one request crates'
     agents are given at intake (`crates.profile.agent_id`)."""
-    who = f"{owner.issuer}#{owner.subject}" if owner is not None else ""
-    return f"#agent-{uuid.uuid5(uuid.NAMESPACE_URL, who)}"
+    if owner is None:
+        return f"#agent-{uuid.uuid5(uuid.NAMESPACE_URL, '')}"
+    return person_id(owner.issuer, owner.subject)
 
 
 def _decisions(
