@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from fivesafes_tes.devimages import BUSYBOX_IMAGE, busybox_rootfs, ensure_busybox_image, ensure_runner_image
@@ -13,6 +15,7 @@ __all__ = [
     "docker_client",
     "ensure_busybox_image",
     "ensure_runner_image",
+    "runner_image",
 ]
 
 
@@ -37,3 +40,15 @@ def docker_client():
 def busybox_image(docker_client) -> str:
     """The test image's name, built on first use. Needs a `docker_client` fixture (skip/fail if no engine)."""
     return ensure_busybox_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def runner_image(docker_client) -> str:
+    """The workflow runner image, built once per engine and recipe (a minute or two: debootstrap and
+    PyPI), then reused by every test that runs a workflow or a CWL crate."""
+    from tests.conftest import need_service
+
+    need_service(
+        "debootstrap", shutil.which("debootstrap") is not None, "run scripts/services.sh --with-docker"
+    )
+    return ensure_runner_image(docker_client)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -44,18 +43,7 @@ PROFILES = dict.fromkeys(RELEASED, ("ro-crate-1.2",))
 ENDED = {"withheld", "system_failed", "rejected_by_tre", "executor_failed", "canceled"}
 
 docker_client = images.docker_client
-
-
-@pytest.fixture(scope="module")
-def runner_image(docker_client) -> str:
-    """The workflow runner image: built once per engine and recipe (tests/test_workflows.py builds the
-    same one), then reused."""
-    from tests.conftest import need_service
-
-    need_service(
-        "debootstrap", shutil.which("debootstrap") is not None, "run scripts/services.sh --with-docker"
-    )
-    return images.ensure_runner_image(docker_client)
+runner_image = images.runner_image
 
 
 @pytest.fixture(scope="module")

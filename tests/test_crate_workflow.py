@@ -27,8 +27,9 @@ from fivesafes_tes.settings import AgentSettings
 from fivesafes_tes.tes.admission import shared_runner
 from fivesafes_tes.tes.models import TaskRequest
 from fivesafes_tes.workflows import read_workflow, workflow_task
+from tests.images import docker_client, runner_image  # noqa: F401  (fixtures)
 from tests.test_agent_api import AGENT, TES, agent_headers
-from tests.test_workflows import _analysis, docker_client, runner_image  # noqa: F401  (fixtures)
+from tests.test_workflows import _analysis
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 RUNNER = "fivesafes/workflow-runner:1"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import shutil
 import time
 from pathlib import Path
 
@@ -202,17 +201,7 @@ def test_a_current_runner_image_is_not_built_again(monkeypatch):
 
 
 docker_client = images.docker_client
-
-
-@pytest.fixture(scope="module")
-def runner_image(docker_client) -> str:
-    """Built once per engine and recipe (a minute or two: debootstrap and PyPI), then reused."""
-    from tests.conftest import need_service
-
-    need_service(
-        "debootstrap", shutil.which("debootstrap") is not None, "run scripts/services.sh --with-docker"
-    )
-    return images.ensure_runner_image(docker_client)
+runner_image = images.runner_image
 
 
 @pytest.fixture(scope="module")
