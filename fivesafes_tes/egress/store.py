@@ -575,6 +575,16 @@ class ObjectStore:
             key, size, actual, _etag(response.get("ETag")), dict(response.get("Metadata") or {})
         )
 
+    def copy_unverified(self, key: str, out: IO[bytes]) -> int:
+        """Stream an object that has no recorded hash into `out` (the caller hashes what it keeps);
+        returns the number of bytes."""
+        size = 0
+        with self._open(key) as (body, _, _response):
+            for chunk in iter(lambda: body.read(_READ_CHUNK), b""):
+                out.write(chunk)
+                size += len(chunk)
+        return size
+
     def get_bytes(self, key: str, *, expect_sha256: str | None = None, max_size: int = 16 * MiB) -> bytes:
         """A small object's bytes (verified when `expect_sha256` is given); refuses larger ones."""
         with self._open(key) as (body, size, _):

@@ -7,7 +7,6 @@ Adding a backend is one module and one line in BACKENDS.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from .base import (
     LABEL_ATTEMPT,
@@ -18,8 +17,11 @@ from .base import (
     LABEL_TRE,
     Executor,
     ExecutorError,
+    BackendContext,
+    Collected,
+    DatasetMount,
+    InputFile,
     Limits,
-    Mount,
     Outcome,
     RequestRefused,
     RunResult,
@@ -44,9 +46,11 @@ def backend(name: str) -> type[Executor]:
     return found
 
 
-def create(name: str, **kwargs: Any) -> Executor:
-    """A ready backend, e.g. create("docker", tre="tre-a", deployment=agent_id)."""
-    return backend(name)(**kwargs)
+def create(name: str, context: BackendContext) -> Executor:
+    """A ready backend configured for the agent that `context` describes; ValueError, naming the
+    setting, when that configuration cannot work (e.g. a dataset with no source this backend reads)."""
+    made: Executor = backend(name).from_context(context)  # type: ignore[attr-defined]
+    return made
 
 
 __all__ = [
@@ -59,8 +63,11 @@ __all__ = [
     "LABEL_TRE",
     "Executor",
     "ExecutorError",
+    "BackendContext",
+    "Collected",
+    "DatasetMount",
+    "InputFile",
     "Limits",
-    "Mount",
     "Outcome",
     "RequestRefused",
     "RunResult",

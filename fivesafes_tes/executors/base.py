@@ -1,8 +1,10 @@
 """The one interface every executor backend implements, and the sandbox they all apply.
 
-The agent turns a leased TES task into a `RunSpec`: host directories already staged, container
-paths mapped, limits already capped by the TRE's policy. A backend only runs it, reports on it,
-stops it, and finds what it started before a restart (by the labels it put on it).
+The agent turns a leased TES task into a `RunSpec`: inputs, writable folders and datasets by their
+container paths, limits already capped by the TRE's policy. A backend places them (host folders for
+Docker, a per-child claim filled and emptied by our filer for Kubernetes, a remote TES server's own
+storage for the relay), runs the steps, reports on them, stops them, hands back what the run left
+(`collect`), and finds what it started before a restart.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 LABEL_CHILD = "org.fivesafes.child"
 LABEL_ATTEMPT = "org.fivesafes.attempt"
@@ -32,12 +35,22 @@ class ExecutorError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Mount:
-    """A host path made visible inside the container. Inputs and datasets are read-only."""
+class InputFile:
+    """A literal input: `content` is written read-only at `target` before the first step. An input
+    inside a writable folder is a file in it (the task may replace it); elsewhere it is its own mount."""
 
-    source: Path
     target: str
-    read_only: bool = True
+    content: bytes
+
+
+@dataclass(frozen=True)
+class DatasetMount:
+    """A dataset the TRE's policy grants the task's project, read-only at `target`. The backend resolves
+    `name` from its own configuration: a host folder (Docker), a PersistentVolumeClaim (Kubernetes), a
+    URL its TES server reads inside the TRE (relay)."""
+
+    name: str
+    target: str
 
 
 @dataclass(frozen=True)
@@ -67,13 +80,17 @@ class Step:
 
 @dataclass(frozen=True)
 class RunSpec:
+    """A run as the TRE allows it, with nothing of the agent's file system in it: the backend decides
+    where inputs, writable folders and datasets live (host folders, a per-child claim, a remote store)."""
+
     child_id: str
     attempt: int
     tre: str
     steps: list[Step]
-    mounts: list[Mount]
     limits: Limits
-    logs_dir: Path  # host directory; the backend writes step-N.stdout / step-N.stderr here
+    inputs: list[InputFile] = field(default_factory=list)
+    writable: list[str] = field(default_factory=list)  # container folders, empty at start: outputs, volumes
+    datasets: list[DatasetMount] = field(default_factory=list)
     user: str = "65534:65534"  # uid:gid inside the container; never root
 
 
@@ -91,8 +108,6 @@ class StepResult:
     exit_code: int
     start_time: str  # RFC 3339
     end_time: str
-    stdout_path: Path
-    stderr_path: Path
 
 
 @dataclass
@@ -100,6 +115,31 @@ class RunResult:
     outcome: Outcome
     steps: list[StepResult]
     message: str = ""  # plain language, for system_logs
+
+
+@dataclass
+class Collected:
+    """What an ended run left, as files the agent may read: each regular file below a writable folder
+    by its container path (symbolic links are never collected), and each step's captured logs by
+    (step index, "stdout" | "stderr"). The agent keeps only what the task's outputs claim, hashes it and
+    holds it in the airlock, then calls `cleanup`."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    logs: dict[tuple[int, str], Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What the agent gives a backend it creates (`from_context`): whom it runs for, a folder of the
+    agent's own, the datasets the TRE's policy defines (name -> its source, with `.path`, `.claim` and
+    `.url`, each None where not given), the airlock store, and the agent's settings."""
+
+    tre: str
+    deployment: str
+    work_dir: Path
+    datasets: Mapping[str, Any] = field(default_factory=dict)
+    store: Any = None  # ObjectStore: the airlock (its staging area, for backends that stage through it)
+    settings: Any = None  # AgentSettings
 
 
 class Executor(Protocol):
@@ -117,8 +157,15 @@ class Executor(Protocol):
     def poll(self, child_id: str) -> RunResult | None:
         """None while still running; the result once every step has ended (or the run was stopped)."""
 
-    def cancel(self, child_id: str) -> None:
-        """Stop the run now (kill), keeping logs; a no-op if it has ended or never started."""
+    def cancel(self, child_id: str) -> RunResult | None:
+        """Stop the run now (kill) and return how it ended: CANCELED with the steps that began, or the
+        outcome it had already reached; None if it never started. `poll` afterwards says the same."""
+
+    def collect(self, child_id: str, scratch: Path) -> Collected | None:
+        """Once `poll` (or `cancel`) gave a result: the files and logs the run left. None while the
+        backend is still gathering them (Kubernetes runs a stage-out Job); the agent asks again on its
+        next tick. `scratch` is an empty folder of the agent's own, never mounted into a task, which
+        the backend may fill; what it returns stays readable until `cleanup`."""
 
     def running(self) -> dict[str, int]:
         """child id -> attempt of every run this backend started and that is still alive (re-attach)."""
