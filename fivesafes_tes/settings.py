@@ -322,6 +322,14 @@ class AgentSettings(BaseSettings):
         le=300,
         description="Wait before the work loop goes on after an unexpected error (logged).",
     )
+    worker_stall_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=86400,
+        description="The agent is unhealthy (its /healthz answers 503, so its liveness probe restarts it) "
+        "once its work loop has not started a pass for this long. Keep it above the slowest single step: "
+        "an upload of a released file (GATEWAY_UPLOAD_TIMEOUT_S), an image pull.",
+    )
     gateway_timeout_s: float = Field(
         default=10.0,
         gt=0,

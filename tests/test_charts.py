@@ -155,6 +155,33 @@ def test_the_gateway_mounts_no_account_token_and_is_probed():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+@pytest.mark.parametrize(
+    "case", ["tre-default-kubernetes", "tre-kubernetes-external-pg", "tre-docker-remote-engine"]
+)
+def test_the_agent_is_probed_on_its_health_routes(case):
+    """Liveness and start-up on /healthz, readiness on /readyz, on the port of the TRE's own API."""
+    ((_, spec),) = pod_specs(rendered(case))
+    (container,) = spec["containers"]
+    (port,) = container["ports"]
+    probes = {
+        kind: (container[kind]["httpGet"]["path"], container[kind]["httpGet"]["port"])
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe")
+    }
+    assert probes == {
+        "livenessProbe": ("/healthz", port["name"]),
+        "readinessProbe": ("/readyz", port["name"]),
+        "startupProbe": ("/healthz", port["name"]),
+    }
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FIVESAFES_AGENT_ADMIN_LISTEN"] == f"0.0.0.0:{port['containerPort']}"
+
+
+def test_an_agent_without_its_api_has_no_port_to_probe():
+    ((_, spec),) = pod_specs(rendered("tre-tes-no-api"))
+    (container,) = spec["containers"]
+    assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+
+
 def test_the_gateway_runs_several_replicas_with_a_disruption_budget_by_default():
     objects = rendered("gateway-default")
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]

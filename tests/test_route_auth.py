@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from fivesafes_tes.agent.admin_api import create_admin_app
+from fivesafes_tes.agent.health import AgentHealth
 from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
 from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.app import create_app
@@ -269,14 +270,21 @@ def test_the_gateway_routes_anyone_may_call_are_exactly_the_public_ones(federati
 # --- the TRE's own API (admin and review, served by the agent inside the TRE) ------------------------
 
 TRE_ROLES = {"/tre/v1/": "tre-admin", "/review/v1/": "output-checker"}
-TRE_PUBLIC = {("GET", "/openapi.json")}  # the schema only: the app serves no docs pages
+TRE_PUBLIC = {
+    ("GET", "/openapi.json"),  # the schema only: the app serves no docs pages
+    ("GET", "/healthz"),  # the agent's probes: nothing about any task (tests/test_agent_health.py)
+    ("GET", "/readyz"),
+}
 TRE_IDP = "https://idp.tre.example"
 TRE_AUDIENCE = "fivesafes-tre"
 
 
 def _tre_app(db: Database, issuer_jwks: dict[str, Any]) -> FastAPI:
     validator = TokenValidator(TRE_IDP, TRE_AUDIENCE, StaticJwks(issuer_jwks), ["RS256"])
-    return create_admin_app(db, "uk-tre", validator)
+    health = AgentHealth(stall_s=60, sync_stale_s=60)  # an agent that has recovered and synced
+    health.mark_recovered()
+    health.mark_synced()
+    return create_admin_app(db, "uk-tre", validator, health=health)
 
 
 def _tre_operations() -> list[Operation]:

@@ -1,14 +1,15 @@
 """The TRE's own API, served by the agent inside the TRE only when an address is configured:
 `/tre/v1` for its admins (which projects and people may run work here) and `/review/v1` for its
 output checkers (decisions on held files). The CLI (`fivesafes-tes tre ...`, `review ...`) calls it
-with the person's own token: every decision is taken by the token's issuer and subject."""
+with the person's own token: every decision is taken by the token's issuer and subject. Its probes,
+`/healthz` and `/readyz`, need no token and say nothing about any task."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -17,6 +18,7 @@ from sqlalchemy import select
 
 from fivesafes_tes import audit
 from fivesafes_tes.agent import approvals, review
+from fivesafes_tes.agent.health import AgentHealth
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalDecision, LocalProject
 from fivesafes_tes.auth import AuthError, Person, Role, TokenValidator, name_key
 from fivesafes_tes.db import Database
@@ -137,17 +139,30 @@ def create_admin_app(
     *,
     require_tre_claim: bool = True,
     store: ObjectStore | None = None,
+    health: AgentHealth | None = None,
 ) -> FastAPI:
     """The TRE-admin and review APIs of TRE `tre`. With `require_tre_claim` (the default) a token
     must name this TRE; pass False only where `validator`'s issuer serves this TRE alone. `store` is
-    the airlock, for previews of held files."""
+    the airlock, for previews of held files. `health` is what the agent serving the app tells its
+    probes; without one (an app on its own, in tests) the agent is never ready."""
     app = FastAPI(title=f"Five Safes TES: TRE admin ({tre})", docs_url=None, redoc_url=None)
     app.state.tre_api = TreApiState(db, tre, validator, require_tre_claim)
+    probed = health or AgentHealth(stall_s=float("inf"), sync_stale_s=0.0)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(x) for x in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(parts)}, status_code=400)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz(response: Response) -> dict[str, str]:
+        """Liveness: the agent's threads run and its work loop moves."""
+        return _answer(probed.liveness(), response)
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz(response: Response) -> dict[str, str]:
+        """Readiness: the database answers, recovery at start is done, and a sync is recent."""
+        return _answer(probed.readiness(db), response)
 
     @app.get("/tre/v1/projects", response_model=list[ProjectOut])
     def projects(_: Admin) -> list[ProjectOut]:
@@ -265,6 +280,13 @@ def create_admin_app(
         return {"name": name, "preview": review.preview(body)}
 
     return app
+
+
+def _answer(verdict: dict[str, str], response: Response) -> dict[str, str]:
+    if verdict["status"] != "ok":
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+    return verdict
 
 
 def validator_from(

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from fivesafes_tes import audit
 from fivesafes_tes.agent import approvals, holding, schema, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
+from fivesafes_tes.agent.health import WORKER, AgentHealth
 from fivesafes_tes.agent.outbox import ENDED_WITH_HELD_FILES, Outbox
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.release import Release
@@ -128,6 +129,8 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._last_sync = 0.0
         self._progressed = False  # set by _emit: a child moved, so look again without waiting
+        # Ready while the last sync is under three sync periods old: one missed sync is not an outage.
+        self.health = AgentHealth(settings.worker_stall_s, 3 * settings.sync_s + settings.gateway_timeout_s)
         self.outbox = Outbox(
             self.db,
             client,
@@ -169,11 +172,12 @@ class Agent:
         for name, target in (
             ("poller", self._poll_forever),
             ("heartbeat", self._heartbeat_forever),
-            ("worker", self._work_forever),
+            (WORKER, self._work_forever),
         ):
             thread = threading.Thread(target=target, name=f"agent-{self.tre}-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+            self.health.watch(name, thread)
 
     def _serve_admin_api(self) -> None:
         import uvicorn
@@ -188,6 +192,7 @@ class Agent:
             validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim),
             require_tre_claim=s.require_tre_claim,
             store=self.store,
+            health=self.health,
         )
         self._admin_server = uvicorn.Server(
             uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", lifespan="off")
@@ -236,6 +241,7 @@ class Agent:
                 detail={"removed": sorted(removed), "kept": len(keep)},
             )
         self.outbox.flush()
+        self.health.mark_recovered()
 
     # --- threads --------------------------------------------------------------------------------
 
@@ -283,6 +289,7 @@ class Agent:
 
     def _work_forever(self) -> None:
         while not self.stop.is_set():
+            self.health.beat()
             try:
                 self.work_once()
             except ConnectionError:
@@ -404,6 +411,7 @@ class Agent:
         this TRE's decisions to the gateway."""
         self._last_sync = time.monotonic()
         answer = self.client.sync()
+        self.health.mark_synced()
         try:
             self.client.publish_policy(staging.admission(self.policy, self.tre).model_dump(mode="json"))
         except Rejected as exc:  # the gateway cannot check for us: this TRE still refuses what it must
