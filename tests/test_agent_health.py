@@ -195,6 +195,7 @@ def test_an_agent_whose_work_loop_is_stuck_is_unhealthy_until_it_moves_again(run
     until(lambda: running.probe("/healthz").status_code == 200)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its death, on purpose
 def test_an_agent_whose_worker_thread_died_is_unhealthy(running):
     assert running.probe("/healthz").status_code == 200
     running.gateway.die = True
