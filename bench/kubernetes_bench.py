@@ -1,0 +1,454 @@
+"""The Kubernetes executor under one real agent (issue 12): how soon a leased child's Job exists, and
+whether one agent keeps up with the status of 200 children running at once.
+
+The Kubernetes API is kmock's emulator, served on its own thread and event loop for the synchronous
+client, as in tests/test_executor_kubernetes.py; it stores objects and runs nothing, so this module is
+the Job controller and the kubelet. Unlike kmock's own emulator, ours honours `labelSelector` as an
+API server does: without it every listing the executor makes for one child would return every child's
+objects. The gateway is a stub in this process that hands the agent grants and takes its events, and
+the airlock is a stub the agent never reaches: the bench stops each child where its run has ended
+(the executor's `collect` says "still gathering"), so what is timed is the agent and the executor alone.
+
+Times are taken by a thin wrapper around the executor: a child's Job exists in the API when `start`
+has returned (the create call answered), and its end is seen when `poll` first gives a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.loadgen import percentile
+
+NAMESPACE = "fivesafes-tasks"
+TRE = "bench-tre"
+PROJECT = "alpha"
+USER = "alice"
+ISSUER = "https://idp.bench.example"
+IMAGE = "registry.tre.example/approved/stats:1"
+#: The agent's settings that matter here, at their defaults but for the reporting granularity: events
+#: go at once, which changes nothing timed (times are taken at the executor, not from events).
+TICK_S = 0.5
+CHILD_LABEL = "fivesafes-tes/child"  # the label the executor names a Job's child by
+CONCURRENT = 200
+
+
+def _selector(value: str | None) -> dict[str, str]:
+    """`a=b,c=d` (equality only: all the executor uses) as a dict."""
+    pairs = [part.split("=", 1) for part in (value or "").split(",") if part]
+    return {key.strip(): val.strip() for key, val in pairs}
+
+
+class Cluster:
+    """kmock's Kubernetes emulator, honouring label selectors, on its own thread and event loop; and
+    the Job controller and kubelet, as plain HTTP calls to it."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self._serve(),), name="kmock", daemon=True
+        )
+
+    async def _serve(self) -> None:
+        import kmock
+
+        class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+            async def _serve_list(self, request: Any) -> Any:
+                listed = await super()._serve_list(request)
+                wanted = _selector(request.params.get("labelSelector"))
+                listed["items"] = [
+                    item
+                    for item in listed["items"]
+                    if wanted.items() <= ((item.get("metadata") or {}).get("labels") or {}).items()
+                ]
+                return listed
+
+        self._stop = asyncio.Event()
+        async with Emulator() as handler, kmock.Server(handler, host="127.0.0.1") as server:
+            handler.resources["batch/v1/jobs"] = {"kind": "Job", "namespaced": True}
+            handler.resources["v1/pods"] = {"kind": "Pod", "namespaced": True}
+            handler.resources["v1/persistentvolumeclaims"] = {
+                "kind": "PersistentVolumeClaim",
+                "namespaced": True,
+            }
+            handler.resources["networking.k8s.io/v1/networkpolicies"] = {
+                "kind": "NetworkPolicy",
+                "namespaced": True,
+            }
+            handler["get", "/api/v1/namespaces/{ns}/pods/{name}/log"] << b""  # every step printed nothing
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Cluster:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("kmock's Kubernetes emulator did not start")
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        self._loop.close()
+
+    def api_client(self) -> Any:
+        from kubernetes import client as k8s
+
+        config = k8s.Configuration()
+        config.host = self.url
+        return k8s.ApiClient(config)
+
+    def _path(self, kind: str, name: str = "") -> str:
+        group = "/apis/batch/v1" if kind == "jobs" else "/api/v1"
+        return f"{group}/namespaces/{NAMESPACE}/{kind}" + (f"/{name}" if name else "")
+
+    def jobs(self) -> list[dict[str, Any]]:
+        response = self.http.get(self._path("jobs"))
+        response.raise_for_status()
+        return list(response.json().get("items") or [])
+
+    def run_pods(self, jobs: list[dict[str, Any]]) -> None:
+        """The Job controller and the kubelet: one pod per Job, its containers running."""
+        for job in jobs:
+            template = job["spec"]["template"]
+            name = job["metadata"]["name"]
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-pod",
+                    "namespace": NAMESPACE,
+                    "labels": {**template["metadata"]["labels"], "job-name": name},
+                },
+                "spec": template["spec"],
+                "status": {"phase": "Running", **_statuses(template["spec"], ended=False)},
+            }
+            self.http.post(self._path("pods"), json=pod).raise_for_status()
+
+    def finish(self, jobs: list[dict[str, Any]], at: dict[str, float]) -> None:
+        """The kubelet and the Job controller: every container exited 0, every pod and Job succeeded.
+        `at[child]` is when that child's Job was marked complete."""
+        for job in jobs:
+            name = job["metadata"]["name"]
+            pod = _statuses(job["spec"]["template"]["spec"], ended=True)
+            self._status("pods", f"{name}-pod", {"phase": "Succeeded", **pod})
+            condition = {"type": "Complete", "status": "True", "reason": "Completed"}
+            self._status("jobs", name, {"succeeded": 1, "conditions": [condition]})
+            at[job["metadata"]["labels"][CHILD_LABEL]] = time.perf_counter()
+
+    def _status(self, kind: str, name: str, status: dict[str, Any]) -> None:
+        self.http.patch(
+            self._path(kind, name) + "/status",
+            json={"status": status},
+            headers={"Content-Type": "application/merge-patch+json"},
+        ).raise_for_status()
+
+
+def _statuses(pod_spec: dict[str, Any], *, ended: bool) -> dict[str, list[dict[str, Any]]]:
+    """Container statuses of a pod whose init containers have all exited 0 and whose main containers
+    run (`ended` false) or have exited 0 too."""
+    began = "2026-01-01T00:00:01Z"
+    done = {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": began, "finishedAt": began}}
+
+    def status(container: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        return {"name": container["name"], "image": container["image"], "state": state}
+
+    return {
+        "initContainerStatuses": [status(c, done) for c in pod_spec.get("initContainers") or []],
+        "containerStatuses": [
+            status(c, done if ended else {"running": {"startedAt": began}}) for c in pod_spec["containers"]
+        ],
+    }
+
+
+class Gateway:
+    """The gateway client as the agent uses it: grants offered by the bench, every event taken."""
+
+    def __init__(self) -> None:
+        self._grants: list[dict[str, Any]] = []
+        self._offered = threading.Condition()
+        self.leased_at: dict[str, float] = {}
+        self.closed = False
+
+    def offer(self, grants: list[dict[str, Any]]) -> None:
+        with self._offered:
+            self._grants.extend(grants)
+            self._offered.notify_all()
+
+    def lease(self, wait_s: float) -> dict[str, Any]:
+        with self._offered:
+            self._offered.wait_for(lambda: self._grants or self.closed, timeout=min(wait_s, 1.0))
+            if self.closed:
+                raise ConnectionError("closed")
+            grants, self._grants = self._grants, []
+        now = time.perf_counter()
+        for grant in grants:
+            self.leased_at[grant["child_id"]] = now
+        return {"leases": grants, "cancel": []}
+
+    def heartbeat(self, held: list[tuple[str, int]]) -> dict[str, str]:
+        return {}
+
+    def event(self, *args: Any) -> None:
+        pass
+
+    def sync(self) -> dict[str, Any]:
+        return {
+            "projects": [
+                {"name": PROJECT, "title": "Alpha", "members": [USER], "starts_on": None, "ends_on": None}
+            ]
+        }
+
+    def publish_policy(self, admission: dict[str, Any]) -> bool:
+        return True
+
+    def push_decisions(self, body: list[dict[str, Any]]) -> None:
+        pass
+
+    def cancel_ack(self, child_id: str) -> None:
+        pass
+
+    def close(self) -> None:
+        with self._offered:
+            self.closed = True
+            self._offered.notify_all()
+
+
+class Airlock:
+    """Never reached: every child stops where its run has ended."""
+
+    def ensure_bucket(self) -> None:
+        pass
+
+
+class Timed:
+    """The executor as the agent sees it, timing what it does: when each child's `start` returned
+    (its Job exists), when its `poll` first gave a result, and every poll call (start, end)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.created: dict[str, float] = {}
+        self.seen: dict[str, float] = {}
+        self.polls: list[tuple[str, float, float]] = []
+
+    def start(self, spec: Any) -> None:
+        self.inner.start(spec)
+        self.created.setdefault(spec.child_id, time.perf_counter())
+
+    def poll(self, child_id: str) -> Any:
+        began = time.perf_counter()
+        result = self.inner.poll(child_id)
+        ended = time.perf_counter()
+        self.polls.append((child_id, began, ended))
+        if result is not None:
+            self.seen.setdefault(child_id, ended)
+        return result
+
+    def collect(self, child_id: str, scratch: Path) -> None:
+        return None  # still gathering, as far as the agent knows: the bench ends each child here
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def executor_for(cluster: Cluster, deployment: str) -> Any:
+    """The Kubernetes backend as a TRE would configure it, talking to the emulator."""
+    from fivesafes_tes.executors.kubernetes import KubernetesExecutor
+
+    return KubernetesExecutor(
+        TRE, deployment=deployment, namespace=NAMESPACE, api_client=cluster.api_client()
+    )
+
+
+def grant(child_id: str) -> dict[str, Any]:
+    return {
+        "child_id": child_id,
+        "task_id": f"task-{child_id}",
+        "attempt": 1,
+        "stage": "leased",
+        "project": PROJECT,
+        "user": USER,
+        "user_issuer": ISSUER,
+        "user_subject": f"{USER}-sub",
+        "task": {
+            "executors": [{"image": IMAGE, "command": ["sh", "-c", "echo hello"]}],
+            "resources": {"cpu_cores": 1, "ram_gb": 0.5},
+        },
+    }
+
+
+@contextmanager
+def running_agent(folder: Path, cluster: Cluster) -> Iterator[tuple[Any, Gateway, Timed]]:
+    """A real agent (default settings, events at once) driving the Kubernetes backend, its project and
+    user approved by this TRE, its threads running."""
+    from fivesafes_tes.agent import approvals
+    from fivesafes_tes.agent.loop import Agent, deployment_id, open_database
+    from fivesafes_tes.agent.policy import TrePolicy
+    from fivesafes_tes.auth import Person
+    from fivesafes_tes.settings import AgentSettings
+
+    settings = AgentSettings(
+        tre=TRE, data_dir=folder, executor="kubernetes", report_granularity_s=0, tick_s=TICK_S
+    )
+    db = open_database(settings)
+    gateway = Gateway()
+    executor = Timed(executor_for(cluster, deployment_id(db)))
+    agent = Agent(
+        settings,
+        client=gateway,  # type: ignore[arg-type]
+        executor=executor,  # type: ignore[arg-type]
+        store=Airlock(),  # type: ignore[arg-type]
+        policy=TrePolicy(allowed_images=["registry.tre.example/approved/*"]),
+        db=db,
+    )
+    agent.sync()
+    admin = Person(ISSUER, "dora-sub", "dora")
+    with db.write() as session:
+        approvals.decide(session, admin, PROJECT, "approved")
+        approvals.decide(session, admin, PROJECT, "approved", username=USER)
+    agent.start()
+    try:
+        yield agent, gateway, executor
+    finally:
+        agent.shutdown(timeout=5)
+        db.dispose()
+
+
+def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"kubernetes bench: timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50_ms": percentile(ordered, 50) * 1000,
+        "p95_ms": percentile(ordered, 95) * 1000,
+        "max_ms": ordered[-1] * 1000,
+    }
+
+
+def _passes(polls: list[tuple[str, float, float]], children: set[str]) -> list[dict[str, float]]:
+    """The agent's status passes over `children`: each the run of polls in which every child was asked
+    once (the agent advances every active child once per pass), with its wall time and the time spent
+    inside `poll`."""
+    out, asked, first, inside = [], set(), 0.0, 0.0
+    for child_id, began, ended in polls:
+        if child_id not in children:
+            continue
+        if not asked:
+            first = began
+        asked.add(child_id)
+        inside += ended - began
+        if asked == children:
+            out.append({"wall_s": ended - first, "poll_s": inside})
+            asked, inside = set(), 0.0
+    return out
+
+
+def lease_to_job(
+    cluster: Cluster, leases: int, on_step: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """One grant at a time to an idle agent: from the lease answer carrying it to its Job existing."""
+    with (
+        tempfile.TemporaryDirectory(prefix="fivesafes-bench-k8s-") as folder,
+        running_agent(Path(folder), cluster) as (_, gateway, executor),
+    ):
+        latencies, phase = [], random.Random(12)
+        for i in range(leases + 1):  # the first, untimed, makes the namespace's network policy
+            child_id = uuid.uuid4().hex[:16]
+            gateway.offer([grant(child_id)])
+            _until(lambda child_id=child_id: child_id in executor.created, 30, f"the Job of child {i}")
+            if i:
+                latencies.append(executor.created[child_id] - gateway.leased_at[child_id])
+            # Its run ends at once, so the agent stays idle but for the child in hand.
+            (job,) = [j for j in cluster.jobs() if j["metadata"]["labels"].get(CHILD_LABEL) == child_id]
+            cluster.run_pods([job])
+            cluster.finish([job], {})
+            if on_step:
+                on_step(f"lease → Job {i}/{leases}")
+            time.sleep(phase.uniform(0, TICK_S))  # grants come at any point of the agent's tick
+    return {"leases": leases, "tick_s": TICK_S, "latencies_s": latencies, **_ms(latencies)}
+
+
+def concurrent(
+    cluster: Cluster, children: int, observe_s: float, on_step: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """`children` grants in one lease answer; once their Jobs run, the agent's status passes over them;
+    then every one ends at once, and how long until the agent's poll has seen each end."""
+    with (
+        tempfile.TemporaryDirectory(prefix="fivesafes-bench-k8s-") as folder,
+        running_agent(Path(folder), cluster) as (_, gateway, executor),
+    ):
+        ids = [uuid.uuid4().hex[:16] for _ in range(children)]
+        gateway.offer([grant(child_id) for child_id in ids])
+        _until(lambda: len(executor.created) == children, 120, f"{children} Jobs")
+        leased = min(gateway.leased_at[c] for c in ids)
+        created = sorted(executor.created[c] - leased for c in ids)
+        if on_step:
+            on_step(f"{children} Jobs created")
+        jobs = [j for j in cluster.jobs() if j["metadata"]["labels"].get(CHILD_LABEL) in set(ids)]
+        cluster.run_pods(jobs)
+        executor.polls.clear()
+        time.sleep(observe_s)  # the agent polls its running children each tick meanwhile
+        passes = _passes(list(executor.polls), set(ids))
+        if on_step:
+            on_step(f"{len(passes)} status passes over {children} running children")
+        ended_at: dict[str, float] = {}
+        cluster.finish(jobs, ended_at)
+        finished = time.perf_counter()
+        _until(lambda: len(executor.seen) == children, 120, f"the ends of {children} runs")
+        lags = [executor.seen[c] - ended_at[c] for c in ids]
+    walls = [p["wall_s"] for p in passes]
+    return {
+        "children": children,
+        "tick_s": TICK_S,
+        "burst_all_created_s": created[-1],
+        "burst_p50_ms": percentile(created, 50) * 1000,
+        "passes": len(passes),
+        "pass_p50_s": statistics.median(walls) if walls else float("nan"),
+        "pass_max_s": max(walls) if walls else float("nan"),
+        "pass_poll_p50_s": statistics.median(p["poll_s"] for p in passes) if passes else float("nan"),
+        "finish_s": finished - min(ended_at.values()),
+        "all_seen_after_finish_s": max(executor.seen.values()) - finished,
+        "lag": _ms(lags),
+    }
+
+
+def run(
+    leases: int, children: int, observe_s: float, on_step: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Both measurements, each with a fresh agent, against one emulator."""
+    quiet = logging.getLogger("fivesafes_tes")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # an agent logs each child it starts; 200 lines say nothing here
+    try:
+        with Cluster() as cluster:
+            return {
+                "lease_to_job": lease_to_job(cluster, leases, on_step),
+                "concurrent": concurrent(cluster, children, observe_s, on_step),
+            }
+    finally:
+        quiet.setLevel(level)
