@@ -16,9 +16,13 @@ has returned (the create call answered), and its end is seen when `poll` first g
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from bench.common import ROOT
 from bench.loadgen import percentile
 
 NAMESPACE = "fivesafes-tasks"
@@ -51,9 +56,10 @@ def _selector(value: str | None) -> dict[str, str]:
     return {key.strip(): val.strip() for key, val in pairs}
 
 
-class Cluster:
-    """kmock's Kubernetes emulator, honouring label selectors, on its own thread and event loop; and
-    the Job controller and kubelet, as plain HTTP calls to it."""
+class _Cluster:
+    """kmock's Kubernetes emulator, made to behave as an API server would where the bench needs it,
+    served on its own thread and event loop; and the Job controller and kubelet, as HTTP calls to it.
+    Runs in its own process (`serve`), so that the agent under test never waits on its interpreter."""
 
     def __init__(self) -> None:
         self.url = ""
@@ -68,6 +74,17 @@ class Cluster:
         import kmock
 
         class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+            async def __call__(self, raw_request: Any) -> Any:
+                try:
+                    return await super().__call__(raw_request)
+                finally:
+                    # kmock keeps every request for a test's assertions and matches each new one
+                    # against all before it: over the bench's thousands of requests, each would take
+                    # longer than the last. Nothing here asserts on them.
+                    self._requests.clear()
+                    for payload in self._payloads:
+                        getattr(payload, "_requests", []).clear()
+
             async def _serve_list(self, request: Any) -> Any:
                 listed = await super()._serve_list(request)
                 wanted = _selector(request.params.get("labelSelector"))
@@ -90,12 +107,12 @@ class Cluster:
                 "kind": "NetworkPolicy",
                 "namespaced": True,
             }
-            handler["get", "/api/v1/namespaces/{ns}/pods/{name}/log"] << b""  # every step printed nothing
+            handler["get", re.compile(r"^/api/v1/namespaces/[^/]+/pods/[^/]+/log$")] << b""  # printed nothing
             self.url = str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> _Cluster:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("kmock's Kubernetes emulator did not start")
@@ -109,27 +126,12 @@ class Cluster:
         self._thread.join(10)
         self._loop.close()
 
-    def api_client(self) -> Any:
-        from kubernetes import client as k8s
-
-        config = k8s.Configuration()
-        config.host = self.url
-        return k8s.ApiClient(config)
-
-    def _path(self, kind: str, name: str = "") -> str:
-        group = "/apis/batch/v1" if kind == "jobs" else "/api/v1"
-        return f"{group}/namespaces/{NAMESPACE}/{kind}" + (f"/{name}" if name else "")
-
-    def jobs(self) -> list[dict[str, Any]]:
-        response = self.http.get(self._path("jobs"))
-        response.raise_for_status()
-        return list(response.json().get("items") or [])
-
-    def run_pods(self, jobs: list[dict[str, Any]]) -> None:
+    def run_pods(self, names: list[str]) -> dict[str, float]:
         """The Job controller and the kubelet: one pod per Job, its containers running."""
-        for job in jobs:
+        at = {}
+        for name in names:
+            job = self._get("jobs", name)
             template = job["spec"]["template"]
-            name = job["metadata"]["name"]
             pod = {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -141,25 +143,41 @@ class Cluster:
                 "spec": template["spec"],
                 "status": {"phase": "Running", **_statuses(template["spec"], ended=False)},
             }
-            self.http.post(self._path("pods"), json=pod).raise_for_status()
+            self.http.post(_path("pods"), json=pod).raise_for_status()
+            at[name] = time.monotonic()
+        return at
 
-    def finish(self, jobs: list[dict[str, Any]], at: dict[str, float]) -> None:
-        """The kubelet and the Job controller: every container exited 0, every pod and Job succeeded.
-        `at[child]` is when that child's Job was marked complete."""
-        for job in jobs:
-            name = job["metadata"]["name"]
-            pod = _statuses(job["spec"]["template"]["spec"], ended=True)
-            self._status("pods", f"{name}-pod", {"phase": "Succeeded", **pod})
+    def finish(self, names: list[str]) -> dict[str, float]:
+        """The kubelet and the Job controller: every container exited 0, every pod and Job succeeded;
+        when each Job was marked complete."""
+        at = {}
+        for name in names:
+            pod = self._get("pods", f"{name}-pod")
+            self._status(
+                "pods", pod["metadata"]["name"], {"phase": "Succeeded", **_statuses(pod["spec"], ended=True)}
+            )
             condition = {"type": "Complete", "status": "True", "reason": "Completed"}
             self._status("jobs", name, {"succeeded": 1, "conditions": [condition]})
-            at[job["metadata"]["labels"][CHILD_LABEL]] = time.perf_counter()
+            at[name] = time.monotonic()
+        return at
+
+    def _get(self, kind: str, name: str) -> dict[str, Any]:
+        response = self.http.get(_path(kind, name))
+        response.raise_for_status()
+        found: dict[str, Any] = response.json()
+        return found
 
     def _status(self, kind: str, name: str, status: dict[str, Any]) -> None:
         self.http.patch(
-            self._path(kind, name) + "/status",
+            _path(kind, name) + "/status",
             json={"status": status},
             headers={"Content-Type": "application/merge-patch+json"},
         ).raise_for_status()
+
+
+def _path(kind: str, name: str = "") -> str:
+    group = "/apis/batch/v1" if kind == "jobs" else "/api/v1"
+    return f"{group}/namespaces/{NAMESPACE}/{kind}" + (f"/{name}" if name else "")
 
 
 def _statuses(pod_spec: dict[str, Any], *, ended: bool) -> dict[str, list[dict[str, Any]]]:
@@ -177,6 +195,87 @@ def _statuses(pod_spec: dict[str, Any], *, ended: bool) -> dict[str, list[dict[s
             status(c, done if ended else {"running": {"startedAt": began}}) for c in pod_spec["containers"]
         ],
     }
+
+
+def serve() -> None:
+    """The cluster's process: its URL on the first line of stdout, then one JSON answer per command
+    read on stdin (`{"run_pods": [job, ...]}` or `{"finish": [job, ...]}`), until stdin closes."""
+    with _Cluster() as cluster:
+        print(json.dumps({"url": cluster.url}), flush=True)
+        for line in sys.stdin:
+            command = json.loads(line)
+            if "run_pods" in command:
+                answer = cluster.run_pods(command["run_pods"])
+            else:
+                answer = cluster.finish(command["finish"])
+            print(json.dumps(answer), flush=True)
+
+
+class Cluster:
+    """The emulated cluster as the bench sees it: `serve` in a child process."""
+
+    def __enter__(self) -> Cluster:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.kubernetes_bench"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        self._in, self._out = self._proc.stdin, self._proc.stdout
+        line = self._out.readline()
+        if not line:
+            raise RuntimeError("the emulated cluster did not start")
+        self.url = json.loads(line)["url"]
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+        self._in.close()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def api_client(self) -> Any:
+        from kubernetes import client as k8s
+
+        config = k8s.Configuration()
+        config.host = self.url
+        return k8s.ApiClient(config)
+
+    def job_of(self, child_id: str) -> str:
+        response = self.http.get(_path("jobs"), params={"labelSelector": f"{CHILD_LABEL}={child_id}"})
+        response.raise_for_status()
+        (job,) = response.json()["items"]
+        name: str = job["metadata"]["name"]
+        return name
+
+    def listing_floor(self, child_ids: list[str]) -> float:
+        """Seconds the API takes to answer, one after another, the listings a status pass over
+        `child_ids` makes at the least (their Jobs, their pods), asked by bare HTTP."""
+        began = time.monotonic()
+        for child_id in child_ids:
+            for kind in ("jobs", "pods"):
+                selector = {"labelSelector": f"{CHILD_LABEL}={child_id}"}
+                self.http.get(_path(kind), params=selector).raise_for_status()
+        return time.monotonic() - began
+
+    def _ask(self, command: dict[str, Any]) -> dict[str, float]:
+        self._in.write(json.dumps(command) + "\n")
+        self._in.flush()
+        answer: dict[str, float] = json.loads(self._out.readline())
+        return answer
+
+    def run_pods(self, jobs: list[str]) -> dict[str, float]:
+        return self._ask({"run_pods": jobs})
+
+    def finish(self, jobs: list[str]) -> dict[str, float]:
+        return self._ask({"finish": jobs})
 
 
 class Gateway:
@@ -199,7 +298,7 @@ class Gateway:
             if self.closed:
                 raise ConnectionError("closed")
             grants, self._grants = self._grants, []
-        now = time.perf_counter()
+        now = time.monotonic()
         for grant in grants:
             self.leased_at[grant["child_id"]] = now
         return {"leases": grants, "cancel": []}
@@ -252,12 +351,12 @@ class Timed:
 
     def start(self, spec: Any) -> None:
         self.inner.start(spec)
-        self.created.setdefault(spec.child_id, time.perf_counter())
+        self.created.setdefault(spec.child_id, time.monotonic())
 
     def poll(self, child_id: str) -> Any:
-        began = time.perf_counter()
+        began = time.monotonic()
         result = self.inner.poll(child_id)
-        ended = time.perf_counter()
+        ended = time.monotonic()
         self.polls.append((child_id, began, ended))
         if result is not None:
             self.seen.setdefault(child_id, ended)
@@ -384,9 +483,9 @@ def lease_to_job(
             if i:
                 latencies.append(executor.created[child_id] - gateway.leased_at[child_id])
             # Its run ends at once, so the agent stays idle but for the child in hand.
-            (job,) = [j for j in cluster.jobs() if j["metadata"]["labels"].get(CHILD_LABEL) == child_id]
+            job = cluster.job_of(child_id)
             cluster.run_pods([job])
-            cluster.finish([job], {})
+            cluster.finish([job])
             if on_step:
                 on_step(f"lease → Job {i}/{leases}")
             time.sleep(phase.uniform(0, TICK_S))  # grants come at any point of the agent's tick
@@ -394,7 +493,7 @@ def lease_to_job(
 
 
 def concurrent(
-    cluster: Cluster, children: int, observe_s: float, on_step: Callable[[str], None] | None = None
+    cluster: Cluster, children: int, passes_wanted: int, on_step: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """`children` grants in one lease answer; once their Jobs run, the agent's status passes over them;
     then every one ends at once, and how long until the agent's poll has seen each end."""
@@ -409,18 +508,20 @@ def concurrent(
         created = sorted(executor.created[c] - leased for c in ids)
         if on_step:
             on_step(f"{children} Jobs created")
-        jobs = [j for j in cluster.jobs() if j["metadata"]["labels"].get(CHILD_LABEL) in set(ids)]
-        cluster.run_pods(jobs)
+        jobs = {cluster.job_of(child_id): child_id for child_id in ids}
+        cluster.run_pods(list(jobs))
         executor.polls.clear()
-        time.sleep(observe_s)  # the agent polls its running children each tick meanwhile
-        passes = _passes(list(executor.polls), set(ids))
+        # The agent polls its running children on every pass meanwhile; the first pass seen may have
+        # begun before the polls were cleared.
+        _until(lambda: len(_passes(list(executor.polls), set(ids))) > passes_wanted, 300, "status passes")
+        passes = _passes(list(executor.polls), set(ids))[1:]
         if on_step:
             on_step(f"{len(passes)} status passes over {children} running children")
-        ended_at: dict[str, float] = {}
-        cluster.finish(jobs, ended_at)
-        finished = time.perf_counter()
+        ended_at = {jobs[job]: at for job, at in cluster.finish(list(jobs)).items()}
+        finished = time.monotonic()
         _until(lambda: len(executor.seen) == children, 120, f"the ends of {children} runs")
         lags = [executor.seen[c] - ended_at[c] for c in ids]
+        floor = cluster.listing_floor(ids)
     walls = [p["wall_s"] for p in passes]
     return {
         "children": children,
@@ -431,6 +532,7 @@ def concurrent(
         "pass_p50_s": statistics.median(walls) if walls else float("nan"),
         "pass_max_s": max(walls) if walls else float("nan"),
         "pass_poll_p50_s": statistics.median(p["poll_s"] for p in passes) if passes else float("nan"),
+        "api_floor_s": floor,
         "finish_s": finished - min(ended_at.values()),
         "all_seen_after_finish_s": max(executor.seen.values()) - finished,
         "lag": _ms(lags),
@@ -438,7 +540,7 @@ def concurrent(
 
 
 def run(
-    leases: int, children: int, observe_s: float, on_step: Callable[[str], None] | None = None
+    leases: int, children: int, passes: int, on_step: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Both measurements, each with a fresh agent, against one emulator."""
     quiet = logging.getLogger("fivesafes_tes")
@@ -448,7 +550,11 @@ def run(
         with Cluster() as cluster:
             return {
                 "lease_to_job": lease_to_job(cluster, leases, on_step),
-                "concurrent": concurrent(cluster, children, observe_s, on_step),
+                "concurrent": concurrent(cluster, children, passes, on_step),
             }
     finally:
         quiet.setLevel(level)
+
+
+if __name__ == "__main__":
+    serve()
