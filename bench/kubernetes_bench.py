@@ -50,6 +50,10 @@ CHILD_LABEL = "fivesafes-tes/child"  # the label the executor names a Job's chil
 CONCURRENT = 200
 
 
+class KubernetesBenchError(RuntimeError):
+    """The bench could not measure: the emulated cluster or the agent did not do what was asked."""
+
+
 def _selector(value: str | None) -> dict[str, str]:
     """`a=b,c=d` (equality only: all the executor uses) as a dict."""
     pairs = [part.split("=", 1) for part in (value or "").split(",") if part]
@@ -227,7 +231,7 @@ class Cluster:
         self._in, self._out = self._proc.stdin, self._proc.stdout
         line = self._out.readline()
         if not line:
-            raise RuntimeError("the emulated cluster did not start")
+            raise KubernetesBenchError("the emulated cluster did not start")
         self.url = json.loads(line)["url"]
         self.http = httpx.Client(base_url=self.url, timeout=30)
         return self
@@ -436,7 +440,7 @@ def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"kubernetes bench: timed out waiting for {what}")
+            raise KubernetesBenchError(f"kubernetes bench: timed out waiting for {what}")
         time.sleep(0.005)
 
 

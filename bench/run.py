@@ -34,7 +34,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bench import checks_bench, crates, dataset, federation, provenance, report, targets
+from bench import checks_bench, crates, dataset, federation, kubernetes_bench, provenance, report, targets
 from bench.common import (
     CREATOR,
     DOCS,
@@ -57,13 +57,14 @@ from fivesafes_tes.gateway.app import dev_issuer_url
 from fivesafes_tes.submission.ids import decode_page_token
 
 PG_ENV = ("FIVESAFES_BENCH_PG_URL", "FIVESAFES_TEST_PG_URL")
-PARTS = ("create", "read", "e2e", "fanout", "idle", "checks", "crates")
+PARTS = ("create", "read", "e2e", "fanout", "idle", "checks", "crates", "kubernetes")
 #: ``--quick``: a smoke run of every part in a few minutes; its figures are not the targets'.
 QUICK: dict[str, Any] = {
     "create_requests": 200, "create_warmup": 20, "rounds": 2, "list_requests": 20, "list_warmup": 5,
     "max_seconds": 5, "get_requests": 100, "get_warmup": 20, "large": 10_000, "e2e_runs": 3,
     "e2e_warmup": 1, "e2e_pause": 0.5, "fanout_tres": 5, "fanout_runs": 2, "idle_seconds": 10, "pickups": 3,
-    "checks_sizes": "10,20", "crates_mb": 64, "crates_rounds": 2,
+    "checks_sizes": "10,20", "crates_mb": 64, "crates_rounds": 2, "k8s_leases": 5, "k8s_children": 20,
+    "k8s_passes": 2,
 }  # fmt: skip
 
 
@@ -99,7 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         choices=PARTS,
         help="run only this part (repeatable): create, read (list and get), e2e, fanout, idle, "
-        "checks (disclosure rules), crates (crate intake)",
+        "checks (disclosure rules), crates (crate intake), kubernetes (the Kubernetes executor under "
+        "one agent)",
     )
     p.add_argument("--e2e-runs", type=int, default=20, help="timed end-to-end runs (default 20)")
     p.add_argument("--e2e-warmup", type=int, default=2, help="untimed end-to-end runs first (default 2)")
@@ -127,6 +129,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--crates-mb", type=int, default=1024, help="payload of the large crate in MiB (default 1024)"
     )
     p.add_argument("--crates-rounds", type=int, default=3, help="intake runs per crate (default 3)")
+    p.add_argument(
+        "--k8s-leases", type=int, default=50, help="leases timed to their Job, one at a time (default 50)"
+    )
+    p.add_argument(
+        "--k8s-children", type=int, default=200, help="children one agent runs at once (default 200)"
+    )
+    p.add_argument(
+        "--k8s-passes", type=int, default=3, help="status passes timed over those children (default 3)"
+    )
     p.add_argument("--no-postgres", action="store_true", help="SQLite only, even if PostgreSQL is configured")
     p.add_argument(
         "--before",
@@ -504,6 +515,23 @@ class Bench:
         self.log(f"crate intake measured at {self.args.crates_mb:,} MiB")
         self.advance_overall()
 
+    # -- 8. the Kubernetes executor ----------------------------------------------------------------
+
+    def kubernetes(self) -> None:
+        """One agent driving the Kubernetes backend against kmock's emulator
+        (``bench/kubernetes_bench.py``)."""
+        self.begin("kubernetes executor", None)
+
+        def on_step(what: str) -> None:
+            self.progress.update(self.step, description=f"kubernetes executor: {what}")
+
+        a = self.args
+        self.results["kubernetes"] = kubernetes_bench.run(
+            a.k8s_leases, a.k8s_children, a.k8s_passes, on_step=on_step
+        )
+        self.log(f"kubernetes executor measured: {a.k8s_leases} leases, {a.k8s_children} children at once")
+        self.advance_overall()
+
 
 def check_pages(base_url: str, auth: dict[str, str], other: dict[str, str], scope: dataset.Scope) -> None:
     """Before timing anything: the pages are what a client would get, and scoped to their owner."""
@@ -666,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         (rounds if "create" in parts else 0)
         + (2 + 4 * rounds + 3 if "read" in parts else 0)
         + (1 if "fanout" in parts else 0)
-    ) + len(parts & {"e2e", "idle", "checks", "crates"})
+    ) + len(parts & {"e2e", "idle", "checks", "crates", "kubernetes"})
     load = LoadSampler()
     columns = (
         SpinnerColumn(),
@@ -706,8 +734,16 @@ def main(argv: list[str] | None = None) -> int:
             if "crates" in parts:
                 load.part = "crates"
                 bench.crates()
+            if "kubernetes" in parts:
+                load.part = "kubernetes"
+                bench.kubernetes()
             progress.update(bench.step, visible=False)
-    except (BenchError, dataset.SchemaChanged, federation.FederationError) as exc:
+    except (
+        BenchError,
+        dataset.SchemaChanged,
+        federation.FederationError,
+        kubernetes_bench.KubernetesBenchError,
+    ) as exc:
         console.print(f"[red]bench failed:[/] {exc}")
         return 1
     finally:

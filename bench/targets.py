@@ -13,6 +13,7 @@ ISSUE_2 = "issue 2 (make bench: create, list, get)"
 ISSUE_3 = "issue 3 (make bench: end to end, fan-out, idle agent)"
 ISSUE_4 = "issue 4 (make bench: disclosure rules)"
 ISSUE_11 = "issue 11 (Five Safes RO-Crates)"
+ISSUE_12 = "issue 12 (Kubernetes executor: performance)"
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,21 @@ CRATE_SPEED = Target("crates", ">= 50% of `sha512sum` on the payload file", 0.5,
 CRATE_MEMORY = Target("crates", "peak RSS growth <= 32 MiB, at any size (flat)", 32.0, ISSUE_11)
 CRATE_REFUSAL = Target("crates", "refused in < 1 s, nothing written", 1.0, ISSUE_11)
 
+#: "A child reaches its Job creation in under 100 ms after lease" (issue 12), judged at the p95 of
+#: grants to an idle agent, one at a time: the max of a few dozen is one scheduling hiccup away.
+K8S_LEASE_TO_JOB = Target("kubernetes", "p95 < 100 ms", 0.1, ISSUE_12)
+#: "One agent drives 200 concurrent children without falling behind on status" (issue 12), read as
+#: two limits. Every status pass (the worker polls each running child once per pass) ends within 1 s,
+#: twice the agent's default tick (`FIVESAFES_AGENT_TICK_S`, 0.5 s): a pass longer than a tick becomes
+#: the tick, and past two the agent reads its children half as often as it was set to.
+K8S_PASS = Target("kubernetes", "every status pass < 1 s", 1.0, ISSUE_12)
+#: And every run's end is seen within one reporting period (`FIVESAFES_AGENT_REPORT_GRANULARITY_S`,
+#: 5 s by default) of the cluster recording it: an end stage reaches the gateway only at such a
+#: boundary anyway, so a later sighting delays the researcher's view by a whole period.
+K8S_LAG = Target("kubernetes", "each end seen < 5 s after the cluster wrote it", 5.0, ISSUE_12)
+
 #: The sections of the page, in order.
-BENCHMARKS = ("create", "list", "get", "e2e", "fanout", "idle", "checks", "crates")
+BENCHMARKS = ("create", "list", "get", "e2e", "fanout", "idle", "checks", "crates", "kubernetes")
 
 
 def _verdict(
@@ -84,6 +98,7 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
         *_idle(results),
         *_checks(results),
         *_crates(results),
+        *_kubernetes(results),
     ]
 
 
@@ -237,4 +252,29 @@ def _crates(results: dict[str, Any]) -> list[dict[str, Any]]:
         figure = f"{r['seconds'] * 1000:,.0f} ms (slowest of {len(r['runs_s'])}), {written} files written"
         ok = r["seconds"] < CRATE_REFUSAL.limit and not written and bool(r["message"])
         out.append(_verdict(CRATE_REFUSAL, what, "—", figure, r["seconds"], ok))
+    return out
+
+
+def _kubernetes(results: dict[str, Any]) -> list[dict[str, Any]]:
+    k8s = results.get("kubernetes")
+    if not k8s:
+        return []
+    where = "sqlite (agent), kmock"
+    lease = k8s["lease_to_job"]
+    what = f"lease → Job created: one grant at a time to an idle agent, {lease['leases']} leases"
+    figure = f"p50 {lease['p50_ms']:.0f} ms, p95 {lease['p95_ms']:.0f} ms, max {lease['max_ms']:.0f} ms"
+    p95 = lease["p95_ms"] / 1000
+    out = [_verdict(K8S_LEASE_TO_JOB, what, where, figure, p95, p95 < K8S_LEASE_TO_JOB.limit)]
+    c = k8s["concurrent"]
+    what = f"status passes of one agent over {c['children']} running children"
+    figure = (
+        f"p50 {c['pass_p50_s']:.2f} s, max {c['pass_max_s']:.2f} s ({c['passes']} passes; the API alone "
+        f"answers a pass's listings in {c['api_floor_s']:.2f} s)"
+    )
+    out.append(_verdict(K8S_PASS, what, where, figure, c["pass_max_s"], c["pass_max_s"] < K8S_PASS.limit))
+    lag = c["lag"]
+    what = f"{c['children']} runs end at once: each end seen by the agent's poll"
+    figure = f"p50 {lag['p50_ms'] / 1000:.2f} s, max {lag['max_ms'] / 1000:.2f} s"
+    seconds = lag["max_ms"] / 1000
+    out.append(_verdict(K8S_LAG, what, where, figure, seconds, seconds < K8S_LAG.limit))
     return out
