@@ -119,7 +119,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
         gateway_timeout_s=0.1,
         heartbeat_s=0.2,
         work_error_wait_s=0.05,
-        worker_stall_s=1.0,
+        worker_stall_s=2.0,
     )
     gateway = Gateway()
     agent = Agent(
