@@ -51,6 +51,13 @@ CHILD_LABEL = "fivesafes-tes/child"  # the label the executor names a Job's chil
 CONCURRENT = 200
 
 
+def missing() -> list[str]:
+    """What this benchmark needs that is not installed: the emulator, S3 and the Kubernetes client."""
+    import importlib.util
+
+    return [name for name in ("kmock", "moto", "kubernetes") if importlib.util.find_spec(name) is None]
+
+
 class KubernetesBenchError(RuntimeError):
     """The bench could not measure: the emulated cluster or the agent did not do what was asked."""
 

@@ -689,6 +689,12 @@ def main(argv: list[str] | None = None) -> int:
     docker_ok = _docker_available(console) if parts & {"e2e", "idle"} else False
     if not docker_ok:
         parts -= {"e2e", "idle"}
+    if "kubernetes" in parts and kubernetes_bench.missing():
+        console.log(
+            f"kubernetes executor benchmark skipped: {', '.join(kubernetes_bench.missing())} not installed "
+            "(pip install -e '.[dev]')"
+        )
+        parts -= {"kubernetes"}
     rounds = max(1, args.rounds)
     steps = len(chosen) * (
         (rounds if "create" in parts else 0)
