@@ -1,13 +1,15 @@
 """The Kubernetes executor under one real agent (issue 12): how soon a leased child's Job exists, and
 whether one agent keeps up with the status of 200 children running at once.
 
-The Kubernetes API is kmock's emulator, served on its own thread and event loop for the synchronous
-client, as in tests/test_executor_kubernetes.py; it stores objects and runs nothing, so this module is
-the Job controller and the kubelet. Unlike kmock's own emulator, ours honours `labelSelector` as an
-API server does: without it every listing the executor makes for one child would return every child's
-objects. The gateway is a stub in this process that hands the agent grants and takes its events, and
-the airlock is a stub the agent never reaches: the bench stops each child where its run has ended
-(the executor's `collect` says "still gathering"), so what is timed is the agent and the executor alone.
+The Kubernetes API is kmock's emulator, served on its own event loop as in
+tests/test_executor_kubernetes.py, in a process of its own (`serve`) with moto's S3 for the airlock the
+backend stages through, so that the agent never waits on their interpreter. The emulator stores objects
+and runs nothing, so that process is also the Job controller and the kubelet, on the bench's word.
+Unlike kmock's own emulator, ours honours `labelSelector` as an API server does (without it every
+listing the executor makes for one child would return every child's objects) and forgets the requests
+it has answered. The gateway is a stub in the bench's process that hands the agent grants and takes
+its events; the bench stops each child where its run has ended (the executor's `collect` says "still
+gathering"), so the agent's own airlock is never reached and what is timed is the agent and the backend.
 
 Times are taken by a thin wrapper around the executor: a child's Job exists in the API when `start`
 has returned (the create call answered), and its end is seen when `poll` first gives a result.
@@ -48,7 +50,6 @@ FILER_IMAGE = "registry.tre.example/fivesafes-tes:bench"  # never pulled: nothin
 #: go at once, which changes nothing timed (times are taken at the executor, not from events).
 TICK_S = 0.5
 CHILD_LABEL = "fivesafes-tes/child"  # the label the executor names a Job's child by
-CONCURRENT = 200
 
 
 def missing() -> list[str]:
