@@ -44,6 +44,36 @@ class AirlockStoreSettings(StoreSettings):
     bucket: str = Field(default="airlock", description="Bucket holding outputs until they are released.")
 
 
+class TesRelaySettings(BaseModel):
+    """The TRE's own TES server, for the relay executor (`FIVESAFES_AGENT_EXECUTOR=tes`): each task is
+    sent to it, its outputs directed to the airlock's staging area (`executors/tes.py`)."""
+
+    url: str | None = Field(
+        default=None, description="Base URL of the TRE's TES server (required by the tes executor)."
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the TRE's TES server (a secret: give it through the environment).",
+    )
+    token_file: Path | None = Field(
+        default=None, description="File holding that token, re-read on every request (for rotated tokens)."
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Timeout of one request to the TES server."
+    )
+    poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="Least time between two requests for the state of one run (the agent checks more often).",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tags added to every task sent (JSON), for what the TES server needs, e.g. which of its "
+        "backends runs it.",
+    )
+
+
 class GatewaySettings(BaseSettings):
     """Settings of the gateway process (TES API, admin API, agent API, results)."""
 
@@ -260,6 +290,10 @@ class AgentSettings(BaseSettings):
     )
     airlock: AirlockStoreSettings = Field(
         default_factory=AirlockStoreSettings, description="The TRE's airlock (`FIVESAFES_AGENT_AIRLOCK_*`)."
+    )
+    tes: TesRelaySettings = Field(
+        default_factory=TesRelaySettings,
+        description="The TRE's TES server, for the tes executor (`FIVESAFES_AGENT_TES_*`).",
     )
     poll_wait_s: float = Field(default=20.0, ge=0, le=30, description="Long-poll wait for new work.")
     heartbeat_s: float = Field(default=15.0, gt=0, description="Heartbeat interval for held leases.")
