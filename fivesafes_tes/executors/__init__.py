@@ -33,6 +33,7 @@ from .base import (
 BACKENDS: dict[str, str] = {
     "docker": "fivesafes_tes.executors.docker:DockerExecutor",
     "local": "fivesafes_tes.executors.local:LocalExecutor",
+    "tes": "fivesafes_tes.executors.tes:TesRelayExecutor",
 }
 
 
