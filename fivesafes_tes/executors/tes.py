@@ -264,8 +264,13 @@ class TesRelayExecutor:
             max_bytes=spec.limits.disk_bytes,
         )
         self.ledger.put(record)  # first, so that a crash while creating leaves a trace to look for
-        with self._remote("send the task to"):
-            record.remote_id = str(self._client().create_task(task))
+        with self._remote("create a task"):
+            try:
+                record.remote_id = str(self._client().create_task(task))
+            except requests.HTTPError as exc:
+                if exc.response is not None:  # it answered: the task was refused, not created
+                    self.ledger.delete(spec.child_id)
+                raise
         self.ledger.put(record)
         log.info("child %s attempt %s relayed as task %s", spec.child_id, spec.attempt, record.remote_id)
 
@@ -367,7 +372,8 @@ class TesRelayExecutor:
 
     def cleanup(self, child_id: str) -> None:
         record = self.ledger.get(child_id)
-        if record is not None and record.result is None and record.remote_id is not None:
+        if record is not None and record.result is None and self._resolve(record):
+            assert record.remote_id is not None
             self._cancel_remote(record.remote_id)
         staging_area.discard(self.store, child_id)
         self.ledger.delete(child_id)
@@ -375,7 +381,8 @@ class TesRelayExecutor:
 
     def sweep(self, keep: set[str]) -> list[str]:
         """Cancel and forget the runs of children not in `keep`: those in the ledger, and any task on
-        the TES server tagged with this deployment (one created just before a crash)."""
+        the TES server tagged with this deployment that has not ended (one created just before a crash
+        whose remote id was never written down)."""
         removed = set()
         for record in self.ledger.all():
             if record.child_id not in keep:
@@ -383,11 +390,8 @@ class TesRelayExecutor:
                 removed.add(record.child_id)
         for task in self._ours():
             child = (task.tags or {}).get(TAG_CHILD)
-            if not child or child in keep:
-                continue
-            if STATES.get(str(task.state)) is None:
+            if child and child not in keep and STATES.get(str(task.state)) is None:
                 self._cancel_remote(str(task.id))
-            if child not in removed:
                 staging_area.discard(self.store, child)
                 removed.add(child)
         return sorted(removed)
@@ -475,16 +479,16 @@ class TesRelayExecutor:
         """Turn a failure to reach or be answered by the TES server into an ExecutorError in plain words."""
         try:
             yield
-        except requests.HTTPError as exc:
-            response = exc.response
-            answer = "no answer" if response is None else f"HTTP {response.status_code}"
-            said = "" if response is None else f": {response.text[:_MESSAGE_LIMIT]}"
-            raise ExecutorError(
-                f"the TRE's TES server at {self.url} answered {answer} when asked to {what}{said}"
-            ) from None
         except requests.RequestException as exc:
+            # py-tes raises HTTPError without a response when no address it tries answers at all
+            response = exc.response if isinstance(exc, requests.HTTPError) else None
+            if response is None:
+                raise ExecutorError(
+                    f"the TRE's TES server at {self.url} cannot be reached (to {what}): {type(exc).__name__}"
+                ) from None
             raise ExecutorError(
-                f"the TRE's TES server at {self.url} cannot be reached (to {what}): {type(exc).__name__}"
+                f"the TRE's TES server at {self.url} answered HTTP {response.status_code} when asked to "
+                f"{what}: {response.text[:_MESSAGE_LIMIT]}"
             ) from None
 
     def _get(self, remote_id: str) -> tes.Task | None:
