@@ -15,7 +15,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import httpx
 import pytest
 import tes
 from pydantic import SecretStr
@@ -40,12 +42,12 @@ from fivesafes_tes.executors import (
 from fivesafes_tes.executors.tes import DatabaseLedger, TesRelayExecutor
 from fivesafes_tes.settings import AgentSettings, AirlockStoreSettings, TesRelaySettings
 from tests import images
-from tests.test_real_clients import approve_what_is_held
 from tests.waiting import wait_for
 
 docker_client = images.docker_client
 
 STAGING_BUCKET = "relay-airlock"  # the outer agent's airlock, on the inner stack's S3 endpoint
+LATE_BUCKET = "relay-late-airlock"  # another the inner gateway delivers to, made only once a test wants it
 INNER_TRE = "uk-tre"
 IMAGE = images.BUSYBOX_IMAGE
 WAIT_S = 120
@@ -60,23 +62,24 @@ def inner(tmp_path_factory: pytest.TempPathFactory, docker_client: object) -> It
         agents=True,
         executor="docker",
         report_granularity_s=0,
-        delivery_buckets=[STAGING_BUCKET],
+        delivery_buckets=[STAGING_BUCKET, LATE_BUCKET],
         delivery_retry_s=0.5,
         delivery_poll_s=0.5,
     ) as stack:
         yield stack
 
 
-@pytest.fixture
-def store(inner: devstack.DevStack) -> ObjectStore:
-    made = ObjectStore.from_settings(
+def airlock(inner: devstack.DevStack, bucket: str) -> ObjectStore:
+    return ObjectStore.from_settings(
         AirlockStoreSettings(
-            endpoint_url=inner.s3_url,
-            bucket=STAGING_BUCKET,
-            access_key="dev",
-            secret_key=SecretStr("dev-secret"),
+            endpoint_url=inner.s3_url, bucket=bucket, access_key="dev", secret_key=SecretStr("dev-secret")
         )
     )
+
+
+@pytest.fixture
+def store(inner: devstack.DevStack) -> ObjectStore:
+    made = airlock(inner, STAGING_BUCKET)
     made.ensure_bucket()
     return made
 
@@ -139,6 +142,30 @@ def until_ended(executor: TesRelayExecutor, child: str):  # type: ignore[no-unty
     return wait_for(lambda: executor.poll(child), WAIT_S, f"the relayed run of {child} to end")
 
 
+def approve_what_is_held(inner: devstack.DevStack, task_id: str) -> list[str]:
+    """As the inner TRE's output checker, through its own review API: wait until the child of inner task
+    `task_id` has its files held, approve them all, and return their names. Other children held there
+    (another test's) are left alone."""
+    token = inner.tre_token(f"{INNER_TRE}-checker", "output-checker", INNER_TRE)
+    with httpx.Client(
+        base_url=inner.tre_url(INNER_TRE), headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as api:
+
+        def held() -> dict[str, Any] | None:
+            children = api.get("/review/v1/children").json()
+            return next((c for c in children if c["task_id"] == task_id), None)
+
+        child = wait_for(held, WAIT_S, f"the inner TRE to hold what task {task_id} left")
+        names = sorted(f["name"] for f in child["files"])
+        for name in names:
+            decided = api.post(
+                f"/review/v1/children/{child['child_id']}/decisions",
+                json={"name": name, "decision": "approved", "reason": "relay test"},
+            )
+            assert decided.status_code == 200, decided.text
+    return names
+
+
 @pytest.mark.slow
 def test_a_relayed_run_is_held_released_and_collected_by_a_relay_that_re_attached(
     inner: devstack.DevStack, store: ObjectStore, agent_db: Database, deployment: str, tmp_path: Path
@@ -161,7 +188,7 @@ def test_a_relayed_run_is_held_released_and_collected_by_a_relay_that_re_attache
     # The agent restarts: a new relay on the same database finds the run and carries on with it.
     again = relay(inner, store, agent_db, deployment)
     assert again.running() == {"child-ok": 1}
-    assert approve_what_is_held(inner, INNER_TRE) == [
+    assert approve_what_is_held(inner, remote_id(again, "child-ok")) == [
         "/data/out/shout.txt",
         "step-0.stderr",
         "step-0.stdout",
@@ -194,12 +221,31 @@ def test_a_relayed_run_is_held_released_and_collected_by_a_relay_that_re_attache
 
 
 @pytest.mark.slow
+def test_collect_waits_until_the_tes_server_has_delivered_the_outputs(
+    inner: devstack.DevStack, agent_db: Database, deployment: str, tmp_path: Path
+) -> None:
+    late = airlock(inner, LATE_BUCKET)  # no bucket yet: the inner gateway's deliveries fail until it exists
+    executor = relay(inner, late, agent_db, deployment)
+    executor.start(spec("child-late", "cp /inputs/words.txt /data/out/copy.txt"))
+    assert executor.collect("child-late", tmp_path) is None  # still running
+    approve_what_is_held(inner, remote_id(executor, "child-late"))
+    assert until_ended(executor, "child-late").outcome is Outcome.SUCCEEDED
+    assert executor.collect("child-late", tmp_path) is None  # ended, but its outputs are not staged
+
+    late.ensure_bucket()
+    collected = wait_for(lambda: executor.collect("child-late", tmp_path), WAIT_S, "the delivery")
+    assert {path: file.read_bytes() for path, file in collected.files.items()} == {
+        "/data/out/copy.txt": b"hello from the relay\n"
+    }
+
+
+@pytest.mark.slow
 def test_a_failing_step_fails_the_run_with_its_exit_code(
     inner: devstack.DevStack, store: ObjectStore, agent_db: Database, deployment: str
 ) -> None:
     executor = relay(inner, store, agent_db, deployment)
     executor.start(spec("child-fails", "echo working; exit 3", "echo never"))
-    approve_what_is_held(inner, INNER_TRE)  # the inner TRE's checker sees the failure's logs too
+    approve_what_is_held(inner, remote_id(executor, "child-fails"))  # the checker sees the failure's logs
     result = until_ended(executor, "child-fails")
     assert result.outcome is Outcome.FAILED
     assert [s.exit_code for s in result.steps] == [3]
