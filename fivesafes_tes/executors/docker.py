@@ -326,10 +326,9 @@ class DockerExecutor:
             if child_id not in keep:
                 self._remove_container(container)
                 removed.add(child_id)
-        for folder in self.work_dir.iterdir() if self.work_dir.is_dir() else []:
-            if folder.is_dir() and _NAME.match(folder.name) and folder.name not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.add(folder.name)
+        for child_id in removed:  # another deployment's folders may share the work directory: not those
+            if _NAME.match(child_id):
+                shutil.rmtree(self.workspace(child_id).root, ignore_errors=True)
         if removed:
             log.info(
                 "swept containers of %d orphaned run(s) of TRE %s: %s",
