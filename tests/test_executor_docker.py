@@ -29,8 +29,8 @@ from fivesafes_tes.executors import (
     LABEL_DEPLOYMENT,
     LABEL_STEP,
     LABEL_TRE,
-    ExecutorError,
     DatasetMount,
+    ExecutorError,
     Limits,
     Outcome,
     RunResult,
@@ -700,7 +700,7 @@ def test_agent_secrets_never_reach_the_container(h: Harness, monkeypatch: pytest
         Step(image=h.image, command=["sh", "-c", "env; cat /proc/1/environ"], env={"MY_VAR": "mine"})
     )
     ex.start(spec)
-    result = h.wait(spec.child_id, ex=ex)
+    h.wait(spec.child_id, ex=ex)
     logs = h.log(spec, 0) + h.log(spec, 0, "stderr")
     assert "MY_VAR=mine" in logs
     assert "FIVESAFES_DEADLINE=" in logs
@@ -766,6 +766,8 @@ def test_validate_run_spec_without_an_engine(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="absolute"):
         validate_run_spec(RunSpec("c", 1, "t", [Step(image="i", command=["cat"], stdin="in.txt")], Limits()))
     with pytest.raises(ValueError, match="does not exist"):
-        lay_out(dataclasses.replace(spec, datasets=[DatasetMount("d", "/d")]), Workspace(tmp_path / "w"), {
-            "d": tmp_path / "nope"
-        })
+        lay_out(
+            dataclasses.replace(spec, datasets=[DatasetMount("d", "/d")]),
+            Workspace(tmp_path / "w"),
+            {"d": tmp_path / "nope"},
+        )

@@ -116,6 +116,23 @@ def unmountable(settings: AgentSettings, policy: TrePolicy) -> list[str]:
     return problems
 
 
+def make_executor(settings: AgentSettings, policy: TrePolicy, db: Database, store: ObjectStore) -> Executor:
+    """The backend the settings name, configured for this agent; CannotStart, saying what to change,
+    when its configuration cannot work (a dataset without the source this backend reads)."""
+    context = BackendContext(
+        tre=settings.tre,
+        deployment=deployment_id(db),
+        work_dir=settings.data_dir / "work",
+        datasets=policy.datasets,
+        store=store,
+        settings=settings,
+    )
+    try:
+        return create_executor(settings.executor, context)
+    except ValueError as exc:
+        raise CannotStart(f"FIVESAFES_AGENT_EXECUTOR={settings.executor}: {exc}") from None
+
+
 class Agent:
     def __init__(
         self,
@@ -152,23 +169,15 @@ class Agent:
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
+        policy = TrePolicy.load(settings.policy_file)
         client = GatewayClient.from_settings(settings)
         db = open_database(settings)
         store = ObjectStore.from_settings(settings.airlock)
-        policy = TrePolicy.load(settings.policy_file)
-        context = BackendContext(
-            tre=settings.tre,
-            deployment=deployment_id(db),
-            work_dir=settings.data_dir / "work",
-            datasets=policy.datasets,
-            store=store,
-            settings=settings,
-        )
         try:
-            executor = create_executor(settings.executor, context)
-        except ValueError as exc:
+            executor = make_executor(settings, policy, db, store)
+        except CannotStart:
             db.dispose()
-            raise CannotStart(f"FIVESAFES_AGENT_EXECUTOR={settings.executor}: {exc}") from None
+            raise
         return cls(settings, client=client, executor=executor, store=store, policy=policy, db=db)
 
     # --- life cycle ---------------------------------------------------------------------------
