@@ -127,15 +127,15 @@ def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
         # An input inside a writable folder is a file in it, not a mount of its own.
         *(i.target for i in spec.inputs if not any(w in PurePosixPath(i.target).parents for w in writable)),
     ]
-    for path in placed:
-        target = PurePosixPath(path)
+    for place in placed:
+        target = PurePosixPath(place)
         if not target.is_absolute() or ".." in target.parts or str(target) == "/":
-            raise RequestRefused(f"mount target {path!r} must be an absolute container path below /")
+            raise RequestRefused(f"mount target {place!r} must be an absolute container path below /")
         reserved = next((r for r in policy.own_paths() if r.covers(str(target))), None)
         if reserved is not None:
-            raise RequestRefused(f"mount target {path!r} is reserved by the sandbox: {reserved.why}")
+            raise RequestRefused(f"mount target {place!r} is reserved by the sandbox: {reserved.why}")
         if str(target) in targets:
-            raise RequestRefused(f"mount target {path!r} is used twice")
+            raise RequestRefused(f"mount target {place!r} is used twice")
         targets.add(str(target))
     for i, step in enumerate(spec.steps):
         if not step.command:
