@@ -9,7 +9,6 @@ import pytest
 
 from fivesafes_tes.egress import staging_area
 from fivesafes_tes.egress.store import ChecksumMismatch, ObjectStore
-from tests.s3 import s3_endpoint, s3_store  # noqa: F401  fixtures
 
 CHILD = "01a00000-0000-7000-8000-0000000000c1"
 

@@ -451,7 +451,11 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
 
 
 def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker_client):
+    from sqlalchemy import select
+
     from fivesafes_tes.agent.loop import deployment_id, open_database
+    from fivesafes_tes.audit.tables import AuditRecord
+    from fivesafes_tes.db import Database
     from fivesafes_tes.executors import BackendContext, Limits, RunSpec, Step, create
     from fivesafes_tes.settings import AgentSettings
 
@@ -493,18 +497,23 @@ def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker
             time.sleep(0.3)
         assert not docker_client.containers.list(all=True, filters={"label": f"org.fivesafes.child={orphan}"})
         assert neighbour.running() == {theirs: 1}
+        assert not (work / orphan).exists()  # its folder went with it
+
+        def sweeps() -> list[AuditRecord]:
+            db = Database(f"sqlite:///{tmp_path / 'agent' / 'agent.db'}")
+            try:
+                with db.read() as session:
+                    return list(
+                        session.scalars(select(AuditRecord).where(AuditRecord.action == "agent.sweep"))
+                    )
+            finally:
+                db.dispose()
+
+        # The sweep is audited once it has ended, a moment after the containers went.
+        found = wait_for(sweeps, 30, "the sweep's audit record")
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)
         neighbour.cleanup(theirs)
-    from sqlalchemy import select
-
-    from fivesafes_tes.audit.tables import AuditRecord
-    from fivesafes_tes.db import Database
-
-    db = Database(f"sqlite:///{tmp_path / 'agent' / 'agent.db'}")
-    with db.read() as session:
-        sweeps = list(session.scalars(select(AuditRecord).where(AuditRecord.action == "agent.sweep")))
-    db.dispose()
-    assert sweeps
+    sweeps = found
     assert orphan in sweeps[0].detail["removed"]

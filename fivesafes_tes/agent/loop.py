@@ -239,6 +239,10 @@ class Agent:
                 c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))
             }
         removed = self.executor.sweep(keep)
+        scratch = self.settings.data_dir / "scratch"
+        for folder in scratch.iterdir() if scratch.is_dir() else []:
+            if folder.name not in keep:  # left by a crash between a hold and its clean-up
+                shutil.rmtree(folder, ignore_errors=True)
         with self.db.read() as session:
             unsent = select(OutgoingEvent.child_id).where(OutgoingEvent.sent.is_(False))
             ended = [
