@@ -126,6 +126,7 @@ def make_executor(settings: AgentSettings, policy: TrePolicy, db: Database, stor
         datasets=policy.datasets,
         store=store,
         settings=settings,
+        db=db,
     )
     try:
         return create_executor(settings.executor, context)

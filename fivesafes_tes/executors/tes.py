@@ -351,8 +351,10 @@ class TesRelayExecutor:
             if waiting:
                 log.info("child %s: %d outputs not yet at its staging prefix", child_id, len(waiting))
                 return None
+        staged_into = scratch / "staged"
+        staged_into.mkdir(parents=True, exist_ok=True)
         collected = staging_area.fetch(
-            self.store, child_id, record.attempt, scratch / "staged", max_bytes=record.max_bytes
+            self.store, child_id, record.attempt, staged_into, max_bytes=record.max_bytes
         )
         logs = scratch / "logs"
         for step, entry in enumerate(_last_log(task, "logs") if task is not None else []):
