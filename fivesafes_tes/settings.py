@@ -284,7 +284,11 @@ class AgentSettings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="Agent's own database; default SQLite in DATA_DIR."
     )
-    executor: str = Field(default="docker", description="docker, or local (development only: no sandbox).")
+    executor: str = Field(
+        default="docker",
+        description="docker, tes (a relay to the TRE's own TES server), or local (development only: no "
+        "sandbox).",
+    )
     policy_file: Path | None = Field(
         default=None, description="YAML/JSON TRE policy: allowed images, limits, datasets and grants."
     )
