@@ -37,6 +37,8 @@ import requests
 import tes
 from sqlalchemy import delete, select
 
+from fivesafes_tes.agent.tables import RelayRun
+from fivesafes_tes.db import Database
 from fivesafes_tes.egress import staging_area
 from fivesafes_tes.egress.store import ObjectStore
 
@@ -103,19 +105,15 @@ class RelayLedger(Protocol):
 class DatabaseLedger:
     """The relay's runs in the agent's own database (table `agent_relay_runs`)."""
 
-    def __init__(self, db: Any) -> None:  # fivesafes_tes.db.Database, migrated by the agent
+    def __init__(self, db: Database) -> None:  # migrated by the agent (agent.schema)
         self.db = db
 
     def get(self, child_id: str) -> RelayRecord | None:
-        from fivesafes_tes.agent.tables import RelayRun
-
         with self.db.read() as session:
             row = session.get(RelayRun, child_id)
             return None if row is None else _record(row)
 
     def put(self, record: RelayRecord) -> None:
-        from fivesafes_tes.agent.tables import RelayRun
-
         row = RelayRun(
             child_id=record.child_id,
             attempt=record.attempt,
@@ -128,19 +126,15 @@ class DatabaseLedger:
             session.merge(row)
 
     def delete(self, child_id: str) -> None:
-        from fivesafes_tes.agent.tables import RelayRun
-
         with self.db.write() as session:
             session.execute(delete(RelayRun).where(RelayRun.child_id == child_id))
 
     def all(self) -> list[RelayRecord]:
-        from fivesafes_tes.agent.tables import RelayRun
-
         with self.db.read() as session:
             return [_record(row) for row in session.scalars(select(RelayRun))]
 
 
-def _record(row: Any) -> RelayRecord:
+def _record(row: RelayRun) -> RelayRecord:
     return RelayRecord(
         child_id=row.child_id,
         attempt=row.attempt,
@@ -222,8 +216,6 @@ class TesRelayExecutor:
             raise ValueError("the tes executor stages outputs in the airlock: FIVESAFES_AGENT_AIRLOCK_*")
         db = context.db
         if db is None:
-            from fivesafes_tes.db import Database
-
             db = Database(context.settings.effective_database_url, pool_size=2)
         return cls(
             relay.url,
