@@ -35,11 +35,13 @@ from fivesafes_tes.executors import (
     InputFile,
     Limits,
     Outcome,
+    RunResult,
     RunSpec,
     Step,
+    StepResult,
     backend,
 )
-from fivesafes_tes.executors.tes import DatabaseLedger, TesRelayExecutor
+from fivesafes_tes.executors.tes import DatabaseLedger, RelayRecord, TesRelayExecutor
 from fivesafes_tes.settings import AgentSettings, AirlockStoreSettings, TesRelaySettings
 from tests import images
 from tests.waiting import wait_for
@@ -381,3 +383,22 @@ def test_the_task_sent_carries_the_run_and_from_context_checks_the_configuration
         TesRelayExecutor.from_context(BackendContext("t", "dep", tmp_path, {}, store, unset))
     with pytest.raises(ValueError, match="not UTF-8"):
         executor.task_of(RunSpec("c", 1, "t", run.steps, Limits(), inputs=[InputFile("/in/b", b"\xff")]))
+
+
+def test_the_ledger_keeps_runs_and_their_results_in_the_agents_database(empty_database_url: str) -> None:
+    db = Database(empty_database_url)
+    schema.upgrade(db.engine)
+    ledger = DatabaseLedger(db)
+    pending = RelayRecord("c1", 1, None, deadline=1.5, max_bytes=5 << 30)
+    ledger.put(pending)
+    assert ledger.get("c1") == pending
+    ended = RunResult(Outcome.FAILED, [StepResult(3, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z")], "why")
+    ledger.put(RelayRecord("c1", 2, "remote-1", deadline=2.5, max_bytes=1, result=ended))
+    ledger.put(RelayRecord("c2", 1, "remote-2", deadline=3.5, max_bytes=1))
+    assert ledger.get("c1") == RelayRecord("c1", 2, "remote-1", deadline=2.5, max_bytes=1, result=ended)
+    assert sorted(r.child_id for r in ledger.all()) == ["c1", "c2"]
+    ledger.delete("c1")
+    ledger.delete("c1")
+    assert ledger.get("c1") is None
+    assert [r.child_id for r in ledger.all()] == ["c2"]
+    db.dispose()
