@@ -259,7 +259,7 @@ def test_cancel_is_relayed_and_the_inner_task_ends_canceled(
     inner: devstack.DevStack, store: ObjectStore, agent_db: Database, deployment: str
 ) -> None:
     executor = relay(inner, store, agent_db, deployment)
-    executor.start(spec("child-cancel", "sleep 300"))
+    executor.start(spec("child-cancel", "sleep 60"))
     task = remote_id(executor, "child-cancel")
     wait_for(lambda: remote(inner, task).state == "RUNNING", WAIT_S, "the inner task to run")
 
@@ -277,7 +277,7 @@ def test_the_relay_stops_a_run_past_its_time_limit(
     inner: devstack.DevStack, store: ObjectStore, agent_db: Database, deployment: str
 ) -> None:
     executor = relay(inner, store, agent_db, deployment)
-    executor.start(spec("child-slow", "sleep 300", runtime_s=1))
+    executor.start(spec("child-slow", "sleep 60", runtime_s=1))
     result = until_ended(executor, "child-slow")
     assert result.outcome is Outcome.TIMED_OUT
     assert remote(inner, remote_id(executor, "child-slow")).state == "CANCELED"
@@ -288,8 +288,8 @@ def test_sweep_cancels_the_runs_of_children_the_agent_no_longer_has(
     inner: devstack.DevStack, store: ObjectStore, agent_db: Database, deployment: str
 ) -> None:
     executor = relay(inner, store, agent_db, deployment)
-    executor.start(spec("child-kept", "sleep 300"))
-    executor.start(spec("child-gone", "sleep 300"))
+    executor.start(spec("child-kept", "sleep 60"))
+    executor.start(spec("child-gone", "sleep 60"))
     kept, gone = remote_id(executor, "child-kept"), remote_id(executor, "child-gone")
     # A task created just before a crash, its remote id never written down, is found by its tags.
     executor.ledger.delete("child-gone")
