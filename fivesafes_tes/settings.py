@@ -312,6 +312,12 @@ class AgentSettings(BaseSettings):
         "a researcher learns about log2(runtime / this) bits per change from timing "
         "(docs/researcher-view.md). 0 reports at once: for tests only.",
     )
+    collect_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest the agent waits, after a run ended, for its backend to hand over what it left "
+        "(a Kubernetes stage-out Job, a relayed TES server's delivery) before it ends the child `system_failed`.",
+    )
     max_child_errors: int = Field(
         default=5,
         ge=1,
