@@ -316,7 +316,8 @@ class AgentSettings(BaseSettings):
         default=3600.0,
         gt=0,
         description="Longest the agent waits, after a run ended, for its backend to hand over what it left "
-        "(a Kubernetes stage-out Job, a relayed TES server's delivery) before it ends the child `system_failed`.",
+        "(a Kubernetes stage-out Job, a relayed TES server's delivery) before it ends the child "
+        "`system_failed`.",
     )
     max_child_errors: int = Field(
         default=5,
