@@ -15,11 +15,11 @@ from .base import (
     LABEL_DEPLOYMENT,
     LABEL_STEP,
     LABEL_TRE,
-    Executor,
-    ExecutorError,
     BackendContext,
     Collected,
     DatasetMount,
+    Executor,
+    ExecutorError,
     InputFile,
     Limits,
     Outcome,
@@ -33,6 +33,7 @@ from .base import (
 BACKENDS: dict[str, str] = {
     "docker": "fivesafes_tes.executors.docker:DockerExecutor",
     "local": "fivesafes_tes.executors.local:LocalExecutor",
+    "tes": "fivesafes_tes.executors.tes:TesRelayExecutor",
 }
 
 
@@ -61,11 +62,11 @@ __all__ = [
     "LABEL_DEPLOYMENT",
     "LABEL_STEP",
     "LABEL_TRE",
-    "Executor",
-    "ExecutorError",
     "BackendContext",
     "Collected",
     "DatasetMount",
+    "Executor",
+    "ExecutorError",
     "InputFile",
     "Limits",
     "Outcome",
