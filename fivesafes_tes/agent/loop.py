@@ -179,15 +179,19 @@ class Agent:
         import uvicorn
 
         from fivesafes_tes.agent.admin_api import create_admin_app, validator_from
+        from fivesafes_tes.agent.pages import site_for
 
         s = self.settings
         host, _, port = (s.admin_listen or "").rpartition(":")
+        validator = validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim)
         app = create_admin_app(
             self.db,
             self.tre,
-            validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim),
+            validator,
             require_tre_claim=s.require_tre_claim,
             store=self.store,
+            site=site_for(s, validator) if s.web_pages else None,
+            policy=self.policy,
         )
         self._admin_server = uvicorn.Server(
             uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", lifespan="off")

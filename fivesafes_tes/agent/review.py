@@ -11,11 +11,12 @@ run, is withheld whatever anyone decides (`releasable`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
@@ -329,6 +330,70 @@ def pending(session: Session) -> list[ChildView]:
         .order_by(LocalChild.created_at)
     )
     return [describe(session, c.child_id) for c in children]
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A child in the checkers' queue: whose, since when, and how much of it the rules flagged."""
+
+    child_id: str
+    task_id: str
+    project: str
+    submitter: str
+    received: datetime
+    files: int
+    flagged: int  # held files whose rules did not all pass
+
+
+@dataclass(frozen=True)
+class Queue:
+    entries: list[QueueEntry]
+    total: int  # children waiting that match the filter, on every page
+    projects: list[str]  # projects with children waiting, to filter by
+
+
+def queue(session: Session, *, project: str | None = None, offset: int = 0, limit: int = 50) -> Queue:
+    """One page of the children waiting for an output checker, oldest first, optionally of one project.
+
+    The page is one query on the (stage, created_at) index joined to the held files' counts, whatever
+    the queue's length; the total and the projects are one small query each."""
+    waiting = [LocalChild.stage == Stage.AWAITING_REVIEW.value, LocalChild.active.is_(True)]
+    if project:
+        waiting.append(LocalChild.project == project)
+    counts = (
+        select(
+            HeldFileRecord.child_id,
+            func.count().label("files"),
+            func.sum(case((HeldFileRecord.verdict != "pass", 1), else_=0)).label("flagged"),
+        )
+        .group_by(HeldFileRecord.child_id)
+        .subquery()
+    )
+    page = session.execute(
+        select(
+            LocalChild.child_id,
+            LocalChild.task_id,
+            LocalChild.project,
+            LocalChild.username,
+            LocalChild.created_at,
+            func.coalesce(counts.c.files, 0),
+            func.coalesce(counts.c.flagged, 0),
+        )
+        .outerjoin(counts, counts.c.child_id == LocalChild.child_id)
+        .where(*waiting)
+        .order_by(LocalChild.created_at, LocalChild.child_id)
+        .offset(offset)
+        .limit(limit)
+    )
+    entries = [QueueEntry(*row) for row in page]
+    total = session.scalar(select(func.count()).select_from(LocalChild).where(*waiting)) or 0
+    projects = session.scalars(
+        select(LocalChild.project)
+        .where(LocalChild.stage == Stage.AWAITING_REVIEW.value, LocalChild.active.is_(True))
+        .distinct()
+        .order_by(LocalChild.project)
+    )
+    return Queue(entries, total, list(projects))
 
 
 def describe(session: Session, child_id: str) -> ChildView:

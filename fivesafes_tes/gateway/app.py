@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.staticfiles import StaticFiles
 
 from fivesafes_tes import __version__
 from fivesafes_tes.auth import (
@@ -31,6 +32,7 @@ from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
+from fivesafes_tes.web import site as web_site
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 
@@ -177,6 +179,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     app.include_router(ops.router)
     if issuer is not None:
         app.include_router(dev_issuer_router)
+        app.mount("/static", StaticFiles(directory=web_site.STATIC), name="static")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -1,0 +1,156 @@
+"""The pages of a TRE, served by its agent beside the TRE's own API and calling the same in-TRE
+functions: its admins decide on projects and people and read the policy in force; its output checkers
+work through the queue of children awaiting review. Who may see what is `access.refusal`, as for the
+API; every decision is audited by the domain function that records it."""
+
+import logging
+from collections.abc import Callable
+from typing import Annotated
+from urllib.parse import urlencode
+
+import yaml
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from fivesafes_tes.agent import access, approvals, review
+from fivesafes_tes.agent.policy import TrePolicy
+from fivesafes_tes.auth.principal import Role
+from fivesafes_tes.auth.tokens import TokenValidator
+from fivesafes_tes.db import Database
+from fivesafes_tes.settings import AgentSettings
+from fivesafes_tes.web import (
+    NavLink,
+    OidcClient,
+    PageRefused,
+    SessionCookies,
+    Site,
+    WebSession,
+    new_session_key,
+)
+
+log = logging.getLogger(__name__)
+
+QUEUE_PAGE = 50
+NAV = (
+    NavLink("/tre/approvals", "Approvals", Role.TRE_ADMIN),
+    NavLink("/tre/policy", "Policy", Role.TRE_ADMIN),
+    NavLink("/review", "Review queue", Role.OUTPUT_CHECKER),
+)
+
+
+def authorizer(tre: str, require_tre_claim: bool) -> Callable[[WebSession, Role], str | None]:
+    """The pages' rule for who may act as a role here: the API's."""
+
+    def authorize(me: WebSession, role: Role) -> str | None:
+        return access.refusal(me.roles, me.tre, role, tre, require_tre_claim)
+
+    return authorize
+
+
+def site_for(settings: AgentSettings, validator: TokenValidator) -> Site:
+    """The TRE's pages as `settings` configure them, signing in with the issuer `validator` trusts."""
+    public = (settings.web_public_url or f"http://{settings.admin_listen}").rstrip("/")
+    if settings.web_session_key is not None:
+        key = settings.web_session_key.get_secret_value().encode()
+    else:
+        log.warning(
+            "FIVESAFES_AGENT_WEB_SESSION_KEY is unset: signing page sessions with a key made for this start "
+            "only, so they end when the agent restarts"
+        )
+        key = new_session_key()
+    secret = settings.web_client_secret.get_secret_value() if settings.web_client_secret else None
+    return Site(
+        title=f"{settings.tre} · Five Safes TES",
+        public_url=public,
+        oidc=OidcClient(validator, settings.web_client_id, f"{public}/auth/callback", client_secret=secret),
+        cookies=SessionCookies(key, settings.web_session_ttl_s, secure=public.startswith("https://")),
+        authorize=authorizer(settings.tre, settings.require_tre_claim),
+        nav=NAV,
+    )
+
+
+def router(site: Site, db: Database, tre: str, policy: TrePolicy | None) -> APIRouter:
+    """The TRE's pages on `db`; `policy` is the policy in force (None: the page says it is not known)."""
+    pages = APIRouter(include_in_schema=False)
+    Admin = Annotated[WebSession, Depends(site.signed_in(Role.TRE_ADMIN))]
+    AdminForm = Annotated[tuple[WebSession, dict[str, str]], Depends(site.posted(Role.TRE_ADMIN))]
+    Checker = Annotated[WebSession, Depends(site.signed_in(Role.OUTPUT_CHECKER))]
+
+    @pages.get("/", response_class=HTMLResponse)
+    def home(request: Request) -> Response:
+        me = site.session(request)
+        if me is None:
+            return RedirectResponse("/login", status_code=303)
+        roles = [link for link in NAV if site.authorize(me, link.role) is None]
+        return site.page(request, "tre/home.html", me=me, tre=tre, links=roles)
+
+    @pages.get("/tre/approvals", response_class=HTMLResponse)
+    def approvals_page(
+        request: Request, me: Admin, decided: str = "", who: str = "", outcome: str = ""
+    ) -> Response:
+        with db.read() as session:
+            standings = approvals.standings(session)
+        return site.page(
+            request,
+            "tre/approvals.html",
+            me=me,
+            tre=tre,
+            awaiting=[s for s in standings if s.awaiting],
+            settled=[s for s in standings if not s.awaiting],
+            done={"project": decided, "who": who, "outcome": outcome} if decided else None,
+        )
+
+    @pages.post("/tre/approvals")
+    def decide(posted: AdminForm) -> Response:
+        me, form = posted
+        project, username = form.get("project", ""), form.get("username", "")
+        decision, reason = form.get("decision", ""), form.get("reason", "").strip()
+        if decision not in ("approved", "rejected"):
+            raise PageRefused(400, "choose Approve or Reject")
+        if not reason:
+            raise PageRefused(
+                400, "say why: every decision needs a reason (the researcher reads a rejection's)"
+            )
+        if len(reason) > 2000:
+            raise PageRefused(400, "the reason is too long: at most 2,000 characters")
+        try:
+            with db.write() as session:
+                approvals.decide(session, me.person, project, decision, username=username, reason=reason)
+        except LookupError as exc:
+            raise PageRefused(404, str(exc)) from None
+        except ValueError as exc:
+            raise PageRefused(400, str(exc)) from None
+        query = urlencode({"decided": project, "who": username, "outcome": decision})
+        return RedirectResponse(f"/tre/approvals?{query}", status_code=303)
+
+    @pages.get("/tre/policy", response_class=HTMLResponse)
+    def policy_page(request: Request, me: Admin) -> Response:
+        document = None if policy is None else yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False)
+        return site.page(request, "tre/policy.html", me=me, tre=tre, policy=policy, document=document)
+
+    @pages.get("/review", response_class=HTMLResponse)
+    def queue_page(request: Request, me: Checker, project: str = "", page: int = 1) -> Response:
+        page = max(page, 1)
+        with db.read() as session:
+            queue = review.queue(
+                session, project=project or None, offset=(page - 1) * QUEUE_PAGE, limit=QUEUE_PAGE
+            )
+        last = max((queue.total + QUEUE_PAGE - 1) // QUEUE_PAGE, 1)
+
+        def link(number: int) -> str:
+            return "/review?" + urlencode({**({"project": project} if project else {}), "page": number})
+
+        return site.page(
+            request,
+            "review/queue.html",
+            me=me,
+            tre=tre,
+            queue=queue,
+            project=project,
+            page=page,
+            last=last,
+            previous=link(page - 1) if page > 1 else None,
+            following=link(page + 1) if page < last else None,
+        )
+
+    return pages

@@ -1,0 +1,260 @@
+"""A site of server-rendered pages on a FastAPI app: sign-in, the session, CSRF checks on every form,
+the security headers and the error pages. The gateway and each TRE's agent build one for their own
+pages; who may see a page is the app's rule (`Site.authorize`), the same one its API applies."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.staticfiles import StaticFiles
+
+from fivesafes_tes.auth.principal import Role
+from fivesafes_tes.web.headers import SecurityHeaders
+from fivesafes_tes.web.oidc import IssuerUnavailable, LoginFailed, OidcClient
+from fivesafes_tes.web.session import SessionCookies, WebSession
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+MAX_FORM_BYTES = 64 * 1024
+_templates = Environment(
+    loader=PackageLoader("fivesafes_tes.web", "templates"),
+    autoescape=select_autoescape(("html",), default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """`template` rendered with `context` (autoescaped: nothing in it is trusted)."""
+    return HTMLResponse(_templates.get_template(template).render(**context), status_code=status)
+
+
+class PageRefused(Exception):
+    """A page request that is refused with `status` and a message the person can act on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class SignInRequired(Exception):
+    """A page was asked for without a session: the browser is sent to sign in, then back to `next`."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+@dataclass(frozen=True)
+class NavLink:
+    """A link in every page's header, shown only to those holding `role`."""
+
+    path: str
+    label: str
+    role: Role
+
+
+Authorize = Callable[[WebSession, Role], str | None]
+
+
+class Site:
+    """The pages of one app. `authorize(session, role)` says why a signed-in person may not act as `role`
+    here (None if they may); `nav` lists the pages in the header."""
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        public_url: str,
+        oidc: OidcClient,
+        cookies: SessionCookies,
+        authorize: Authorize,
+        nav: tuple[NavLink, ...] = (),
+    ) -> None:
+        self.title = title
+        self.public_url = public_url.rstrip("/")
+        self.oidc = oidc
+        self.cookies = cookies
+        self.authorize = authorize
+        self.nav = nav
+
+    def session(self, request: Request) -> WebSession | None:
+        return self.cookies.session(dict(request.cookies))
+
+    def page(
+        self,
+        request: Request,
+        template: str,
+        status: int = 200,
+        *,
+        me: WebSession | None = None,
+        **context: Any,
+    ) -> HTMLResponse:
+        """`template` in this site's frame: its title, the links `me` may follow, the sign-out form."""
+        me = me if me is not None else self.session(request)
+        links = [link for link in self.nav if me is not None and self.authorize(me, link.role) is None]
+        return render(
+            template, status, site_title=self.title, me=me, nav=links, path=request.url.path, **context
+        )
+
+    def signed_in(self, role: Role) -> Callable[[Request], WebSession]:
+        """A dependency for GET pages: the session of someone who may act as `role`; without a session the
+        browser is sent to sign in, and anyone else gets a 403 page."""
+
+        def dependency(request: Request) -> WebSession:
+            me = self.session(request)
+            if me is None:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                raise SignInRequired(target)
+            self._check(me, role)
+            return me
+
+        return dependency
+
+    def posted(self, role: Role) -> Callable[[Request], Awaitable[tuple[WebSession, dict[str, str]]]]:
+        """A dependency for form POSTs: the session and the form, once the form's CSRF token matched the
+        session's. No session is 401 (a form is never replayed through a sign-in), a missing or wrong
+        token 403, and so is someone who may not act as `role`."""
+
+        async def dependency(request: Request) -> tuple[WebSession, dict[str, str]]:
+            me = self.session(request)
+            if me is None:
+                raise PageRefused(401, "you are not signed in (or your session ended): sign in and try again")
+            form = await read_form(request)
+            check_csrf(me, form)
+            self._check(me, role)
+            return me, form
+
+        return dependency
+
+    def _check(self, me: WebSession, role: Role) -> None:
+        refused = self.authorize(me, role)
+        if refused is not None:
+            raise PageRefused(403, f"{me.username} may not see this page: {refused}")
+
+    def install(self, app: FastAPI) -> None:
+        """The security headers on every response of `app`, the stylesheet, the sign-in routes and the
+        error pages."""
+        app.state.web_site = self
+        app.add_middleware(SecurityHeaders)
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+        app.include_router(self._sign_in_routes())
+
+        @app.exception_handler(PageRefused)
+        async def _refused(request: Request, exc: PageRefused) -> Response:
+            return self.page(request, "error.html", exc.status, message=exc.message)
+
+        @app.exception_handler(SignInRequired)
+        async def _sign_in(_: Request, exc: SignInRequired) -> Response:
+            return RedirectResponse(f"/login?next={quote(exc.next_path, safe='/')}", status_code=303)
+
+    def _sign_in_routes(self) -> APIRouter:
+        router = APIRouter(include_in_schema=False)
+
+        @router.get("/login")
+        def login(next: str = "/") -> Response:
+            try:
+                url, state = self.oidc.begin(_local(next))
+            except IssuerUnavailable as exc:
+                log.warning("sign-in cannot start: %s", exc)
+                raise PageRefused(503, "the identity provider cannot be reached; try again shortly") from None
+            response = RedirectResponse(url, status_code=303)
+            self.cookies.start_login(response, state)
+            return response
+
+        @router.get("/auth/callback")
+        def callback(request: Request, state: str = "", code: str = "", error: str = "") -> Response:
+            login = self.cookies.login(dict(request.cookies))
+            if error:
+                raise PageRefused(401, f"the identity provider did not sign you in ({error[:100]})")
+            if login is None:
+                raise PageRefused(400, "this sign-in was not started here, or took too long: sign in again")
+            if not state or not code:
+                raise PageRefused(400, "the identity provider sent no code back: sign in again")
+            try:
+                claims = self.oidc.finish(login, state, code)
+            except LoginFailed as exc:
+                raise PageRefused(401, str(exc)) from None
+            except IssuerUnavailable as exc:
+                log.warning("sign-in cannot complete: %s", exc)
+                raise PageRefused(503, "the identity provider cannot be reached; try again shortly") from None
+            response = RedirectResponse(login.next, status_code=303)
+            self.cookies.end_login(response)
+            self.cookies.start_session(response, WebSession.of(claims))
+            return response
+
+        @router.post("/logout")
+        async def logout(request: Request) -> Response:
+            me = self.session(request)
+            if me is None:
+                raise PageRefused(401, "you are not signed in")
+            check_csrf(me, await read_form(request))
+            response = self.page(request, "signed_out.html", me=None)
+            self.cookies.end_session(response)
+            return response
+
+        return router
+
+
+def site_of(request: Request) -> Site:
+    site = getattr(request.app.state, "web_site", None)
+    if not isinstance(site, Site):
+        raise TypeError("this app has no pages: install a Site on it")
+    return site
+
+
+def check_csrf(me: WebSession, form: dict[str, str]) -> None:
+    """Refuse (403) a form whose `csrf` field is not this session's token, compared in constant time."""
+    sent = form.get("csrf", "")
+    if not hmac.compare_digest(sent.encode(), me.csrf.encode()):
+        raise PageRefused(
+            403, "this form is out of date or was not sent from this site: reload the page and try again"
+        )
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body of at most MAX_FORM_BYTES, each field given once."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise PageRefused(415, "this page takes forms only")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise PageRefused(413, "this form is too large")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
+    except (UnicodeDecodeError, ValueError):
+        raise PageRefused(400, "this form could not be read") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise PageRefused(400, f"the form field {name!r} was sent twice")
+        form[name] = value
+    return form
+
+
+def _local(path: str) -> str:
+    """`path` if it is a path on this site, else "/": a sign-in never sends the browser elsewhere."""
+    parts = urlsplit(path)
+    if parts.scheme or parts.netloc or not path.startswith("/") or path.startswith(("//", "/\\")):
+        return "/"
+    return path
+
+
+def new_session_key() -> bytes:
+    """A random key for one process's sessions, where none is configured (they end when it stops)."""
+    return secrets.token_bytes(32)

@@ -1,0 +1,190 @@
+"""The TRE's pages over HTTP: sign-in through the development issuer, who may see what, CSRF on every
+form, the security headers, and that a decision taken in a page is the API's decision (audited)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from fivesafes_tes.agent.tables import LocalDecision
+from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.web import CONTENT_SECURITY_POLICY
+from tests.web import csrf_of, sign_in, tre_site
+
+
+@pytest.fixture
+def site(tmp_path):
+    with tre_site(tmp_path) as site:
+        yield site
+
+
+def test_a_tre_admin_signs_in_and_approves_a_person_recorded_and_audited(site):
+    admin = sign_in(site, "uk-tre-admin", "/tre/approvals")
+    page = admin.get("/tre/approvals")
+    assert page.status_code == 200
+    assert "Signed in as <strong>uk-tre-admin</strong>" in page.text
+    assert "alice" in page.text
+    assert "Project alpha" in page.text
+    done = admin.post(
+        "/tre/approvals",
+        data={
+            "csrf": csrf_of(page.text),
+            "project": "alpha",
+            "username": "alice",
+            "decision": "approved",
+            "reason": "accredited",
+        },
+    )
+    assert done.status_code == 303
+    assert "Recorded: approved alice in project alpha" in admin.get(done.headers["location"]).text
+    with site.db.read() as session:
+        row = session.get(LocalDecision, ("alpha", "alice"))
+        assert row is not None
+        assert (row.decision, row.reason, row.decided_by_name) == ("approved", "accredited", "uk-tre-admin")
+        assert row.decided_by == f"{site.issuer.issuer_url}#uk-tre-admin"
+        audited = session.scalars(select(AuditRecord).where(AuditRecord.action == "tre.decision")).one()
+        assert (audited.actor, audited.object, audited.outcome) == (
+            "uk-tre-admin",
+            "project:alpha/user:alice",
+            "approved",
+        )
+    # the API sees the page's decision
+    listed = httpx.get(
+        f"{site.url}/tre/v1/projects", headers={"Authorization": f"Bearer {site.token('dora', 'tre-admin')}"}
+    ).json()
+    assert ("alice", "approved") in [(d["username"], d["decision"]) for p in listed for d in p["decisions"]]
+
+
+def test_every_page_response_carries_the_security_headers(site):
+    admin = sign_in(site, "uk-tre-admin")
+    for path in ("/tre/approvals", "/tre/policy", "/login", "/static/web.css", "/tre/v1/projects"):
+        response = admin.get(path)
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY, path
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+    assert "script" not in admin.get("/tre/approvals").text.lower()
+
+
+def test_the_session_cookie_is_httponly_lax_and_holds_no_token(site):
+    client = sign_in(site, "uk-tre-admin")
+    cookie = next(c for c in client.cookies.jar if c.name == "fivesafes-session")
+    assert cookie.has_nonstandard_attr("HttpOnly")
+    assert "eyJ" not in cookie.value.split(".")[0] or len(cookie.value) < 900  # no JWT inside
+    assert not cookie.secure
+
+
+def test_https_sites_set_secure_host_only_cookies(tmp_path):
+    with tre_site(tmp_path, secure=True) as site:
+        client = httpx.Client(base_url=site.url)
+        started = client.get("/login")
+        assert "__Host-fivesafes-login=" in started.headers["set-cookie"]
+        assert "Secure" in started.headers["set-cookie"]
+        assert "HttpOnly" in started.headers["set-cookie"]
+        assert "SameSite=lax" in started.headers["set-cookie"]
+
+
+def test_no_session_sends_a_page_to_sign_in_and_refuses_a_form(site):
+    anonymous = httpx.Client(base_url=site.url)
+    for path in ("/tre/approvals", "/tre/policy", "/review"):
+        response = anonymous.get(path)
+        assert response.status_code == 303
+        assert response.headers["location"] == f"/login?next={path}"
+    posted = anonymous.post(
+        "/tre/approvals", data={"project": "alpha", "decision": "approved", "reason": "x"}
+    )
+    assert posted.status_code == 401
+    assert "not signed in" in posted.text
+
+
+def test_a_forged_session_cookie_is_no_session(site):
+    forged = httpx.Client(base_url=site.url, cookies={"fivesafes-session": "eyJpc3MiOiJ4In0.forged.sig"})
+    assert forged.get("/tre/approvals").status_code == 303
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong-token"])
+def test_a_form_without_this_sessions_csrf_token_is_refused(site, token):
+    admin = sign_in(site, "uk-tre-admin")
+    form = {"project": "alpha", "username": "alice", "decision": "approved", "reason": "accredited"}
+    if token is not None:
+        form["csrf"] = token
+    refused = admin.post("/tre/approvals", data=form)
+    assert refused.status_code == 403
+    assert "out of date or was not sent from this site" in refused.text
+    with site.db.read() as session:
+        assert session.get(LocalDecision, ("alpha", "alice")) is None
+
+
+def test_another_sessions_csrf_token_is_refused(site):
+    admin = sign_in(site, "uk-tre-admin")
+    other = sign_in(site, "uk-tre-admin")
+    token = csrf_of(other.get("/tre/approvals").text)
+    form = {"csrf": token, "project": "alpha", "username": "", "decision": "approved", "reason": "ok"}
+    assert admin.post("/tre/approvals", data=form).status_code == 403
+
+
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(site):
+    admin = sign_in(site, "uk-tre-admin")
+    token = csrf_of(admin.get("/tre/approvals").text)
+    assert admin.post("/logout", data={"csrf": "nope"}).status_code == 403
+    assert admin.post("/logout", data={"csrf": token}).status_code == 200
+    assert admin.get("/tre/approvals").status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("person", "path", "why"),
+    [
+        ("sg-tre-admin", "/tre/approvals", "this token is for TRE 'sg-tre', not 'uk-tre'"),
+        ("uk-tre-checker", "/tre/approvals", "role tre-admin"),
+        ("alice", "/tre/policy", "role tre-admin"),
+        ("uk-tre-admin", "/review", "role output-checker"),
+        ("sg-tre-checker", "/review", "this token is for TRE 'sg-tre', not 'uk-tre'"),
+    ],
+)
+def test_people_of_another_tre_or_role_get_a_403_page(site, person, path, why):
+    client = sign_in(site, person)
+    refused = client.get(path)
+    assert refused.status_code == 403
+    assert why.replace("'", "&#39;") in refused.text
+
+
+def test_a_form_posted_by_someone_of_another_role_is_refused(site):
+    checker = sign_in(site, "uk-tre-checker")
+    token = csrf_of(checker.get("/review").text)
+    form = {"csrf": token, "project": "alpha", "username": "", "decision": "approved", "reason": "ok"}
+    assert checker.post("/tre/approvals", data=form).status_code == 403
+
+
+def test_a_decision_needs_a_reason(site):
+    admin = sign_in(site, "uk-tre-admin")
+    token = csrf_of(admin.get("/tre/approvals").text)
+    form = {"csrf": token, "project": "alpha", "username": "alice", "decision": "approved", "reason": "  "}
+    refused = admin.post("/tre/approvals", data=form)
+    assert refused.status_code == 400
+    assert "every decision needs a reason" in refused.text
+
+
+def test_the_policy_page_shows_the_policy_in_force(site):
+    page = sign_in(site, "uk-tre-admin").get("/tre/policy")
+    assert page.status_code == 200
+    assert "fivesafes/*" in page.text
+    assert "synthetic OMOP extract" in page.text
+    assert "required_approvals: 1" in page.text
+
+
+def test_sign_in_returns_only_to_a_page_of_this_site(site):
+    client = httpx.Client(base_url=site.url)
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        started = client.get("/login", params={"next": target})
+        assert started.status_code == 303
+    client = sign_in(site, "uk-tre-admin", "//evil.example/x")
+    # sign_in followed the callback: it sent the browser to "/"
+
+
+def test_a_callback_that_does_not_match_the_sign_in_started_is_refused(site):
+    client = httpx.Client(base_url=site.url)
+    assert client.get("/auth/callback", params={"state": "x", "code": "y"}).status_code == 400
+    client.get("/login")
+    refused = client.get("/auth/callback", params={"state": "not-the-state", "code": "y"})
+    assert refused.status_code == 401
+    assert "does not match" in refused.text

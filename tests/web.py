@@ -1,0 +1,119 @@
+"""A live TRE site for the page tests: the gateway with its development issuer and one agent's admin
+app with its pages, each served on loopback, the agent trusting the gateway's issuer as in the
+embedded stack. `sign_in` walks the real authorisation-code flow over HTTP, as a browser would."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from fivesafes_tes import devstack
+from fivesafes_tes.agent.admin_api import create_admin_app
+from fivesafes_tes.agent.loop import open_database
+from fivesafes_tes.agent.pages import site_for
+from fivesafes_tes.agent.policy import Dataset, TrePolicy
+from fivesafes_tes.agent.tables import LocalProject
+from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
+from fivesafes_tes.db import Database
+from fivesafes_tes.gateway.app import create_app
+from fivesafes_tes.gateway.context import app_context
+from fivesafes_tes.settings import AgentSettings, GatewaySettings
+from tests.conftest import TEST_FEDERATION
+
+TRE = "uk-tre"
+SESSION_KEY = "k" * 40
+
+
+@dataclass
+class TreSite:
+    gateway_url: str
+    url: str  # the agent's pages and API
+    issuer: DevIssuer
+    db: Database  # the agent's
+
+    def token(self, user: str, role: str, tre: str | None = TRE) -> str:
+        """A token as the API takes it, for checks beside the pages."""
+        return self.issuer.issue(user, [role], audience=devstack.TRE_AUDIENCE, tre=tre)
+
+
+@contextmanager
+def tre_site(tmp_path: Path, *, secure: bool = False) -> Iterator[TreSite]:
+    """A gateway (development issuer, test federation) and uk-tre's pages, both on loopback."""
+    gateway_port, agent_port = devstack.free_port(), devstack.free_port()
+    gateway_settings = GatewaySettings(
+        data_dir=tmp_path / "gateway",
+        public_url=f"http://127.0.0.1:{gateway_port}",
+        dev_issuer=True,
+        allowed_images=["*"],
+    )
+    gateway_db = Database(gateway_settings.effective_database_url)
+    gateway_db.upgrade()
+    devstack.seed_federation(gateway_db, TEST_FEDERATION)
+    gateway = create_app(gateway_settings, db=gateway_db)
+    issuer = app_context(gateway).dev_issuer
+    assert issuer is not None
+    settings = AgentSettings(
+        tre=TRE,
+        data_dir=tmp_path / "agent",
+        admin_listen=f"127.0.0.1:{agent_port}",
+        oidc_issuer=issuer.issuer_url,
+        oidc_audience=devstack.TRE_AUDIENCE,
+        web_session_key=SESSION_KEY,
+        web_public_url=f"{'https' if secure else 'http'}://127.0.0.1:{agent_port}",
+    )
+    db = open_database(settings)
+    with db.write() as session:
+        session.add(LocalProject(name="alpha", title="Alpha study", members=["alice", "carol"]))
+        session.add(LocalProject(name="beta", title="Beta study", members=["bob"]))
+    validator = TokenValidator(issuer.issuer_url, devstack.TRE_AUDIENCE, StaticJwks(issuer.jwks()), ["RS256"])
+    policy = TrePolicy(
+        allowed_images=["fivesafes/*"],
+        datasets={"omop": Dataset(path=tmp_path, description="synthetic OMOP extract")},
+        grants={"alpha": ["omop"]},
+    )
+    agent = create_admin_app(db, TRE, validator, site=site_for(settings, validator), policy=policy)
+    servers = [
+        devstack.serve(gateway, "127.0.0.1", gateway_port),
+        devstack.serve(agent, "127.0.0.1", agent_port),
+    ]
+    try:
+        yield TreSite(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{agent_port}", issuer, db)
+    finally:
+        for server, thread in servers:
+            server.should_exit = True
+            thread.join(timeout=10)
+        db.dispose()
+        gateway_db.dispose()
+
+
+def sign_in(site: TreSite, person: str, next_path: str = "/") -> httpx.Client:
+    """A client signed in to the pages as `person` (one of the development issuer's demo people)."""
+    client = httpx.Client(base_url=site.url, timeout=10)
+    to_issuer = client.get("/login", params={"next": next_path})
+    assert to_issuer.status_code == 303, to_issuer.text
+    login_page = client.get(to_issuer.headers["location"])
+    assert login_page.status_code == 200, login_page.text
+    form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', login_page.text))
+    form["person"] = person
+    back = client.post(f"{site.gateway_url}/dev-issuer/authorize", data=_unescaped(form))
+    assert back.status_code == 303, back.text
+    landed = client.get(back.headers["location"])
+    assert landed.status_code == 303, landed.text
+    return client
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+def _unescaped(form: dict[str, str]) -> dict[str, str]:
+    import html
+
+    return {name: html.unescape(value) for name, value in form.items()}
