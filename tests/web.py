@@ -93,6 +93,11 @@ def tre_site(tmp_path: Path, *, secure: bool = False) -> Iterator[TreSite]:
 
 def sign_in(site: TreSite, person: str, next_path: str = "/") -> httpx.Client:
     """A client signed in to the pages as `person` (one of the development issuer's demo people)."""
+    return sign_in_landing(site, person, next_path)[0]
+
+
+def sign_in_landing(site: TreSite, person: str, next_path: str = "/") -> tuple[httpx.Client, str]:
+    """`sign_in`, with where the site sent the browser once signed in."""
     client = httpx.Client(base_url=site.url, timeout=10)
     to_issuer = client.get("/login", params={"next": next_path})
     assert to_issuer.status_code == 303, to_issuer.text
@@ -104,7 +109,7 @@ def sign_in(site: TreSite, person: str, next_path: str = "/") -> httpx.Client:
     assert back.status_code == 303, back.text
     landed = client.get(back.headers["location"])
     assert landed.status_code == 303, landed.text
-    return client
+    return client, landed.headers["location"]
 
 
 def csrf_of(page: str) -> str:
