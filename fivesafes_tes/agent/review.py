@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
@@ -355,19 +355,18 @@ class Queue:
 def queue(session: Session, *, project: str | None = None, offset: int = 0, limit: int = 50) -> Queue:
     """One page of the children waiting for an output checker, oldest first, optionally of one project.
 
-    The page is one query on the (stage, created_at) index joined to the held files' counts, whatever
-    the queue's length; the total and the projects are one small query each."""
+    The page is one query on the (stage, created_at) index, counting each listed child's held files on
+    their primary key, whatever the queue's length; the total and the projects are one query each."""
     waiting = [LocalChild.stage == Stage.AWAITING_REVIEW.value, LocalChild.active.is_(True)]
     if project:
         waiting.append(LocalChild.project == project)
-    counts = (
-        select(
-            HeldFileRecord.child_id,
-            func.count().label("files"),
-            func.sum(case((HeldFileRecord.verdict != "pass", 1), else_=0)).label("flagged"),
-        )
-        .group_by(HeldFileRecord.child_id)
-        .subquery()
+    held = HeldFileRecord.child_id == LocalChild.child_id  # per child of the page, on the primary key
+    files = select(func.count()).where(held).correlate(LocalChild).scalar_subquery()
+    flagged = (
+        select(func.count())
+        .where(held, HeldFileRecord.verdict != "pass")
+        .correlate(LocalChild)
+        .scalar_subquery()
     )
     page = session.execute(
         select(
@@ -376,10 +375,9 @@ def queue(session: Session, *, project: str | None = None, offset: int = 0, limi
             LocalChild.project,
             LocalChild.username,
             LocalChild.created_at,
-            func.coalesce(counts.c.files, 0),
-            func.coalesce(counts.c.flagged, 0),
+            files,
+            flagged,
         )
-        .outerjoin(counts, counts.c.child_id == LocalChild.child_id)
         .where(*waiting)
         .order_by(LocalChild.created_at, LocalChild.child_id)
         .offset(offset)
