@@ -171,6 +171,10 @@ def _print_dev_guide(
             "  fivesafes-tes review list; fivesafes-tes review show CHILD; "
             'fivesafes-tes review approve CHILD all --reason "..."'
         )
+        say(
+            f"  or in a browser: {stack.tre_url(tre)}/ (sign in as {tre}-admin, {checker} or {checker}-2; "
+            "docs/web.md)"
+        )
     say()
     say("More tokens (other people, roles tre-admin or output-checker):")
     say(
