@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from fivesafes_tes.agent.tables import LocalDecision
+from fivesafes_tes.agent.tables import LocalDecision, ReviewDecision
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.web import CONTENT_SECURITY_POLICY
 from tests.conftest import need_service
-from tests.web import TreSite, tre_site
+from tests.web import TreSite, hold_child, tre_site
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
@@ -29,7 +29,9 @@ SERIOUS = {"serious", "critical"}
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    need_service("chromium", CHROMIUM.exists(), "apt-get install chromium (scripts/bootstrap.sh --with-browser)")
+    need_service(
+        "chromium", CHROMIUM.exists(), "apt-get install chromium (scripts/bootstrap.sh --with-browser)"
+    )
     need_service("axe-core", AXE.exists(), "npm ci in tests/browser (scripts/bootstrap.sh --with-browser)")
     try:
         from playwright.sync_api import sync_playwright
@@ -123,12 +125,26 @@ def test_a_tre_admin_approves_a_person_in_the_page(browser, site):
         visit.close()
 
 
-def test_an_output_checker_sees_the_queue(browser, site):
+def test_an_output_checker_reviews_a_child_from_the_queue(browser, site):
+    hold_child(site.db)
     visit = Visit(browser, "checker")
     try:
         sign_in(visit, site, "/review", "uk-tre-checker")
-        assert visit.page.get_by_text("Nothing is waiting for review").is_visible()
+        page = visit.page
         visit.check("queue")
+        page.get_by_role("link", name="child-1").click()
+        page.wait_for_url(f"{site.url}/review/child-1")
+        assert page.get_by_text("small_cell: a count of 3 is below 10").is_visible()
+        assert page.get_by_role("button", name="Approve /out/tool.bin").count() == 0
+        visit.check("child")
+        page.get_by_label("Reason for /out/tool.bin").fill("an executable never leaves")
+        page.get_by_role("button", name="Reject /out/tool.bin").click()
+        page.wait_for_url(f"{site.url}/review/child-1?*")
+        assert page.get_by_role("status").inner_text() == "Recorded: rejected /out/tool.bin."
+        visit.check("child-after")
+        with site.db.read() as session:
+            decision = session.scalars(select(ReviewDecision)).one()
+            assert (decision.checker, decision.decision) == ("uk-tre-checker", "rejected")
     finally:
         visit.close()
 

@@ -122,3 +122,55 @@ def _unescaped(form: dict[str, str]) -> dict[str, str]:
     import html
 
     return {name: html.unescape(value) for name, value in form.items()}
+
+
+def hold_child(db: Database, child_id: str = "child-1", submitter: str = "alice") -> None:
+    """A child of project alpha awaiting review, holding a table the small-cell rule flagged, a file
+    marked never to be released, and a clean stdout."""
+    from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild
+
+    small_cell = {
+        "rule": "small_cell",
+        "version": "1",
+        "verdict": "fail",
+        "findings": [
+            {"message": "small_cell: a count of 3 is below 10", "verdict": "fail", "column": "n", "row": 2}
+        ],
+    }
+    never = {
+        "rule": "file_type",
+        "version": "1",
+        "verdict": "fail",
+        "findings": [{"message": "file_type: an executable", "verdict": "fail", "never_release": True}],
+    }
+    files = [
+        ("/out/table.csv", "fail", [small_cell]),
+        ("/out/tool.bin", "fail", [never]),
+        ("step-0.stdout", "pass", []),
+    ]
+    with db.write() as session:
+        session.add(
+            LocalChild(
+                child_id=child_id,
+                task_id=f"task-{child_id}",
+                attempt=1,
+                stage="awaiting_review",
+                project="alpha",
+                username=submitter,
+                task={"executors": [{"image": "fivesafes/stats:1", "command": ["python", "count.py"]}]},
+                result={"outcome": {"outcome": "complete", "message": "", "steps": [{"exit_code": 0}]}},
+            )
+        )
+        for name, verdict, results in files:
+            session.add(
+                HeldFileRecord(
+                    child_id=child_id,
+                    key=f"{child_id}/{name.lstrip('/')}",
+                    name=name,
+                    kind="stdout" if name.startswith("step-") else "file",
+                    size=12,
+                    sha256="0" * 64,
+                    verdict=verdict,
+                    results=results,
+                )
+            )

@@ -142,7 +142,7 @@ def create_admin_app(
     app.state.tre_api = TreApiState(db, tre, validator, require_tre_claim)
     if site is not None:
         site.install(app)
-        app.include_router(pages.router(site, db, tre, policy))
+        app.include_router(pages.router(site, db, tre, policy, store))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,7 +6,7 @@ API; every decision is audited by the domain function that records it."""
 import logging
 from collections.abc import Callable
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import yaml
 from fastapi import APIRouter, Depends, Request
@@ -17,6 +17,7 @@ from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.auth.principal import Role
 from fivesafes_tes.auth.tokens import TokenValidator
 from fivesafes_tes.db import Database
+from fivesafes_tes.egress.store import ObjectStore
 from fivesafes_tes.settings import AgentSettings
 from fivesafes_tes.web import (
     NavLink,
@@ -31,6 +32,7 @@ from fivesafes_tes.web import (
 log = logging.getLogger(__name__)
 
 QUEUE_PAGE = 50
+PREVIEW_BYTES = 64 * 1024  # held files up to this size are previewed (the API's limit)
 NAV = (
     NavLink("/tre/approvals", "Approvals", Role.TRE_ADMIN),
     NavLink("/tre/policy", "Policy", Role.TRE_ADMIN),
@@ -69,12 +71,16 @@ def site_for(settings: AgentSettings, validator: TokenValidator) -> Site:
     )
 
 
-def router(site: Site, db: Database, tre: str, policy: TrePolicy | None) -> APIRouter:
-    """The TRE's pages on `db`; `policy` is the policy in force (None: the page says it is not known)."""
+def router(
+    site: Site, db: Database, tre: str, policy: TrePolicy | None, store: ObjectStore | None = None
+) -> APIRouter:
+    """The TRE's pages on `db`; `policy` is the policy in force (None: the page says it is not known),
+    `store` the airlock that previews of held files come from (None: no previews)."""
     pages = APIRouter(include_in_schema=False)
     Admin = Annotated[WebSession, Depends(site.signed_in(Role.TRE_ADMIN))]
     AdminForm = Annotated[tuple[WebSession, dict[str, str]], Depends(site.posted(Role.TRE_ADMIN))]
     Checker = Annotated[WebSession, Depends(site.signed_in(Role.OUTPUT_CHECKER))]
+    CheckerForm = Annotated[tuple[WebSession, dict[str, str]], Depends(site.posted(Role.OUTPUT_CHECKER))]
 
     @pages.get("/", response_class=HTMLResponse)
     def home(request: Request) -> Response:
@@ -152,5 +158,71 @@ def router(site: Site, db: Database, tre: str, policy: TrePolicy | None) -> APIR
             previous=link(page - 1) if page > 1 else None,
             following=link(page + 1) if page < last else None,
         )
+
+    @pages.get("/review/{child_id}", response_class=HTMLResponse)
+    def child_page(
+        request: Request, child_id: str, me: Checker, decided: str = "", outcome: str = ""
+    ) -> Response:
+        try:
+            with db.read() as session:
+                child = review.describe(session, child_id)
+                steps = review.commands(session, child_id)
+        except LookupError as exc:
+            raise PageRefused(404, str(exc)) from None
+        required = (policy.review if policy is not None else review.ReviewPolicy()).required_approvals
+        return site.page(
+            request,
+            "review/child.html",
+            me=me,
+            tre=tre,
+            child=child,
+            steps=steps,
+            required=required,
+            previews={f.key: _preview(f) for f in child.files},
+            done={"name": decided, "outcome": outcome} if decided else None,
+        )
+
+    @pages.post("/review/{child_id}")
+    def decide_file(child_id: str, posted: CheckerForm) -> Response:
+        me, form = posted
+        name, decision, reason = (
+            form.get("name", ""),
+            form.get("decision", ""),
+            form.get("reason", "").strip(),
+        )
+        if decision not in ("approved", "rejected"):
+            raise PageRefused(400, "choose Approve or Reject")
+        if not reason:
+            raise PageRefused(
+                400, "say why: every decision needs a reason (the researcher reads a rejection's)"
+            )
+        if len(reason) > 2000:
+            raise PageRefused(400, "the reason is too long: at most 2,000 characters")
+        try:
+            with db.write() as session:
+                key = review.key_for(session, child_id, name)
+                review.decide(session, child_id, key, me.person, decision, reason=reason)
+        except LookupError as exc:
+            raise PageRefused(404, str(exc)) from None
+        except review.ReviewForbidden as exc:
+            raise PageRefused(403, str(exc)) from None
+        except review.NeverReleasable as exc:
+            raise PageRefused(409, str(exc)) from None
+        except review.ReviewRefused as exc:
+            raise PageRefused(400, str(exc)) from None
+        query = urlencode({"decided": name, "outcome": decision})
+        return RedirectResponse(f"/review/{quote(child_id, safe='')}?{query}", status_code=303)
+
+    def _preview(file: review.FileView) -> str | None:
+        """The first lines of a small held file, from the airlock; None when there is none to show."""
+        if store is None or file.size > PREVIEW_BYTES:
+            return None
+        try:
+            return review.preview(
+                store.get_bytes(file.key, expect_sha256=file.sha256, max_size=PREVIEW_BYTES)
+            )
+        except Exception:  # a missing preview must not hide the decision form
+            log.exception("no preview of held file %s", file.key)
+            return None
 
     return pages

@@ -455,6 +455,25 @@ def _where(finding: dict[str, Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+@dataclass(frozen=True)
+class Command:
+    """One step of the request as its checker reads it: the image and the command it ran."""
+
+    image: str
+    command: list[str]
+
+
+def commands(session: Session, child_id: str) -> list[Command]:
+    """What the child was asked to run, step by step."""
+    child = session.get(LocalChild, child_id)
+    if child is None:
+        raise LookupError(f"no child {child_id} in this TRE")
+    return [
+        Command(str(e.get("image", "")), [str(part) for part in e.get("command") or []])
+        for e in child.task.get("executors") or []
+    ]
+
+
 def key_for(session: Session, child_id: str, name: str) -> str:
     """The held key of the file a checker names (its container path, or step-N.stdout)."""
     key = session.scalar(
