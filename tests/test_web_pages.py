@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 
 from fivesafes_tes.agent.tables import LocalDecision
 from fivesafes_tes.audit.tables import AuditRecord
 from tests.web import csrf_of, sign_in, sign_in_landing, tre_site
-
 
 POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -100,6 +100,31 @@ def test_no_session_sends_a_page_to_sign_in_and_refuses_a_form(site):
     )
     assert posted.status_code == 401
     assert "not signed in" in posted.text
+
+
+# Routes of the agent's app that are not pages: its API (tests/test_route_auth.py walks that) and signing in.
+NOT_PAGES = ("/tre/v1/", "/review/v1/", "/openapi.json", "/login", "/auth/callback", "/static")
+
+
+def test_every_page_sends_a_browser_without_a_session_to_sign_in_and_refuses_its_forms(site):
+    pages = [
+        (method, route.path)
+        for route in iter_route_contexts(site.app.routes)
+        if not route.path.startswith(NOT_PAGES)
+        for method in route.methods or ()
+        if method != "HEAD"
+    ]
+    assert ("POST", "/review/{child_id}") in pages
+    anonymous = httpx.Client(base_url=site.url)
+    for method, path in pages:
+        url = path.replace("{child_id}", "child-1")
+        if method == "GET":
+            response = anonymous.get(url)
+            assert response.status_code == 303, (method, path)
+            assert response.headers["location"].startswith("/login"), (method, path)
+        else:
+            response = anonymous.post(url, data={"csrf": "x", "decision": "approved", "reason": "x"})
+            assert response.status_code == 401, (method, path)
 
 
 def test_a_forged_session_cookie_is_no_session(site):

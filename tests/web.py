@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
 
 from fivesafes_tes import devstack
 from fivesafes_tes.agent.admin_api import create_admin_app
@@ -35,6 +36,7 @@ class TreSite:
     url: str  # the agent's pages and API
     issuer: DevIssuer
     db: Database  # the agent's
+    app: FastAPI  # the agent's admin app, with its pages
 
     def token(self, user: str, role: str, tre: str | None = TRE) -> str:
         """A token as the API takes it, for checks beside the pages."""
@@ -82,7 +84,7 @@ def tre_site(tmp_path: Path, *, secure: bool = False) -> Iterator[TreSite]:
         devstack.serve(agent, "127.0.0.1", agent_port),
     ]
     try:
-        yield TreSite(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{agent_port}", issuer, db)
+        yield TreSite(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{agent_port}", issuer, db, agent)
     finally:
         for server, thread in servers:
             server.should_exit = True
