@@ -223,3 +223,26 @@ def test_a_callback_that_does_not_match_the_sign_in_started_is_refused(site):
     refused = client.get("/auth/callback", params={"state": "not-the-state", "code": "y"})
     assert refused.status_code == 401
     assert "does not match" in refused.text
+
+
+def test_sign_ins_refusals_and_sign_outs_are_audited(site):
+    admin = sign_in(site, "uk-tre-admin")
+    admin.post("/logout", data={"csrf": csrf_of(admin.get("/tre/approvals").text)})
+    stranger = httpx.Client(base_url=site.url)
+    stranger.get("/login")
+    stranger.get("/auth/callback", params={"state": "not-the-state", "code": "y"})
+    with site.db.read() as session:
+        records = [
+            (r.actor, r.action, r.outcome, r.detail.get("subject") or r.detail.get("reason"))
+            for r in session.scalars(select(AuditRecord).order_by(AuditRecord.seq))
+        ]
+    assert records == [
+        ("uk-tre-admin", "web.sign_in", "allowed", "uk-tre-admin"),
+        ("uk-tre-admin", "web.sign_out", "allowed", "uk-tre-admin"),
+        (
+            "anonymous",
+            "auth.failure",
+            "denied",
+            "this sign-in does not match the one this browser started; sign in again",
+        ),
+    ]

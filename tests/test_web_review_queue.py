@@ -39,7 +39,7 @@ def queue(tmp_path):
     db = open_database(settings)
     issuer = DevIssuer(tmp_path / "idp", "https://idp.example")
     validator = TokenValidator(issuer.issuer_url, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
-    client = TestClient(create_admin_app(db, "uk-tre", validator, site=site_for(settings, validator)))
+    client = TestClient(create_admin_app(db, "uk-tre", validator, site=site_for(settings, validator, db)))
     cookies = SessionCookies(KEY.encode(), settings.web_session_ttl_s, secure=False)
     from starlette.responses import Response
 

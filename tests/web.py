@@ -78,7 +78,7 @@ def tre_site(tmp_path: Path, *, secure: bool = False) -> Iterator[TreSite]:
         datasets={"omop": Dataset(path=tmp_path, description="synthetic OMOP extract")},
         grants={"alpha": ["omop"]},
     )
-    agent = create_admin_app(db, TRE, validator, site=site_for(settings, validator), policy=policy)
+    agent = create_admin_app(db, TRE, validator, site=site_for(settings, validator, db), policy=policy)
     servers = [
         devstack.serve(gateway, "127.0.0.1", gateway_port),
         devstack.serve(agent, "127.0.0.1", agent_port),

@@ -190,7 +190,7 @@ class Agent:
             validator,
             require_tre_claim=s.require_tre_claim,
             store=self.store,
-            site=site_for(s, validator) if s.web_pages else None,
+            site=site_for(s, validator, self.db) if s.web_pages else None,
             policy=self.policy,
         )
         self._admin_server = uvicorn.Server(

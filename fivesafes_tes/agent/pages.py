@@ -12,6 +12,7 @@ import yaml
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from fivesafes_tes import audit
 from fivesafes_tes.agent import access, approvals, review
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.auth.principal import Role
@@ -49,8 +50,9 @@ def authorizer(tre: str, require_tre_claim: bool) -> Callable[[WebSession, Role]
     return authorize
 
 
-def site_for(settings: AgentSettings, validator: TokenValidator) -> Site:
-    """The TRE's pages as `settings` configure them, signing in with the issuer `validator` trusts."""
+def site_for(settings: AgentSettings, validator: TokenValidator, db: Database) -> Site:
+    """The TRE's pages as `settings` configure them, signing in with the issuer `validator` trusts and
+    auditing sign-ins in `db`."""
     public = (settings.web_public_url or f"http://{settings.admin_listen}").rstrip("/")
     if settings.web_session_key is not None:
         key = settings.web_session_key.get_secret_value().encode()
@@ -68,7 +70,18 @@ def site_for(settings: AgentSettings, validator: TokenValidator) -> Site:
         cookies=SessionCookies(key, settings.web_session_ttl_s, secure=public.startswith("https://")),
         authorize=authorizer(settings.tre, settings.require_tre_claim),
         nav=NAV,
+        audit=_auditor(db),
     )
+
+
+def _auditor(db: Database) -> Callable[[str, str, str, dict[str, str]], None]:
+    def record(actor: str, action: str, outcome: str, detail: dict[str, str]) -> None:
+        with db.write() as session:
+            audit.record(
+                session, actor=actor, action=action, object="web:pages", outcome=outcome, detail=detail
+            )
+
+    return record
 
 
 def router(

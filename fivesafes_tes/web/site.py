@@ -68,11 +68,18 @@ class NavLink:
 
 
 Authorize = Callable[[WebSession, Role], str | None]
+# Records a sign-in event in the app's audit log: (actor, action, outcome, detail).
+Audit = Callable[[str, str, str, dict[str, str]], None]
+
+
+def _no_audit(actor: str, action: str, outcome: str, detail: dict[str, str]) -> None:
+    """For apps without an audit log."""
 
 
 class Site:
     """The pages of one app. `authorize(session, role)` says why a signed-in person may not act as `role`
-    here (None if they may); `nav` lists the pages in the header."""
+    here (None if they may); `nav` lists the pages in the header; `audit` records each sign-in, refused
+    sign-in and sign-out."""
 
     def __init__(
         self,
@@ -83,6 +90,7 @@ class Site:
         cookies: SessionCookies,
         authorize: Authorize,
         nav: tuple[NavLink, ...] = (),
+        audit: Audit = _no_audit,
     ) -> None:
         self.title = title
         self.public_url = public_url.rstrip("/")
@@ -90,6 +98,7 @@ class Site:
         self.cookies = cookies
         self.authorize = authorize
         self.nav = nav
+        self.audit = audit
 
     def session(self, request: Request) -> WebSession | None:
         return self.cookies.session(dict(request.cookies))
@@ -187,10 +196,19 @@ class Site:
             try:
                 claims = self.oidc.finish(login, state, code)
             except LoginFailed as exc:
+                self.audit(
+                    "anonymous", "auth.failure", "denied", {"route": "/auth/callback", "reason": str(exc)}
+                )
                 raise PageRefused(401, str(exc)) from None
             except IssuerUnavailable as exc:
                 log.warning("sign-in cannot complete: %s", exc)
                 raise PageRefused(503, "the identity provider cannot be reached; try again shortly") from None
+            self.audit(
+                claims.username,
+                "web.sign_in",
+                "allowed",
+                {"issuer": claims.issuer, "subject": claims.subject},
+            )
             response = RedirectResponse(login.next, status_code=303)
             self.cookies.end_login(response)
             self.cookies.start_session(response, WebSession.of(claims))
@@ -202,6 +220,7 @@ class Site:
             if me is None:
                 raise PageRefused(401, "you are not signed in")
             check_csrf(me, await read_form(request))
+            self.audit(me.username, "web.sign_out", "allowed", {"issuer": me.issuer, "subject": me.subject})
             response = self.page(request, "signed_out.html", me=None)
             self.cookies.end_session(response)
             return response
