@@ -45,8 +45,8 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def site(tmp_path) -> Iterator[TreSite]:
-    with tre_site(tmp_path) as site:
+def site(tmp_path, s3_store) -> Iterator[TreSite]:
+    with tre_site(tmp_path, store=s3_store) as site:
         yield site
 
 
@@ -125,8 +125,8 @@ def test_a_tre_admin_approves_a_person_in_the_page(browser, site):
         visit.close()
 
 
-def test_an_output_checker_reviews_a_child_from_the_queue(browser, site):
-    hold_child(site.db)
+def test_an_output_checker_reviews_a_child_from_the_queue(browser, site, s3_store):
+    hold_child(site.db, store=s3_store)
     visit = Visit(browser, "checker")
     try:
         sign_in(visit, site, "/review", "uk-tre-checker")
@@ -135,6 +135,9 @@ def test_an_output_checker_reviews_a_child_from_the_queue(browser, site):
         page.get_by_role("link", name="child-1").click()
         page.wait_for_url(f"{site.url}/review/child-1")
         assert page.get_by_text("small_cell: a count of 3 is below 10").is_visible()
+        flagged = page.locator("td.flagged mark")
+        assert flagged.count() == 1
+        assert flagged.inner_text() == "⚑ 3"
         assert page.get_by_role("button", name="Approve /out/tool.bin").count() == 0
         visit.check("child")
         page.get_by_label("Reason for /out/tool.bin").fill("an executable never leaves")

@@ -21,6 +21,7 @@ from fivesafes_tes.agent.policy import Dataset, TrePolicy
 from fivesafes_tes.agent.tables import LocalProject
 from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
 from fivesafes_tes.db import Database
+from fivesafes_tes.egress.store import ObjectStore
 from fivesafes_tes.gateway.app import create_app
 from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.settings import AgentSettings, GatewaySettings
@@ -44,8 +45,9 @@ class TreSite:
 
 
 @contextmanager
-def tre_site(tmp_path: Path, *, secure: bool = False) -> Iterator[TreSite]:
-    """A gateway (development issuer, test federation) and uk-tre's pages, both on loopback."""
+def tre_site(tmp_path: Path, *, secure: bool = False, store: ObjectStore | None = None) -> Iterator[TreSite]:
+    """A gateway (development issuer, test federation) and uk-tre's pages, both on loopback; `store` is
+    the airlock previews come from."""
     gateway_port, agent_port = devstack.free_port(), devstack.free_port()
     gateway_settings = GatewaySettings(
         data_dir=tmp_path / "gateway",
@@ -78,7 +80,9 @@ def tre_site(tmp_path: Path, *, secure: bool = False) -> Iterator[TreSite]:
         datasets={"omop": Dataset(path=tmp_path, description="synthetic OMOP extract")},
         grants={"alpha": ["omop"]},
     )
-    agent = create_admin_app(db, TRE, validator, site=site_for(settings, validator, db), policy=policy)
+    agent = create_admin_app(
+        db, TRE, validator, site=site_for(settings, validator, db), policy=policy, store=store
+    )
     servers = [
         devstack.serve(gateway, "127.0.0.1", gateway_port),
         devstack.serve(agent, "127.0.0.1", agent_port),
@@ -126,9 +130,22 @@ def _unescaped(form: dict[str, str]) -> dict[str, str]:
     return {name: html.unescape(value) for name, value in form.items()}
 
 
-def hold_child(db: Database, child_id: str = "child-1", submitter: str = "alice") -> None:
-    """A child of project alpha awaiting review, holding a table the small-cell rule flagged, a file
-    marked never to be released, and a clean stdout."""
+TABLE = b"region,n\nnorth,120\nsouth,3\neast,45\n"  # row 2's n is the small cell
+CONTENTS = {
+    "/out/table.csv": TABLE,
+    "/out/tool.bin": b"\x7fELF\x02\x01\x01\x00" + bytes(56),
+    "step-0.stdout": b"done\n",
+}
+
+
+def hold_child(
+    db: Database, child_id: str = "child-1", submitter: str = "alice", store: ObjectStore | None = None
+) -> None:
+    """A child of project alpha awaiting review, holding a table whose row 2, column n the small-cell
+    rule flagged, a file marked never to be released, and a clean stdout; with `store`, their bytes are
+    in that airlock."""
+    import hashlib
+
     from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild
 
     small_cell = {
@@ -164,14 +181,17 @@ def hold_child(db: Database, child_id: str = "child-1", submitter: str = "alice"
             )
         )
         for name, verdict, results in files:
+            key = f"{child_id}/{name.lstrip('/')}"
+            if store is not None:
+                store.put_bytes(key, CONTENTS[name])
             session.add(
                 HeldFileRecord(
                     child_id=child_id,
-                    key=f"{child_id}/{name.lstrip('/')}",
+                    key=key,
                     name=name,
                     kind="stdout" if name.startswith("step-") else "file",
-                    size=12,
-                    sha256="0" * 64,
+                    size=len(CONTENTS[name]),
+                    sha256=hashlib.sha256(CONTENTS[name]).hexdigest(),
                     verdict=verdict,
                     results=results,
                 )

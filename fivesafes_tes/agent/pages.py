@@ -5,7 +5,7 @@ API; every decision is audited by the domain function that records it."""
 
 import logging
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import yaml
@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from fivesafes_tes import audit
-from fivesafes_tes.agent import access, approvals, review
+from fivesafes_tes.agent import access, approvals, previews, review
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.auth.principal import Role
 from fivesafes_tes.auth.tokens import TokenValidator
@@ -33,7 +33,6 @@ from fivesafes_tes.web import (
 log = logging.getLogger(__name__)
 
 QUEUE_PAGE = 50
-PREVIEW_BYTES = 64 * 1024  # held files up to this size are previewed (the API's limit)
 NAV = (
     NavLink("/tre/approvals", "Approvals", Role.TRE_ADMIN),
     NavLink("/tre/policy", "Policy", Role.TRE_ADMIN),
@@ -180,6 +179,7 @@ def router(
             with db.read() as session:
                 child = review.describe(session, child_id)
                 steps = review.commands(session, child_id)
+                results = review.rule_results(session, child_id)
         except LookupError as exc:
             raise PageRefused(404, str(exc)) from None
         required = (policy.review if policy is not None else review.ReviewPolicy()).required_approvals
@@ -191,7 +191,7 @@ def router(
             child=child,
             steps=steps,
             required=required,
-            previews={f.key: _preview(f) for f in child.files},
+            previews={f.key: _preview(f, results.get(f.key, [])) for f in child.files},
             done={"name": decided, "outcome": outcome} if decided else None,
         )
 
@@ -226,16 +226,17 @@ def router(
         query = urlencode({"decided": name, "outcome": decision})
         return RedirectResponse(f"/review/{quote(child_id, safe='')}?{query}", status_code=303)
 
-    def _preview(file: review.FileView) -> str | None:
-        """The first lines of a small held file, from the airlock; None when there is none to show."""
-        if store is None or file.size > PREVIEW_BYTES:
-            return None
+    def _preview(file: review.FileView, results: list[dict[str, Any]]) -> previews.Preview:
+        """The file's preview from its first bytes in the airlock; a note instead when there are none."""
+        if store is None:
+            return previews.Preview("none", note="no preview: these pages have no airlock to read from")
+        if file.size == 0:
+            return previews.Preview("none", note="an empty file")
         try:
-            return review.preview(
-                store.get_bytes(file.key, expect_sha256=file.sha256, max_size=PREVIEW_BYTES)
-            )
+            head = store.get_head(file.key, previews.HEAD_BYTES)
         except Exception:  # a missing preview must not hide the decision form
             log.exception("no preview of held file %s", file.key)
-            return None
+            return previews.Preview("none", note="no preview: the airlock could not be read (logged)")
+        return previews.preview(file.name, head, file.size, results)
 
     return pages

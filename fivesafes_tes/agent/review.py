@@ -474,6 +474,14 @@ def commands(session: Session, child_id: str) -> list[Command]:
     ]
 
 
+def rule_results(session: Session, child_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Each held file's rule results as the rules recorded them, by held key: where findings point."""
+    rows = session.execute(
+        select(HeldFileRecord.key, HeldFileRecord.results).where(HeldFileRecord.child_id == child_id)
+    )
+    return {row.key: row.results for row in rows}
+
+
 def key_for(session: Session, child_id: str, name: str) -> str:
     """The held key of the file a checker names (its container path, or step-N.stdout)."""
     key = session.scalar(
