@@ -117,6 +117,13 @@ def test_the_queue_is_oldest_first_paged_and_filtered_by_project(queue):
     assert all(int(child[-4:]) % 3 == 0 for child in _rows(beta.text))
     assert '<span class="verdict-fail">1</span>' in beta.text
     assert "Next page" not in beta.text
+    flagged = client.get("/review", params={"rules": "flagged"})
+    assert "40 waiting with a file the rules flagged" in flagged.text
+    assert all(int(child[-4:]) % 3 == 0 for child in _rows(flagged.text))
+    passed = client.get("/review", params={"rules": "passed", "project": "alpha"})
+    assert "80 waiting in project alpha whose files all passed the rules" in passed.text
+    assert 'href="/review?project=alpha&amp;rules=passed&amp;page=2"' in passed.text
+    assert client.get("/review", params={"rules": "bogus"}).status_code == 400
     assert (
         'href="/review?project=alpha&amp;page=2"' in client.get("/review", params={"project": "alpha"}).text
     )

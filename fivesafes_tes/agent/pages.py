@@ -33,6 +33,8 @@ from fivesafes_tes.web import (
 log = logging.getLogger(__name__)
 
 QUEUE_PAGE = 50
+# The queue's filter by what the rules found: any file flagged, none flagged, or either.
+RULE_FILTERS: dict[str, bool | None] = {"": None, "flagged": True, "passed": False}
 NAV = (
     NavLink("/tre/approvals", "Approvals", Role.TRE_ADMIN),
     NavLink("/tre/policy", "Policy", Role.TRE_ADMIN),
@@ -147,16 +149,25 @@ def router(
         return site.page(request, "tre/policy.html", me=me, tre=tre, policy=policy, document=document)
 
     @pages.get("/review", response_class=HTMLResponse)
-    def queue_page(request: Request, me: Checker, project: str = "", page: int = 1) -> Response:
+    def queue_page(
+        request: Request, me: Checker, project: str = "", rules: str = "", page: int = 1
+    ) -> Response:
         page = max(page, 1)
+        if rules not in RULE_FILTERS:
+            raise PageRefused(400, f"rules is one of: {', '.join(repr(r) for r in RULE_FILTERS)}")
         with db.read() as session:
             queue = review.queue(
-                session, project=project or None, offset=(page - 1) * QUEUE_PAGE, limit=QUEUE_PAGE
+                session,
+                project=project or None,
+                flagged=RULE_FILTERS[rules],
+                offset=(page - 1) * QUEUE_PAGE,
+                limit=QUEUE_PAGE,
             )
         last = max((queue.total + QUEUE_PAGE - 1) // QUEUE_PAGE, 1)
 
         def link(number: int) -> str:
-            return "/review?" + urlencode({**({"project": project} if project else {}), "page": number})
+            kept = {name: value for name, value in (("project", project), ("rules", rules)) if value}
+            return "/review?" + urlencode({**kept, "page": number})
 
         return site.page(
             request,
@@ -165,6 +176,7 @@ def router(
             tre=tre,
             queue=queue,
             project=project,
+            rules=rules,
             page=page,
             last=last,
             previous=link(page - 1) if page > 1 else None,

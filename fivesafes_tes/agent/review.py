@@ -352,8 +352,16 @@ class Queue:
     projects: list[str]  # projects with children waiting, to filter by
 
 
-def queue(session: Session, *, project: str | None = None, offset: int = 0, limit: int = 50) -> Queue:
-    """One page of the children waiting for an output checker, oldest first, optionally of one project.
+def queue(
+    session: Session,
+    *,
+    project: str | None = None,
+    flagged: bool | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> Queue:
+    """One page of the children waiting for an output checker, oldest first, optionally of one project,
+    and only those where the rules flagged a file (`flagged` True) or flagged none (False).
 
     The page is one query on the (stage, created_at) index, counting each listed child's held files on
     their primary key, whatever the queue's length; the total and the projects are one query each."""
@@ -361,8 +369,11 @@ def queue(session: Session, *, project: str | None = None, offset: int = 0, limi
     if project:
         waiting.append(LocalChild.project == project)
     held = HeldFileRecord.child_id == LocalChild.child_id  # per child of the page, on the primary key
+    if flagged is not None:
+        any_flagged = select(HeldFileRecord.key).where(held, HeldFileRecord.verdict != "pass").exists()
+        waiting.append(any_flagged if flagged else ~any_flagged)
     files = select(func.count()).where(held).correlate(LocalChild).scalar_subquery()
-    flagged = (
+    flagged_files = (
         select(func.count())
         .where(held, HeldFileRecord.verdict != "pass")
         .correlate(LocalChild)
@@ -376,7 +387,7 @@ def queue(session: Session, *, project: str | None = None, offset: int = 0, limi
             LocalChild.username,
             LocalChild.created_at,
             files,
-            flagged,
+            flagged_files,
         )
         .where(*waiting)
         .order_by(LocalChild.created_at, LocalChild.child_id)
