@@ -148,6 +148,11 @@ def test_an_output_checker_reviews_a_child_from_the_queue(browser, site, s3_stor
         with site.db.read() as session:
             decision = session.scalars(select(ReviewDecision)).one()
             assert (decision.checker, decision.decision) == ("uk-tre-checker", "rejected")
+        page.get_by_role("link", name="Decisions").click()
+        page.get_by_label("Search child, project, file, checker or reason").fill("executable")
+        page.get_by_role("button", name="Search").click()
+        assert page.get_by_role("cell", name="an executable never leaves").is_visible()
+        visit.check("history")
     finally:
         visit.close()
 

@@ -94,3 +94,27 @@ def test_the_review_page_refuses_admins_other_tres_and_forged_forms(site):
     form = {"csrf": "forged", "name": "step-0.stdout", "decision": "approved", "reason": "ok"}
     assert checker.post("/review/child-1", data=form).status_code == 403
     assert checker.get("/review/no-such-child").status_code == 404
+
+
+def test_the_decision_history_lists_decisions_newest_first_and_searches_them(site):
+    checker = sign_in(site, "uk-tre-checker")
+    token = csrf_of(checker.get("/review/child-1").text)
+    for name, decision, reason in (
+        ("/out/table.csv", "rejected", "a count of 3 would identify someone"),
+        ("step-0.stdout", "approved", "100% harmless"),
+    ):
+        sent = checker.post(
+            "/review/child-1", data={"csrf": token, "name": name, "decision": decision, "reason": reason}
+        )
+        assert sent.status_code == 303
+    everything = checker.get("/review/history")
+    assert everything.status_code == 200
+    assert "2 decisions; page 1 of 1" in everything.text
+    assert everything.text.index("100% harmless") < everything.text.index("a count of 3")
+    found = checker.get("/review/history", params={"q": "IDENTIFY"})
+    assert "1 decision matching" in found.text
+    assert "/out/table.csv" in found.text
+    assert "step-0.stdout" not in found.text
+    assert "1 decision matching" in checker.get("/review/history", params={"q": "100%"}).text
+    assert "0 decisions matching" in checker.get("/review/history", params={"q": "_%"}).text
+    assert sign_in(site, "uk-tre-admin").get("/review/history").status_code == 403

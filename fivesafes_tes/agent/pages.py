@@ -39,6 +39,7 @@ NAV = (
     NavLink("/tre/approvals", "Approvals", Role.TRE_ADMIN),
     NavLink("/tre/policy", "Policy", Role.TRE_ADMIN),
     NavLink("/review", "Review queue", Role.OUTPUT_CHECKER),
+    NavLink("/review/history", "Decisions", Role.OUTPUT_CHECKER),
 )
 
 
@@ -177,6 +178,33 @@ def router(
             queue=queue,
             project=project,
             rules=rules,
+            page=page,
+            last=last,
+            previous=link(page - 1) if page > 1 else None,
+            following=link(page + 1) if page < last else None,
+        )
+
+    @pages.get("/review/history", response_class=HTMLResponse)
+    def history_page(request: Request, me: Checker, q: str = "", page: int = 1) -> Response:
+        page = max(page, 1)
+        search = q.strip()[:200]
+        with db.read() as session:
+            decisions, total = review.history(
+                session, search=search, offset=(page - 1) * QUEUE_PAGE, limit=QUEUE_PAGE
+            )
+        last = max((total + QUEUE_PAGE - 1) // QUEUE_PAGE, 1)
+
+        def link(number: int) -> str:
+            return "/review/history?" + urlencode({**({"q": search} if search else {}), "page": number})
+
+        return site.page(
+            request,
+            "review/history.html",
+            me=me,
+            tre=tre,
+            decisions=decisions,
+            total=total,
+            q=search,
             page=page,
             last=last,
             previous=link(page - 1) if page > 1 else None,

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
@@ -403,6 +403,63 @@ def queue(
         .order_by(LocalChild.project)
     )
     return Queue(entries, total, list(projects))
+
+
+@dataclass(frozen=True)
+class PastDecision:
+    """One checker's decision on one held file, as the history lists it."""
+
+    decided_at: datetime
+    child_id: str
+    project: str
+    file: str
+    checker: str
+    decision: str
+    reason: str
+
+
+def history(
+    session: Session, *, search: str = "", offset: int = 0, limit: int = 50
+) -> tuple[list[PastDecision], int]:
+    """One page of the checkers' decisions, newest first, and how many there are: those whose child,
+    project, file, checker or reason contains `search` (case-insensitively) when it is given."""
+    joined = (
+        select(
+            ReviewDecision.decided_at,
+            ReviewDecision.child_id,
+            LocalChild.project,
+            HeldFileRecord.name,
+            ReviewDecision.checker,
+            ReviewDecision.decision,
+            ReviewDecision.reason,
+        )
+        .join(LocalChild, LocalChild.child_id == ReviewDecision.child_id)
+        .join(
+            HeldFileRecord,
+            (HeldFileRecord.child_id == ReviewDecision.child_id) & (HeldFileRecord.key == ReviewDecision.key),
+        )
+    )
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        joined = joined.where(
+            or_(
+                *(
+                    column.ilike(pattern, escape="\\")
+                    for column in (
+                        ReviewDecision.child_id,
+                        LocalChild.project,
+                        HeldFileRecord.name,
+                        ReviewDecision.checker,
+                        ReviewDecision.reason,
+                    )
+                )
+            )
+        )
+    total = session.scalar(select(func.count()).select_from(joined.subquery())) or 0
+    rows = session.execute(
+        joined.order_by(ReviewDecision.decided_at.desc(), ReviewDecision.child_id).offset(offset).limit(limit)
+    )
+    return [PastDecision(*row) for row in rows], total
 
 
 def describe(session: Session, child_id: str) -> ChildView:
