@@ -113,6 +113,8 @@ def test_a_tre_admin_approves_a_person_in_the_page(browser, site):
         assert response is not None
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         visit.check("policy")
+        page.goto(site.url + "/tre/health")
+        visit.check("health")
         page.goto(site.url + "/")
         visit.check("home")
         page.goto(site.url + "/review")  # not a checker

@@ -5,7 +5,7 @@ embedded stack. `sign_in` walks the real authorisation-code flow over HTTP, as a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from fivesafes_tes import devstack
 from fivesafes_tes.agent.admin_api import create_admin_app
+from fivesafes_tes.agent.health import Health
 from fivesafes_tes.agent.loop import open_database
 from fivesafes_tes.agent.pages import site_for
 from fivesafes_tes.agent.policy import Dataset, TrePolicy
@@ -45,9 +46,15 @@ class TreSite:
 
 
 @contextmanager
-def tre_site(tmp_path: Path, *, secure: bool = False, store: ObjectStore | None = None) -> Iterator[TreSite]:
+def tre_site(
+    tmp_path: Path,
+    *,
+    secure: bool = False,
+    store: ObjectStore | None = None,
+    health: Callable[[], Health] | None = None,
+) -> Iterator[TreSite]:
     """A gateway (development issuer, test federation) and uk-tre's pages, both on loopback; `store` is
-    the airlock previews come from."""
+    the airlock previews come from, `health` what the health page shows."""
     gateway_port, agent_port = devstack.free_port(), devstack.free_port()
     gateway_settings = GatewaySettings(
         data_dir=tmp_path / "gateway",
@@ -81,7 +88,7 @@ def tre_site(tmp_path: Path, *, secure: bool = False, store: ObjectStore | None 
         grants={"alpha": ["omop"]},
     )
     agent = create_admin_app(
-        db, TRE, validator, site=site_for(settings, validator, db), policy=policy, store=store
+        db, TRE, validator, site=site_for(settings, validator, db), policy=policy, store=store, health=health
     )
     servers = [
         devstack.serve(gateway, "127.0.0.1", gateway_port),

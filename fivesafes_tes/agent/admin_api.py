@@ -5,6 +5,7 @@ with the person's own token: every decision is taken by the token's issuer and s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from sqlalchemy import select
 
 from fivesafes_tes import audit
 from fivesafes_tes.agent import access, approvals, pages, review
+from fivesafes_tes.agent.health import Health
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalDecision, LocalProject
 from fivesafes_tes.auth import AuthError, Person, Role, TokenValidator, name_key
@@ -133,16 +135,17 @@ def create_admin_app(
     store: ObjectStore | None = None,
     site: Site | None = None,
     policy: TrePolicy | None = None,
+    health: Callable[[], Health] | None = None,
 ) -> FastAPI:
     """The TRE-admin and review APIs of TRE `tre`. With `require_tre_claim` (the default) a token
     must name this TRE; pass False only where `validator`'s issuer serves this TRE alone. `store` is
     the airlock, for previews of held files. With `site`, the TRE's pages too (`agent.pages`), showing
-    `policy` as the policy in force."""
+    `policy` as the policy in force and `health()` as how the agent is doing."""
     app = FastAPI(title=f"Five Safes TES: TRE admin ({tre})", docs_url=None, redoc_url=None)
     app.state.tre_api = TreApiState(db, tre, validator, require_tre_claim)
     if site is not None:
         site.install(app)
-        app.include_router(pages.router(site, db, tre, policy, store))
+        app.include_router(pages.router(site, db, tre, policy, store, health))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,10 +14,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from fivesafes_tes import audit
 from fivesafes_tes.agent import access, approvals, previews, review
+from fivesafes_tes.agent.health import Health
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.auth.principal import Role
 from fivesafes_tes.auth.tokens import TokenValidator
 from fivesafes_tes.db import Database
+from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.egress.store import ObjectStore
 from fivesafes_tes.settings import AgentSettings
 from fivesafes_tes.web import (
@@ -38,6 +40,7 @@ RULE_FILTERS: dict[str, bool | None] = {"": None, "flagged": True, "passed": Fal
 NAV = (
     NavLink("/tre/approvals", "Approvals", Role.TRE_ADMIN),
     NavLink("/tre/policy", "Policy", Role.TRE_ADMIN),
+    NavLink("/tre/health", "Agent health", Role.TRE_ADMIN),
     NavLink("/review", "Review queue", Role.OUTPUT_CHECKER),
     NavLink("/review/history", "Decisions", Role.OUTPUT_CHECKER),
 )
@@ -87,10 +90,16 @@ def _auditor(db: Database) -> Callable[[str, str, str, dict[str, str]], None]:
 
 
 def router(
-    site: Site, db: Database, tre: str, policy: TrePolicy | None, store: ObjectStore | None = None
+    site: Site,
+    db: Database,
+    tre: str,
+    policy: TrePolicy | None,
+    store: ObjectStore | None = None,
+    health: Callable[[], Health] | None = None,
 ) -> APIRouter:
     """The TRE's pages on `db`; `policy` is the policy in force (None: the page says it is not known),
-    `store` the airlock that previews of held files come from (None: no previews)."""
+    `store` the airlock that previews of held files come from (None: no previews), `health` says how
+    the agent is doing (None: the pages run without one)."""
     pages = APIRouter(include_in_schema=False)
     Admin = Annotated[WebSession, Depends(site.signed_in(Role.TRE_ADMIN))]
     AdminForm = Annotated[tuple[WebSession, dict[str, str]], Depends(site.posted(Role.TRE_ADMIN))]
@@ -148,6 +157,12 @@ def router(
     def policy_page(request: Request, me: Admin) -> Response:
         document = None if policy is None else yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False)
         return site.page(request, "tre/policy.html", me=me, tre=tre, policy=policy, document=document)
+
+    @pages.get("/tre/health", response_class=HTMLResponse)
+    def health_page(request: Request, me: Admin) -> Response:
+        now = utcnow()
+        state = health() if health is not None else None
+        return site.page(request, "tre/health.html", me=me, tre=tre, health=state, now=now)
 
     @pages.get("/review", response_class=HTMLResponse)
     def queue_page(
