@@ -152,7 +152,7 @@ fi
 if [ "$WITH_BROWSER" -eq 1 ]; then
   if [ ! -x /usr/bin/chromium ]; then
     log "installing Debian's chromium"
-    apt_install chromium || die "could not install chromium (apt-get install chromium)"
+    apt_install chromium fonts-liberation || die "could not install chromium (apt-get install chromium)"
   fi
   if ! command -v npm >/dev/null 2>&1; then
     log "installing npm"
