@@ -122,6 +122,7 @@ def test_a_tre_admin_approves_a_person_in_the_page(browser, site):
         visit.check("refused")
         page.get_by_role("button", name="Sign out").click()
         assert page.get_by_role("heading", name="Signed out").is_visible()
+        assert page.get_by_text("Signed in as").count() == 0
         visit.check("signed-out")
     finally:
         visit.close()

@@ -157,7 +157,10 @@ def test_sign_out_needs_the_csrf_token_and_ends_the_session(site):
     admin = sign_in(site, "uk-tre-admin")
     token = csrf_of(admin.get("/tre/approvals").text)
     assert admin.post("/logout", data={"csrf": "nope"}).status_code == 403
-    assert admin.post("/logout", data={"csrf": token}).status_code == 200
+    signed_out = admin.post("/logout", data={"csrf": token})
+    assert signed_out.status_code == 200
+    assert "Signed in as" not in signed_out.text
+    assert 'fivesafes-session=""' in signed_out.headers["set-cookie"]
     assert admin.get("/tre/approvals").status_code == 303
 
 

@@ -67,6 +67,11 @@ class NavLink:
     role: Role
 
 
+class _FromRequest:
+    """`Site.page`'s default: the person is whoever the request's session names."""
+
+
+_FROM_REQUEST = _FromRequest()
 Authorize = Callable[[WebSession, Role], str | None]
 # Records a sign-in event in the app's audit log: (actor, action, outcome, detail).
 Audit = Callable[[str, str, str, dict[str, str]], None]
@@ -109,11 +114,12 @@ class Site:
         template: str,
         status: int = 200,
         *,
-        me: WebSession | None = None,
+        me: WebSession | _FromRequest | None = _FROM_REQUEST,
         **context: Any,
     ) -> HTMLResponse:
-        """`template` in this site's frame: its title, the links `me` may follow, the sign-out form."""
-        me = me if me is not None else self.session(request)
+        """`template` in this site's frame: its title, the links `me` may follow, the sign-out form. `me`
+        is the request's session unless given (None: the page is shown as to someone signed out)."""
+        me = self.session(request) if isinstance(me, _FromRequest) else me
         links = [link for link in self.nav if me is not None and self.authorize(me, link.role) is None]
         return render(
             template, status, site_title=self.title, me=me, nav=links, path=request.url.path, **context
