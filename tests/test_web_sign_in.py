@@ -95,6 +95,16 @@ def test_the_issuer_routes_speak_oauth(tmp_path):
         plain = httpx.get(f"{base}/authorize", params={**query, "code_challenge_method": "plain"})
         assert plain.status_code == 400
         assert "PKCE is required" in plain.text
+        for sneaky in (
+            "http://a.example;script-src *@evil/cb",
+            "http://user@a.example/cb",
+            "javascript:alert(1)",
+            "http://a.example/cb#frag",
+        ):
+            refused = httpx.get(
+                f"{base}/authorize", params={**query, "redirect_uri": sneaky, "code_challenge_method": "S256"}
+            )
+            assert refused.status_code == 400, sneaky
         page = httpx.get(f"{base}/authorize", params={**query, "code_challenge_method": "S256"})
         assert page.status_code == 200
         assert "form-action 'self' http://127.0.0.1:9;" in page.headers["content-security-policy"]

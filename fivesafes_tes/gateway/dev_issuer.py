@@ -4,6 +4,7 @@ anyone: one of the federation's demo people, picked from a list. Never enable it
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -22,6 +23,8 @@ from fivesafes_tes.web import PageRefused, read_form, render, security_headers
 router = APIRouter(prefix="/dev-issuer", include_in_schema=False)
 PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge")
 TITLE = "Development sign-in"
+# A redirect URI's host[:port]: its origin goes into the login page's CSP, so nothing else may be there.
+HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 @router.get("/.well-known/openid-configuration")
@@ -108,8 +111,10 @@ def _authorization(given: dict[str, str], method: str) -> dict[str, str]:
     if not request_["client_id"] or len(request_["client_id"]) > 255:
         raise PageRefused(400, "client_id is missing")
     redirect = urlsplit(request_["redirect_uri"])
-    if redirect.scheme not in ("http", "https") or not redirect.netloc or redirect.fragment:
-        raise PageRefused(400, "redirect_uri must be an absolute http(s) URL without a fragment")
+    if redirect.scheme not in ("http", "https") or not HOST.fullmatch(redirect.netloc) or redirect.fragment:
+        raise PageRefused(
+            400, "redirect_uri must be an absolute http(s) URL (host[:port]) without a fragment"
+        )
     if method != "S256" or len(request_["code_challenge"]) != 43:
         raise PageRefused(400, "PKCE is required: send a code_challenge with code_challenge_method S256")
     return request_
