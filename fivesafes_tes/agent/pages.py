@@ -3,6 +3,9 @@ functions: its admins decide on projects and people and read the policy in force
 work through the queue of children awaiting review. Who may see what is `access.refusal`, as for the
 API; every decision is audited by the domain function that records it."""
 
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time, and
+# the Annotated aliases they name (Admin, Checker...) are local to `router`.
+
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -35,6 +38,7 @@ from fivesafes_tes.web import (
 log = logging.getLogger(__name__)
 
 QUEUE_PAGE = 50
+MAX_REASON = 2000  # as the API's
 # The queue's filter by what the rules found: any file flagged, none flagged, or either.
 RULE_FILTERS: dict[str, bool | None] = {"": None, "flagged": True, "passed": False}
 NAV = (
@@ -134,15 +138,7 @@ def router(
     def decide(posted: AdminForm) -> Response:
         me, form = posted
         project, username = form.get("project", ""), form.get("username", "")
-        decision, reason = form.get("decision", ""), form.get("reason", "").strip()
-        if decision not in ("approved", "rejected"):
-            raise PageRefused(400, "choose Approve or Reject")
-        if not reason:
-            raise PageRefused(
-                400, "say why: every decision needs a reason (the researcher reads a rejection's)"
-            )
-        if len(reason) > 2000:
-            raise PageRefused(400, "the reason is too long: at most 2,000 characters")
+        decision, reason = _decision(form)
         try:
             with db.write() as session:
                 approvals.decide(session, me.person, project, decision, username=username, reason=reason)
@@ -253,19 +249,8 @@ def router(
     @pages.post("/review/{child_id}")
     def decide_file(child_id: str, posted: CheckerForm) -> Response:
         me, form = posted
-        name, decision, reason = (
-            form.get("name", ""),
-            form.get("decision", ""),
-            form.get("reason", "").strip(),
-        )
-        if decision not in ("approved", "rejected"):
-            raise PageRefused(400, "choose Approve or Reject")
-        if not reason:
-            raise PageRefused(
-                400, "say why: every decision needs a reason (the researcher reads a rejection's)"
-            )
-        if len(reason) > 2000:
-            raise PageRefused(400, "the reason is too long: at most 2,000 characters")
+        name = form.get("name", "")
+        decision, reason = _decision(form)
         try:
             with db.write() as session:
                 key = review.key_for(session, child_id, name)
@@ -295,3 +280,16 @@ def router(
         return previews.preview(file.name, head, file.size, results)
 
     return pages
+
+
+def _decision(form: dict[str, str]) -> tuple[str, str]:
+    """A form's decision and its reason. The pages ask a reason of every decision, approvals too: the API
+    asks one of rejections only, but a checker's or admin's note is what the record is read for."""
+    decision, reason = form.get("decision", ""), form.get("reason", "").strip()
+    if decision not in ("approved", "rejected"):
+        raise PageRefused(400, "choose Approve or Reject")
+    if not reason:
+        raise PageRefused(400, "say why: every decision needs a reason (the researcher reads a rejection's)")
+    if len(reason) > MAX_REASON:
+        raise PageRefused(400, f"the reason is too long: at most {MAX_REASON:,} characters")
+    return decision, reason
