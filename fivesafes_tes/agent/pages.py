@@ -74,7 +74,6 @@ def site_for(settings: AgentSettings, validator: TokenValidator, db: Database) -
     secret = settings.web_client_secret.get_secret_value() if settings.web_client_secret else None
     return Site(
         title=f"{settings.tre} · Five Safes TES",
-        public_url=public,
         oidc=OidcClient(validator, settings.web_client_id, f"{public}/auth/callback", client_secret=secret),
         cookies=SessionCookies(key, settings.web_session_ttl_s, secure=public.startswith("https://")),
         authorize=authorizer(settings.tre, settings.require_tre_claim),

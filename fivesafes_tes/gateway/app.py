@@ -32,7 +32,7 @@ from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
-from fivesafes_tes.web import site as web_site
+from fivesafes_tes.web import STATIC
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 
@@ -179,7 +179,7 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     app.include_router(ops.router)
     if issuer is not None:
         app.include_router(dev_issuer_router)
-        app.mount("/static", StaticFiles(directory=web_site.STATIC), name="static")
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

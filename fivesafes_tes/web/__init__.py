@@ -12,6 +12,7 @@ from fivesafes_tes.web.headers import (
 from fivesafes_tes.web.oidc import Endpoints, IssuerUnavailable, LoginFailed, OidcClient
 from fivesafes_tes.web.session import LoginState, SessionCookies, WebSession
 from fivesafes_tes.web.site import (
+    STATIC,
     NavLink,
     PageRefused,
     SignInRequired,
@@ -25,6 +26,7 @@ from fivesafes_tes.web.site import (
 __all__ = [
     "CONTENT_SECURITY_POLICY",
     "SECURITY_HEADERS",
+    "STATIC",
     "Endpoints",
     "IssuerUnavailable",
     "LoginFailed",

@@ -3,8 +3,6 @@ inline style, nothing from elsewhere), no MIME sniffing, no referrer, no framing
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -33,17 +31,16 @@ SECURITY_HEADERS = security_headers()
 
 
 class SecurityHeaders:
-    """Adds `SECURITY_HEADERS` to every response under `prefixes` (all responses when None), replacing
-    any a route set: a page cannot opt out of the policy."""
+    """Adds `SECURITY_HEADERS` to every response of the app it wraps, replacing any a route set: a page
+    cannot opt out of the policy."""
 
-    def __init__(self, app: ASGIApp, prefixes: Iterable[str] | None = None) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.prefixes = None if prefixes is None else tuple(prefixes)
         self._raw = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
         self._names = {name for name, _ in self._raw}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._applies(scope["path"]):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
@@ -54,6 +51,3 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-    def _applies(self, path: str) -> bool:
-        return self.prefixes is None or any(path == p or path.startswith(p) for p in self.prefixes)

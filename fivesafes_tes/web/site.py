@@ -90,7 +90,6 @@ class Site:
         self,
         *,
         title: str,
-        public_url: str,
         oidc: OidcClient,
         cookies: SessionCookies,
         authorize: Authorize,
@@ -98,7 +97,6 @@ class Site:
         audit: Audit = _no_audit,
     ) -> None:
         self.title = title
-        self.public_url = public_url.rstrip("/")
         self.oidc = oidc
         self.cookies = cookies
         self.authorize = authorize
@@ -163,7 +161,6 @@ class Site:
     def install(self, app: FastAPI) -> None:
         """The security headers on every response of `app`, the stylesheet, the sign-in routes and the
         error pages."""
-        app.state.web_site = self
         app.add_middleware(SecurityHeaders)
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
         app.include_router(self._sign_in_routes())
@@ -232,13 +229,6 @@ class Site:
             return response
 
         return router
-
-
-def site_of(request: Request) -> Site:
-    site = getattr(request.app.state, "web_site", None)
-    if not isinstance(site, Site):
-        raise TypeError("this app has no pages: install a Site on it")
-    return site
 
 
 def check_csrf(me: WebSession, form: dict[str, str]) -> None:
