@@ -138,7 +138,7 @@ def _people(request: Request) -> list[DevPerson]:
 
 
 def _page(template: str, status: int, *form_targets: str, **context_: Any) -> Response:
-    response = render(template, status, site_title=TITLE, me=None, nav=[], path="", **context_)
+    response = render(template, status, site_title=TITLE, base="", me=None, nav=[], path="", **context_)
     response.headers.update(security_headers(*form_targets))
     return response
 

@@ -31,16 +31,18 @@ SECURITY_HEADERS = security_headers()
 
 
 class SecurityHeaders:
-    """Adds `SECURITY_HEADERS` to every response of the app it wraps, replacing any a route set: a page
-    cannot opt out of the policy."""
+    """Adds `SECURITY_HEADERS` to every response under `prefix` (to all when it is ""), replacing any a
+    route set: a page cannot opt out of the policy."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, prefix: str = "") -> None:
         self.app = app
+        self.prefix = prefix
         self._raw = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
         self._names = {name for name, _ in self._raw}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == self.prefix or path.startswith(f"{self.prefix}/")):
             await self.app(scope, receive, send)
             return
 

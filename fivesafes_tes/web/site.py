@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from starlette.staticfiles import StaticFiles
 
 from fivesafes_tes.auth.principal import Role
+from fivesafes_tes.auth.tokens import Claims
 from fivesafes_tes.web.headers import SecurityHeaders
 from fivesafes_tes.web.oidc import IssuerUnavailable, LoginFailed, OidcClient
 from fivesafes_tes.web.session import SessionCookies, WebSession
@@ -81,10 +82,15 @@ def _no_audit(actor: str, action: str, outcome: str, detail: dict[str, str]) -> 
     """For apps without an audit log."""
 
 
+def _nothing_to_do(claims: Claims) -> None:
+    """For apps that keep nothing of who signs in."""
+
+
 class Site:
-    """The pages of one app. `authorize(session, role)` says why a signed-in person may not act as `role`
-    here (None if they may); `nav` lists the pages in the header; `audit` records each sign-in, refused
-    sign-in and sign-out."""
+    """The pages of one app, all under `prefix` ("" for the whole app). `authorize(session, role)` says why
+    a signed-in person may not act as `role` here (None if they may); `nav` lists the pages in the
+    header; `audit` records each sign-in, refused sign-in and sign-out; `on_sign_in` is told of each
+    person signing in (the gateway provisions their user, as its API does on a first call)."""
 
     def __init__(
         self,
@@ -95,8 +101,14 @@ class Site:
         authorize: Authorize,
         nav: tuple[NavLink, ...] = (),
         audit: Audit = _no_audit,
+        prefix: str = "",
+        on_sign_in: Callable[[Claims], None] = _nothing_to_do,
     ) -> None:
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError("a site's prefix is empty or a path like /web")
         self.title = title
+        self.prefix = prefix
+        self.on_sign_in = on_sign_in
         self.oidc = oidc
         self.cookies = cookies
         self.authorize = authorize
@@ -120,12 +132,19 @@ class Site:
         me = self.session(request) if isinstance(me, _FromRequest) else me
         links = [link for link in self.nav if me is not None and self.authorize(me, link.role) is None]
         return render(
-            template, status, site_title=self.title, me=me, nav=links, path=request.url.path, **context
+            template,
+            status,
+            site_title=self.title,
+            base=self.prefix,
+            me=me,
+            nav=links,
+            path=request.url.path,
+            **context,
         )
 
-    def signed_in(self, role: Role) -> Callable[[Request], WebSession]:
-        """A dependency for GET pages: the session of someone who may act as `role`; without a session the
-        browser is sent to sign in, and anyone else gets a 403 page."""
+    def signed_in(self, role: Role | None) -> Callable[[Request], WebSession]:
+        """A dependency for GET pages: the session of someone who may act as `role` (None: of anyone signed
+        in); without a session the browser is sent to sign in, and anyone else gets a 403 page."""
 
         def dependency(request: Request) -> WebSession:
             me = self.session(request)
@@ -137,7 +156,7 @@ class Site:
 
         return dependency
 
-    def posted(self, role: Role) -> Callable[[Request], Awaitable[tuple[WebSession, dict[str, str]]]]:
+    def posted(self, role: Role | None) -> Callable[[Request], Awaitable[tuple[WebSession, dict[str, str]]]]:
         """A dependency for form POSTs: the session and the form, once the form's CSRF token matched the
         session's. No session is 401 (a form is never replayed through a sign-in), a missing or wrong
         token 403, and so is someone who may not act as `role`."""
@@ -153,16 +172,16 @@ class Site:
 
         return dependency
 
-    def _check(self, me: WebSession, role: Role) -> None:
-        refused = self.authorize(me, role)
+    def _check(self, me: WebSession, role: Role | None) -> None:
+        refused = None if role is None else self.authorize(me, role)
         if refused is not None:
             raise PageRefused(403, f"{me.username} may not see this page: {refused}")
 
     def install(self, app: FastAPI) -> None:
-        """The security headers on every response of `app`, the stylesheet, the sign-in routes and the
-        error pages."""
-        app.add_middleware(SecurityHeaders)
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+        """The security headers on every response under the prefix (of all `app` when there is none), the
+        stylesheet, the sign-in routes and the error pages."""
+        app.add_middleware(SecurityHeaders, prefix=self.prefix)
+        app.mount(f"{self.prefix}/static", StaticFiles(directory=STATIC), name=f"static{self.prefix}")
         app.include_router(self._sign_in_routes())
 
         @app.exception_handler(PageRefused)
@@ -171,15 +190,17 @@ class Site:
 
         @app.exception_handler(SignInRequired)
         async def _sign_in(_: Request, exc: SignInRequired) -> Response:
-            return RedirectResponse(f"/login?next={quote(exc.next_path, safe='/')}", status_code=303)
+            return RedirectResponse(
+                f"{self.prefix}/login?next={quote(exc.next_path, safe='/')}", status_code=303
+            )
 
     def _sign_in_routes(self) -> APIRouter:
-        router = APIRouter(include_in_schema=False)
+        router = APIRouter(prefix=self.prefix, include_in_schema=False)
 
         @router.get("/login")
         def login(next: str = "/") -> Response:
             try:
-                url, state = self.oidc.begin(_local(next))
+                url, state = self.oidc.begin(_local(next, self.prefix))
             except IssuerUnavailable as exc:
                 log.warning("sign-in cannot start: %s", exc)
                 raise PageRefused(503, "the identity provider cannot be reached; try again shortly") from None
@@ -200,12 +221,16 @@ class Site:
                 claims = self.oidc.finish(login, state, code)
             except LoginFailed as exc:
                 self.audit(
-                    "anonymous", "auth.failure", "denied", {"route": "/auth/callback", "reason": str(exc)}
+                    "anonymous",
+                    "auth.failure",
+                    "denied",
+                    {"route": f"{self.prefix}/auth/callback", "reason": str(exc)},
                 )
                 raise PageRefused(401, str(exc)) from None
             except IssuerUnavailable as exc:
                 log.warning("sign-in cannot complete: %s", exc)
                 raise PageRefused(503, "the identity provider cannot be reached; try again shortly") from None
+            self.on_sign_in(claims)
             self.audit(
                 claims.username,
                 "web.sign_in",
@@ -262,11 +287,12 @@ async def read_form(request: Request) -> dict[str, str]:
     return form
 
 
-def _local(path: str) -> str:
-    """`path` if it is a path on this site, else "/": a sign-in never sends the browser elsewhere."""
+def _local(path: str, prefix: str) -> str:
+    """`path` if it is a page of this site (under `prefix`), else its start page: a sign-in never sends
+    the browser elsewhere."""
     parts = urlsplit(path)
-    if parts.scheme or parts.netloc or not path.startswith("/") or path.startswith(("//", "/\\")):
-        return "/"
+    if parts.scheme or parts.netloc or not path.startswith(f"{prefix}/") or path.startswith(("//", "/\\")):
+        return f"{prefix}/"
     return path
 
 
