@@ -186,6 +186,8 @@ def start(
         overrides["results"] = ResultsStoreSettings(
             endpoint_url=s3_url, access_key="dev", secret_key=SecretStr("dev-secret")
         )
+    overrides.setdefault("web_pages", True)
+    overrides.setdefault("web_session_key", SecretStr(secrets.token_hex(32)))  # sessions end with the stack
     settings = GatewaySettings(
         data_dir=data_dir,
         database_url=database_url,

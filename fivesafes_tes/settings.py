@@ -73,6 +73,28 @@ class GatewaySettings(BaseSettings):
         default=False, description="Serve and trust the embedded development token issuer."
     )
 
+    # Pages (docs/web.md)
+    web_pages: bool = Field(
+        default=False, description="Serve the researchers' pages under PUBLIC_URL/web (docs/web.md)."
+    )
+    web_client_id: str = Field(
+        default="fivesafes-tes",
+        description="The pages' OIDC client id at OIDC_ISSUER: their ID tokens' audience. Its access tokens "
+        "must be for OIDC_AUDIENCE, as the API's are.",
+    )
+    web_client_secret: SecretStr | None = Field(
+        default=None,
+        description="The pages' OIDC client secret, for a confidential client (PKCE is always used).",
+    )
+    web_session_key: SecretStr | None = Field(
+        default=None,
+        description="Key (at least 32 characters) signing the pages' session cookies; every replica needs "
+        "the same. Unset: a random one per process (logged as a warning), which only one replica can use.",
+    )
+    web_session_ttl_s: int = Field(
+        default=3600, ge=60, le=12 * 3600, description="How long a sign-in to the pages lasts."
+    )
+
     # TES service-info
     service_id: str = Field(default="org.fivesafes.tes", description="service-info `id` (reverse domain).")
     service_name: str = Field(default="Five Safes TES", description="service-info `name`.")
@@ -226,6 +248,14 @@ class GatewaySettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'gateway.db'}"
+
+    @model_validator(mode="after")
+    def _web_session_key_long_enough(self) -> GatewaySettings:
+        if self.web_session_key is not None and len(self.web_session_key.get_secret_value()) < 32:
+            raise ValueError(
+                "web_session_key must be at least 32 characters (make one: openssl rand -hex 32)"
+            )
+        return self
 
     @property
     def dev_issuer_dir(self) -> Path:

@@ -358,6 +358,7 @@ def test_a_typo_in_values_fails(chart, values, words):
         (GATEWAY, {**GATEWAY_REQUIRED, "replicas": 3, "database": {"type": "sqlite"}}, "replicas is 3"),
         (GATEWAY, {"publicUrl": "https://tes.example.org"}, "oidc.issuer is required"),
         (GATEWAY, {**GATEWAY_REQUIRED, "settings": {"FIVESAFES_DATABASE_URL": "x"}}, "is a secret"),
+        (GATEWAY, {**GATEWAY_REQUIRED, "settings": {"FIVESAFES_WEB_SESSION_KEY": "x" * 40}}, "is a secret"),
         (TRE, {**TRE_REQUIRED, "settings": {"FIVESAFES_AGENT_AIRLOCK_SECRET_KEY": "x"}}, "is a secret"),
         (TRE, {**TRE_REQUIRED, "executor": {"backend": "docker"}}, "never mounts a node's Docker socket"),
         (TRE, {**TRE_REQUIRED, "executor": {"kubernetes": {"namespace": "fivesafes"}}}, "own namespace"),

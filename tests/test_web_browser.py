@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -19,7 +20,7 @@ from fivesafes_tes.agent.tables import LocalDecision, ReviewDecision
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.web import CONTENT_SECURITY_POLICY
 from tests.conftest import need_service
-from tests.web import TreSite, hold_child, tre_site
+from tests.web import GatewaySite, TreSite, gateway_site, hold_child, tre_site
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
@@ -82,7 +83,7 @@ class Visit:
         self.context.close()
 
 
-def sign_in(visit: Visit, site: TreSite, path: str, person: str) -> None:
+def sign_in(visit: Visit, site: TreSite | GatewaySite, path: str, person: str) -> None:
     """Open `path` unsigned: the site sends the browser to the issuer's login page; pick `person`."""
     visit.page.goto(site.url + path)
     assert visit.page.url.startswith(f"{site.gateway_url}/dev-issuer/authorize?")
@@ -170,3 +171,21 @@ def test_a_required_reason_is_asked_for_before_the_form_is_sent(browser, site):
             assert session.get(LocalDecision, ("alpha", "carol")) is None
     finally:
         visit.close()
+
+
+def test_a_researcher_follows_their_tasks_at_the_gateway(browser, tmp_path):
+    with gateway_site(tmp_path / "gw") as site:
+        submitted = httpx.post(
+            f"{site.url}/ga4gh/tes/v1/tasks",
+            json={"name": "count-diabetes", "executors": [{"image": "alpine", "command": ["true"]}]},
+            headers={"Authorization": f"Bearer {site.token('alice')}"},
+        ).json()["id"]
+        visit = Visit(browser, "researcher")
+        try:
+            sign_in(visit, site, "/web/tasks", "alice")
+            assert visit.page.get_by_role("cell", name=submitted).is_visible()
+            visit.check("tasks")
+            visit.page.get_by_role("link", name="Five Safes TES").click()
+            visit.check("home")
+        finally:
+            visit.close()

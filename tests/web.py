@@ -104,15 +104,63 @@ def tre_site(
         gateway_db.dispose()
 
 
-def sign_in(site: TreSite, person: str, next_path: str = "/") -> httpx.Client:
+@dataclass
+class GatewaySite:
+    """The gateway with its pages (under /web) and its development issuer."""
+
+    url: str
+    issuer: DevIssuer
+    db: Database
+    app: FastAPI
+
+    @property
+    def gateway_url(self) -> str:
+        return self.url
+
+    def token(self, user: str) -> str:
+        """A researcher's token for the TES API."""
+        return self.issuer.issue(user, ["researcher"], audience="fivesafes-tes")
+
+
+@contextmanager
+def gateway_site(tmp_path: Path) -> Iterator[GatewaySite]:
+    """A gateway on loopback serving its pages, with the development issuer and the test federation."""
+    port = devstack.free_port()
+    settings = GatewaySettings(
+        data_dir=tmp_path / "gateway",
+        public_url=f"http://127.0.0.1:{port}",
+        dev_issuer=True,
+        allowed_images=["*"],
+        web_pages=True,
+        web_session_key=SESSION_KEY,
+    )
+    db = Database(settings.effective_database_url)
+    db.upgrade()
+    devstack.seed_federation(db, TEST_FEDERATION)
+    app = create_app(settings, db=db)
+    issuer = app_context(app).dev_issuer
+    assert issuer is not None
+    server, thread = devstack.serve(app, "127.0.0.1", port)
+    try:
+        yield GatewaySite(f"http://127.0.0.1:{port}", issuer, db, app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        db.dispose()
+
+
+def sign_in(site: TreSite | GatewaySite, person: str, next_path: str = "/") -> httpx.Client:
     """A client signed in to the pages as `person` (one of the development issuer's demo people)."""
     return sign_in_landing(site, person, next_path)[0]
 
 
-def sign_in_landing(site: TreSite, person: str, next_path: str = "/") -> tuple[httpx.Client, str]:
+def sign_in_landing(
+    site: TreSite | GatewaySite, person: str, next_path: str = "/"
+) -> tuple[httpx.Client, str]:
     """`sign_in`, with where the site sent the browser once signed in."""
     client = httpx.Client(base_url=site.url, timeout=10)
-    to_issuer = client.get("/login", params={"next": next_path})
+    start = "/web/login" if isinstance(site, GatewaySite) else "/login"
+    to_issuer = client.get(start, params={"next": next_path})
     assert to_issuer.status_code == 303, to_issuer.text
     login_page = client.get(to_issuer.headers["location"])
     assert login_page.status_code == 200, login_page.text

@@ -114,8 +114,7 @@ def router(
         me = site.session(request)
         if me is None:
             return RedirectResponse("/login", status_code=303)
-        roles = [link for link in NAV if site.authorize(me, link.role) is None]
-        return site.page(request, "tre/home.html", me=me, tre=tre, links=roles)
+        return site.page(request, "tre/home.html", me=me, tre=tre, links=site.links(me))
 
     @pages.get("/tre/approvals", response_class=HTMLResponse)
     def approvals_page(

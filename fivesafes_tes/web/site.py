@@ -61,11 +61,12 @@ class SignInRequired(Exception):
 
 @dataclass(frozen=True)
 class NavLink:
-    """A link in every page's header, shown only to those holding `role`."""
+    """A link in every page's header, shown only to those who may act as `role` (None: to anyone
+    signed in)."""
 
     path: str
     label: str
-    role: Role
+    role: Role | None
 
 
 class _FromRequest:
@@ -130,7 +131,7 @@ class Site:
         """`template` in this site's frame: its title, the links `me` may follow, the sign-out form. `me`
         is the request's session unless given (None: the page is shown as to someone signed out)."""
         me = self.session(request) if isinstance(me, _FromRequest) else me
-        links = [link for link in self.nav if me is not None and self.authorize(me, link.role) is None]
+        links = self.links(me) if me is not None else []
         return render(
             template,
             status,
@@ -141,6 +142,10 @@ class Site:
             path=request.url.path,
             **context,
         )
+
+    def links(self, me: WebSession) -> list[NavLink]:
+        """The pages of `nav` that `me` may see."""
+        return [link for link in self.nav if link.role is None or self.authorize(me, link.role) is None]
 
     def signed_in(self, role: Role | None) -> Callable[[Request], WebSession]:
         """A dependency for GET pages: the session of someone who may act as `role` (None: of anyone signed

@@ -1,0 +1,71 @@
+"""The gateway's pages under /web: a researcher signs in with the federation's issuer (provisioned and
+audited as on a first API call) and sees the tasks the TES API would list for them, no one else's;
+the security headers cover the pages and leave the API and its /docs as they were."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.auth.tables import User
+from tests.web import gateway_site, sign_in, sign_in_landing
+
+TASK = {"name": "count-diabetes", "executors": [{"image": "alpine", "command": ["true"]}]}
+POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+@pytest.fixture
+def site(tmp_path):
+    with gateway_site(tmp_path) as site:
+        yield site
+
+
+def test_a_researcher_signs_in_and_sees_their_tasks_only(site):
+    submitted = httpx.post(
+        f"{site.url}/ga4gh/tes/v1/tasks",
+        json=TASK,
+        headers={"Authorization": f"Bearer {site.token('bob')}"},
+    )
+    assert submitted.status_code == 200, submitted.text
+    bob, landed = sign_in_landing(site, "bob", "/web/tasks")
+    assert landed == "/web/tasks"
+    page = bob.get("/web/tasks")
+    assert page.status_code == 200
+    assert submitted.json()["id"] in page.text
+    assert "count-diabetes" in page.text
+    alice = sign_in(site, "alice", "/web/tasks")
+    assert submitted.json()["id"] not in alice.get("/web/tasks").text
+    assert "No task yet." in alice.get("/web/tasks").text
+
+
+def test_signing_in_provisions_the_user_and_is_audited(site):
+    sign_in(site, "carol", "/web/")
+    with site.db.read() as session:
+        user = session.scalars(select(User).where(User.username == "carol")).one()
+        assert user.issuer == site.issuer.issuer_url
+        actions = [r.action for r in session.scalars(select(AuditRecord).where(AuditRecord.actor == "carol"))]
+    assert "web.sign_in" in actions
+
+
+def test_without_a_session_a_page_sends_the_browser_to_sign_in(site):
+    response = httpx.get(f"{site.url}/web/tasks")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/web/login?next=/web/tasks"
+
+
+def test_a_sign_in_never_returns_outside_the_pages(site):
+    for target in ("/ga4gh/tes/v1/tasks", "https://evil.example/web/", "//evil.example/web/"):
+        assert sign_in_landing(site, "alice", target)[1] == "/web/"
+
+
+def test_the_headers_cover_the_pages_and_not_the_api(site):
+    alice = sign_in(site, "alice")
+    for path in ("/web/", "/web/tasks", "/web/static/web.css", "/web/login"):
+        assert alice.get(path).headers["content-security-policy"] == POLICY, path
+    for path in ("/docs", "/ga4gh/tes/v1/service-info"):
+        assert "content-security-policy" not in alice.get(path).headers, path
