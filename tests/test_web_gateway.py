@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import select
 
 from fivesafes_tes.audit.tables import AuditRecord
@@ -69,3 +70,23 @@ def test_the_headers_cover_the_pages_and_not_the_api(site):
         assert alice.get(path).headers["content-security-policy"] == POLICY, path
     for path in ("/docs", "/ga4gh/tes/v1/service-info"):
         assert "content-security-policy" not in alice.get(path).headers, path
+
+
+def test_every_gateway_page_sends_a_browser_without_a_session_to_sign_in(site):
+    pages = [
+        (method, route.path)
+        for route in iter_route_contexts(site.app.routes)
+        if route.path.startswith("/web/") and route.path not in ("/web/login", "/web/auth/callback")
+        for method in route.methods or ()
+        if method != "HEAD"
+    ]
+    assert ("GET", "/web/tasks") in pages
+    for method, path in pages:
+        response = httpx.request(
+            method, f"{site.url}{path}", data={"csrf": "x"} if method == "POST" else None
+        )
+        if method == "GET":
+            assert response.status_code == 303, path
+            assert response.headers["location"].startswith("/web/login"), path
+        else:
+            assert response.status_code == 401, path
