@@ -45,7 +45,9 @@ def test_a_researcher_signs_in_and_sees_their_tasks_only(site):
 
 
 def test_signing_in_provisions_the_user_and_is_audited(site):
-    sign_in(site, "carol", "/web/")
+    carol = sign_in(site, "carol", "/web/")
+    # named apart from every TRE's, which the embedded stack serves on the same host name
+    assert [c.name for c in carol.cookies.jar] == ["fivesafes-gateway-session"]
     with site.db.read() as session:
         user = session.scalars(select(User).where(User.username == "carol")).one()
         assert user.issuer == site.issuer.issuer_url

@@ -73,7 +73,7 @@ def test_every_page_response_carries_the_security_headers(site):
 
 def test_the_session_cookie_is_httponly_lax_and_holds_no_token(site):
     client = sign_in(site, "uk-tre-admin")
-    cookie = next(c for c in client.cookies.jar if c.name == "fivesafes-session")
+    cookie = next(c for c in client.cookies.jar if c.name == "fivesafes-uk-tre-session")
     assert cookie.has_nonstandard_attr("HttpOnly")
     assert "eyJ" not in cookie.value.split(".")[0] or len(cookie.value) < 900  # no JWT inside
     assert not cookie.secure
@@ -83,7 +83,7 @@ def test_https_sites_set_secure_host_only_cookies(tmp_path):
     with tre_site(tmp_path, secure=True) as site:
         client = httpx.Client(base_url=site.url)
         started = client.get("/login")
-        assert "__Host-fivesafes-login=" in started.headers["set-cookie"]
+        assert "__Host-fivesafes-uk-tre-login=" in started.headers["set-cookie"]
         assert "Secure" in started.headers["set-cookie"]
         assert "HttpOnly" in started.headers["set-cookie"]
         assert "SameSite=lax" in started.headers["set-cookie"]
@@ -128,7 +128,9 @@ def test_every_page_sends_a_browser_without_a_session_to_sign_in_and_refuses_its
 
 
 def test_a_forged_session_cookie_is_no_session(site):
-    forged = httpx.Client(base_url=site.url, cookies={"fivesafes-session": "eyJpc3MiOiJ4In0.forged.sig"})
+    forged = httpx.Client(
+        base_url=site.url, cookies={"fivesafes-uk-tre-session": "eyJpc3MiOiJ4In0.forged.sig"}
+    )
     assert forged.get("/tre/approvals").status_code == 303
 
 
@@ -160,7 +162,7 @@ def test_sign_out_needs_the_csrf_token_and_ends_the_session(site):
     signed_out = admin.post("/logout", data={"csrf": token})
     assert signed_out.status_code == 200
     assert "Signed in as" not in signed_out.text
-    assert 'fivesafes-session=""' in signed_out.headers["set-cookie"]
+    assert 'fivesafes-uk-tre-session=""' in signed_out.headers["set-cookie"]
     assert admin.get("/tre/approvals").status_code == 303
 
 

@@ -18,7 +18,7 @@ from fivesafes_tes.agent.pages import site_for
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalChild
 from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
 from fivesafes_tes.settings import AgentSettings
-from fivesafes_tes.web import SessionCookies, WebSession
+from fivesafes_tes.web import WebSession
 
 KEY = "q" * 40
 CHECKER = WebSession(
@@ -39,8 +39,9 @@ def queue(tmp_path):
     db = open_database(settings)
     issuer = DevIssuer(tmp_path / "idp", "https://idp.example")
     validator = TokenValidator(issuer.issuer_url, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
-    client = TestClient(create_admin_app(db, "uk-tre", validator, site=site_for(settings, validator, db)))
-    cookies = SessionCookies(KEY.encode(), settings.web_session_ttl_s, secure=False)
+    site = site_for(settings, validator, db)
+    client = TestClient(create_admin_app(db, "uk-tre", validator, site=site))
+    cookies = site.cookies  # a session as the site itself would have signed it
     from starlette.responses import Response
 
     minted = Response()

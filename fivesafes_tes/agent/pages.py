@@ -75,7 +75,12 @@ def site_for(settings: AgentSettings, validator: TokenValidator, db: Database) -
     return Site(
         title=f"{settings.tre} · Five Safes TES",
         oidc=OidcClient(validator, settings.web_client_id, f"{public}/auth/callback", client_secret=secret),
-        cookies=SessionCookies(key, settings.web_session_ttl_s, secure=public.startswith("https://")),
+        cookies=SessionCookies(
+            key,
+            settings.web_session_ttl_s,
+            secure=public.startswith("https://"),
+            name=f"fivesafes-{settings.tre}",
+        ),
         authorize=authorizer(settings.tre, settings.require_tre_claim),
         nav=NAV,
         audit=_auditor(db),

@@ -61,7 +61,9 @@ def site_for(settings: GatewaySettings, validator: TokenValidator, db: Database)
     return Site(
         title="Five Safes TES",
         oidc=OidcClient(validator, settings.web_client_id, f"{public}/auth/callback", client_secret=secret),
-        cookies=SessionCookies(key, settings.web_session_ttl_s, secure=public.startswith("https://")),
+        cookies=SessionCookies(
+            key, settings.web_session_ttl_s, secure=public.startswith("https://"), name="fivesafes-gateway"
+        ),
         authorize=authorize,
         nav=NAV,
         audit=_auditor(db),

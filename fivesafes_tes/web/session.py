@@ -57,19 +57,22 @@ class LoginState:
 
 
 class SessionCookies:
-    """Reads and writes the session cookie and the short-lived sign-in cookie, both signed with `key`.
+    """Reads and writes a site's session cookie and its short-lived sign-in cookie, both signed with
+    `key` and named after `name`.
 
     Both are HttpOnly and SameSite=Lax (the identity provider's redirect back is a top-level GET, which
     Lax lets through); with `secure` they are Secure and `__Host-` prefixed, so no subdomain can set them."""
 
-    def __init__(self, key: bytes, ttl_s: int, *, secure: bool) -> None:
+    def __init__(self, key: bytes, ttl_s: int, *, secure: bool, name: str = "fivesafes") -> None:
         if len(key) < 32:
             raise ValueError("the session key must be at least 32 bytes")
         self.ttl_s = ttl_s
         self.secure = secure
         prefix = "__Host-" if secure else ""
-        self.session_name = f"{prefix}fivesafes-session"
-        self.login_name = f"{prefix}fivesafes-login"
+        # Named per site: cookies are not kept apart by port, so sites sharing a host name would
+        # otherwise overwrite each other's (the embedded stack serves them all on 127.0.0.1).
+        self.session_name = f"{prefix}{name}-session"
+        self.login_name = f"{prefix}{name}-login"
         self._session = URLSafeTimedSerializer(key, salt="fivesafes-tes.web.session")
         self._login = URLSafeTimedSerializer(key, salt="fivesafes-tes.web.login")
 
