@@ -185,6 +185,9 @@ def test_a_researcher_follows_their_tasks_at_the_gateway(browser, tmp_path):
             sign_in(visit, site, "/web/tasks", "alice")
             assert visit.page.get_by_role("cell", name=submitted).is_visible()
             visit.check("tasks")
+            visit.page.get_by_role("link", name=submitted).click()
+            assert visit.page.get_by_role("heading", name="uk-tre: received").is_visible()
+            visit.check("task")
             visit.page.get_by_role("link", name="Five Safes TES").click()
             visit.check("home")
         finally:

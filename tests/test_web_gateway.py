@@ -92,3 +92,24 @@ def test_every_gateway_page_sends_a_browser_without_a_session_to_sign_in(site):
             assert response.headers["location"].startswith("/web/login"), path
         else:
             assert response.status_code == 401, path
+
+
+def test_a_task_page_shows_each_tre_and_refuses_other_peoples_tasks(site):
+    submitted = httpx.post(
+        f"{site.url}/ga4gh/tes/v1/tasks",
+        json={**TASK, "tags": {"project": "alpha"}},
+        headers={"Authorization": f"Bearer {site.token('alice')}"},
+    ).json()["id"]
+    alice = sign_in(site, "alice")
+    page = alice.get(f"/web/tasks/{submitted}")
+    assert page.status_code == 200
+    for shown in ("count-diabetes", "uk-tre: received", "sg-tre: received", "<code>alpine</code>"):
+        assert shown in page.text, shown
+    assert f'href="/web/tasks/{submitted}"' in alice.get("/web/tasks").text
+    bob = sign_in(site, "bob")
+    refused = bob.get(f"/web/tasks/{submitted}")
+    assert refused.status_code == 404
+    with site.db.read() as session:
+        denied = session.scalars(select(AuditRecord).where(AuditRecord.actor == "bob")).all()
+    assert [r.outcome for r in denied if r.object == f"task:{submitted}"] == ["denied"]
+    assert alice.get("/web/tasks", params={"page": "not-a-token"}).status_code == 400

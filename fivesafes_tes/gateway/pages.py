@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
 from fivesafes_tes.auth import Claims, TokenValidator, provision
@@ -22,7 +23,16 @@ from fivesafes_tes.auth.tables import User
 from fivesafes_tes.db import Database
 from fivesafes_tes.settings import GatewaySettings
 from fivesafes_tes.submission.federation import claim_memberships
-from fivesafes_tes.submission.tasks import Actor, InvalidTask, ListQuery, list_tasks
+from fivesafes_tes.submission.ids import BadPageToken
+from fivesafes_tes.submission.tasks import (
+    Actor,
+    InvalidTask,
+    ListQuery,
+    TaskNotFound,
+    get_task,
+    list_tasks,
+    record_refusal,
+)
 from fivesafes_tes.tes.models import View
 from fivesafes_tes.web import (
     NavLink,
@@ -102,16 +112,13 @@ def router(site: Site, db: Database) -> APIRouter:
     @pages.get("/tasks", response_class=HTMLResponse)
     def tasks_page(request: Request, me: SignedIn, page: str = "") -> Response:
         with db.read() as session:
-            user = session.scalar(select(User).where(User.issuer == me.issuer, User.subject == me.subject))
-            if user is None:  # sign-in provisions everyone: the database was replaced since
-                raise PageRefused(403, "this gateway does not know you any more: sign out and sign in again")
             try:
                 found = list_tasks(
                     session,
-                    Actor(user_id=user.id, name=user.username),
+                    _actor(session, me),
                     ListQuery(page_size=TASKS_PAGE, page_token=page or None, view=View.BASIC),
                 )
-            except InvalidTask as exc:
+            except (InvalidTask, BadPageToken) as exc:
                 raise PageRefused(400, str(exc)) from None
         return site.page(
             request,
@@ -121,4 +128,23 @@ def router(site: Site, db: Database) -> APIRouter:
             following=f"{PREFIX}/tasks?page={found.next_page_token}" if found.next_page_token else None,
         )
 
+    @pages.get("/tasks/{task_id}", response_class=HTMLResponse)
+    def task_page(request: Request, task_id: str, me: SignedIn) -> Response:
+        try:
+            with db.read() as session:
+                task = get_task(session, _actor(session, me), task_id, View.FULL)
+        except TaskNotFound as exc:
+            with db.write() as session:
+                record_refusal(session, exc)
+            raise PageRefused(404, exc.message) from None
+        return site.page(request, "gateway/task.html", me=me, task=task)
+
     return pages
+
+
+def _actor(session: Session, me: WebSession) -> Actor:
+    """The user `me` signed in as (sign-in provisioned them), as the submission functions know callers."""
+    user = session.scalar(select(User).where(User.issuer == me.issuer, User.subject == me.subject))
+    if user is None:  # the database was replaced since
+        raise PageRefused(403, "this gateway does not know you any more: sign out and sign in again")
+    return Actor(user_id=user.id, name=user.username)
