@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from fivesafes_tes import devstack
-from fivesafes_tes.agent.health import AgentHealth
+from fivesafes_tes.agent.health import Probes
 from fivesafes_tes.agent.loop import Agent
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.settings import AgentSettings
@@ -211,14 +211,14 @@ def test_an_agent_that_has_not_recovered_is_not_ready(tmp_path):
         store=Airlock(),  # type: ignore[arg-type]
         policy=TrePolicy(),
     )
-    assert agent.health.readiness(agent.db) == {
+    assert agent.probes.readiness(agent.db) == {
         "status": "unavailable",
         "database": "ok",
         "recovery": "not finished",
         "gateway": "not synced yet",
     }
     agent.recover()
-    assert agent.health.readiness(agent.db)["recovery"] == "ok"
+    assert agent.probes.readiness(agent.db)["recovery"] == "ok"
     agent.db.dispose()
 
 
@@ -237,9 +237,9 @@ def test_an_app_without_an_agent_behind_it_is_never_ready(tmp_path):
     client = TestClient(create_admin_app(db, "uk-tre", validator))
     assert client.get("/healthz").json() == {"status": "ok", "threads": "ok", "worker": "ok"}
     assert client.get("/readyz").status_code == 503
-    health = AgentHealth(stall_s=60, sync_stale_s=60)
-    health.mark_recovered()
-    health.mark_synced()
-    ready = TestClient(create_admin_app(db, "uk-tre", validator, health=health))
+    probes = Probes(stall_s=60, sync_stale_s=60)
+    probes.mark_recovered()
+    probes.mark_synced()
+    ready = TestClient(create_admin_app(db, "uk-tre", validator, probes=probes))
     assert ready.get("/readyz").status_code == 200
     db.dispose()

@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from fivesafes_tes.agent.admin_api import create_admin_app
-from fivesafes_tes.agent.health import AgentHealth
+from fivesafes_tes.agent.health import Probes
 from fivesafes_tes.auth import DevIssuer, StaticJwks, TokenValidator
 from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.app import create_app
@@ -115,6 +115,13 @@ GATEWAY_PUBLIC = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/dev-issuer/.well-known/openid-configuration"),  # served only with the dev issuer on
     ("GET", "/dev-issuer/jwks.json"),
+}
+# The development issuer's sign-in, public by nature (it is where people get a token), and how it
+# answers a call without its parameters: a request it cannot use, or a body that is not a form.
+GATEWAY_SIGN_IN = {
+    ("GET", "/dev-issuer/authorize"): 400,
+    ("POST", "/dev-issuer/authorize"): 415,
+    ("POST", "/dev-issuer/token"): 400,
 }
 # Valid bodies, so that a refusal is about the caller, never about the body (a task is parsed before
 # its token is checked), and the right caller gets past validation.
@@ -227,7 +234,9 @@ def gateway_wrong_callers(fed: Federation, role: str) -> dict[str, dict[str, str
     return {}
 
 
-GATEWAY_OPERATIONS = [op for op in _gateway_operations() if (op.method, op.path) not in GATEWAY_PUBLIC]
+GATEWAY_OPERATIONS = [
+    op for op in _gateway_operations() if (op.method, op.path) not in GATEWAY_PUBLIC | GATEWAY_SIGN_IN.keys()
+]
 
 
 @pytest.mark.parametrize("operation", GATEWAY_OPERATIONS, ids=str)
@@ -263,8 +272,9 @@ def test_the_gateway_routes_anyone_may_call_are_exactly_the_public_ones(federati
     served = _gateway_operations()
     assert {(op.method, op.path) for op in served} >= GATEWAY_PUBLIC, "a PUBLIC route is no longer served"
     answers = {(op.method, op.path): federation.call(op, {}).status_code for op in served}
-    assert {op for op, status in answers.items() if status != 401} == GATEWAY_PUBLIC
+    assert {op for op, status in answers.items() if status != 401} == GATEWAY_PUBLIC | GATEWAY_SIGN_IN.keys()
     assert {op: answers[op] for op in GATEWAY_PUBLIC} == dict.fromkeys(GATEWAY_PUBLIC, 200)
+    assert {op: answers[op] for op in GATEWAY_SIGN_IN} == GATEWAY_SIGN_IN
 
 
 # --- the TRE's own API (admin and review, served by the agent inside the TRE) ------------------------
@@ -281,10 +291,10 @@ TRE_AUDIENCE = "fivesafes-tre"
 
 def _tre_app(db: Database, issuer_jwks: dict[str, Any]) -> FastAPI:
     validator = TokenValidator(TRE_IDP, TRE_AUDIENCE, StaticJwks(issuer_jwks), ["RS256"])
-    health = AgentHealth(stall_s=60, sync_stale_s=60)  # an agent that has recovered and synced
-    health.mark_recovered()
-    health.mark_synced()
-    return create_admin_app(db, "uk-tre", validator, health=health)
+    probes = Probes(stall_s=60, sync_stale_s=60)  # an agent that has recovered and synced
+    probes.mark_recovered()
+    probes.mark_synced()
+    return create_admin_app(db, "uk-tre", validator, probes=probes)
 
 
 def _tre_operations() -> list[Operation]:

@@ -1,8 +1,9 @@
-"""What the agent's probes read: whether its threads are alive and moving, and whether it is ready.
-
-The agent's threads set timestamps here as they go; `/healthz` and `/readyz` on the TRE's own API
-read them. Those routes need no token, so what they say is about this process alone: never a task,
-a child, a project or a count.
+"""How a TRE's agent is doing, told two ways. For the TRE's admins (`Health`, their health page):
+when it last heard from the gateway, what work it holds at which stage, what it has still to report,
+and whether its threads run. For the cluster's probes (`Probes`, `/healthz` and `/readyz` on the
+TRE's own API): whether its threads are alive and moving, and whether it is ready; the agent's threads
+set timestamps there as they go. The probes need no token, so what they say is about this process
+alone: never a task, a child, a project or a count.
 """
 
 from __future__ import annotations
@@ -10,10 +11,35 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
+from fivesafes_tes.agent.tables import LocalChild, OutgoingEvent
 from fivesafes_tes.db import Database
+
+
+@dataclass(frozen=True)
+class Health:
+    tre: str
+    executor: str  # the backend's name: docker, kubernetes, local
+    last_contact: datetime | None  # the gateway's last answer; None before the first
+    children: dict[str, int]  # active children by stage
+    unsent_events: int  # stage events not yet taken by the gateway
+    threads: dict[str, bool]  # each thread of the agent, and whether it runs
+
+
+def backlog(session: Session) -> tuple[dict[str, int], int]:
+    """Active children by stage, and the stage events not yet sent: two grouped counts."""
+    stages = session.execute(
+        select(LocalChild.stage, func.count()).where(LocalChild.active.is_(True)).group_by(LocalChild.stage)
+    )
+    unsent = session.scalar(
+        select(func.count()).select_from(OutgoingEvent).where(OutgoingEvent.sent.is_(False))
+    )
+    return dict(stages.tuples().all()), unsent or 0
+
 
 #: The thread whose stall makes the agent unhealthy: it alone changes state, so while it is stuck
 #: nothing moves (the poller waits on the gateway by design, the heartbeater sleeps between beats).
@@ -21,7 +47,7 @@ WORKER = "worker"
 
 
 @dataclass
-class AgentHealth:
+class Probes:
     """When the agent's threads were last heard from (monotonic seconds).
 
     `stall_s`: the worker is stuck once it has not started a pass of its loop for this long (a pass
