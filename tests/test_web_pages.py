@@ -102,8 +102,18 @@ def test_no_session_sends_a_page_to_sign_in_and_refuses_a_form(site):
     assert "not signed in" in posted.text
 
 
-# Routes of the agent's app that are not pages: its API (tests/test_route_auth.py walks that) and signing in.
-NOT_PAGES = ("/tre/v1/", "/review/v1/", "/openapi.json", "/login", "/auth/callback", "/static")
+# Routes of the agent's app that are not pages: its API (tests/test_route_auth.py walks that), signing in,
+# and its probes (tests/test_agent_health.py).
+NOT_PAGES = (
+    "/tre/v1/",
+    "/review/v1/",
+    "/openapi.json",
+    "/login",
+    "/auth/callback",
+    "/static",
+    "/healthz",
+    "/readyz",
+)
 
 
 def test_every_page_sends_a_browser_without_a_session_to_sign_in_and_refuses_its_forms(site):
