@@ -3,7 +3,8 @@ left (the Kubernetes filer's stage-out Job, a relayed TES server's outputs), for
 hash and hold like any other output.
 
 Keys are `staging/<child>/<attempt>/files/<container path>` and `staging/<child>/<attempt>/logs/
-step-N.stdout|stderr`. Nothing under `staging/` is ever released or shown to anyone: release reads only
+step-N.stdout|stderr`; a backend may keep one record of its own at `staging/<child>/<attempt>/
+filer.json` (the Kubernetes filer's manifest), which `fetch` leaves out. Nothing under `staging/` is ever released or shown to anyone: release reads only
 `held/`, and the agent fetches a staged file into its own folder, then holds it there with its own hash.
 """
 
@@ -23,6 +24,7 @@ from fivesafes_tes.tes.outputs import normal_path
 log = logging.getLogger(__name__)
 
 ROOT = "staging"
+MANIFEST = "filer.json"
 _CHUNK = 1 << 20
 
 
@@ -52,6 +54,11 @@ def folder_key(child_id: str, attempt: int, container_folder: str) -> str:
     return file_key(child_id, attempt, container_folder) + "/"
 
 
+def manifest_key(child_id: str, attempt: int) -> str:
+    """Where the backend's own record of a run's staged files is kept (never fetched as a file)."""
+    return safe_key(ROOT, child_id, str(attempt), MANIFEST)
+
+
 def log_key(child_id: str, attempt: int, step: int, stream: str) -> str:
     return safe_key(ROOT, child_id, str(attempt), "logs", name_of(LogKey(step, Stream(stream))))
 
@@ -71,6 +78,8 @@ def fetch(store: ObjectStore, child_id: str, attempt: int, scratch: Path, *, max
     total = 0
     for n, item in enumerate(store.list(base)):
         rest = item.key[len(base) :]
+        if rest == MANIFEST:
+            continue
         kind, _, name = rest.partition("/")
         total += item.size
         if total > max_bytes:
