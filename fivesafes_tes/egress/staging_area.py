@@ -4,8 +4,9 @@ hash and hold like any other output.
 
 Keys are `staging/<child>/<attempt>/files/<container path>` and `staging/<child>/<attempt>/logs/
 step-N.stdout|stderr`; a backend may keep one record of its own at `staging/<child>/<attempt>/
-filer.json` (the Kubernetes filer's manifest), which `fetch` leaves out. Nothing under `staging/` is ever released or shown to anyone: release reads only
-`held/`, and the agent fetches a staged file into its own folder, then holds it there with its own hash.
+filer.json` (the Kubernetes filer's manifest), which `fetch` leaves out. Nothing under `staging/` is
+ever released or shown to anyone: release reads only `held/`, and the agent fetches a staged file into
+its own folder, then holds it there with its own hash.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def _post(capability: dict[str, Any], key: str, body: Any, size: int, timeout_s:
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (our own URL)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             response.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read(2000).decode(errors="replace")

@@ -106,7 +106,7 @@ def mount_source_refusal(path: Path, policy: SandboxPolicy = POLICY) -> str | No
 
 def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
     """Refuse a spec that would weaken the sandbox, naming what to fix: RequestRefused where the task's
-    request is the cause, ValueError where the TRE's own configuration is (a user, a limit, a host path)."""
+    request is the cause, ValueError where the TRE's own configuration is (a user, a limit)."""
     parse_user(spec.user)
     if not spec.steps:
         raise RequestRefused("a run needs at least one step")
@@ -120,22 +120,21 @@ def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
     ):
         raise ValueError(f"every limit must be positive: {lim}")
     targets: set[str] = set()
-    for mount in spec.mounts:
-        target = PurePosixPath(mount.target)
+    placed = [
+        *(("input", f.target) for f in spec.inputs),
+        *(("writable folder", w) for w in spec.writable),
+        *(("dataset", d.target) for d in spec.datasets),
+    ]
+    for what, at in placed:
+        target = PurePosixPath(at)
         if not target.is_absolute() or ".." in target.parts or str(target) == "/":
-            raise RequestRefused(f"mount target {mount.target!r} must be an absolute container path below /")
+            raise RequestRefused(f"{what} target {at!r} must be an absolute container path below /")
         reserved = next((r for r in policy.own_paths() if r.covers(str(target))), None)
         if reserved is not None:
-            raise RequestRefused(f"mount target {mount.target!r} is reserved by the sandbox: {reserved.why}")
+            raise RequestRefused(f"{what} target {at!r} is reserved by the sandbox: {reserved.why}")
         if str(target) in targets:
-            raise RequestRefused(f"mount target {mount.target!r} is used twice")
+            raise RequestRefused(f"{what} target {at!r} is used twice")
         targets.add(str(target))
-        refusal = mount_source_refusal(mount.source, policy)
-        if refusal:
-            raise ValueError(refusal)
-        source = mount.source.resolve()
-        if not source.exists():
-            raise ValueError(f"host path {str(mount.source)!r} to mount at {mount.target} does not exist")
     for i, step in enumerate(spec.steps):
         if not step.command:
             raise RequestRefused(f"step {i} has an empty command")
