@@ -544,7 +544,7 @@ def test_the_checks_see_each_escape_vector_in_task_and_stage_out_jobs():
     for rule in (
         {},
         {"ports": [{"protocol": "TCP", "port": 22}]},
-        {"ports": [{"port": 1, "endPort": 65535}]},
+        {"ports": [{"protocol": "TCP", "port": 53, "endPort": 65535}]},
     ):
         wide = filer_network_policy_manifest(settings())
         wide["spec"]["egress"].append(rule)
