@@ -231,13 +231,12 @@ def _start_tres(
     """For each TRE: its dataset, policy, airlock bucket, agent (synced, demo approvals made) and threads."""
     from fivesafes_tes.agent import approvals
     from fivesafes_tes.agent.client import GatewayClient
-    from fivesafes_tes.agent.loop import Agent, deployment_id, open_database
+    from fivesafes_tes.agent.loop import Agent, make_executor, open_database
     from fivesafes_tes.agent.policy import Dataset, TrePolicy
     from fivesafes_tes.agent.review import ReviewPolicy
     from fivesafes_tes.agent.tables import LocalDecision
     from fivesafes_tes.auth import Person
     from fivesafes_tes.egress.store import ObjectStore
-    from fivesafes_tes.executors import create as create_executor
     from fivesafes_tes.settings import AgentSettings
 
     if executor == "docker":
@@ -285,11 +284,12 @@ def _start_tres(
             oidc_audience=TRE_AUDIENCE,
         )
         db = open_database(settings)
+        store = ObjectStore.from_settings(settings.airlock)
         agent = Agent(
             settings,
             client=GatewayClient.from_settings(settings),
-            executor=create_executor(executor, tre=tre, deployment=deployment_id(db)),
-            store=ObjectStore.from_settings(settings.airlock),
+            executor=make_executor(settings, policy, db, store),
+            store=store,
             policy=policy,
             db=db,
         )

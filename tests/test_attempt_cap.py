@@ -84,7 +84,9 @@ def test_past_the_cap_a_real_run_is_stopped_and_its_containers_removed(
     from fivesafes_tes.executors.docker import DockerExecutor
 
     tre, child = f"test-{uuid.uuid4().hex[:8]}", f"c{uuid.uuid4().hex[:12]}"
-    executor = DockerExecutor(tre, deployment=f"test-{uuid.uuid4().hex}", client=docker_client)
+    executor = DockerExecutor(
+        tre, deployment=f"test-{uuid.uuid4().hex}", work_dir=tmp_path / "work", client=docker_client
+    )
     settings = AgentSettings(tre=tre, data_dir=tmp_path, max_attempts=2, report_granularity_s=0)
     agent = Agent(settings, client=mock.Mock(), executor=executor, store=mock.Mock(), policy=TrePolicy())
     limits = Limits(cpu_cores=0.5, memory_bytes=64 << 20, disk_bytes=8 << 20, runtime_s=600, pids=64)
@@ -103,9 +105,7 @@ def test_past_the_cap_a_real_run_is_stopped_and_its_containers_removed(
                 attempt=1,
                 tre=tre,
                 steps=steps,
-                mounts=[],
                 limits=limits,
-                logs_dir=tmp_path / "logs",
             )
         )
         wait_for(lambda: any(c.status == "running" for c in containers()), 30, "the task's container to run")

@@ -174,6 +174,12 @@ class Injector:
         monkeypatch.setattr(target, attr, wrapper)
 
 
+def _left_on_disk(agent: Agent, child_id: str) -> list[Path]:
+    """The folders of the child still on the agent's disk: the backend's and the agent's scratch."""
+    folders = [agent.settings.data_dir / kind / child_id for kind in ("work", "scratch")]
+    return [folder for folder in folders if folder.exists()]
+
+
 def _workspace_child(agent: Agent, path: Path) -> str:
     """The child whose workspace holds `path` (the checks read local copies made there)."""
     return path.relative_to(agent.settings.data_dir / "work").parts[0]
@@ -184,7 +190,7 @@ STAGES: dict[str, Callable[[Agent], tuple[Any, str, Callable[..., str]]]] = {
     "prepare": lambda a: (staging, "prepare", lambda task, **kw: kw["child_id"]),
     "executor start": lambda a: (a.executor, "start", lambda spec: spec.child_id),
     "poll": lambda a: (a.executor, "poll", lambda child_id: child_id),
-    "collect": lambda a: (staging, "collect", lambda task, workspace, n: workspace.root.name),
+    "collect": lambda a: (a.executor, "collect", lambda child_id, scratch: child_id),
     "checks": lambda a: (checks, "run", lambda files, *rest: _workspace_child(a, files[0].path)),
     "settle": lambda a: (review, "settle", lambda session, child_id, policy: child_id),
 }
@@ -249,7 +255,7 @@ def test_an_error_at_any_stage_is_retried_then_ends_that_child_while_another_mov
 
     # Nothing of it is left: no run, no workspace, nothing held in the airlock.
     assert bad.child_id not in uk.executor.running()
-    assert not uk._workspace(bad.child_id).exists()
+    assert not _left_on_disk(uk, bad.child_id)
     _wait("the airlock emptied", lambda: not held(uk, bad.child_id))
 
 
@@ -271,12 +277,12 @@ def test_a_refusal_before_the_run_ends_the_child_at_once_with_its_reason(uk, ali
     assert [r.outcome for r in audit_of(uk, child.child_id) if r.action == "child.refuse"] == [
         "rejected_by_tre"
     ]
-    assert not uk._workspace(child.child_id).exists()
+    assert not _left_on_disk(uk, child.child_id)
 
 
 def test_a_refusal_after_the_run_started_reads_as_the_fixed_line(uk, alice, monkeypatch):
     injector = Injector(uk, "refused-at-collect", lambda: RequestRefused(f"output {CANARY} is odd"))
-    injector.wrap(staging, "collect", lambda task, workspace, n: workspace.root.name, monkeypatch)
+    injector.wrap(uk.executor, "collect", lambda child_id, scratch: child_id, monkeypatch)
     task_id = post(alice, task("refused-at-collect"))
     doc = _wait("the ending", lambda: (d := view(alice, task_id))["state"] == "SYSTEM_ERROR" and d)
     assert doc["logs"][0]["metadata"]["stage"] == "system_failed"

@@ -29,15 +29,16 @@ from fivesafes_tes.executors import (
     LABEL_DEPLOYMENT,
     LABEL_STEP,
     LABEL_TRE,
+    DatasetMount,
     ExecutorError,
     Limits,
-    Mount,
     Outcome,
     RunResult,
     RunSpec,
     Step,
 )
 from fivesafes_tes.executors.docker import _time as docker_time
+from fivesafes_tes.executors.hostdirs import Workspace, lay_out
 from fivesafes_tes.executors.sandbox import (
     OOM_NOTICE,
     SandboxViolation,
@@ -60,6 +61,8 @@ class Harness:
     def __init__(self, client, image: str, tmp_path: Path) -> None:
         self.client, self.image, self.tmp = client, image, tmp_path
         self.tres: list[str] = []
+        self.datasets: dict[str, Path] = {}
+        self.work = tmp_path / "work"
         self.tre = self.new_tre()
         self.deployment = f"test-{uuid.uuid4().hex}"
         self.ex = self.executor()
@@ -72,7 +75,32 @@ class Harness:
     def executor(self, tre: str | None = None, deployment: str | None = None):
         from fivesafes_tes.executors.docker import DockerExecutor
 
-        return DockerExecutor(tre or self.tre, deployment=deployment or self.deployment, client=self.client)
+        return DockerExecutor(
+            tre or self.tre,
+            deployment=deployment or self.deployment,
+            work_dir=self.work,
+            datasets=self.datasets,
+            client=self.client,
+        )
+
+    def dataset(self, name: str) -> Path:
+        """A folder of the TRE's, given to tasks read-only as dataset `name`."""
+        self.datasets[name] = self.dir(name)
+        self.ex = self.executor()
+        return self.datasets[name]
+
+    def out(self, spec: RunSpec, target: str) -> Path:
+        """The host folder standing for a writable container folder of the run."""
+        return Workspace(self.work / spec.child_id).host_dir(target)
+
+    def logs(self, spec: RunSpec) -> Path:
+        return Workspace(self.work / spec.child_id).logs
+
+    def log(self, spec: RunSpec, step: int, stream: str = "stdout") -> str:
+        """A step's captured log, as `collect` hands it over (from a fresh executor: it keeps no state)."""
+        collected = self.executor().collect(spec.child_id, self.tmp / "scratch")
+        path = collected.logs.get((step, stream))
+        return path.read_text() if path is not None else ""
 
     def dir(self, name: str, *, writable: bool = False) -> Path:
         path = self.tmp / name
@@ -84,7 +112,7 @@ class Harness:
     def spec(self, *commands: list[str] | Step, tre: str | None = None, **kwargs) -> RunSpec:
         steps = [c if isinstance(c, Step) else Step(image=self.image, command=c) for c in commands]
         child = f"c{uuid.uuid4().hex[:12]}"
-        defaults = {"mounts": [], "limits": SMALL, "logs_dir": self.tmp / "logs" / child}
+        defaults = {"limits": SMALL}
         return RunSpec(child_id=child, attempt=1, tre=tre or self.tre, steps=steps, **{**defaults, **kwargs})
 
     def wait(self, child: str, ex=None, timeout: float = 30) -> RunResult:
@@ -135,9 +163,8 @@ def text(path: Path) -> str:
 
 
 def test_two_steps_share_an_output_mount_and_logs_are_captured(h: Harness) -> None:
-    data = h.dir("in")
+    data = h.dataset("in")
     (data / "rows.txt").write_text("a\nb\nc\n")
-    out = h.dir("out", writable=True)
     spec = h.spec(
         ["sh", "-c", "wc -l < /in/rows.txt > /out/count; echo step-one; echo warn >&2"],
         Step(
@@ -149,13 +176,14 @@ def test_two_steps_share_an_output_mount_and_logs_are_captured(h: Harness) -> No
             stderr="/out/err.txt",
             workdir="/out",
         ),
-        mounts=[Mount(data, "/in"), Mount(out, "/out", read_only=False)],
+        datasets=[DatasetMount("in", "/in")],
+        writable=["/out"],
     )
     result = h.run(spec)
 
     assert result.outcome is Outcome.SUCCEEDED, result.message
     assert [s.exit_code for s in result.steps] == [0, 0, 0]
-    logs = spec.logs_dir
+    logs, out = h.logs(spec), h.out(spec, "/out")
     assert [text(logs / f"step-0.{s}") for s in ("stdout", "stderr")] == ["step-one\n", "warn\n"]
     assert text(logs / "step-1.stdout") == "3\na\nb\nc\n" == text(out / "report.txt")
     assert text(logs / "step-2.stderr") == "oops\n" == text(out / "err.txt")
@@ -166,6 +194,13 @@ def test_two_steps_share_an_output_mount_and_logs_are_captured(h: Harness) -> No
     assert not list(logs.glob("*.part"))
     # polling an ended run again gives the same answer and rewrites nothing
     assert h.ex.poll(spec.child_id) == result
+    collected = h.ex.collect(spec.child_id, h.tmp / "scratch")
+    assert {path: text(local) for path, local in collected.files.items()} == {
+        "/out/count": "3\n",
+        "/out/report.txt": "3\na\nb\nc\n",
+        "/out/err.txt": "oops\n",
+    }
+    assert sorted(collected.logs) == [(i, stream) for i in range(3) for stream in ("stderr", "stdout")]
 
 
 def test_a_failing_step_stops_the_run(h: Harness) -> None:
@@ -186,8 +221,8 @@ def test_ignore_error_continues_and_a_missing_command_is_reported(h: Harness) ->
     result = h.run(spec)
     assert result.outcome is Outcome.SUCCEEDED, result.message
     assert [s.exit_code for s in result.steps] == [127, 4, 0]
-    assert "no-such-program: command not found" in text(result.steps[0].stderr_path)
-    assert text(result.steps[2].stdout_path) == "ran\n"
+    assert "no-such-program: command not found" in h.log(spec, 0, "stderr")
+    assert h.log(spec, 2) == "ran\n"
 
     failed = h.run(h.spec(["no-such-program"]))
     assert failed.outcome is Outcome.FAILED
@@ -241,8 +276,8 @@ def test_no_network_after_a_positive_control(h: Harness, loopback_server) -> Non
     assert "nc=reached" in control, control
     assert handler.hits == 2
 
-    result = h.run(h.spec(["sh", "-c", probes]))
-    out, err = text(result.steps[0].stdout_path), text(result.steps[0].stderr_path)
+    h.run(spec := h.spec(["sh", "-c", probes]))
+    out, err = h.log(spec, 0), h.log(spec, 0, "stderr")
     for probe in ("tcp", "nc", "dns", "meta"):
         assert f"{probe}=blocked" in out, out
     assert "interfaces=lo," in out, out
@@ -256,9 +291,8 @@ def test_no_network_after_a_positive_control(h: Harness, loopback_server) -> Non
 
 
 def test_least_privilege_inside_the_container(h: Harness) -> None:
-    data = h.dir("in")
+    data = h.dataset("in")
     (data / "f").write_text("x")
-    out = h.dir("out", writable=True)
     script = (
         "echo uid=$(id -u) gid=$(id -g)\n"
         "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t'\n"
@@ -266,9 +300,10 @@ def test_least_privilege_inside_the_container(h: Harness) -> None:
         '  if touch "$p" 2>/dev/null; then echo "$p=writable"; else echo "$p=denied"; fi\n'
         "done\n"
     )
-    spec = h.spec(["sh", "-c", script], mounts=[Mount(data, "/in"), Mount(out, "/out", read_only=False)])
-    result = h.run(spec)
-    lines = set(text(result.steps[0].stdout_path).split())
+    spec = h.spec(["sh", "-c", script], datasets=[DatasetMount("in", "/in")], writable=["/out"])
+    h.run(spec)
+    lines = set(h.log(spec, 0).split())
+    out = h.out(spec, "/out")
     expected = {
         "uid=65534",
         "gid=65534",
@@ -289,13 +324,17 @@ def test_least_privilege_inside_the_container(h: Harness) -> None:
 
 
 def test_the_sandbox_refuses_unsafe_specs(h: Harness) -> None:
+    h.datasets["sock"] = Path("/var/run")  # a TRE misconfigured: a dataset where the engine's socket is
+    h.ex = h.executor()
     for bad, why in [
         ({"user": "0:0"}, "root"),
         ({"user": "root"}, "numeric"),
         ({"user": "1000:0"}, "root"),
-        ({"mounts": [Mount(Path("/var/run"), "/sock")]}, "may not be mounted"),
-        ({"mounts": [Mount(h.dir("x"), "/proc/x")]}, "reserved"),
-        ({"mounts": [Mount(h.dir("x"), "relative")]}, "absolute"),
+        ({"datasets": [DatasetMount("sock", "/sock")]}, "may not be mounted"),
+        ({"datasets": [DatasetMount("x", "/proc/x")]}, "reserved"),
+        ({"writable": ["/proc/x"]}, "reserved"),
+        ({"writable": ["relative"]}, "absolute"),
+        ({"datasets": [DatasetMount("unknown", "/u")]}, "no host path"),
     ]:
         with pytest.raises(ValueError, match=why):
             h.ex.start(h.spec(["true"], **bad))
@@ -365,9 +404,9 @@ def test_memory_hog_fork_bomb_cpu_spinner_and_disk_filler_are_contained(
 
     assert results["memory"].outcome is Outcome.OUT_OF_MEMORY, results["memory"]
     assert "ran out of memory (limit 32 MiB)" in results["memory"].message
-    assert text(results["memory"].steps[0].stderr_path).endswith(OOM_NOTICE + "\n")  # seen from inside too
+    assert h.log(specs["memory"], 0, "stderr").endswith(OOM_NOTICE + "\n")  # seen from inside too
     assert results["forks"].outcome is Outcome.TIMED_OUT, results["forks"]
-    bomb_stderr = text(results["forks"].steps[0].stderr_path)
+    bomb_stderr = h.log(specs["forks"], 0, "stderr")
     assert "can't fork" in bomb_stderr
     assert caps == {bomb.pids}, caps  # asked of the engine, always
     if pids_seen:  # where the cgroup is readable: the cap was set, refused forks, and never passed
@@ -379,7 +418,7 @@ def test_memory_hog_fork_bomb_cpu_spinner_and_disk_filler_are_contained(
     assert results["cpu"].outcome is Outcome.TIMED_OUT, results["cpu"]
     assert "time limit of 4 s" in results["cpu"].message
     assert results["disk"].outcome is Outcome.FAILED, results["disk"]
-    assert "No space left on device" in text(results["disk"].steps[0].stderr_path)
+    assert "No space left on device" in h.log(specs["disk"], 0, "stderr")
     assert slowest < 5.0, f"the host took {slowest:.2f} s to answer while the tasks ran"
 
 
@@ -417,7 +456,7 @@ def test_the_deadline_is_enforced_when_the_agent_is_dead(h: Harness) -> None:
     result = h.wait(late.child_id, ex=agent)
     assert result.outcome is Outcome.TIMED_OUT, result
     assert [s.exit_code for s in result.steps] == [0, 124]
-    assert "time limit was reached before this step started" in text(result.steps[1].stderr_path)
+    assert "time limit was reached before this step started" in h.log(late, 1, "stderr")
 
 
 def test_later_steps_get_only_the_time_that_is_left(h: Harness) -> None:
@@ -444,14 +483,15 @@ def test_cancel_stops_a_running_step_within_seconds(h: Harness) -> None:
     while b"started" not in step.logs() and time.monotonic() < deadline:
         time.sleep(0.1)
     t0 = time.monotonic()
-    h.ex.cancel(spec.child_id)
+    canceled = h.ex.cancel(spec.child_id)
     result = h.wait(spec.child_id, timeout=10)
     assert time.monotonic() - t0 < 8  # cancel, kill and the poll that sees it, on a busy engine
     assert result.outcome is Outcome.CANCELED
+    assert canceled == result  # cancel says how the run ended
     assert [s.exit_code for s in result.steps] == [137]
-    assert text(result.steps[0].stdout_path) == "started\n"  # logs kept
+    assert h.log(spec, 0) == "started\n"  # logs kept
 
-    h.ex.cancel(spec.child_id)  # again: a no-op
+    assert h.ex.cancel(spec.child_id) == result  # again: a no-op
     assert h.executor().poll(spec.child_id) == result  # a restarted agent sees the same
     h.ex.start(spec)  # a late start of a canceled run does not revive it
     assert h.ex.poll(spec.child_id) == result
@@ -463,8 +503,8 @@ def test_cancel_of_an_ended_or_unknown_run_is_a_no_op(h: Harness) -> None:
     spec = h.spec(["echo", "done"])
     result = h.run(spec)
     assert result.outcome is Outcome.SUCCEEDED
-    h.ex.cancel(spec.child_id)
-    h.ex.cancel("never-started")
+    assert h.ex.cancel(spec.child_id) == result  # its outcome stands
+    assert h.ex.cancel("never-started") is None
     assert h.ex.poll(spec.child_id) == result
     assert len(h.containers(spec.child_id)) == 1
     assert h.ex.poll("never-started").outcome is Outcome.LOST
@@ -474,12 +514,12 @@ def test_cancel_of_an_ended_or_unknown_run_is_a_no_op(h: Harness) -> None:
 
 
 def test_a_steps_container_is_created_only_once_the_step_before_it_ended(h: Harness) -> None:
-    gate = h.dir("gate")
+    gate = h.dataset("gate")
     spec = h.spec(
         ["sh", "-c", "until [ -e /gate/open ]; do sleep 0.1; done"],
         ["echo", "two"],
         ["echo", "three"],
-        mounts=[Mount(source=gate, target="/gate", read_only=True)],
+        datasets=[DatasetMount("gate", "/gate")],
     )
     h.ex.start(spec)
     h.wait_started(spec.child_id)
@@ -490,7 +530,7 @@ def test_a_steps_container_is_created_only_once_the_step_before_it_ended(h: Harn
     (gate / "open").touch()
     result = h.wait(spec.child_id)
     assert result.outcome is Outcome.SUCCEEDED, result.message
-    assert [text(s.stdout_path) for s in result.steps] == ["", "two\n", "three\n"]
+    assert [h.log(spec, i) for i in range(3)] == ["", "two\n", "three\n"]
     made = sorted(h.containers(spec.child_id), key=lambda c: int(c.labels[LABEL_STEP]))
     assert [c.labels[LABEL_STEP] for c in made] == ["0", "1", "2"]
     for before, after in itertools.pairwise(made):
@@ -571,10 +611,10 @@ def test_tasks_mount_inputs_and_outputs_below_tmp_and_beside_the_datasets(h: Har
     """Docker mounts parents first: a file or directory below the /tmp tmpfs, and a writable /data with the
     dataset read-only at /data/omop inside it, are each what the task sees."""
     from fivesafes_tes.agent.policy import Dataset, TrePolicy
-    from fivesafes_tes.agent.staging import Workspace, collect, prepare
+    from fivesafes_tes.agent.staging import claimed, prepare
     from fivesafes_tes.egress.held import OutputKey
 
-    dataset = h.dir("omop")
+    dataset = h.dataset("omop")
     (dataset / "person.csv").write_text("person_id\n1\n")
     policy = TrePolicy(
         allowed_images=[h.image], datasets={"omop": Dataset(path=dataset)}, grants={"p": ["omop"]}
@@ -606,15 +646,14 @@ def test_tasks_mount_inputs_and_outputs_below_tmp_and_beside_the_datasets(h: Har
         tre=h.tre,
         project="p",
         policy=policy,
-        root=tmp_path / "work",
         run_as=f"{NOBODY}:{NOBODY}",
     )
     spec = dataclasses.replace(spec, limits=SMALL)
     result = h.run(spec)
-    assert result.outcome is Outcome.SUCCEEDED, (result, text(result.steps[0].stderr_path))
-    assert text(result.steps[0].stdout_path).split() == ["dataset=read-only", "script=kept"]
-    collected = collect(task, Workspace(tmp_path / "work"), 1)
-    held = {key.path: host.read_text() for key, host in collected.items() if isinstance(key, OutputKey)}
+    assert result.outcome is Outcome.SUCCEEDED, (result, h.log(spec, 0, "stderr"))
+    assert h.log(spec, 0).split() == ["dataset=read-only", "script=kept"]
+    held_files = claimed(task, h.ex.collect(spec.child_id, tmp_path / "scratch"), 1)
+    held = {key.path: host.read_text() for key, host in held_files.items() if isinstance(key, OutputKey)}
     assert held == {"/data/outfile": "input under /data\n2\n", "/tmp/results/job.txt": "job ran\n"}
     assert sorted(p.name for p in dataset.iterdir()) == ["person.csv"]
 
@@ -634,7 +673,7 @@ def test_a_restarted_agent_reattaches_and_never_starts_twice(h: Harness) -> None
 
     result = h.wait(spec.child_id, ex=agent)
     assert result.outcome is Outcome.SUCCEEDED, result.message
-    assert [text(s.stdout_path) for s in result.steps] == ["one\n", "two\n"]
+    assert [h.log(spec, i) for i in range(2)] == ["one\n", "two\n"]
     assert len(h.containers(spec.child_id)) == 2
 
 
@@ -661,8 +700,8 @@ def test_agent_secrets_never_reach_the_container(h: Harness, monkeypatch: pytest
         Step(image=h.image, command=["sh", "-c", "env; cat /proc/1/environ"], env={"MY_VAR": "mine"})
     )
     ex.start(spec)
-    result = h.wait(spec.child_id, ex=ex)
-    logs = text(result.steps[0].stdout_path) + text(result.steps[0].stderr_path)
+    h.wait(spec.child_id, ex=ex)
+    logs = h.log(spec, 0) + h.log(spec, 0, "stderr")
     assert "MY_VAR=mine" in logs
     assert "FIVESAFES_DEADLINE=" in logs
     assert canary not in logs
@@ -718,15 +757,17 @@ def test_check_container_config_catches_every_escape_vector(h: Harness) -> None:
 
 
 def test_validate_run_spec_without_an_engine(tmp_path: Path) -> None:
-    spec = RunSpec("c", 1, "t", [Step(image="i", command=["true"])], [], Limits(), tmp_path)
+    spec = RunSpec("c", 1, "t", [Step(image="i", command=["true"])], Limits())
     validate_run_spec(spec)
     with pytest.raises(ValueError, match="empty command"):
-        validate_run_spec(RunSpec("c", 1, "t", [Step(image="i", command=[])], [], Limits(), tmp_path))
-    with pytest.raises(ValueError, match="does not exist"):
-        validate_run_spec(
-            RunSpec("c", 1, "t", spec.steps, [Mount(tmp_path / "nope", "/x")], Limits(), tmp_path)
-        )
+        validate_run_spec(RunSpec("c", 1, "t", [Step(image="i", command=[])], Limits()))
+    with pytest.raises(ValueError, match="used twice"):
+        validate_run_spec(dataclasses.replace(spec, writable=["/x"], datasets=[DatasetMount("d", "/x")]))
     with pytest.raises(ValueError, match="absolute"):
-        validate_run_spec(
-            RunSpec("c", 1, "t", [Step(image="i", command=["cat"], stdin="in.txt")], [], Limits(), tmp_path)
+        validate_run_spec(RunSpec("c", 1, "t", [Step(image="i", command=["cat"], stdin="in.txt")], Limits()))
+    with pytest.raises(ValueError, match="does not exist"):
+        lay_out(
+            dataclasses.replace(spec, datasets=[DatasetMount("d", "/d")]),
+            Workspace(tmp_path / "w"),
+            {"d": tmp_path / "nope"},
         )

@@ -11,32 +11,36 @@ from pathlib import Path
 import pytest
 
 from fivesafes_tes import executors
-from fivesafes_tes.executors import Limits, Mount, Outcome, RunResult, RunSpec, Step
+from fivesafes_tes.executors import BackendContext, DatasetMount, Limits, Outcome, RunResult, RunSpec, Step
+from fivesafes_tes.executors.hostdirs import HostMount
 from fivesafes_tes.executors.local import WARNING, LocalExecutor, mount_rewriter
 from tests.waiting import wait_for
 
 
 @pytest.fixture
-def local() -> Iterator[LocalExecutor]:
+def local(tmp_path: Path) -> Iterator[LocalExecutor]:
+    data = tmp_path / "data"
+    data.mkdir()
     with pytest.warns(UserWarning, match="NOT SANDBOXED"):
-        ex = LocalExecutor("dev")
+        ex = LocalExecutor("dev", work_dir=tmp_path / "work", datasets={"data": data})
     yield ex
     ex.sweep(set())
 
 
-def spec(
-    tmp_path: Path, *steps: list[str] | Step, runtime_s: int = 30, mounts: list[Mount] | None = None
-) -> RunSpec:
+def spec(tmp_path: Path, *steps: list[str] | Step, runtime_s: int = 30, **kwargs) -> RunSpec:
     child = uuid.uuid4().hex[:12]
     return RunSpec(
         child_id=child,
         attempt=1,
         tre="dev",
         steps=[s if isinstance(s, Step) else Step(image="ignored", command=s) for s in steps],
-        mounts=mounts or [],
         limits=Limits(runtime_s=runtime_s),
-        logs_dir=tmp_path / "logs" / child,
+        **kwargs,
     )
+
+
+def log(ex: LocalExecutor, s: RunSpec, step: int, stream: str = "stdout") -> str:
+    return ex.collect(s.child_id, Path("/nonexistent")).logs[(step, stream)].read_text()
 
 
 def wait(ex: LocalExecutor, child: str, timeout: float = 20) -> RunResult:
@@ -49,16 +53,15 @@ def wait(ex: LocalExecutor, child: str, timeout: float = 20) -> RunResult:
 
 
 def test_steps_run_in_order_with_mount_targets_rewritten(local: LocalExecutor, tmp_path: Path) -> None:
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    out.mkdir()
+    data = tmp_path / "data"
     (data / "in.txt").write_text("a\nb\n")
     s = spec(
         tmp_path,
         ["sh", "-c", "wc -l < /data/in.txt > /out/count; echo one; echo warn >&2"],
         Step(image="x", command=["cat", "/out/count", "-"], stdin="/data/in.txt", stdout="/out/report"),
         Step(image="x", command=["sh", "-c", 'echo "$WHERE"; pwd'], env={"WHERE": "/out/x"}, workdir="/out"),
-        mounts=[Mount(data, "/data"), Mount(out, "/out", read_only=False)],
+        datasets=[DatasetMount("data", "/data")],
+        writable=["/out"],
     )
     local.start(s)
     local.start(s)  # idempotent
@@ -66,15 +69,18 @@ def test_steps_run_in_order_with_mount_targets_rewritten(local: LocalExecutor, t
     assert result.outcome is Outcome.SUCCEEDED, result.message
     assert result.message.startswith(WARNING)
     assert [st.exit_code for st in result.steps] == [0, 0, 0]
-    assert (s.logs_dir / "step-0.stdout").read_text() == "one\n"
-    assert (s.logs_dir / "step-0.stderr").read_text() == "warn\n"
-    assert (s.logs_dir / "step-1.stdout").read_text().split() == ["2", "a", "b"]
-    assert (out / "report").read_text() == (s.logs_dir / "step-1.stdout").read_text()
-    assert (s.logs_dir / "step-2.stdout").read_text() == f"{out}/x\n{out}\n"
+    assert log(local, s, 0) == "one\n"
+    assert log(local, s, 0, "stderr") == "warn\n"
+    assert log(local, s, 1).split() == ["2", "a", "b"]
+    files = local.collect(s.child_id, tmp_path / "scratch").files
+    assert sorted(files) == ["/out/count", "/out/report"]
+    assert files["/out/report"].read_text() == log(local, s, 1)
+    out = files["/out/report"].parent
+    assert log(local, s, 2) == f"{out}/x\n{out}\n"
 
 
 def test_mount_rewriter_only_touches_whole_paths(tmp_path: Path) -> None:
-    rewrite = mount_rewriter([Mount(tmp_path / "d", "/data"), Mount(tmp_path / "r", "/data/raw")])
+    rewrite = mount_rewriter([HostMount(tmp_path / "d", "/data"), HostMount(tmp_path / "r", "/data/raw")])
     d, r = tmp_path / "d", tmp_path / "r"
     assert rewrite("/data/raw/x") == f"{r}/x"
     assert rewrite("cat /data/a >'/data'") == f"cat {d}/a >'{d}'"
@@ -127,11 +133,12 @@ def test_cancel_running_sweep_cleanup(local: LocalExecutor, tmp_path: Path) -> N
     local.start(b)
     assert local.running() == {a.child_id: 1, b.child_id: 1}
     t0 = time.monotonic()
-    local.cancel(a.child_id)
+    canceled = local.cancel(a.child_id)
     result = wait(local, a.child_id)
     assert result.outcome is Outcome.CANCELED
+    assert canceled == result
     assert time.monotonic() - t0 < 3
-    local.cancel(a.child_id)  # no-op
+    assert local.cancel(a.child_id) == result  # no-op
     assert local.poll(a.child_id) == result
     assert local.sweep({a.child_id}) == [b.child_id]
     assert local.running() == {}
@@ -148,7 +155,7 @@ def test_agent_environment_is_not_passed_on(
     s = spec(tmp_path, Step(image="x", command=["env"], env={"MINE": "1"}))
     local.start(s)
     result = wait(local, s.child_id)
-    env = (s.logs_dir / "step-0.stdout").read_text()
+    env = log(local, s, 0)
     assert result.outcome is Outcome.SUCCEEDED
     assert "MINE=1" in env
     assert canary not in env
@@ -158,7 +165,8 @@ def test_registry(tmp_path: Path) -> None:
     assert set(executors.BACKENDS) >= {"docker", "local"}
     assert executors.backend("local") is LocalExecutor
     assert executors.backend("docker").__name__ == "DockerExecutor"
+    context = BackendContext(tre="dev", deployment="d", work_dir=tmp_path)
     with pytest.warns(UserWarning, match="NOT SANDBOXED"):
-        assert isinstance(executors.create("local", tre="dev"), LocalExecutor)
+        assert isinstance(executors.create("local", context), LocalExecutor)
     with pytest.raises(ValueError, match="unknown executor 'nope'"):
-        executors.create("nope")
+        executors.create("nope", context)

@@ -51,7 +51,7 @@ def test_stage_out_posts_regular_files_only_and_a_manifest_of_them(tmp_path, s3_
     staged = filer.stage_out(volume, capability)
     assert [(f.path, f.size) for f in staged] == [("/out/nested/a.txt", 1)]
     keys = [item.key for item in s3_store.list(staging_area.prefix("c1", 2))]
-    assert sorted(keys) == ["staging/c1/2/filer.json", "staging/c1/2/files/out/nested/a.txt"]
+    assert sorted(keys) == ["staging/c1/2/files/out/nested/a.txt", "staging/c1/2/manifest.json"]
     manifest = json.loads(s3_store.get_bytes(staging_area.manifest_key("c1", 2)))
     assert manifest == {"files": [{"path": "/out/nested/a.txt", "size": 1, "sha256": staged[0].sha256}]}
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from fivesafes_tes.agent.policy import Dataset, TrePolicy
-from fivesafes_tes.agent.staging import StagingRefused, Workspace, collect, prepare, reserved_paths
+from fivesafes_tes.agent.staging import StagingRefused, claimed, prepare, reserved_paths
 from fivesafes_tes.egress.held import LogKey, OutputKey, Stream
+from fivesafes_tes.executors import Collected, DatasetMount, InputFile
+from fivesafes_tes.executors.hostdirs import Workspace, lay_out
 
 IMAGE = "registry.tre.example/stats:1"
 
@@ -36,7 +38,6 @@ def stage(tmp_path, t, project="alpha"):
         tre="uk-tre",
         project=project,
         policy=policy(tmp_path),
-        root=tmp_path / "work",
         run_as="65534:65534",
     )
 
@@ -54,23 +55,30 @@ def test_outputs_of_every_kind_are_collected_by_their_container_paths(tmp_path):
             resources={"cpu_cores": 8, "ram_gb": 0.5},
         ),
     )
-    rw = {m.target: m.source for m in spec.mounts if not m.read_only}
-    ro = {m.target: m.source for m in spec.mounts if m.read_only}
-    assert set(rw) == {"/out", "/out/plots", "/out/report"}
-    assert set(ro) == {"/data/omop", "/in/script.R"}
-    assert ro["/in/script.R"].read_text() == "print(1)"
+    assert sorted(spec.writable) == ["/out", "/out/plots", "/out/report"]
+    assert spec.datasets == [DatasetMount("omop", "/data/omop")]
+    assert spec.inputs == [InputFile("/in/script.R", b"print(1)")]
     assert spec.limits.cpu_cores == 2
     assert spec.limits.memory_bytes == 1 << 29
-    (rw["/out"] / "table.csv").write_text("n\n12\n")
-    (rw["/out"] / "scratch.tmp").write_text("not an output")
-    (rw["/out/plots"] / "a.png").write_bytes(b"png")
-    (rw["/out/plots"] / "notes.txt").write_text("not matched")
-    (rw["/out/report"] / "sub").mkdir()
-    (rw["/out/report"] / "sub" / "index.html").write_text("<p>")
-    (rw["/out/report"] / "link").symlink_to("/etc/passwd")  # never followed, never held
-    (spec.logs_dir / "step-0.stdout").write_text("ok")
+    local = tmp_path / "left"
+    local.mkdir()
+    left = Collected(
+        files={
+            path: local / str(n)
+            for n, path in enumerate(
+                [
+                    "/out/table.csv",
+                    "/out/scratch.tmp",  # not an output
+                    "/out/plots/a.png",
+                    "/out/plots/notes.txt",  # not matched
+                    "/out/report/sub/index.html",
+                ]
+            )
+        },
+        logs={(0, "stdout"): local / "log0", (1, "stdout"): local / "log1"},  # step 1 never ran
+    )
     held = set(
-        collect(
+        claimed(
             task(
                 outputs=[
                     {"path": "/out/table.csv", "url": "s3://r/table.csv"},
@@ -78,7 +86,7 @@ def test_outputs_of_every_kind_are_collected_by_their_container_paths(tmp_path):
                     {"path": "/out/report", "type": "DIRECTORY", "url": "s3://r/report/"},
                 ]
             ),
-            Workspace(tmp_path / "work"),
+            left,
             steps_run=1,
         )
     )
@@ -146,8 +154,12 @@ def test_tasks_use_the_rest_of_data_and_paths_below_tmp(tmp_path):
             volumes=["/vol/A/"],
         ),
     )
-    rw = {m.target: m.source for m in spec.mounts if not m.read_only}
-    ro = {m.target: m.source for m in spec.mounts if m.read_only}
+    assert sorted(spec.writable) == ["/data", "/tmp/results", "/vol/A"]
+    assert [d.target for d in spec.datasets] == ["/data/omop"]
+    # Where a backend with host folders puts them: an input inside a writable folder is a file in it.
+    mounts = lay_out(spec, Workspace(tmp_path / "work"), {"omop": tmp_path / "omop"})
+    rw = {m.target: m.source for m in mounts if not m.read_only}
+    ro = {m.target: m.source for m in mounts if m.read_only}
     assert set(rw) == {"/data", "/tmp/results", "/vol/A"}
     assert set(ro) == {"/data/omop", "/tmp/run_snakemake.sh"}
     assert (rw["/data"] / "file1").read_text() == "in /data"  # inside a writable dir: copied there
@@ -156,7 +168,7 @@ def test_tasks_use_the_rest_of_data_and_paths_below_tmp(tmp_path):
 
 def test_a_project_without_the_grant_may_use_the_datasets_path(tmp_path):
     spec = stage(tmp_path, task(volumes=["/data/omop"]), project="beta")
-    assert [(m.target, m.read_only) for m in spec.mounts] == [("/data/omop", False)]
+    assert (spec.writable, spec.datasets) == (["/data/omop"], [])
 
 
 def test_the_reserved_paths_are_listed_in_one_place(tmp_path):
@@ -175,7 +187,7 @@ def test_the_reserved_paths_are_listed_in_one_place(tmp_path):
 
 def test_a_project_without_a_grant_sees_no_dataset(tmp_path):
     spec = stage(tmp_path, task(), project="beta")
-    assert all(not m.target.startswith("/data") for m in spec.mounts)
+    assert spec.datasets == []
 
 
 STEP = {"image": IMAGE, "command": ["run"]}
@@ -207,10 +219,9 @@ def test_a_task_over_the_tre_cap_is_refused_before_anything_is_staged(tmp_path, 
     tight = policy(tmp_path).model_copy(update={cap: 2})
     arguments = {"child_id": "c1", "attempt": 1, "tre": "uk-tre", "project": "alpha", "run_as": "65534:65534"}
     with pytest.raises(StagingRefused) as refused:
-        prepare(over, policy=tight, root=tmp_path / "work", **arguments)
+        prepare(over, policy=tight, **arguments)
     assert str(refused.value) == reason
-    assert not (tmp_path / "work").exists()
     at_cap = {k: v[:2] if isinstance(v, list) else v for k, v in over.items()}
     if cap == "max_env_vars":
         at_cap = {"executors": [STEP, {**STEP, "env": {"A": "1", "B": "2"}}]}
-    assert len(prepare(at_cap, policy=tight, root=tmp_path / "work", **arguments).steps) >= 1
+    assert len(prepare(at_cap, policy=tight, **arguments).steps) >= 1

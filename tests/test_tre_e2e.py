@@ -451,8 +451,12 @@ def test_agent_process_listens_on_no_socket_and_survives_kill_9(gateway_only, tm
 
 
 def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker_client):
+    from sqlalchemy import select
+
     from fivesafes_tes.agent.loop import deployment_id, open_database
-    from fivesafes_tes.executors import Limits, RunSpec, Step, create
+    from fivesafes_tes.audit.tables import AuditRecord
+    from fivesafes_tes.db import Database
+    from fivesafes_tes.executors import BackendContext, Limits, RunSpec, Step, create
     from fivesafes_tes.settings import AgentSettings
 
     stack, s3 = gateway_only
@@ -460,25 +464,27 @@ def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker
     db = open_database(AgentSettings(tre="uk-tre", data_dir=Path(env["FIVESAFES_AGENT_DATA_DIR"])))
     mine = deployment_id(db)  # what this agent's previous life labelled its containers with
     db.dispose()
-    executor = create("docker", tre="uk-tre", deployment=mine)
+    work = Path(env["FIVESAFES_AGENT_DATA_DIR"]) / "work"
+    executor = create("docker", BackendContext(tre="uk-tre", deployment=mine, work_dir=work))
     # Another stack's uk-tre on the same engine: its run is not this agent's to sweep.
-    neighbour = create("docker", tre="uk-tre", deployment=f"another-stack-{uuid.uuid4().hex[:8]}")
+    neighbour = create(
+        "docker",
+        BackendContext(
+            tre="uk-tre", deployment=f"another-stack-{uuid.uuid4().hex[:8]}", work_dir=tmp_path / "other"
+        ),
+    )
     orphan, theirs = (
         "01a00000-0000-7000-8000-0000000000aa",
         f"01a00000-0000-7000-8000-{uuid.uuid4().hex[:12]}",
     )
     for ex, child in ((executor, orphan), (neighbour, theirs)):
-        logs = tmp_path / f"logs-{child}"
-        logs.mkdir()
         ex.start(
             RunSpec(
                 child_id=child,
                 attempt=1,
                 tre="uk-tre",
                 steps=[Step(image=BUSYBOX_IMAGE, command=["sleep", "600"])],
-                mounts=[],
                 limits=Limits(runtime_s=600),
-                logs_dir=logs,
             )
         )
     assert orphan in executor.running()
@@ -491,18 +497,23 @@ def test_agent_start_sweeps_orphans_and_audits_it(gateway_only, tmp_path, docker
             time.sleep(0.3)
         assert not docker_client.containers.list(all=True, filters={"label": f"org.fivesafes.child={orphan}"})
         assert neighbour.running() == {theirs: 1}
+        assert not (work / orphan).exists()  # its folder went with it
+
+        def sweeps() -> list[AuditRecord]:
+            db = Database(f"sqlite:///{tmp_path / 'agent' / 'agent.db'}")
+            try:
+                with db.read() as session:
+                    return list(
+                        session.scalars(select(AuditRecord).where(AuditRecord.action == "agent.sweep"))
+                    )
+            finally:
+                db.dispose()
+
+        # The sweep is audited once it has ended, a moment after the containers went.
+        found = wait_for(sweeps, 30, "the sweep's audit record")
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)
         neighbour.cleanup(theirs)
-    from sqlalchemy import select
-
-    from fivesafes_tes.audit.tables import AuditRecord
-    from fivesafes_tes.db import Database
-
-    db = Database(f"sqlite:///{tmp_path / 'agent' / 'agent.db'}")
-    with db.read() as session:
-        sweeps = list(session.scalars(select(AuditRecord).where(AuditRecord.action == "agent.sweep")))
-    db.dispose()
-    assert sweeps
+    sweeps = found
     assert orphan in sweeps[0].detail["removed"]

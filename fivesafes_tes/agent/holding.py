@@ -8,7 +8,6 @@ the hold reads back after a restart, and emptying the airlock once a child has e
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from fivesafes_tes.agent import checks, staging
@@ -17,21 +16,23 @@ from fivesafes_tes.db import Database
 from fivesafes_tes.egress import airlock
 from fivesafes_tes.egress.checks.config import ChecksConfig
 from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
-from fivesafes_tes.executors import RunResult, RunSpec
+from fivesafes_tes.executors import Collected, RunResult, RunSpec
 
 log = logging.getLogger(__name__)
 
 
-def hold(db: Database, store: ObjectStore, checks_config: ChecksConfig, child: LocalChild) -> bool:
-    """Hold every output and log in the airlock, run the automated rules on them and record the held
-    files; False when the airlock is unavailable (the hold is tried again on the next tick)."""
+def hold(
+    db: Database, store: ObjectStore, checks_config: ChecksConfig, child: LocalChild, collected: Collected
+) -> bool:
+    """Hold what the run left that its outputs claim, and its logs, in the airlock; run the automated
+    rules on them and record the held files. False when the airlock is unavailable (the hold is tried
+    again on the next tick)."""
     with db.read() as session:
         local = session.get(LocalChild, child.child_id)
         assert local is not None
         assert local.result is not None
-        run, outcome = local.result["run"], local.result.get("outcome", {})
-    workspace = staging.Workspace(Path(run["logs_dir"]).parent)  # the run record names its logs folder
-    files = staging.collect(child.task, workspace, len(outcome.get("steps", [])))
+        outcome = local.result.get("outcome", {})
+    files = staging.claimed(child.task, collected, len(outcome.get("steps", [])))
     try:
         manifest = airlock.hold_outputs(store, child.child_id, child.attempt, files)
     except StoreUnavailable:
@@ -56,9 +57,11 @@ def empty_airlock(db: Database, store: ObjectStore, child_id: str) -> None:
 
 
 def spec_to_json(spec: RunSpec) -> dict[str, Any]:
+    """What the run record keeps of the spec: where the task could read and write, never contents."""
     return {
-        "mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts],
-        "logs_dir": str(spec.logs_dir),
+        "writable": list(spec.writable),
+        "inputs": [i.target for i in spec.inputs],
+        "datasets": [[d.name, d.target] for d in spec.datasets],
     }
 
 

@@ -38,7 +38,7 @@ from fivesafes_tes.agent.tables import (
 from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
-from fivesafes_tes.executors import Executor, RequestRefused, sandbox
+from fivesafes_tes.executors import BackendContext, Executor, RequestRefused, sandbox
 from fivesafes_tes.executors import create as create_executor
 from fivesafes_tes.settings import AgentSettings
 from fivesafes_tes.submission.stages import TASK_ACTS, Stage
@@ -91,18 +91,46 @@ def deployment_id(db: Database) -> str:
         return made
 
 
+HOST_FOLDER_BACKENDS = ("docker", "local")
+
+
 def unmountable(settings: AgentSettings, policy: TrePolicy) -> list[str]:
-    """Why the work directory or a dataset could never be mounted into a task (empty when all can):
-    checked at start, so a wrong path stops the agent instead of failing every task."""
+    """Why, for a backend that mounts host folders, the work directory or a dataset could never be
+    mounted into a task, or a dataset has no host folder (empty when all is well): checked at start,
+    so a wrong path stops the agent instead of failing every task."""
+    if settings.executor not in HOST_FOLDER_BACKENDS:
+        return []
     problems = []
     work = sandbox.mount_source_refusal(settings.data_dir / "work")
     if work:
         problems.append(f"FIVESAFES_AGENT_DATA_DIR: {work}; choose a data directory outside them")
     for name, dataset in sorted(policy.datasets.items()):
+        if dataset.path is None:
+            problems.append(
+                f"dataset {name}: the {settings.executor} executor mounts a host folder; give its path"
+            )
+            continue
         refusal = sandbox.mount_source_refusal(dataset.path)
         if refusal:
             problems.append(f"dataset {name}: {refusal}")
     return problems
+
+
+def make_executor(settings: AgentSettings, policy: TrePolicy, db: Database, store: ObjectStore) -> Executor:
+    """The backend the settings name, configured for this agent; CannotStart, saying what to change,
+    when its configuration cannot work (a dataset without the source this backend reads)."""
+    context = BackendContext(
+        tre=settings.tre,
+        deployment=deployment_id(db),
+        work_dir=settings.data_dir / "work",
+        datasets=policy.datasets,
+        store=store,
+        settings=settings,
+    )
+    try:
+        return create_executor(settings.executor, context)
+    except ValueError as exc:
+        raise CannotStart(f"FIVESAFES_AGENT_EXECUTOR={settings.executor}: {exc}") from None
 
 
 class Agent:
@@ -141,16 +169,16 @@ class Agent:
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> Agent:
+        policy = TrePolicy.load(settings.policy_file)
         client = GatewayClient.from_settings(settings)
         db = open_database(settings)
-        return cls(
-            settings,
-            client=client,
-            executor=create_executor(settings.executor, tre=settings.tre, deployment=deployment_id(db)),
-            store=ObjectStore.from_settings(settings.airlock),
-            policy=TrePolicy.load(settings.policy_file),
-            db=db,
-        )
+        store = ObjectStore.from_settings(settings.airlock)
+        try:
+            executor = make_executor(settings, policy, db, store)
+        except CannotStart:
+            db.dispose()
+            raise
+        return cls(settings, client=client, executor=executor, store=store, policy=policy, db=db)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -211,6 +239,10 @@ class Agent:
                 c.child_id for c in session.scalars(select(LocalChild).where(LocalChild.active.is_(True)))
             }
         removed = self.executor.sweep(keep)
+        scratch = self.settings.data_dir / "scratch"
+        for folder in scratch.iterdir() if scratch.is_dir() else []:
+            if folder.name not in keep:  # left by a crash between a hold and its clean-up
+                shutil.rmtree(folder, ignore_errors=True)
         with self.db.read() as session:
             unsent = select(OutgoingEvent.child_id).where(OutgoingEvent.sent.is_(False))
             ended = [
@@ -376,7 +408,7 @@ class Agent:
         self.executor.cancel(child_id)
         self._empty_airlock(child_id)
         self.executor.cleanup(child_id)
-        shutil.rmtree(self._workspace(child_id), ignore_errors=True)
+        shutil.rmtree(self._scratch(child_id), ignore_errors=True)
         with self.db.write() as session:
             child = session.get(LocalChild, child_id)
             if child is not None and child.active:
@@ -499,7 +531,6 @@ class Agent:
             tre=self.tre,
             project=child.project,
             policy=self.policy,
-            root=self._workspace(child.child_id),
             run_as=self.settings.run_as,
         )
         if child.stage != Stage.STAGING:
@@ -597,7 +628,7 @@ class Agent:
             self.executor.cleanup(child_id)
         except Exception:
             log.exception("could not remove the run of %s; the next start sweeps it", child_id)
-        shutil.rmtree(self._workspace(child_id), ignore_errors=True)
+        shutil.rmtree(self._scratch(child_id), ignore_errors=True)
 
     def _watch(self, child: LocalChild) -> None:
         result = self.executor.poll(child.child_id)
@@ -610,13 +641,19 @@ class Agent:
         self._emit(child, Stage.CHECKING)
 
     def _hold(self, child: LocalChild) -> None:
-        """Hold every output and log in the airlock, run the automated rules on them, then wait for review."""
-        if not holding.hold(self.db, self.store, self.policy.checks, child):
+        """Hold every output and log in the airlock, run the automated rules on them, then wait for review.
+        The backend may still be gathering what the run left (a stage-out Job): then look next tick."""
+        scratch = self._scratch(child.child_id)
+        scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+        collected = self.executor.collect(child.child_id, scratch)
+        if collected is None:
+            return
+        if not holding.hold(self.db, self.store, self.policy.checks, child, collected):
             return
         # Nothing about the held files leaves with this event: not their number, sizes or verdicts.
         self._emit(child, Stage.AWAITING_REVIEW)
         self.executor.cleanup(child.child_id)
-        shutil.rmtree(self._workspace(child.child_id), ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
     def _settle(self, child: LocalChild) -> None:
         self.release.settle(child, self.policy.review)
@@ -640,5 +677,6 @@ class Agent:
         self._progressed = True
         self.outbox.emit(child, stage, message, report=report, final=final)
 
-    def _workspace(self, child_id: str) -> Path:
-        return self.settings.data_dir / "work" / child_id
+    def _scratch(self, child_id: str) -> Path:
+        """The agent's own folder for what a backend hands back of a run; never mounted into a task."""
+        return self.settings.data_dir / "scratch" / child_id

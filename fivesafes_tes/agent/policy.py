@@ -23,8 +23,27 @@ GIB = 1 << 30
 class Dataset(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Field(description="Host directory; mounted read-only at /data/<name> for granted projects.")
+    path: Path | None = Field(
+        default=None,
+        description="Host directory, for the docker and local executors; mounted read-only at /data/<name> "
+        "for granted projects.",
+    )
+    claim: str | None = Field(
+        default=None,
+        description="PersistentVolumeClaim in the task namespace, for the kubernetes executor; mounted "
+        "read-only the same way.",
+    )
+    url: str | None = Field(
+        default=None,
+        description="URL the TRE's own TES server reads the dataset from, for the tes (relay) executor.",
+    )
     description: str = ""
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> Dataset:
+        if self.path is None and self.claim is None and self.url is None:
+            raise ValueError("a dataset needs a path (docker), a claim (kubernetes) or a url (tes relay)")
+        return self
 
 
 class InvalidPolicy(ValueError):

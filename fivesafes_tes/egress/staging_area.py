@@ -3,10 +3,8 @@ left (the Kubernetes filer's stage-out Job, a relayed TES server's outputs), for
 hash and hold like any other output.
 
 Keys are `staging/<child>/<attempt>/files/<container path>` and `staging/<child>/<attempt>/logs/
-step-N.stdout|stderr`; a backend may keep one record of its own at `staging/<child>/<attempt>/
-filer.json` (the Kubernetes filer's manifest), which `fetch` leaves out. Nothing under `staging/` is
-ever released or shown to anyone: release reads only `held/`, and the agent fetches a staged file into
-its own folder, then holds it there with its own hash.
+step-N.stdout|stderr`. Nothing under `staging/` is ever released or shown to anyone: release reads only
+`held/`, and the agent fetches a staged file into its own folder, then holds it there with its own hash.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import secrets
 from pathlib import Path
 
 from fivesafes_tes.egress.held import InvalidHeldName, LogKey, Stream, name_of, parse
-from fivesafes_tes.egress.keys import UnsafeKey, safe_key
+from fivesafes_tes.egress.keys import safe_key
 from fivesafes_tes.egress.store import ObjectStore, StoreError
 from fivesafes_tes.executors.base import Collected
 from fivesafes_tes.tes.outputs import normal_path
@@ -25,7 +23,7 @@ from fivesafes_tes.tes.outputs import normal_path
 log = logging.getLogger(__name__)
 
 ROOT = "staging"
-MANIFEST = "filer.json"
+MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
 
@@ -55,11 +53,6 @@ def folder_key(child_id: str, attempt: int, container_folder: str) -> str:
     return file_key(child_id, attempt, container_folder) + "/"
 
 
-def manifest_key(child_id: str, attempt: int) -> str:
-    """Where the backend's own record of a run's staged files is kept (never fetched as a file)."""
-    return safe_key(ROOT, child_id, str(attempt), MANIFEST)
-
-
 def log_key(child_id: str, attempt: int, step: int, stream: str) -> str:
     return safe_key(ROOT, child_id, str(attempt), "logs", name_of(LogKey(step, Stream(stream))))
 
@@ -69,11 +62,17 @@ def url(store: ObjectStore, key: str) -> str:
     return f"s3://{store.bucket}/{key}"
 
 
+def manifest_key(child_id: str, attempt: int) -> str:
+    """Where a stager may write its own record of what it staged (the Kubernetes filer does): `fetch`
+    skips it, and nothing else outside `files/` and `logs/`."""
+    return prefix(child_id, attempt) + MANIFEST
+
+
 def fetch(store: ObjectStore, child_id: str, attempt: int, scratch: Path, *, max_bytes: int) -> Collected:
     """Download everything staged for this attempt into `scratch` (the agent's own folder): the files
     by container path, the logs by step. Refuses a name that is not a container path or log, and more
-    than `max_bytes` in all (the run's own disk limit): the filer is ours, but what it copies is the
-    task's."""
+    than `max_bytes` in all (the run's own disk limit): the stager may be ours, but what it copies is
+    the task's."""
     base = prefix(child_id, attempt)
     collected = Collected()
     total = 0
@@ -81,33 +80,35 @@ def fetch(store: ObjectStore, child_id: str, attempt: int, scratch: Path, *, max
         rest = item.key[len(base) :]
         if rest == MANIFEST:
             continue
-        kind, _, name = rest.partition("/")
         total += item.size
         if total > max_bytes:
             raise StagedFileRefused(
                 f"the run left more than {max_bytes} bytes in its writable folders and logs"
             )
-        try:
-            if kind == "files":
-                path = "/" + name
-                if normal_path(path) != path:
-                    raise InvalidHeldName(path)
-            elif kind == "logs":
-                key = parse(name)
-                if not isinstance(key, LogKey):
-                    raise InvalidHeldName(name)
-            else:
-                raise InvalidHeldName(rest)
-        except (InvalidHeldName, UnsafeKey) as exc:
-            raise StagedFileRefused(f"{item.key!r} is not a staged file or log ({exc})") from exc
-        local = scratch / ("f" if kind == "files" else "l") / str(n)
-        local.parent.mkdir(parents=True, exist_ok=True)
+        local = scratch / str(n)
+        found = _staged_as(rest)
+        if found is None:
+            raise StagedFileRefused(f"{item.key!r} is not a staged file or log")
         _download(store, item.key, local)
-        if kind == "files":
-            collected.files[path] = local
+        if isinstance(found, LogKey):
+            collected.logs[(found.step, found.stream.value)] = local
         else:
-            collected.logs[(key.step, key.stream.value)] = local
+            collected.files[found] = local
     return collected
+
+
+def _staged_as(rest: str) -> str | LogKey | None:
+    """The container path or log a key below an attempt's prefix stands for; None for anything else."""
+    kind, _, name = rest.partition("/")
+    if kind == "files" and normal_path("/" + name) == "/" + name:
+        return "/" + name
+    if kind == "logs":
+        try:
+            key = parse(name)
+        except InvalidHeldName:
+            return None
+        return key if isinstance(key, LogKey) else None
+    return None
 
 
 def _download(store: ObjectStore, key: str, target: Path) -> None:

@@ -9,10 +9,10 @@ storage for the relay), runs the steps, reports on them, stops them, hands back 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 LABEL_CHILD = "org.fivesafes.child"

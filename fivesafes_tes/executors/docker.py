@@ -1,8 +1,9 @@
 """Docker backend: each step is one hardened container, and progress is read back from the engine.
 
 A step's container is created only once the step before it has ended, so a run holds one live
-container at a time whatever its length. `start` checks every image is there, writes the run's plan
-(its RunSpec) into the agent's logs directory, then creates and starts step 0: step 0 existing means
+container at a time whatever its length. `start` lays out the run's host folders (`hostdirs`: its
+inputs, writable folders and logs under the backend's work directory), checks every image is there,
+writes the run's plan beside its logs, then creates and starts step 0: step 0 existing means
 the run exists. Names are deterministic (`fst-<child>-<attempt>-<step>`): a second start after a
 crash meets 409 Conflict and re-attaches instead of running anything twice. The deadline is fixed
 when the run starts and enforced inside each container by a static busybox `timeout`, so it holds
@@ -20,8 +21,10 @@ import dataclasses
 import json
 import logging
 import re
+import shutil
 import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,15 +44,17 @@ from .base import (
     LABEL_DEPLOYMENT,
     LABEL_STEP,
     LABEL_TRE,
+    BackendContext,
+    Collected,
     ExecutorError,
     Limits,
-    Mount,
     Outcome,
     RunResult,
     RunSpec,
     Step,
     StepResult,
 )
+from .hostdirs import HostMount, Workspace, collect, lay_out
 from .sandbox import (
     OOM_NOTICE,
     POLICY,
@@ -143,30 +148,41 @@ def _plan_dir(logs_dir: Path, attempt: int) -> Path:
     return logs_dir / f".run-{attempt}"
 
 
-def _plan_to_json(spec: RunSpec) -> dict[str, Any]:
-    return {
-        "child_id": spec.child_id,
-        "attempt": spec.attempt,
-        "tre": spec.tre,
-        "user": spec.user,
-        "logs_dir": str(spec.logs_dir),
-        "limits": dataclasses.asdict(spec.limits),
-        "mounts": [[str(m.source), m.target, m.read_only] for m in spec.mounts],
-        "steps": [dataclasses.asdict(step) for step in spec.steps],
-    }
+@dataclass(frozen=True)
+class _Plan:
+    """What the steps after step 0 are created from: the spec (its inputs already placed) and the mounts."""
 
+    spec: RunSpec
+    mounts: list[HostMount]
+    logs_dir: Path
 
-def _plan_from_json(plan: dict[str, Any]) -> RunSpec:
-    return RunSpec(
-        child_id=plan["child_id"],
-        attempt=plan["attempt"],
-        tre=plan["tre"],
-        user=plan["user"],
-        logs_dir=Path(plan["logs_dir"]),
-        limits=Limits(**plan["limits"]),
-        mounts=[Mount(source=Path(s), target=t, read_only=ro) for s, t, ro in plan["mounts"]],
-        steps=[Step(**step) for step in plan["steps"]],
-    )
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "child_id": spec.child_id,
+            "attempt": spec.attempt,
+            "tre": spec.tre,
+            "user": spec.user,
+            "logs_dir": str(self.logs_dir),
+            "limits": dataclasses.asdict(spec.limits),
+            "writable": list(spec.writable),
+            "mounts": [[str(m.source), m.target, m.read_only] for m in self.mounts],
+            "steps": [dataclasses.asdict(step) for step in spec.steps],
+        }
+
+    @classmethod
+    def from_json(cls, plan: dict[str, Any]) -> _Plan:
+        spec = RunSpec(
+            child_id=plan["child_id"],
+            attempt=plan["attempt"],
+            tre=plan["tre"],
+            user=plan["user"],
+            limits=Limits(**plan["limits"]),
+            writable=list(plan["writable"]),
+            steps=[Step(**step) for step in plan["steps"]],
+        )
+        mounts = [HostMount(source=Path(s), target=t, read_only=ro) for s, t, ro in plan["mounts"]]
+        return cls(spec, mounts, Path(plan["logs_dir"]))
 
 
 @dataclass
@@ -193,6 +209,8 @@ class DockerExecutor:
         tre: str,
         *,
         deployment: str,
+        work_dir: Path,
+        datasets: Mapping[str, Path] | None = None,
         client: docker.DockerClient | None = None,
         busybox: str | Path = "/bin/busybox",
         policy: SandboxPolicy = POLICY,
@@ -201,6 +219,8 @@ class DockerExecutor:
             raise ValueError(f"deployment {deployment!r} cannot label a container (letters, digits, _.-)")
         self.tre = tre
         self.deployment = deployment
+        self.work_dir = work_dir
+        self._datasets = dict(datasets or {})
         self._policy = policy
         self._busybox = Path(busybox)
         if not self._busybox.is_file() or not _is_static_elf(self._busybox):
@@ -209,6 +229,15 @@ class DockerExecutor:
                 "container to enforce the deadline (Debian: apt-get install busybox-static)"
             )
         self._client = client or docker.from_env()
+
+    @classmethod
+    def from_context(cls, context: BackendContext) -> DockerExecutor:
+        """Runs in folders under the agent's work directory; datasets are the policy's host paths."""
+        datasets = {name: d.path for name, d in context.datasets.items() if d.path is not None}
+        return cls(context.tre, deployment=context.deployment, work_dir=context.work_dir, datasets=datasets)
+
+    def workspace(self, child_id: str) -> Workspace:
+        return Workspace(self.work_dir / child_id)
 
     # --- the Executor interface ---------------------------------------------------------------
 
@@ -232,7 +261,9 @@ class DockerExecutor:
             # Without step 0 nothing ran, so leftovers of a crashed start go.
             if mine is not None:
                 self._remove(mine)
-            mine = self._create(spec)
+            mine = self._create(
+                spec, lay_out(spec, self.workspace(spec.child_id), self._datasets, self._policy)
+            )
         self._start_step(mine.steps[0])
 
     def poll(self, child_id: str) -> RunResult | None:
@@ -255,15 +286,25 @@ class DockerExecutor:
         assert verdict.outcome is not None
         return RunResult(verdict.outcome, results, verdict.message)
 
-    def cancel(self, child_id: str) -> None:
+    def cancel(self, child_id: str) -> RunResult | None:
         run = self._latest(child_id)
         if run is None:
-            return
+            return None
         if run.marker is None:
             if self._verdict(run).action == "end":
-                return  # ended: its outcome stands
+                return self.poll(child_id)  # ended: its outcome stands
             self._mark_canceled(run)
         self._kill(run)
+        return self.poll(child_id)
+
+    def collect(self, child_id: str, scratch: Path) -> Collected | None:
+        """The files and logs on the host, where the run left them (`scratch` is not needed)."""
+        workspace = self.workspace(child_id)
+        plans = sorted(workspace.logs.glob(".run-*/plan.json"), key=lambda p: int(p.parent.name[5:]))
+        if not plans:
+            return Collected()
+        plan = _Plan.from_json(json.loads(plans[-1].read_text()))
+        return collect(workspace, plan.spec.writable, len(plan.spec.steps))
 
     def running(self) -> dict[str, int]:
         alive = {}
@@ -276,6 +317,7 @@ class DockerExecutor:
     def cleanup(self, child_id: str) -> None:
         for container in self._list({LABEL_CHILD: child_id}):
             self._remove_container(container)
+        shutil.rmtree(self.workspace(child_id).root, ignore_errors=True)
 
     def sweep(self, keep: set[str]) -> list[str]:
         removed = set()
@@ -284,6 +326,9 @@ class DockerExecutor:
             if child_id not in keep:
                 self._remove_container(container)
                 removed.add(child_id)
+        for child_id in removed:  # another deployment's folders may share the work directory: not those
+            if _NAME.match(child_id):
+                shutil.rmtree(self.workspace(child_id).root, ignore_errors=True)
         if removed:
             log.info(
                 "swept containers of %d orphaned run(s) of TRE %s: %s",
@@ -391,33 +436,34 @@ class DockerExecutor:
 
     # --- actions --------------------------------------------------------------------------------
 
-    def _create(self, spec: RunSpec) -> _Run:
+    def _create(self, spec: RunSpec, mounts: list[HostMount]) -> _Run:
         """Step 0 of a new run, once every image it needs is here (a missing one fails the start, not a
         later step) and its plan is written for the steps after it."""
         deadline = int(time.time()) + spec.limits.runtime_s
         for image in dict.fromkeys(step.image for step in spec.steps):
             self._ensure_image(image)
-        plan = _plan_dir(spec.logs_dir.resolve(), spec.attempt)
-        plan.mkdir(parents=True, exist_ok=True)
-        part = plan / "plan.json.part"
-        part.write_text(json.dumps(_plan_to_json(spec)))
-        part.replace(plan / "plan.json")
-        return _Run(spec.child_id, spec.attempt, steps={0: self._create_step(spec, 0, deadline)})
+        plan = _Plan(spec, mounts, self.workspace(spec.child_id).logs.resolve())
+        folder = _plan_dir(plan.logs_dir, spec.attempt)
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / "plan.json.part"
+        part.write_text(json.dumps(plan.to_json()))
+        part.replace(folder / "plan.json")
+        return _Run(spec.child_id, spec.attempt, steps={0: self._create_step(plan, 0, deadline)})
 
     def _create_next(self, run: _Run, i: int) -> Container:
         """Step i's container, from the plan `start` wrote; the deadline stays the run's."""
         try:
-            spec = _plan_from_json(json.loads((run.plan_dir / "plan.json").read_text()))
+            plan = _Plan.from_json(json.loads((run.plan_dir / "plan.json").read_text()))
         except (OSError, TypeError, ValueError, KeyError) as exc:
             raise ExecutorError(
                 f"step {i + 1} could not be created: the run's plan is missing from the agent's work "
                 f"directory ({exc})"
             ) from exc
-        return self._create_step(spec, i, run.deadline)
+        return self._create_step(plan, i, run.deadline)
 
-    def _create_step(self, spec: RunSpec, i: int, deadline: int) -> Container:
-        container = self._create_container(self._step_config(spec, i, deadline))
-        (_plan_dir(spec.logs_dir.resolve(), spec.attempt) / f"step-{i}.created").touch()
+    def _create_step(self, plan: _Plan, i: int, deadline: int) -> Container:
+        container = self._create_container(self._step_config(plan, i, deadline))
+        (_plan_dir(plan.logs_dir, plan.spec.attempt) / f"step-{i}.created").touch()
         return container
 
     def _was_created(self, run: _Run, i: int) -> bool:
@@ -492,13 +538,14 @@ class DockerExecutor:
             f"{self._policy.tools_dir}/busybox", str(self._busybox), type="bind", read_only=True
         )
 
-    def _step_config(self, spec: RunSpec, i: int, deadline: int) -> dict[str, Any]:
+    def _step_config(self, plan: _Plan, i: int, deadline: int) -> dict[str, Any]:
+        spec = plan.spec
         step = spec.steps[i]
         entrypoint, command = step_argv(step, deadline, self._policy)
         reserved = {f"{self._policy.reserved_env_prefix}DEADLINE": str(deadline)}
         mounts = [
             EngineMount(m.target, str(m.source.resolve()), type="bind", read_only=m.read_only)
-            for m in spec.mounts
+            for m in plan.mounts
         ]
         return {
             **self._sandbox_config(spec.user, spec.limits),
@@ -519,7 +566,7 @@ class DockerExecutor:
                 LABEL_DEADLINE: str(deadline),
                 LABEL_RUNTIME: str(spec.limits.runtime_s),
                 LABEL_IGNORE_ERROR: "true" if step.ignore_error else "false",
-                LABEL_LOGS_DIR: str(spec.logs_dir.resolve()),
+                LABEL_LOGS_DIR: str(plan.logs_dir),
             },
         }
 
@@ -573,9 +620,8 @@ class DockerExecutor:
         container = run.steps[i]
         logs_dir = Path(container.labels[LABEL_LOGS_DIR])
         logs_dir.mkdir(parents=True, exist_ok=True)
-        paths = {}
         for stream in ("stdout", "stderr"):
-            path = paths[stream] = logs_dir / f"step-{i}.{stream}"
+            path = logs_dir / f"step-{i}.{stream}"
             if path.exists():
                 continue
             part = path.with_name(path.name + ".part")
@@ -593,8 +639,6 @@ class DockerExecutor:
             exit_code=int(state["ExitCode"]),
             start_time=_rfc3339(started),
             end_time=_rfc3339(max(started, finished)),
-            stdout_path=paths["stdout"],
-            stderr_path=paths["stderr"],
         )
 
     def _remove(self, run: _Run) -> None:

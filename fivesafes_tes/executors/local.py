@@ -2,11 +2,12 @@
 
 It keeps the RunSpec's semantics where a plain process can: steps in order, stop at the first
 failure unless ignore_error, one deadline for the whole run (the process group is killed), cancel,
-captured stdout/stderr in logs_dir (and copied to a step's stdout/stderr path when given).
+captured stdout/stderr in the run's folder (and copied to a step's stdout/stderr path when given).
 
 What it cannot do, it does simply and says so:
 * no image: commands run from the host's PATH; no user switch, network, memory, CPU or pid limits;
-* no mounts: a mount's target is rewritten to its host source wherever it appears as a path (at the
+* no mounts: the run's folders are laid out as for Docker (`hostdirs`), and a mount's target is
+  rewritten to its host source wherever it appears as a path (at the
   start of an argument, or after a space, quote, `=` or `>` inside one) in the command, env values,
   workdir and stdin/stdout/stderr. `sh -c "cat /data/in > /out/x"` works; a path built at run time
   does not. Other paths are host paths.
@@ -26,12 +27,13 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .base import Mount, Outcome, RunResult, RunSpec, StepResult
+from .base import BackendContext, Collected, Outcome, RunResult, RunSpec, StepResult
+from .hostdirs import HostMount, Workspace, collect, lay_out
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def mount_rewriter(mounts: list[Mount]) -> Callable[[str], str]:
+def mount_rewriter(mounts: list[HostMount]) -> Callable[[str], str]:
     """A function replacing container mount targets by their host sources inside a string."""
     mapping = {m.target.rstrip("/") or "/": str(m.source.resolve()) for m in mounts}
     if not mapping:
@@ -55,6 +57,8 @@ def mount_rewriter(mounts: list[Mount]) -> Callable[[str], str]:
 @dataclass
 class _Run:
     spec: RunSpec
+    workspace: Workspace
+    mounts: list[HostMount]
     thread: threading.Thread | None = None
     canceled: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -74,13 +78,27 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, tre: str = "local", *, deployment: str = "") -> None:
+    def __init__(
+        self,
+        tre: str = "local",
+        *,
+        deployment: str = "",
+        work_dir: Path,
+        datasets: Mapping[str, Path] | None = None,
+    ) -> None:
         # `deployment` is the interface's; runs live in this process, so there is nothing to tell apart.
         self.tre = tre
+        self.work_dir = work_dir
+        self._datasets = dict(datasets or {})
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         warnings.warn(f"{WARNING}: tasks run as host processes with no isolation", stacklevel=2)
         log.warning("%s: tasks of TRE %s run as host processes with no isolation", WARNING, tre)
+
+    @classmethod
+    def from_context(cls, context: BackendContext) -> LocalExecutor:
+        datasets = {name: d.path for name, d in context.datasets.items() if d.path is not None}
+        return cls(context.tre, deployment=context.deployment, work_dir=context.work_dir, datasets=datasets)
 
     def start(self, spec: RunSpec) -> None:
         if not spec.steps:
@@ -91,7 +109,9 @@ class LocalExecutor:
                 return
             if old is not None:
                 self._stop(old)
-            run = self._runs[spec.child_id] = _Run(spec)
+            workspace = Workspace(self.work_dir / spec.child_id)
+            mounts = lay_out(spec, workspace, self._datasets)
+            run = self._runs[spec.child_id] = _Run(spec, workspace, mounts)
             run.thread = threading.Thread(
                 target=self._work, args=(run,), name=f"local-{spec.child_id}", daemon=True
             )
@@ -103,10 +123,21 @@ class LocalExecutor:
             return RunResult(Outcome.LOST, [], f"{WARNING}: this process has no record of the run")
         return run.result
 
-    def cancel(self, child_id: str) -> None:
+    def cancel(self, child_id: str) -> RunResult | None:
         run = self._runs.get(child_id)
-        if run is not None and run.result is None:
+        if run is None:
+            return None
+        if run.result is None:
             self._stop(run)
+            if run.thread is not None:
+                run.thread.join(10)
+        return run.result
+
+    def collect(self, child_id: str, scratch: Path) -> Collected | None:
+        run = self._runs.get(child_id)
+        if run is None:
+            return Collected()
+        return collect(run.workspace, run.spec.writable, len(run.spec.steps))
 
     def running(self) -> dict[str, int]:
         return {cid: run.spec.attempt for cid, run in list(self._runs.items()) if run.result is None}
@@ -116,6 +147,7 @@ class LocalExecutor:
             run = self._runs.pop(child_id, None)
         if run is not None:
             self._stop(run)
+            shutil.rmtree(run.workspace.root, ignore_errors=True)
 
     def sweep(self, keep: set[str]) -> list[str]:
         removed = sorted(set(self._runs) - keep)
@@ -143,8 +175,8 @@ class LocalExecutor:
         spec = run.spec
         deadline = time.monotonic() + spec.limits.runtime_s
         epoch_deadline = int(time.time()) + spec.limits.runtime_s
-        rewrite = mount_rewriter(spec.mounts)
-        spec.logs_dir.mkdir(parents=True, exist_ok=True)
+        rewrite = mount_rewriter(run.mounts)
+        logs = run.workspace
         scratch = Path(tempfile.mkdtemp(prefix=f"fst-local-{spec.child_id}-"))
         results: list[StepResult] = []
         try:
@@ -159,7 +191,7 @@ class LocalExecutor:
                 }
                 env.update({k: rewrite(v) for k, v in step.env.items()})
                 env["FIVESAFES_DEADLINE"] = str(epoch_deadline)
-                out_path, err_path = spec.logs_dir / f"step-{i}.stdout", spec.logs_dir / f"step-{i}.stderr"
+                out_path, err_path = logs.log(i, "stdout"), logs.log(i, "stderr")
                 start = _now()
                 with out_path.open("wb") as out, err_path.open("wb") as err:
                     stdin = Path(rewrite(step.stdin)).open("rb") if step.stdin else None  # noqa: SIM115
@@ -188,7 +220,7 @@ class LocalExecutor:
                     finally:
                         if stdin is not None:
                             stdin.close()
-                results.append(StepResult(code, start, _now(), out_path, err_path))
+                results.append(StepResult(code, start, _now()))
                 for wanted, captured in ((step.stdout, out_path), (step.stderr, err_path)):
                     if wanted:
                         shutil.copyfile(captured, rewrite(wanted))

@@ -106,7 +106,7 @@ def mount_source_refusal(path: Path, policy: SandboxPolicy = POLICY) -> str | No
 
 def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
     """Refuse a spec that would weaken the sandbox, naming what to fix: RequestRefused where the task's
-    request is the cause, ValueError where the TRE's own configuration is (a user, a limit)."""
+    request is the cause, ValueError where the TRE's own configuration is (a user, a limit, a host path)."""
     parse_user(spec.user)
     if not spec.steps:
         raise RequestRefused("a run needs at least one step")
@@ -120,20 +120,22 @@ def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
     ):
         raise ValueError(f"every limit must be positive: {lim}")
     targets: set[str] = set()
+    writable = [PurePosixPath(w) for w in spec.writable]
     placed = [
-        *(("input", f.target) for f in spec.inputs),
-        *(("writable folder", w) for w in spec.writable),
-        *(("dataset", d.target) for d in spec.datasets),
+        *spec.writable,
+        *(d.target for d in spec.datasets),
+        # An input inside a writable folder is a file in it, not a mount of its own.
+        *(i.target for i in spec.inputs if not any(w in PurePosixPath(i.target).parents for w in writable)),
     ]
-    for what, at in placed:
-        target = PurePosixPath(at)
+    for place in placed:
+        target = PurePosixPath(place)
         if not target.is_absolute() or ".." in target.parts or str(target) == "/":
-            raise RequestRefused(f"{what} target {at!r} must be an absolute container path below /")
+            raise RequestRefused(f"mount target {place!r} must be an absolute container path below /")
         reserved = next((r for r in policy.own_paths() if r.covers(str(target))), None)
         if reserved is not None:
-            raise RequestRefused(f"{what} target {at!r} is reserved by the sandbox: {reserved.why}")
+            raise RequestRefused(f"mount target {place!r} is reserved by the sandbox: {reserved.why}")
         if str(target) in targets:
-            raise RequestRefused(f"{what} target {at!r} is used twice")
+            raise RequestRefused(f"mount target {place!r} is used twice")
         targets.add(str(target))
     for i, step in enumerate(spec.steps):
         if not step.command:
@@ -150,6 +152,17 @@ def validate_run_spec(spec: RunSpec, policy: SandboxPolicy = POLICY) -> None:
                 )
             if "\0" in value:
                 raise RequestRefused(f"step {i} env {name!r} contains a NUL byte")
+
+
+def check_host_sources(sources: list[tuple[Path, str]], policy: SandboxPolicy = POLICY) -> None:
+    """Refuse a host folder (source, container target) that must never be mounted or is missing:
+    ValueError, for the TRE's configuration is the cause (a dataset's path, the work directory)."""
+    for source, target in sources:
+        refusal = mount_source_refusal(source, policy)
+        if refusal:
+            raise ValueError(refusal)
+        if not source.resolve().exists():
+            raise ValueError(f"host path {str(source)!r} to mount at {target} does not exist")
 
 
 def step_env(env: dict[str, str], reserved: dict[str, str], policy: SandboxPolicy = POLICY) -> dict[str, str]:
