@@ -698,8 +698,25 @@ def test_a_failed_stage_out_is_an_error_in_plain_words(cluster, s3_store, tmp_pa
     assert str(failed.value) == (
         "the run's outputs could not be staged out: Cannot stage the outputs out: the airlock refused it"
     )
+    cluster.set_status("pods", out_pod, {"phase": "Failed", "containerStatuses": []})
     cluster.set_status("jobs", out, condition("Failed", "DeadlineExceeded"))
     with pytest.raises(ExecutorError, match="not staged out within 300 s"):
+        ex.collect(spec.child_id, tmp_path)
+
+
+def test_a_filer_image_that_cannot_be_pulled_for_stage_out_is_an_error_at_once(cluster, s3_store, tmp_path):
+    ex, spec, job, pod = started(cluster, s3_store)
+    succeeded(cluster, job, pod)
+    assert ex.poll(spec.child_id) is not None
+    out = stage_out_name(spec.child_id, 1)
+    out_pod = cluster.make_pod(out)
+    assert ex.collect(spec.child_id, tmp_path) is None  # pending: it may yet run
+    cluster.set_status(
+        "pods",
+        out_pod,
+        {"phase": "Pending", "containerStatuses": [waiting("filer-out", "ImagePullBackOff", FILER_IMAGE)]},
+    )
+    with pytest.raises(ExecutorError, match=r"filer image .* could not be pulled .*FILER_IMAGE"):
         ex.collect(spec.child_id, tmp_path)
 
 

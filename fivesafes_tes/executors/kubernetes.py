@@ -872,11 +872,11 @@ class KubernetesExecutor:
                 self._stage_out(child_id, attempt, volume)  # the agent stopped before it started
                 return None
         else:
-            ended = _ended_as(job)
-            if ended is None:
+            failure = self._stage_out_failure(child_id, attempt, job)
+            if failure is not None:
+                raise ExecutorError(failure)
+            if _ended_as(job) is None:
                 return None
-            if ended.get("type") == "Failed":
-                raise ExecutorError(self._filer_failure(child_id, attempt, ended))
             if manifest is None:
                 raise ExecutorError(
                     "the run's stage-out filer ended without its manifest: its outputs cannot be trusted"
@@ -1105,28 +1105,33 @@ class KubernetesExecutor:
             )
         return results
 
-    def _filer_failure(self, child_id: str, attempt: int, ended: dict[str, Any]) -> str:
-        """Why the stage-out Job failed, in plain words."""
+    def _stage_out_failure(self, child_id: str, attempt: int, job: dict[str, Any]) -> str | None:
+        """Why the stage-out Job failed, or cannot succeed (its image is not there), in plain words;
+        None while it runs or once it has completed."""
+        ended = _ended_as(job)
+        if ended is not None and ended.get("type") == "Complete":
+            return None
+        labels = {LABEL_CHILD: child_id, LABEL_ATTEMPT: str(attempt), LABEL_ROLE: ROLE_FILER}
+        for pod in self._list("Pod", labels):
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                state = status.get("state") or {}
+                waiting = state.get("waiting") or {}
+                if waiting.get("reason") in IMAGE_PULL_FAILURES:
+                    return (
+                        f"the run's outputs could not be staged out: this TRE's filer image "
+                        f"{status.get('image', '?')} could not be pulled ({waiting['reason']}): the TRE "
+                        "must fix FIVESAFES_AGENT_KUBERNETES_FILER_IMAGE"
+                    )
+                message = ((state.get("terminated") or {}).get("message") or "").strip()
+                if message and ended is not None:
+                    return f"the run's outputs could not be staged out: {message}"
+        if ended is None:
+            return None
         if ended.get("reason") == "DeadlineExceeded":
             return (
                 f"the run's outputs were not staged out within {self.settings.capability_ttl_s} s "
                 "(FIVESAFES_AGENT_KUBERNETES_CAPABILITY_TTL_S)"
             )
-        for pod in self._list(
-            "Pod", {LABEL_CHILD: child_id, LABEL_ATTEMPT: str(attempt), LABEL_ROLE: ROLE_FILER}
-        ):
-            for status in (pod.get("status") or {}).get("containerStatuses") or []:
-                state = status.get("state") or {}
-                terminated = state.get("terminated") or {}
-                message = (terminated.get("message") or "").strip()
-                if message:
-                    return f"the run's outputs could not be staged out: {message}"
-                waiting = state.get("waiting") or {}
-                if waiting.get("reason") in IMAGE_PULL_FAILURES:
-                    return (
-                        f"the run's outputs could not be staged out: this TRE's filer image "
-                        f"{status.get('image', '?')} could not be pulled ({waiting['reason']})"
-                    )
         why = ended.get("message") or ended.get("reason") or "no reason given"
         return f"the run's outputs could not be staged out: the stage-out Job failed ({why})"
 
