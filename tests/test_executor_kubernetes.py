@@ -28,6 +28,7 @@ from kubernetes import client as k8s
 from fivesafes_tes.egress import staging_area
 from fivesafes_tes.executors import (
     BackendContext,
+    Collected,
     DatasetMount,
     ExecutorError,
     InputFile,
@@ -933,6 +934,25 @@ def test_sweep_removes_orphans_and_nothing_of_another_deployment(cluster, s3_sto
     result = ex.poll(orphan.child_id)
     assert result is not None
     assert result.outcome is Outcome.LOST
+    assert ex.collect(orphan.child_id, Path("/nonexistent")) == Collected()
+
+
+def test_a_job_removed_behind_the_agents_back_is_lost_but_its_volume_is_still_staged_out(
+    cluster, s3_store, tmp_path
+):
+    ex, spec, job, _ = started(cluster, s3_store)
+    volume = staged_in(cluster, spec, tmp_path)
+    cluster.http.delete(cluster._path("jobs", job)).raise_for_status()
+    result = ex.poll(spec.child_id)
+    assert result is not None
+    assert (result.outcome, result.message) == (Outcome.LOST, "the cluster has no Job for this run")
+    assert ex.poll(spec.child_id) == result
+    staged_out(cluster, spec, volume)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    collected = ex.collect(spec.child_id, scratch)
+    assert collected is not None
+    assert collected.files["/outputs/seed.txt"].read_bytes() == b"seed\n"
 
 
 def test_the_last_step_may_ignore_its_error(cluster, s3_store):

@@ -818,8 +818,11 @@ class KubernetesExecutor:
             return _decode(_annotations(volume)[ANNOTATION_RESULT])
         attempt = _attempt(volume)
         run = self._task(child_id, attempt)
-        if run is None:
-            return RunResult(Outcome.LOST, [], "the cluster has no Job for this run")
+        if run is None:  # removed behind our back, or kept past its TTL while the agent was away
+            result = RunResult(Outcome.LOST, [], "the cluster has no Job for this run")
+            self._end(child_id, attempt, None, result)
+            self._stage_out(child_id, attempt, volume)  # what its volume holds may still come out
+            return result
         pulled = self._image_pull_failure(run)
         if pulled is not None:
             result = RunResult(Outcome.FAILED, self._steps(run), pulled)
@@ -860,7 +863,7 @@ class KubernetesExecutor:
     def collect(self, child_id: str, scratch: Path) -> Collected | None:
         volume = self._volume(child_id)
         if volume is None:
-            raise ExecutorError("the cluster has no volume for this run: its outputs are lost")
+            return Collected()  # the cluster no longer has the run (poll says LOST): nothing is left
         annotations = _annotations(volume)
         if ANNOTATION_RESULT not in annotations:
             return None  # still running: poll ends it first
@@ -1158,13 +1161,13 @@ class KubernetesExecutor:
                 )
         self._network_policies_checked = True
 
-    def _end(self, child_id: str, attempt: int, run: _Run, result: RunResult) -> None:
+    def _end(self, child_id: str, attempt: int, run: _Run | None, result: RunResult) -> None:
         """Put the log of each step that began in the staging area, then record the result on the volume.
 
         Kubernetes keeps one stream per container, stdout and stderr interleaved: it goes to
         step-N.stdout, and step-N.stderr stays empty."""
-        pod = run.pod
-        for i, status in sorted(run.statuses().items()):
+        pod = run.pod if run is not None else None
+        for i, status in sorted(run.statuses().items() if run is not None else []):
             state = status.get("state") or {}
             if pod is None or not (state.get("terminated") or state.get("running")):
                 continue
