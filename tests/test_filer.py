@@ -82,3 +82,22 @@ def test_the_commands_read_their_paths_from_the_pods_environment(tmp_path):
     )
     assert refused.exit_code == 1
     assert "Cannot stage the outputs out: could not reach the airlock to upload 'm'" in refused.output
+
+
+def test_a_refused_upload_says_why_without_echoing_the_signature(tmp_path, s3_store):
+    volume = tmp_path / "volume"
+    (volume / "rw/0").mkdir(parents=True)
+    (volume / "rw/0/a.txt").write_bytes(b"a")
+    post = s3_store.presigned_post(staging_area.prefix("c1", 1), max_bytes=10, expires_s=60)
+    post["url"] = post["url"].rsplit("/", 1)[0] + "/no-such-bucket"
+    capability = {
+        **post,
+        "folders": [{"volume": "rw/0", "path": "/out", "key": staging_area.folder_key("c1", 1, "/out")}],
+        "manifest": staging_area.manifest_key("c1", 1),
+    }
+    with pytest.raises(filer.FilerError) as refused:
+        filer.stage_out(volume, capability)
+    assert str(refused.value).startswith(
+        "the airlock refused 'staging/c1/1/files/out/a.txt': HTTP 404 NoSuchBucket"
+    )
+    assert post["fields"]["x-amz-signature"] not in str(refused.value)

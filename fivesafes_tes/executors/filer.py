@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import secrets
 import stat
 import urllib.error
@@ -30,6 +31,7 @@ from typing import Any
 
 INDEX = "index.json"  # in the inputs Secret: {"inputs": {data key: volume path}, "folders": [volume path]}
 _CHUNK = 1 << 20
+_ERROR_PARTS = re.compile(r"<(?:Code|Message)>([^<]{0,300})</(?:Code|Message)>")
 
 
 class FilerError(RuntimeError):
@@ -152,8 +154,10 @@ def _post(capability: dict[str, Any], key: str, body: Any, size: int, timeout_s:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             response.read()
     except urllib.error.HTTPError as exc:
-        detail = exc.read(2000).decode(errors="replace")
-        raise FilerError(f"the airlock refused {key!r}: HTTP {exc.code} {detail}") from exc
+        # Only S3's error code and message: the rest of its answer may echo the signature.
+        body = exc.read(4000).decode(errors="replace")
+        detail = " ".join(m.group(1) for m in _ERROR_PARTS.finditer(body))
+        raise FilerError(f"the airlock refused {key!r}: HTTP {exc.code} {detail}".rstrip()) from exc
     except OSError as exc:
         raise FilerError(f"could not reach the airlock to upload {key!r}: {exc}") from exc
 
