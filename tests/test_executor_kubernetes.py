@@ -48,7 +48,7 @@ from fivesafes_tes.executors.kubernetes import (
     KubernetesExecutor,
     filer_network_policy_manifest,
     filer_network_policy_violations,
-    inputs_secret_manifest,
+    inputs_secret_name,
     job_manifest,
     job_name,
     network_policy_violations,
@@ -150,12 +150,16 @@ class Cluster:
     def everything(self) -> str:
         """Every object of every kind in the namespace, as one text to search."""
         kinds = ("jobs", "pods", "persistentvolumeclaims", "secrets", "networkpolicies")
-        return json.dumps([self.http.get(self._path(kind)).json() for kind in kinds])
+        return json.dumps([self.items(kind) for kind in kinds])
 
-    def names(self, kind: str) -> list[str]:
+    def items(self, kind: str) -> list[dict[str, Any]]:
         response = self.http.get(self._path(kind))
         response.raise_for_status()
-        return sorted(item["metadata"]["name"] for item in response.json().get("items") or [])
+        found: list[dict[str, Any]] = response.json().get("items") or []
+        return found
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(item["metadata"]["name"] for item in self.items(kind))
 
     # --- the Job controller and the kubelet -----------------------------------------------------
 
@@ -180,6 +184,10 @@ class Cluster:
         }
         self.http.post(self._path("pods"), json=pod).raise_for_status()
         return name
+
+    def delete(self, kind: str, name: str) -> None:
+        """Someone removes an object behind the agent's back."""
+        self.http.delete(self._path(kind, name)).raise_for_status()
 
     def set_status(self, kind: str, name: str, status: dict[str, Any]) -> None:
         """The kubelet's (or the Job controller's) status write."""
@@ -288,8 +296,7 @@ def staged_in(cluster: Cluster, spec: RunSpec, tmp_path: Path) -> Path:
     """The filer-in container's part, by the real filer: the run's volume filled from its inputs Secret."""
     secret = tmp_path / "inputs-secret"
     secret.mkdir()
-    name = inputs_secret_manifest(spec, settings()).get("metadata", {})["name"]
-    for key, value in cluster.secret(name).items():
+    for key, value in cluster.secret(inputs_secret_name(spec.child_id, spec.attempt)).items():
         (secret / key).write_bytes(value)
     volume = tmp_path / "volume"
     volume.mkdir()
@@ -620,7 +627,7 @@ def test_a_run_is_staged_out_by_the_filer_and_collected_with_its_logs(
     (filer_out,) = out_pod["containers"]
     assert filer_out["command"] == ["fivesafes-tes", "filer", "stage-out"]
     assert {"name": "volume", "mountPath": "/fivesafes/volume", "readOnly": True} in filer_out["volumeMounts"]
-    assert all(violations(j) == [] for j in cluster.http.get(cluster._path("jobs")).json()["items"])
+    assert all(violations(j) == [] for j in cluster.items("jobs"))  # the task's and the filer's
     # No S3 credential anywhere in the task namespace: the filer holds a presigned POST only.
     assert s3_endpoint.secret_key not in cluster.everything()
     assert ex.collect(spec.child_id, tmp_path / "waiting") is None  # the filer has not run yet
@@ -942,7 +949,7 @@ def test_a_job_removed_behind_the_agents_back_is_lost_but_its_volume_is_still_st
 ):
     ex, spec, job, _ = started(cluster, s3_store)
     volume = staged_in(cluster, spec, tmp_path)
-    cluster.http.delete(cluster._path("jobs", job)).raise_for_status()
+    cluster.delete("jobs", job)
     result = ex.poll(spec.child_id)
     assert result is not None
     assert (result.outcome, result.message) == (Outcome.LOST, "the cluster has no Job for this run")
