@@ -85,6 +85,36 @@ class KubernetesExecutorSettings(BaseModel):
     )
 
 
+class TesRelaySettings(BaseModel):
+    """The TRE's own TES server, for the relay executor (`FIVESAFES_AGENT_EXECUTOR=tes`): each task is
+    sent to it, its outputs directed to the airlock's staging area (`executors/tes.py`)."""
+
+    url: str | None = Field(
+        default=None, description="Base URL of the TRE's TES server (required by the tes executor)."
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the TRE's TES server (a secret: give it through the environment).",
+    )
+    token_file: Path | None = Field(
+        default=None, description="File holding that token, re-read on every request (for rotated tokens)."
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Timeout of one request to the TES server."
+    )
+    poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="Least time between two requests for the state of one run (the agent checks more often).",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tags added to every task sent (JSON), for what the TES server needs, e.g. which of its "
+        "backends runs it.",
+    )
+
+
 class GatewaySettings(BaseSettings):
     """Settings of the gateway process (TES API, admin API, agent API, results)."""
 
@@ -297,8 +327,8 @@ class AgentSettings(BaseSettings):
     )
     executor: str = Field(
         default="docker",
-        description="docker, kubernetes (a Job per task, KUBERNETES_*), or local (development only: no "
-        "sandbox).",
+        description="docker, kubernetes (a Job per task, KUBERNETES_*), tes (a relay to the TRE's own TES "
+        "server, TES_*), or local (development only: no sandbox).",
     )
     policy_file: Path | None = Field(
         default=None, description="YAML/JSON TRE policy: allowed images, limits, datasets and grants."
@@ -309,6 +339,10 @@ class AgentSettings(BaseSettings):
     kubernetes: KubernetesExecutorSettings = Field(
         default_factory=KubernetesExecutorSettings,
         description="The kubernetes executor (`FIVESAFES_AGENT_KUBERNETES_*`).",
+    )
+    tes: TesRelaySettings = Field(
+        default_factory=TesRelaySettings,
+        description="The TRE's TES server, for the tes executor (`FIVESAFES_AGENT_TES_*`).",
     )
     poll_wait_s: float = Field(default=20.0, ge=0, le=30, description="Long-poll wait for new work.")
     heartbeat_s: float = Field(default=15.0, gt=0, description="Heartbeat interval for held leases.")
@@ -322,6 +356,13 @@ class AgentSettings(BaseSettings):
         "after review) reach the gateway only at multiples of this many seconds after the run started, so "
         "a researcher learns about log2(runtime / this) bits per change from timing "
         "(docs/researcher-view.md). 0 reports at once: for tests only.",
+    )
+    collect_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest the agent waits, after a run ended, for its backend to hand over what it left "
+        "(a Kubernetes stage-out Job, a relayed TES server's delivery) before it ends the child "
+        "`system_failed`.",
     )
     max_child_errors: int = Field(
         default=5,

@@ -361,3 +361,27 @@ def test_a_job_script_or_a_volume_in_a_reserved_path_ends_that_task_while_anothe
                     reason="a count",
                 )
         _wait("the other task released", lambda: view(http, good)["state"] == "COMPLETE")
+
+
+def test_a_backend_that_never_hands_over_what_a_run_left_ends_that_child_while_another_completes(
+    uk, alice, monkeypatch
+):
+    """A stage-out Job that never runs, a relayed server that never delivers: the child ends
+    system_failed after FIVESAFES_AGENT_COLLECT_TIMEOUT_S, and the others go on."""
+    monkeypatch.setattr(uk.settings, "collect_timeout_s", 1.0)
+    real = uk.executor.collect
+    stuck = Injector(uk, "never-handed-over", lambda: RuntimeError("unused"))
+
+    def collect(child_id: str, scratch: Path) -> Any:
+        return None if stuck.bad(child_id) else real(child_id, scratch)
+
+    monkeypatch.setattr(uk.executor, "collect", collect)
+    bad_id, good_id = post(alice, task("never-handed-over")), post(alice, task("fine"))
+    _wait("the other task to await review", lambda: stage_of(alice, good_id) == "awaiting_review")
+    doc = _wait("the ending", lambda: (d := view(alice, bad_id))["state"] == "SYSTEM_ERROR" and d)
+    assert doc["logs"][0]["system_logs"][-1] == FIXED_LINE
+    child = local(uk, bad_id)
+    assert child is not None
+    [failed] = [r for r in audit_of(uk, child.child_id) if r.action == "child.fail"]
+    assert "did not hand over what the run left" in failed.detail["error"]
+    assert failed.detail["stage"] == "checking"

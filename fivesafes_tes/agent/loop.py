@@ -126,6 +126,7 @@ def make_executor(settings: AgentSettings, policy: TrePolicy, db: Database, stor
         datasets=policy.datasets,
         store=store,
         settings=settings,
+        db=db,
     )
     try:
         return create_executor(settings.executor, context)
@@ -637,7 +638,11 @@ class Agent:
         with self.db.write() as session:
             local = session.get(LocalChild, child.child_id)
             assert local is not None
-            local.result = {**(local.result or {}), "outcome": holding.result_to_json(result)}
+            local.result = {
+                **(local.result or {}),
+                "outcome": holding.result_to_json(result),
+                "ended_at": time.time(),
+            }
         self._emit(child, Stage.CHECKING)
 
     def _hold(self, child: LocalChild) -> None:
@@ -647,6 +652,14 @@ class Agent:
         scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         collected = self.executor.collect(child.child_id, scratch)
         if collected is None:
+            ended_at = (child.result or {}).get("ended_at", time.time())
+            if time.time() - ended_at > self.settings.collect_timeout_s:
+                self._fail(
+                    child.child_id,
+                    child.stage,
+                    f"the {self.executor.name} executor did not hand over what the run left within "
+                    f"{self.settings.collect_timeout_s:g} s of its end (FIVESAFES_AGENT_COLLECT_TIMEOUT_S)",
+                )
             return
         if not holding.hold(self.db, self.store, self.policy.checks, child, collected):
             return

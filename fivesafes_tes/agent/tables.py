@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fivesafes_tes.db.base import NAMING, utcnow
@@ -157,4 +157,19 @@ class AgentIdentity(AgentBase):
     __tablename__ = "agent_identity"
 
     deployment: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RelayRun(AgentBase):
+    """A run the TES relay executor started on the TRE's own TES server: its remote id, so that a
+    restarted agent re-attaches to it instead of starting it again, and how it ended once known."""
+
+    __tablename__ = "agent_relay_runs"
+
+    child_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    remote_id: Mapped[str | None] = mapped_column(String(255), nullable=True)  # None: being created
+    deadline: Mapped[float] = mapped_column(Float)  # epoch seconds the run must end by (its runtime limit)
+    max_bytes: Mapped[int] = mapped_column(BigInteger)  # most the run may leave in its staging area
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -132,7 +132,7 @@ class Collected:
 class BackendContext:
     """What the agent gives a backend it creates (`from_context`): whom it runs for, a folder of the
     agent's own, the datasets the TRE's policy defines (name -> its source, with `.path`, `.claim` and
-    `.url`, each None where not given), the airlock store, and the agent's settings."""
+    `.url`, each None where not given), the airlock store, the agent's settings and its database."""
 
     tre: str
     deployment: str
@@ -140,6 +140,7 @@ class BackendContext:
     datasets: Mapping[str, Any] = field(default_factory=dict)
     store: Any = None  # ObjectStore: the airlock (its staging area, for backends that stage through it)
     settings: Any = None  # AgentSettings
+    db: Any = None  # the agent's Database (migrated), for a backend's own state: the relay's remote ids
 
 
 class Executor(Protocol):
