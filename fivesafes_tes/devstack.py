@@ -9,6 +9,7 @@ own agent database; the agents reach the gateway only over HTTP, as they would f
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -185,6 +186,8 @@ def start(
         overrides["results"] = ResultsStoreSettings(
             endpoint_url=s3_url, access_key="dev", secret_key=SecretStr("dev-secret")
         )
+    overrides.setdefault("web_pages", True)
+    overrides.setdefault("web_session_key", SecretStr(secrets.token_hex(32)))  # sessions end with the stack
     settings = GatewaySettings(
         data_dir=data_dir,
         database_url=database_url,
@@ -282,6 +285,7 @@ def _start_tres(
             admin_listen=f"127.0.0.1:{free_port()}",
             oidc_issuer=stack.issuer.issuer_url,
             oidc_audience=TRE_AUDIENCE,
+            web_session_key=SecretStr(secrets.token_hex(32)),  # the pages' sessions end with the stack
         )
         db = open_database(settings)
         store = ObjectStore.from_settings(settings.airlock)

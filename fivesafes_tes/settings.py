@@ -144,6 +144,28 @@ class GatewaySettings(BaseSettings):
         default=False, description="Serve and trust the embedded development token issuer."
     )
 
+    # Pages (docs/web.md)
+    web_pages: bool = Field(
+        default=False, description="Serve the researchers' pages under PUBLIC_URL/web (docs/web.md)."
+    )
+    web_client_id: str = Field(
+        default="fivesafes-tes",
+        description="The pages' OIDC client id at OIDC_ISSUER: their ID tokens' audience. Its access tokens "
+        "must be for OIDC_AUDIENCE, as the API's are.",
+    )
+    web_client_secret: SecretStr | None = Field(
+        default=None,
+        description="The pages' OIDC client secret, for a confidential client (PKCE is always used).",
+    )
+    web_session_key: SecretStr | None = Field(
+        default=None,
+        description="Key (at least 32 characters) signing the pages' session cookies; every replica needs "
+        "the same. Unset: a random one per process (logged as a warning), which only one replica can use.",
+    )
+    web_session_ttl_s: int = Field(
+        default=3600, ge=60, le=12 * 3600, description="How long a sign-in to the pages lasts."
+    )
+
     # TES service-info
     service_id: str = Field(default="org.fivesafes.tes", description="service-info `id` (reverse domain).")
     service_name: str = Field(default="Five Safes TES", description="service-info `name`.")
@@ -297,6 +319,14 @@ class GatewaySettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'gateway.db'}"
+
+    @model_validator(mode="after")
+    def _web_session_key_long_enough(self) -> GatewaySettings:
+        if self.web_session_key is not None and len(self.web_session_key.get_secret_value()) < 32:
+            raise ValueError(
+                "web_session_key must be at least 32 characters (make one: openssl rand -hex 32)"
+            )
+        return self
 
     @property
     def dev_issuer_dir(self) -> Path:
@@ -453,10 +483,45 @@ class AgentSettings(BaseSettings):
         "only where the issuer serves this TRE alone.",
     )
 
+    web_pages: bool = Field(
+        default=True,
+        description="Serve the TRE's pages (docs/web.md) beside the admin and review APIs on ADMIN_LISTEN.",
+    )
+    web_public_url: str | None = Field(
+        default=None,
+        description="The pages' base URL as browsers reach them (the sign-in's redirect URI is this plus "
+        "/auth/callback; https makes the session cookie Secure). Default: http://ADMIN_LISTEN.",
+    )
+    web_client_id: str = Field(
+        default="fivesafes-tre",
+        description="The pages' OIDC client id at OIDC_ISSUER: their ID tokens' audience. Its access tokens "
+        "must be for OIDC_AUDIENCE, as the API's are.",
+    )
+    web_client_secret: SecretStr | None = Field(
+        default=None,
+        description="The pages' OIDC client secret, for a confidential client (PKCE is always used).",
+    )
+    web_session_key: SecretStr | None = Field(
+        default=None,
+        description="Key (at least 32 characters) signing the pages' session cookies. Unset: a random one "
+        "per start, so every session ends when the agent restarts (logged as a warning).",
+    )
+    web_session_ttl_s: int = Field(
+        default=3600, ge=60, le=12 * 3600, description="How long a sign-in to the pages lasts."
+    )
+
     @model_validator(mode="after")
     def _retry_cap_not_below_first_retries(self) -> AgentSettings:
         if self.retry_cap_s < max(self.child_retry_s, self.event_retry_s):
             raise ValueError("retry_cap_s must be at least child_retry_s and event_retry_s")
+        return self
+
+    @model_validator(mode="after")
+    def _session_key_long_enough(self) -> AgentSettings:
+        if self.web_session_key is not None and len(self.web_session_key.get_secret_value()) < 32:
+            raise ValueError(
+                "web_session_key must be at least 32 characters (make one: openssl rand -hex 32)"
+            )
         return self
 
     @property

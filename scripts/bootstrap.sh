@@ -3,6 +3,8 @@
 #
 #   scripts/bootstrap.sh                  .venv with the project installed editable, plus test extras
 #   scripts/bootstrap.sh --with-pytes04   also .venv-pytes04 with the old py-tes 0.4.x client
+#   scripts/bootstrap.sh --with-browser   also Debian's chromium and axe-core (tests/browser), for the
+#                                         page tests in a real browser
 #
 # Idempotent and cheap to re-run: each venv carries a stamp file holding the sha256 of what
 # it was installed from, and nothing is reinstalled while that still matches.
@@ -13,10 +15,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 WITH_PYTES04=0
+WITH_BROWSER=0
 for arg in "$@"; do
   case "$arg" in
     --with-pytes04) WITH_PYTES04=1 ;;
-    -h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --with-browser) WITH_BROWSER=1 ;;
+    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bootstrap: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -139,5 +143,27 @@ if [ "$WITH_PYTES04" -eq 1 ]; then
     quiet .venv-pytes04/bin/python -c 'import tes, requests' || die "py-tes 0.4 does not import"
     echo "$PYTES04_HASH" >".venv-pytes04/$STAMP_NAME"
     log ".venv-pytes04 ready"
+  fi
+fi
+
+# --- optional: a real browser for the page tests ------------------------------------------
+# Debian's chromium, driven by Playwright (a test dependency) at /usr/bin/chromium: Playwright's own
+# browser download cannot work here. axe-core comes from npm, pinned by tests/browser/package-lock.json.
+if [ "$WITH_BROWSER" -eq 1 ]; then
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing Debian's chromium"
+    apt_install chromium fonts-liberation || die "could not install chromium (apt-get install chromium)"
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    log "installing npm"
+    apt_install npm || die "could not install npm (apt-get install npm)"
+  fi
+  BROWSER_HASH="$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)"
+  if [ -f tests/browser/node_modules/axe-core/axe.min.js ] && stamp_ok tests/browser/node_modules "$BROWSER_HASH"; then
+    log "tests/browser/node_modules is up to date"
+  else
+    log "installing axe-core into tests/browser (npm ci)"
+    (cd tests/browser && quiet npm ci --no-audit --no-fund) || die "npm ci in tests/browser failed"
+    echo "$BROWSER_HASH" >"tests/browser/node_modules/$STAMP_NAME"
   fi
 fi

@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-bash scripts/bootstrap.sh --with-pytes04
+bash scripts/bootstrap.sh --with-pytes04 --with-browser
 
 # A full run (CI's `make test`) lints first; a run of chosen tests does not.
 if [ "$#" -eq 0 ]; then

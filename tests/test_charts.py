@@ -61,6 +61,18 @@ TRE_OTHER = {
     },
     "settings": {"FIVESAFES_AGENT_REPORT_GRANULARITY_S": "10"},
 }
+TRE_PAGES = {
+    **TRE_REQUIRED,
+    "api": {
+        "oidc": {"issuer": "https://idp.tre.example/realms/uk"},
+        "web": {
+            "enabled": True,
+            "publicUrl": "https://review.tre.example",
+            "existingSecret": "agent-web",
+            "clientSecretKey": "client-secret",
+        },
+    },
+}
 TRE_SQLITE_TES = {**TRE_REQUIRED, "executor": {"backend": "tes"}, "api": {"enabled": False}}
 TRE_DOCKER = {
     **TRE_REQUIRED,
@@ -81,6 +93,7 @@ CASES = {
     "tre-kubernetes-external-pg": (TRE, TRE_OTHER),
     "tre-tes-no-api": (TRE, TRE_SQLITE_TES),
     "tre-docker-remote-engine": (TRE, TRE_DOCKER),
+    "tre-pages": (TRE, TRE_PAGES),
 }
 
 
@@ -215,6 +228,22 @@ def test_the_agent_is_bound_to_a_minimal_role_in_the_task_namespace_only():
     ]
     ((_, spec),) = pod_specs(objects)
     assert spec["automountServiceAccountToken"] is True  # the kubernetes backend needs its token
+
+
+def test_the_pages_get_their_session_key_and_client_secret_from_a_secret():
+    (deployment,) = [o for o in rendered("tre-pages") if o["kind"] == "Deployment"]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FIVESAFES_AGENT_WEB_PAGES"]["value"] == "true"
+    assert env["FIVESAFES_AGENT_WEB_PUBLIC_URL"]["value"] == "https://review.tre.example"
+    assert env["FIVESAFES_AGENT_WEB_SESSION_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "agent-web",
+        "key": "session-key",
+    }
+    assert env["FIVESAFES_AGENT_WEB_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "client-secret"
+    (default,) = [o for o in rendered("tre-default-kubernetes") if o["kind"] == "Deployment"]
+    names = {e["name"]: e.get("value") for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert names["FIVESAFES_AGENT_WEB_PAGES"] == "false"
+    assert "FIVESAFES_AGENT_WEB_SESSION_KEY" not in names
 
 
 @pytest.mark.parametrize("case", ["tre-tes-no-api", "tre-docker-remote-engine"])
@@ -367,10 +396,25 @@ def test_a_typo_in_values_fails(chart, values, words):
         (GATEWAY, {**GATEWAY_REQUIRED, "replicas": 3, "database": {"type": "sqlite"}}, "replicas is 3"),
         (GATEWAY, {"publicUrl": "https://tes.example.org"}, "oidc.issuer is required"),
         (GATEWAY, {**GATEWAY_REQUIRED, "settings": {"FIVESAFES_DATABASE_URL": "x"}}, "is a secret"),
+        (GATEWAY, {**GATEWAY_REQUIRED, "settings": {"FIVESAFES_WEB_SESSION_KEY": "x" * 40}}, "is a secret"),
         (TRE, {**TRE_REQUIRED, "settings": {"FIVESAFES_AGENT_AIRLOCK_SECRET_KEY": "x"}}, "is a secret"),
         (TRE, {**TRE_REQUIRED, "executor": {"backend": "docker"}}, "never mounts a node's Docker socket"),
         (TRE, {**TRE_REQUIRED, "executor": {"kubernetes": {"namespace": "fivesafes"}}}, "own namespace"),
         (TRE, {"gateway": {"url": "https://tes.example.org"}}, "tre is required"),
+        (
+            TRE,
+            {**TRE_PAGES, "api": {**TRE_PAGES["api"], "web": {"enabled": True}}},
+            "api.web.publicUrl is required",
+        ),
+        (
+            TRE,
+            {
+                **TRE_PAGES,
+                "api": {**TRE_PAGES["api"], "web": {"enabled": True, "publicUrl": "https://r.example"}},
+            },
+            "api.web.existingSecret is required",
+        ),
+        (TRE, {**TRE_REQUIRED, "settings": {"FIVESAFES_AGENT_WEB_SESSION_KEY": "x" * 40}}, "is a secret"),
     ],
 )
 def test_an_unsafe_or_incomplete_configuration_fails(chart, values, words):

@@ -115,6 +115,13 @@ GATEWAY_PUBLIC = {
     ("GET", "/dev-issuer/.well-known/openid-configuration"),  # served only with the dev issuer on
     ("GET", "/dev-issuer/jwks.json"),
 }
+# The development issuer's sign-in, public by nature (it is where people get a token), and how it
+# answers a call without its parameters: a request it cannot use, or a body that is not a form.
+GATEWAY_SIGN_IN = {
+    ("GET", "/dev-issuer/authorize"): 400,
+    ("POST", "/dev-issuer/authorize"): 415,
+    ("POST", "/dev-issuer/token"): 400,
+}
 # Valid bodies, so that a refusal is about the caller, never about the body (a task is parsed before
 # its token is checked), and the right caller gets past validation.
 EXAMPLE_BODIES: dict[str, Any] = {
@@ -226,7 +233,9 @@ def gateway_wrong_callers(fed: Federation, role: str) -> dict[str, dict[str, str
     return {}
 
 
-GATEWAY_OPERATIONS = [op for op in _gateway_operations() if (op.method, op.path) not in GATEWAY_PUBLIC]
+GATEWAY_OPERATIONS = [
+    op for op in _gateway_operations() if (op.method, op.path) not in GATEWAY_PUBLIC | GATEWAY_SIGN_IN.keys()
+]
 
 
 @pytest.mark.parametrize("operation", GATEWAY_OPERATIONS, ids=str)
@@ -262,8 +271,9 @@ def test_the_gateway_routes_anyone_may_call_are_exactly_the_public_ones(federati
     served = _gateway_operations()
     assert {(op.method, op.path) for op in served} >= GATEWAY_PUBLIC, "a PUBLIC route is no longer served"
     answers = {(op.method, op.path): federation.call(op, {}).status_code for op in served}
-    assert {op for op, status in answers.items() if status != 401} == GATEWAY_PUBLIC
+    assert {op for op, status in answers.items() if status != 401} == GATEWAY_PUBLIC | GATEWAY_SIGN_IN.keys()
     assert {op: answers[op] for op in GATEWAY_PUBLIC} == dict.fromkeys(GATEWAY_PUBLIC, 200)
+    assert {op: answers[op] for op in GATEWAY_SIGN_IN} == GATEWAY_SIGN_IN
 
 
 # --- the TRE's own API (admin and review, served by the agent inside the TRE) ------------------------

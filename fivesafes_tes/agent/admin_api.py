@@ -5,6 +5,7 @@ with the person's own token: every decision is taken by the token's issuer and s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
@@ -16,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fivesafes_tes import audit
-from fivesafes_tes.agent import approvals, review
+from fivesafes_tes.agent import access, approvals, pages, review
+from fivesafes_tes.agent.health import Health
+from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalDecision, LocalProject
 from fivesafes_tes.auth import AuthError, Person, Role, TokenValidator, name_key
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress.store import ObjectStore
+from fivesafes_tes.web import Site
 
 _bearer = HTTPBearer(auto_error=False)
 PREVIEW_BYTES = 64 * 1024
@@ -69,11 +73,8 @@ def tre_api_state(request: Request) -> TreApiState:
 
 
 def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, role: Role) -> Person:
-    """The caller (issuer, subject, name) if their token is valid, for this TRE, with `role`; 401
-    (audited) or 403.
-
-    A token naming no TRE is refused unless the app was told its issuer serves this TRE alone: where
-    TREs share an issuer, a checker of one would otherwise decide on another's outputs."""
+    """The caller (issuer, subject, name) if their token is valid and `access.refusal` lets them act as
+    `role` here; 401 (audited) or 403."""
     state = tre_api_state(request)
     db, tre, validator = state.db, state.tre, state.validator
     reason = "no bearer token"
@@ -83,14 +84,9 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, 
         except AuthError as exc:
             reason = exc.reason
         else:
-            if role not in claims.roles:
-                raise HTTPException(403, f"this route is for this TRE's {role.value}s (role {role.value})")
-            if claims.tre and claims.tre != tre:
-                raise HTTPException(403, f"this token is for TRE {claims.tre!r}, not {tre!r}")
-            if not claims.tre and state.require_tre_claim:
-                raise HTTPException(
-                    403, f"this token names no TRE; this route needs one whose `tre` claim is {tre!r}"
-                )
+            refused = access.refusal(claims.roles, claims.tre, role, tre, state.require_tre_claim)
+            if refused is not None:
+                raise HTTPException(403, refused)
             return claims.person
     with db.write() as session:
         audit.record(
@@ -137,12 +133,19 @@ def create_admin_app(
     *,
     require_tre_claim: bool = True,
     store: ObjectStore | None = None,
+    site: Site | None = None,
+    policy: TrePolicy | None = None,
+    health: Callable[[], Health] | None = None,
 ) -> FastAPI:
     """The TRE-admin and review APIs of TRE `tre`. With `require_tre_claim` (the default) a token
     must name this TRE; pass False only where `validator`'s issuer serves this TRE alone. `store` is
-    the airlock, for previews of held files."""
+    the airlock, for previews of held files. With `site`, the TRE's pages too (`agent.pages`), showing
+    `policy` as the policy in force and `health()` as how the agent is doing."""
     app = FastAPI(title=f"Five Safes TES: TRE admin ({tre})", docs_url=None, redoc_url=None)
     app.state.tre_api = TreApiState(db, tre, validator, require_tre_claim)
+    if site is not None:
+        site.install(app)
+        app.include_router(pages.router(site, db, tre, policy, store, health))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

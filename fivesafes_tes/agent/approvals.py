@@ -104,3 +104,36 @@ def bind(session: Session, project: str, person: Person) -> None:
 
 def unpushed(session: Session) -> list[LocalDecision]:
     return list(session.scalars(select(LocalDecision).where(LocalDecision.pushed.is_(False))))
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One project as its TRE's admins see it: their decision on it and on each member (None: undecided)."""
+
+    name: str
+    title: str
+    starts_on: str | None
+    ends_on: str | None
+    decision: LocalDecision | None
+    members: list[tuple[str, LocalDecision | None]]
+
+    @property
+    def awaiting(self) -> bool:
+        """Whether anything of it still waits for a decision."""
+        return self.decision is None or any(d is None for _, d in self.members)
+
+
+def standings(session: Session) -> list[Standing]:
+    """Every project assigned to this TRE with the decisions on it, by name: two queries in all."""
+    decisions = {(d.project, d.username): d for d in session.scalars(select(LocalDecision))}
+    return [
+        Standing(
+            name=p.name,
+            title=p.title,
+            starts_on=p.starts_on,
+            ends_on=p.ends_on,
+            decision=decisions.get((p.name, "")),
+            members=[(m, decisions.get((p.name, name_key(m)))) for m in p.members],
+        )
+        for p in session.scalars(select(LocalProject).order_by(LocalProject.name))
+    ]

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from sqlalchemy import select
 from fivesafes_tes import audit
 from fivesafes_tes.agent import approvals, holding, schema, staging
 from fivesafes_tes.agent.client import GatewayClient, Rejected
+from fivesafes_tes.agent.health import Health, backlog
 from fivesafes_tes.agent.outbox import ENDED_WITH_HELD_FILES, Outbox
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.release import Release
@@ -37,6 +39,7 @@ from fivesafes_tes.agent.tables import (
 )
 from fivesafes_tes.auth.principal import Person
 from fivesafes_tes.db import Database
+from fivesafes_tes.db.base import utcnow
 from fivesafes_tes.egress.store import ObjectStore, StoreUnavailable
 from fivesafes_tes.executors import BackendContext, Executor, RequestRefused, sandbox
 from fivesafes_tes.executors import create as create_executor
@@ -156,6 +159,7 @@ class Agent:
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_sync = 0.0
+        self.last_contact: datetime | None = None  # the gateway's last answer, for the admins' health page
         self._progressed = False  # set by _emit: a child moved, so look again without waiting
         self.outbox = Outbox(
             self.db,
@@ -208,15 +212,20 @@ class Agent:
         import uvicorn
 
         from fivesafes_tes.agent.admin_api import create_admin_app, validator_from
+        from fivesafes_tes.agent.pages import site_for
 
         s = self.settings
         host, _, port = (s.admin_listen or "").rpartition(":")
+        validator = validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim)
         app = create_admin_app(
             self.db,
             self.tre,
-            validator_from(s.oidc_issuer, s.oidc_audience, s.oidc_jwks_url, s.roles_claim),
+            validator,
             require_tre_claim=s.require_tre_claim,
             store=self.store,
+            site=site_for(s, validator, self.db) if s.web_pages else None,
+            policy=self.policy,
+            health=self.health,
         )
         self._admin_server = uvicorn.Server(
             uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", lifespan="off")
@@ -224,6 +233,19 @@ class Agent:
         thread = threading.Thread(target=self._admin_server.run, name=f"agent-{self.tre}-admin", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def health(self) -> Health:
+        """How this agent is doing, as its admins' health page shows it."""
+        with self.db.read() as session:
+            children, unsent = backlog(session)
+        return Health(
+            tre=self.tre,
+            executor=self.settings.executor,
+            last_contact=self.last_contact,
+            children=children,
+            unsent_events=unsent,
+            threads={thread.name: thread.is_alive() for thread in self._threads},
+        )
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self.stop.set()
@@ -282,6 +304,7 @@ class Agent:
                 log.error("the gateway refused this agent's lease request: %s", exc)
                 self.stop.wait(self.settings.lease_refused_wait_s)
                 continue
+            self.last_contact = utcnow()
             for cancel in answer["cancel"]:
                 self.inbox.put(_Cancel(cancel["child_id"]))
             for grant in answer["leases"]:
@@ -310,6 +333,7 @@ class Agent:
             except Rejected as exc:
                 log.error("heartbeat refused: %s", exc)
                 continue
+            self.last_contact = utcnow()
             for child_id, status in answers.items():
                 if status in ("canceled", "ended", "unknown"):
                     self.inbox.put(_Cancel(child_id))
@@ -437,6 +461,7 @@ class Agent:
         this TRE's decisions to the gateway."""
         self._last_sync = time.monotonic()
         answer = self.client.sync()
+        self.last_contact = utcnow()
         try:
             self.client.publish_policy(staging.admission(self.policy, self.tre).model_dump(mode="json"))
         except Rejected as exc:  # the gateway cannot check for us: this TRE still refuses what it must

@@ -11,11 +11,12 @@ run, is withheld whatever anyone decides (`releasable`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from fivesafes_tes import audit
@@ -331,6 +332,136 @@ def pending(session: Session) -> list[ChildView]:
     return [describe(session, c.child_id) for c in children]
 
 
+@dataclass(frozen=True)
+class QueueEntry:
+    """A child in the checkers' queue: whose, since when, and how much of it the rules flagged."""
+
+    child_id: str
+    task_id: str
+    project: str
+    submitter: str
+    received: datetime
+    files: int
+    flagged: int  # held files whose rules did not all pass
+
+
+@dataclass(frozen=True)
+class Queue:
+    entries: list[QueueEntry]
+    total: int  # children waiting that match the filter, on every page
+    projects: list[str]  # projects with children waiting, to filter by
+
+
+def queue(
+    session: Session,
+    *,
+    project: str | None = None,
+    flagged: bool | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> Queue:
+    """One page of the children waiting for an output checker, oldest first, optionally of one project,
+    and only those where the rules flagged a file (`flagged` True) or flagged none (False).
+
+    The page is one query on the (stage, created_at) index, counting each listed child's held files on
+    their primary key, whatever the queue's length; the total and the projects are one query each."""
+    waiting = [LocalChild.stage == Stage.AWAITING_REVIEW.value, LocalChild.active.is_(True)]
+    if project:
+        waiting.append(LocalChild.project == project)
+    held = HeldFileRecord.child_id == LocalChild.child_id  # per child of the page, on the primary key
+    if flagged is not None:
+        any_flagged = select(HeldFileRecord.key).where(held, HeldFileRecord.verdict != "pass").exists()
+        waiting.append(any_flagged if flagged else ~any_flagged)
+    files = select(func.count()).where(held).correlate(LocalChild).scalar_subquery()
+    flagged_files = (
+        select(func.count())
+        .where(held, HeldFileRecord.verdict != "pass")
+        .correlate(LocalChild)
+        .scalar_subquery()
+    )
+    page = session.execute(
+        select(
+            LocalChild.child_id,
+            LocalChild.task_id,
+            LocalChild.project,
+            LocalChild.username,
+            LocalChild.created_at,
+            files,
+            flagged_files,
+        )
+        .where(*waiting)
+        .order_by(LocalChild.created_at, LocalChild.child_id)
+        .offset(offset)
+        .limit(limit)
+    )
+    entries = [QueueEntry(*row) for row in page]
+    total = session.scalar(select(func.count()).select_from(LocalChild).where(*waiting)) or 0
+    projects = session.scalars(
+        select(LocalChild.project)
+        .where(LocalChild.stage == Stage.AWAITING_REVIEW.value, LocalChild.active.is_(True))
+        .distinct()
+        .order_by(LocalChild.project)
+    )
+    return Queue(entries, total, list(projects))
+
+
+@dataclass(frozen=True)
+class PastDecision:
+    """One checker's decision on one held file, as the history lists it."""
+
+    decided_at: datetime
+    child_id: str
+    project: str
+    file: str
+    checker: str
+    decision: str
+    reason: str
+
+
+def history(
+    session: Session, *, search: str = "", offset: int = 0, limit: int = 50
+) -> tuple[list[PastDecision], int]:
+    """One page of the checkers' decisions, newest first, and how many there are: those whose child,
+    project, file, checker or reason contains `search` (case-insensitively) when it is given."""
+    joined = (
+        select(
+            ReviewDecision.decided_at,
+            ReviewDecision.child_id,
+            LocalChild.project,
+            HeldFileRecord.name,
+            ReviewDecision.checker,
+            ReviewDecision.decision,
+            ReviewDecision.reason,
+        )
+        .join(LocalChild, LocalChild.child_id == ReviewDecision.child_id)
+        .join(
+            HeldFileRecord,
+            (HeldFileRecord.child_id == ReviewDecision.child_id) & (HeldFileRecord.key == ReviewDecision.key),
+        )
+    )
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        joined = joined.where(
+            or_(
+                *(
+                    column.ilike(pattern, escape="\\")
+                    for column in (
+                        ReviewDecision.child_id,
+                        LocalChild.project,
+                        HeldFileRecord.name,
+                        ReviewDecision.checker,
+                        ReviewDecision.reason,
+                    )
+                )
+            )
+        )
+    total = session.scalar(select(func.count()).select_from(joined.subquery())) or 0
+    rows = session.execute(
+        joined.order_by(ReviewDecision.decided_at.desc(), ReviewDecision.child_id).offset(offset).limit(limit)
+    )
+    return [PastDecision(*row) for row in rows], total
+
+
 def describe(session: Session, child_id: str) -> ChildView:
     child = session.get(LocalChild, child_id)
     if child is None:
@@ -390,6 +521,33 @@ def _where(finding: dict[str, Any]) -> str:
         if finding.get(key) is not None
     ]
     return f" ({', '.join(parts)})" if parts else ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One step of the request as its checker reads it: the image and the command it ran."""
+
+    image: str
+    command: list[str]
+
+
+def commands(session: Session, child_id: str) -> list[Command]:
+    """What the child was asked to run, step by step."""
+    child = session.get(LocalChild, child_id)
+    if child is None:
+        raise LookupError(f"no child {child_id} in this TRE")
+    return [
+        Command(str(e.get("image", "")), [str(part) for part in e.get("command") or []])
+        for e in child.task.get("executors") or []
+    ]
+
+
+def rule_results(session: Session, child_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Each held file's rule results as the rules recorded them, by held key: where findings point."""
+    rows = session.execute(
+        select(HeldFileRecord.key, HeldFileRecord.results).where(HeldFileRecord.child_id == child_id)
+    )
+    return {row.key: row.results for row in rows}
 
 
 def key_for(session: Session, child_id: str, name: str) -> str:

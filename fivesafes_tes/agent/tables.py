@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fivesafes_tes.db.base import NAMING, utcnow
@@ -21,6 +21,8 @@ class LocalChild(AgentBase):
     """One leased child as this agent knows it; `stage` is the last stage it reported."""
 
     __tablename__ = "agent_children"
+    # The checkers' queue: children at one stage, oldest first.
+    __table_args__ = (Index("ix_agent_children_stage_created_at", "stage", "created_at"),)
 
     child_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     task_id: Mapped[str] = mapped_column(String(36))

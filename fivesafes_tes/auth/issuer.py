@@ -13,9 +13,12 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import tempfile
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,51 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from fivesafes_tes.auth.pkce import pkce_matches
+
 log = logging.getLogger(__name__)
 
 KEY_FILE = "signing-key.pem"
 ALGORITHM = "RS256"
-CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "preferred_username", "email", "roles", "tre")
+CLAIMS = (
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "preferred_username",
+    "email",
+    "roles",
+    "tre",
+    "nonce",
+)
+CODE_TTL_S = 60  # from the login page to the client's code exchange
+SIGN_IN_TTL_S = 3600  # of the tokens a sign-in gets
+
+
+class InvalidGrant(Exception):
+    """A code exchange is refused (OAuth 2.0 `invalid_grant`); the message says why, for the client."""
+
+
+@dataclass(frozen=True)
+class DevPerson:
+    """Someone to sign in as on the development issuer's login page."""
+
+    username: str
+    roles: tuple[str, ...]
+    tre: str | None = None
+
+
+@dataclass(frozen=True)
+class _Grant:
+    person: DevPerson
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    nonce: str | None
+    expires: float
 
 
 class DevIssuer:
@@ -45,6 +88,9 @@ class DevIssuer:
         public = RSAAlgorithm.to_jwk(self._private_key.public_key(), as_dict=True)
         self._public_jwk: dict[str, Any] = {name: public[name] for name in ("kty", "n", "e")}
         self.kid = _thumbprint(self._public_jwk)
+        # Codes live in this process only: the development gateway is one process.
+        self._grants: dict[str, _Grant] = {}
+        self._grants_lock = threading.Lock()
 
     def issue(
         self,
@@ -81,14 +127,66 @@ class DevIssuer:
         """Sign ``claims`` exactly as given: for tests that need tokens ``issue`` would not make."""
         return jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
+    def grant(
+        self, person: DevPerson, *, client_id: str, redirect_uri: str, code_challenge: str, nonce: str | None
+    ) -> str:
+        """A one-time authorisation code for `person`, redeemable within CODE_TTL_S by `client_id` at
+        `redirect_uri` with the PKCE verifier of `code_challenge` (S256)."""
+        code = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._grants_lock:
+            self._grants = {c: g for c, g in self._grants.items() if g.expires > now}
+            self._grants[code] = _Grant(
+                person, client_id, redirect_uri, code_challenge, nonce, now + CODE_TTL_S
+            )
+        return code
+
+    def redeem(self, code: str, *, client_id: str, redirect_uri: str, code_verifier: str) -> dict[str, Any]:
+        """The token response for `code`: an access token and an ID token, both for audience `client_id`.
+        A code is spent by its first exchange, even a refused one."""
+        with self._grants_lock:
+            grant = self._grants.pop(code, None)
+        if grant is None or grant.expires <= time.monotonic():
+            raise InvalidGrant("unknown, spent or expired code")
+        if (client_id, redirect_uri) != (grant.client_id, grant.redirect_uri):
+            raise InvalidGrant("the code was issued to another client or redirect_uri")
+        if not pkce_matches(code_verifier, grant.challenge):
+            raise InvalidGrant("code_verifier does not match the code_challenge (S256)")
+        person = grant.person
+        access = self.issue(
+            person.username, list(person.roles), audience=client_id, ttl_s=SIGN_IN_TTL_S, tre=person.tre
+        )
+        identity = self.issue(
+            person.username,
+            list(person.roles),
+            audience=client_id,
+            ttl_s=SIGN_IN_TTL_S,
+            tre=person.tre,
+            extra={"nonce": grant.nonce} if grant.nonce else None,
+        )
+        return {
+            "access_token": access,
+            "id_token": identity,
+            "token_type": "Bearer",
+            "expires_in": SIGN_IN_TTL_S,
+        }
+
     def jwks(self) -> dict[str, Any]:
         return {"keys": [{**self._public_jwk, "kid": self.kid, "use": "sig", "alg": ALGORITHM}]}
 
     def openid_configuration(self) -> dict[str, Any]:
-        """The discovery document; it lists only what this issuer does (no login endpoints)."""
+        """The discovery document: keys, and the authorisation-code flow with PKCE (S256) for public
+        clients, whose login page lets anyone pick who to be."""
         return {
             "issuer": self.issuer_url,
             "jwks_uri": self.issuer_url + "/jwks.json",
+            "authorization_endpoint": self.issuer_url + "/authorize",
+            "token_endpoint": self.issuer_url + "/token",
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "scopes_supported": ["openid", "profile"],
             "id_token_signing_alg_values_supported": [ALGORITHM],
             "subject_types_supported": ["public"],
             "claims_supported": list(CLAIMS),

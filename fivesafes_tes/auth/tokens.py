@@ -284,6 +284,13 @@ class TokenValidator:
         self._roles_path = roles_claim.split(".")
         self._leeway_s = leeway_s
 
+    def for_audience(self, audience: str) -> TokenValidator:
+        """The same issuer, keys, algorithms and roles claim for another audience: an OIDC client's ID
+        tokens are addressed to its client id, not to the API its access tokens are for."""
+        return TokenValidator(
+            self.issuer, audience, self._jwks, self.algorithms, ".".join(self._roles_path), self._leeway_s
+        )
+
     def validate(self, token: str) -> Claims:
         """Verify signature, issuer, audience and times; raise AuthError on any failure."""
         if not token:

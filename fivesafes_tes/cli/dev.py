@@ -138,6 +138,8 @@ def _print_dev_guide(
 
     say(f"gateway   {stack.url}/ga4gh/tes/v1   (also {stack.url}/v1)")
     say(f"issuer    {stack.url}/dev-issuer")
+    if stack.settings.web_pages:
+        say(f"pages     {stack.url}/web/   (researchers: sign in as alice, bob or carol; docs/web.md)")
     say(f"S3        {stack.s3_url}")
     kept = "temporary: removed when it stops" if fresh else "kept across runs; --fresh starts from nothing"
     say(f"state     {state} ({kept})")
@@ -170,6 +172,10 @@ def _print_dev_guide(
         say(
             "  fivesafes-tes review list; fivesafes-tes review show CHILD; "
             'fivesafes-tes review approve CHILD all --reason "..."'
+        )
+        say(
+            f"  or in a browser: {stack.tre_url(tre)}/ (sign in as {tre}-admin, {checker} or {checker}-2; "
+            "docs/web.md)"
         )
     say()
     say("More tokens (other people, roles tre-admin or output-checker):")

@@ -598,6 +598,20 @@ class ObjectStore:
                 raise ChecksumMismatch(key, expected, actual)
         return data
 
+    def get_head(self, key: str, max_bytes: int) -> bytes:
+        """Up to the first `max_bytes` of a non-empty object, read with a ranged GET so a large object is
+        never fetched whole. Unverified (a prefix has no checksum): for previews only, never for release."""
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        with self._translate("get", key):
+            response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{max_bytes - 1}")
+            body = response["Body"]
+            try:
+                data: bytes = body.read(max_bytes)
+            finally:
+                body.close()
+        return data
+
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         """Objects under `prefix`, in key order. Listing returns no metadata: `sha256` is None."""
         paginator = self._client.get_paginator("list_objects_v2")

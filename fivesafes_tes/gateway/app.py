@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.staticfiles import StaticFiles
 
 from fivesafes_tes import __version__
 from fivesafes_tes.auth import (
@@ -22,7 +23,7 @@ from fivesafes_tes.auth import (
 )
 from fivesafes_tes.db import Database
 from fivesafes_tes.egress.store import ObjectStore
-from fivesafes_tes.gateway import admin_api, agent_api, crates_api, errors, ops, results_api, tes_api
+from fivesafes_tes.gateway import admin_api, agent_api, crates_api, errors, ops, pages, results_api, tes_api
 from fivesafes_tes.gateway.context import GatewayContext, app_context, attach
 from fivesafes_tes.gateway.dev_issuer import router as dev_issuer_router
 from fivesafes_tes.gateway.limits import BodyLimit, NulFreeUrl
@@ -31,6 +32,7 @@ from fivesafes_tes.submission import deliveries
 from fivesafes_tes.submission.tasks import SubmissionPolicy
 from fivesafes_tes.tes import Organization, ServiceInfo, ServiceType, TaskCaps
 from fivesafes_tes.tes.models import NUL_FREE
+from fivesafes_tes.web import STATIC
 
 TES_PREFIXES = ("/ga4gh/tes/v1", "/v1")
 
@@ -177,6 +179,11 @@ def create_app(settings: GatewaySettings | None = None, *, db: Database | None =
     app.include_router(ops.router)
     if issuer is not None:
         app.include_router(dev_issuer_router)
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if settings.web_pages:
+        site = pages.site_for(settings, validator, db)
+        site.install(app)
+        app.include_router(pages.router(site, db))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -31,7 +31,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail "database.existingSecret is required with database.type postgresql: the name of a Secret holding the database URL under database.urlKey" -}}
 {{- end -}}
 {{- range $name, $value := .Values.settings -}}
-{{- if or (eq $name "FIVESAFES_DATABASE_URL" "FIVESAFES_METRICS_TOKEN" "FIVESAFES_RESULTS_ACCESS_KEY" "FIVESAFES_RESULTS_SECRET_KEY") -}}
+{{- if or (eq $name "FIVESAFES_DATABASE_URL" "FIVESAFES_METRICS_TOKEN" "FIVESAFES_RESULTS_ACCESS_KEY" "FIVESAFES_RESULTS_SECRET_KEY" "FIVESAFES_WEB_SESSION_KEY" "FIVESAFES_WEB_CLIENT_SECRET") -}}
 {{- fail (printf "settings.%s is a secret: give it through its Secret (database.existingSecret, results.credentials.existingSecret, metricsToken.existingSecret), never in values" $name) -}}
 {{- end -}}
 {{- end -}}

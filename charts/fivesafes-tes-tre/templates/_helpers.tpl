@@ -53,8 +53,8 @@ fivesafes-tes/role: filer
 {{- fail (printf "executor.kubernetes.namespace must not be the agent's own namespace (%s): tasks run in a namespace of their own, with nothing else in it" .Release.Namespace) -}}
 {{- end -}}
 {{- range $name, $value := .Values.settings -}}
-{{- if or (eq $name "FIVESAFES_AGENT_DATABASE_URL" "FIVESAFES_AGENT_TOKEN" "FIVESAFES_AGENT_TOKEN_FILE" "FIVESAFES_AGENT_AIRLOCK_ACCESS_KEY" "FIVESAFES_AGENT_AIRLOCK_SECRET_KEY") -}}
-{{- fail (printf "settings.%s is a secret: give it through its Secret (database.existingSecret, gateway.tokenSecret, airlock.credentials.existingSecret), never in values" $name) -}}
+{{- if or (eq $name "FIVESAFES_AGENT_DATABASE_URL" "FIVESAFES_AGENT_TOKEN" "FIVESAFES_AGENT_TOKEN_FILE" "FIVESAFES_AGENT_AIRLOCK_ACCESS_KEY" "FIVESAFES_AGENT_AIRLOCK_SECRET_KEY" "FIVESAFES_AGENT_WEB_SESSION_KEY" "FIVESAFES_AGENT_WEB_CLIENT_SECRET") -}}
+{{- fail (printf "settings.%s is a secret: give it through its Secret (database.existingSecret, gateway.tokenSecret, airlock.credentials.existingSecret, api.web.existingSecret), never in values" $name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
