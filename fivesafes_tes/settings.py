@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -42,6 +43,46 @@ class AirlockStoreSettings(StoreSettings):
     """A TRE's airlock: where outputs are held until they are checked and released."""
 
     bucket: str = Field(default="airlock", description="Bucket holding outputs until they are released.")
+
+
+class KubernetesExecutorSettings(BaseModel):
+    """The Kubernetes executor (`FIVESAFES_AGENT_KUBERNETES_*`): where task Jobs run and how each run's
+    volume is filled and emptied by our filer."""
+
+    namespace: str = Field(
+        default="fivesafes-tasks",
+        description="Namespace of task Jobs, their volumes and Secrets; the agent may act only there.",
+    )
+    filer_image: str = Field(
+        default="",
+        description="Our own image (this agent's), which stages each run's inputs in and outputs out. "
+        "Required with the kubernetes executor.",
+    )
+    storage_class: str = Field(
+        default="", description="StorageClass of each run's volume; empty: the cluster's default."
+    )
+    ttl_after_finished_s: int = Field(
+        default=3600, ge=0, description="Seconds the cluster keeps an ended Job before removing it."
+    )
+    tmp_medium: Literal["", "Memory"] = Field(
+        default="",
+        description="Backing of each task's /tmp: empty (node disk, counted as ephemeral storage) or "
+        "`Memory` (counted as memory).",
+    )
+    capability_ttl_s: int = Field(
+        default=900,
+        ge=60,
+        le=86400,
+        description="Seconds the upload capability the stage-out filer gets (for one run's staging prefix "
+        "only) stays valid; also the stage-out Job's deadline.",
+    )
+    airlock_port: int = Field(
+        default=443,
+        ge=1,
+        le=65535,
+        description="TCP port of the airlock's S3 endpoint: the only port (with DNS) stage-out pods may "
+        "reach.",
+    )
 
 
 class TesRelaySettings(BaseModel):
@@ -316,14 +357,18 @@ class AgentSettings(BaseSettings):
     )
     executor: str = Field(
         default="docker",
-        description="docker, tes (a relay to the TRE's own TES server), or local (development only: no "
-        "sandbox).",
+        description="docker, kubernetes (a Job per task, KUBERNETES_*), tes (a relay to the TRE's own TES "
+        "server, TES_*), or local (development only: no sandbox).",
     )
     policy_file: Path | None = Field(
         default=None, description="YAML/JSON TRE policy: allowed images, limits, datasets and grants."
     )
     airlock: AirlockStoreSettings = Field(
         default_factory=AirlockStoreSettings, description="The TRE's airlock (`FIVESAFES_AGENT_AIRLOCK_*`)."
+    )
+    kubernetes: KubernetesExecutorSettings = Field(
+        default_factory=KubernetesExecutorSettings,
+        description="The kubernetes executor (`FIVESAFES_AGENT_KUBERNETES_*`).",
     )
     tes: TesRelaySettings = Field(
         default_factory=TesRelaySettings,

@@ -48,7 +48,10 @@ TRE_OTHER = {
     **TRE_REQUIRED,
     "database": {"type": "postgresql", "existingSecret": "agent-pg"},
     "airlock": {"endpointUrl": "https://minio.tre.internal", "credentials": {"existingSecret": "airlock-s3"}},
-    "executor": {"backend": "kubernetes", "kubernetes": {"namespace": "uk-tasks"}},
+    "executor": {
+        "backend": "kubernetes",
+        "kubernetes": {"namespace": "uk-tasks", "storageClass": "fast", "airlockPort": 9000},
+    },
     "policy": {
         "allowed_images": ["registry.tre.example/approved/*"],
         "max_cpu_cores": 4,
@@ -234,7 +237,8 @@ def test_the_agent_is_bound_to_a_minimal_role_in_the_task_namespace_only():
         ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
         ("", "pods"): {"get", "list", "watch", "delete"},
         ("", "pods/log"): {"get"},
-        ("", "persistentvolumeclaims"): {"create", "get", "list", "watch", "delete"},
+        ("", "persistentvolumeclaims"): {"create", "get", "list", "watch", "patch", "delete"},
+        ("", "secrets"): {"create", "get", "list", "delete"},  # each task's inputs and capability
         ("networking.k8s.io", "networkpolicies"): {"get"},
     }
     assert all("*" not in verbs for verbs in granted.values())
@@ -278,8 +282,13 @@ def test_the_agent_has_no_account_token_nor_role_without_the_kubernetes_backend(
 
 
 def test_task_pods_are_denied_all_traffic():
+    from fivesafes_tes.executors.kubernetes import network_policy_violations
+
     objects = rendered("tre-kubernetes-external-pg")
-    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    (policy,) = [
+        o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("deny-all")
+    ]
+    assert network_policy_violations(policy) == []
     assert policy["metadata"]["namespace"] == "uk-tasks"
     assert policy["metadata"]["name"] == "fivesafes-tes-tasks-deny-all"  # the name the executor checks
     assert policy["spec"]["podSelector"] == {
@@ -288,6 +297,35 @@ def test_task_pods_are_denied_all_traffic():
     assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
     assert "ingress" not in policy["spec"]
     assert "egress" not in policy["spec"]
+
+
+def test_stage_out_pods_reach_dns_and_the_airlocks_port_only():
+    from fivesafes_tes.executors.kubernetes import JobSettings, filer_network_policy_violations
+
+    objects = rendered("tre-kubernetes-external-pg")
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy" and "filer" in o["metadata"]["name"]]
+    assert policy["metadata"]["name"] == "fivesafes-tes-filer-egress"  # the name the executor checks
+    assert policy["metadata"]["namespace"] == "uk-tasks"
+    settings = JobSettings(
+        namespace="uk-tasks", tre="uk-tre", deployment="d", filer_image="x", airlock_port=9000
+    )
+    assert filer_network_policy_violations(policy, settings) == []  # what the executor checks
+    assert "ingress" not in policy["spec"]
+    ports = {(p["protocol"], p["port"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert ports == {("UDP", 53), ("TCP", 53), ("TCP", 9000)}
+
+
+@pytest.mark.parametrize("case", ["tre-default-kubernetes", "tre-kubernetes-external-pg"])
+def test_the_kubernetes_executor_is_configured_with_the_agents_own_image_as_its_filer(case):
+    objects = rendered(case)
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FIVESAFES_AGENT_EXECUTOR"] == "kubernetes"
+    assert env["FIVESAFES_AGENT_KUBERNETES_FILER_IMAGE"] == container["image"]
+    assert env["FIVESAFES_AGENT_KUBERNETES_NAMESPACE"] == CASES[case][1].get("executor", {}).get(
+        "kubernetes", {}
+    ).get("namespace", "fivesafes-tasks")
 
 
 def test_the_policy_is_the_file_the_agent_reads_and_it_loads(tmp_path):

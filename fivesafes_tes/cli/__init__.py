@@ -4,7 +4,7 @@ One module per group of commands; this one puts them together under one `app`.""
 
 import typer
 
-from fivesafes_tes.cli import admin, crates, dev, images, operate, review, tasks, tre
+from fivesafes_tes.cli import admin, crates, dev, filer, images, operate, review, tasks, tre
 
 app = typer.Typer(help="Five Safes TES: a GA4GH TES 1.1 gateway for federated TREs.", no_args_is_help=True)
 app.add_typer(operate.app)
@@ -15,6 +15,7 @@ app.add_typer(tre.app, name="tre")
 app.add_typer(review.app, name="review")
 app.add_typer(admin.app, name="admin")
 app.add_typer(crates.app, name="crate")
+app.add_typer(filer.app, name="filer")
 
 __all__ = ["app", "main"]
 

@@ -655,6 +655,23 @@ class ObjectStore:
             )
         return len(keys)
 
+    # --- capabilities ---
+
+    def presigned_post(self, prefix: str, *, max_bytes: int, expires_s: int) -> dict[str, Any]:
+        """A capability to upload, by HTTP POST, objects whose keys start with `prefix` and no larger
+        than `max_bytes` each, for `expires_s` seconds: {"url", "fields"}. It reads, lists and deletes
+        nothing, and needs no credential of ours in the hands of whoever holds it."""
+        if not prefix.endswith("/"):
+            raise ValueError("a presigned prefix must end with '/'")
+        with self._translate("presign a POST under", prefix):
+            post: dict[str, Any] = self._client.generate_presigned_post(
+                Bucket=self.bucket,
+                Key=prefix + "${filename}",  # boto3 turns this into a starts-with condition on the key
+                Conditions=[["content-length-range", 0, max_bytes]],
+                ExpiresIn=expires_s,
+            )
+        return post
+
     # --- copies ---
 
     def copy_verified(

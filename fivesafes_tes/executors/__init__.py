@@ -32,6 +32,7 @@ from .base import (
 
 BACKENDS: dict[str, str] = {
     "docker": "fivesafes_tes.executors.docker:DockerExecutor",
+    "kubernetes": "fivesafes_tes.executors.kubernetes:KubernetesExecutor",
     "local": "fivesafes_tes.executors.local:LocalExecutor",
     "tes": "fivesafes_tes.executors.tes:TesRelayExecutor",
 }

@@ -28,6 +28,12 @@ app.kubernetes.io/managed-by: fivesafes-tes
 fivesafes-tes/role: task
 {{- end -}}
 
+{{/* The labels the Kubernetes executor puts on every stage-out pod; the filer's egress policy selects them. */}}
+{{- define "tre.filerPodLabels" -}}
+app.kubernetes.io/managed-by: fivesafes-tes
+fivesafes-tes/role: filer
+{{- end -}}
+
 {{- define "tre.kubernetesBackend" -}}
 {{- if eq .Values.executor.backend "kubernetes" }}true{{ end -}}
 {{- end -}}
