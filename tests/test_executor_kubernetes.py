@@ -234,7 +234,11 @@ def cluster() -> Iterator[Cluster]:
         yield c
 
 
-def executor(cluster: Cluster, store: Any, deployment: str = "test") -> KubernetesExecutor:
+def executor(
+    cluster: Cluster, store: Any, deployment: str = "test", snapshot_ttl_s: float = 0.0
+) -> KubernetesExecutor:
+    """The backend as a TRE configures it. The tests play the kubelet and poll at once, so by default
+    `poll` reads directly; `test_polls_read_one_listing_...` covers the snapshot."""
     return KubernetesExecutor(
         TRE,
         deployment=deployment,
@@ -247,6 +251,7 @@ def executor(cluster: Cluster, store: Any, deployment: str = "test") -> Kubernet
         ttl_after_finished_s=600,
         capability_ttl_s=300,
         airlock_port=AIRLOCK_PORT,
+        snapshot_ttl_s=snapshot_ttl_s,
     )
 
 
@@ -979,3 +984,43 @@ def test_the_last_step_may_ignore_its_error(cluster, s3_store):
     assert result is not None
     assert result.outcome is Outcome.SUCCEEDED
     assert [s.exit_code for s in result.steps] == [0, 1]
+
+
+def test_polls_read_one_listing_per_kind_and_never_call_a_run_lost_from_it(cluster, s3_store, monkeypatch):
+    """With many runs, a status pass costs three listings, not three requests per run; what this
+    process changed is read directly, a kubelet's change shows once the listing is older than its
+    limit, and a run missing from the listing is asked after before it is called lost."""
+    ex = executor(cluster, s3_store, snapshot_ttl_s=60)
+    specs = [run_spec() for _ in range(5)]
+    pods = {}
+    for spec in specs:
+        ex.start(spec)
+        pods[spec.child_id] = cluster.make_pod(job_name(spec.child_id, 1))
+    requests: list[str] = []
+    real = ex._request
+    monkeypatch.setattr(ex, "_request", lambda what, *a, **k: requests.append(what) or real(what, *a, **k))
+
+    assert [ex.poll(s.child_id) for s in specs] == [None] * 5  # one listing per kind, made once
+    requests.clear()
+    assert [ex.poll(s.child_id) for s in specs] == [None] * 5
+    assert requests == [], requests  # the listing made during the first pass still speaks for them
+    ex._snapshot_at = float("-inf")  # the listing is older than its limit
+    assert [ex.poll(s.child_id) for s in specs] == [None] * 5
+    assert sorted(requests) == ["list Jobs", "list PersistentVolumeClaims", "list Pods"]
+
+    first = specs[0]
+    succeeded(cluster, job_name(first.child_id, 1), pods[first.child_id])
+    assert ex.poll(first.child_id) is None  # the kubelet's change is not in the listing yet
+    ex._snapshot_at = float("-inf")
+    ended = ex.poll(first.child_id)
+    assert ended is not None
+    assert ended.outcome is Outcome.SUCCEEDED
+    # Ending it changed its objects (a recorded result, a stage-out Job): read directly from now on.
+    requests.clear()
+    assert ex.poll(first.child_id) == ended
+    assert "list PersistentVolumeClaims" in requests
+
+    # A run another agent process started after the listing: asked after, not lost.
+    late = run_spec()
+    executor(cluster, s3_store).start(late)
+    assert ex.poll(late.child_id) is None

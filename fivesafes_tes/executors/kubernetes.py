@@ -94,6 +94,7 @@ _CAPABILITY_ROOT = "/fivesafes/capability"
 _SAFE_VOLUMES = ("emptyDir", "persistentVolumeClaim", "secret")
 
 # A name or label value the API server accepts (DNS-1123 label; label values allow the same here).
+_OBJECT_NAME = re.compile(r"^fst-(.+)-[0-9]+(-out|-inputs)?$")  # the child in a name of ours
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]{0,61}[A-Za-z0-9]|[A-Za-z0-9])$")
@@ -704,6 +705,7 @@ class KubernetesExecutor:
         tmp_medium: str = "",
         capability_ttl_s: int = 900,
         airlock_port: int = 443,
+        snapshot_ttl_s: float = 1.0,
     ) -> None:
         for what, value in (("tre", tre), ("deployment", deployment)):
             if not _LABEL_VALUE.match(value):
@@ -748,6 +750,12 @@ class KubernetesExecutor:
         self._core = k8s.CoreV1Api(api_client)
         self._net = k8s.NetworkingV1Api(api_client)
         self._network_policies_checked = False
+        # `poll` reads the cluster from one listing per kind, at most `snapshot_ttl_s` old, instead of
+        # three requests per child: a child this process changed since the listing is read directly.
+        self._snapshot_ttl_s = snapshot_ttl_s
+        self._snapshot: dict[str, list[dict[str, Any]]] = {}
+        self._snapshot_at = float("-inf")
+        self._changed: set[str] = set()
 
     @classmethod
     def from_context(cls, context: BackendContext) -> KubernetesExecutor:
@@ -811,13 +819,13 @@ class KubernetesExecutor:
             raise SandboxViolation(f"Job {name} breaks the sandbox: " + "; ".join(problems))
 
     def poll(self, child_id: str) -> RunResult | None:
-        volume = self._volume(child_id)
+        volume = self._seen_volume(child_id)
         if volume is None:
             return RunResult(Outcome.LOST, [], "the cluster has no volume for this run")
         if ANNOTATION_RESULT in _annotations(volume):
             return _decode(_annotations(volume)[ANNOTATION_RESULT])
         attempt = _attempt(volume)
-        run = self._task(child_id, attempt)
+        run = self._seen_task(child_id, attempt)
         if run is None:  # removed behind our back, or kept past its TTL while the agent was away
             result = RunResult(Outcome.LOST, [], "the cluster has no Job for this run")
             self._end(child_id, attempt, None, result)
@@ -966,6 +974,7 @@ class KubernetesExecutor:
     def _create(self, kind: str, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create the object; if it exists (made before a crash), the one there."""
         name = manifest["metadata"]["name"]
+        self._touched((manifest["metadata"].get("labels") or {}).get(LABEL_CHILD))
         try:
             made: dict[str, Any] = self._call(
                 f"create {kind} {name}", self._api(kind, "create"), self.namespace, manifest
@@ -1004,6 +1013,49 @@ class KubernetesExecutor:
             for kind in ("PersistentVolumeClaim", "Job")
             for obj in self._list(kind, {LABEL_CHILD: child_id})
         }
+
+    # --- what poll reads: a snapshot of the cluster, confirmed before any conclusion from absence ----
+
+    def _touched(self, child_id: str | None) -> None:
+        """This process changed an object of `child_id` (of anyone's, when None): the snapshot no longer
+        speaks for it."""
+        if child_id is None:
+            self._snapshot_at = float("-inf")
+        else:
+            self._changed.add(child_id)
+
+    def _snapshot_of(self, kind: str, child_id: str) -> list[dict[str, Any]] | None:
+        """The child's objects of `kind` from a listing of all of ours; None when the listing cannot
+        speak for the child (it changed them since) and it must be read directly."""
+        if self._snapshot_ttl_s <= 0:
+            return None
+        if time.monotonic() - self._snapshot_at > self._snapshot_ttl_s:
+            self._changed.clear()  # cleared first: a change made while listing is read directly
+            self._snapshot = {k: self._list(k, {}) for k in ("PersistentVolumeClaim", "Job", "Pod")}
+            self._snapshot_at = time.monotonic()
+        if child_id in self._changed:
+            return None
+        return [
+            o
+            for o in self._snapshot[kind]
+            if (o["metadata"].get("labels") or {}).get(LABEL_CHILD) == child_id
+        ]
+
+    def _seen_volume(self, child_id: str) -> dict[str, Any] | None:
+        volumes = self._snapshot_of("PersistentVolumeClaim", child_id)
+        if volumes:
+            return max(volumes, key=_attempt)
+        return self._volume(child_id)  # none in the listing: asked again, before it counts as lost
+
+    def _seen_task(self, child_id: str, attempt: int) -> _Run | None:
+        jobs = self._snapshot_of("Job", child_id)
+        pods = self._snapshot_of("Pod", child_id)
+        name = job_name(child_id, attempt)
+        job = next((j for j in jobs or [] if j["metadata"]["name"] == name), None)
+        if job is None or pods is None or job["metadata"].get("deletionTimestamp"):
+            return self._task(child_id, attempt)
+        wanted = {LABEL_ATTEMPT: str(attempt), LABEL_ROLE: ROLE_TASK}
+        return _Run(job, [p for p in pods if _matches(p["metadata"].get("labels"), wanted)])
 
     def _volume(self, child_id: str) -> dict[str, Any] | None:
         """The volume of the child's latest attempt: the record of its run until cleanup."""
@@ -1181,6 +1233,7 @@ class KubernetesExecutor:
             )
             self.store.put_bytes(staging_area.log_key(child_id, attempt, i, "stdout"), text)
             self.store.put_bytes(staging_area.log_key(child_id, attempt, i, "stderr"), b"")
+        self._touched(child_id)
         self._call(
             f"record the result on PersistentVolumeClaim {job_name(child_id, attempt)}",
             self._api("PersistentVolumeClaim", "patch"),
@@ -1232,9 +1285,13 @@ class KubernetesExecutor:
         whatever the garbage collector does, then volumes and Secrets."""
         for kind in kinds:
             for obj in self._list(kind, labels):
-                self._delete_by_name(kind, obj["metadata"]["name"])
+                child = (obj["metadata"].get("labels") or {}).get(LABEL_CHILD)
+                self._delete_by_name(kind, obj["metadata"]["name"], child)
 
-    def _delete_by_name(self, kind: str, name: str) -> None:
+    def _delete_by_name(self, kind: str, name: str, child_id: str | None = None) -> None:
+        """Delete one object; `child_id`, when the name does not say it (a Job's pods)."""
+        match = _OBJECT_NAME.match(name)
+        self._touched(child_id or (match[1] if match else None))
         options: dict[str, Any] = {}
         if kind == "Job":
             options["body"] = {"propagationPolicy": "Background"}  # its pods go too
