@@ -83,6 +83,12 @@ class KubernetesExecutorSettings(BaseModel):
         description="TCP port of the airlock's S3 endpoint: the only port (with DNS) stage-out pods may "
         "reach.",
     )
+    status_snapshot_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Oldest listing of the task namespace a status pass may answer from (one listing per "
+        "kind for every run, instead of three requests per run); 0 reads each run directly.",
+    )
 
 
 class TesRelaySettings(BaseModel):

@@ -785,6 +785,7 @@ class KubernetesExecutor:
             tmp_medium=settings.tmp_medium,
             capability_ttl_s=settings.capability_ttl_s,
             airlock_port=settings.airlock_port,
+            snapshot_ttl_s=settings.status_snapshot_s,
         )
 
     @property
