@@ -191,7 +191,6 @@ def test_the_agent_publishes_its_real_policy_and_the_gateway_refuses_in_the_tres
                     tre="uk-tre",
                     project="alpha",
                     policy=policy,
-                    root=tmp_path / "work",
                     run_as="65534:65534",
                 )
             assert answer.json()["detail"] == str(at_the_tre.value), case.id

@@ -505,7 +505,6 @@ def test_a_tre_that_runs_no_cwl_is_refused_at_the_gateway_in_its_words_and_again
                 tre="uk-tre",
                 project=PROJECT,
                 policy=policy,
-                root=tmp_path / "work",
                 run_as="65534:65534",
             )
         assert str(at_the_tre.value) == words

@@ -133,14 +133,19 @@ def pairs(stack, alice, tmp_path_factory):
     _wait_stage(alice, firsts, {"running", "checking", "awaiting_review"})  # staged on the first extract
     original = uk.policy
     extract = _other_extract(original.datasets["omop"].path, tmp_path_factory.mktemp("extract") / "omop")
+    # The TRE's next extract, in its policy and in its backend (which mounts the policy's folders), as
+    # an agent restarted on the new policy would have them.
     uk.policy = original.model_copy(
         update={"datasets": {"omop": Dataset(path=extract, description="the TRE's next extract")}}
     )
+    folders = uk.executor._datasets
+    uk.executor._datasets = {"omop": extract}
     try:
         seconds = [alice.post("/ga4gh/tes/v1/tasks", json=task(n)).json()["id"] for n in names]
         _wait_stage(alice, seconds, {"running", "checking", "awaiting_review"})
     finally:
         uk.policy = original
+        uk.executor._datasets = folders
     _wait_stage(alice, firsts + seconds, {"awaiting_review"})
     return list(zip(firsts, seconds, strict=True))
 

@@ -222,7 +222,7 @@ def test_a_workflow_runs_whole_in_each_tre_and_only_its_outputs_are_released(sta
     assert submitted.exit_code == 0, submitted.output
     task_id = submitted.output.strip().splitlines()[-1]
     alice = httpx.Client(
-        base_url=stack.url, headers={"Authorization": f"Bearer {env['FIVESAFES_TES_TOKEN']}"}
+        base_url=stack.url, headers={"Authorization": f"Bearer {env['FIVESAFES_TES_TOKEN']}"}, timeout=30
     )
     _wait(alice, task_id, {"awaiting_review"})
 
