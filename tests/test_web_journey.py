@@ -152,6 +152,9 @@ def test_a_researchers_task_through_approval_two_person_review_and_a_partial_rel
             _decide(
                 first, tre, child["child_id"], name, "Approve", "aggregate counts, all above the threshold"
             )
+        assert first.page.get_by_text("Each file needs 2 approvals by different checkers").is_visible()
+        approvals = first.page.locator("section.held dd").filter(has_text=" of 2")
+        assert sorted(approvals.all_inner_texts()) == ["0 of 2"] + ["1 of 2"] * len(rest)
         first.check("child-after")
     finally:
         first.close()
@@ -206,4 +209,5 @@ def _decide(visit: Visit, tre: Pages, child_id: str, name: str, decision: str, r
     visit.page.get_by_label(f"Reason for {name}").fill(reason)
     visit.page.get_by_role("button", name=f"{decision} {name}", exact=True).click()
     visit.page.wait_for_url(f"{tre.url}/review/{child_id}?*")
-    assert visit.page.get_by_role("status").inner_text() == f"Recorded: {decision.lower().rstrip('e')}ed {name}."
+    done = {"Approve": "approved", "Reject": "rejected"}[decision]
+    assert visit.page.get_by_role("status").inner_text() == f"Recorded: {done} {name}."
