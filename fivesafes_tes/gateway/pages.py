@@ -26,7 +26,7 @@ from fivesafes_tes.db import Database
 from fivesafes_tes.gateway import results_api
 from fivesafes_tes.gateway.context import context
 from fivesafes_tes.settings import GatewaySettings
-from fivesafes_tes.submission import results
+from fivesafes_tes.submission import federation, results
 from fivesafes_tes.submission.federation import claim_memberships
 from fivesafes_tes.submission.ids import BadPageToken
 from fivesafes_tes.submission.tasks import (
@@ -53,7 +53,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/web"
 TASKS_PAGE = 50
-NAV = (NavLink(f"{PREFIX}/tasks", "My tasks", None),)
+NAV = (
+    NavLink(f"{PREFIX}/tasks", "My tasks", None),
+    NavLink(f"{PREFIX}/federation", "Federation", Role.FEDERATION_ADMIN),
+)
 
 
 def authorize(me: WebSession, role: Role) -> str | None:
@@ -109,6 +112,7 @@ def router(site: Site, db: Database) -> APIRouter:
     """The gateway's pages on `db`."""
     pages = APIRouter(prefix=PREFIX, include_in_schema=False)
     SignedIn = Annotated[WebSession, Depends(site.signed_in(None))]
+    FederationAdmin = Annotated[WebSession, Depends(site.signed_in(Role.FEDERATION_ADMIN))]
 
     @pages.get("/", response_class=HTMLResponse)
     def home(request: Request, me: SignedIn) -> Response:
@@ -148,6 +152,14 @@ def router(site: Site, db: Database) -> APIRouter:
             results={entry.tre: entry for entry in released.tres},
             crate=f"{PREFIX}/tasks/{task_id}/crate",
         )
+
+    @pages.get("/federation", response_class=HTMLResponse)
+    def federation_page(request: Request, me: FederationAdmin) -> Response:
+        """The federation as the admin API lists it (`/api/v1/admin/tres` and `/projects`), read-only."""
+        with db.read() as session:
+            tres = [(t.name, t.title) for t in federation.list_tres(session)]
+            projects = federation.describe_projects(session)
+        return site.page(request, "gateway/federation.html", me=me, tres=tres, projects=projects)
 
     # Downloads: the API's own code paths (the same authorisation, SHA-256 check, audit and streaming),
     # as the signed-in user; a refusal is the API's, as a page.
