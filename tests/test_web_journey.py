@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,9 @@ def test_a_researchers_task_through_approval_two_person_review_and_a_partial_rel
         with page.expect_download() as crate:
             page.get_by_role("link", name="Download the results crate").click()
         assert crate.value.suggested_filename == f"task-{task_id}-results.zip"
+        with zipfile.ZipFile(crate.value.path()) as bag:
+            payload = {n: bag.read(n) for n in bag.namelist() if n.endswith(".csv")}
+        assert list(payload.values()) == [SAFE], sorted(payload)  # the released table, and not the other
         for file_id in (*released.values(), max(released.values()) + 1):
             got = researcher.context.request.get(f"{gateway.url}/results/{file_id}")
             assert got.status == (200 if file_id in released.values() else 404), file_id
