@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypedDict
+from typing import TYPE_CHECKING, Any, Self, TypedDict
 
 import uvicorn
 from pydantic import SecretStr
@@ -26,6 +26,9 @@ from fivesafes_tes.db import Database
 from fivesafes_tes.gateway.app import create_app, dev_issuer_url
 from fivesafes_tes.gateway.context import app_context
 from fivesafes_tes.settings import AirlockStoreSettings, GatewaySettings, ResultsStoreSettings
+
+if TYPE_CHECKING:
+    from fivesafes_tes.agent.review import ReviewPolicy
 
 
 class FederationSpec(TypedDict):
@@ -169,6 +172,7 @@ def start(
     report_granularity_s: float | None = None,
     allow_images: list[str] | tuple[str, ...] = (),
     auto_release: bool = False,
+    required_approvals: int = 1,
     **overrides: object,
 ) -> DevStack:
     """Migrate the database, then serve the gateway until `stop()`; returns once it answers.
@@ -176,7 +180,8 @@ def start(
     With `agents`, also serve S3 and run one agent per TRE of the embedded federation, with `executor`
     (and `report_granularity_s`, if given, instead of the agents' setting). The TREs allow the images
     `fivesafes/*` and `allow_images`; with `auto_release` they release without a person whatever passes
-    every automated rule (for trying clients only: no output checker sees it).
+    every automated rule (for trying clients only: no output checker sees it); each held file needs
+    `required_approvals` distinct output checkers.
     """
     port = port or free_port(host)
     overrides.setdefault("allowed_images", ["*"])
@@ -215,8 +220,17 @@ def start(
         db=db,
     )
     if agents:
+        from fivesafes_tes.agent.review import ReviewPolicy
+
         try:
-            _start_tres(stack, data_dir, executor, report_granularity_s, list(allow_images), auto_release)
+            _start_tres(
+                stack,
+                data_dir,
+                executor,
+                report_granularity_s,
+                list(allow_images),
+                ReviewPolicy(auto_release=auto_release, required_approvals=required_approvals),
+            )
         except BaseException:
             stack.stop()
             raise
@@ -229,14 +243,13 @@ def _start_tres(
     executor: str,
     report_granularity_s: float | None,
     allow_images: list[str],
-    auto_release: bool,
+    review: ReviewPolicy,
 ) -> None:
     """For each TRE: its dataset, policy, airlock bucket, agent (synced, demo approvals made) and threads."""
     from fivesafes_tes.agent import approvals
     from fivesafes_tes.agent.client import GatewayClient
     from fivesafes_tes.agent.loop import Agent, make_executor, open_database
     from fivesafes_tes.agent.policy import Dataset, TrePolicy
-    from fivesafes_tes.agent.review import ReviewPolicy
     from fivesafes_tes.agent.tables import LocalDecision
     from fivesafes_tes.auth import Person
     from fivesafes_tes.egress.store import ObjectStore
@@ -250,7 +263,7 @@ def _start_tres(
         policy = TrePolicy(
             allowed_images=["fivesafes/*", *allow_images],
             max_runtime_s=600,
-            review=ReviewPolicy(auto_release=auto_release),
+            review=review,
             datasets={"omop": Dataset(path=dataset, description=f"synthetic OMOP CDM extract of {tre}")},
             grants={"diabetes-cancer": ["omop"]},
         )

@@ -192,3 +192,18 @@ def test_a_researcher_follows_their_tasks_at_the_gateway(browser, tmp_path):
             visit.check("home")
         finally:
             visit.close()
+
+
+def test_a_federation_admin_reads_the_federation_at_the_gateway(browser, tmp_path):
+    with gateway_site(tmp_path / "gw") as site:
+        visit = Visit(browser, "federation-admin")
+        try:
+            sign_in(visit, site, "/web/federation", "federation-admin")
+            assert (
+                visit.page.get_by_role("table", name="TREs").get_by_role("cell", name="uk-tre").is_visible()
+            )
+            members = visit.page.get_by_role("table", name="Projects and their members")
+            assert members.get_by_role("listitem").filter(has_text="alice").count() == 1
+            visit.check("federation")
+        finally:
+            visit.close()

@@ -113,3 +113,17 @@ def test_a_task_page_shows_each_tre_and_refuses_other_peoples_tasks(site):
         denied = session.scalars(select(AuditRecord).where(AuditRecord.actor == "bob")).all()
     assert [r.outcome for r in denied if r.object == f"task:{submitted}"] == ["denied"]
     assert alice.get("/web/tasks", params={"page": "not-a-token"}).status_code == 400
+
+
+def test_a_federation_admin_sees_the_tres_projects_and_members_and_no_one_else_does(site):
+    admin = sign_in(site, "federation-admin")
+    page = admin.get("/web/federation")
+    assert page.status_code == 200, page.text
+    for shown in ("<code>uk-tre</code>", "<code>sg-tre</code>", "<code>alpha</code>", "<li>alice"):
+        assert shown in page.text, shown
+    assert 'href="/web/federation"' in admin.get("/web/").text
+    alice = sign_in(site, "alice")
+    refused = alice.get("/web/federation")
+    assert refused.status_code == 403
+    assert "this page needs the role federation-admin" in refused.text
+    assert 'href="/web/federation"' not in alice.get("/web/").text

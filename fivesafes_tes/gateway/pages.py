@@ -1,17 +1,19 @@
 """The gateway's pages, under /web: a researcher signs in with the federation's issuer and follows
 their tasks. They call the same submission functions as the TES API, as the same user: a person is
 provisioned when they sign in, exactly as on their first API call, and sees only what the API would
-show them. docs/web.md says what is still to come (the per-TRE stage timeline, downloads, the
-federation admins' pages)."""
+show them: a task's decisions and reasons as the researcher view gives them, and its released files
+and results crate through the API's own download code. docs/web.md says what is still to come."""
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time, and
 # the Annotated aliases they name are local to `router`.
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,7 +23,10 @@ from fivesafes_tes.auth import Claims, TokenValidator, provision
 from fivesafes_tes.auth.principal import Role
 from fivesafes_tes.auth.tables import User
 from fivesafes_tes.db import Database
+from fivesafes_tes.gateway import results_api
+from fivesafes_tes.gateway.context import context
 from fivesafes_tes.settings import GatewaySettings
+from fivesafes_tes.submission import federation, results
 from fivesafes_tes.submission.federation import claim_memberships
 from fivesafes_tes.submission.ids import BadPageToken
 from fivesafes_tes.submission.tasks import (
@@ -48,7 +53,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/web"
 TASKS_PAGE = 50
-NAV = (NavLink(f"{PREFIX}/tasks", "My tasks", None),)
+NAV = (
+    NavLink(f"{PREFIX}/tasks", "My tasks", None),
+    NavLink(f"{PREFIX}/federation", "Federation", Role.FEDERATION_ADMIN),
+)
 
 
 def authorize(me: WebSession, role: Role) -> str | None:
@@ -104,6 +112,7 @@ def router(site: Site, db: Database) -> APIRouter:
     """The gateway's pages on `db`."""
     pages = APIRouter(prefix=PREFIX, include_in_schema=False)
     SignedIn = Annotated[WebSession, Depends(site.signed_in(None))]
+    FederationAdmin = Annotated[WebSession, Depends(site.signed_in(Role.FEDERATION_ADMIN))]
 
     @pages.get("/", response_class=HTMLResponse)
     def home(request: Request, me: SignedIn) -> Response:
@@ -130,16 +139,62 @@ def router(site: Site, db: Database) -> APIRouter:
 
     @pages.get("/tasks/{task_id}", response_class=HTMLResponse)
     def task_page(request: Request, task_id: str, me: SignedIn) -> Response:
-        try:
+        with _refusals(db):
             with db.read() as session:
-                task = get_task(session, _actor(session, me), task_id, View.FULL)
-        except TaskNotFound as exc:
-            with db.write() as session:
-                record_refusal(session, exc)
-            raise PageRefused(404, exc.message) from None
-        return site.page(request, "gateway/task.html", me=me, task=task)
+                actor = _actor(session, me)
+                task = get_task(session, actor, task_id, View.FULL)
+            released = results_api.results_of(db, actor, task_id, f"{PREFIX}/results")
+        return site.page(
+            request,
+            "gateway/task.html",
+            me=me,
+            task=task,
+            results={entry.tre: entry for entry in released.tres},
+            crate=f"{PREFIX}/tasks/{task_id}/crate",
+        )
+
+    @pages.get("/federation", response_class=HTMLResponse)
+    def federation_page(request: Request, me: FederationAdmin) -> Response:
+        """The federation as the admin API lists it (`/api/v1/admin/tres` and `/projects`), read-only."""
+        with db.read() as session:
+            tres = [(t.name, t.title) for t in federation.list_tres(session)]
+            projects = federation.describe_projects(session)
+        return site.page(request, "gateway/federation.html", me=me, tres=tres, projects=projects)
+
+    # Downloads: the API's own code paths (the same authorisation, SHA-256 check, audit and streaming),
+    # as the signed-in user; a refusal is the API's, as a page.
+    @pages.get("/results/{file_id}")
+    def download(
+        request: Request, file_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], me: SignedIn
+    ) -> Response:
+        with _refusals(db):
+            return results_api.file_download(context(request), _signed_in_actor(db, me), file_id)
+
+    @pages.get("/tasks/{task_id}/crate")
+    def crate(request: Request, task_id: str, me: SignedIn) -> Response:
+        with _refusals(db):
+            return results_api.crate_download(context(request), _signed_in_actor(db, me), task_id)
 
     return pages
+
+
+@contextmanager
+def _refusals(db: Database) -> Iterator[None]:
+    """The submission functions' refusals as pages: someone else's task or file is a 404 page, audited
+    as the API audits it; a released file that cannot be sent now, a 503 page."""
+    try:
+        yield
+    except TaskNotFound as exc:
+        with db.write() as session:
+            record_refusal(session, exc)
+        raise PageRefused(404, exc.message) from None
+    except (results.IntegrityAlert, results.NoResultsStore) as exc:
+        raise PageRefused(503, str(exc)) from None
+
+
+def _signed_in_actor(db: Database, me: WebSession) -> Actor:
+    with db.read() as session:
+        return _actor(session, me)
 
 
 def _actor(session: Session, me: WebSession) -> Actor:

@@ -14,11 +14,12 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from fivesafes_tes.crates.record import activity_record, write_results_crate
-from fivesafes_tes.gateway.context import context
+from fivesafes_tes.db import Database
+from fivesafes_tes.gateway.context import GatewayContext, context
 from fivesafes_tes.gateway.errors import ERROR_RESPONSES, ErrorResponse
 from fivesafes_tes.gateway.security import CurrentPrincipal, actor_of
 from fivesafes_tes.submission import records, researcher_view, results, tasks
-from fivesafes_tes.submission.tasks import visible_task
+from fivesafes_tes.submission.tasks import Actor, visible_task
 
 router = APIRouter(
     prefix="/api/v1", tags=["Results"], responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse}}
@@ -52,12 +53,17 @@ def list_results(request: Request, task_id: str, principal: CurrentPrincipal) ->
     """What each TRE released for this task, with the decisions and reasons of its output checkers
     (the researcher view: nothing of what was not released)."""
     ctx = context(request)
-    base = ctx.settings.public_url.rstrip("/")
-    with ctx.db.read() as session:
-        visible_task(session, actor_of(principal), task_id)
+    results_url = f"{ctx.settings.public_url.rstrip('/')}/api/v1/results"
+    return results_of(ctx.db, actor_of(principal), task_id, results_url)
+
+
+def results_of(db: Database, actor: Actor, task_id: str, results_url: str) -> ResultsOut:
+    """What each TRE released for `task_id`, as `actor` may see it (TaskNotFound if they may not), each
+    file's URL under `results_url`: the one place the API and the gateway's pages read it."""
+    with db.read() as session:
+        visible_task(session, actor, task_id)
         released = results.released_files(session, [task_id]).get(task_id, [])
         children = tasks.children_of(session, [task_id]).get(task_id, [])
-    results_url = f"{base}/api/v1/results"
     tres = [
         TreResults.model_validate(
             researcher_view.results_entry(
@@ -78,8 +84,13 @@ def download(
     request: Request, file_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], principal: CurrentPrincipal
 ) -> FileResponse:
     """A released file, checked against its SHA-256 before a byte is sent."""
-    ctx = context(request)
-    released, path = results.download(ctx.db, ctx.results_store, actor_of(principal), file_id)
+    return file_download(context(request), actor_of(principal), file_id)
+
+
+def file_download(ctx: GatewayContext, actor: Actor, file_id: int) -> FileResponse:
+    """Released file `file_id` for `actor` (`results.download`: authorised, verified, audited), streamed
+    from a temporary copy removed once sent: the API's download and the pages' alike."""
+    released, path = results.download(ctx.db, ctx.results_store, actor, file_id)
     return FileResponse(
         path,
         filename=Path(released.name).name,
@@ -106,8 +117,12 @@ _CRATE_PROFILE_LINK = '<https://w3id.org/ro/crate>; rel="profile"'
 def results_crate(request: Request, task_id: str, principal: CurrentPrincipal) -> FileResponse:
     """The task's results crate (Five Safes RO-Crate, BagIt-zipped): its activity record and every file
     its TREs released, each checked against its SHA-256; nothing unreleased."""
-    ctx = context(request)
-    actor = actor_of(principal)
+    return crate_download(context(request), actor_of(principal), task_id)
+
+
+def crate_download(ctx: GatewayContext, actor: Actor, task_id: str) -> FileResponse:
+    """`task_id`'s results crate for `actor` (TaskNotFound if they may not see the task), written to a
+    temporary file removed once sent: the API's and the pages' alike."""
     with ctx.db.read() as session:
         facts = records.task_facts(session, actor, task_id)
     handle, name = tempfile.mkstemp(prefix="crate-", suffix=".zip")
