@@ -255,14 +255,8 @@ def create_admin_app(
                     body.decision,
                     reason=body.reason,
                 )
-        except LookupError as exc:
-            raise HTTPException(404, str(exc)) from None
-        except review.ReviewForbidden as exc:
-            raise HTTPException(403, str(exc)) from None
-        except review.NeverReleasable as exc:
-            raise HTTPException(409, str(exc)) from None
-        except review.ReviewRefused as exc:
-            raise HTTPException(400, str(exc)) from None
+        except (LookupError, review.ReviewRefused) as exc:
+            raise HTTPException(review.refusal_status(exc) or 400, str(exc)) from None
         return {"child_id": child_id, "name": body.name, "decision": body.decision, "checker": checker.name}
 
     @app.get("/review/v1/children/{child_id}/preview")

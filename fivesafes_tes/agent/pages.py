@@ -258,14 +258,8 @@ def router(
             with db.write() as session:
                 key = review.key_for(session, child_id, name)
                 review.decide(session, child_id, key, me.person, decision, reason=reason)
-        except LookupError as exc:
-            raise PageRefused(404, str(exc)) from None
-        except review.ReviewForbidden as exc:
-            raise PageRefused(403, str(exc)) from None
-        except review.NeverReleasable as exc:
-            raise PageRefused(409, str(exc)) from None
-        except review.ReviewRefused as exc:
-            raise PageRefused(400, str(exc)) from None
+        except (LookupError, review.ReviewRefused) as exc:
+            raise PageRefused(review.refusal_status(exc) or 400, str(exc)) from None
         query = urlencode({"decided": name, "outcome": decision})
         return RedirectResponse(f"/review/{quote(child_id, safe='')}?{query}", status_code=303)
 

@@ -51,6 +51,21 @@ class NeverReleasable(ReviewRefused):
     """The file can never be approved by anyone (`releasable` says why)."""
 
 
+def refusal_status(exc: Exception) -> int | None:
+    """The HTTP status a refused decision answers with, the same for the API and the pages: no such
+    child or file 404, not this checker's to make 403, a file never to be released 409, else 400;
+    None for an exception that is not a refusal."""
+    if isinstance(exc, LookupError):
+        return 404
+    if isinstance(exc, ReviewForbidden):
+        return 403
+    if isinstance(exc, NeverReleasable):
+        return 409
+    if isinstance(exc, ReviewRefused):
+        return 400
+    return None
+
+
 class FileOutcome(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
