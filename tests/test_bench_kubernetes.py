@@ -15,7 +15,7 @@ def test_the_kubernetes_bench_measures_a_real_agent_at_its_quick_sizes() -> None
     assert 0 < lease["p50_ms"] <= lease["p95_ms"] <= lease["max_ms"]
     assert many["children"] == quick["k8s_children"]
     assert many["passes"] >= quick["k8s_passes"]
-    assert many["requests_per_poll"] >= 1
+    assert many["requests_per_poll"] > 0  # a pass lists the cluster (once per kind, not per child)
     for key in ("burst_all_created_s", "pass_p50_s", "pass_max_s", "pass_poll_p50_s", "pass_api_s"):
         assert many[key] > 0, key  # NaN is not
     assert 0 < many["lag"]["p50_ms"] <= many["lag"]["max_ms"]

@@ -618,6 +618,8 @@ def test_a_run_is_staged_out_by_the_filer_and_collected_with_its_logs(
     assert [s.exit_code for s in result.steps] == [0, 0]
     assert result.steps[0].start_time == "2026-01-01T00:00:01Z"
     assert ex.running() == {}
+    assert cluster.get("jobs", stage_out_name(spec.child_id, 1)) is None  # a status pass starts nothing
+    assert ex.collect(spec.child_id, tmp_path / "starting") is None  # the agent's first ask starts it
     # The stage-out Job: our filer, the volume read-only, the capability in a Secret; sandboxed too.
     out = cluster.get("jobs", stage_out_name(spec.child_id, 1))
     assert out is not None
@@ -665,11 +667,14 @@ def test_a_run_is_staged_out_by_the_filer_and_collected_with_its_logs(
     assert all(scratch in local.parents for local in [*collected.files.values(), *collected.logs.values()])
 
 
-def test_the_capability_is_for_this_attempts_prefix_only_and_expires_soon(cluster, s3_store, s3_endpoint):
+def test_the_capability_is_for_this_attempts_prefix_only_and_expires_soon(
+    cluster, s3_store, s3_endpoint, tmp_path
+):
     ex, spec, job, pod = started(cluster, s3_store)
     succeeded(cluster, job, pod)
     before = time.time()
     assert ex.poll(spec.child_id) is not None
+    assert ex.collect(spec.child_id, tmp_path) is None  # starts the stage-out
     capability = json.loads(cluster.secret(stage_out_name(spec.child_id, 1))["capability.json"])
     assert capability["url"] == f"{s3_endpoint.url}/{s3_store.bucket}"
     assert capability["manifest"] == staging_area.manifest_key(spec.child_id, 1)
@@ -693,6 +698,7 @@ def test_a_failed_stage_out_is_an_error_in_plain_words(cluster, s3_store, tmp_pa
     ex, spec, job, pod = started(cluster, s3_store)
     succeeded(cluster, job, pod)
     assert ex.poll(spec.child_id) is not None
+    assert ex.collect(spec.child_id, tmp_path) is None  # starts the stage-out
     out = stage_out_name(spec.child_id, 1)
     out_pod = cluster.make_pod(out)
     cluster.set_status(
@@ -721,6 +727,7 @@ def test_a_filer_image_that_cannot_be_pulled_for_stage_out_is_an_error_at_once(c
     ex, spec, job, pod = started(cluster, s3_store)
     succeeded(cluster, job, pod)
     assert ex.poll(spec.child_id) is not None
+    assert ex.collect(spec.child_id, tmp_path) is None  # starts the stage-out
     out = stage_out_name(spec.child_id, 1)
     out_pod = cluster.make_pod(out)
     assert ex.collect(spec.child_id, tmp_path) is None  # pending: it may yet run
@@ -738,6 +745,7 @@ def test_a_staged_file_changed_behind_the_filers_back_is_refused(cluster, s3_sto
     volume = staged_in(cluster, spec, tmp_path)
     succeeded(cluster, job, pod)
     assert ex.poll(spec.child_id) is not None
+    assert ex.collect(spec.child_id, tmp_path) is None  # starts the stage-out
     staged_out(cluster, spec, volume)
     s3_store.put_bytes(staging_area.file_key(spec.child_id, 1, "/outputs/seed.txt"), b"swapped")
     scratch = tmp_path / "scratch"
@@ -758,7 +766,8 @@ def test_a_step_exiting_non_zero_fails_the_run(cluster, s3_store):
     assert result is not None
     assert (result.outcome, result.message) == (Outcome.FAILED, "step 1 of 2 exited with code 3")
     assert [s.exit_code for s in result.steps] == [3]
-    assert cluster.get("jobs", stage_out_name(spec.child_id, 1)) is not None  # its outputs still come out
+    assert ex.collect(spec.child_id, Path("/nonexistent")) is None  # its outputs still come out
+    assert cluster.get("jobs", stage_out_name(spec.child_id, 1)) is not None
 
 
 def test_inputs_that_cannot_be_placed_fail_the_run_in_plain_words(cluster, s3_store):
@@ -879,8 +888,10 @@ def test_cancel_deletes_the_job_and_keeps_the_outcome_and_the_logs_of_what_ran(c
     assert cluster.get("pods", pod) is None
     assert executor(cluster, s3_store).poll(spec.child_id) == result  # a restarted agent too
     ex.start(spec)  # a late start does not revive it
-    assert cluster.names("jobs") == [stage_out_name(spec.child_id, 1)]
+    assert cluster.names("jobs") == []
     assert ex.cancel(spec.child_id) == result  # idempotent
+    assert ex.collect(spec.child_id, tmp_path) is None  # what ran still comes out, if asked
+    assert cluster.names("jobs") == [stage_out_name(spec.child_id, 1)]
     staged_out(cluster, spec, staged_in(cluster, spec, tmp_path))
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -904,6 +915,7 @@ def test_a_new_executor_reattaches_by_labels_and_cleanup_removes_everything(clus
     result = again.poll(spec.child_id)
     assert result is not None
     assert result.outcome is Outcome.SUCCEEDED
+    assert again.collect(spec.child_id, tmp_path) is None  # starts the stage-out
     staged_out(cluster, spec, volume)
     with pytest.raises(ExecutorError, match="superseded"):
         again.start(run_spec(child_id=spec.child_id, attempt=0))
@@ -959,6 +971,7 @@ def test_a_job_removed_behind_the_agents_back_is_lost_but_its_volume_is_still_st
     assert result is not None
     assert (result.outcome, result.message) == (Outcome.LOST, "the cluster has no Job for this run")
     assert ex.poll(spec.child_id) == result
+    assert ex.collect(spec.child_id, tmp_path) is None  # starts the stage-out
     staged_out(cluster, spec, volume)
     scratch = tmp_path / "scratch"
     scratch.mkdir()

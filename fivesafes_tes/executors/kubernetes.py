@@ -14,7 +14,8 @@ run's time limit while the agent is dead.
 
 When the task Job has ended (or is canceled), the agent puts each step's log (read through the API) in
 the airlock's staging area itself, records the run's result on the volume (an annotation: a restarted
-agent finds it there), and starts the stage-out Job: our filer (`fivesafes-tes filer stage-out`) with
+agent finds it there). The first `collect` then starts the stage-out Job (not `poll`, so a status pass
+stays cheap however many runs end at once): our filer (`fivesafes-tes filer stage-out`) with
 the volume mounted read-only and one capability in a Secret, an S3 presigned POST for this attempt's
 staging prefix only, each file at most the run's disk limit, valid for minutes. The filer uploads the
 files and then its manifest; `collect` fetches them (`staging_area.fetch`) once that Job is complete
@@ -829,8 +830,7 @@ class KubernetesExecutor:
         run = self._seen_task(child_id, attempt)
         if run is None:  # removed behind our back, or kept past its TTL while the agent was away
             result = RunResult(Outcome.LOST, [], "the cluster has no Job for this run")
-            self._end(child_id, attempt, None, result)
-            self._stage_out(child_id, attempt, volume)  # what its volume holds may still come out
+            self._end(child_id, attempt, None, result)  # what its volume holds still comes out (collect)
             return result
         pulled = self._image_pull_failure(run)
         if pulled is not None:
@@ -840,14 +840,12 @@ class KubernetesExecutor:
             self._delete(
                 {LABEL_CHILD: child_id, LABEL_ATTEMPT: str(attempt), LABEL_ROLE: ROLE_TASK}, ("Pod",)
             )
-            self._stage_out(child_id, attempt, volume)
             return result
         if not run.ended:
             return None
         outcome, message = self._classify(run)
         result = RunResult(outcome, self._steps(run), message)
         self._end(child_id, attempt, run, result)
-        self._stage_out(child_id, attempt, volume)
         return result
 
     def cancel(self, child_id: str) -> RunResult | None:
@@ -866,7 +864,6 @@ class KubernetesExecutor:
         self._end(child_id, attempt, run, result)
         self._delete_by_name("Job", job_name(child_id, attempt))
         self._delete({LABEL_CHILD: child_id, LABEL_ATTEMPT: str(attempt), LABEL_ROLE: ROLE_TASK}, ("Pod",))
-        self._stage_out(child_id, attempt, volume)
         return result
 
     def collect(self, child_id: str, scratch: Path) -> Collected | None:
@@ -881,7 +878,9 @@ class KubernetesExecutor:
         manifest = self._manifest(child_id, attempt)
         if job is None:
             if manifest is None:
-                self._stage_out(child_id, attempt, volume)  # the agent stopped before it started
+                # Started when the agent first asks for what the run left, not when poll sees the end:
+                # a status pass stays cheap however many runs end at once.
+                self._stage_out(child_id, attempt, volume)
                 return None
         else:
             failure = self._stage_out_failure(child_id, attempt, job)
