@@ -754,7 +754,7 @@ class KubernetesExecutor:
         # `poll` reads the cluster from one listing per kind, at most `snapshot_ttl_s` old, instead of
         # three requests per child: a child this process changed since the listing is read directly.
         self._snapshot_ttl_s = snapshot_ttl_s
-        self._snapshot: dict[str, list[dict[str, Any]]] = {}
+        self._snapshot: dict[str, dict[str, list[dict[str, Any]]]] = {}  # kind -> child -> objects
         self._snapshot_at = float("-inf")
         self._changed: set[str] = set()
 
@@ -1031,15 +1031,15 @@ class KubernetesExecutor:
             return None
         if time.monotonic() - self._snapshot_at > self._snapshot_ttl_s:
             self._changed.clear()  # cleared first: a change made while listing is read directly
-            self._snapshot = {k: self._list(k, {}) for k in ("PersistentVolumeClaim", "Job", "Pod")}
+            self._snapshot = {kind: {} for kind in ("PersistentVolumeClaim", "Job", "Pod")}
+            for listed, by_child in self._snapshot.items():  # indexed once: a pass reads it per child
+                for obj in self._list(listed, {}):
+                    child = (obj["metadata"].get("labels") or {}).get(LABEL_CHILD, "")
+                    by_child.setdefault(child, []).append(obj)
             self._snapshot_at = time.monotonic()
         if child_id in self._changed:
             return None
-        return [
-            o
-            for o in self._snapshot[kind]
-            if (o["metadata"].get("labels") or {}).get(LABEL_CHILD) == child_id
-        ]
+        return self._snapshot[kind].get(child_id, [])
 
     def _seen_volume(self, child_id: str) -> dict[str, Any] | None:
         volumes = self._snapshot_of("PersistentVolumeClaim", child_id)
