@@ -37,6 +37,23 @@ from fivesafes_tes.web import (
 
 log = logging.getLogger(__name__)
 
+
+def _paging(path: str, page: int, total: int, **kept: str) -> dict[str, Any]:
+    """Page `page` of a list of `total` in pages of QUEUE_PAGE: its number, the last page, and the links
+    to the pages before and after it (None at either end), keeping the filters that are set."""
+    last = max((total + QUEUE_PAGE - 1) // QUEUE_PAGE, 1)
+
+    def link(number: int) -> str:
+        return f"{path}?" + urlencode({**{k: v for k, v in kept.items() if v}, "page": number})
+
+    return {
+        "page": page,
+        "last": last,
+        "previous": link(page - 1) if page > 1 else None,
+        "following": link(page + 1) if page < last else None,
+    }
+
+
 QUEUE_PAGE = 50
 MAX_REASON = 2000  # as the API's
 # The queue's filter by what the rules found: any file flagged, none flagged, or either.
@@ -178,12 +195,6 @@ def router(
                 offset=(page - 1) * QUEUE_PAGE,
                 limit=QUEUE_PAGE,
             )
-        last = max((queue.total + QUEUE_PAGE - 1) // QUEUE_PAGE, 1)
-
-        def link(number: int) -> str:
-            kept = {name: value for name, value in (("project", project), ("rules", rules)) if value}
-            return "/review?" + urlencode({**kept, "page": number})
-
         return site.page(
             request,
             "review/queue.html",
@@ -192,10 +203,7 @@ def router(
             queue=queue,
             project=project,
             rules=rules,
-            page=page,
-            last=last,
-            previous=link(page - 1) if page > 1 else None,
-            following=link(page + 1) if page < last else None,
+            **_paging("/review", page, queue.total, project=project, rules=rules),
         )
 
     @pages.get("/review/history", response_class=HTMLResponse)
@@ -206,11 +214,6 @@ def router(
             decisions, total = review.history(
                 session, search=search, offset=(page - 1) * QUEUE_PAGE, limit=QUEUE_PAGE
             )
-        last = max((total + QUEUE_PAGE - 1) // QUEUE_PAGE, 1)
-
-        def link(number: int) -> str:
-            return "/review/history?" + urlencode({**({"q": search} if search else {}), "page": number})
-
         return site.page(
             request,
             "review/history.html",
@@ -219,10 +222,7 @@ def router(
             decisions=decisions,
             total=total,
             q=search,
-            page=page,
-            last=last,
-            previous=link(page - 1) if page > 1 else None,
-            following=link(page + 1) if page < last else None,
+            **_paging("/review/history", page, total, q=search),
         )
 
     @pages.get("/review/{child_id}", response_class=HTMLResponse)
