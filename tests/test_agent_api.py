@@ -81,6 +81,11 @@ def test_lease_hands_out_new_work_once_with_attempt_1(gateway):
     # who submitted, as the TRE compares people: issuer and subject (the dev issuer's sub is the name)
     assert (grant["user_issuer"], grant["user_subject"]) == (gateway.issuer.issuer_url, "alice")
     assert grant["task"]["executors"][0]["image"] == "alpine"
+    created = gateway.client.get(
+        f"{TES}/tasks/{task_id}", params={"view": "BASIC"}, headers=gateway.headers("alice")
+    ).json()["creation_time"]
+    assert grant["created_at"] == created
+    assert grant["request"] is None  # a bare TES task; a request crate's comes too (test_crate_e2e)
     assert lease(gateway)["leases"] == []
     assert stages(gateway, task_id) == {"uk-tre": "leased"}
     assert state(gateway, task_id) == "QUEUED"

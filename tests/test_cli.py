@@ -236,6 +236,27 @@ def test_checkers_and_tre_admins_decide_through_the_tre_api_as_their_token_says(
     assert person.decided_by_name == "dora"
 
 
+def test_a_checker_reads_the_requests_activity_crate_as_a_table_and_saves_it(tre_api, tmp_path):
+    db, token = tre_api
+    carol = token("carol", "carol-sub", "output-checker")
+    dora = token("dora", "dora-sub", "tre-admin")
+    assert invoke("tre", "approve", "alpha", "--reason", "ethics 24/NW/1", "--token", dora).exit_code == 0
+    saved = tmp_path / "request.json"
+    shown = invoke("review", "crate", CHILD, "--output", str(saved), "--token", carol)
+    assert shown.exit_code == 0, shown.output
+    for words in ("Sign-off by", "pending", "Validation of", "completed", "dora"):
+        assert words in shown.stdout, words
+    crate = json.loads(saved.read_text())
+    graph = {e["@id"]: e for e in crate["@graph"]}
+    assert (
+        "project alpha: approved by dora (ethics 24/NW/1)"
+        in graph["#fivesafes-tes-signoff-uk-tre"]["description"]
+    )
+    refused = invoke("review", "crate", CHILD, "--token", dora)  # an admin is no output checker
+    assert refused.exit_code == 1
+    assert "Refused" in refused.output
+
+
 @pytest.mark.parametrize(
     "command",
     [["review", "list"], ["review", "show", CHILD], ["review", "approve", CHILD, "all"], ["tre", "projects"]],

@@ -131,6 +131,38 @@ def _approve_everything(stack, task_id: str) -> None:
             assert decided.status_code == 200, decided.text
 
 
+def _check_the_crates_checkers_see(stack, validator, example: str, task_id: str, tmp_path: Path) -> None:
+    """Each TRE's output checker reads the request's activity crate: the request crate as submitted
+    (its own name), the gateway's checks of it and this TRE's sign-off, as valid RO-Crate 1.2."""
+    submitted = json.loads((EXAMPLES / example / "data" / "ro-crate-metadata.json").read_text())
+    title = {e["@id"]: e for e in submitted["@graph"]}["./"]["name"]
+    for tre in TRES:
+        checker = httpx.Client(
+            base_url=stack.tre_url(tre),
+            headers={"Authorization": f"Bearer {stack.tre_token(f'{tre}-checker', 'output-checker', tre)}"},
+            timeout=30,
+        )
+        (child,) = [c for c in checker.get("/review/v1/children").json() if c["task_id"] == task_id]
+        answer = checker.get(f"/review/v1/children/{child['child_id']}/crate")
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/ld+json"
+        crate = answer.json()
+        graph = {e["@id"]: e for e in crate["@graph"]}
+        assert graph["./"]["name"] == title, (tre, graph["./"])
+        kinds = [_additional(graph[r]) for r in _ids(graph["./"]["mentions"]) if r in graph]
+        assert {"CheckValue", "ValidationCheck", "SignOff", "DisclosureCheck"} <= set(kinds), kinds
+        (sign_off,) = [
+            graph[r] for r in _ids(graph["./"]["mentions"]) if _additional(graph.get(r, {})) == "SignOff"
+        ]
+        assert sign_off["actionStatus"] == "http://schema.org/CompletedActionStatus", sign_off
+        assert {f"#fivesafes-tes-run-in-{t}" for t in TRES} & set(graph) == {f"#fivesafes-tes-run-in-{tre}"}
+        folder = tmp_path / f"{example}-{tre}-request"
+        folder.mkdir()
+        (folder / "ro-crate-metadata.json").write_text(answer.text)
+        result = validator.check(folder, "ro-crate-1.2")
+        assert result.passed, f"{example} at {tre}: {result.issues}"
+
+
 @pytest.fixture(scope="module")
 def validator(tmp_path_factory):
     from tests import rocrate_validation
@@ -151,6 +183,7 @@ def test_each_example_crate_runs_everywhere_and_comes_back_as_a_valid_results_cr
     tasks = {example: _submit(stack, alice, example, tmp_path) for example in sorted(RELEASED)}  # at once
     for example, task_id in tasks.items():
         wait_for(lambda t=task_id: _all_at(alice, t, "awaiting_review"), 300, f"{example} held for review")
+        _check_the_crates_checkers_see(stack, validator, example, task_id, tmp_path)
         _approve_everything(stack, task_id)
     for example, task_id in tasks.items():
         wait_for(lambda t=task_id: _all_at(alice, t, "released"), 120, f"{example} released")

@@ -4,11 +4,15 @@ under the same rules (no approving a file never to be released, nor one's own ta
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from sqlalchemy import select
 
+from fivesafes_tes.agent import approvals
+
 from fivesafes_tes.agent.tables import ReviewDecision
 from fivesafes_tes.audit.tables import AuditRecord
+from fivesafes_tes.auth.principal import Person
 from tests.web import csrf_of, hold_child, sign_in, tre_site
 
 
@@ -118,3 +122,47 @@ def test_the_decision_history_lists_decisions_newest_first_and_searches_them(sit
     assert "1 decision matching" in checker.get("/review/history", params={"q": "100%"}).text
     assert "0 decisions matching" in checker.get("/review/history", params={"q": "_%"}).text
     assert sign_in(site, "uk-tre-admin").get("/review/history").status_code == 403
+
+
+def test_a_checker_reads_the_requests_activity_crate_with_this_tres_sign_off(site):
+    """The review page shows what the request's Five Safes crate records (here, a bare TES task's):
+    the gateway's validation, this TRE's sign-off of the project and the person as its admin decided
+    (who, why), the run and the disclosure check in review; the crate downloads as JSON-LD."""
+    admin = Person("https://issuer.example", "admin-1", "uk-tre-admin")
+    with site.db.write() as session:
+        approvals.decide(session, admin, "alpha", "approved", reason="ethics approval 24/NW/0001")
+        approvals.decide(session, admin, "alpha", "approved", username="alice", reason="trained in 2026")
+    checker = sign_in(site, "uk-tre-checker")
+    page = checker.get("/review/child-1")
+    assert page.status_code == 200
+    for shown in (
+        "The request's activity crate",
+        "Sign-off by uk-tre of the project and the person: approved",
+        "project alpha: approved by uk-tre-admin (ethics approval 24/NW/0001); alice: approved by "
+        "uk-tre-admin (trained in 2026)",
+        "Disclosure check of the outputs at uk-tre: in review",
+        "ValidationCheck",
+        '<span class="status-completed">completed</span>',
+        '<span class="status-active">active</span>',
+    ):
+        assert shown in page.text, shown
+
+    download = checker.get("/review/child-1/crate")
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "application/ld+json"
+    assert download.headers["content-disposition"] == 'attachment; filename="ro-crate-metadata.json"'
+    graph = {e["@id"]: e for e in download.json()["@graph"]}
+    assert graph["#fivesafes-tes-signoff-uk-tre"]["actionStatus"] == "http://schema.org/CompletedActionStatus"
+    assert graph["#fivesafes-tes-disclosure-uk-tre"]["actionStatus"] == "http://schema.org/ActiveActionStatus"
+
+    api = httpx.get(
+        f"{site.url}/review/v1/children/child-1/crate",
+        headers={"Authorization": f"Bearer {site.token('uk-tre-checker', 'output-checker')}"},
+    )
+    assert api.status_code == 200
+    assert {e["@id"] for e in api.json()["@graph"]} == set(graph)
+    for refused, status in (
+        (sign_in(site, "uk-tre-admin").get("/review/child-1/crate"), 403),
+        (checker.get("/review/child-2/crate"), 404),
+    ):
+        assert refused.status_code == status

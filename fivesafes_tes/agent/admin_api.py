@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fivesafes_tes import audit
-from fivesafes_tes.agent import access, approvals, pages, review
+from fivesafes_tes.agent import access, approvals, pages, record, review
 from fivesafes_tes.agent.health import Health, Probes
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.agent.tables import HeldFileRecord, LocalDecision, LocalProject
@@ -237,6 +237,20 @@ def create_admin_app(
         try:
             with db.read() as session:
                 return review.kept_record(session, child_id)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @app.get(
+        "/review/v1/children/{child_id}/crate",
+        response_class=Response,
+        responses={200: {"content": {record.MEDIA_TYPE: {}}, "description": "ro-crate-metadata.json"}},
+    )
+    def crate(child_id: str, _: Checker) -> Response:
+        """The activity crate of the child's request as this TRE knows it (`agent.record`): the request,
+        the gateway's checks, this TRE's sign-off and run. It stays inside the TRE."""
+        try:
+            with db.read() as session:
+                return pages.crate_response(record.activity_crate(session, tre, child_id))
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
 

@@ -409,6 +409,8 @@ class Agent:
                         submitter_issuer=grant.get("user_issuer", ""),
                         submitter_subject=grant.get("user_subject", ""),
                         task=grant["task"],
+                        submitted_at=grant.get("created_at") or "",
+                        request=grant.get("request"),
                     )
                 )
             elif grant["attempt"] > child.attempt:

@@ -6,6 +6,7 @@ API; every decision is audited by the domain function that records it."""
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time, and
 # the Annotated aliases they name (Admin, Checker...) are local to `router`.
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from fivesafes_tes import audit
-from fivesafes_tes.agent import access, approvals, previews, review
+from fivesafes_tes.agent import access, approvals, previews, record, review
 from fivesafes_tes.agent.health import Health
 from fivesafes_tes.agent.policy import TrePolicy
 from fivesafes_tes.auth.principal import Role
@@ -234,6 +235,7 @@ def router(
                 child = review.describe(session, child_id)
                 steps = review.commands(session, child_id)
                 results = review.rule_results(session, child_id)
+                crate = record.activity_crate(session, tre, child_id)
         except LookupError as exc:
             raise PageRefused(404, str(exc)) from None
         required = (policy.review if policy is not None else review.ReviewPolicy()).required_approvals
@@ -246,8 +248,19 @@ def router(
             steps=steps,
             required=required,
             previews={f.key: _preview(f, results.get(f.key, [])) for f in child.files},
+            crate=record.view(crate),
             done={"name": decided, "outcome": outcome} if decided else None,
         )
+
+    @pages.get("/review/{child_id}/crate")
+    def crate_download(child_id: str, me: Checker) -> Response:
+        """The request's activity crate (`agent.record`), as the API's GET /review/v1/children/{id}/crate."""
+        try:
+            with db.read() as session:
+                crate = record.activity_crate(session, tre, child_id)
+        except LookupError as exc:
+            raise PageRefused(404, str(exc)) from None
+        return crate_response(crate)
 
     @pages.post("/review/{child_id}")
     def decide_file(child_id: str, posted: CheckerForm) -> Response:
@@ -277,6 +290,15 @@ def router(
         return previews.preview(file.name, head, file.size, results)
 
     return pages
+
+
+def crate_response(crate: dict[str, Any]) -> Response:
+    """An activity crate as a download of its ro-crate-metadata.json (for the pages and the API alike)."""
+    return Response(
+        json.dumps(crate, indent=2, ensure_ascii=False).encode(),
+        media_type=record.MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="{record.FILENAME}"'},
+    )
 
 
 def _decision(form: dict[str, str]) -> tuple[str, str]:

@@ -34,6 +34,10 @@ class LocalChild(AgentBase):
     submitter_issuer: Mapped[str] = mapped_column(String(512), default="")
     submitter_subject: Mapped[str] = mapped_column(String(255), default="")
     task: Mapped[dict[str, Any]] = mapped_column(JSON)
+    submitted_at: Mapped[str] = mapped_column(String(40), default="")  # the task's (RFC 3339), from the lease
+    # The request crate as the gateway's intake kept it (`crates.record.RequestFacts.to_json`); None for
+    # a bare TES task. What the TRE's activity record of the request grows from (`agent.record`).
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     next_seq: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)  # False once nothing more is ours to do

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -72,6 +74,31 @@ def review_show(child_id: str, url: TreUrl = None, token: TreToken = None) -> No
         _output.console.print(
             shown if shown is not None else "(larger than 64 KiB: no preview)", markup=False, highlight=False
         )
+
+
+@app.command("crate")
+def review_crate(
+    child_id: str,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the crate's ro-crate-metadata.json here.")
+    ] = None,
+    url: TreUrl = None,
+    token: TreToken = None,
+) -> None:
+    """The activity crate of a child's request as this TRE knows it: who asked, what the gateway checked,
+    who here signed the project and the person off, and the run; a table, and with --output the JSON."""
+    from fivesafes_tes.agent.record import view
+
+    crate = tre_call(url, token, "GET", f"/review/v1/children/{child_id}/crate")
+    shown = view(crate)
+    table = Table("action", "status", "by", "when", title=shown.name, caption=shown.identifier)
+    for action in shown.actions:
+        described = f"\n[dim]{escape(action.description)}[/]" if action.description else ""
+        table.add_row(escape(action.name) + described, action.status, escape(action.by), action.when)
+    _output.console.print(table)
+    if output is not None:
+        output.write_text(json.dumps(crate, indent=2, ensure_ascii=False) + "\n")
+        _output.console.print(f"wrote {escape(str(output))}", highlight=False)
 
 
 def _review_decide(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import io
 import json
 import mimetypes
@@ -175,6 +176,24 @@ class RequestFacts:
     checks: tuple[dict[str, Any], ...]
     stripped_assess_actions: int
     received_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        """As the gateway hands it to a TRE's agent with the lease (`submission.leases.Grant.request`)."""
+        return {**dataclasses.asdict(self), "checks": list(self.checks)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> RequestFacts:
+        """The facts `to_json` wrote; KeyError or TypeError if `doc` is not that."""
+        return cls(
+            metadata=dict(doc["metadata"]),
+            external_identifier=str(doc["external_identifier"]),
+            zip_sha512=str(doc["zip_sha512"]),
+            zip_size=int(doc["zip_size"]),
+            language=str(doc["language"]),
+            checks=tuple(dict(c) for c in doc["checks"]),
+            stripped_assess_actions=int(doc["stripped_assess_actions"]),
+            received_at=str(doc["received_at"]),
+        )
 
 
 @dataclass(frozen=True)

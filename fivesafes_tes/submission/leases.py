@@ -29,6 +29,7 @@ from fivesafes_tes.submission.tables import (
     Membership,
     Project,
     ProjectTre,
+    RequestCrate,
     Task,
     Tre,
     TreDecision,
@@ -62,6 +63,10 @@ class Grant:
     user_issuer: str  # with user_subject, who the submitter is: what the TRE compares
     user_subject: str
     task: dict[str, Any]
+    created_at: str = ""  # when the task was submitted (RFC 3339)
+    # The request crate as intake kept it (`crates.record.RequestFacts`, as JSON), for the TRE's own
+    # activity record of the request; None for a bare TES task.
+    request: dict[str, Any] | None = None
 
 
 @dataclass
@@ -141,6 +146,7 @@ def lease(
             select(
                 Task.id,
                 Task.document,
+                Task.created_at,
                 Project.name.label("project"),
                 User.username,
                 User.issuer,
@@ -154,6 +160,12 @@ def lease(
                 and_(Membership.project_id == Task.project_id, Membership.user_id == Task.owner_id),
             )
             .where(Task.id.in_({c.task_id for c in children}))
+        )
+    }
+    crates = {
+        row.task_id: row
+        for row in session.scalars(
+            select(RequestCrate).where(RequestCrate.task_id.in_({c.task_id for c in children}))
         )
     }
     grants = []
@@ -185,6 +197,8 @@ def lease(
                 user_issuer=task.issuer,
                 user_subject=task.subject,
                 task=dict(task.document),
+                created_at=researcher_view.rfc3339(task.created_at),
+                request=crates[child.task_id].facts().to_json() if child.task_id in crates else None,
             )
         )
     return grants

@@ -20,7 +20,6 @@ from fivesafes_tes.auth.tables import User
 from fivesafes_tes.crates.profile import person_id
 from fivesafes_tes.crates.record import (
     ReleasedFact,
-    RequestFacts,
     ReviewDecision,
     RuleVerdict,
     SignOffFact,
@@ -78,7 +77,7 @@ def task_facts(session: Session, actor: Actor, task_id: str, *, now: datetime | 
         project_title=project.title if project is not None else "",
         generated_at=rfc3339(now or utcnow()),
         tres=tuple(tres),
-        request=_request_facts(crate) if crate is not None else None,
+        request=crate.facts() if crate is not None else None,
     )
 
 
@@ -164,19 +163,6 @@ def _tre_facts(
         policy=tuple(sorted((k, str(v)) for k, v in (disclosure or {}).get("policy", {}).items())),
         released=tuple(released),
         withheld_reasons=tuple((disclosure or {}).get("withheld_reasons", [])),
-    )
-
-
-def _request_facts(row: RequestCrate) -> RequestFacts:
-    return RequestFacts(
-        metadata=row.metadata_doc,
-        external_identifier=row.external_identifier,
-        zip_sha512=row.zip_sha512,
-        zip_size=row.zip_size,
-        language=row.language,
-        checks=tuple(row.checks or []),
-        stripped_assess_actions=row.stripped_assess_actions,
-        received_at=rfc3339(row.received_at),
     )
 
 

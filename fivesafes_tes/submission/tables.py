@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql import text
 
+from fivesafes_tes.crates.record import RequestFacts
 from fivesafes_tes.db.base import Base, utcnow
 from fivesafes_tes.egress.held import HeldFile
 
@@ -276,3 +277,18 @@ class RequestCrate(Base):
     # How many client-supplied AssessActions intake removed (RELIABILITY 5).
     stripped_assess_actions: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def facts(self) -> RequestFacts:
+        """What an activity record is built from (`crates.record`), at the gateway or in a TRE."""
+        from fivesafes_tes.submission import researcher_view  # it reads these tables
+
+        return RequestFacts(
+            metadata=self.metadata_doc,
+            external_identifier=self.external_identifier,
+            zip_sha512=self.zip_sha512,
+            zip_size=self.zip_size,
+            language=self.language,
+            checks=tuple(self.checks or []),
+            stripped_assess_actions=self.stripped_assess_actions,
+            received_at=researcher_view.rfc3339(self.received_at),
+        )
