@@ -237,7 +237,7 @@ def test_checkers_and_tre_admins_decide_through_the_tre_api_as_their_token_says(
 
 
 def test_a_checker_reads_the_requests_activity_crate_as_a_table_and_saves_it(tre_api, tmp_path):
-    db, token = tre_api
+    _, token = tre_api
     carol = token("carol", "carol-sub", "output-checker")
     dora = token("dora", "dora-sub", "tre-admin")
     assert invoke("tre", "approve", "alpha", "--reason", "ethics 24/NW/1", "--token", dora).exit_code == 0

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import select
 
 from fivesafes_tes.agent import approvals
-
 from fivesafes_tes.agent.tables import ReviewDecision
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.auth.principal import Person
