@@ -13,6 +13,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypedDict
@@ -173,6 +174,7 @@ def start(
     allow_images: list[str] | tuple[str, ...] = (),
     auto_release: bool = False,
     required_approvals: int = 1,
+    agent_database_urls: Mapping[str, str] | None = None,
     **overrides: object,
 ) -> DevStack:
     """Migrate the database, then serve the gateway until `stop()`; returns once it answers.
@@ -181,7 +183,8 @@ def start(
     (and `report_granularity_s`, if given, instead of the agents' setting). The TREs allow the images
     `fivesafes/*` and `allow_images`; with `auto_release` they release without a person whatever passes
     every automated rule (for trying clients only: no output checker sees it); each held file needs
-    `required_approvals` distinct output checkers.
+    `required_approvals` distinct output checkers. `database_url` is the gateway's database and
+    `agent_database_urls` each TRE's (by TRE name); SQLite files in `data_dir` where not given.
     """
     port = port or free_port(host)
     overrides.setdefault("allowed_images", ["*"])
@@ -230,6 +233,7 @@ def start(
                 report_granularity_s,
                 list(allow_images),
                 ReviewPolicy(auto_release=auto_release, required_approvals=required_approvals),
+                dict(agent_database_urls or {}),
             )
         except BaseException:
             stack.stop()
@@ -244,6 +248,7 @@ def _start_tres(
     report_granularity_s: float | None,
     allow_images: list[str],
     review: ReviewPolicy,
+    database_urls: dict[str, str],
 ) -> None:
     """For each TRE: its dataset, policy, airlock bucket, agent (synced, demo approvals made) and threads."""
     from fivesafes_tes.agent import approvals
@@ -299,6 +304,7 @@ def _start_tres(
             oidc_issuer=stack.issuer.issuer_url,
             oidc_audience=TRE_AUDIENCE,
             web_session_key=SecretStr(secrets.token_hex(32)),  # the pages' sessions end with the stack
+            database_url=database_urls.get(tre),
         )
         db = open_database(settings)
         store = ObjectStore.from_settings(settings.airlock)

@@ -71,6 +71,13 @@ def _fresh_pg_database(template: str) -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards (fails in CI without a server)."""
+    need_service("PostgreSQL", bool(PG_URL), "set FIVESAFES_TEST_PG_URL or run scripts/services.sh")
+    yield from _fresh_pg_database("template0")
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     """A URL of an empty, migrated database: once on SQLite, once on PostgreSQL."""
@@ -91,8 +98,8 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
     else:
-        need_service("PostgreSQL", bool(PG_URL), "set FIVESAFES_TEST_PG_URL or run scripts/services.sh")
-        yield from _fresh_pg_database("template0")
+        with postgres_database() as url:
+            yield url
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ the run (`images.docker_client`, the `browser` fixture)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import zipfile
@@ -28,6 +29,7 @@ from fivesafes_tes.cli import app as cli
 from fivesafes_tes.devimages import BUSYBOX_IMAGE
 from fivesafes_tes.submission.tables import ReleasedFile
 from tests import images
+from tests.conftest import postgres_database
 from tests.test_web_browser import Visit, browser, sign_in
 
 docker_client = images.docker_client
@@ -51,13 +53,32 @@ class Pages:
     gateway_url: str
 
 
-@pytest.fixture
-def stack(tmp_path: Path, docker_client: Any) -> Iterator[devstack.DevStack]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path, docker_client: Any) -> Iterator[devstack.DevStack]:
+    """The embedded federation, its gateway and both agents on SQLite files, or each on its own
+    PostgreSQL database."""
     images.ensure_busybox_image(docker_client)
-    with devstack.start(
-        tmp_path / "data", agents=True, executor="docker", report_granularity_s=0, required_approvals=2
-    ) as running:
-        yield running
+    with contextlib.ExitStack() as databases:
+        gateway_url, agent_urls = None, {}
+        if request.param == "postgres":
+            gateway_url = databases.enter_context(postgres_database())
+            agent_urls = {
+                tre: databases.enter_context(postgres_database()) for tre in devstack.DEV_FEDERATION["tres"]
+            }
+        with devstack.start(
+            tmp_path / "data",
+            agents=True,
+            executor="docker",
+            report_granularity_s=0,
+            required_approvals=2,
+            database_url=gateway_url,
+            agent_database_urls=agent_urls,
+        ) as running:
+            dialects = {running.db.engine.dialect.name} | {
+                agent.db.engine.dialect.name for agent in running.agents.values()
+            }
+            assert dialects == {"postgresql" if request.param == "postgres" else "sqlite"}
+            yield running
 
 
 def _wait(what: str, probe: Any, timeout: float = 90) -> Any:
