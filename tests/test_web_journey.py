@@ -168,6 +168,12 @@ def test_a_researchers_task_through_approval_two_person_review_and_a_partial_rel
             .count()
             == 0
         )
+        # the request's activity crate says who let it run here, and why
+        crate = first.page.get_by_role("table", name="Actions the crate records")
+        sign_off = crate.get_by_role("row").filter(has_text=f"Sign-off by {TRE}")
+        assert "approved by uk-tre-admin (ethics approved)" in sign_off.inner_text()
+        assert "approved by uk-tre-admin (accredited researcher)" in sign_off.inner_text()
+        assert sign_off.locator(".status-completed").inner_text() == "completed"
         first.check("child")
         _decide(first, tre, child["child_id"], "/data/out/small.csv", "Reject", REASON)
         for name in rest:
