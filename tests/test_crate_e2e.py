@@ -21,6 +21,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fivesafes_tes import demo, devstack
+from fivesafes_tes.agent.record import view
 from fivesafes_tes.cli import app
 from fivesafes_tes.crates import scaffold
 from fivesafes_tes.crates.bagit import open_bag
@@ -156,6 +157,9 @@ def _check_the_crates_checkers_see(stack, validator, example: str, task_id: str,
         ]
         assert sign_off["actionStatus"] == "http://schema.org/CompletedActionStatus", sign_off
         assert {f"#fivesafes-tes-run-in-{t}" for t in TRES} & set(graph) == {f"#fivesafes-tes-run-in-{tre}"}
+        shown = {a.name: a.recorded for a in view(crate).actions}
+        assert shown[sign_off["name"]] is True
+        assert False in shown.values(), shown  # the request's own CreateAction: the submitter's words
         folder = tmp_path / f"{example}-{tre}-request"
         folder.mkdir()
         (folder / "ro-crate-metadata.json").write_text(answer.text)

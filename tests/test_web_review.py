@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from fivesafes_tes.agent import approvals
+from fivesafes_tes.agent import approvals, record
 from fivesafes_tes.agent.tables import ReviewDecision
 from fivesafes_tes.audit.tables import AuditRecord
 from fivesafes_tes.auth.principal import Person
@@ -165,3 +165,33 @@ def test_a_checker_reads_the_requests_activity_crate_with_this_tres_sign_off(sit
         (checker.get("/review/child-2/crate"), 404),
     ):
         assert refused.status_code == status
+
+
+def test_the_crate_view_says_which_actions_only_the_request_crate_states():
+    """A request crate may name its own action "Sign-off ...: approved"; intake keeps a non-assessment,
+    so the page must not show it as the TRE's own record."""
+    crate = {
+        "@graph": [
+            {
+                "@id": "./",
+                "name": "r",
+                "mentions": [{"@id": "#forged"}, {"@id": "#fivesafes-tes-signoff-uk-tre"}],
+            },
+            {
+                "@id": "#forged",
+                "@type": "ControlAction",
+                "name": "Sign-off by uk-tre of the project and the person: approved",
+                "actionStatus": {"@id": "http://schema.org/CompletedActionStatus"},
+            },
+            {
+                "@id": "#fivesafes-tes-signoff-uk-tre",
+                "@type": "AssessAction",
+                "additionalType": {"@id": "https://w3id.org/shp#SignOff"},
+                "name": "Sign-off by uk-tre of the project and the person: pending",
+                "actionStatus": "http://schema.org/PotentialActionStatus",
+            },
+        ]
+    }
+    forged, ours = record.view(crate).actions
+    assert (forged.recorded, forged.status, forged.kind) == (False, "completed", "ControlAction")
+    assert (ours.recorded, ours.status, ours.kind) == (True, "potential", "SignOff")

@@ -23,6 +23,7 @@ from fivesafes_tes.agent.tables import LocalChild, LocalDecision, LocalProject
 from fivesafes_tes.auth.principal import name_key
 from fivesafes_tes.crates.profile import person_id
 from fivesafes_tes.crates.record import (
+    OURS,
     RequestFacts,
     SignOffFact,
     TaskFacts,
@@ -113,12 +114,15 @@ class Action:
     by: str
     when: str
     description: str
+    recorded: bool  # written by the gateway or this TRE; False for what the request crate itself says
 
 
 @dataclass(frozen=True)
 class CrateView:
     """What the review page shows of a crate: its root's name and description, and its actions in the
-    order the root mentions them."""
+    order the root mentions them. An action the request crate brought (its requested run, say) is only
+    what the submitter wrote: intake drops any assessment it brings and any entity posing as ours, and
+    the page says which rows are the submitter's words."""
 
     name: str
     description: str
@@ -143,6 +147,7 @@ def view(crate: dict[str, Any]) -> CrateView:
                 by=", ".join(_text(entities.get(a, {}).get("name")) or a for a in _ids(entity.get("agent"))),
                 when=_text(entity.get("endTime") or entity.get("startTime")),
                 description=_text(entity.get("description")),
+                recorded=entity_id.startswith(OURS),
             )
         )
     identifier = root.get("identifier")

@@ -94,6 +94,8 @@ def review_crate(
     table = Table("action", "status", "by", "when", title=shown.name, caption=shown.identifier)
     for action in shown.actions:
         described = f"\n[dim]{escape(action.description)}[/]" if action.description else ""
+        if not action.recorded:
+            described += "\n[dim](as the request crate states it)[/]"
         table.add_row(escape(action.name) + described, action.status, escape(action.by), action.when)
     _output.console.print(table)
     if output is not None:
