@@ -295,3 +295,30 @@ def test_bad_input_says_what_to_fix_keeps_what_was_typed_and_changes_nothing(sit
     )
     assert '<details class="project" id="project-beta" open>' in refused.text
     assert 'name="tre.sg-tre" value="yes" checked' in refused.text
+
+
+def test_a_change_in_the_page_applies_to_the_next_task_at_once(site):
+    """The page forgets the targets this gateway cached, as the API does: no wait for them to expire."""
+    task = {
+        "name": "t",
+        "executors": [{"image": "alpine", "command": ["true"]}],
+        "tags": {"project": "alpha"},
+    }
+
+    def submit() -> str:
+        sent = httpx.post(
+            f"{site.url}/ga4gh/tes/v1/tasks",
+            json=task,
+            headers={"Authorization": f"Bearer {site.token('alice')}"},
+        )
+        assert sent.status_code == 200, sent.text
+        return str(sent.json()["id"])
+
+    alice = sign_in(site, "alice")
+    assert "sg-tre: received" in alice.get(f"/web/tasks/{submit()}").text
+    admin = sign_in(site, ADMIN, "/web/federation")
+    csrf = csrf_of(admin.get("/web/federation").text)
+    assert post(admin, "/web/federation/projects/alpha/tres", {"tre.uk-tre": "yes"}, csrf).is_redirect
+    page = alice.get(f"/web/tasks/{submit()}").text
+    assert "uk-tre: received" in page
+    assert "sg-tre" not in page
