@@ -217,12 +217,14 @@ def test_a_federation_admin_changes_the_federation_at_the_gateway(browser, tmp_p
             visit.check("federation-refused")
             page.locator("#add-project-ends").fill("2026-12-31")
             page.get_by_role("button", name="Add the project").click()
+            page.wait_for_url("**/web/federation?done=project*")
             assert page.get_by_role("status").inner_text() == "Added project gamma."
             # a member, from the keyboard: open the project, type, press Enter
             page.get_by_text("Project gamma: Gamma study").press("Enter")
             visit.check("federation-project")
             page.get_by_label("Username").and_(page.locator("#member-gamma-username")).fill("dora")
             page.keyboard.press("Enter")
+            page.wait_for_url("**/web/federation?done=member*")
             assert page.get_by_role("status").inner_text() == "Added dora to project gamma."
             row = members.get_by_role("row").filter(has=page.get_by_role("cell", name="gamma", exact=True))
             assert row.get_by_role("listitem").filter(has_text="dora").count() == 1

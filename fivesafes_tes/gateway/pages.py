@@ -75,6 +75,7 @@ LABELS = {
     "tres": "TREs",
     "username": "Username",
 }
+# The federation's refusals of bad input, with the status the API answers them with.
 FEDERATION_REFUSALS: dict[type[Exception], int] = {
     federation.InvalidRequest: 400,
     federation.NotFound: 404,
@@ -229,7 +230,7 @@ def router(site: Site, db: Database) -> APIRouter:
                 change(session)
         except ValidationError as exc:
             status, message = 400, describe_validation(exc, LABELS)
-        except (federation.InvalidRequest, federation.NotFound, federation.Conflict) as exc:
+        except tuple(FEDERATION_REFUSALS) as exc:
             status = next(code for kind, code in FEDERATION_REFUSALS.items() if isinstance(exc, kind))
             message = str(exc)
         else:
