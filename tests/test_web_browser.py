@@ -194,16 +194,45 @@ def test_a_researcher_follows_their_tasks_at_the_gateway(browser, tmp_path):
             visit.close()
 
 
-def test_a_federation_admin_reads_the_federation_at_the_gateway(browser, tmp_path):
+def test_a_federation_admin_changes_the_federation_at_the_gateway(browser, tmp_path):
     with gateway_site(tmp_path / "gw") as site:
         visit = Visit(browser, "federation-admin")
         try:
             sign_in(visit, site, "/web/federation", "federation-admin")
-            assert (
-                visit.page.get_by_role("table", name="TREs").get_by_role("cell", name="uk-tre").is_visible()
-            )
-            members = visit.page.get_by_role("table", name="Projects and their members")
+            page = visit.page
+            assert page.get_by_role("table", name="TREs").get_by_role("cell", name="uk-tre").is_visible()
+            members = page.get_by_role("table", name="Projects and their members")
             assert members.get_by_role("listitem").filter(has_text="alice").count() == 1
             visit.check("federation")
+            # a project whose end comes before its start: refused, with what was typed kept
+            page.locator("#add-project-name").fill("gamma")
+            page.locator("#add-project-title").fill("Gamma study")
+            page.locator("#add-project-starts").fill("2026-05-01")
+            page.locator("#add-project-ends").fill("2026-04-01")
+            page.get_by_role("group", name="TREs it runs in").get_by_label("uk-tre").check()
+            page.get_by_role("button", name="Add the project").click()
+            assert "before it starts" in page.get_by_role("alert").inner_text()
+            assert page.locator("#add-project-title").input_value() == "Gamma study"
+            assert page.get_by_role("group", name="TREs it runs in").get_by_label("uk-tre").is_checked()
+            visit.check("federation-refused")
+            page.locator("#add-project-ends").fill("2026-12-31")
+            page.get_by_role("button", name="Add the project").click()
+            page.wait_for_url("**/web/federation?done=project*")
+            assert page.get_by_role("status").inner_text() == "Added project gamma."
+            # a member, from the keyboard: open the project, type, press Enter
+            page.get_by_text("Project gamma: Gamma study").press("Enter")
+            visit.check("federation-project")
+            page.get_by_label("Username").and_(page.locator("#member-gamma-username")).fill("dora")
+            page.keyboard.press("Enter")
+            page.wait_for_url("**/web/federation?done=member*")
+            assert page.get_by_role("status").inner_text() == "Added dora to project gamma."
+            row = members.get_by_role("row").filter(has=page.get_by_role("cell", name="gamma", exact=True))
+            assert row.get_by_role("listitem").filter(has_text="dora").count() == 1
+            visit.check("federation-changed")
+            with site.db.read() as session:
+                audited = session.scalars(
+                    select(AuditRecord.action).where(AuditRecord.object == "project:gamma")
+                ).all()
+            assert audited == ["admin.project.add", "admin.project.tres", "admin.member.add"]
         finally:
             visit.close()

@@ -123,11 +123,13 @@ class GatewaySite:
 
 
 @contextmanager
-def gateway_site(tmp_path: Path) -> Iterator[GatewaySite]:
-    """A gateway on loopback serving its pages, with the development issuer and the test federation."""
+def gateway_site(tmp_path: Path, database_url: str | None = None) -> Iterator[GatewaySite]:
+    """A gateway on loopback serving its pages, with the development issuer and the test federation, on
+    `database_url` (a migrated database) or else a SQLite file in `tmp_path`."""
     port = devstack.free_port()
     settings = GatewaySettings(
         data_dir=tmp_path / "gateway",
+        database_url=database_url,
         public_url=f"http://127.0.0.1:{port}",
         dev_issuer=True,
         allowed_images=["*"],

@@ -34,10 +34,14 @@ def federation_admin(request: Request, principal: CurrentPrincipal) -> Iterator[
     if not principal.has_role(Role.FEDERATION_ADMIN):
         raise HTTPException(403, "this route needs the federation-admin role")
     yield principal
-    if (
-        request.method != "GET"
-    ):  # after the change committed: this replica sees it at once, others within seconds
-        context(request).targets.clear()
+    if request.method != "GET":
+        changed(request)
+
+
+def changed(request: Request) -> None:
+    """After a change to the federation committed (here or in the federation page): this replica sees
+    it at once, others within seconds."""
+    context(request).targets.clear()
 
 
 Admin = Annotated[Principal, Depends(federation_admin)]

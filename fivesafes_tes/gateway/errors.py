@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -57,13 +58,17 @@ def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JS
     return JSONResponse({"detail": _printable(detail)}, status_code=status, headers=headers)
 
 
-def describe_validation(exc: RequestValidationError) -> str:
+def describe_validation(
+    exc: RequestValidationError | ValidationError, labels: Mapping[str, str] | None = None
+) -> str:
+    """What was wrong with each field, named by its `labels` entry (a page's label) or else its place."""
     parts = []
     for err in exc.errors():
         loc = [str(x) for x in err.get("loc", ())]
         if loc and loc[0] in ("body", "query", "path", "header"):
             loc = loc[1:]
         where = ".".join(loc) or "body"
+        where = (labels or {}).get(where, where)
         message = err.get("msg", "invalid").removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)

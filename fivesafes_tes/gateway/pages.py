@@ -10,11 +10,14 @@ and results crate through the API's own download code. docs/web.md says what is 
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,8 +26,9 @@ from fivesafes_tes.auth import Claims, TokenValidator, provision
 from fivesafes_tes.auth.principal import Role
 from fivesafes_tes.auth.tables import User
 from fivesafes_tes.db import Database
-from fivesafes_tes.gateway import results_api
+from fivesafes_tes.gateway import admin_api, results_api
 from fivesafes_tes.gateway.context import context
+from fivesafes_tes.gateway.errors import describe_validation
 from fivesafes_tes.settings import GatewaySettings
 from fivesafes_tes.submission import federation, results
 from fivesafes_tes.submission.federation import claim_memberships
@@ -53,6 +57,30 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/web"
 TASKS_PAGE = 50
+# What a federation change's redirect says was done (`name`: the TRE or project; `who`: the member).
+DONE = {
+    "tre": "Added TRE {name}.",
+    "project": "Added project {name}.",
+    "details": "Saved the title and dates of project {name}.",
+    "tres": "Saved the TREs of project {name}.",
+    "member": "Added {who} to project {name}.",
+    "removed": "Removed {who} from project {name}.",
+}
+# The federation forms' labels, for the fields the admin API's models name.
+LABELS = {
+    "name": "Name",
+    "title": "Title",
+    "starts_on": "Starts on",
+    "ends_on": "Ends on",
+    "tres": "TREs",
+    "username": "Username",
+}
+# The federation's refusals of bad input, with the status the API answers them with.
+FEDERATION_REFUSALS: dict[type[Exception], int] = {
+    federation.InvalidRequest: 400,
+    federation.NotFound: 404,
+    federation.Conflict: 409,
+}
 NAV = (
     NavLink(f"{PREFIX}/tasks", "My tasks", None),
     NavLink(f"{PREFIX}/federation", "Federation", Role.FEDERATION_ADMIN),
@@ -113,6 +141,7 @@ def router(site: Site, db: Database) -> APIRouter:
     pages = APIRouter(prefix=PREFIX, include_in_schema=False)
     SignedIn = Annotated[WebSession, Depends(site.signed_in(None))]
     FederationAdmin = Annotated[WebSession, Depends(site.signed_in(Role.FEDERATION_ADMIN))]
+    FederationForm = Annotated[tuple[WebSession, dict[str, str]], Depends(site.posted(Role.FEDERATION_ADMIN))]
 
     @pages.get("/", response_class=HTMLResponse)
     def home(request: Request, me: SignedIn) -> Response:
@@ -154,12 +183,152 @@ def router(site: Site, db: Database) -> APIRouter:
         )
 
     @pages.get("/federation", response_class=HTMLResponse)
-    def federation_page(request: Request, me: FederationAdmin) -> Response:
-        """The federation as the admin API lists it (`/api/v1/admin/tres` and `/projects`), read-only."""
+    def federation_page(
+        request: Request, me: FederationAdmin, done: str = "", name: str = "", who: str = ""
+    ) -> Response:
+        """The federation as the admin API lists it (`/admin/v1/tres` and `/projects`), with a form for
+        each change the admin API makes."""
+        shown = {"kind": done, "name": name, "who": who} if done in DONE else None
+        return _federation(request, me, done=shown)
+
+    def _federation(
+        request: Request,
+        me: WebSession,
+        status: int = 200,
+        *,
+        done: dict[str, str] | None = None,
+        refused: FormRefused | None = None,
+    ) -> Response:
         with db.read() as session:
             tres = [(t.name, t.title) for t in federation.list_tres(session)]
             projects = federation.describe_projects(session)
-        return site.page(request, "gateway/federation.html", me=me, tres=tres, projects=projects)
+        return site.page(
+            request,
+            "gateway/federation.html",
+            status,
+            me=me,
+            tres=tres,
+            projects=projects,
+            done=done,
+            done_messages=DONE,
+            refused=refused,
+        )
+
+    def _change(
+        request: Request,
+        me: WebSession,
+        form: dict[str, str],
+        where: tuple[str, str | None],
+        change: Callable[[Session], None],
+        done: dict[str, str],
+    ) -> Response:
+        """Make `change` as the admin API would and send the browser back to the federation page; bad
+        input re-renders the page with what to fix beside the form `where` names (its id, and its
+        project), keeping what was typed."""
+        try:
+            with db.write() as session:
+                change(session)
+        except ValidationError as exc:
+            status, message = 400, describe_validation(exc, LABELS)
+        except tuple(FEDERATION_REFUSALS) as exc:
+            status = next(code for kind, code in FEDERATION_REFUSALS.items() if isinstance(exc, kind))
+            message = str(exc)
+        else:
+            admin_api.changed(request)
+            return RedirectResponse(f"{PREFIX}/federation?{urlencode(done)}", status_code=303)
+        form_id, project = where
+        return _federation(request, me, status, refused=FormRefused(form_id, project, message, form))
+
+    @pages.post("/federation/tres")
+    def add_tre(request: Request, posted: FederationForm) -> Response:
+        me, form = posted
+
+        def change(session: Session) -> None:
+            body = admin_api.TreIn(name=_field(form, "name"), title=form.get("title", ""))
+            federation.add_tre(session, me.username, body.name, body.title)
+
+        return _change(
+            request, me, form, ("add-tre", None), change, {"done": "tre", "name": _field(form, "name")}
+        )
+
+    @pages.post("/federation/projects")
+    def add_project(request: Request, posted: FederationForm) -> Response:
+        me, form = posted
+
+        def change(session: Session) -> None:
+            body = admin_api.ProjectIn.model_validate(
+                {
+                    "name": _field(form, "name"),
+                    "title": form.get("title", ""),
+                    "starts_on": _field(form, "starts_on") or None,
+                    "ends_on": _field(form, "ends_on") or None,
+                    "tres": _checked_tres(form),
+                }
+            )
+            federation.add_project(
+                session,
+                me.username,
+                body.name,
+                title=body.title,
+                starts_on=body.starts_on,
+                ends_on=body.ends_on,
+                tres=body.tres,
+            )
+
+        done = {"done": "project", "name": _field(form, "name")}
+        return _change(request, me, form, ("add-project", None), change, done)
+
+    @pages.post("/federation/projects/{name}")
+    def update_project(request: Request, name: str, posted: FederationForm) -> Response:
+        me, form = posted
+
+        def change(session: Session) -> None:
+            body = admin_api.ProjectPatch.model_validate(
+                {
+                    "title": form.get("title"),
+                    "starts_on": _field(form, "starts_on") or None,
+                    "ends_on": _field(form, "ends_on") or None,
+                }
+            )
+            federation.update_project(
+                session, me.username, name, title=body.title, starts_on=body.starts_on, ends_on=body.ends_on
+            )
+
+        return _change(
+            request, me, form, (f"details-{name}", name), change, {"done": "details", "name": name}
+        )
+
+    @pages.post("/federation/projects/{name}/tres")
+    def set_tres(request: Request, name: str, posted: FederationForm) -> Response:
+        me, form = posted
+
+        def change(session: Session) -> None:
+            body = admin_api.TresIn(tres=_checked_tres(form))
+            federation.set_project_tres(session, me.username, name, body.tres)
+
+        return _change(request, me, form, (f"tres-{name}", name), change, {"done": "tres", "name": name})
+
+    @pages.post("/federation/projects/{name}/members")
+    def add_member(request: Request, name: str, posted: FederationForm) -> Response:
+        me, form = posted
+
+        def change(session: Session) -> None:
+            body = admin_api.MemberIn(username=_field(form, "username"), default="default" in form)
+            federation.add_member(session, me.username, name, body.username, default=body.default)
+
+        done = {"done": "member", "name": name, "who": _field(form, "username")}
+        return _change(request, me, form, (f"member-{name}", name), change, done)
+
+    @pages.post("/federation/projects/{name}/members/remove")
+    def remove_member(request: Request, name: str, posted: FederationForm) -> Response:
+        me, form = posted
+        username = form.get("username", "")
+
+        def change(session: Session) -> None:
+            federation.remove_member(session, me.username, name, username)
+
+        done = {"done": "removed", "name": name, "who": username}
+        return _change(request, me, form, (f"members-{name}", name), change, done)
 
     # Downloads: the API's own code paths (the same authorisation, SHA-256 check, audit and streaming),
     # as the signed-in user; a refusal is the API's, as a page.
@@ -176,6 +345,27 @@ def router(site: Site, db: Database) -> APIRouter:
             return results_api.crate_download(context(request), _signed_in_actor(db, me), task_id)
 
     return pages
+
+
+@dataclass(frozen=True)
+class FormRefused:
+    """A federation form the admin must correct: which form (its id, and its project's name if it is
+    one project's), what to fix, and what they typed."""
+
+    form: str
+    project: str | None
+    message: str
+    typed: dict[str, str]
+
+
+def _field(form: dict[str, str], name: str) -> str:
+    """A name, username or date as typed, without the spaces a paste brings around it."""
+    return form.get(name, "").strip()
+
+
+def _checked_tres(form: dict[str, str]) -> list[str]:
+    """The TREs ticked in a form: one checkbox `tre.NAME` each (a form sends each field once)."""
+    return [field.removeprefix("tre.") for field in form if field.startswith("tre.")]
 
 
 @contextmanager
