@@ -259,7 +259,7 @@ def hold_children(
     store: ObjectStore,
     folder: Path,
     count: int,
-    on_held: Callable[[int], None] | None = None,
+    on_held: Callable[[str, int, int], None] | None = None,
 ) -> None:
     """`count` children of the bench's projects awaiting review, each holding a table (every third
     one the rules flag) and a step's stdout; created a minute apart, the last the oldest.
@@ -284,6 +284,7 @@ def hold_children(
     epoch = datetime(2026, 1, 1, tzinfo=UTC)
     task = _task(["/outputs/table.csv"])
     outcome = {"outcome": "complete", "message": "", "steps": [{"exit_code": 0}]}
+
     def child_of(n: int) -> LocalChild:
         return LocalChild(
             child_id=f"child-{n:05d}",
@@ -317,7 +318,7 @@ def hold_children(
                     key = airlock.held_key(child.child_id, file.key)
                     session.add(HeldFileRecord.of(file, child.child_id, key, verdict, results))
             if on_held:
-                on_held(n + 1)
+                on_held("hold", n + 1, count)
 
 
 def hold_big(db: Database, store: ObjectStore, path: Path) -> dict[str, Any]:
@@ -352,7 +353,9 @@ def hold_big(db: Database, store: ObjectStore, path: Path) -> dict[str, Any]:
     held_s = time.perf_counter() - began
     with db.read() as session:
         record = session.scalars(
-            select(HeldFileRecord).where(HeldFileRecord.child_id == BIG, HeldFileRecord.name == "/outputs/big.csv")
+            select(HeldFileRecord).where(
+                HeldFileRecord.child_id == BIG, HeldFileRecord.name == "/outputs/big.csv"
+            )
         ).one()
         findings = [f for r in record.results for f in r.get("findings") or [] if f.get("verdict") != "pass"]
         stored = store.head(record.key)
@@ -403,9 +406,9 @@ def check_pages(base_url: str, cookie: dict[str, str], children: int) -> None:
         if queue.status_code != 200:
             raise PagesBenchError(f"the queue page answered {queue.status_code}: {queue.text[:300]}")
         waiting = re.search(r"([\d,]+) waiting", queue.text)
-        if not waiting or int(waiting.group(1).replace(",", "")) != children + 1:
-            raise PagesBenchError(f"the queue page does not count {children + 1} waiting: {waiting}")
-        if len(re.findall(r'<a href="/review/child-\d+">', queue.text)) != min(50, children):
+        if not waiting or int(waiting.group(1).replace(",", "")) != children:
+            raise PagesBenchError(f"the queue page does not count {children} waiting: {waiting}")
+        if len(re.findall(r'<a href="/review/child-\d+">', queue.text)) != min(50, children - 1):
             raise PagesBenchError("the queue page does not list a page of children")
         page = client.get(f"/review/{BIG}", headers=cookie)
         if page.status_code != 200:
@@ -468,8 +471,8 @@ def run(
     on_step: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Both pages on each database in `backends`: a queue of `children` (and the large child) awaiting
-    review, the review page of the child holding a `csv_mb` MB CSV."""
+    """Both pages on each database in `backends`: a queue of `children` awaiting review (one of them
+    the child holding a `csv_mb` MB CSV), and that child's review page."""
     from bench.common import SCRATCH
     from bench.run import serve
     from fivesafes_tes.agent.loop import open_database
@@ -511,8 +514,9 @@ def run(
                     db = open_database(agent_settings(folder, url))
                     try:
                         began = time.perf_counter()
+                        # The queue holds `children`: the large CSV's child is one of them.
                         held = progress(f"{backend.name}: holding {children:,} children for review")
-                        hold_children(db, store, folder, children, lambda n: held("hold", n, children))
+                        hold_children(db, store, folder, children - 1, held)
                         queue_s = time.perf_counter() - began
                         step(f"{backend.name}: holding the {csv_mb} MB CSV (the rules run on it)")
                         big = hold_big(db, store, big_csv)

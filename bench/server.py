@@ -2,7 +2,7 @@
 
     python -m bench.server gateway DATABASE_URL PORT
     python -m bench.server ceiling DATABASE_URL PORT OWNER_ID PROJECT_ID TRE_ID,TRE_ID
-    python -m bench.server pages DATABASE_URL PORT S3_URL BUCKET FOLDER   # an agent's pages (the agent's database)
+    python -m bench.server pages DATABASE_URL PORT S3_URL BUCKET FOLDER   # an agent's pages, its database
 
 DATABASE_URL ``-`` reads it from $BENCH_DATABASE_URL instead (it may hold a password).
 
