@@ -47,8 +47,6 @@ from bench.common import ROOT, free_port
 from bench.loadgen import percentile
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from bench import dataset
     from fivesafes_tes.db import Database
     from fivesafes_tes.egress.store import ObjectStore
@@ -136,6 +134,8 @@ def agent_settings(folder: Path, database_url: str) -> AgentSettings:
     that the server and the bench sign and read the same cookies."""
     import secrets
 
+    from pydantic import SecretStr
+
     from fivesafes_tes.settings import AgentSettings
 
     key_file = folder / "session-key"
@@ -148,7 +148,7 @@ def agent_settings(folder: Path, database_url: str) -> AgentSettings:
         database_url=database_url,
         admin_listen="127.0.0.1:9",  # only names the pages' public URL; the server picks its port
         oidc_issuer=ISSUER,
-        web_session_key=key_file.read_text(),
+        web_session_key=SecretStr(key_file.read_text()),
     )
 
 
@@ -159,7 +159,7 @@ def _validator(folder: Path) -> Any:
     return TokenValidator(issuer.issuer_url, "fivesafes-tre", StaticJwks(issuer.jwks()), ["RS256"])
 
 
-def pages_app(database_url: str, s3_url: str, bucket: str, folder: Path) -> FastAPI:
+def pages_app(database_url: str, s3_url: str, bucket: str, folder: Path) -> Any:
     """The agent's admin app with its pages, as an agent builds it, on `database_url` and the airlock's
     `bucket`; wrapped to time each request inside the process and to count the bytes read from the
     airlock, which `STAT_PATH` reports (and resets)."""
@@ -209,7 +209,7 @@ def pages_app(database_url: str, s3_url: str, bucket: str, folder: Path) -> Fast
 
         await app(scope, receive, sent)
 
-    return timed  # type: ignore[return-value]
+    return timed
 
 
 def serve(port: int, database_url: str, s3_url: str, bucket: str, folder: str) -> None:
