@@ -122,6 +122,10 @@ class Backend:
     def drop(self, url: str) -> None:
         raise NotImplementedError
 
+    def empty(self, label: str) -> str:
+        """URL of a new database with no tables, for another schema (the agent's) to migrate."""
+        raise NotImplementedError
+
     def version(self) -> str:
         raise NotImplementedError
 
@@ -142,6 +146,11 @@ class SqliteBackend(Backend):
 
     def drop(self, url: str) -> None:
         _remove_sqlite(Path(url.split("///", 1)[1]))
+
+    def empty(self, label: str) -> str:
+        path = SCRATCH / f"{label}.db"
+        _remove_sqlite(path)
+        return f"sqlite:///{path}"
 
     def version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL)"
@@ -176,12 +185,15 @@ class PostgresBackend(Backend):
         return self.server.set(database=database).render_as_string(hide_password=False)
 
     def fresh(self, label: str) -> str:
+        url = self.empty(label)
+        _migrate(url)
+        return url
+
+    def empty(self, label: str) -> str:
         name = f"{self.PREFIX}{label.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
         with self.admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = self._url(name)
-        _migrate(url)
-        return url
+        return self._url(name)
 
     def drop(self, url: str) -> None:
         name = make_url(url).database

@@ -30,6 +30,7 @@ TITLES = {
     "checks": "Disclosure rules: throughput and memory against a plain read",
     "crates": "Crate intake: verifying a BagIt zip against `sha512sum`, and refusing hostile ones",
     "kubernetes": "Kubernetes executor: lease to Job, and many children on one agent",
+    "pages": "Output checkers' pages: the review queue, and a large CSV's review page",
 }
 
 
@@ -848,6 +849,84 @@ def _kubernetes_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
     ]
 
 
+def _pages_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    pages = results.get("pages") or {}
+    if not pages.get("cases"):
+        return []
+    rows = []
+    for c in pages["cases"]:
+        server = c.get("server") or {}
+        rows.append(
+            [
+                c["backend"],
+                f"`GET {c['path']}`",
+                f"**{c['p50_ms']:.1f} / {c['p95_ms']:.1f} / {c['max_ms']:.1f}**",
+                f"{_ms(server.get('p50_ms'))} / {_ms(server.get('p95_ms'))} / {_ms(server.get('max_ms'))}",
+                f"{c['server_cpu_ms_per_request']:.1f}",
+                f"{c['airlock_gets_per_request']:g}",
+                f"{c['airlock_bytes_per_request'] / 1024:,.1f} "
+                f"(largest read {c['airlock_largest_read'] / 1024:,.0f})",
+            ]
+        )
+    seeding = [
+        [
+            s["backend"],
+            f"{s['children_s']:.0f} s",
+            f"{s['csv_bytes'] / 1_000_000:,.1f} MB ({s['stored_bytes']:,} bytes held)",
+            f"{s['hold_s']:.1f} s",
+            f"{s['verdict']}: {s['findings']} findings, rows {', '.join(str(r) for r in s['flagged_rows'])}",
+        ]
+        for s in pages.get("seeding") or []
+    ]
+    return [
+        (
+            "`bench/pages_bench.py`: the agent's admin app with its pages (`create_admin_app` with "
+            "`site_for`, as an agent serves them) in its own process (`bench/server.py pages`: uvicorn, one "
+            "worker, access log off) on the agent's database, with its airlock on moto's S3 in another "
+            f"process. The queue holds {pages['children']:,} children awaiting review in three projects, "
+            "each holding a small table (every third with a small cell) and a step's stdout, held in the "
+            "airlock by `airlock.hold_outputs` and recorded with the default rules' findings as "
+            "`agent.holding.hold` records them (the rules run once per distinct file, their findings "
+            "reused for the same bytes in the other children; the databases share one airlock bucket, so "
+            "on the second each child's hold is found already settled). One of them holds a deterministic "
+            f"{pages['csv_mb']} MB CSV, streamed to the airlock and checked by `agent.holding.hold` "
+            "itself, small cells in its first rows. The checker's session cookie is signed with the "
+            "pages' own key and cookie name, so every request passes the real session and role checks "
+            "(a request without it is refused before timing, and each page is checked to show what a "
+            f"checker should see). Per page, {pages['warmup']} untimed requests, then {pages['requests']} "
+            "timed by `bench/loadgen.py` in another process, one at a time over keep-alive. *Client* is "
+            "the response time seen over loopback, send to last byte (what the targets judge); *server* is "
+            "the same request timed inside the server process, from its arrival at the app to its last "
+            "byte sent (the app sets no `Server-Timing`); *airlock* counts the GetObject answers the server "
+            "received and their bytes (`Content-Length`), per page: a preview reads the first 64 KiB "
+            "(`ObjectStore.get_head`, a ranged GET)."
+        ),
+        "",
+        *_table(
+            [
+                "Database",
+                "Page",
+                "client p50 / p95 / max ms",
+                "server p50 / p95 / max ms",
+                "server CPU ms/req",
+                "airlock GETs per page",
+                "airlock KiB per page",
+            ],
+            rows,
+        ),
+        *_table(
+            [
+                "Database",
+                f"{pages['children'] - 1:,} children held in",
+                "large CSV",
+                "held and checked in",
+                "its rules found",
+            ],
+            seeding,
+        ),
+    ]
+
+
 _DETAILS = {
     "create": _create_section,
     "list": _list_section,
@@ -858,4 +937,5 @@ _DETAILS = {
     "checks": _checks_section,
     "crates": _crates_section,
     "kubernetes": _kubernetes_section,
+    "pages": _pages_section,
 }

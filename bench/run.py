@@ -34,7 +34,17 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bench import checks_bench, crates, dataset, federation, kubernetes_bench, provenance, report, targets
+from bench import (
+    checks_bench,
+    crates,
+    dataset,
+    federation,
+    kubernetes_bench,
+    pages_bench,
+    provenance,
+    report,
+    targets,
+)
 from bench.common import (
     CREATOR,
     DOCS,
@@ -57,14 +67,14 @@ from fivesafes_tes.gateway.app import dev_issuer_url
 from fivesafes_tes.submission.ids import decode_page_token
 
 PG_ENV = ("FIVESAFES_BENCH_PG_URL", "FIVESAFES_TEST_PG_URL")
-PARTS = ("create", "read", "e2e", "fanout", "idle", "checks", "crates", "kubernetes")
+PARTS = ("create", "read", "e2e", "fanout", "idle", "checks", "crates", "kubernetes", "pages")
 #: ``--quick``: a smoke run of every part in a few minutes; its figures are not the targets'.
 QUICK: dict[str, Any] = {
     "create_requests": 200, "create_warmup": 20, "rounds": 2, "list_requests": 20, "list_warmup": 5,
     "max_seconds": 5, "get_requests": 100, "get_warmup": 20, "large": 10_000, "e2e_runs": 3,
     "e2e_warmup": 1, "e2e_pause": 0.5, "fanout_tres": 5, "fanout_runs": 2, "idle_seconds": 10, "pickups": 3,
     "checks_sizes": "10,20", "crates_mb": 64, "crates_rounds": 2, "k8s_leases": 5, "k8s_children": 20,
-    "k8s_passes": 2,
+    "k8s_passes": 2, "pages_children": 60, "pages_csv_mb": 2, "pages_requests": 20, "pages_warmup": 3,
 }  # fmt: skip
 
 
@@ -101,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=PARTS,
         help="run only this part (repeatable): create, read (list and get), e2e, fanout, idle, "
         "checks (disclosure rules), crates (crate intake), kubernetes (the Kubernetes executor under "
-        "one agent)",
+        "one agent), pages (the output checkers' review queue and review page)",
     )
     p.add_argument("--e2e-runs", type=int, default=20, help="timed end-to-end runs (default 20)")
     p.add_argument("--e2e-warmup", type=int, default=2, help="untimed end-to-end runs first (default 2)")
@@ -138,6 +148,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--k8s-passes", type=int, default=3, help="status passes timed over those children (default 3)"
     )
+    p.add_argument(
+        "--pages-children", type=int, default=1000, help="children waiting in the review queue (default 1000)"
+    )
+    p.add_argument(
+        "--pages-csv-mb", type=int, default=50, help="the CSV on the timed review page, in MB (default 50)"
+    )
+    p.add_argument("--pages-requests", type=int, default=50, help="timed requests per page (default 50)")
+    p.add_argument("--pages-warmup", type=int, default=5, help="untimed requests per page first (default 5)")
     p.add_argument("--no-postgres", action="store_true", help="SQLite only, even if PostgreSQL is configured")
     p.add_argument(
         "--before",
@@ -532,6 +550,30 @@ class Bench:
         self.log(f"kubernetes executor measured: {a.k8s_leases} leases, {a.k8s_children} children at once")
         self.advance_overall()
 
+    # -- 9. the output checkers' pages -------------------------------------------------------------
+
+    def pages(self, backends: list[dataset.Backend]) -> None:
+        """The review queue and a large CSV's review page of a real agent's pages
+        (``bench/pages_bench.py``), on each database."""
+        self.begin("review pages", None)
+
+        def on_step(what: str) -> None:
+            self.progress.update(self.step, description=f"review pages: {what}", total=None, completed=0)
+
+        def on_progress(what: str, done: int, total: int) -> None:
+            self.progress.update(self.step, description=f"review pages: {what}", completed=done, total=total)
+
+        a = self.args
+        self.results["pages"] = pages_bench.run(
+            backends, a.pages_children, a.pages_csv_mb, a.pages_requests, a.pages_warmup, on_step, on_progress
+        )
+        for case in self.results["pages"]["cases"]:
+            self.log(
+                f"{case['backend']} {case['page']} page: p50 {case['p50_ms']:.1f} ms, "
+                f"p95 {case['p95_ms']:.1f} ms, max {case['max_ms']:.1f} ms"
+            )
+        self.advance_overall()
+
 
 def check_pages(base_url: str, auth: dict[str, str], other: dict[str, str], scope: dataset.Scope) -> None:
     """Before timing anything: the pages are what a client would get, and scoped to their owner."""
@@ -695,12 +737,18 @@ def main(argv: list[str] | None = None) -> int:
             "(pip install -e '.[dev]')"
         )
         parts -= {"kubernetes"}
+    if "pages" in parts and pages_bench.missing():
+        console.log(
+            f"review pages benchmark skipped: {', '.join(pages_bench.missing())} not installed "
+            "(pip install -e '.[dev]')"
+        )
+        parts -= {"pages"}
     rounds = max(1, args.rounds)
     steps = len(chosen) * (
         (rounds if "create" in parts else 0)
         + (2 + 4 * rounds + 3 if "read" in parts else 0)
         + (1 if "fanout" in parts else 0)
-    ) + len(parts & {"e2e", "idle", "checks", "crates", "kubernetes"})
+    ) + len(parts & {"e2e", "idle", "checks", "crates", "kubernetes", "pages"})
     load = LoadSampler()
     columns = (
         SpinnerColumn(),
@@ -743,12 +791,16 @@ def main(argv: list[str] | None = None) -> int:
             if "kubernetes" in parts:
                 load.part = "kubernetes"
                 bench.kubernetes()
+            if "pages" in parts:
+                load.part = "pages"
+                bench.pages(chosen)
             progress.update(bench.step, visible=False)
     except (
         BenchError,
         dataset.SchemaChanged,
         federation.FederationError,
         kubernetes_bench.KubernetesBenchError,
+        pages_bench.PagesBenchError,
     ) as exc:
         console.print(f"[red]bench failed:[/] {exc}")
         return 1

@@ -2,6 +2,7 @@
 
     python -m bench.server gateway DATABASE_URL PORT
     python -m bench.server ceiling DATABASE_URL PORT OWNER_ID PROJECT_ID TRE_ID,TRE_ID
+    python -m bench.server pages DATABASE_URL PORT S3_URL BUCKET FOLDER   # an agent's pages, its database
 
 DATABASE_URL ``-`` reads it from $BENCH_DATABASE_URL instead (it may hold a password).
 
@@ -31,8 +32,13 @@ def main(argv: list[str]) -> None:
     elif kind == "ceiling":
         tres = [int(t) for t in argv[5].split(",") if t]
         app = ceiling.create_app(Database(url), owner_id=int(argv[3]), project_id=int(argv[4]), tre_ids=tres)
+    elif kind == "pages":
+        from bench import pages_bench
+
+        pages_bench.serve(port, url, argv[3], argv[4], argv[5])
+        return
     else:
-        raise SystemExit(f"unknown app {kind!r}: gateway or ceiling")
+        raise SystemExit(f"unknown app {kind!r}: gateway, ceiling or pages")
     uvicorn.run(app, host="127.0.0.1", port=port, workers=1, log_level="warning", access_log=False)
 
 

@@ -14,6 +14,7 @@ ISSUE_3 = "issue 3 (make bench: end to end, fan-out, idle agent)"
 ISSUE_4 = "issue 4 (make bench: disclosure rules)"
 ISSUE_11 = "issue 11 (Five Safes RO-Crates)"
 ISSUE_12 = "issue 12 (Kubernetes executor: performance)"
+ISSUE_13 = "issue 13 (output checkers' pages)"
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,14 @@ K8S_PASS = Target("kubernetes", "every status pass < 1 s", 1.0, ISSUE_12)
 #: boundary anyway, so a later sighting delays the researcher's view by a whole period.
 K8S_LAG = Target("kubernetes", "each end seen < 5 s after the cluster wrote it", 5.0, ISSUE_12)
 
+#: "A checker's queue page with 1,000 children waiting and a review page of a child with a 50 MB CSV
+#: render in under 300 ms at the server" (issue 13), judged at the p95 of the response times a client
+#: on loopback sees, one request at a time: the server's own time is below that.
+PAGE_QUEUE = Target("pages", "p95 < 300 ms", 0.3, ISSUE_13)
+PAGE_REVIEW = Target("pages", "p95 < 300 ms, the file never read whole", 0.3, ISSUE_13)
+
 #: The sections of the page, in order.
-BENCHMARKS = ("create", "list", "get", "e2e", "fanout", "idle", "checks", "crates", "kubernetes")
+BENCHMARKS = ("create", "list", "get", "e2e", "fanout", "idle", "checks", "crates", "kubernetes", "pages")
 
 
 def _verdict(
@@ -99,6 +106,7 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
         *_checks(results),
         *_crates(results),
         *_kubernetes(results),
+        *_pages(results),
     ]
 
 
@@ -277,4 +285,25 @@ def _kubernetes(results: dict[str, Any]) -> list[dict[str, Any]]:
     figure = f"p50 {lag['p50_ms'] / 1000:.2f} s, max {lag['max_ms'] / 1000:.2f} s"
     seconds = lag["max_ms"] / 1000
     out.append(_verdict(K8S_LAG, what, where, figure, seconds, seconds < K8S_LAG.limit))
+    return out
+
+
+def _pages(results: dict[str, Any]) -> list[dict[str, Any]]:
+    pages = results.get("pages")
+    if not pages:
+        return []
+    out = []
+    for case in pages["cases"]:
+        timing = f"p50 {case['p50_ms']:.1f} ms, p95 {case['p95_ms']:.1f} ms, max {case['max_ms']:.1f} ms"
+        p95 = case["p95_ms"] / 1000
+        if case["page"] == "queue":
+            what = f"review queue page, {pages['children']:,} children waiting: {case['requests']} GETs"
+            out.append(_verdict(PAGE_QUEUE, what, case["backend"], timing, p95, p95 < PAGE_QUEUE.limit))
+        else:
+            read = case["airlock_bytes_per_request"]
+            what = f"review page of a child holding a {pages['csv_mb']} MB CSV: {case['requests']} GETs"
+            figure = f"{timing}; {read / 1024:,.0f} KiB read from the airlock per page"
+            whole = read >= pages["csv_mb"] * 1_000_000
+            ok = p95 < PAGE_REVIEW.limit and not whole
+            out.append(_verdict(PAGE_REVIEW, what, case["backend"], figure, p95, ok))
     return out
