@@ -7,6 +7,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +118,18 @@ def test_examples_from_the_tes_specification() -> None:
     assert claim({"path": "/out/report", "type": "DIRECTORY"}, "/out/reports/x") is None
     assert claim({"path": "/out/table.csv"}, "/out/table.csv") == ""
     assert claim({"path": "/out/table.csv"}, "/out/table.csv.bak") is None
+
+
+@pytest.mark.parametrize(
+    "path", ["/_/../x", "/out/../etc/passwd", "/out//x", "/out/./x", "out/x", "/out/x/.."]
+)
+def test_a_path_not_as_the_engine_reads_it_is_claimed_by_no_output(path: str) -> None:
+    """`claim` trusts nothing it is handed: a collected name with '..' (or not normalised) would
+    otherwise be delivered outside the output's url."""
+    for output in (
+        {"path": "/out", "type": "DIRECTORY"},
+        {"path": "/_", "type": "DIRECTORY"},
+        {"path": "/out/*", "path_prefix": "/out"},
+        {"path": path},
+    ):
+        assert claim(output, path) is None, output

@@ -51,8 +51,8 @@ def claim(output: Mapping[str, Any], path: str) -> str | None:
     file is always below `output_folder(output)`: nothing outside the mounted folder is ever claimed."""
     wanted = normal_path(str(output.get("path") or ""))
     folder = normal_path(output_folder(output)[1])
-    if wanted is None or folder is None:
-        return None
+    if wanted is None or folder is None or normal_path(path) != path:
+        return None  # a path not as the engine reads it ('..', '//', '/./') is no output's: fail closed
     below = PurePosixPath(folder) in PurePosixPath(path).parents
     if is_pattern(wanted):
         return posixpath.relpath(path, folder) if below and fnmatchcase(path, wanted) else None
