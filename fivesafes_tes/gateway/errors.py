@@ -87,6 +87,39 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return allowed
 
 
+# The domain's refusals answered with their own message, and the status each is answered with: by the
+# API (`install`) and by the pages that call the same functions (`refusal_status`).
+REFUSALS: dict[type[Exception], int] = {
+    InvalidTask: 400,
+    BadPageToken: 400,
+    results.InvalidRelease: 400,
+    federation.InvalidRequest: 400,
+    BagRefused: 400,
+    CrateRefused: 400,
+    WorkflowRefused: 400,
+    federation.Forbidden: 403,
+    results.NotApproved: 403,
+    NotYourProject: 403,
+    federation.NotFound: 404,
+    leases.UnknownChild: 404,
+    results.ReleaseConflict: 409,
+    results.ApprovalsConflict: 409,
+    federation.Conflict: 409,
+    leases.StaleAttempt: 409,
+    leases.IllegalTransition: 409,
+    IdempotencyConflict: 409,
+    results.Damaged: 422,
+}
+
+
+def refusal_status(exc: Exception) -> int | None:
+    """The status `exc` is answered with (as its nearest class in REFUSALS says), None if it is no refusal."""
+    for kind in type(exc).__mro__:
+        if kind in REFUSALS:
+            return REFUSALS[kind]
+    return None
+
+
 def _record_refusal(request: Request, refused: TaskNotFound) -> None:
     # Its own transaction: the one the route was in (a cancel's) has been rolled back.
     with context(request).db.write() as session:
@@ -107,35 +140,16 @@ def install(app: FastAPI) -> None:
             return error(405, f"{request.method} is not allowed here; use {' or '.join(allowed)}", headers)
         return error(exc.status_code, str(exc.detail), headers or None)
 
-    @app.exception_handler(InvalidTask)
-    @app.exception_handler(BadPageToken)
-    @app.exception_handler(results.InvalidRelease)
-    @app.exception_handler(federation.InvalidRequest)
-    @app.exception_handler(BagRefused)
-    @app.exception_handler(CrateRefused)
-    @app.exception_handler(WorkflowRefused)
-    async def _bad(_: Request, exc: Exception) -> JSONResponse:
-        return error(400, str(exc))
+    async def _refused(_: Request, exc: Exception) -> JSONResponse:
+        return error(refusal_status(exc) or 500, str(exc))
+
+    for refusal in REFUSALS:
+        app.add_exception_handler(refusal, _refused)
 
     @app.exception_handler(TaskNotFound)
     async def _missing(request: Request, exc: TaskNotFound) -> JSONResponse:
         await run_in_threadpool(_record_refusal, request, exc)
         return error(404, exc.message)
-
-    @app.exception_handler(federation.Forbidden)
-    @app.exception_handler(results.NotApproved)
-    @app.exception_handler(NotYourProject)
-    async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
-        return error(403, str(exc))
-
-    @app.exception_handler(federation.NotFound)
-    @app.exception_handler(leases.UnknownChild)
-    async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-        return error(404, str(exc))
-
-    @app.exception_handler(results.Damaged)
-    async def _damaged(_: Request, exc: results.Damaged) -> JSONResponse:
-        return error(422, str(exc))
 
     @app.exception_handler(results.NoResultsStore)
     async def _no_results_store(_: Request, exc: results.NoResultsStore) -> JSONResponse:
@@ -144,18 +158,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(results.IntegrityAlert)
     async def _altered(_: Request, exc: results.IntegrityAlert) -> JSONResponse:
         return error(503, str(exc))  # no Retry-After: the file stays altered until someone acts
-
-    @app.exception_handler(results.ReleaseConflict)
-    @app.exception_handler(results.ApprovalsConflict)
-    @app.exception_handler(federation.Conflict)
-    @app.exception_handler(leases.StaleAttempt)
-    @app.exception_handler(leases.IllegalTransition)
-    async def _conflicting(_: Request, exc: Exception) -> JSONResponse:
-        return error(409, str(exc))
-
-    @app.exception_handler(IdempotencyConflict)
-    async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
-        return error(409, str(exc))
 
     @app.exception_handler(JwksUnavailable)
     async def _issuer_down(request: Request, exc: JwksUnavailable) -> JSONResponse:

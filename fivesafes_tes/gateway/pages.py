@@ -28,7 +28,7 @@ from fivesafes_tes.auth.tables import User
 from fivesafes_tes.db import Database
 from fivesafes_tes.gateway import admin_api, results_api
 from fivesafes_tes.gateway.context import context
-from fivesafes_tes.gateway.errors import describe_validation
+from fivesafes_tes.gateway.errors import describe_validation, refusal_status
 from fivesafes_tes.settings import GatewaySettings
 from fivesafes_tes.submission import federation, results
 from fivesafes_tes.submission.federation import claim_memberships
@@ -75,12 +75,8 @@ LABELS = {
     "tres": "TREs",
     "username": "Username",
 }
-# The federation's refusals of bad input, with the status the API answers them with.
-FEDERATION_REFUSALS: dict[type[Exception], int] = {
-    federation.InvalidRequest: 400,
-    federation.NotFound: 404,
-    federation.Conflict: 409,
-}
+# The federation's refusals of bad input (the API answers each with `errors.refusal_status`).
+FEDERATION_REFUSALS = (federation.InvalidRequest, federation.NotFound, federation.Conflict)
 NAV = (
     NavLink(f"{PREFIX}/tasks", "My tasks", None),
     NavLink(f"{PREFIX}/federation", "Federation", Role.FEDERATION_ADMIN),
@@ -230,9 +226,8 @@ def router(site: Site, db: Database) -> APIRouter:
                 change(session)
         except ValidationError as exc:
             status, message = 400, describe_validation(exc, LABELS)
-        except tuple(FEDERATION_REFUSALS) as exc:
-            status = next(code for kind, code in FEDERATION_REFUSALS.items() if isinstance(exc, kind))
-            message = str(exc)
+        except FEDERATION_REFUSALS as exc:
+            status, message = refusal_status(exc) or 400, str(exc)
         else:
             admin_api.changed(request)
             return RedirectResponse(f"{PREFIX}/federation?{urlencode(done)}", status_code=303)
