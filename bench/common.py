@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen import percentile
 from fivesafes_tes.db.engine import MIGRATIONS
 from fivesafes_tes.settings import GatewaySettings
 
@@ -117,3 +118,13 @@ def write_results(results: dict[str, Any], out: Path, root: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out.relative_to(root) if out.is_relative_to(root) else out}")
+
+
+def ms_summary(values: list[float]) -> dict[str, float]:
+    """p50, p95 and max of `values` (seconds), in milliseconds."""
+    ordered = sorted(values)
+    return {
+        "p50_ms": percentile(ordered, 50) * 1000,
+        "p95_ms": percentile(ordered, 95) * 1000,
+        "max_ms": ordered[-1] * 1000,
+    }

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, free_port
+from bench.common import ROOT, free_port, ms_summary
 from bench.loadgen import percentile
 
 NAMESPACE = "fivesafes-tasks"
@@ -480,15 +480,6 @@ def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.005)
 
 
-def _ms(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50_ms": percentile(ordered, 50) * 1000,
-        "p95_ms": percentile(ordered, 95) * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
-
-
 def _passes(polls: list[tuple[str, float, float]], children: set[str]) -> list[dict[str, float]]:
     """The agent's status passes over `children`: each the run of polls in which every child was asked
     once (the agent advances every active child once per pass), with its wall time and the time spent
@@ -529,7 +520,7 @@ def lease_to_job(
             if on_step:
                 on_step(f"lease → Job {i}/{leases}")
             time.sleep(phase.uniform(0, TICK_S))  # grants come at any point of the agent's tick
-    return {"leases": leases, "tick_s": TICK_S, "latencies_s": latencies, **_ms(latencies)}
+    return {"leases": leases, "tick_s": TICK_S, "latencies_s": latencies, **ms_summary(latencies)}
 
 
 def concurrent(
@@ -579,7 +570,7 @@ def concurrent(
         "requests_per_poll": api["requests"] / polled,
         "finish_s": finished - min(ended_at.values()),
         "all_seen_after_finish_s": max(executor.seen.values()) - finished,
-        "lag": _ms(lags),
+        "lag": ms_summary(lags),
     }
 
 

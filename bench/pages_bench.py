@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from bench.common import ROOT, free_port
-from bench.loadgen import percentile
+from bench.common import ROOT, free_port, ms_summary
 
 if TYPE_CHECKING:
     from bench import dataset
@@ -417,15 +416,6 @@ def check_pages(base_url: str, cookie: dict[str, str], children: int) -> None:
             raise PagesBenchError("the review page lacks the large table's first rows or its flagged cells")
 
 
-def _ms(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50_ms": percentile(ordered, 50) * 1000,
-        "p95_ms": percentile(ordered, 95) * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
-
-
 def measure(
     server: Any,
     cookie: dict[str, str],
@@ -447,14 +437,14 @@ def measure(
                 "requests": requests, "raw": True, "items": [{"method": "GET", "path": path}]}  # fmt: skip
         result = loadgen(spec, server, on_step)
         stats = client.get(STAT_PATH).json()
-    client_ms = _ms(result.pop("latencies_s"))
+    client_ms = ms_summary(result.pop("latencies_s"))
     return {
         "path": path,
         "requests": result["requests"],
         "warmup": warmup,
         **client_ms,
         "mean_ms": result["mean_ms"],
-        "server": _ms(stats["app_s"]) if stats["app_s"] else {},
+        "server": ms_summary(stats["app_s"]) if stats["app_s"] else {},
         "server_cpu_ms_per_request": result["server_cpu_ms_per_request"],
         "airlock_gets_per_request": stats["get_objects"] / result["requests"],
         "airlock_bytes_per_request": stats["bytes"] / result["requests"],
