@@ -39,6 +39,8 @@ from fivesafes_tes.web import (
 
 log = logging.getLogger(__name__)
 PREVIEW_READS = 8  # airlock reads at once for one review page's previews
+QUEUE_PAGE = 50
+MAX_REASON = 2000  # as the API's
 
 
 def _paging(path: str, page: int, total: int, **kept: str) -> dict[str, Any]:
@@ -57,8 +59,6 @@ def _paging(path: str, page: int, total: int, **kept: str) -> dict[str, Any]:
     }
 
 
-QUEUE_PAGE = 50
-MAX_REASON = 2000  # as the API's
 # The queue's filter by what the rules found: any file flagged, none flagged, or either.
 RULE_FILTERS: dict[str, bool | None] = {"": None, "flagged": True, "passed": False}
 NAV = (
